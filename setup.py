@@ -1,0 +1,38 @@
+"""Build and install maltrail-engine: four Python packages and their C extensions.
+
+`pip install .` builds the C parts against the running CPython; the console script is
+`maltrail-engine`.
+"""
+
+from setuptools import Extension, setup
+
+C_FLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+
+setup(
+    name="maltrail-engine",
+    version="0.1.0",
+    description="Network sensor that matches traffic against Maltrail trails and heuristics",
+    python_requires=">=3.11",
+    packages=["engine", "workers", "matchers", "trailsdb"],
+    package_data={"matchers": ["csrc/*.h"]},
+    ext_modules=[
+        Extension(
+            "matchers._native",
+            sources=["matchers/csrc/native.c"],
+            depends=["matchers/csrc/artifact.h"],
+            extra_compile_args=C_FLAGS,
+        ),
+    ],
+    data_files=[("share/maltrail-engine", ["maltrail.toml"])],
+    install_requires=[
+        "pypcap>=1.3,<2",
+        "dpkt>=1.9.8,<2",
+        "pyahocorasick>=2.1,<3",
+        "pyroaring>=1.0,<2",
+        "msgpack>=1.0,<2",
+        "zstandard>=0.22,<1",
+        "cryptography>=42",
+    ],
+    extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
+    entry_points={"console_scripts": ["maltrail-engine=engine.cli:main"]},
+)

@@ -1,0 +1,36 @@
+"""Shared test fixtures: where ../shared lives, and skipping with a reason when it does not."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("MALTRAIL_SHARED", REPO.parent / "shared"))
+MALTRAIL_CORPUS = SHARED / "corpus" / "maltrail"
+REAL_CORPUS = SHARED / "corpus" / "real"
+SHARED_TRAILS = SHARED / "trails" / "maltrail-trails.csv.zst"
+
+
+def need_shared(path: Path) -> Path:
+    """Return `path`, or skip the calling test: ../shared is absent in a user's clone."""
+    if not path.exists():
+        pytest.skip("needs %s (the shared corpus beside the project; absent in a user's clone)" % path)
+    return path
+
+
+@pytest.fixture
+def maltrail_corpus() -> Path:
+    return need_shared(MALTRAIL_CORPUS)
+
+
+@pytest.fixture
+def real_corpus() -> Path:
+    return need_shared(REAL_CORPUS)
+
+
+def need_root():
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces and live capture)")
