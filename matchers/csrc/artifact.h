@@ -1,0 +1,231 @@
+/*
+ * artifact.h: header-only lookups over the sections of a compiled trail artifact.
+ *
+ * Owns the in-memory layout of the sections that C code reads directly (the trail table, the
+ * string blob and the open-addressing hash tables) and the hash function both the builder and the
+ * lookups use. Everything here works on read-only memory (an mmap of the artifact shared by every
+ * worker), allocates nothing and never writes. Included by matchers/_native.c today and by the C
+ * worker path later, so lookups stay identical wherever they run.
+ *
+ * Must not know about packets, protocols, files or Python objects.
+ */
+#ifndef MALTRAIL_ARTIFACT_H
+#define MALTRAIL_ARTIFACT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* One trail: where its normalized key text lives in the string blob, what kind it is and which
+ * (info, reference) pair describes it. 12 bytes, naturally aligned, little-endian on disk (the
+ * artifact is only read on the machine kinds it is built on; the loader checks the byte order). */
+typedef struct {
+    uint32_t str_off;
+    uint16_t str_len;
+    uint8_t kind;
+    uint8_t flags;
+    uint32_t meta;
+} mt_trail;
+
+/* Hash table section: u32 capacity (a power of two), u32 count, then u32 tags[capacity] (the high
+ * 32 bits of the key hash) and u32 ids[capacity] (trail id + 1; 0 marks an empty slot). Linear
+ * probing; the builder keeps capacity > count so every probe sequence reaches an empty slot. */
+typedef struct {
+    const uint32_t *tags;
+    const uint32_t *ids;
+    uint32_t mask;
+    uint32_t count;
+    const mt_trail *trails;
+    uint32_t ntrails;
+    const uint8_t *strings;
+    uint64_t strings_len;
+} mt_table;
+
+#define MT_TABLE_HEADER_BYTES 8u
+
+/* FNV-1a over the key bytes, then the MurmurHash3 64-bit finalizer: FNV alone leaves the low bits
+ * (the slot index) poorly mixed for keys that differ only in their last bytes, which domain
+ * suffixes and URL paths often do. */
+static inline uint64_t mt_hash64(const uint8_t *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
+/* Returns the trail id whose key equals key[0:n], or -1. The string compare only runs when the
+ * 32-bit tag matches, so a miss touches the tag array and nothing else. Ids and string extents are
+ * bounds-checked here rather than validated at load: a load then touches no pages, and a damaged
+ * artifact can cause a miss but never a read outside its sections. The probe count is bounded by
+ * the capacity for the same reason (a damaged table might have no empty slot). */
+static inline int64_t mt_table_find(const mt_table *t, const uint8_t *key, size_t n)
+{
+    if (t->count == 0)
+        return -1;
+    uint64_t h = mt_hash64(key, n);
+    uint32_t tag = (uint32_t)(h >> 32);
+    uint32_t i = (uint32_t)h & t->mask;
+    for (uint64_t probes = 0; probes <= t->mask; probes++) {
+        uint32_t id1 = t->ids[i];
+        if (id1 == 0)
+            return -1;
+        if (t->tags[i] == tag && id1 <= t->ntrails) {
+            const mt_trail *tr = &t->trails[id1 - 1];
+            if (tr->str_len == n && (uint64_t)tr->str_off + n <= t->strings_len &&
+                memcmp(t->strings + tr->str_off, key, n) == 0)
+                return (int64_t)id1 - 1;
+        }
+        i = (i + 1) & t->mask;
+    }
+    return -1;
+}
+
+/* Portable roaring bitmap format (the one pyroaring's BitMap.serialize() writes), read in place.
+ * Only membership is needed on the hot path. Layout facts from the Roaring format specification:
+ * a cookie (12346 without run containers, 12347 with), container count, optional run bitset,
+ * per-container (key, cardinality - 1) pairs, an offsets header, then the containers: arrays of
+ * u16 (cardinality <= 4096), 8 KiB bitsets, or runs of (start, length - 1) u16 pairs. */
+typedef struct {
+    const uint8_t *base;
+    size_t len;
+    uint32_t ncontainers;
+    const uint8_t *runbits;      /* NULL when the bitmap has no run containers */
+    const uint8_t *keyscards;    /* ncontainers x (u16 key, u16 card-1) */
+    const uint8_t *offsets;      /* ncontainers x u32, or NULL (no-run bitmaps with < 4 containers
+                                    never omit it; run bitmaps with < 4 containers do) */
+    const uint8_t *data;         /* start of container data when offsets is NULL */
+} mt_roaring;
+
+static inline uint16_t mt_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint32_t mt_rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+#define MT_SERIAL_COOKIE_NO_RUN 12346u
+#define MT_SERIAL_COOKIE 12347u
+#define MT_NO_OFFSET_THRESHOLD 4u
+
+/* Parses the header; returns 0 on success, -1 on a malformed or truncated bitmap. After success
+ * every container this reader may touch lies inside [base, base + len). */
+static inline int mt_roaring_open(mt_roaring *r, const uint8_t *base, size_t len)
+{
+    memset(r, 0, sizeof(*r));
+    r->base = base;
+    r->len = len;
+    if (len < 4)
+        return -1;
+    uint32_t cookie = mt_rd32(base);
+    size_t pos;
+    if ((cookie & 0xFFFF) == MT_SERIAL_COOKIE) {
+        r->ncontainers = (cookie >> 16) + 1;
+        size_t nbytes = (r->ncontainers + 7) / 8;
+        if (4 + nbytes > len)
+            return -1;
+        r->runbits = base + 4;
+        pos = 4 + nbytes;
+    } else if (cookie == MT_SERIAL_COOKIE_NO_RUN) {
+        if (len < 8)
+            return -1;
+        r->ncontainers = mt_rd32(base + 4);
+        pos = 8;
+    } else {
+        return -1;
+    }
+    if (r->ncontainers > 65536)
+        return -1;
+    if (pos + (size_t)r->ncontainers * 4 > len)
+        return -1;
+    r->keyscards = base + pos;
+    pos += (size_t)r->ncontainers * 4;
+    if (!r->runbits || r->ncontainers >= MT_NO_OFFSET_THRESHOLD) {
+        if (pos + (size_t)r->ncontainers * 4 > len)
+            return -1;
+        r->offsets = base + pos;
+        pos += (size_t)r->ncontainers * 4;
+    }
+    r->data = base + pos;
+    /* Validate every container's extent once, so lookups need no bounds checks. */
+    size_t walk = pos;
+    for (uint32_t c = 0; c < r->ncontainers; c++) {
+        uint32_t card = (uint32_t)mt_rd16(r->keyscards + 4 * c + 2) + 1;
+        int is_run = r->runbits && (r->runbits[c / 8] >> (c % 8)) & 1;
+        size_t start = r->offsets ? mt_rd32(r->offsets + 4 * c) : walk;
+        size_t size;
+        if (is_run) {
+            if (start + 2 > len)
+                return -1;
+            size = 2 + 4 * (size_t)mt_rd16(base + start);
+        } else if (card > 4096) {
+            size = 8192;
+        } else {
+            size = 2 * (size_t)card;
+        }
+        if (start + size > len)
+            return -1;
+        walk = start + size;
+    }
+    return 0;
+}
+
+static inline int mt_roaring_contains(const mt_roaring *r, uint32_t x)
+{
+    uint16_t hi = (uint16_t)(x >> 16), lo = (uint16_t)x;
+    /* binary search the container keys */
+    int32_t a = 0, b = (int32_t)r->ncontainers - 1, c = -1;
+    while (a <= b) {
+        int32_t m = (a + b) >> 1;
+        uint16_t k = mt_rd16(r->keyscards + 4 * m);
+        if (k == hi) { c = m; break; }
+        if (k < hi) a = m + 1; else b = m - 1;
+    }
+    if (c < 0)
+        return 0;
+    uint32_t card = (uint32_t)mt_rd16(r->keyscards + 4 * c + 2) + 1;
+    const uint8_t *p;
+    if (r->offsets) {
+        p = r->base + mt_rd32(r->offsets + 4 * c);
+    } else {
+        /* Only small run bitmaps omit offsets (fewer than 4 containers): walk to container c. */
+        p = r->data;
+        for (int32_t i = 0; i < c; i++) {
+            uint32_t ci = (uint32_t)mt_rd16(r->keyscards + 4 * i + 2) + 1;
+            int run = (r->runbits[i / 8] >> (i % 8)) & 1;
+            p += run ? 2 + 4 * (size_t)mt_rd16(p) : (ci > 4096 ? 8192 : 2 * (size_t)ci);
+        }
+    }
+    int is_run = r->runbits && (r->runbits[c / 8] >> (c % 8)) & 1;
+    if (is_run) {
+        uint16_t nruns = mt_rd16(p);
+        const uint8_t *runs = p + 2;
+        int32_t lo_i = 0, hi_i = (int32_t)nruns - 1, best = -1;
+        while (lo_i <= hi_i) {               /* last run whose start <= lo */
+            int32_t m = (lo_i + hi_i) >> 1;
+            if (mt_rd16(runs + 4 * m) <= lo) { best = m; lo_i = m + 1; } else hi_i = m - 1;
+        }
+        if (best < 0)
+            return 0;
+        uint32_t start = mt_rd16(runs + 4 * best), length = mt_rd16(runs + 4 * best + 2);
+        return lo <= start + length;
+    }
+    if (card > 4096)
+        return (p[lo >> 3] >> (lo & 7)) & 1;
+    int32_t lo_i = 0, hi_i = (int32_t)card - 1;
+    while (lo_i <= hi_i) {
+        int32_t m = (lo_i + hi_i) >> 1;
+        uint16_t v = mt_rd16(p + 2 * m);
+        if (v == lo) return 1;
+        if (v < lo) lo_i = m + 1; else hi_i = m - 1;
+    }
+    return 0;
+}
+
+#endif /* MALTRAIL_ARTIFACT_H */
