@@ -1,0 +1,167 @@
+"""Turning one raw trail into (kind, normalised key), the way Maltrail normalises its trails.
+
+Owns the shape rules: which text is an IPv4/IPv6 address, a CIDR range, an address:port, a
+domain, a regex/wildcard domain, a host/path URL, a path-only URL or a user agent, and the
+normalisation Maltrail applies (lower case, IDNA for non-ASCII names, no leading "www.", no
+trailing dots, no query string on non-path trails, "//" collapsed). Anything that fits no shape
+is rejected with a reason, never guessed.
+
+Must not know about files, merging or the compiled format.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from matchers.artifact import (
+    KIND_CIDR4, KIND_CIDR6, KIND_DOMAIN, KIND_IPPORT4, KIND_IPPORT6, KIND_IPV4, KIND_IPV6,
+    KIND_PATH, KIND_REGEX, KIND_UA, KIND_URL, MAX_KEY_BYTES,
+)
+
+UA_PREFIX = "ua:"
+
+_IPV4 = re.compile(r"\A(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\Z")
+_IPV4_PORT = re.compile(r"\A(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}):(\d{1,5})\Z")
+_IPV4_CIDR = re.compile(r"\A(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})/(\d{1,2})\Z")
+_IPV6_PORT = re.compile(r"\A\[([0-9a-f:.]+)\]:(\d{1,5})\Z")
+_IPV6_CIDR = re.compile(r"\A([0-9a-f:.]+)/(\d{1,3})\Z")
+# Maltrail's test for a wildcard (regex) trail: a quantified '.' or ']' or a bracket class.
+_REGEX_HINT = re.compile(r"[\].][*+]|\[[a-z0-9_.\-]+\]", re.I)
+# Names the combined alternation uses for its own groups (matchers/domains.py).
+_GROUP_CLASH = re.compile(r"\(\?P<g\d+>")
+_DOMAIN = re.compile(r"\A[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\Z")
+_ALPHA_ONLY = re.compile(r"\A\.?[a-z]+\Z")
+
+
+def _ipv4_text(groups) -> str | None:
+    octets = [int(g) for g in groups]
+    if any(o > 255 for o in octets):
+        return None
+    return "%d.%d.%d.%d" % tuple(octets)
+
+
+def _idna_host(host: str) -> str | None:
+    if host.isascii():
+        return host.lower()
+    try:
+        return host.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return None
+
+
+def normalize_trail(trail: str, reference: str = "") -> tuple[int | None, str]:
+    """Returns (kind, key), or (None, reason) when the trail is unusable."""
+    t = trail.strip()
+    if not t:
+        return None, "empty"
+    if t[:len(UA_PREFIX)].lower() == UA_PREFIX:
+        pattern = t[len(UA_PREFIX):].strip().lower()
+        if not pattern:
+            return None, "empty user agent"
+        return _checked(KIND_UA, pattern)
+
+    if "/" not in t and _REGEX_HINT.search(t) and re.escape(t) != t:
+        if _GROUP_CLASH.search(t):
+            return None, "regex uses a reserved group name"
+        try:
+            re.compile(t, re.IGNORECASE)
+        except (re.error, RecursionError, OverflowError):
+            return None, "regex does not compile"
+        # Matched case-insensitively against lower-case names: lower-casing the pattern itself
+        # (as Maltrail does) would turn \D, \W, \S into their opposites.
+        return _checked(KIND_REGEX, t)
+
+    # Non-ASCII: IDNA for the host part (phishing look-alikes), the path stays as text.
+    if not t.isascii():
+        host, sep, rest = t.partition("/")
+        host = _idna_host(host) if host else host
+        if host is None:
+            return None, "not a valid internationalised name"
+        t = host + sep + rest
+    t = t.lower()
+    if t.startswith("www.") and "/" not in t:
+        t = t[4:]
+    if "?" in t and not t.startswith("/"):
+        t = t.split("?", 1)[0]
+    while "//" in t:
+        t = t.replace("//", "/")
+    if not t:
+        return None, "empty"
+
+    m = _IPV6_PORT.match(t)
+    if m:
+        try:
+            addr = ipaddress.IPv6Address(m.group(1))
+        except ValueError:
+            return None, "malformed IPv6 address"
+        port = int(m.group(2))
+        if port > 65535:
+            return None, "port out of range"
+        return _checked(KIND_IPPORT6, "[%s]:%d" % (addr.compressed, port))
+    m = _IPV4_PORT.match(t)
+    if m:
+        ip = _ipv4_text(m.group(1).split("."))
+        port = int(m.group(2))
+        if ip is None:
+            return None, "IPv4 octet above 255"
+        if port > 65535:
+            return None, "port out of range"
+        return _checked(KIND_IPPORT4, "%s:%d" % (ip, port))
+    m = _IPV4_CIDR.match(t)
+    if m:
+        ip = _ipv4_text(m.group(1).split("."))
+        prefix = int(m.group(2))
+        if ip is None:
+            return None, "IPv4 octet above 255"
+        if prefix > 32:
+            return None, "CIDR prefix above 32"
+        net = ipaddress.IPv4Network("%s/%d" % (ip, prefix), strict=False)
+        if prefix == 32:
+            return _checked(KIND_IPV4, str(net.network_address))
+        return _checked(KIND_CIDR4, str(net))
+    m = _IPV4.match(t)
+    if m:
+        ip = _ipv4_text(m.groups())
+        if ip is None:
+            return None, "IPv4 octet above 255"
+        return _checked(KIND_IPV4, ip)
+    if ":" in t and "/" not in t:
+        try:
+            return _checked(KIND_IPV6, ipaddress.IPv6Address(t).compressed)
+        except ValueError:
+            return None, "malformed address (':' but not IPv6 or ip:port)"
+    m = _IPV6_CIDR.match(t)
+    if m and ":" in m.group(1):
+        try:
+            net = ipaddress.IPv6Network(t, strict=False)
+        except ValueError:
+            return None, "malformed IPv6 range"
+        if net.prefixlen == 128:
+            return _checked(KIND_IPV6, net.network_address.compressed)
+        return _checked(KIND_CIDR6, net.compressed)
+
+    if t.startswith("/"):
+        return _checked(KIND_PATH, t)
+    if "/" in t:
+        host = t.split("/", 1)[0]
+        if not host or any(c.isspace() for c in host):
+            return None, "URL without a usable host"
+        return _checked(KIND_URL, t)
+
+    t = t.strip(".")
+    if t.startswith("*."):
+        # "*.evil.com": a domain trail already covers every subdomain.
+        t = t[2:]
+    if not t or not _DOMAIN.match(t):
+        return None, "not a domain name (characters outside a-z 0-9 . - _)"
+    if _ALPHA_ONLY.match(t) and "custom" not in reference and "static" not in reference:
+        # Maltrail drops bare words (e.g. "com") that feeds sometimes emit; curated lists keep them.
+        return None, "bare word from a feed"
+    return _checked(KIND_DOMAIN, t)
+
+
+def _checked(kind: int, key: str) -> tuple[int | None, str]:
+    if len(key.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
+        return None, "longer than %d bytes" % MAX_KEY_BYTES
+    return kind, key

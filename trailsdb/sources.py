@@ -1,0 +1,212 @@
+"""Reading trail sources in Maltrail's formats.
+
+Owns the readers: Maltrail's trails.csv (`trail,info,reference`, Python csv dialect, optionally
+zstd- or gzip-compressed), directories of Maltrail-format static trail files (`*.txt`, one trail
+per line, `#` comments, the info taken from the file name and the category directory it sits
+in, reference "(static)"), a custom trails directory (info from the file name, reference
+"(custom)") and a whitelist file (domains, IP addresses and CIDR ranges). Each reader yields raw
+rows and counts what it skipped; nothing here normalises or merges.
+
+Must not know about the compiled format or matching.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import ipaddress
+import os
+import re
+from collections import Counter
+from typing import Iterator, NamedTuple
+
+import zstandard
+
+# The category directories whose name Maltrail appends to a static file's info ("... (malware)").
+CATEGORIES = ("malware", "malicious", "suspicious")
+
+
+class RawTrail(NamedTuple):
+    trail: str
+    info: str
+    reference: str
+    origin: str          # "file:line", for error messages and `trails check`
+
+
+class SourceError(Exception):
+    """A source that cannot be read at all; the message names it."""
+
+
+def _open_text(path: str):
+    """Text handle for a plain, .gz or .zst file."""
+    raw = open(path, "rb")
+    head = raw.read(4)
+    raw.seek(0)
+    if head[:2] == b"\x1f\x8b":
+        stream = gzip.GzipFile(fileobj=raw)
+    elif head == b"\x28\xb5\x2f\xfd":
+        stream = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+    else:
+        stream = raw
+    return io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="")
+
+
+def read_trails_csv(path: str, stats: Counter) -> Iterator[RawTrail]:
+    """Maltrail's trails.csv: rows of exactly three fields; others are counted and skipped."""
+    name = os.path.basename(path)
+    try:
+        handle = _open_text(path)
+    except OSError as exc:
+        raise SourceError("%s: cannot read trails file: %s" % (path, exc.strerror or exc)) from None
+    with handle:
+        try:
+            for lineno, row in enumerate(csv.reader(handle, delimiter=",", quotechar='"'), 1):
+                if len(row) != 3:
+                    if row:
+                        stats["csv rows without 3 fields"] += 1
+                    continue
+                stats["rows read"] += 1
+                yield RawTrail(row[0], row[1], row[2], "%s:%d" % (name, lineno))
+        except (csv.Error, zstandard.ZstdError, EOFError, OSError) as exc:
+            raise SourceError("%s: unreadable trails file: %s" % (path, exc)) from None
+
+
+def _clean_line(line: str) -> str | None:
+    """A static/custom trail line without comments; None for blank and comment lines."""
+    line = line.strip()
+    if not line or line.startswith("#"):
+        return None
+    line = re.sub(r"\s*#.*", "", line)
+    return line or None
+
+
+def read_static_file(path: str, info: str, reference: str, stats: Counter,
+                     custom: bool = False) -> Iterator[RawTrail]:
+    """One Maltrail trail file, with Maltrail's line rules. Static files: a URL loses its scheme
+    and a bare host taken from a URL gets a trailing '/' (a whole-host URL trail); a URL keeps its
+    trailing '/' unless it has more than one '/'. Custom files (Maltrail's custom parser): the
+    scheme goes and trailing '/' always goes. Non-URL lines lose surrounding dots."""
+    name = os.path.basename(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise SourceError("%s: cannot read: %s" % (path, exc.strerror or exc)) from None
+    for lineno, raw in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        line = _clean_line(raw)
+        if line is None:
+            continue
+        if "://" in line:
+            line = line.split("://", 1)[1]
+            if "/" not in line and not custom:
+                line += "/"
+        if custom:
+            line = line.rstrip("/")
+        if "/" in line:
+            if line.count("/") > 1:
+                line = line.rstrip("/")
+        elif not re.match(r"\A\d+\.\d+\.\d+\.\d+\Z", line):
+            line = line.strip(".")
+        if not line:
+            continue
+        stats["rows read"] += 1
+        yield RawTrail(line, info, reference, "%s:%d" % (name, lineno))
+
+
+def _info_from_filename(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0].replace("_", " ")
+
+
+def read_static_tree(root: str, stats: Counter) -> Iterator[RawTrail]:
+    """A Maltrail static trail tree: *.txt files in `root` and its subdirectories; files in a
+    directory named malware/malicious/suspicious get that category appended to their info.
+    Files are read in sorted order so the same tree always yields the same labels."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        category = os.path.basename(dirpath)
+        for filename in sorted(filenames):
+            if not filename.endswith(".txt"):
+                continue
+            info = _info_from_filename(filename)
+            if category in CATEGORIES and os.path.normpath(dirpath) != os.path.normpath(root):
+                info = "%s (%s)" % (info, category)
+            yield from read_static_file(os.path.join(dirpath, filename), info, "(static)", stats)
+
+
+def read_custom_dir(root: str, stats: Counter) -> Iterator[RawTrail]:
+    """Maltrail's CUSTOM_TRAILS_DIR: *.txt files, info from the file name, reference (custom)."""
+    if not os.path.isdir(root):
+        raise SourceError("%s: custom trails directory does not exist" % root)
+    for filename in sorted(os.listdir(root)):
+        if filename.endswith(".txt"):
+            yield from read_static_file(os.path.join(root, filename), _info_from_filename(filename),
+                                        "(custom)", stats, custom=True)
+
+
+def read_source(path: str, stats: Counter) -> Iterator[RawTrail]:
+    """Dispatch on what `path` is: a directory (static tree), a .txt file, or a trails.csv."""
+    if os.path.isdir(path):
+        yield from read_static_tree(path, stats)
+    elif not os.path.exists(path):
+        raise SourceError("%s: trail source does not exist" % path)
+    elif path.endswith(".txt"):
+        yield from read_static_file(path, _info_from_filename(path), "(static)", stats)
+    else:
+        yield from read_trails_csv(path, stats)
+
+
+class Whitelist(NamedTuple):
+    domains: frozenset
+    ips: frozenset          # ipaddress objects
+    networks: tuple         # ipaddress networks
+
+    def domain_listed(self, name: str) -> bool:
+        """The name or one of its parents is whitelisted (Maltrail's check)."""
+        while name:
+            if name in self.domains:
+                return True
+            dot = name.find(".")
+            if dot < 0:
+                return False
+            name = name[dot + 1:]
+        return False
+
+    def ip_listed(self, addr) -> bool:
+        return addr in self.ips or any(addr in net for net in self.networks if net.version == addr.version)
+
+
+EMPTY_WHITELIST = Whitelist(frozenset(), frozenset(), ())
+
+
+def read_whitelist(path: str) -> Whitelist:
+    """One entry per line: a domain (covers its subdomains), an IP address or a CIDR range."""
+    if not path:
+        return EMPTY_WHITELIST
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError as exc:
+        raise SourceError("%s: cannot read whitelist: %s" % (path, exc.strerror or exc)) from None
+    domains, ips, nets = set(), set(), []
+    for lineno, raw in enumerate(lines, 1):
+        line = _clean_line(raw)
+        if line is None:
+            continue
+        entry = line.lower()
+        try:
+            if "/" in entry:
+                nets.append(ipaddress.ip_network(entry, strict=False))
+                continue
+            ips.add(ipaddress.ip_address(entry))
+            continue
+        except ValueError:
+            pass
+        name = entry.strip(".")
+        if name.startswith("www."):
+            name = name[4:]
+        if not re.match(r"\A[a-z0-9_-]+(\.[a-z0-9_-]+)*\Z", name):
+            raise SourceError("%s:%d: whitelist entry %r is neither a domain, an IP address nor a "
+                              "CIDR range" % (path, lineno, line))
+        domains.add(name)
+    return Whitelist(frozenset(domains), frozenset(ips), tuple(nets))
