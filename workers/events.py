@@ -52,3 +52,20 @@ class Event(NamedTuple):
 
 
 RECORD_FIELDS = Event._fields
+
+
+# Severity from the trail's labels. Maltrail classifies with REMOTE_SEVERITY_REGEX at forwarding
+# time; we classify once, when the event is made, with the same idea: a confirmed-bad label is
+# high, a reputation/noise label or the sensor's own guess is low, everything else medium.
+_HIGH = ("malware", "ransomware", "botnet", "c&c", "c2 ", "(c2)", "sinkhole", "backdoor", "rat)")
+_LOW = ("reputation", "attacker", "scanner", "crawler", "spammer", "abuser", "bad history",
+        "compromised", "parking", "parked", "tor exit", "dynamic", "free web", "known")
+
+
+def severity_of(info: str, reference: str) -> str:
+    text = info.lower()
+    if any(k in text for k in _HIGH) or reference == "(custom)":
+        return "high"
+    if reference == "(heuristic)" or any(k in text for k in _LOW):
+        return "low"
+    return "medium"

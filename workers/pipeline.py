@@ -1,0 +1,339 @@
+"""The worker: a batch of frames in, events out.
+
+Owns the per-packet judgement that turns decoded packets and extracted names into events: IP
+trails on every packet in both directions, domain trails on DNS query names, HTTP hosts and
+TLS/QUIC server names, URL and user-agent trails on HTTP requests, sinkhole/parking trails on DNS
+answers; Maltrail's trail text for each (e.g. "(www).evil-parent.com", "203.0.113.44 (host)"),
+and its false-positive rules. Every frame is counted as decoded or skipped by reason; identical
+events are condensed (workers/condense.py).
+
+This is the plain-Python reference path; it must not know how frames were captured, how trails
+are stored on disk, or how events are written.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import Counter
+from urllib.parse import unquote
+
+from matchers.artifact import KIND_CIDR4, KIND_CIDR6, KIND_IPPORT4, KIND_IPPORT6
+from matchers.domains import render_span
+from workers.condense import Condenser
+from workers.decode import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, PROTO_NAMES, decode_frame
+from workers.dns import QCLASS_IN, parse_dns, parse_dns_tcp
+from workers.events import (
+    TYPE_DNS, TYPE_HTTP, TYPE_IP, TYPE_IPORT, TYPE_SNI, TYPE_UA, TYPE_URL, Event, severity_of,
+)
+from workers.http import looks_like_http_request, parse_http_request
+from workers.quic import QuicSniAssembler
+from workers.tls import looks_like_tls_client_hello, parse_tls_client_hello_sni
+
+# Query names never looked up (Maltrail's IGNORE_DNS_QUERY_SUFFIXES plus the RFC 6761 special-use
+# names): local and reverse lookups that no public trail can describe.
+IGNORE_DNS_QUERY_SUFFIXES = frozenset((
+    "arpa", "local", "guest", "intranet", "int", "corp", "home", "lan", "intra", "intran",
+    "workgroup", "localdomain", "url", "alienvault", "example", "test", "invalid", "localhost"))
+_VALID_NAME = re.compile(r"\A[a-z0-9_.-]*\.[a-z0-9_-]+\Z")
+_NUMERIC_NAME = re.compile(r"\A[0-9.]+\Z")
+_ECHO_REPLY = {IPPROTO_ICMP: 0, IPPROTO_ICMPV6: 129}
+_TCP_SYN, _TCP_ACK = 0x02, 0x10
+
+
+def _escape_parens(value: str) -> str:
+    return value.rstrip("\\").replace("(", "\\(").replace(")", "\\)")
+
+
+def render_user_agent(user_agent: str, pattern: str) -> str:
+    """Maltrail's user-agent trail text: the matched part, and the rest in parentheses."""
+    low = user_agent.lower()
+    i = low.find(pattern)
+    if i < 0:
+        return _escape_parens(user_agent)
+    match = user_agent[i:i + len(pattern)]
+    before, after = user_agent[:i], user_agent[i + len(pattern):]
+    if before and after:
+        return "%s (%s)" % (_escape_parens(match), _escape_parens(user_agent))
+    return "%s%s%s" % ("(%s)" % _escape_parens(before) if before else "", _escape_parens(match),
+                       "(%s)" % _escape_parens(after) if after else "")
+
+
+def _ip_text(version: int, addr: int) -> str:
+    return str(ipaddress.IPv4Address(addr) if version == 4 else ipaddress.IPv6Address(addr))
+
+
+def _addr_port(ip: str, port: int) -> str:
+    return "[%s]:%d" % (ip, port) if ":" in ip else "%s:%d" % (ip, port)
+
+
+def normalize_host(value: str) -> str:
+    """An HTTP host / SNI / DNS name as the domain matcher wants it: lower case, no port, no
+    trailing dot. IPv6 literals keep their brackets off."""
+    name = value.strip().lower()
+    if name.startswith("["):
+        return name[1:name.find("]")] if "]" in name else name
+    if name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    return name.rstrip(".")
+
+
+class WorkerCounters:
+    def __init__(self):
+        self.frames = 0
+        self.decoded = 0
+        self.skipped = Counter()
+        self.extracted = Counter()
+        self.events = Counter()
+
+    def as_dict(self) -> dict:
+        return {"frames": self.frames, "decoded": self.decoded, "skipped": dict(self.skipped),
+                "extracted": dict(self.extracted), "events": dict(self.events)}
+
+
+class Worker:
+    def __init__(self, matchers, sensor: str, condense_window_s: int = 60):
+        self.matchers = matchers
+        self.sensor = sensor
+        self.counters = WorkerCounters()
+        self.condenser = Condenser(condense_window_s * 1_000_000)
+        self.quic = QuicSniAssembler()
+        self._artifact = matchers.artifact
+
+    # -- batch interface --------------------------------------------------------------------
+
+    def process(self, batch) -> list[Event]:
+        out: list[Event] = []
+        buf, offsets, caplens = batch.buf, batch.offsets, batch.caplens
+        linktypes, ts_ns = batch.linktypes, batch.ts_ns
+        counters = self.counters
+        # Windows close on this batch's packet time, not the run's maximum: a replay of several
+        # captures from different years must not close every window of the older ones at once.
+        now = 0
+        for i in range(len(offsets)):
+            start = offsets[i]
+            packet = decode_frame(bytes(buf[start:start + caplens[i]]), linktypes[i])
+            counters.frames += 1
+            if type(packet) is str:
+                counters.skipped[packet] += 1
+                continue
+            counters.decoded += 1
+            ts = ts_ns[i] // 1000
+            if ts > now:
+                now = ts
+            self._inspect(packet, ts, out)
+        if now:
+            self.condenser.expire(now, out)
+        self._count(out)
+        return out
+
+    def expire(self, now_us: int) -> list[Event]:
+        """Closes condensing windows that ended before `now_us` (live capture calls this with the
+        wall clock, so a summary is not held back while traffic pauses)."""
+        out: list[Event] = []
+        self.condenser.expire(now_us, out)
+        self._count(out)
+        return out
+
+    def flush(self) -> list[Event]:
+        """Closes every open condensing window (end of replay, shutdown)."""
+        out: list[Event] = []
+        self.condenser.flush(out)
+        self._count(out)
+        return out
+
+    def _count(self, events) -> None:
+        for e in events:
+            self.counters.events[e.type] += e.count
+
+    # -- per packet ----------------------------------------------------------------------------
+
+    def _inspect(self, p, ts: int, out: list) -> None:
+        payload = p.payload
+        dns_messages = ()
+        http = sni = quic_sni = None
+        if p.proto == IPPROTO_UDP:
+            if p.sport == 53 or p.dport == 53:
+                message = parse_dns(payload)
+                dns_messages = (message,) if message is not None else ()
+            elif payload and payload[0] & 0x80:
+                quic_sni = self.quic.feed((p.src, p.sport, p.dst, p.dport), payload, ts / 1e6)
+        elif p.proto == IPPROTO_TCP and payload:
+            if p.sport == 53 or p.dport == 53:
+                dns_messages = parse_dns_tcp(payload)
+            elif looks_like_tls_client_hello(payload):
+                sni = parse_tls_client_hello_sni(payload)
+            elif looks_like_http_request(payload):
+                http = parse_http_request(payload)
+
+        annotation = None
+        if dns_messages and dns_messages[0].qname:
+            annotation = dns_messages[0].qname
+        elif http is not None and http.host and http.host[0].isalpha():
+            annotation = normalize_host(http.host)
+        self._ip_trails(p, ts, annotation, bool(dns_messages), out)
+
+        for message in dns_messages:
+            self._dns(p, ts, message, out)
+        if http is not None:
+            self.counters.extracted["http requests"] += 1
+            self._http(p, ts, http, out)
+        if sni:
+            self.counters.extracted["tls server names"] += 1
+            self._name(p, ts, normalize_host(sni), TYPE_SNI, out)
+        if quic_sni:
+            self.counters.extracted["quic server names"] += 1
+            self._name(p, ts, normalize_host(quic_sni), TYPE_SNI, out)
+
+    def _emit(self, p, ts, src_ip, src_port, dst_ip, dst_port, type_, trail, trail_id, out,
+              info=None, reference=None):
+        if trail_id is not None:
+            info, reference = self._artifact.meta_of(trail_id)
+        proto = PROTO_NAMES.get(p.proto, str(p.proto))
+        event = Event(ts, self.sensor, src_ip, src_port or None, dst_ip, dst_port or None, proto, type_,
+                      trail, info, reference, severity_of(info, reference), 1, ts)
+        self.condenser.offer(event, out)
+
+    def _ip_trails(self, p, ts, annotation, is_dns, out) -> None:
+        """IP and IP:port trails on both endpoints, reported client -> server."""
+        ips = self.matchers.ips
+        version = p.version
+        if p.proto == IPPROTO_TCP and p.tcp_flags & _TCP_SYN:
+            client_is_src = not p.tcp_flags & _TCP_ACK
+        elif p.sport or p.dport:
+            client_is_src = p.sport >= p.dport  # the well-known (lower) port is the server's
+        else:
+            client_is_src = p.icmp_type != _ECHO_REPLY.get(p.proto)
+        if client_is_src:
+            c_addr, c_port, s_addr, s_port = p.src, p.sport, p.dst, p.dport
+        else:
+            c_addr, c_port, s_addr, s_port = p.dst, p.dport, p.src, p.sport
+
+        side, trail_id, addr, port = None, None, None, None
+        for side_name, a, pt in (("server", s_addr, s_port), ("client", c_addr, c_port)):
+            if pt:
+                trail_id = ips.lookup_ip_port(version, a, pt)
+            if trail_id is None:
+                trail_id = ips.lookup_ip(version, a)
+            if trail_id is not None:
+                side, addr, port = side_name, a, pt
+                break
+        if trail_id is None:
+            return
+        info = self._artifact.meta_of(trail_id)[0]
+        if not is_dns:
+            # Maltrail's false-positive rules: a connection to a listed scanner/attacker is our own
+            # traffic answering it; parking pages matter only on the web ports; a "malware" host
+            # reaching us is backscatter, not an infection.
+            if p.proto == IPPROTO_TCP and side == "server":
+                if "attacker" in info or ("parking site" in info and s_port not in (80, 443)):
+                    return
+            if p.proto in (IPPROTO_TCP, IPPROTO_UDP) and side == "client" and "malware" in info:
+                return
+        kind = self._artifact.kind(trail_id)
+        ip = _ip_text(version, addr)
+        if kind in (KIND_IPPORT4, KIND_IPPORT6):
+            type_, trail = TYPE_IPORT, _addr_port(ip, port)
+        else:
+            type_, trail = TYPE_IP, ip
+            if side == "server" and annotation:
+                trail = "%s (%s)" % (ip, annotation)
+            elif kind in (KIND_CIDR4, KIND_CIDR6):
+                trail = "%s (%s)" % (ip, self._artifact.key(trail_id))
+        self._emit(p, ts, _ip_text(version, c_addr), c_port, _ip_text(version, s_addr), s_port,
+                   type_, trail, trail_id, out)
+
+    def _name(self, p, ts, name, type_, out) -> bool:
+        """Domain trails on a name seen in DNS/HTTP/TLS/QUIC; True when an event was emitted."""
+        if not name or _NUMERIC_NAME.match(name) or not _VALID_NAME.match(name):
+            return False
+        hit = self.matchers.domains.match(name)
+        if hit is None:
+            return False
+        self._emit(p, ts, _ip_text(p.version, p.src), p.sport, _ip_text(p.version, p.dst), p.dport,
+                   type_, render_span(name, hit.start, hit.end), hit.trail_id, out)
+        return True
+
+    def _dns(self, p, ts, m, out) -> None:
+        name = m.qname
+        if not name:
+            return
+        if not m.is_response:
+            if m.opcode != 0:
+                return
+            self.counters.extracted["dns queries"] += 1
+            labels = name.split(".")
+            if ".intranet." in name or labels[-1] in IGNORE_DNS_QUERY_SUFFIXES:
+                return
+            self._name(p, ts, name, TYPE_DNS, out)
+            return
+        self.counters.extracted["dns responses"] += 1
+        if m.rcode != 0 or not m.answers or m.qclass != QCLASS_IN:
+            return
+        for version, addr in m.answers:
+            trail_id = self.matchers.ips.lookup_ip(version, addr)
+            if trail_id is None:
+                continue
+            info = self._artifact.meta_of(trail_id)[0]
+            head, _, tld = name.rpartition(".")
+            trail = "(%s).%s" % (head, tld) if head else name
+            if "sinkhole" in info:
+                owner = info.split(" ")[1] if " " in info else info
+                self._emit(p, ts, _ip_text(p.version, p.src), p.sport, _ip_text(p.version, p.dst), p.dport,
+                           TYPE_DNS, trail, None, out, "sinkholed by %s (malware)" % owner, "(heuristic)")
+                return
+            if "parking" in info:
+                self._emit(p, ts, _ip_text(p.version, p.src), p.sport, _ip_text(p.version, p.dst), p.dport,
+                           TYPE_DNS, trail, None, out, "parked site (suspicious)", "(heuristic)")
+                return
+
+    def _http(self, p, ts, req, out) -> None:
+        src, dst = _ip_text(p.version, p.src), _ip_text(p.version, p.dst)
+        path = req.target.lower()
+        host = dst
+        if req.host:
+            host = req.host.strip().lower()
+            if host.endswith(":80"):
+                host = host[:-3]
+            self._name(p, ts, normalize_host(host), TYPE_DNS, out)
+        url = None
+        if "://" in path:
+            # Absolute-form target (a request to a proxy): the real host is in the URI.
+            rest = path.split("://", 1)[1]
+            if "/" not in rest:
+                rest += "/"
+            host, path = rest.split("/", 1)
+            if host.endswith(":80"):
+                host = host[:-3]
+            path = "/" + path
+            self._name(p, ts, normalize_host(host), TYPE_DNS, out)
+        elif req.method.upper() == "CONNECT":
+            host, sep, rest = path.partition("/")
+            path = "/" + rest if sep else "/"
+            if host.endswith(":80"):
+                host = host[:-3]
+            url = host + path
+            self._name(p, ts, normalize_host(host), TYPE_DNS, out)
+        if url is None:
+            url = host + path
+
+        if req.user_agent:
+            trail_id = self.matchers.user_agents.match(req.user_agent)
+            if trail_id is not None:
+                trail = render_user_agent(req.user_agent, self._artifact.key(trail_id))
+                self._emit(p, ts, src, p.sport, dst, p.dport, TYPE_UA, trail, trail_id, out)
+
+        path = path.replace("//", "/")
+        post = None
+        if req.body and req.method.upper() == "POST":
+            post = unquote(req.body.decode("latin-1")).lower()
+        hit = self.matchers.urls.match(host, path, post)
+        if hit is None:
+            return
+        if hit.post_form:
+            trail = "%s(%s \\(%s %s\\))" % (host, path, req.method, req.body.decode("latin-1").strip())
+            self._emit(p, ts, src, p.sport, dst, p.dport, TYPE_HTTP, trail, hit.trail_id, out)
+        else:
+            parts = url.split(hit.check)
+            trail = hit.check.join("(%s)" % part if part else part for part in parts)
+            self._emit(p, ts, src, p.sport, dst, p.dport, TYPE_URL, trail, hit.trail_id, out)
