@@ -32,6 +32,7 @@ setup(
         "msgpack>=1.0,<2",
         "zstandard>=0.22,<1",
         "cryptography>=42",
+        "tqdm>=4.60",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
     entry_points={"console_scripts": ["maltrail-engine=engine.cli:main"]},
