@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# The suite exercises the installed package (with its built C extension): `pytest` runs with
+# --import-mode=importlib and the repository is only appended to sys.path, so `import engine`
+# finds site-packages first and only `tests.*` helpers come from the checkout.
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
 SHARED = Path(os.environ.get("MALTRAIL_SHARED", REPO.parent / "shared"))
 MALTRAIL_CORPUS = SHARED / "corpus" / "maltrail"
 REAL_CORPUS = SHARED / "corpus" / "real"
@@ -34,3 +41,8 @@ def real_corpus() -> Path:
 def need_root():
     if os.geteuid() != 0:
         pytest.skip("needs root (network namespaces and live capture)")
+
+
+# Event lines are rendered in local time: pin it so nothing depends on the machine's zone.
+os.environ["TZ"] = "UTC"
+time.tzset()

@@ -8,7 +8,6 @@ owns, so the host drops them after capture. Everything is removed again in the f
 
 from __future__ import annotations
 
-import os
 import shutil
 import struct
 import subprocess
@@ -18,51 +17,8 @@ import time
 import pytest
 
 from engine.live import CaptureOpenError, LiveCapture
-from tests.conftest import need_root
+from tests.netns import DST_MAC, SRC_MAC, send_frames as _send, veth  # noqa: F401 (veth is a fixture)
 from workers.batch import LINKTYPE_ETHERNET
-
-DST_MAC = bytes.fromhex("020000000001")      # locally administered, owned by no interface
-SRC_MAC = bytes.fromhex("020000000002")
-
-SENDER = r"""
-import socket, sys
-sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-sock.bind((sys.argv[1], 0))
-for text in sys.argv[2:]:
-    sock.send(bytes.fromhex(text))
-sock.close()
-"""
-
-
-def _run(*args, check=True):
-    return subprocess.run(args, check=check, capture_output=True, text=True, timeout=30)
-
-
-@pytest.fixture
-def veth():
-    """(namespace, host_end, namespace_end): a veth pair, one end moved into a fresh namespace."""
-    need_root()
-    if shutil.which("ip") is None:
-        pytest.skip("needs iproute2 (ip)")
-    tag = "%d%s" % (os.getpid() % 100000, os.urandom(2).hex())
-    namespace, host, peer = "mte-%s" % tag, "mteh%s" % tag, "mten%s" % tag
-    created = _run("ip", "netns", "add", namespace, check=False)
-    if created.returncode != 0:
-        pytest.skip("cannot create a network namespace: %s" % created.stderr.strip())
-    try:
-        _run("ip", "link", "add", host, "type", "veth", "peer", "name", peer, "netns", namespace)
-        for conf, prefix in ((host, ()), (peer, ("ip", "netns", "exec", namespace))):
-            _run(*prefix, "sysctl", "-q", "-w", "net.ipv6.conf.%s.disable_ipv6=1" % conf, check=False)
-        _run("ip", "link", "set", host, "up")
-        _run("ip", "netns", "exec", namespace, "ip", "link", "set", peer, "up")
-        yield namespace, host, peer
-    finally:
-        _run("ip", "link", "del", host, check=False)
-        _run("ip", "netns", "del", namespace, check=False)
-
-
-def _send(namespace, peer, frames):
-    _run("ip", "netns", "exec", namespace, sys.executable, "-c", SENDER, peer, *[f.hex() for f in frames])
 
 
 def _checksum(header: bytes) -> int:

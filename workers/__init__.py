@@ -1,1 +1,4 @@
-"""workers package."""
+"""A batch of frames -> events: link/IP/transport decode, DNS/HTTP/TLS/QUIC extraction, judgement.
+
+Must not know how frames were captured or how trails are stored on disk.
+"""

@@ -291,11 +291,19 @@ class Worker:
         src, dst = _ip_text(p.version, p.src), _ip_text(p.version, p.dst)
         path = req.target.lower()
         host = dst
+        checked = set()  # a name is judged once per request (Host header and target may repeat it)
+
+        def check_name(name):
+            name = normalize_host(name)
+            if name not in checked:
+                checked.add(name)
+                self._name(p, ts, name, TYPE_DNS, out)
+
         if req.host:
             host = req.host.strip().lower()
             if host.endswith(":80"):
                 host = host[:-3]
-            self._name(p, ts, normalize_host(host), TYPE_DNS, out)
+            check_name(host)
         url = None
         if "://" in path:
             # Absolute-form target (a request to a proxy): the real host is in the URI.
@@ -306,14 +314,14 @@ class Worker:
             if host.endswith(":80"):
                 host = host[:-3]
             path = "/" + path
-            self._name(p, ts, normalize_host(host), TYPE_DNS, out)
+            check_name(host)
         elif req.method.upper() == "CONNECT":
             host, sep, rest = path.partition("/")
             path = "/" + rest if sep else "/"
             if host.endswith(":80"):
                 host = host[:-3]
             url = host + path
-            self._name(p, ts, normalize_host(host), TYPE_DNS, out)
+            check_name(host)
         if url is None:
             url = host + path
 

@@ -1,0 +1,226 @@
+"""The installed `maltrail-engine` command, run as a real process.
+
+Covers the fail-closed start, configuration errors and check-config, trails build/stats/check,
+replay from a trails.csv (compiled into the cache), the log read back with `tail` in every format
+and with the real `zstd` tool, the demo, and the live sensor on a veth pair: frames injected from
+a network namespace, SIGTERM, events read back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from engine import pcapgen as g
+from tests.conftest import need_root
+from tests.netns import DST_MAC, send_frames, veth  # noqa: F401 (veth is a fixture)
+from tests.test_corpus import console_script
+
+CORPUS = Path(__file__).resolve().parent / "corpus"
+
+
+def mte(*args, env=None, timeout=120, **kw):
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([console_script(), *args], capture_output=True, text=True, timeout=timeout,
+                          env=full_env, **kw)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return {"MALTRAIL_ENGINE_CACHE": str(tmp_path / "cache")}
+
+
+@pytest.fixture
+def artifact(tmp_path):
+    path = tmp_path / "trails.mtdb"
+    result = mte("trails", "build", "--source", str(CORPUS / "trails.csv"), "-o", str(path))
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def _pcap(path, frames):
+    with g.PcapWriter(str(path)) as w:
+        for i, frame in enumerate(frames):
+            w.write(1_772_323_200_000_000_000 + i * 1_000_000, frame)
+    return str(path)
+
+
+def test_refuses_to_start_without_trails(tmp_path, cache):
+    pcap = _pcap(tmp_path / "x.pcap", [g.tcp_frame("10.0.0.1", "203.0.113.66", 40000, 443)])
+    missing = str(tmp_path / "nothing-here.mtdb")
+    for args in (["replay", "--trails", missing, "--log-dir", str(tmp_path / "log"), pcap],
+                 ["--trails", missing, "--log-dir", str(tmp_path / "log"), "-i", "lo"]):
+        result = mte(*args, env=cache)
+        assert result.returncode == 1
+        assert "no trails at" in result.stderr and "trails build" in result.stderr
+        assert "--allow-no-trails" in result.stderr
+    result = mte("replay", "--trails", missing, "--allow-no-trails", "--log-dir", str(tmp_path / "log"), pcap, env=cache)
+    assert result.returncode == 0, result.stderr
+    assert "events: 0" in result.stderr
+
+
+def test_empty_trail_source_is_not_usable(tmp_path, cache):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    pcap = _pcap(tmp_path / "x.pcap", [g.tcp_frame("10.0.0.1", "203.0.113.66", 40000, 443)])
+    result = mte("replay", "--trails", str(empty), "--log-dir", str(tmp_path / "log"), pcap, env=cache)
+    assert result.returncode == 1
+    assert "holds no trails" in result.stderr
+
+
+def test_bad_config_names_file_line_and_fix(tmp_path):
+    conf = tmp_path / "maltrail.toml"
+    conf.write_text('[sensor]\nsnaplen_bytes = 10\n')
+    result = mte("check-config", "-c", str(conf))
+    assert result.returncode == 2
+    assert "maltrail.toml:2" in result.stderr and "snaplen_bytes" in result.stderr and "64" in result.stderr
+    conf.write_text('[sensor]\nsnaplen_bytes = 1500\n')
+    result = mte("check-config", "-c", str(conf), "--sensor-name", "edge-1")
+    assert result.returncode == 0, result.stderr
+    assert "snaplen_bytes = 1500" in result.stdout and 'sensor_name = "edge-1"' in result.stdout
+    assert "command line" in result.stdout
+    result = mte("check-config", "-c", str(tmp_path / "missing.toml"))
+    assert result.returncode == 2 and "missing.toml" in result.stderr
+
+
+def test_trails_build_stats_and_check(artifact):
+    stats = mte("trails", "stats", str(artifact))
+    assert stats.returncode == 0, stats.stderr
+    assert "generation: 1" in stats.stdout and "trails: 23" in stats.stdout
+    check = mte("trails", "check", "--trails", str(artifact), "www.evil-parent.net")
+    assert check.returncode == 0
+    assert "parent evil-parent.net" in check.stdout and "MATCH" in check.stdout
+    check = mte("trails", "check", "--trails", str(artifact), "192.0.2.130")
+    assert check.returncode == 0 and "inside range" in check.stdout
+    check = mte("trails", "check", "--trails", str(artifact), "innocent.org/gate/panel.php?x=1")
+    assert check.returncode == 0 and "/gate/panel.php" in check.stdout
+    check = mte("trails", "check", "--trails", str(artifact), "clean-site.org")
+    assert check.returncode == 3 and "no domain trail matches" in check.stdout
+    rebuilt = mte("trails", "build", "--source", str(CORPUS / "trails.csv"), "-o", str(artifact))
+    assert rebuilt.returncode == 0 and "generation 2" in rebuilt.stdout
+
+
+def test_trails_build_reports_a_missing_source(tmp_path):
+    result = mte("trails", "build", "--source", str(tmp_path / "nope.csv"), "-o", str(tmp_path / "t.mtdb"))
+    assert result.returncode == 1 and "nope.csv" in result.stderr
+    assert not (tmp_path / "t.mtdb").exists()
+
+
+def test_replay_from_csv_then_tail_in_every_format(tmp_path, cache):
+    log = tmp_path / "log"
+    pcap = _pcap(tmp_path / "x.pcap", [
+        g.udp_frame("10.0.0.1", "10.0.0.53", 40000, 53, g.dns_query("www.evil-parent.net")),
+        g.tcp_frame("10.0.0.1", "203.0.113.66", 40001, 443),
+        g.tcp_frame("203.0.113.66", "10.0.0.1", 443, 40001, g.TCP_SYN | g.TCP_ACK),
+        g.ether(b"\x00" * 10, 0x0806),  # ARP-ish: counted as skipped, not an error
+    ])
+    result = mte("replay", "--trails", str(CORPUS / "trails.csv"), "--log-dir", str(log), "--sensor-name", "s1",
+                 pcap, env=cache)
+    assert result.returncode == 0, result.stderr
+    assert "compiling trails from" in result.stderr
+    assert "frames: 4" in result.stderr and "decoded: 3; skipped: 1" in result.stderr
+    assert "events: 3 (IP 2, DNS 1)" in result.stderr
+    again = mte("replay", "--trails", str(CORPUS / "trails.csv"), "--log-dir", str(tmp_path / "log2"), pcap, env=cache)
+    assert again.returncode == 0 and "compiling trails" not in again.stderr  # the cache is reused
+
+    lines = mte("tail", "--log-dir", str(log)).stdout.splitlines()
+    assert lines == [
+        '"2026-03-01 00:00:00.000000" s1 10.0.0.1 40000 10.0.0.53 53 UDP DNS (www).evil-parent.net '
+        '"corpus parent (malware)" (corpus)',
+        '"2026-03-01 00:00:00.001000" s1 10.0.0.1 40001 203.0.113.66 443 TCP IP 203.0.113.66 '
+        '"corpus c2 (malware)" (corpus)',
+        '"2026-03-01 00:00:00.002000" s1 10.0.0.1 40001 203.0.113.66 443 TCP IP 203.0.113.66 '
+        '"corpus c2 (malware)" (corpus)',
+    ]
+    records = [json.loads(line) for line in mte("tail", "--log-dir", str(log), "--format", "json").stdout.splitlines()]
+    assert [r["count"] for r in records] == [1, 1, 1]
+    assert records[0]["type"] == "DNS" and records[0]["severity"] == "high" and records[0]["src_port"] == 40000
+    csv_lines = mte("tail", "--log-dir", str(log), "--format", "csv").stdout.splitlines()
+    assert csv_lines[0].startswith("time,") and len(csv_lines) == 4
+    since = mte("tail", "--log-dir", str(log), "--since", "2026-03-01 00:00:00.001")
+    assert len(since.stdout.splitlines()) == 2
+
+    # the log is plain zstd frames holding msgpack records: the real zstd tool reads it
+    if shutil.which("zstd"):
+        files = list(log.glob("*.events.zst"))
+        assert [f.name for f in files] == ["2026-03-01.events.zst"]
+        raw = subprocess.run(["zstd", "-dc", str(files[0])], capture_output=True, check=True).stdout
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(raw)
+        assert len(list(unpacker)) == 3
+
+
+def test_tail_of_a_missing_directory_fails_clearly(tmp_path):
+    result = mte("tail", "--log-dir", str(tmp_path / "absent"))
+    assert result.returncode == 2 and "absent" in result.stderr
+
+
+def test_demo_runs_offline_and_shows_every_kind(tmp_path):
+    result = mte("demo", "--out", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    for text in ("(update).evil-demo.com", "sinkholed by demo (malware)", "203.0.113.66", "198.51.100.77:4444",
+                 "/wp-login/gate.php", "shop.phish-demo.org/account/verify", "sqlmap/", "(c2).badcdn-demo.net",
+                 "UDP DNS (quic).badcdn-demo.net", "2001:db8::66", "192.0.2.128/25",
+                 "41026 10.1.0.53 53 UDP DNS evil-demo.com"):
+        assert text in result.stdout, text
+
+
+@pytest.mark.root
+def test_live_sensor_on_a_veth_pair(veth, artifact, tmp_path):
+    namespace, host, peer = veth
+    log = tmp_path / "log"
+    proc = subprocess.Popen([console_script(), "-i", host, "--trails", str(artifact), "--log-dir", str(log),
+                             "--sensor-name", "live"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        seen = ""
+        while "capturing on" not in seen and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen += line
+        assert "capturing on %s" % host in seen, seen
+
+        def frame(ip_frame: bytes) -> bytes:
+            return DST_MAC + ip_frame[6:]  # unicast to a MAC nobody owns: captured, then dropped
+
+        client, server = "10.99.0.2", "10.99.0.1"
+        send_frames(namespace, peer, [frame(f) for f in (
+            g.udp_frame(client, server, 40000, 53, g.dns_query("evil-exact.com")),
+            g.tcp_frame(client, "203.0.113.66", 40001, 443, g.TCP_SYN),
+            g.tcp_frame(client, server, 40002, 80, g.TCP_PSH | g.TCP_ACK,
+                        g.http_request("GET", "/gate/panel.php", "innocent-blog.org", "Mozilla/5.0")),
+            g.tcp_frame(client, server, 40003, 443, g.TCP_PSH | g.TCP_ACK, g.tls_client_hello("tls-evil.org")),
+        )])
+        time.sleep(2.5)  # frames close within a second; leave room for a loaded machine
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, rest = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, rest
+    assert "stopped:" in rest
+    lines = [line.split('" ', 1)[1] for line in mte("tail", "--log-dir", str(log)).stdout.splitlines()]
+    assert 'live 10.99.0.2 40000 10.99.0.1 53 UDP DNS evil-exact.com "corpus exact (malware)" (corpus)' in lines
+    assert 'live 10.99.0.2 40001 203.0.113.66 443 TCP IP 203.0.113.66 "corpus c2 (malware)" (corpus)' in lines
+    assert ('live 10.99.0.2 40002 10.99.0.1 80 TCP URL (innocent-blog.org)/gate/panel.php "corpus panel (malware)" '
+            '(corpus)') in lines
+    assert 'live 10.99.0.2 40003 10.99.0.1 443 TCP DNS tls-evil.org "corpus tls (malware)" (corpus)' in lines
+
+
+def test_live_errors_are_clear(artifact, tmp_path):
+    result = mte("-i", "no-such-iface0", "--trails", str(artifact), "--log-dir", str(tmp_path / "log"))
+    assert result.returncode == 1 and "no-such-iface0" in result.stderr and "not found" in result.stderr
+    need_root()
+    result = mte("-i", "lo", "--filter", "port not-a-number", "--trails", str(artifact), "--log-dir", str(tmp_path / "log"))
+    assert result.returncode == 1 and "filter" in result.stderr
