@@ -139,14 +139,21 @@ def _link_to_l3(data: bytes, linktype: int):
 
 
 def _ppp_protocol(data: bytes, offset: int):
-    if len(data) < offset + 2:
+    if len(data) < offset + 1:
         return SKIP_TRUNCATED_LINK
-    proto = _ETH.unpack_from(data, offset)[0]
+    # Protocol-field compression (RFC 1661 section 6.5): protocol numbers have an even first byte
+    # and an odd second byte, so an odd first byte is a one-byte (compressed) protocol field.
+    if data[offset] & 1:
+        proto, offset = data[offset], offset + 1
+    elif len(data) < offset + 2:
+        return SKIP_TRUNCATED_LINK
+    else:
+        proto, offset = _ETH.unpack_from(data, offset)[0], offset + 2
     if proto == PPP_IPV4:
-        return ETHERTYPE_IPV4, offset + 2
+        return ETHERTYPE_IPV4, offset
     if proto == PPP_IPV6:
-        return ETHERTYPE_IPV6, offset + 2
-    return 0, offset + 2
+        return ETHERTYPE_IPV6, offset
+    return 0, offset
 
 
 def _ethertype_walk(data: bytes, type_offset: int):
@@ -217,7 +224,7 @@ def _decode_ipv6(data: bytes, offset: int):
     if payload_len and offset + 40 + payload_len < end:
         end = offset + 40 + payload_len
     pos = offset + 40
-    for _ in range(MAX_IPV6_EXT_HEADERS):
+    for _ in range(MAX_IPV6_EXT_HEADERS + 1):  # up to MAX headers, then the transport
         if nxt in _IPV6_GENERIC_EXT:
             if end < pos + 8:
                 return SKIP_IPV6_EXT

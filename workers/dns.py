@@ -78,7 +78,7 @@ def parse_name(data: bytes, pos: int) -> tuple[str, int] | None:
         if pos + 1 + length > n:
             return None
         total += length + 1
-        if total > MAX_NAME_BYTES:
+        if total + 1 > MAX_NAME_BYTES:  # RFC 1035 3.1: 255 bytes including the final zero
             return None
         labels.append(data[pos + 1:pos + 1 + length].decode("latin-1"))
         pos += 1 + length
