@@ -70,8 +70,10 @@ S_IPPORT6 = "ipport6"        # sorted (16-byte address + u16 big-endian port)
 S_IPPORT6_IDS = "ipport6_ids"
 S_DOMAINS = "domains"        # hash table (csrc/artifact.h) over domain trail keys
 S_URLS = "urls"              # hash table over URL and path trail keys
-S_REGEX_IDS = "regex_ids"    # u32 ids of regex domain trails, in source order
-S_UA_IDS = "ua_ids"          # u32 ids of user-agent trails
+S_REGEX = "regex"            # msgpack [[id, pattern], ...] of regex domain trails, source order
+S_UA = "ua"                  # msgpack [[id, pattern], ...] of user-agent trails
+# (their own small sections: reading the keys out of `strings` would page in whole folios of the
+# blob at load for a few dozen patterns)
 S_WHITELIST = "whitelist"    # msgpack {"domains": [...], "ips": [...], "cidrs": [...]}
 S_INFO = "info"              # msgpack build information (sources, counts, rejections)
 
@@ -178,6 +180,12 @@ class Artifact:
         key = bytes(self._strings[off:off + length]).decode("utf-8", "replace")
         info, reference = self.meta[meta]
         return TrailRecord(trail_id, key, kind, info, reference)
+
+    def pairs(self, name: str) -> list[tuple[int, str]]:
+        """A msgpack [[id, text], ...] section (regex and user-agent patterns)."""
+        if name not in self._sections:
+            return []
+        return [(int(i), str(t)) for i, t in msgpack.unpackb(self.section(name), raw=False)]
 
     def ids(self, name: str) -> memoryview:
         """A u32 id section as a sequence of ints."""

@@ -21,7 +21,7 @@ import re
 from typing import NamedTuple
 
 from matchers import _native
-from matchers.artifact import KIND_DOMAIN, KIND_REGEX, S_DOMAINS, S_REGEX_IDS, S_STRINGS, S_TRAILS
+from matchers.artifact import KIND_DOMAIN, KIND_REGEX, S_DOMAINS, S_REGEX, S_STRINGS, S_TRAILS
 from matchers.regextrails import ReferenceRegexTrails, RegexTrails
 
 # Maltrail: name servers and mail exchangers of a "suspicious"/"sinkhole" parent are not reported
@@ -134,8 +134,7 @@ class DomainMatcher:
 
 
 def load_domain_matcher(artifact) -> DomainMatcher:
-    regex_ids = list(artifact.ids(S_REGEX_IDS)) if artifact.has(S_REGEX_IDS) else []
-    regex = RegexTrails([(i, artifact.key(i)) for i in regex_ids])
+    regex = RegexTrails(artifact.pairs(S_REGEX))
     table = NativeSuffixTable(artifact) if artifact.has(S_DOMAINS) else ReferenceSuffixTable({})
     return DomainMatcher(table, regex, artifact.meta_of)
 

@@ -43,7 +43,7 @@ class IPMatcher:
         self._ip4_keys = a.section(S_IP4_KEYS).cast("I") if a.has(S_IP4_KEYS) else None
         self._ip4_ids = a.ids(S_IP4_IDS) if a.has(S_IP4_IDS) else None
         self._cidr4 = _native.RoaringView(a.section(S_CIDR4)) if a.has(S_CIDR4) else None
-        self._cidr4_list = _unpack_cidr4(a.section(S_CIDR4_LIST)) if a.has(S_CIDR4_LIST) else []
+        self._cidr4_by_prefix = _by_prefix(_unpack_cidr4(a.section(S_CIDR4_LIST)) if a.has(S_CIDR4_LIST) else [], 32)
         self._ipport4 = (pyroaring.BitMap64.deserialize(bytes(a.section(S_IPPORT4)))
                          if a.has(S_IPPORT4) else None)
         self._ipport4_keys = a.section(S_IPPORT4_KEYS).cast("Q") if a.has(S_IPPORT4_KEYS) else None
@@ -51,7 +51,7 @@ class IPMatcher:
         # IPv6 trails are few (thousands): plain dicts built at load.
         self._ip6 = _dict_from_sorted(a, S_IP6, S_IP6_IDS, 16, lambda b: int.from_bytes(b, "big"))
         self._ipport6 = _dict_from_sorted(a, S_IPPORT6, S_IPPORT6_IDS, 18, bytes)
-        self._cidr6_list = _unpack_cidr6(a.section(S_CIDR6_LIST)) if a.has(S_CIDR6_LIST) else []
+        self._cidr6_by_prefix = _by_prefix(_unpack_cidr6(a.section(S_CIDR6_LIST)) if a.has(S_CIDR6_LIST) else [], 128)
 
     def lookup_ip(self, version: int, addr: int) -> int | None:
         if version == 4:
@@ -59,17 +59,12 @@ class IPMatcher:
                 i = bisect_left(self._ip4_keys, addr)
                 return self._ip4_ids[i]
             if self._cidr4 is not None and addr in self._cidr4:
-                for first, last, trail_id, _prefix in self._cidr4_list:
-                    if first <= addr <= last:
-                        return trail_id
+                return _most_specific(self._cidr4_by_prefix, addr)
             return None
         trail_id = self._ip6.get(addr)
         if trail_id is not None:
             return trail_id
-        for first, last, trail_id, _prefix in self._cidr6_list:
-            if first <= addr <= last:
-                return trail_id
-        return None
+        return _most_specific(self._cidr6_by_prefix, addr)
 
     def lookup_ip_port(self, version: int, addr: int, port: int) -> int | None:
         if version == 4:
@@ -80,6 +75,24 @@ class IPMatcher:
                 return self._ipport4_ids[bisect_left(self._ipport4_keys, key)]
             return None
         return self._ipport6.get(ipport6_key(addr, port))
+
+
+def _by_prefix(ranges, bits: int) -> list[tuple[int, dict]]:
+    """[(mask, {network: trail id})] longest prefix first; within a prefix the lowest id wins
+    (the list comes sorted by prefix, then id)."""
+    tables: dict[int, dict] = {}
+    for first, _last, trail_id, prefix in ranges:
+        tables.setdefault(prefix, {}).setdefault(first, trail_id)
+    full = (1 << bits) - 1
+    return [((full >> (bits - p)) << (bits - p) if p else 0, tables[p]) for p in sorted(tables, reverse=True)]
+
+
+def _most_specific(by_prefix, addr: int) -> int | None:
+    for mask, networks in by_prefix:
+        trail_id = networks.get(addr & mask)
+        if trail_id is not None:
+            return trail_id
+    return None
 
 
 def _unpack_cidr4(view) -> list[tuple[int, int, int, int]]:

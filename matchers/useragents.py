@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ahocorasick
 
-from matchers.artifact import KIND_UA, S_UA_IDS
+from matchers.artifact import KIND_UA, S_UA
 
 
 class UserAgentMatcher:
@@ -55,8 +55,7 @@ class ReferenceUserAgentMatcher:
 
 
 def load_ua_matcher(artifact) -> UserAgentMatcher:
-    ids = list(artifact.ids(S_UA_IDS)) if artifact.has(S_UA_IDS) else []
-    return UserAgentMatcher([(i, artifact.key(i)) for i in ids])
+    return UserAgentMatcher(artifact.pairs(S_UA))
 
 
 def reference_ua_matcher(trails) -> ReferenceUserAgentMatcher:

@@ -30,8 +30,8 @@ from matchers.artifact import (
     KIND_CIDR4, KIND_CIDR6, KIND_DOMAIN, KIND_IPPORT4, KIND_IPPORT6, KIND_IPV4, KIND_IPV6,
     KIND_NAMES, KIND_PATH, KIND_REGEX, KIND_UA, KIND_URL, S_CIDR4, S_CIDR4_LIST, S_CIDR6_LIST,
     S_DOMAINS, S_INFO, S_IP4, S_IP4_IDS, S_IP4_KEYS, S_IP6, S_IP6_IDS, S_IPPORT4, S_IPPORT4_IDS,
-    S_IPPORT4_KEYS, S_IPPORT6, S_IPPORT6_IDS, S_META, S_REGEX_IDS, S_STRINGS, S_TRAILS,
-    S_UA_IDS, S_URLS, S_WHITELIST, TRAIL_RECORD, Artifact, ArtifactError, write_artifact,
+    S_IPPORT4_KEYS, S_IPPORT6, S_IPPORT6_IDS, S_META, S_REGEX, S_STRINGS, S_TRAILS,
+    S_UA, S_URLS, S_WHITELIST, TRAIL_RECORD, Artifact, ArtifactError, write_artifact,
 )
 from matchers.ips import ipport4_key, ipport6_key, parse_ipport
 from trailsdb.normalize import normalize_trail
@@ -170,7 +170,8 @@ def layout(entries: list, meta: list, whitelist: Whitelist, info: dict) -> list[
     strings = bytearray()
     trails = bytearray(TRAIL_RECORD.size * len(entries))
     ip4, cidr4, ipport4, ip6, cidr6, ipport6 = [], [], [], [], [], []
-    domains, urls, regex, uas = array("I"), array("I"), array("I"), array("I")
+    domains, urls = array("I"), array("I")
+    regex, uas = [], []
     for trail_id, (kind, key, m) in enumerate(entries):
         raw = key.encode("utf-8", "surrogateescape")
         TRAIL_RECORD.pack_into(trails, trail_id * TRAIL_RECORD.size, len(strings), len(raw), kind, 0, m)
@@ -196,9 +197,9 @@ def layout(entries: list, meta: list, whitelist: Whitelist, info: dict) -> list[
             net = ipaddress.IPv6Network(key)
             cidr6.append((int(net.network_address), int(net.broadcast_address), trail_id, net.prefixlen))
         elif kind == KIND_REGEX:
-            regex.append(trail_id)
+            regex.append([trail_id, key])
         elif kind == KIND_UA:
-            uas.append(trail_id)
+            uas.append([trail_id, key])
 
     sections = [(S_STRINGS, bytes(strings)), (S_TRAILS, bytes(trails)),
                 (S_META, msgpack.packb([list(p) for p in meta], use_bin_type=True))]
@@ -231,7 +232,7 @@ def layout(entries: list, meta: list, whitelist: Whitelist, info: dict) -> list[
     trails_b, strings_b = sections[1][1], sections[0][1]
     sections += [(S_DOMAINS, _native.build_hash_table(trails_b, strings_b, domains.tobytes())),
                  (S_URLS, _native.build_hash_table(trails_b, strings_b, urls.tobytes())),
-                 (S_REGEX_IDS, regex.tobytes()), (S_UA_IDS, uas.tobytes())]
+                 (S_REGEX, msgpack.packb(regex, use_bin_type=True)), (S_UA, msgpack.packb(uas, use_bin_type=True))]
     sections.append((S_WHITELIST, msgpack.packb({
         "domains": sorted(whitelist.domains),
         "ips": sorted(str(a) for a in whitelist.ips),
