@@ -128,10 +128,12 @@ def required_literals(pattern: str) -> list[str]:
             if i + 1 >= n:
                 return []
             e = pattern[i + 1]
-            if e.isalnum():  # \d, \w, \b, a backreference...: not a literal
+            if e in "dDwWsSbBAZ":  # a character class or an anchor: not a literal
                 end_run()
                 i, _ = _skip_quantifier(pattern, i + 2)
                 continue
+            if e.isalnum():  # \x2e, \u..., \N{...}, octal, backreferences: don't guess
+                return []
             atom, i = e, i + 2
         elif c in ".^$":
             end_run()
@@ -184,7 +186,7 @@ class RegexTrails:
             return None
         candidates = set(self._always)
         if self._automaton is not None:
-            for _end, indexes in self._automaton.iter(name):
+            for _end, indexes in self._automaton.iter(name.lower()):
                 candidates.update(indexes)
         best = None
         for index in sorted(candidates):

@@ -33,16 +33,14 @@ def explain(matchers, indicator: str) -> tuple[bool, list[str]]:
             return False, ["user agent %r: no user-agent trail occurs in it" % ua]
         return True, ["user agent %r: MATCH %s" % (ua, _describe(matchers, trail_id))]
 
-    try:
-        host, port = parse_ipport(text)
-        addr = ipaddress.ip_address(host)
+    try:  # a bare address first: "dead::beef:1" is an IPv6 address, not dead::beef port 1
+        addr, port = ipaddress.ip_address(text.strip("[]")), None
     except ValueError:
-        addr, port = None, None
-    if addr is None:
         try:
-            addr = ipaddress.ip_address(text.strip("[]"))
+            host, port = parse_ipport(text)
+            addr = ipaddress.ip_address(host)
         except ValueError:
-            addr = None
+            addr, port = None, None
     if addr is not None:
         return _explain_ip(matchers, addr, port)
 

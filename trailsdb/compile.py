@@ -95,7 +95,7 @@ def _whitelisted(kind: int, key: str, wl: Whitelist) -> bool:
     if kind == KIND_DOMAIN:
         return wl.domain_listed(key)
     if kind == KIND_URL:
-        host = key.split("/", 1)[0].rsplit(":", 1)[0] if not key.startswith("[") else key
+        host = _url_host(key)
         return wl.domain_listed(host) or _ip_text_listed(host, wl)
     if kind in (KIND_IPV4, KIND_IPV6):
         return wl.ip_listed(ipaddress.ip_address(key))
@@ -105,6 +105,14 @@ def _whitelisted(kind: int, key: str, wl: Whitelist) -> bool:
         net = ipaddress.ip_network(key)
         return any(net.version == w.version and net.subnet_of(w) for w in wl.networks)
     return False
+
+
+def _url_host(key: str) -> str:
+    """The host of a host/path trail: without a port; IPv6 with or without brackets."""
+    if key.startswith("["):
+        return key[1:key.find("]")] if "]" in key else key
+    host = key.split("/", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def _ip_text_listed(text: str, wl: Whitelist) -> bool:

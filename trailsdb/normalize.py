@@ -28,8 +28,11 @@ _IPV6_PORT = re.compile(r"\A\[([0-9a-f:.]+)\]:(\d{1,5})\Z")
 _IPV6_CIDR = re.compile(r"\A([0-9a-f:.]+)/(\d{1,3})\Z")
 # Maltrail's test for a wildcard (regex) trail: a quantified '.' or ']' or a bracket class.
 _REGEX_HINT = re.compile(r"[\].][*+]|\[[a-z0-9_.\-]+\]", re.I)
-# Names the combined alternation uses for its own groups (matchers/domains.py).
-_GROUP_CLASH = re.compile(r"\(\?P<g\d+>")
+# Constructs that change meaning or stop compiling once a pattern sits inside Maltrail's combined
+# alternation (matchers/regextrails.py): numbered backreferences (the wrapping groups renumber
+# them), named backreferences, inline global flags (only legal at the very start), and the
+# group names the alternation uses for itself.
+_UNSUPPORTED_REGEX = re.compile(r"\\[1-9]|\(\?P=|\(\?[aiLmsux]+\)|\(\?P<g\d+>")
 _DOMAIN = re.compile(r"\A[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\Z")
 _ALPHA_ONLY = re.compile(r"\A\.?[a-z]+\Z")
 
@@ -62,10 +65,11 @@ def normalize_trail(trail: str, reference: str = "") -> tuple[int | None, str]:
         return _checked(KIND_UA, pattern)
 
     if "/" not in t and _REGEX_HINT.search(t) and re.escape(t) != t:
-        if _GROUP_CLASH.search(t):
-            return None, "regex uses a reserved group name"
+        if _UNSUPPORTED_REGEX.search(t):
+            return None, "regex uses backreferences, inline flags or a reserved group name"
         try:
             re.compile(t, re.IGNORECASE)
+            re.compile("(?P<g0>%s)|(?P<g1>x)" % t, re.IGNORECASE)
         except (re.error, RecursionError, OverflowError):
             return None, "regex does not compile"
         # Matched case-insensitively against lower-case names: lower-casing the pattern itself

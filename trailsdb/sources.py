@@ -18,6 +18,7 @@ import io
 import ipaddress
 import os
 import re
+import zlib
 from collections import Counter
 from typing import Iterator, NamedTuple
 
@@ -38,6 +39,46 @@ class SourceError(Exception):
     """A source that cannot be read at all; the message names it."""
 
 
+class _ZstdFrames(io.RawIOBase):
+    """Decompresses every zstd frame of a file and refuses a file that ends inside a frame.
+
+    python-zstandard's stream reader returns a truncated frame's bytes as if the file had ended
+    normally; a trail file cut short must be an error, not a silently smaller trail set.
+    """
+
+    CHUNK = 1 << 20
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = None
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            data = self._raw.read(self.CHUNK)
+            if not data:
+                if self._obj is not None and not self._obj.eof:
+                    raise zstandard.ZstdError("the file ends inside a zstd frame (truncated)")
+                return 0
+            while data:
+                if self._obj is None or self._obj.eof:
+                    self._obj = self._dctx.decompressobj()
+                self._pending += self._obj.decompress(data)
+                data = self._obj.unused_data if self._obj.eof else b""
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
 def _open_text(path: str):
     """Text handle for a plain, .gz or .zst file."""
     raw = open(path, "rb")
@@ -46,7 +87,7 @@ def _open_text(path: str):
     if head[:2] == b"\x1f\x8b":
         stream = gzip.GzipFile(fileobj=raw)
     elif head == b"\x28\xb5\x2f\xfd":
-        stream = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+        stream = io.BufferedReader(_ZstdFrames(raw))
     else:
         stream = raw
     return io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="")
@@ -68,7 +109,7 @@ def read_trails_csv(path: str, stats: Counter) -> Iterator[RawTrail]:
                     continue
                 stats["rows read"] += 1
                 yield RawTrail(row[0], row[1], row[2], "%s:%d" % (name, lineno))
-        except (csv.Error, zstandard.ZstdError, EOFError, OSError) as exc:
+        except (csv.Error, zstandard.ZstdError, zlib.error, EOFError, OSError) as exc:
             raise SourceError("%s: unreadable trails file: %s" % (path, exc)) from None
 
 
