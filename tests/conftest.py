@@ -15,6 +15,9 @@ REPO = Path(__file__).resolve().parent.parent
 # finds site-packages first and only `tests.*` helpers come from the checkout.
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
+# Child interpreters the tests start (`python -c ...`) must not put their working directory (the
+# checkout) in front of the installed package either.
+os.environ["PYTHONSAFEPATH"] = "1"
 SHARED = Path(os.environ.get("MALTRAIL_SHARED", REPO.parent / "shared"))
 MALTRAIL_CORPUS = SHARED / "corpus" / "maltrail"
 REAL_CORPUS = SHARED / "corpus" / "real"

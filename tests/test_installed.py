@@ -19,5 +19,6 @@ def test_packages_and_c_extension_come_from_the_installation():
     import trailsdb
     import workers
     for module in (engine, workers, matchers, trailsdb, matchers._native):
-        assert REPO not in Path(module.__file__).resolve().parents, module.__file__
+        path = Path(module.__file__).resolve()
+        assert "site-packages" in path.parts and REPO / path.parts[-2] != path.parent, module.__file__
     assert matchers._native.__file__.endswith(".so")
