@@ -151,14 +151,19 @@ def _load_matchers(cfg):
 
 
 def _pipeline(cfg):
+    """(worker, log writer), or None after saying why (no usable trails, unusable log directory)."""
     from engine.eventlog import EventLogWriter
     from workers.pipeline import Worker
     matchers = _load_matchers(cfg)
     if matchers is None:
-        return None, None
-    os.makedirs(cfg.all.log_dir, exist_ok=True)
-    worker = Worker(matchers, resolved_sensor_name(cfg), cfg.sensor.condense_window_s)
-    return worker, EventLogWriter(cfg.all.log_dir)
+        return None
+    try:
+        os.makedirs(cfg.all.log_dir, exist_ok=True)
+        writer = EventLogWriter(cfg.all.log_dir)
+    except OSError as exc:
+        _fail("cannot use log directory %s: %s" % (cfg.all.log_dir, exc.strerror or exc), 1)
+        return None
+    return Worker(matchers, resolved_sensor_name(cfg), cfg.sensor.condense_window_s), writer
 
 
 def _replay(args, cfg) -> int:
@@ -166,12 +171,10 @@ def _replay(args, cfg) -> int:
     missing = [p for p in args.pcaps if not os.path.exists(p)]
     if missing:
         return _fail("no such capture file: %s" % ", ".join(missing), 2)
-    try:
-        worker, writer = _pipeline(cfg)
-    except OSError as exc:
-        return _fail("cannot use log directory %s: %s" % (cfg.all.log_dir, exc.strerror or exc), 1)
-    if worker is None:
+    pipeline = _pipeline(cfg)
+    if pipeline is None:
         return 1
+    worker, writer = pipeline
     with writer:
         stats = replay_files(args.pcaps, worker, writer, snaplen_bytes=cfg.sensor.snaplen_bytes, reader=args.reader)
     if not args.quiet:
@@ -184,13 +187,10 @@ def _replay(args, cfg) -> int:
 
 def _live(cfg) -> int:
     from engine.sensor import run_live
-    try:
-        worker, writer = _pipeline(cfg)
-    except OSError as exc:
-        return _fail("cannot use log directory %s: %s" % (cfg.all.log_dir, exc.strerror or exc), 1)
-    if worker is None:
+    pipeline = _pipeline(cfg)
+    if pipeline is None:
         return 1
-    return run_live(cfg, worker, writer)
+    return run_live(cfg, *pipeline)
 
 
 def _tail(args) -> int:

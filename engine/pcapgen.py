@@ -208,32 +208,37 @@ def tls_client_hello(server_name: str | None) -> bytes:
     return b"\x16\x03\x01" + struct.pack("!H", len(hello)) + hello
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """QUIC variable-length integer (RFC 9000 section 16)."""
     if value < 1 << 6:
         return value.to_bytes(1, "big")
     if value < 1 << 14:
         return (value | 0x4000).to_bytes(2, "big")
-    return (value | 0x80000000).to_bytes(4, "big")
+    if value < 1 << 30:
+        return (value | 0x80000000).to_bytes(4, "big")
+    return (value | 0xC000000000000000).to_bytes(8, "big")
 
 
-def quic_initial(server_name: str, dcid: bytes = b"\x83\x94\xc8\xf0\x3e\x51\x57\x08", version: int = 1,
-                 pn: int = 0, datagram_bytes: int = 1200) -> bytes:
-    """A client Initial carrying a ClientHello in one CRYPTO frame, protected as RFC 9001 section 5
-    (RFC 9369 for version 2) prescribes, padded to the 1200 bytes a client datagram must have."""
+def crypto_frame(offset: int, data: bytes) -> bytes:
+    return b"\x06" + varint(offset) + varint(len(data)) + data
+
+
+def protect_initial(frames: bytes, dcid: bytes, version: int = 1, pn: int = 0, payload_bytes: int = 1162,
+                    scid: bytes = b"", token: bytes = b"") -> bytes:
+    """A client Initial carrying `frames` padded to `payload_bytes`, with a 4-byte packet number,
+    protected as RFC 9001 section 5 prescribes (RFC 9369 for version 2). With the RFC's inputs it
+    reproduces the RFCs' sample client Initials byte for byte (tests/test_quic.py checks)."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     from workers.quic import initial_client_keys
 
     key, iv, hp = initial_client_keys(version, dcid)
-    hello = client_hello(server_name)
-    frames = b"\x06" + _varint(0) + _varint(len(hello)) + hello
+    payload = frames + bytes(max(0, payload_bytes - len(frames)))
     initial_type = 0b00 if version == 1 else 0b01
-    header_len = 1 + 4 + 1 + len(dcid) + 1 + 1 + 2 + 4
-    payload = frames + bytes(max(0, datagram_bytes - header_len - 16 - len(frames)))
     length = 4 + len(payload) + 16
     header = bytearray(bytes([0xC0 | (initial_type << 4) | 0x03]) + version.to_bytes(4, "big")
-                       + bytes([len(dcid)]) + dcid + b"\x00" + b"\x00"
+                       + bytes([len(dcid)]) + dcid + bytes([len(scid)]) + scid + varint(len(token)) + token
                        + (length | 0x4000).to_bytes(2, "big") + pn.to_bytes(4, "big"))
     nonce = (int.from_bytes(iv, "big") ^ pn).to_bytes(12, "big")
     sealed = AESGCM(key).encrypt(nonce, payload, bytes(header))
@@ -242,3 +247,12 @@ def quic_initial(server_name: str, dcid: bytes = b"\x83\x94\xc8\xf0\x3e\x51\x57\
     for i in range(4):
         header[-4 + i] ^= mask[1 + i]
     return bytes(header) + sealed
+
+
+def quic_initial(server_name: str, dcid: bytes = b"\x83\x94\xc8\xf0\x3e\x51\x57\x08", version: int = 1,
+                 pn: int = 0) -> bytes:
+    """A 1200-byte client Initial (the minimum a client datagram must have) whose CRYPTO frame
+    carries a ClientHello naming `server_name`."""
+    header_bytes = 1 + 4 + 1 + len(dcid) + 1 + 1 + 2 + 4
+    return protect_initial(crypto_frame(0, client_hello(server_name)), dcid, version, pn,
+                           payload_bytes=1200 - header_bytes - 16)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -39,6 +40,22 @@ def maltrail_corpus() -> Path:
 @pytest.fixture
 def real_corpus() -> Path:
     return need_shared(REAL_CORPUS)
+
+
+@contextlib.contextmanager
+def pinned_tz(name: str):
+    """Local time pinned to `name` (a POSIX TZ string) for the duration, then restored."""
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = name
+    time.tzset()
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()
 
 
 def need_root():

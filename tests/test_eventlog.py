@@ -4,7 +4,6 @@ repair, following a growing directory, time ranges, and the `tail` command's log
 from __future__ import annotations
 
 import calendar
-import contextlib
 import io
 import os
 import shlex
@@ -35,6 +34,7 @@ from engine.eventlog import (
 from engine.formats import CSV_HEADER, format_maltrail
 from engine.tail import run_tail
 from workers.events import TYPE_DNS, Event
+from tests.conftest import pinned_tz
 
 REPO = Path(__file__).resolve().parent.parent
 # Central European time, written as a POSIX rule so it needs no tzdata: local midnight is not
@@ -43,21 +43,6 @@ CET = "CET-1CEST,M3.5.0,M10.5.0/3"
 # 2026-11-24 13:00:00 local (CET, UTC+1).
 T0_US = calendar.timegm((2026, 11, 24, 12, 0, 0)) * 1_000_000
 HOUR_US = 3600 * 1_000_000
-
-
-@contextlib.contextmanager
-def pinned_tz(name: str):
-    saved = os.environ.get("TZ")
-    os.environ["TZ"] = name
-    time.tzset()
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("TZ", None)
-        else:
-            os.environ["TZ"] = saved
-        time.tzset()
 
 
 @pytest.fixture(autouse=True)

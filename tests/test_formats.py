@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import calendar
-import contextlib
 import csv
 import io
 import json
-import os
 import re
 import time
 
@@ -27,23 +25,9 @@ from engine.formats import (
 )
 from engine.tail import parse_time
 from workers.events import SEVERITIES, TYPE_DNS, TYPE_IP, TYPE_SNI, TYPE_URL, Event
+from tests.conftest import pinned_tz
 
 CET = "CET-1CEST,M3.5.0,M10.5.0/3"    # UTC+1 in November, UTC+2 in summer; no tzdata needed
-
-
-@contextlib.contextmanager
-def pinned_tz(name: str):
-    saved = os.environ.get("TZ")
-    os.environ["TZ"] = name
-    time.tzset()
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("TZ", None)
-        else:
-            os.environ["TZ"] = saved
-        time.tzset()
 
 
 @pytest.fixture(autouse=True)

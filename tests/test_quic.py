@@ -2,23 +2,21 @@
 ClientHello reassembler, and fuzzing.
 
 Real captures are read from ../shared with dpkt (never copied here); tests needing them skip with a
-reason when ../shared is absent. Synthetic Initials are built by `_protect_initial`, a test-side
-packet protector checked against the RFC packets byte for byte before anything relies on it.
+reason when ../shared is absent. Synthetic Initials are built by engine/pcapgen.py's protector,
+checked against the RFC packets byte for byte before anything relies on it.
 """
 
 from __future__ import annotations
 
 import functools
-import socket
 
-import dpkt
 import pytest
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine import pcapgen as g
 from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, need_shared
+from tests.pcaps import udp_datagrams
 from workers.quic import (
     MAX_CRYPTO_BYTES,
     QUIC_V1,
@@ -155,40 +153,15 @@ RFC9369_SERVER_INITIAL = bytes.fromhex(
 )
 
 
-# --- a test-side Initial protector (RFC 9001 section 5), verified against the vectors above ---
+# --- Initials built by engine/pcapgen.py's protector, checked against the RFC vectors above ---
 
-def _varint(value: int) -> bytes:
-    if value < 1 << 6:
-        return value.to_bytes(1, "big")
-    if value < 1 << 14:
-        return (value | 0x4000).to_bytes(2, "big")
-    if value < 1 << 30:
-        return (value | 0x80000000).to_bytes(4, "big")
-    return (value | 0xC000000000000000).to_bytes(8, "big")
-
-
-def _crypto(offset: int, data: bytes) -> bytes:
-    return b"\x06" + _varint(offset) + _varint(len(data)) + data
+_varint = g.varint
+_crypto = g.crypto_frame
 
 
 def _protect_initial(frames: bytes, dcid: bytes = RFC_DCID, version: int = QUIC_V1, pn: int = 2,
                      payload_bytes: int = 1162, scid: bytes = b"", token: bytes = b"") -> bytes:
-    """A client Initial carrying `frames` padded to `payload_bytes`, with a 4-byte packet number."""
-    key, iv, hp = initial_client_keys(version, dcid)
-    payload = frames + bytes(max(0, payload_bytes - len(frames)))
-    initial_type = 0b00 if version == QUIC_V1 else 0b01
-    first = 0xC0 | (initial_type << 4) | 0x03
-    length = 4 + len(payload) + 16
-    header = bytearray(bytes([first]) + version.to_bytes(4, "big") + bytes([len(dcid)]) + dcid
-                       + bytes([len(scid)]) + scid + _varint(len(token)) + token
-                       + (length | 0x4000).to_bytes(2, "big") + pn.to_bytes(4, "big"))
-    nonce = (int.from_bytes(iv, "big") ^ pn).to_bytes(12, "big")
-    sealed = AESGCM(key).encrypt(nonce, payload, bytes(header))
-    mask = Cipher(algorithms.AES(hp), modes.ECB()).encryptor().update(sealed[:16])
-    header[0] ^= mask[0] & 0x0F
-    for i in range(4):
-        header[-4 + i] ^= mask[1 + i]
-    return bytes(header) + sealed
+    return g.protect_initial(frames, dcid, version, pn, payload_bytes, scid, token)
 
 
 def _split_hello(points) -> list[bytes]:
@@ -202,46 +175,6 @@ NAME_AT = RFC_CLIENT_HELLO.index(b"example.com")
 
 
 # --- real captures ---
-
-def _ip_layer(linktype: int, frame: bytes):
-    try:
-        if linktype == dpkt.pcap.DLT_EN10MB:
-            packet = dpkt.ethernet.Ethernet(frame).data
-        elif linktype in (dpkt.pcap.DLT_NULL, dpkt.pcap.DLT_LOOP):
-            # 4-byte address family in the capturing host's byte order, then the IP packet.
-            raw = frame[4:]
-            packet = dpkt.ip.IP(raw) if raw[:1] and raw[0] >> 4 == 4 else dpkt.ip6.IP6(raw)
-        elif linktype in (12, 14, 101, 228, 229):  # DLT_RAW variants, LINKTYPE_IPV4/IPV6
-            packet = dpkt.ip.IP(frame) if frame[0] >> 4 == 4 else dpkt.ip6.IP6(frame)
-        else:
-            return None
-    except (dpkt.UnpackError, IndexError):
-        return None
-    return packet if isinstance(packet, (dpkt.ip.IP, dpkt.ip6.IP6)) else None
-
-
-def udp_datagrams(path):
-    """(ts, (src, sport, dst, dport), payload) of every UDP datagram with a payload in a pcap."""
-    out = []
-    with open(path, "rb") as f:
-        reader = dpkt.pcap.Reader(f)
-        linktype = reader.datalink()
-        frames = iter(reader)
-        while True:
-            try:
-                ts, frame = next(frames)
-            except StopIteration:
-                break
-            except dpkt.NeedData:
-                break  # the file itself is cut short (some corpus files are, on purpose)
-            ip = _ip_layer(linktype, frame)
-            if ip is None or not isinstance(ip.data, dpkt.udp.UDP) or not ip.data.data:
-                continue
-            family = socket.AF_INET if isinstance(ip, dpkt.ip.IP) else socket.AF_INET6
-            key = (socket.inet_ntop(family, ip.src), ip.data.sport, socket.inet_ntop(family, ip.dst), ip.data.dport)
-            out.append((ts, key, bytes(ip.data.data)))
-    return out
-
 
 def _single_datagram_snis(path):
     return [n for n in (extract_quic_sni(d) for _, _, d in udp_datagrams(need_shared(path))) if n]
