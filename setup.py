@@ -14,7 +14,7 @@ setup(
     description="Network sensor that matches traffic against Maltrail trails and heuristics",
     python_requires=">=3.11",
     packages=["engine", "workers", "matchers", "trailsdb"],
-    package_data={"matchers": ["csrc/*.h"]},
+    package_data={"matchers": ["csrc/*.h"], "engine": ["csrc/*.c"]},
     ext_modules=[
         Extension(
             "matchers._native",
@@ -22,6 +22,7 @@ setup(
             depends=["matchers/csrc/artifact.h"],
             extra_compile_args=C_FLAGS,
         ),
+        Extension("engine._ring", sources=["engine/csrc/ring.c"], extra_compile_args=C_FLAGS),
     ],
     data_files=[("share/maltrail-engine", ["maltrail.toml"])],
     install_requires=[

@@ -15,7 +15,8 @@ import os
 import sys
 
 from engine.config import (
-    ConfigError, apply_overrides, default_config_path, dump_config, load_config, resolved_sensor_name,
+    ConfigError, apply_overrides, default_config_path, dump_config, load_config, parse_flag_value,
+    resolved_sensor_name,
 )
 
 # flag dest -> (section, key)
@@ -28,6 +29,7 @@ _OVERRIDES = {
     "sensor_name": ("sensor", "sensor_name"),
     "allow_no_trails": ("sensor", "allow_no_trails"),
     "promiscuous": ("sensor", "promiscuous"),
+    "workers": ("sensor", "workers"),
 }
 
 
@@ -47,6 +49,8 @@ def _common(parser: argparse.ArgumentParser, capture: bool = True) -> None:
         parser.add_argument("--filter", dest="capture_filter", default=s, metavar="BPF", help="capture filter")
         parser.add_argument("--snaplen", type=int, default=s, metavar="BYTES")
         parser.add_argument("--no-promisc", dest="promiscuous", action="store_const", const=False, default=s)
+        parser.add_argument("--workers", default=s, metavar="N|auto",
+                            help="worker processes (default: [sensor] workers; auto = one per CPU but one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +107,7 @@ def _config(args):
     for dest, key in _OVERRIDES.items():
         value = getattr(args, dest, None)
         if value is not None:
-            overrides[key] = value
+            overrides[key] = parse_flag_value(*key, value) if isinstance(value, str) and key == ("sensor", "workers") else value
     return apply_overrides(cfg, overrides) if overrides else cfg
 
 
@@ -140,57 +144,64 @@ def main(argv=None) -> int:
         return 0
 
 
+def _log(message: str) -> None:
+    sys.stderr.write(message + "\n")
+
+
 def _load_matchers(cfg):
     from engine.trails import TrailsUnavailable, resolve_trails
     try:
-        return resolve_trails(cfg.all.trails_artifact, cfg.sensor.allow_no_trails,
-                              log=lambda m: sys.stderr.write(m + "\n"))
+        return resolve_trails(cfg.all.trails_artifact, cfg.sensor.allow_no_trails, log=_log)
     except TrailsUnavailable as exc:
-        sys.stderr.write("maltrail-engine: %s\n" % exc)
+        _fail(str(exc), 1)
         return None
 
 
-def _pipeline(cfg):
-    """(worker, log writer), or None after saying why (no usable trails, unusable log directory)."""
-    from engine.eventlog import EventLogWriter
-    from workers.pipeline import Worker
-    matchers = _load_matchers(cfg)
-    if matchers is None:
-        return None
+def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = False) -> int:
+    """Replay or live capture through the capture, worker and log-writer processes."""
+    from engine.child import auto_workers
+    from engine.supervisor import Engine, EngineError
+    from engine.trails import TrailsUnavailable, resolve_artifact
+    s = cfg.sensor
+    try:
+        artifact = resolve_artifact(cfg.all.trails_artifact, s.allow_no_trails, log=_log)
+    except TrailsUnavailable as exc:
+        return _fail(str(exc), 1)
     try:
         os.makedirs(cfg.all.log_dir, exist_ok=True)
-        writer = EventLogWriter(cfg.all.log_dir)
     except OSError as exc:
-        _fail("cannot use log directory %s: %s" % (cfg.all.log_dir, exc.strerror or exc), 1)
-        return None
-    return Worker(matchers, resolved_sensor_name(cfg), cfg.sensor.condense_window_s), writer
+        return _fail("cannot use log directory %s: %s" % (cfg.all.log_dir, exc.strerror or exc), 1)
+
+    def reload_source() -> str:  # SIGHUP: the configured trails as they are now
+        return resolve_artifact(cfg.all.trails_artifact, False, log=_log)
+
+    engine = Engine(mode=mode, workers=auto_workers() if s.workers == "auto" else s.workers,
+                    artifact_path=artifact, sensor=resolved_sensor_name(cfg), log_dir=cfg.all.log_dir,
+                    condense_window_s=s.condense_window_s, ring_bytes_per_worker=s.ring_bytes,
+                    stats_interval_s=s.stats_interval_s, paths=paths, reader=reader,
+                    snaplen_bytes=s.snaplen_bytes, interfaces=s.interface, promiscuous=s.promiscuous,
+                    buffer_bytes=s.capture_buffer_bytes, bpf_filter=s.capture_filter, reload_source=reload_source)
+    try:
+        code = engine.run()
+    except EngineError as exc:
+        return _fail(str(exc), 2)
+    if not quiet or code:
+        for line in engine.summary_lines():
+            sys.stderr.write(line + "\n")
+    if mode == "replay" and engine.capture_stats.get("unreadable") and not engine.capture_stats.get("files"):
+        return 1
+    return code
 
 
 def _replay(args, cfg) -> int:
-    from engine.replay import replay_files, summary_lines
     missing = [p for p in args.pcaps if not os.path.exists(p)]
     if missing:
         return _fail("no such capture file: %s" % ", ".join(missing), 2)
-    pipeline = _pipeline(cfg)
-    if pipeline is None:
-        return 1
-    worker, writer = pipeline
-    with writer:
-        stats = replay_files(args.pcaps, worker, writer, snaplen_bytes=cfg.sensor.snaplen_bytes, reader=args.reader)
-    if not args.quiet:
-        for line in summary_lines(worker, stats, cfg.all.log_dir):
-            sys.stderr.write(line + "\n")
-    if stats.unreadable and not stats.files:
-        return 1
-    return 0
+    return _run_engine(cfg, "replay", paths=args.pcaps, reader=args.reader, quiet=args.quiet)
 
 
 def _live(cfg) -> int:
-    from engine.sensor import run_live
-    pipeline = _pipeline(cfg)
-    if pipeline is None:
-        return 1
-    return run_live(cfg, *pipeline)
+    return _run_engine(cfg, "live")
 
 
 def _tail(args) -> int:

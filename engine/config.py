@@ -134,8 +134,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
             doc='interface(s) to capture on; "any" for all of them',
             maltrail="MONITOR_INTERFACE"),
         "capture_filter": Key(
-            "str", "", empty_ok=True,
-            doc='BPF expression applied in the kernel; "" captures everything',
+            "str", "default", empty_ok=True,
+            doc='BPF expression applied in the kernel; "default" keeps what detection needs '
+                '(no bulk TCP), "" captures everything',
             maltrail="CAPTURE_FILTER"),
         "snaplen_bytes": Key(
             "int", 2000, unit="bytes", min=64, max=262144,
@@ -150,6 +151,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "int", "auto", min=1, max=256, words=("auto",),
             doc='number of worker processes; "auto" is one per CPU core',
             maltrail="PROCESS_COUNT"),
+        "ring_bytes": Key(
+            "int", 16777216, unit="bytes", min=65536, max=1073741824,
+            doc="shared-memory ring between the capture process and each worker"),
         "use_heuristics": Key(
             "bool", True,
             doc="run the heuristic checks as well as trail matching", maltrail="USE_HEURISTICS"),

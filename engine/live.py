@@ -24,7 +24,7 @@ import time
 import pcap
 
 from engine.pcapfile import CaptureFileError
-from workers.batch import LINKTYPE_RAW, FrameBatch, FrameBatchBuilder
+from workers.batch import LINKTYPE_ETHERNET, LINKTYPE_RAW, FrameBatch, FrameBatchBuilder
 
 __all__ = [
     "CaptureError",
@@ -236,6 +236,37 @@ class LibpcapFileReader:
         self.close()
 
 
+# The default capture filter (bpf_filter="default"), like Maltrail's CAPTURE_FILTER: keep what
+# detection looks at and leave out bulk TCP. Kept: all UDP (DNS, QUIC, UDP scans), ICMP/ICMPv6,
+# DNS over TCP, TCP segments with SYN, FIN or RST set or without ACK (connections, and the NULL,
+# FIN and XMAS scans), and TCP segments whose payload starts a TLS handshake record or an HTTP
+# request/response line, on any port. IPv6 TCP is matched at fixed offsets (libpcap cannot index
+# tcp[] under IPv6), so IPv6 with extension headers before TCP is not recognised by the filter.
+_HTTP_STARTS = ("0x47455420", "0x504f5354", "0x48454144", "0x50555420", "0x44454c45", "0x434f4e4e",
+                "0x4f505449", "0x50415443", "0x48545450")  # "GET ", "POST", "HEAD", "PUT ", ... "HTTP"
+
+
+def _tcp_clause(payload: str, flags: str) -> str:
+    starts = " or ".join("%s = %s" % (payload % 4, word) for word in _HTTP_STARTS)
+    return "(%s or %s = 0x16 or %s)" % (flags, payload % 1, starts)
+
+
+DEFAULT_FILTER = "udp or icmp or icmp6 or (tcp port 53) or (tcp and %s) or (ip6 and ip6[6] = 6 and %s)" % (
+    _tcp_clause("tcp[((tcp[12:1] & 0xf0) >> 2):%d]",
+                "tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0 or tcp[tcpflags] & tcp-ack = 0"),
+    _tcp_clause("ip6[40 + ((ip6[52:1] & 0xf0) >> 2):%d]", "ip6[53] & 0x07 != 0 or ip6[53] & 0x10 = 0"))
+
+
+def expand_filter(bpf_filter: str, linktype: int) -> str:
+    """"default" becomes DEFAULT_FILTER; on Ethernet it also applies inside one 802.1Q tag (tags
+    the NIC did not strip stay in the frame, and shift every offset the expression tests)."""
+    if bpf_filter != "default":
+        return bpf_filter
+    if linktype == LINKTYPE_ETHERNET:
+        return "(%s) or (vlan and (%s))" % (DEFAULT_FILTER, DEFAULT_FILTER)
+    return DEFAULT_FILTER
+
+
 class LiveCapture:
     """One network interface captured through libpcap, read as FrameBatch objects.
 
@@ -277,6 +308,7 @@ class LiveCapture:
         except OSError as exc:
             raise self._open_error(_pypcap_reason(exc)) from None
         try:
+            bpf_filter = self.bpf_filter = expand_filter(bpf_filter, linktype_from_dlt(self._pcap.datalink()))
             if bpf_filter:
                 try:
                     self._pcap.setfilter(bpf_filter)

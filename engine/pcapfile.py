@@ -194,7 +194,9 @@ class PcapFileReader:
         chunks = [self._buf[self._pos:]]
         self._buf_offset += self._pos
         while have < need:
-            data = self._file.read(max(_READ_CHUNK_BYTES, need - have))
+            # read1: one read(2) at most, so a pipe or FIFO hands over what it has (read() would wait
+            # for a whole chunk); a regular file gives full chunks either way
+            data = self._file.read1(max(_READ_CHUNK_BYTES, need - have))
             if not data:
                 self._eof = True
                 break

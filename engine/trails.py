@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 
 from matchers import Artifact, ArtifactError, TrailMatchers
 from matchers.artifact import MAGIC
@@ -60,8 +59,8 @@ def compiled_path_for(source: str) -> tuple[str, bool]:
     return path, not os.path.exists(path)
 
 
-def resolve_trails(path: str, allow_no_trails: bool, log=print) -> TrailMatchers:
-    """Loads `path` as trails, compiling it first when it is a source; raises TrailsUnavailable."""
+def resolve_artifact(path: str, allow_no_trails: bool, log=print) -> str:
+    """The artifact to load for `path` (compiling a source first); raises TrailsUnavailable."""
     if path and os.path.exists(path):
         if _is_artifact(path):
             artifact_path = path
@@ -75,14 +74,15 @@ def resolve_trails(path: str, allow_no_trails: bool, log=print) -> TrailMatchers
                     report = build([path], artifact_path)
                 except (SourceError, ArtifactError) as exc:
                     raise TrailsUnavailable(str(exc)) from None
-                for line in report.lines()[:1]:
-                    log("[i] %s" % line)
+                log("[i] %s" % report.lines()[0])
         try:
             artifact = Artifact.open(artifact_path)
         except ArtifactError as exc:
             raise TrailsUnavailable(str(exc)) from None
-        if artifact.trail_count or allow_no_trails:
-            return TrailMatchers.load(artifact)
+        count = artifact.trail_count
+        artifact.close()
+        if count or allow_no_trails:
+            return artifact_path
         problem = "%s holds no trails" % path
     else:
         problem = "no trails at %s" % (path or "(no path configured)")
@@ -92,11 +92,16 @@ def resolve_trails(path: str, allow_no_trails: bool, log=print) -> TrailMatchers
             "(Maltrail's trails.csv or a directory of its static trail files; set [all] trail_sources "
             "in maltrail.toml to make it the default), or pass --trails PATH. To run on heuristics "
             "alone, pass --allow-no-trails (or set [sensor] allow_no_trails = true)." % problem)
-    return empty_trails()
+    return empty_artifact()
 
 
-def empty_trails() -> TrailMatchers:
+def resolve_trails(path: str, allow_no_trails: bool, log=print) -> TrailMatchers:
+    return TrailMatchers.load(Artifact.open(resolve_artifact(path, allow_no_trails, log)))
+
+
+def empty_artifact() -> str:
     from trailsdb.compile import build
-    path = os.path.join(tempfile.mkdtemp(prefix="maltrail-engine-"), "empty.mtdb")
-    build([], path)
-    return TrailMatchers.load(Artifact.open(path))
+    path = os.path.join(cache_dir(), "empty.mtdb")
+    if not os.path.exists(path):
+        build([], path)
+    return path

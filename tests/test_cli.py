@@ -209,7 +209,7 @@ def test_live_sensor_on_a_veth_pair(veth, artifact, tmp_path):
             proc.kill()
             raise
     assert proc.returncode == 0, rest
-    assert "stopped:" in rest
+    assert "kernel: received 4" in rest and "events: 4" in rest, rest
     lines = [line.split('" ', 1)[1] for line in mte("tail", "--log-dir", str(log)).stdout.splitlines()]
     assert 'live 10.99.0.2 40000 10.99.0.1 53 UDP DNS evil-exact.com "corpus exact (malware)" (corpus)' in lines
     assert 'live 10.99.0.2 40001 203.0.113.66 443 TCP IP 203.0.113.66 "corpus c2 (malware)" (corpus)' in lines

@@ -68,7 +68,7 @@ def test_own_corpus_scenario(name, own_corpus, tmp_path):
     paths, artifact = own_corpus
     expect = MANIFEST[name]
     worker, events = replay_to_log(paths[name], artifact, tmp_path / "log", "corpus")
-    assert accounted(worker)
+    assert accounted(worker.stats())
     totals = Counter()
     for event in events:
         totals[_strip_time(format_maltrail(event))] += event.count
@@ -122,7 +122,7 @@ def test_maltrail_corpus_case(name, maltrail_fixture_artifact, tmp_path):
     case = {c["name"]: c for c in json.loads((MALTRAIL_CORPUS / "manifest.json").read_text())}[name]
     worker, events = replay_to_log(str(MALTRAIL_CORPUS / case["pcap"]), maltrail_fixture_artifact,
                                    tmp_path / "log", "parity")
-    assert accounted(worker)
+    assert accounted(worker.stats())
     assert worker.counters.frames == case["packets"]
     ours = {_strip_time(format_maltrail(e)) for e in events}
     if name in HEURISTIC_CASES:

@@ -20,7 +20,8 @@ ALLOWED = {
     "trailsdb": {"trailsdb", "matchers"},
 }
 # Modules on the packet path: they may load compiled artifacts but never import the compiler.
-HOT_PATH = ("engine/replay.py", "engine/sensor.py", "engine/live.py", "engine/pcapfile.py", "engine/eventlog.py")
+HOT_PATH = ("engine/replay.py", "engine/live.py", "engine/pcapfile.py", "engine/eventlog.py", "engine/ring.py",
+            "engine/dispatch.py", "engine/capture.py", "engine/workerproc.py", "engine/logwriter.py")
 
 
 def imported_parts(path: Path) -> set[str]:

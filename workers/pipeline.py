@@ -78,6 +78,17 @@ def normalize_host(value: str) -> str:
     return name.rstrip(".")
 
 
+def client_is_src(p) -> bool:
+    """Which end of a packet started the conversation: the SYN's sender, the SYN-ACK's receiver,
+    otherwise the side with the higher (ephemeral) port, and for ICMP the echo requester. Every
+    packet of a flow answers the same, so a flow is judged (and dispatched) as one."""
+    if p.proto == IPPROTO_TCP and p.tcp_flags & _TCP_SYN:
+        return not p.tcp_flags & _TCP_ACK
+    if p.sport or p.dport:
+        return p.sport >= p.dport  # the well-known (lower) port is the server's
+    return p.icmp_type != _ECHO_REPLY.get(p.proto)
+
+
 class WorkerCounters:
     def __init__(self):
         self.frames = 0
@@ -86,9 +97,9 @@ class WorkerCounters:
         self.extracted = Counter()
         self.events = Counter()
 
-    def as_dict(self) -> dict:
+    def as_dict(self, condensed: int = 0) -> dict:
         return {"frames": self.frames, "decoded": self.decoded, "skipped": dict(self.skipped),
-                "extracted": dict(self.extracted), "events": dict(self.events)}
+                "extracted": dict(self.extracted), "events": dict(self.events), "condensed": condensed}
 
 
 class Worker:
@@ -102,8 +113,12 @@ class Worker:
 
     # -- batch interface --------------------------------------------------------------------
 
-    def process(self, batch) -> list[Event]:
-        out: list[Event] = []
+    def process(self, batch, out: list | None = None) -> list[Event]:
+        """Judges every frame of `batch`; returns the events (appended to `out` when given, so a
+        caller that catches an exception still holds the events made before it)."""
+        if out is None:
+            out = []
+        first = len(out)
         buf, offsets, caplens = batch.buf, batch.offsets, batch.caplens
         linktypes, ts_ns = batch.linktypes, batch.ts_ns
         counters = self.counters
@@ -124,8 +139,13 @@ class Worker:
             self._inspect(packet, ts, out)
         if now:
             self.condenser.expire(now, out)
-        self._count(out)
+        self._count(out[first:])
         return out
+
+    def adopt(self, matchers) -> None:
+        """Switches to another trail generation between batches (a reload)."""
+        self.matchers = matchers
+        self._artifact = matchers.artifact
 
     def expire(self, now_us: int) -> list[Event]:
         """Closes condensing windows that ended before `now_us` (live capture calls this with the
@@ -141,6 +161,9 @@ class Worker:
         self.condenser.flush(out)
         self._count(out)
         return out
+
+    def stats(self) -> dict:
+        return self.counters.as_dict(self.condenser.suppressed)
 
     def _count(self, events) -> None:
         for e in events:
@@ -198,13 +221,7 @@ class Worker:
         """IP and IP:port trails on both endpoints, reported client -> server."""
         ips = self.matchers.ips
         version = p.version
-        if p.proto == IPPROTO_TCP and p.tcp_flags & _TCP_SYN:
-            client_is_src = not p.tcp_flags & _TCP_ACK
-        elif p.sport or p.dport:
-            client_is_src = p.sport >= p.dport  # the well-known (lower) port is the server's
-        else:
-            client_is_src = p.icmp_type != _ECHO_REPLY.get(p.proto)
-        if client_is_src:
+        if client_is_src(p):
             c_addr, c_port, s_addr, s_port = p.src, p.sport, p.dst, p.dport
         else:
             c_addr, c_port, s_addr, s_port = p.dst, p.dport, p.src, p.sport

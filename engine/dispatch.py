@@ -1,0 +1,63 @@
+"""Which worker gets a frame: a seeded hash over a key chosen so that no evidence is split.
+
+Owns the dispatch key. Trail matching is per packet and would survive any split, but condensing
+needs every packet of a flow in one place, and the heuristics need more: a scan is many flows from
+one source (port scans per source and target, infection scans per source and port across many
+targets, web scans per source and server), and the DNS heuristics count per queried name and per
+parent domain whoever asks. So:
+
+- DNS (UDP or TCP port 53, queries and answers): the key is the name's registered domain (its last
+  two labels, three when the second-level label is short, as in co.uk): every query and answer
+  about one domain, from any client, meets in one worker.
+- Everything else: the key is the address of the side that started the conversation (the SYN's
+  sender, the SYN-ACK's receiver, else the higher port, the ICMP echo requester), so all flows of
+  one client, in both directions, meet in one worker.
+- Frames that do not decode carry no evidence; they are spread by their first bytes.
+
+The hash is keyed with a per-run seed (BLAKE2b) so traffic cannot be crafted to pile onto one
+worker. Decodes only what the key needs (workers/decode.py, the DNS question).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from workers.decode import IPPROTO_TCP, IPPROTO_UDP, decode_frame
+from workers.dns import parse_dns, parse_dns_tcp
+from workers.pipeline import client_is_src
+
+
+def registered_domain(name: str) -> str:
+    labels = name.split(".")
+    if len(labels) > 3 and len(labels[-2]) <= 3:
+        return ".".join(labels[-3:])
+    return ".".join(labels[-2:])
+
+
+def dispatch_key(data: bytes, linktype: int) -> bytes:
+    p = decode_frame(data, linktype)
+    if type(p) is str:
+        return data[:48]
+    if p.proto in (IPPROTO_UDP, IPPROTO_TCP) and (p.sport == 53 or p.dport == 53) and p.payload:
+        if p.proto == IPPROTO_UDP:
+            message = parse_dns(p.payload)
+        else:
+            messages = parse_dns_tcp(p.payload)
+            message = messages[0] if messages else None
+        if message is not None and message.qname:
+            return b"d:" + registered_domain(message.qname).encode("latin-1")
+    client = p.src if client_is_src(p) else p.dst
+    return bytes((p.version,)) + client.to_bytes(16, "big")
+
+
+class Dispatcher:
+    def __init__(self, workers: int, seed: bytes | None = None):
+        self.workers = workers
+        self.seed = seed if seed is not None else os.urandom(16)
+
+    def worker_for(self, data: bytes, linktype: int) -> int:
+        if self.workers == 1:
+            return 0
+        digest = hashlib.blake2b(dispatch_key(data, linktype), digest_size=8, key=self.seed).digest()
+        return int.from_bytes(digest, "little") % self.workers

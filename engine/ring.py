@@ -1,0 +1,200 @@
+"""Single-producer/single-consumer rings in shared memory, carrying batches of frames.
+
+Owns the ring layout (below), the put/get protocol, and the batch message encoding. The capture
+process is the only producer of a ring and one worker process its only consumer; the two never
+lock. Positions are monotonic byte counters; the producer publishes `head` with a release store
+after the message bytes are written, the consumer reads `head` with an acquire load before
+reading them, and publishes `tail` (release) once it has copied a message out, so the producer
+never overwrites bytes still being read (engine/csrc/ring.c holds the atomics).
+
+Layout (little-endian, hot fields on their own 64-byte lines):
+
+    0    magic "MTRING01", u64 capacity (bytes in the data area, a multiple of 8)
+    64   head        u64  bytes ever published by the producer            (producer, release)
+    128  tail        u64  bytes ever consumed                              (consumer, release)
+    192  closed      u64  1 once the producer will write no more           (producer, release)
+    200  drop_frames u64  frames the producer dropped because the ring was full (live capture)
+    208  drop_batches u64
+    256  in_progress u64  frames the consumer has taken but not finished   (consumer)
+    264  processed   u64  frames the consumer has finished                  (consumer)
+    320  data area   `capacity` bytes
+
+A message is u32 payload length, u32 kind, then the payload, padded to 8 bytes. A message that
+would not fit before the end of the data area is preceded by a PAD message filling the rest, and
+starts again at offset 0. Free space is capacity - (head - tail).
+
+Must not know what frames contain, or which process runs which side.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+
+from engine import _ring
+from workers.batch import FrameBatch
+
+MAGIC = b"MTRING01"
+HEADER_BYTES = 320
+OFF_HEAD, OFF_TAIL, OFF_CLOSED = 64, 128, 192
+OFF_DROP_FRAMES, OFF_DROP_BATCHES = 200, 208
+OFF_IN_PROGRESS, OFF_PROCESSED = 256, 264
+
+KIND_BATCH = 1
+KIND_PAD = 2
+_MSG = struct.Struct("<II")
+_U64 = struct.Struct("<Q")
+_BATCH_COUNT = struct.Struct("<I")
+
+
+def _align8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def ring_bytes(capacity: int) -> int:
+    return HEADER_BYTES + capacity
+
+
+class Ring:
+    """One ring over a writable buffer (a SharedMemory's `buf`, inherited across fork)."""
+
+    def __init__(self, buf, capacity: int | None = None, create: bool = False):
+        self.buf = buf
+        if create:
+            if capacity is None or capacity % 8 or capacity < 4096:
+                raise ValueError("ring capacity must be a multiple of 8 and at least 4096")
+            buf[:HEADER_BYTES] = bytes(HEADER_BYTES)
+            buf[0:8] = MAGIC
+            buf[8:16] = _U64.pack(capacity)
+        elif bytes(buf[0:8]) != MAGIC:
+            raise ValueError("not a ring")
+        self.capacity = _U64.unpack_from(buf, 8)[0]
+        self.data = buf[HEADER_BYTES:HEADER_BYTES + self.capacity]
+        self.max_payload = self.capacity // 2 - 16
+        # Each side keeps its own position locally; only the other side's is loaded atomically.
+        self._head = _ring.load_acquire(buf, OFF_HEAD)
+        self._tail = _ring.load_acquire(buf, OFF_TAIL)
+
+    # -- producer ------------------------------------------------------------------------------
+    def put(self, payload) -> bool:
+        """Publishes one message; False (nothing written) when the ring lacks the space."""
+        size = len(payload)
+        if size > self.max_payload:
+            raise ValueError("message of %d bytes exceeds the ring's limit of %d" % (size, self.max_payload))
+        need = 8 + _align8(size)
+        head, cap = self._head, self.capacity
+        index = head % cap
+        contiguous = cap - index
+        total = need if need <= contiguous else contiguous + need
+        if cap - (head - _ring.load_acquire(self.buf, OFF_TAIL)) < total:
+            return False
+        if need > contiguous:
+            _MSG.pack_into(self.data, index, contiguous - 8, KIND_PAD)
+            head += contiguous
+            index = 0
+        _MSG.pack_into(self.data, index, size, KIND_BATCH)
+        self.data[index + 8:index + 8 + size] = payload
+        head += need
+        self._head = head
+        _ring.store_release(self.buf, OFF_HEAD, head)
+        return True
+
+    def close(self) -> None:
+        _ring.store_release(self.buf, OFF_CLOSED, 1)
+
+    def count_drop(self, frames: int) -> None:
+        """Live capture drops a batch rather than wait; the producer owns these counters."""
+        self.buf[OFF_DROP_FRAMES:OFF_DROP_FRAMES + 8] = _U64.pack(self.dropped_frames + frames)
+        self.buf[OFF_DROP_BATCHES:OFF_DROP_BATCHES + 8] = _U64.pack(self.dropped_batches + 1)
+
+    # -- consumer ------------------------------------------------------------------------------
+    def get(self) -> bytes | None:
+        """Copies out the next message and frees its space; None when the ring is empty."""
+        tail, cap = self._tail, self.capacity
+        head = _ring.load_acquire(self.buf, OFF_HEAD)
+        while tail != head:
+            index = tail % cap
+            size, kind = _MSG.unpack_from(self.data, index)
+            if kind == KIND_PAD:
+                tail += 8 + size
+                continue
+            payload = bytes(self.data[index + 8:index + 8 + size])
+            tail += 8 + _align8(size)
+            self._tail = tail
+            _ring.store_release(self.buf, OFF_TAIL, tail)
+            return payload
+        if tail != self._tail:  # only padding was consumed
+            self._tail = tail
+            _ring.store_release(self.buf, OFF_TAIL, tail)
+        return None
+
+    def finished(self) -> bool:
+        """The producer closed the ring and every message has been taken."""
+        return _ring.load_acquire(self.buf, OFF_CLOSED) == 1 and _ring.load_acquire(self.buf, OFF_HEAD) == self._tail
+
+    def set_in_progress(self, frames: int) -> None:
+        self.buf[OFF_IN_PROGRESS:OFF_IN_PROGRESS + 8] = _U64.pack(frames)
+
+    def add_processed(self, frames: int) -> None:
+        self.buf[OFF_PROCESSED:OFF_PROCESSED + 8] = _U64.pack(self.processed + frames)
+
+    # -- either side, or an observer ---------------------------------------------------------------
+    @property
+    def in_progress(self) -> int:
+        return _U64.unpack_from(self.buf, OFF_IN_PROGRESS)[0]
+
+    @property
+    def processed(self) -> int:
+        return _U64.unpack_from(self.buf, OFF_PROCESSED)[0]
+
+    @property
+    def dropped_frames(self) -> int:
+        return _U64.unpack_from(self.buf, OFF_DROP_FRAMES)[0]
+
+    @property
+    def dropped_batches(self) -> int:
+        return _U64.unpack_from(self.buf, OFF_DROP_BATCHES)[0]
+
+    def used_bytes(self) -> int:
+        return _ring.load_acquire(self.buf, OFF_HEAD) - _ring.load_acquire(self.buf, OFF_TAIL)
+
+    def release(self) -> None:
+        """Drops this object's views so the shared memory can be closed."""
+        self.data.release()
+        self.data = None
+
+
+# -- batch messages ------------------------------------------------------------------------------
+# u32 n, i64 ts_ns[n], u32 caplen[n], u32 wirelen[n], u16 linktype[n], padding to 8, frame bytes.
+
+def encode_batch(batch: FrameBatch) -> bytes:
+    n = len(batch)
+    parts = [_BATCH_COUNT.pack(n), batch.ts_ns.tobytes(), batch.caplens.tobytes(), batch.wirelens.tobytes(),
+             batch.linktypes.tobytes()]
+    head = 4 + 8 * n + 4 * n + 4 * n + 2 * n
+    parts.append(bytes(_align8(head) - head))
+    parts.append(bytes(batch.buf))
+    return b"".join(parts)
+
+
+def decode_batch(payload: bytes) -> FrameBatch:
+    n = _BATCH_COUNT.unpack_from(payload, 0)[0]
+    pos = 4
+    ts = array("q")
+    ts.frombytes(payload[pos:pos + 8 * n])
+    pos += 8 * n
+    caplens = array("I")
+    caplens.frombytes(payload[pos:pos + 4 * n])
+    pos += 4 * n
+    wirelens = array("I")
+    wirelens.frombytes(payload[pos:pos + 4 * n])
+    pos += 4 * n
+    linktypes = array("H")
+    linktypes.frombytes(payload[pos:pos + 2 * n])
+    pos = _align8(pos + 2 * n)
+    offsets = array("Q")
+    at = 0
+    for length in caplens:
+        offsets.append(at)
+        at += length
+    return FrameBatch(memoryview(payload)[pos:pos + at], offsets, caplens, wirelens, ts, linktypes)

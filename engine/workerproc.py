@@ -1,0 +1,134 @@
+"""A worker process: batches from its ring in, events to the log writer out.
+
+Owns the worker's loop around workers.pipeline.Worker: take a batch (marking its frames as in
+progress in the ring, so a death is accounted), judge it, send its events at once, mark it done.
+Between batches: adopt a reloaded trail generation when the supervisor says so, close condensing
+windows on the wall clock in live capture, report statistics. When the capture process has closed
+the ring and the ring is empty: flush the condenser, report, say goodbye, exit.
+
+A Python exception while judging a batch sends the events already made, reports the crash and
+exits non-zero; the supervisor counts the frames of that batch as lost and starts a new worker on
+the same ring. Must not know how frames were captured or how events are written.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+
+from engine import ipc
+from engine.child import ChildProcess
+from engine.ring import Ring, decode_batch
+from matchers import Artifact, ArtifactError, TrailMatchers
+from workers.pipeline import Worker
+
+IDLE_SLEEP_MIN_S = 0.0002
+IDLE_SLEEP_MAX_S = 0.005
+LIVE_EXPIRE_S = 0.5
+REPORT_S = 0.5  # counters reach the supervisor this often: a death loses at most this much of them
+
+
+class WorkerSpec:
+    def __init__(self, slot: int, ring, events, status, artifact_path: str, sensor: str, condense_window_s: int,
+                 live: bool, cpu=None, stats_interval_s: int = 60):
+        self.slot = slot
+        self.ring = ring
+        self.events = events
+        self.status = status
+        self.artifact_path = artifact_path
+        self.sensor = sensor
+        self.condense_window_s = condense_window_s
+        self.live = live
+        self.cpu = cpu
+        self.stats_interval_s = stats_interval_s
+
+
+def _load(path: str) -> TrailMatchers:
+    return TrailMatchers.load(Artifact.open(path))
+
+
+class _WorkerProcess:
+    def __init__(self, spec: WorkerSpec):
+        self.spec = spec
+        self.child = ChildProcess("mte-worker-%d" % spec.slot, spec.cpu)
+        self.ring = Ring(spec.ring.buf)  # positions as they are now (a restarted worker resumes)
+        self.worker = Worker(_load(spec.artifact_path), spec.sensor, spec.condense_window_s)
+
+    def send_events(self, events) -> None:
+        if events:
+            ipc.send_records(self.spec.events, "events", self.spec.slot, [e.to_record() for e in events])
+
+    def report(self, final: bool = False) -> None:
+        stats = self.worker.stats()
+        stats["generation"] = self.worker.matchers.generation
+        ipc.send(self.spec.status, ["stats", self.spec.slot, stats, final])
+
+    def control(self) -> None:
+        for message in ipc.receive_ready(self.spec.status):
+            if message is None:
+                continue
+            if message[0] == "reload":
+                path = message[1]
+                try:
+                    matchers = _load(path)
+                except (ArtifactError, OSError) as exc:
+                    ipc.send(self.spec.status, ["reloaded", self.spec.slot, 0, False, str(exc)])
+                    continue
+                self.worker.adopt(matchers)
+                ipc.send(self.spec.status, ["reloaded", self.spec.slot, matchers.generation, True, ""])
+
+    def run(self) -> int:
+        spec, ring, worker = self.spec, self.ring, self.worker
+        idle = IDLE_SLEEP_MIN_S
+        last_report = last_expire = time.monotonic()
+        while True:
+            payload = ring.get()
+            if payload is None:
+                if ring.finished():
+                    break
+                self.control()
+                now = time.monotonic()
+                if spec.live and now - last_expire >= LIVE_EXPIRE_S:
+                    self.send_events(worker.expire(int(time.time() * 1_000_000)))
+                    last_expire = now
+                if now - last_report >= REPORT_S:
+                    self.report()
+                    last_report = now
+                if self.child.orphaned() and not spec.live:
+                    break
+                time.sleep(idle)
+                idle = min(idle * 2, IDLE_SLEEP_MAX_S)
+                continue
+            idle = IDLE_SLEEP_MIN_S
+            batch = decode_batch(payload)
+            frames = len(batch)
+            ring.set_in_progress(frames)
+            out: list = []
+            try:
+                worker.process(batch, out)
+            except Exception:
+                # What was detected before the failure still goes to the log.
+                self.send_events(out)
+                ipc.send(spec.status, ["crash", spec.slot, traceback.format_exc(limit=8)])
+                return 70
+            self.send_events(out)
+            ring.add_processed(frames)
+            ring.set_in_progress(0)
+            self.control()
+            if time.monotonic() - last_report >= REPORT_S:
+                self.report()
+                last_report = time.monotonic()
+        self.send_events(worker.flush())
+        self.report(final=True)
+        ipc.send(spec.events, ["bye", spec.slot])
+        return 0
+
+
+def run_worker(spec: WorkerSpec) -> None:
+    try:
+        code = _WorkerProcess(spec).run()
+    except (ArtifactError, OSError) as exc:
+        sys.stderr.write("[!] worker %d: %s\n" % (spec.slot, exc))
+        code = 71
+    sys.exit(code)

@@ -1,0 +1,404 @@
+"""The multi-process engine for real: the installed command, its processes, signals and rings.
+
+- the same events from 1, 2, 3 and 4 workers (dispatch keeps every piece of evidence together);
+- a worker killed mid-replay is replaced, and the frames it held are counted;
+- SIGTERM mid-replay: everything read before the signal is judged and in the log, exit 0 < 5 s;
+- SIGHUP: a new trail generation is adopted between batches; a shrunken or broken one is refused;
+- a dead capture process or log writer ends the run with a non-zero status;
+- the default capture filter keeps what detection needs and drops bulk TCP;
+- live capture with two workers on a veth pair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pcap
+import pytest
+
+from engine import pcapgen as g
+from engine.dispatch import Dispatcher, dispatch_key
+from engine.live import expand_filter
+from tests import traffic
+from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS
+from tests.netns import DST_MAC, send_frames, veth  # noqa: F401 (veth is a fixture)
+from tests.test_corpus import console_script
+from trailsdb.compile import build
+
+CORPUS = Path(__file__).resolve().parent / "corpus"
+
+
+def mte(*args, timeout=300, **kw):
+    return subprocess.run([console_script(), *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def children_named(pid: int, prefix: str) -> list[int]:
+    """Child processes of `pid` whose name (comm) starts with `prefix`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                fields = f.read()
+        except OSError:
+            continue
+        comm = fields[fields.index("(") + 1:fields.rindex(")")]
+        ppid = int(fields[fields.rindex(")") + 2:].split()[1])
+        if ppid == pid and comm.startswith(prefix):
+            found.append(int(entry))
+    return found
+
+
+def wait_for_children(pid: int, prefix: str, count: int = 1, timeout_s: float = 10) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = children_named(pid, prefix)
+        if len(found) >= count:
+            return found
+        time.sleep(0.02)
+    raise AssertionError("no %s child of %d" % (prefix, pid))
+
+
+def records(log_dir) -> list[tuple]:
+    out = mte("tail", "--log-dir", str(log_dir), "--format", "json")
+    assert out.returncode == 0, out.stderr
+    return sorted((tuple(json.loads(line).values()) for line in out.stdout.splitlines()), key=repr)
+
+
+def summary_number(text: str, pattern: str) -> int:
+    m = re.search(pattern, text)
+    assert m, text
+    return int(m.group(1))
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    path = tmp_path_factory.mktemp("trails") / "trails.mtdb"
+    build([str(CORPUS / "trails.csv")], str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def big_pcap(tmp_path_factory):
+    return traffic.write(tmp_path_factory.mktemp("traffic") / "big.pcap", 120_000)
+
+
+def config(tmp_path, **sensor) -> str:
+    path = tmp_path / "maltrail.toml"
+    path.write_text("[sensor]\n" + "".join("%s = %s\n" % (k, json.dumps(v)) for k, v in sensor.items()))
+    return str(path)
+
+
+# --- dispatch ------------------------------------------------------------------------------------
+
+def test_dispatch_keeps_flows_clients_and_dns_names_together():
+    c, s = "10.0.0.1", "198.51.100.7"
+    syn = g.tcp_frame(c, s, 40000, 443)
+    synack = g.tcp_frame(s, c, 443, 40000, g.TCP_SYN | g.TCP_ACK)
+    data_back = g.tcp_frame(s, c, 443, 40000, g.TCP_PSH | g.TCP_ACK, b"x")
+    other_flow = g.tcp_frame(c, "203.0.113.9", 40001, 22)
+    assert dispatch_key(syn, 1) == dispatch_key(synack, 1) == dispatch_key(data_back, 1) == dispatch_key(other_flow, 1)
+    scan = [g.tcp_frame("192.0.2.7", "10.0.%d.%d" % (i // 250, i % 250), 50000 + i, 445) for i in range(100)]
+    assert len({dispatch_key(f, 1) for f in scan}) == 1  # one scanner, many targets: one key
+    query = g.udp_frame("10.0.0.1", "10.0.0.53", 40000, 53, g.dns_query("a.b.example-dom.com"))
+    answer = g.udp_frame("10.0.0.53", "10.0.0.2", 53, 40001, g.dns_response("x.example-dom.com", [], rcode=3))
+    tcp_query = g.tcp_frame("10.0.0.9", "10.0.0.53", 40002, 53, g.TCP_PSH | g.TCP_ACK,
+                            len(g.dns_query("c.example-dom.com")).to_bytes(2, "big") + g.dns_query("c.example-dom.com"))
+    assert dispatch_key(query, 1) == dispatch_key(answer, 1) == dispatch_key(tcp_query, 1) == b"d:example-dom.com"
+    assert dispatch_key(g.udp_frame(c, "10.0.0.53", 1, 53, g.dns_query("x.y.co.uk")), 1) == b"d:y.co.uk"
+    d = Dispatcher(4, seed=b"0" * 16)
+    assert d.worker_for(syn, 1) == d.worker_for(synack, 1)
+    spread = {Dispatcher(4, seed=b"s").worker_for(g.tcp_frame("10.1.%d.%d" % (i // 250, i % 250), s, 1000, 80), 1)
+              for i in range(400)}
+    assert spread == {0, 1, 2, 3}
+
+
+# --- worker counts -----------------------------------------------------------------------------
+
+def _corpus_pcaps(tmp_path_factory):
+    from tests.corpus.generate import write_corpus
+    paths = list(write_corpus(str(tmp_path_factory.mktemp("own"))).values())
+    if MALTRAIL_CORPUS.exists():
+        paths += sorted(str(p) for p in MALTRAIL_CORPUS.glob("*.pcap"))
+    if REAL_CORPUS.exists():
+        paths += sorted(str(p) for p in REAL_CORPUS.glob("*.pcap*"))[:20]
+    return paths
+
+
+@pytest.fixture(scope="module")
+def every_capture(tmp_path_factory, big_pcap):
+    return _corpus_pcaps(tmp_path_factory) + [big_pcap]
+
+
+def test_one_to_four_workers_give_the_same_events(every_capture, artifact, tmp_path):
+    results = {}
+    for n in (1, 2, 3, 4):
+        log = tmp_path / ("log%d" % n)
+        run = mte("replay", "--trails", artifact, "--log-dir", str(log), "--sensor-name", "w", "--workers", str(n),
+                  *every_capture)
+        assert run.returncode == 0, run.stderr
+        results[n] = records(log)
+        if n > 1:
+            assert "workers: %d" % n in run.stderr
+    assert len(results[1]) > 1000
+    for n in (2, 3, 4):
+        assert results[n] == results[1], "events differ between 1 and %d workers" % n
+
+
+# --- failures and signals ------------------------------------------------------------------------
+
+def test_a_killed_worker_is_replaced_and_its_frames_counted(big_pcap, artifact, tmp_path):
+    proc = subprocess.Popen([console_script(), "replay", "--trails", artifact, "--log-dir", str(tmp_path / "log"),
+                             "--workers", "2", big_pcap], stderr=subprocess.PIPE, text=True)
+    victim = wait_for_children(proc.pid, "mte-worker", 2)[0]
+    time.sleep(0.8)
+    os.kill(victim, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert re.search(r"worker \d died \(exit -9\); \d+ frame\(s\) of the batch it held are lost; restarting it", err)
+    lost = sum(int(part.split(":")[1]) for part in re.search(r"frames lost with them: (.*)", err).group(1).split())
+    per_worker = [int(n) for n in re.search(r"frames per worker: ([\d ]+)", err).group(1).split()]
+    assert sum(per_worker) + lost == 120_000  # every frame was judged, or is counted as lost
+    assert lost <= 512  # at most the one batch the worker held
+
+
+def test_sigterm_mid_replay_logs_everything_read_before_it(big_pcap, artifact, tmp_path):
+    log = tmp_path / "log"
+    proc = subprocess.Popen([console_script(), "replay", "--trails", artifact, "--log-dir", str(log), "--workers", "2",
+                             "--sensor-name", "s", big_pcap], stderr=subprocess.PIPE, text=True)
+    wait_for_children(proc.pid, "mte-worker", 2)
+    time.sleep(1.0)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    took = time.monotonic() - sent
+    assert proc.returncode == 0, err
+    assert took < 5.0
+    read = summary_number(err, r"frames: (\d+) ")
+    assert 0 < read < 120_000, "the signal should land mid-replay"
+    # The events in the log are exactly those of the frames read before the stop.
+    expected = set()
+    for i, (ts, frame) in enumerate(traffic.frames(read)):
+        if i % 97 == 0:
+            expected.add("h%d.evil-parent.net" % i)
+    logged = {"%s.evil-parent.net" % r[9][1:r[9].index(")")] for r in records(log)}
+    assert logged == expected
+
+
+def _fifo_engine(tmp_path, artifact, *extra):
+    fifo = tmp_path / "traffic.fifo"
+    os.mkfifo(fifo)
+    log = tmp_path / "log"
+    conf = config(tmp_path, stats_interval_s=1)
+    proc = subprocess.Popen([console_script(), "replay", "-c", conf, "--trails", artifact, "--log-dir", str(log),
+                             "--workers", "1", "--sensor-name", "f", *extra, str(fifo)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while True:  # opening for writing succeeds once the engine has opened the FIFO for reading
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise AssertionError("the engine never opened %s: %s" % (fifo, proc.stderr.read()))
+            time.sleep(0.05)
+    os.set_blocking(fd, True)
+    writer = os.fdopen(fd, "wb")
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    return proc, writer, lines, log
+
+
+def _wait_line(lines, pattern, timeout_s=20.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in list(lines):
+            if re.search(pattern, line):
+                return line
+        time.sleep(0.05)
+    raise AssertionError("no line matching %r in:\n%s" % (pattern, "".join(lines)))
+
+
+def _trails_csv(path, extra_rows=(), keep=None):
+    rows = (CORPUS / "trails.csv").read_text().splitlines()
+    if keep is not None:
+        rows = rows[:keep]
+    path.write_text("\n".join(rows + list(extra_rows)) + "\n")
+    return str(path)
+
+
+def test_sighup_adopts_a_new_generation_and_refuses_a_bad_one(tmp_path):
+    artifact = str(tmp_path / "trails.mtdb")
+    build([_trails_csv(tmp_path / "t1.csv")], artifact)
+    proc, stream, lines, log = _fifo_engine(tmp_path, artifact)
+    try:
+        def query(name, sport):
+            return g.udp_frame("10.0.0.1", "10.0.0.53", sport, 53, g.dns_query(name))
+
+        def write_batch(first_frames, base_sport):
+            # 1,024 frames: one full read batch, so the capture process dispatches it at once.
+            frames = first_frames + [g.tcp_frame("10.0.0.1", "198.18.0.1", base_sport + i, 443)
+                                     for i in range(1024 - len(first_frames))]
+            stream.write(b"".join(struct.pack("<IIII", 1_772_323_200 + base_sport, i, len(f), len(f)) + f
+                                  for i, f in enumerate(frames)))
+            stream.flush()
+
+        stream.write(struct.pack("<IHHiIII", g.PCAP_MAGIC_US, 2, 4, 0, 0, 262144, 1))
+        write_batch([query("new.later-trail.org", 40001)], 41000)
+        _wait_line(lines, r"processed w0:1024")
+        build([_trails_csv(tmp_path / "t2.csv", ["later-trail.org,added later (malware),(test)"])], artifact)
+        proc.send_signal(signal.SIGHUP)
+        _wait_line(lines, r"reload done: every worker runs generation 2")
+        write_batch([query("new.later-trail.org", 40002)], 42000)
+        _wait_line(lines, r"processed w0:2048")
+
+        build([_trails_csv(tmp_path / "t3.csv", keep=3)], artifact)  # 3 trails: far less than half
+        proc.send_signal(signal.SIGHUP)
+        _wait_line(lines, r"reload refused: .* holds 3 trails, less than half of the 24 in use; keeping generation 2")
+        Path(artifact).write_bytes(b"not an artifact at all")
+        proc.send_signal(signal.SIGHUP)
+        _wait_line(lines, r"reload failed, keeping generation 2")
+        write_batch([query("again.later-trail.org", 40003), query("www.evil-parent.net", 40004)], 43000)
+    finally:
+        stream.close()
+    proc.wait(timeout=60)
+    assert proc.returncode == 0, "".join(lines)
+    trails = sorted(r[9] for r in records(log))
+    # the first query came before the reload: nothing; after it, the new trail fires, and it keeps
+    # firing after the refused and failed reloads (generation 2 stays)
+    assert trails == ["(again).later-trail.org", "(new).later-trail.org", "(www).evil-parent.net"]
+
+
+def test_a_killed_idle_worker_loses_nothing(tmp_path, artifact):
+    proc, stream, lines, log = _fifo_engine(tmp_path, artifact)
+    try:
+        traffic.write_stream(stream, 0, 2048, header=True)
+        _wait_line(lines, r"processed w0:2048")
+        os.kill(children_named(proc.pid, "mte-worker")[0], signal.SIGKILL)
+        _wait_line(lines, r"worker 0 died \(exit -9\); 0 frame\(s\) of the batch it held are lost; restarting it")
+        traffic.write_stream(stream, 2048, 2048)
+    finally:
+        stream.close()
+    proc.wait(timeout=60)
+    err = "".join(lines)
+    assert proc.returncode == 0, err
+    assert "frames lost with them: w0:0" in err
+    assert len(records(log)) == len([i for i in range(4096) if i % 97 == 0])
+
+
+@pytest.mark.parametrize("name, message", [("mte-capture", "the capture process died"),
+                                           ("mte-writer", "the log writer died")])
+def test_a_dead_capture_process_or_log_writer_is_fatal(name, message, artifact, tmp_path):
+    proc, stream, lines, _ = _fifo_engine(tmp_path, artifact)
+    try:
+        traffic.write_stream(stream, 0, 1024, header=True)
+        _wait_line(lines, r"processed w0:1024")
+        os.kill(children_named(proc.pid, name)[0], signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        try:
+            stream.close()
+        except BrokenPipeError:
+            pass
+    time.sleep(0.2)
+    assert proc.returncode == 1, "".join(lines)
+    assert message in "".join(lines)
+
+
+def test_replay_waits_on_a_full_ring_and_loses_nothing(big_pcap, artifact, tmp_path):
+    small = mte("replay", "-c", config(tmp_path, ring_bytes=65536), "--trails", artifact, "--log-dir",
+                str(tmp_path / "small"), "--workers", "2", big_pcap)
+    assert small.returncode == 0, small.stderr
+    assert summary_number(small.stderr, r"frames: (\d+) ") == 120_000
+    assert records(tmp_path / "small") == records_of_default(big_pcap, artifact, tmp_path)
+
+
+def records_of_default(pcap_path, artifact, tmp_path):
+    run = mte("replay", "--trails", artifact, "--log-dir", str(tmp_path / "default"), "--workers", "2", pcap_path)
+    assert run.returncode == 0, run.stderr
+    return records(tmp_path / "default")
+
+
+def test_periodic_statistics(tmp_path, artifact, big_pcap):
+    run = mte("replay", "-c", config(tmp_path, stats_interval_s=1), "--trails", artifact, "--log-dir",
+              str(tmp_path / "log"), "--workers", "1", big_pcap)
+    assert run.returncode == 0
+    lines = [line for line in run.stderr.splitlines() if line.startswith("[i] frames ")]
+    assert lines and "processed w0:" in lines[-1] and "events:" in lines[-1]
+
+
+# --- the default capture filter ------------------------------------------------------------------------
+
+def test_default_filter_keeps_what_detection_needs():
+    keep = {
+        "syn": g.tcp_frame("10.0.0.1", "198.51.100.1", 40000, 443, g.TCP_SYN),
+        "null scan": g.tcp_frame("10.0.0.1", "198.51.100.1", 40000, 22, 0),
+        "fin scan": g.tcp_frame("10.0.0.1", "198.51.100.1", 40000, 22, g.TCP_FIN),
+        "xmas scan": g.tcp_frame("10.0.0.1", "198.51.100.1", 40000, 22, g.TCP_FIN | g.TCP_PSH | g.TCP_URG),
+        "rst": g.tcp_frame("10.0.0.1", "198.51.100.1", 40000, 22, g.TCP_RST | g.TCP_ACK),
+        "client hello": g.tcp_frame("10.0.0.1", "198.51.100.1", 40000, 8443, g.TCP_PSH | g.TCP_ACK,
+                                    g.tls_client_hello("a.example.org")),
+        "http request, odd port": g.tcp_frame("10.0.0.1", "198.51.100.1", 40000, 8081, g.TCP_PSH | g.TCP_ACK,
+                                              g.http_request("GET", "/", "a.example.org")),
+        "http response": g.tcp_frame("198.51.100.1", "10.0.0.1", 80, 40000, g.TCP_PSH | g.TCP_ACK,
+                                     b"HTTP/1.1 200 OK\r\n\r\n"),
+        "dns over tcp": g.tcp_frame("10.0.0.1", "10.0.0.53", 40000, 53, g.TCP_PSH | g.TCP_ACK, b"\x00\x10" + bytes(16)),
+        "udp": g.udp_frame("10.0.0.1", "198.51.100.1", 40000, 443, bytes(1200)),
+        "icmp": g.icmp_frame("10.0.0.1", "198.51.100.1"),
+        "ipv6 syn": g.tcp_frame("2001:db8::1", "2001:db8::2", 40000, 443, g.TCP_SYN),
+        "ipv6 client hello": g.tcp_frame("2001:db8::1", "2001:db8::2", 40000, 443, g.TCP_PSH | g.TCP_ACK,
+                                         g.tls_client_hello("a.example.org")),
+        "vlan syn": g.tcp_frame("10.0.0.1", "198.51.100.1", 40000, 443, g.TCP_SYN, vlans=(7,)),
+        "vlan client hello": g.tcp_frame("10.0.0.1", "198.51.100.1", 40000, 443, g.TCP_PSH | g.TCP_ACK,
+                                         g.tls_client_hello("a.example.org"), vlans=(7,)),
+    }
+    drop = {
+        "bulk tls": g.tcp_frame("10.0.0.1", "198.51.100.1", 40000, 443, g.TCP_PSH | g.TCP_ACK, b"\x17\x03\x03" + bytes(900)),
+        "bare ack": g.tcp_frame("10.0.0.1", "198.51.100.1", 40000, 443, g.TCP_ACK),
+        "ipv6 bulk": g.tcp_frame("2001:db8::1", "2001:db8::2", 40000, 443, g.TCP_PSH | g.TCP_ACK, b"\x17\x03\x03" + bytes(900)),
+        "vlan bulk": g.tcp_frame("10.0.0.1", "198.51.100.1", 40000, 443, g.TCP_PSH | g.TCP_ACK, b"\x17\x03\x03" + bytes(900),
+                                 vlans=(7,)),
+    }
+    bpf = pcap.bpf(expand_filter("default", 1).encode(), 1)
+    assert [name for name, frame in keep.items() if not bpf.filter(frame)] == []
+    assert [name for name, frame in drop.items() if bpf.filter(frame)] == []
+
+
+# --- live ----------------------------------------------------------------------------------------
+
+@pytest.mark.root
+def test_live_capture_with_two_workers(veth, artifact, tmp_path):
+    namespace, host, peer = veth
+    log = tmp_path / "log"
+    proc = subprocess.Popen([console_script(), "-i", host, "--trails", artifact, "--log-dir", str(log),
+                             "--sensor-name", "live2", "--workers", "2"], stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
+    try:
+        _wait_line(lines, r"capturing on %s" % host)
+        frames = [DST_MAC + g.udp_frame("10.99.0.%d" % (2 + i % 50), "10.99.0.1", 40000 + i, 53,
+                                        g.dns_query("q%d.evil-parent.net" % i))[6:] for i in range(100)]
+        frames.append(DST_MAC + g.tcp_frame("10.99.0.2", "203.0.113.66", 41000, 443)[6:])
+        frames.append(DST_MAC + g.tcp_frame("10.99.0.2", "10.99.0.1", 41001, 443, g.TCP_PSH | g.TCP_ACK,
+                                            b"\x17\x03\x03" + bytes(500))[6:])  # bulk TLS: filtered out
+        send_frames(namespace, peer, frames)
+        time.sleep(2.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    err = "".join(lines)
+    assert proc.returncode == 0, err
+    assert "kernel: received 101" in err  # the bulk TLS segment never left the kernel
+    trails = [r[9] for r in records(log)]
+    assert sorted(trails) == sorted(["(q%d).evil-parent.net" % i for i in range(100)] + ["203.0.113.66"])
