@@ -340,7 +340,8 @@ static PyMethodDef module_methods[] = {
 
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT, "_native",
-    "C lookups over compiled trail artifacts (see matchers/csrc/artifact.h)", -1, module_methods};
+    "C lookups over compiled trail artifacts (see matchers/csrc/artifact.h)", -1, module_methods,
+    NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__native(void)
 {
