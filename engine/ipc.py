@@ -16,12 +16,19 @@ import socket
 
 import msgpack
 
-MAX_MESSAGE_BYTES = 128 * 1024  # below the default socket buffer, so one message always fits
+# One message must fit in the socket buffer; an event is bounded by the frame it came from
+# (snaplen_bytes, at most 256 KiB), so 1 MiB messages in 4 MiB buffers always fit one.
+MAX_MESSAGE_BYTES = 1 << 20
+SOCKET_BUFFER_BYTES = 4 << 20
 
 
 def channel() -> tuple[socket.socket, socket.socket]:
     """A connected pair of seqpacket sockets (both ends blocking)."""
-    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for sock in pair:
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+    return pair
 
 
 def send(sock: socket.socket, message) -> None:
@@ -33,18 +40,18 @@ def send(sock: socket.socket, message) -> None:
 
 
 def send_records(sock: socket.socket, kind: str, sender: int, records: list) -> None:
-    """Sends [kind, sender, records] in as many messages as the size limit needs."""
-    chunk: list = []
-    size = 0
-    for record in records:
-        packed = len(msgpack.packb(record, use_bin_type=True))
-        if chunk and size + packed > MAX_MESSAGE_BYTES - 256:
-            send(sock, [kind, sender, chunk])
-            chunk, size = [], 0
-        chunk.append(record)
-        size += packed
-    if chunk:
-        send(sock, [kind, sender, chunk])
+    """Sends [kind, sender, records], split into as many messages as the size limit needs."""
+    if not records:
+        return
+    data = msgpack.packb([kind, sender, records], use_bin_type=True)
+    if len(data) <= MAX_MESSAGE_BYTES:
+        sock.send(data)
+    elif len(records) == 1:
+        raise ValueError("one record of %d bytes is over the channel limit" % len(data))
+    else:
+        half = len(records) // 2
+        send_records(sock, kind, sender, records[:half])
+        send_records(sock, kind, sender, records[half:])
 
 
 def receive(sock: socket.socket):

@@ -21,7 +21,7 @@ TICK_S = 0.2
 
 
 class WriterSpec:
-    def __init__(self, log_dir: str, events, control, stats_interval_s: int = 60):
+    def __init__(self, log_dir: str, events, control):
         self.log_dir = log_dir
         self.events = events          # one channel per worker slot
         self.control = control

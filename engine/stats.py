@@ -46,7 +46,11 @@ def stats_line(counters: dict, capture: dict, engine: dict) -> str:
     processed = engine.get("processed") or []
     if processed:
         parts.append("processed " + " ".join("w%d:%d" % (i, n) for i, n in enumerate(processed)))
-    parts.append("decoded %d, skipped %d" % (counters["decoded"], sum(counters["skipped"].values())))
+    skipped = counters["skipped"]
+    text = "decoded %d, skipped %d" % (counters["decoded"], sum(skipped.values()))
+    if skipped:
+        text += " (%s)" % ", ".join("%s %d" % kv for kv in sorted(skipped.items(), key=lambda kv: -kv[1]))
+    parts.append(text)
     parts.append("events: %s" % (_events_text(counters["events"]) or "none"))
     deaths = sum(engine.get("deaths") or [])
     if deaths:

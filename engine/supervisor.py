@@ -126,7 +126,7 @@ class Engine:
     def _start_worker(self, k: int) -> None:
         spec = WorkerSpec(k, self.rings[k], self.event_channels[k][0], self.status_channels[k][0],
                           self.artifact_path, self.sensor, self.condense_window_s, self.mode == "live",
-                          cpu=self.worker_cpus[k], stats_interval_s=self.stats_interval_s)
+                          cpu=self.worker_cpus[k])
         proc = self.ctx.Process(target=run_worker, name="mte-worker-%d" % k, args=(spec,))
         proc.start()
         self.workers[k] = proc

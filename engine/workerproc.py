@@ -31,7 +31,7 @@ REPORT_S = 0.5  # counters reach the supervisor this often: a death loses at mos
 
 class WorkerSpec:
     def __init__(self, slot: int, ring, events, status, artifact_path: str, sensor: str, condense_window_s: int,
-                 live: bool, cpu=None, stats_interval_s: int = 60):
+                 live: bool, cpu=None):
         self.slot = slot
         self.ring = ring
         self.events = events
@@ -41,7 +41,6 @@ class WorkerSpec:
         self.condense_window_s = condense_window_s
         self.live = live
         self.cpu = cpu
-        self.stats_interval_s = stats_interval_s
 
 
 def _load(path: str) -> TrailMatchers:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import ipaddress
 from bisect import bisect_left
 
-import pyroaring
-
 from matchers import _native
 from matchers.artifact import (
     KIND_CIDR4, KIND_CIDR6, KIND_IPPORT4, KIND_IPPORT6, KIND_IPV4, KIND_IPV6,
@@ -44,8 +42,7 @@ class IPMatcher:
         self._ip4_ids = a.ids(S_IP4_IDS) if a.has(S_IP4_IDS) else None
         self._cidr4 = _native.RoaringView(a.section(S_CIDR4)) if a.has(S_CIDR4) else None
         self._cidr4_by_prefix = _by_prefix(_unpack_cidr4(a.section(S_CIDR4_LIST)) if a.has(S_CIDR4_LIST) else [], 32)
-        self._ipport4 = (pyroaring.BitMap64.deserialize(bytes(a.section(S_IPPORT4)))
-                         if a.has(S_IPPORT4) else None)
+        self._ipport4 = _native.RoaringView64(a.section(S_IPPORT4)) if a.has(S_IPPORT4) else None
         self._ipport4_keys = a.section(S_IPPORT4_KEYS).cast("Q") if a.has(S_IPPORT4_KEYS) else None
         self._ipport4_ids = a.ids(S_IPPORT4_IDS) if a.has(S_IPPORT4_IDS) else None
         # IPv6 trails are few (thousands): plain dicts built at load.

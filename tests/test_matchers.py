@@ -1005,3 +1005,28 @@ def test_a_sample_of_real_trails_matches_through_the_fast_matchers(real_artifact
         assert artifact.meta_of(tid) in _pairs_for_key(str(SHARED_TRAILS), key), (key, info, reference)
     assert sum(checked.values()) > 1900
     assert checked.get(KIND_DOMAIN, 0) > 1000 and checked.get(KIND_IPPORT4, 0) > 100
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 80, 443, 8443, 65535]), st.integers(0, 2**32 - 1)), max_size=400),
+       st.booleans(), st.lists(st.integers(0, 2**64 - 1), max_size=50))
+def test_roaring64_view_agrees_with_pyroaring(pairs, optimize, probes):
+    import pyroaring
+    values = [(port << 32) | low for port, low in pairs]
+    bitmap = pyroaring.BitMap64(values)
+    if optimize:
+        bitmap.run_optimize()
+    view = _native.RoaringView64(bitmap.serialize())
+    for x in values + probes + [v + 1 for v in values] + [v ^ (1 << 32) for v in values]:
+        if 0 <= x < 2**64:
+            assert (x in view) == (x in bitmap)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_roaring64_view_refuses_garbage_without_crashing(data):
+    try:
+        view = _native.RoaringView64(data)
+    except ValueError:
+        return
+    assert (12345 in view) in (True, False)

@@ -102,6 +102,7 @@ typedef struct {
     const uint8_t *offsets;      /* ncontainers x u32, or NULL (no-run bitmaps with < 4 containers
                                     never omit it; run bitmaps with < 4 containers do) */
     const uint8_t *data;         /* start of container data when offsets is NULL */
+    size_t end;                  /* bytes of `base` the bitmap occupies */
 } mt_roaring;
 
 static inline uint16_t mt_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
@@ -154,7 +155,7 @@ static inline int mt_roaring_open(mt_roaring *r, const uint8_t *base, size_t len
     }
     r->data = base + pos;
     /* Validate every container's extent once, so lookups need no bounds checks. */
-    size_t walk = pos;
+    size_t walk = pos, end = pos;
     for (uint32_t c = 0; c < r->ncontainers; c++) {
         uint32_t card = (uint32_t)mt_rd16(r->keyscards + 4 * c + 2) + 1;
         int is_run = r->runbits && (r->runbits[c / 8] >> (c % 8)) & 1;
@@ -172,7 +173,10 @@ static inline int mt_roaring_open(mt_roaring *r, const uint8_t *base, size_t len
         if (start + size > len)
             return -1;
         walk = start + size;
+        if (walk > end)
+            end = walk;
     }
+    r->end = end;
     return 0;
 }
 
@@ -224,6 +228,52 @@ static inline int mt_roaring_contains(const mt_roaring *r, uint32_t x)
         uint16_t v = mt_rd16(p + 2 * m);
         if (v == lo) return 1;
         if (v < lo) lo_i = m + 1; else hi_i = m - 1;
+    }
+    return 0;
+}
+
+/* 64-bit portable roaring format (pyroaring's BitMap64.serialize()): a u64 count of buckets, then
+ * per bucket, in ascending order of the high 32 bits, a u32 high key and a 32-bit portable bitmap
+ * of the low 32 bits. The caller provides arrays for `cap` buckets. */
+typedef struct {
+    uint32_t n;
+    uint32_t *keys;
+    mt_roaring *maps;
+} mt_roaring64;
+
+/* Returns 0 on success, -1 on a malformed bitmap, -2 when it has more than `cap` buckets. */
+static inline int mt_roaring64_open(mt_roaring64 *r, const uint8_t *base, size_t len, uint32_t cap)
+{
+    if (len < 8)
+        return -1;
+    uint64_t n = (uint64_t)mt_rd32(base) | ((uint64_t)mt_rd32(base + 4) << 32);
+    if (n > cap)
+        return -2;
+    size_t pos = 8;
+    for (uint64_t i = 0; i < n; i++) {
+        if (pos + 4 > len)
+            return -1;
+        r->keys[i] = mt_rd32(base + pos);
+        if (i && r->keys[i] <= r->keys[i - 1])
+            return -1;
+        pos += 4;
+        if (mt_roaring_open(&r->maps[i], base + pos, len - pos) < 0)
+            return -1;
+        pos += r->maps[i].end;
+    }
+    r->n = (uint32_t)n;
+    return 0;
+}
+
+static inline int mt_roaring64_contains(const mt_roaring64 *r, uint64_t x)
+{
+    uint32_t hi = (uint32_t)(x >> 32);
+    int64_t a = 0, b = (int64_t)r->n - 1;
+    while (a <= b) {
+        int64_t m = (a + b) >> 1;
+        if (r->keys[m] == hi)
+            return mt_roaring_contains(&r->maps[m], (uint32_t)x);
+        if (r->keys[m] < hi) a = m + 1; else b = m - 1;
     }
     return 0;
 }

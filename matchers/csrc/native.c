@@ -330,6 +330,83 @@ static PyTypeObject RoaringType = {
     .tp_as_sequence = &Roaring_as_sequence,
 };
 
+/* ---- RoaringView64: 64-bit membership read straight from a serialized BitMap64 -------------- */
+
+#define MT_MAX_BUCKETS (1u << 20)
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer buf;
+    int have_buffer;
+    mt_roaring64 r;
+} Roaring64Object;
+
+static void Roaring64_dealloc(Roaring64Object *self)
+{
+    if (self->have_buffer)
+        PyBuffer_Release(&self->buf);
+    PyMem_Free(self->r.keys);
+    PyMem_Free(self->r.maps);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Roaring64_init(Roaring64Object *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *o;
+    if (!PyArg_ParseTuple(args, "O", &o))
+        return -1;
+    if (self->have_buffer) {
+        PyErr_SetString(PyExc_RuntimeError, "RoaringView64 already initialised");
+        return -1;
+    }
+    if (PyObject_GetBuffer(o, &self->buf, PyBUF_SIMPLE) < 0)
+        return -1;
+    self->have_buffer = 1;
+    const uint8_t *p = (const uint8_t *)self->buf.buf;
+    uint64_t n = self->buf.len >= 8 ? ((uint64_t)mt_rd32(p) | ((uint64_t)mt_rd32(p + 4) << 32)) : 0;
+    /* every bucket takes at least 4 + 8 bytes, which bounds the allocation by the buffer */
+    if (n > MT_MAX_BUCKETS || n * 12 > (uint64_t)self->buf.len) {
+        PyErr_SetString(PyExc_ValueError, "not a valid 64-bit portable roaring bitmap");
+        return -1;
+    }
+    self->r.keys = PyMem_Malloc(sizeof(uint32_t) * (n ? n : 1));
+    self->r.maps = PyMem_Malloc(sizeof(mt_roaring) * (n ? n : 1));
+    if (!self->r.keys || !self->r.maps) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (mt_roaring64_open(&self->r, p, (size_t)self->buf.len, (uint32_t)n) < 0) {
+        PyErr_SetString(PyExc_ValueError, "not a valid 64-bit portable roaring bitmap");
+        return -1;
+    }
+    return 0;
+}
+
+static int Roaring64_sq_contains(Roaring64Object *self, PyObject *arg)
+{
+    unsigned long long v = PyLong_AsUnsignedLongLong(arg);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return mt_roaring64_contains(&self->r, (uint64_t)v);
+}
+
+static PySequenceMethods Roaring64_as_sequence = {
+    .sq_contains = (objobjproc)Roaring64_sq_contains,
+};
+
+static PyTypeObject Roaring64Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "matchers._native.RoaringView64",
+    .tp_basicsize = sizeof(Roaring64Object),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "RoaringView64(buffer): membership in a 64-bit portable roaring bitmap, read in place",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Roaring64_init,
+    .tp_dealloc = (destructor)Roaring64_dealloc,
+    .tp_as_sequence = &Roaring64_as_sequence,
+};
+
 /* ---- module ---------------------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
@@ -345,7 +422,7 @@ static struct PyModuleDef native_module = {
 
 PyMODINIT_FUNC PyInit__native(void)
 {
-    if (PyType_Ready(&TableType) < 0 || PyType_Ready(&RoaringType) < 0)
+    if (PyType_Ready(&TableType) < 0 || PyType_Ready(&RoaringType) < 0 || PyType_Ready(&Roaring64Type) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (!m)
@@ -359,6 +436,12 @@ PyMODINIT_FUNC PyInit__native(void)
     Py_INCREF(&RoaringType);
     if (PyModule_AddObject(m, "RoaringView", (PyObject *)&RoaringType) < 0) {
         Py_DECREF(&RoaringType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&Roaring64Type);
+    if (PyModule_AddObject(m, "RoaringView64", (PyObject *)&Roaring64Type) < 0) {
+        Py_DECREF(&Roaring64Type);
         Py_DECREF(m);
         return NULL;
     }
