@@ -30,6 +30,7 @@ _OVERRIDES = {
     "allow_no_trails": ("sensor", "allow_no_trails"),
     "promiscuous": ("sensor", "promiscuous"),
     "workers": ("sensor", "workers"),
+    "capture_buffer": ("sensor", "capture_buffer_bytes"),
 }
 
 
@@ -49,6 +50,8 @@ def _common(parser: argparse.ArgumentParser, capture: bool = True) -> None:
         parser.add_argument("--filter", dest="capture_filter", default=s, metavar="BPF", help="capture filter")
         parser.add_argument("--snaplen", type=int, default=s, metavar="BYTES")
         parser.add_argument("--no-promisc", dest="promiscuous", action="store_const", const=False, default=s)
+        parser.add_argument("--capture-buffer", dest="capture_buffer", type=int, default=s, metavar="BYTES",
+                            help="kernel capture buffer per interface")
         parser.add_argument("--workers", default=s, metavar="N|auto",
                             help="worker processes (default: [sensor] workers; auto = one per CPU but one)")
 
