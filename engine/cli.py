@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reader", choices=("native", "libpcap"), default="native",
                    help="capture file reader (native reads pcapng with mixed interfaces, which libpcap refuses)")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary")
+    p.add_argument("--stats-json", metavar="FILE", help="also write the run's statistics to FILE as JSON")
 
     p = sub.add_parser("tail", help="print events from the log")
     p.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="FILE")
@@ -160,7 +161,8 @@ def _load_matchers(cfg):
         return None
 
 
-def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = False) -> int:
+def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = False,
+                stats_json: str | None = None) -> int:
     """Replay or live capture through the capture, worker and log-writer processes."""
     from engine.child import auto_workers
     from engine.supervisor import Engine, EngineError
@@ -191,6 +193,10 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
     if not quiet or code:
         for line in engine.summary_lines():
             sys.stderr.write(line + "\n")
+    if stats_json:
+        import json
+        with open(stats_json, "w") as f:
+            json.dump(engine.report(), f, indent=1, sort_keys=True)
     if mode == "replay" and engine.capture_stats.get("unreadable") and not engine.capture_stats.get("files"):
         return 1
     return code
@@ -200,7 +206,8 @@ def _replay(args, cfg) -> int:
     missing = [p for p in args.pcaps if not os.path.exists(p)]
     if missing:
         return _fail("no such capture file: %s" % ", ".join(missing), 2)
-    return _run_engine(cfg, "replay", paths=args.pcaps, reader=args.reader, quiet=args.quiet)
+    return _run_engine(cfg, "replay", paths=args.pcaps, reader=args.reader, quiet=args.quiet,
+                       stats_json=args.stats_json)
 
 
 def _live(cfg) -> int:

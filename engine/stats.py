@@ -16,7 +16,11 @@ def empty_counters() -> dict:
 
 
 def merge_counters(parts) -> dict:
+    """Sums worker counters; `first_batch_unix` is the earliest non-zero one."""
     total = empty_counters()
+    firsts = [p.get("first_batch_unix") for p in parts if p.get("first_batch_unix")]
+    if firsts:
+        total["first_batch_unix"] = min(firsts)
     sums = {"skipped": Counter(), "extracted": Counter(), "events": Counter()}
     for part in parts:
         total["frames"] += part.get("frames", 0)

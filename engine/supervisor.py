@@ -139,6 +139,7 @@ class Engine:
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> int:
         started, cpu0 = time.monotonic(), time.process_time()
+        self.started_unix = time.time()
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         self._start()
         old_wakeup = signal.set_wakeup_fd(self.wake_w)
@@ -375,6 +376,13 @@ class Engine:
     def engine_stats(self) -> dict:
         return {"processed": [r.processed for r in self.rings] if hasattr(self, "rings") else [],
                 "deaths": list(self.deaths), "lost_frames": list(self.lost_frames), "notes": list(self.notes)}
+
+    def report(self) -> dict:
+        """Everything the run measured, for `replay --stats-json` (benchmarks, tooling)."""
+        return {"workers": self.n, "started_unix": self.started_unix, "elapsed_s": self.elapsed, "cpu_s": self.cpu,
+                "counters": self.counters, "capture": self.capture_stats, "writer": self.writer_stats,
+                "engine": {"processed": self._processed, "deaths": self.deaths, "lost_frames": self.lost_frames,
+                           "notes": self.notes}}
 
     def summary_lines(self) -> list[str]:
         engine = {"processed": self._processed, "deaths": self.deaths, "lost_frames": self.lost_frames,

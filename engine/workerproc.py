@@ -53,6 +53,7 @@ class _WorkerProcess:
         self.child = ChildProcess("mte-worker-%d" % spec.slot, spec.cpu)
         self.ring = Ring(spec.ring.buf)  # positions as they are now (a restarted worker resumes)
         self.worker = Worker(_load(spec.artifact_path), spec.sensor, spec.condense_window_s)
+        self.first_batch_unix = 0.0  # wall time the first batch was taken (start-up cost, for benches)
 
     def send_events(self, events) -> None:
         if events:
@@ -61,6 +62,7 @@ class _WorkerProcess:
     def report(self, final: bool = False) -> None:
         stats = self.worker.stats()
         stats["generation"] = self.worker.matchers.generation
+        stats["first_batch_unix"] = self.first_batch_unix
         ipc.send(self.spec.status, ["stats", self.spec.slot, stats, final])
 
     def control(self) -> None:
@@ -100,6 +102,8 @@ class _WorkerProcess:
                 idle = min(idle * 2, IDLE_SLEEP_MAX_S)
                 continue
             idle = IDLE_SLEEP_MIN_S
+            if not self.first_batch_unix:
+                self.first_batch_unix = time.time()
             batch = decode_batch(payload)
             frames = len(batch)
             ring.set_in_progress(frames)
