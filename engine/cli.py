@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="capture file reader (native reads pcapng with mixed interfaces, which libpcap refuses)")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary")
     p.add_argument("--stats-json", metavar="FILE", help="also write the run's statistics to FILE as JSON")
+    p.add_argument("--reference", action="store_true",
+                   help="judge every packet with the plain-Python reference path (differential runs, benchmarks)")
 
     p = sub.add_parser("tail", help="print events from the log")
     p.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="FILE")
@@ -162,7 +164,7 @@ def _load_matchers(cfg):
 
 
 def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = False,
-                stats_json: str | None = None) -> int:
+                stats_json: str | None = None, reference: bool = False) -> int:
     """Replay or live capture through the capture, worker and log-writer processes."""
     from engine.child import auto_workers
     from engine.supervisor import Engine, EngineError
@@ -185,7 +187,8 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
                     condense_window_s=s.condense_window_s, ring_bytes_per_worker=s.ring_bytes,
                     stats_interval_s=s.stats_interval_s, paths=paths, reader=reader,
                     snaplen_bytes=s.snaplen_bytes, interfaces=s.interface, promiscuous=s.promiscuous,
-                    buffer_bytes=s.capture_buffer_bytes, bpf_filter=s.capture_filter, reload_source=reload_source)
+                    buffer_bytes=s.capture_buffer_bytes, bpf_filter=s.capture_filter, reload_source=reload_source,
+                    reference=reference)
     try:
         code = engine.run()
     except EngineError as exc:
@@ -207,7 +210,7 @@ def _replay(args, cfg) -> int:
     if missing:
         return _fail("no such capture file: %s" % ", ".join(missing), 2)
     return _run_engine(cfg, "replay", paths=args.pcaps, reader=args.reader, quiet=args.quiet,
-                       stats_json=args.stats_json)
+                       stats_json=args.stats_json, reference=args.reference)
 
 
 def _live(cfg) -> int:

@@ -32,6 +32,7 @@ import struct
 from array import array
 
 from engine import _ring
+from workers import _fastpath
 from workers.batch import FrameBatch
 
 MAGIC = b"MTRING01"
@@ -193,8 +194,6 @@ def decode_batch(payload: bytes) -> FrameBatch:
     linktypes.frombytes(payload[pos:pos + 2 * n])
     pos = _align8(pos + 2 * n)
     offsets = array("Q")
-    at = 0
-    for length in caplens:
-        offsets.append(at)
-        at += length
-    return FrameBatch(memoryview(payload)[pos:pos + at], offsets, caplens, wirelens, ts, linktypes)
+    offsets.frombytes(_fastpath.offsets(caplens))
+    end = pos + (offsets[-1] + caplens[-1] if n else 0)
+    return FrameBatch(memoryview(payload)[pos:end], offsets, caplens, wirelens, ts, linktypes)

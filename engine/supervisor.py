@@ -51,8 +51,10 @@ class Engine:
     def __init__(self, *, mode: str, workers: int, artifact_path: str, sensor: str, log_dir: str,
                  condense_window_s: int, ring_bytes_per_worker: int, stats_interval_s: int = 60,
                  paths=(), reader: str = "native", snaplen_bytes=None, interfaces=(), promiscuous=True,
-                 buffer_bytes=None, bpf_filter="", reload_source=None, out=sys.stderr, seed: bytes | None = None):
+                 buffer_bytes=None, bpf_filter="", reload_source=None, out=sys.stderr, seed: bytes | None = None,
+                 reference: bool = False):
         self.mode = mode
+        self.reference = reference
         self.n = workers
         self.artifact_path = artifact_path
         self.reload_source = reload_source or (lambda: artifact_path)
@@ -126,7 +128,7 @@ class Engine:
     def _start_worker(self, k: int) -> None:
         spec = WorkerSpec(k, self.rings[k], self.event_channels[k][0], self.status_channels[k][0],
                           self.artifact_path, self.sensor, self.condense_window_s, self.mode == "live",
-                          cpu=self.worker_cpus[k])
+                          cpu=self.worker_cpus[k], reference=self.reference)
         proc = self.ctx.Process(target=run_worker, name="mte-worker-%d" % k, args=(spec,))
         proc.start()
         self.workers[k] = proc

@@ -31,7 +31,7 @@ REPORT_S = 0.5  # counters reach the supervisor this often: a death loses at mos
 
 class WorkerSpec:
     def __init__(self, slot: int, ring, events, status, artifact_path: str, sensor: str, condense_window_s: int,
-                 live: bool, cpu=None):
+                 live: bool, cpu=None, reference: bool = False):
         self.slot = slot
         self.ring = ring
         self.events = events
@@ -41,6 +41,7 @@ class WorkerSpec:
         self.condense_window_s = condense_window_s
         self.live = live
         self.cpu = cpu
+        self.reference = reference  # judge every frame in Python (benchmarks, differential runs)
 
 
 def _load(path: str) -> TrailMatchers:
@@ -52,7 +53,7 @@ class _WorkerProcess:
         self.spec = spec
         self.child = ChildProcess("mte-worker-%d" % spec.slot, spec.cpu)
         self.ring = Ring(spec.ring.buf)  # positions as they are now (a restarted worker resumes)
-        self.worker = Worker(_load(spec.artifact_path), spec.sensor, spec.condense_window_s)
+        self.worker = Worker(_load(spec.artifact_path), spec.sensor, spec.condense_window_s, fast=not spec.reference)
         self.first_batch_unix = 0.0  # wall time the first batch was taken (start-up cost, for benches)
 
     def send_events(self, events) -> None:

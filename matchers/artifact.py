@@ -63,6 +63,8 @@ S_CIDR4_LIST = "cidr4_list"  # (u32 first, u32 last, u32 trail id, u32 prefix) s
 S_IPPORT4 = "ipport4"        # roaring64 bitmap of (port << 32 | address), see ips.ipport4_key
 S_IPPORT4_KEYS = "ipport4_keys"  # u64 keys, ascending
 S_IPPORT4_IDS = "ipport4_ids"    # u32 trail ids, parallel
+S_IP4_P24 = "ip4_p24"        # 2^24-bit map: bit (address >> 8) set when some IPv4, ip:port or CIDR
+                             # trail touches that /24: one memory read says "no" for most addresses
 S_IP6 = "ip6"                # sorted 16-byte addresses
 S_IP6_IDS = "ip6_ids"
 S_CIDR6_LIST = "cidr6_list"  # (16B first, 16B last, u32 id, u32 prefix) sorted by prefix desc

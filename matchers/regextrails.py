@@ -52,6 +52,29 @@ def _skip_quantifier(pattern: str, i: int) -> tuple[int, bool]:
     return i, False
 
 
+def _split_alternatives(body: str) -> list[str]:
+    """body split at its top-level '|' (not inside groups, classes or after an escape)."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(body):
+        c = body[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":
+            i = _skip_class(body, i)
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            parts.append(body[start:i])
+            start = i + 1
+        i += 1
+    parts.append(body[start:])
+    return parts
+
+
 def _literal_alternatives(body: str) -> list[str] | None:
     """'a|bc|d' made only of literal text -> ['a', 'bc', 'd']; anything else -> None."""
     out = []
@@ -79,14 +102,16 @@ def required_literals(pattern: str) -> list[str]:
     is an alternation of plain strings (e.g. "(alpha|beta)" -> ["alpha", "beta"]).
     """
     best: list[str] = []
-    best_len = 0
+    best_score = (False, 0)
     run: list[str] = []
 
     def consider(candidates: list[str]):
-        nonlocal best, best_len
+        # Prefer literals that are rare in names (not "www." or ".com"), then longer ones.
+        nonlocal best, best_score
         shortest = min((len(c) for c in candidates), default=0)
-        if shortest >= MIN_LITERAL and shortest > best_len:
-            best, best_len = candidates, shortest
+        score = (not any(c in _WEAK_LITERALS for c in candidates), shortest)
+        if shortest >= MIN_LITERAL and score > best_score:
+            best, best_score = candidates, score
 
     def end_run():
         if run:
@@ -118,6 +143,12 @@ def required_literals(pattern: str) -> list[str]:
                 alts = _literal_alternatives(body)
                 if alts:
                     consider(alts)
+                else:
+                    # Each alternative may still require something of its own: then one of
+                    # those is required ("(abc[0-9]|de+fgh)" requires "abc" or "fgh").
+                    per_alternative = [required_literals(alt) for alt in _split_alternatives(body)]
+                    if per_alternative and all(per_alternative):
+                        consider(sorted({lit for lits in per_alternative for lit in lits}))
             i = after
             continue
         if c == "[":
@@ -154,6 +185,22 @@ def required_literals(pattern: str) -> list[str]:
             run.append(atom)
     end_run()
     return best
+
+
+_WEAK_LITERALS = frozenset(("www.", ".com", ".net", ".org", "com", "net", "org", "http"))
+
+
+def prefilter_literals(patterns: list[tuple[int, str]]) -> tuple[list[str], bool]:
+    """(every literal some pattern requires, whether a pattern requires none): what a C prefilter
+    needs to hand a name to RegexTrails.search exactly when a pattern might match it."""
+    literals: set[str] = set()
+    always = False
+    for _, pattern in patterns:
+        found = required_literals(pattern)
+        if not found:
+            always = True
+        literals.update(found)
+    return sorted(literals), always
 
 
 class RegexTrails:

@@ -29,7 +29,7 @@ from matchers import TrailMatchers, _native
 from matchers.artifact import (
     KIND_CIDR4, KIND_CIDR6, KIND_DOMAIN, KIND_IPPORT4, KIND_IPPORT6, KIND_IPV4, KIND_IPV6,
     KIND_NAMES, KIND_PATH, KIND_REGEX, KIND_UA, KIND_URL, S_CIDR4, S_CIDR4_LIST, S_CIDR6_LIST,
-    S_DOMAINS, S_INFO, S_IP4, S_IP4_IDS, S_IP4_KEYS, S_IP6, S_IP6_IDS, S_IPPORT4, S_IPPORT4_IDS,
+    S_DOMAINS, S_INFO, S_IP4, S_IP4_IDS, S_IP4_KEYS, S_IP4_P24, S_IP6, S_IP6_IDS, S_IPPORT4, S_IPPORT4_IDS,
     S_IPPORT4_KEYS, S_IPPORT6, S_IPPORT6_IDS, S_META, S_REGEX, S_STRINGS, S_TRAILS,
     S_UA, S_URLS, S_WHITELIST, TRAIL_RECORD, Artifact, ArtifactError, write_artifact,
 )
@@ -229,6 +229,13 @@ def layout(entries: list, meta: list, whitelist: Whitelist, info: dict) -> list[
     sections += [(S_IPPORT4, bm64.serialize()),
                  (S_IPPORT4_KEYS, array("Q", (k for k, _ in ipport4)).tobytes()),
                  (S_IPPORT4_IDS, array("I", (i for _, i in ipport4)).tobytes())]
+    p24 = bytearray(1 << 21)
+    for address in [a for a, _ in ip4] + [k & 0xFFFFFFFF for k, _ in ipport4]:
+        p24[address >> 11] |= 1 << ((address >> 8) & 7)
+    for first, last, _, _ in cidr4:
+        for prefix in range(first >> 8, (last >> 8) + 1):
+            p24[prefix >> 3] |= 1 << (prefix & 7)
+    sections.append((S_IP4_P24, bytes(p24)))
     ip6.sort()
     ipport6.sort()
     cidr6.sort(key=lambda c: (-c[3], c[2]))

@@ -18,10 +18,16 @@ import re
 from collections import Counter
 from urllib.parse import unquote
 
-from matchers.artifact import KIND_CIDR4, KIND_CIDR6, KIND_IPPORT4, KIND_IPPORT6
+from array import array
+
+from matchers.artifact import KIND_CIDR4, KIND_CIDR6, KIND_IPPORT4, KIND_IPPORT6, S_REGEX, S_UA
 from matchers.domains import render_span
+from matchers.regextrails import prefilter_literals
+from workers import _fastpath
 from workers.condense import Condenser
-from workers.decode import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, PROTO_NAMES, decode_frame
+from workers.decode import (
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, PROTO_NAMES, SKIP_REASONS, decode_frame,
+)
 from workers.dns import QCLASS_IN, parse_dns, parse_dns_tcp
 from workers.events import (
     TYPE_DNS, TYPE_HTTP, TYPE_IP, TYPE_IPORT, TYPE_SNI, TYPE_UA, TYPE_URL, Event, severity_of,
@@ -89,6 +95,23 @@ def client_is_src(p) -> bool:
     return p.icmp_type != _ECHO_REPLY.get(p.proto)
 
 
+# The counters _fastpath.scan() returns after `decoded` and the skip reasons, in its order.
+_FAST_EXTRACTED = ("dns queries", "dns responses", "http requests", "tls server names")
+# Artifact sections the C scan reads (its names for them).
+_FAST_SECTIONS = {"ip4": "ip4", "cidr4": "cidr4", "ipport4": "ipport4", "ip6": "ip6", "ipport6": "ipport6",
+                  "cidr6_list": "cidr6_list", "domains": "domains", "urls": "urls", "trails": "trails",
+                  "strings": "strings", "ip4_p24": "ip4_p24"}
+
+
+def fast_tables(artifact):
+    """The C scan's view of an artifact: its sections in place, the regex trails' literals (a name
+    holding none of them cannot match a regex trail) and the user-agent patterns."""
+    sections = {name: artifact.section(section) for name, section in _FAST_SECTIONS.items() if artifact.has(section)}
+    literals, always = prefilter_literals(artifact.pairs(S_REGEX))
+    patterns = [p.lower().encode("utf-8") for _, p in artifact.pairs(S_UA)]
+    return _fastpath.Tables(sections, [lit.encode("utf-8") for lit in literals], always, patterns)
+
+
 class WorkerCounters:
     def __init__(self):
         self.frames = 0
@@ -103,13 +126,16 @@ class WorkerCounters:
 
 
 class Worker:
-    def __init__(self, matchers, sensor: str, condense_window_s: int = 60):
+    def __init__(self, matchers, sensor: str, condense_window_s: int = 60, fast: bool = True):
+        """`fast`: the C scan picks the frames that can matter and only those are judged here;
+        False judges every frame in Python (the reference path, for differential tests)."""
         self.matchers = matchers
         self.sensor = sensor
         self.counters = WorkerCounters()
         self.condenser = Condenser(condense_window_s * 1_000_000)
         self.quic = QuicSniAssembler()
         self._artifact = matchers.artifact
+        self._tables = fast_tables(matchers.artifact) if fast else None
 
     # -- batch interface --------------------------------------------------------------------
 
@@ -119,11 +145,21 @@ class Worker:
         if out is None:
             out = []
         first = len(out)
+        if self._tables is not None:
+            now = self._process_fast(batch, out)
+        else:
+            now = self._process_reference(batch, out)
+        # Windows close on this batch's packet time, not the run's maximum: a replay of several
+        # captures from different years must not close every window of the older ones at once.
+        if now:
+            self.condenser.expire(now, out)
+        self._count(out[first:])
+        return out
+
+    def _process_reference(self, batch, out: list) -> int:
         buf, offsets, caplens = batch.buf, batch.offsets, batch.caplens
         linktypes, ts_ns = batch.linktypes, batch.ts_ns
         counters = self.counters
-        # Windows close on this batch's packet time, not the run's maximum: a replay of several
-        # captures from different years must not close every window of the older ones at once.
         now = 0
         for i in range(len(offsets)):
             start = offsets[i]
@@ -137,15 +173,34 @@ class Worker:
             if ts > now:
                 now = ts
             self._inspect(packet, ts, out)
-        if now:
-            self.condenser.expire(now, out)
-        self._count(out[first:])
-        return out
+        return now
+
+    def _process_fast(self, batch, out: list) -> int:
+        flagged, counts, now = _fastpath.scan(self._tables, batch.buf, batch.offsets, batch.caplens,
+                                              batch.linktypes, batch.ts_ns)
+        counters = self.counters
+        counters.frames += len(batch.caplens)
+        counters.decoded += counts[0]
+        for k, reason in enumerate(SKIP_REASONS):
+            if counts[1 + k]:
+                counters.skipped[reason] += counts[1 + k]
+        for k, name in enumerate(_FAST_EXTRACTED, 1 + len(SKIP_REASONS)):
+            if counts[k]:
+                counters.extracted[name] += counts[k]
+        if flagged:
+            buf, offsets, caplens, linktypes, ts_ns = batch.buf, batch.offsets, batch.caplens, batch.linktypes, batch.ts_ns
+            for i in array("I", flagged):
+                start = offsets[i]
+                packet = decode_frame(bytes(buf[start:start + caplens[i]]), linktypes[i])
+                self._inspect(packet, ts_ns[i] // 1000, out)
+        return now
 
     def adopt(self, matchers) -> None:
         """Switches to another trail generation between batches (a reload)."""
+        tables = fast_tables(matchers.artifact) if self._tables is not None else None
         self.matchers = matchers
         self._artifact = matchers.artifact
+        self._tables = tables
 
     def expire(self, now_us: int) -> list[Event]:
         """Closes condensing windows that ended before `now_us` (live capture calls this with the

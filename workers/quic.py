@@ -466,10 +466,12 @@ class QuicSniAssembler:
         Returns the server_name once, when the CRYPTO bytes from offset 0 first cover the
         server_name extension; otherwise None.
         """
-        self._expire(now_s)
         frames = parse_quic_initial_crypto(datagram)
         if not frames:
             return None
+        # Only client Initials move the clock that times assemblies out: what else a flow sends
+        # (or whether a caller hands over non-QUIC datagrams at all) must not change the result.
+        self._expire(now_s)
         dcid = frames[0][0]
         frames = [f for f in frames if f[0] == dcid]
         key = (flow_key, dcid)
