@@ -14,7 +14,7 @@ setup(
     description="Network sensor that matches traffic against Maltrail trails and heuristics",
     python_requires=">=3.11",
     packages=["engine", "workers", "matchers", "trailsdb"],
-    package_data={"matchers": ["csrc/*.h"], "engine": ["csrc/*.c"]},
+    package_data={"matchers": ["csrc/*.h"], "engine": ["csrc/*.c"], "workers": ["csrc/*.h", "csrc/*.c"]},
     ext_modules=[
         Extension(
             "matchers._native",
@@ -23,6 +23,13 @@ setup(
             extra_compile_args=C_FLAGS,
         ),
         Extension("engine._ring", sources=["engine/csrc/ring.c"], extra_compile_args=C_FLAGS),
+        Extension(
+            "workers._fastpath",
+            sources=["workers/csrc/fastpath.c"],
+            depends=["workers/csrc/decode.h", "matchers/csrc/artifact.h"],
+            include_dirs=["workers/csrc", "matchers/csrc"],
+            extra_compile_args=C_FLAGS + ["-D_GNU_SOURCE"],
+        ),
     ],
     data_files=[("share/maltrail-engine", ["maltrail.toml"])],
     install_requires=[
