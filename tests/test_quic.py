@@ -339,8 +339,11 @@ def test_partial_assembly_times_out_in_packet_time():
     assert assembler.feed(FLOW, second, 110.5) is None
     assert assembler.evicted == 1
     assert len(assembler) == 1  # the late half now waits on its own, until it too expires
+    # Only client Initials move the clock: other datagrams (whatever a caller hands over) don't.
     assert assembler.feed(FLOW, b"not quic", 121.0) is None
-    assert assembler.evicted == 2 and len(assembler) == 0
+    assert assembler.evicted == 1 and len(assembler) == 1
+    assert assembler.feed(("other", 1), first, 121.0) is None
+    assert assembler.evicted == 2 and len(assembler) == 1  # the old half went; the new one waits
 
 
 def test_flood_of_partial_flows_is_capped_and_exact_names_still_come_through():
