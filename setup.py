@@ -24,6 +24,13 @@ setup(
         ),
         Extension("engine._ring", sources=["engine/csrc/ring.c"], extra_compile_args=C_FLAGS),
         Extension(
+            "engine._capture",
+            sources=["engine/csrc/capture.c"],
+            depends=["workers/csrc/decode.h"],
+            include_dirs=["workers/csrc"],
+            extra_compile_args=C_FLAGS,
+        ),
+        Extension(
             "workers._fastpath",
             sources=["workers/csrc/fastpath.c"],
             depends=["workers/csrc/decode.h", "matchers/csrc/artifact.h"],

@@ -6,20 +6,29 @@ waits for the worker. Live capture never blocks libpcap: a batch that does not f
 counted against that worker. Reports statistics to the supervisor and stops when told to (or when
 orphaned), closing every ring so the workers drain and finish.
 
+The per-frame work runs in C (engine/csrc/capture.c, `engine._capture.Stager`): classic pcap
+files are read in big chunks and walked, dispatched, staged and published in C; pcapng files,
+`--reader libpcap` and live capture hand their FrameBatches to the same stager. The plain-Python
+path (PcapFileReader batches, Dispatcher.worker_for, FrameBatchBuilders, Ring.put) is kept as the
+reference: CaptureSpec(reference=True).
+
 Must not judge packets (workers/ does) beyond the dispatch key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import select
+import stat
 import sys
 import time
 
-from engine import ipc
+from engine import _capture, ipc
 from engine.child import ChildProcess
 from engine.dispatch import Dispatcher
 from engine.live import CaptureError, LiveCapture
-from engine.pcapfile import CaptureFileError, open_capture
+from engine.pcapfile import CaptureFileError, PcapFileReader, open_capture
 from engine.ring import Ring, encode_batch
 from workers.batch import FrameBatchBuilder
 
@@ -27,12 +36,14 @@ READ_FRAMES = 1024
 BATCH_FRAMES = 512          # frames per ring message (per worker)
 LIVE_FLUSH_S = 0.05         # live: a partly filled batch waits at most this long
 RING_WAIT_S = 0.0005
+READ_CHUNK_BYTES = 4 << 20  # classic pcap files are read this much at a time (C path)
+_CLASSIC_PCAP = ("pcap", "pcap-ns", "pcap-kuznetzov")
 
 
 class CaptureSpec:
     def __init__(self, mode: str, rings, control, seed: bytes, cpu=None, paths=(), reader="native",
                  snaplen_bytes=None, interfaces=(), promiscuous=True, buffer_bytes=None, bpf_filter="",
-                 stats_interval_s=60):
+                 stats_interval_s=60, reference=False):
         self.mode = mode
         self.rings = rings
         self.control = control
@@ -46,6 +57,7 @@ class CaptureSpec:
         self.buffer_bytes = buffer_bytes
         self.bpf_filter = bpf_filter
         self.stats_interval_s = stats_interval_s
+        self.reference = reference      # the plain-Python capture path (the C path's reference)
 
 
 class _Capture:
@@ -53,10 +65,17 @@ class _Capture:
         self.spec = spec
         self.child = ChildProcess("mte-capture", spec.cpu)
         self.rings = [Ring(r.buf) for r in spec.rings]
-        self.dispatcher = Dispatcher(len(self.rings), spec.seed)
-        self.builders = [FrameBatchBuilder() for _ in self.rings]
-        self.opened_at = [0.0] * len(self.rings)
+        self.stager = None
+        if spec.reference:
+            self.dispatcher = Dispatcher(len(self.rings), spec.seed)
+            self.builders = [FrameBatchBuilder() for _ in self.rings]
+            self.opened_at = [0.0] * len(self.rings)
+        else:
+            # SipHash takes a 16-byte key; the supervisor's seed is one (any other is condensed)
+            key = spec.seed if len(spec.seed) == 16 else hashlib.blake2b(spec.seed, digest_size=16).digest()
+            self.stager = _capture.Stager([r.buf for r in self.rings], key, BATCH_FRAMES, spec.mode == "live")
         self.stopping = False
+        self.last_report = time.monotonic()
         self.stats = {"frames": 0, "dispatched": [0] * len(self.rings), "ring_drop_frames": [0] * len(self.rings),
                       "ring_waits": 0, "files": 0, "unreadable": [], "notes": [], "truncated_records": 0}
         self.captures: list[LiveCapture] = []
@@ -69,6 +88,12 @@ class _Capture:
         if self.child.orphaned():
             self.stopping = True
 
+    def maybe_report(self) -> None:
+        interval = self.spec.stats_interval_s
+        if interval and time.monotonic() - self.last_report >= interval:
+            self.report()
+            self.last_report = time.monotonic()
+
     def report(self, kind: str = "stats") -> None:
         if self.captures:
             kernel = {"received": 0, "dropped": 0, "if_dropped": 0}
@@ -79,14 +104,36 @@ class _Capture:
                 except CaptureError:
                     pass
             self.stats["kernel"] = kernel
+        stager = self.stager
+        if stager is not None and stager.rings:
+            self.stats["frames"] = stager.frames
+            self.stats["dispatched"] = stager.dispatched
+            self.stats["ring_waits"] = stager.ring_waits
+            if stager.oversize_frames:
+                self.stats["oversize_frames"] = stager.oversize_frames
         self.stats["ring_drop_frames"] = [r.dropped_frames for r in self.rings]
         try:
             ipc.send(self.spec.control, [kind, self.stats])
         except OSError:
             self.stopping = True
 
+    def wait_ring(self) -> bool:
+        """Replay met a full ring: sleep briefly; False once the engine is going away."""
+        time.sleep(RING_WAIT_S)
+        if self.child.orphaned():
+            self.stopping = True
+            return False
+        return True
+
     # -- batching ------------------------------------------------------------------------------
     def add(self, batch, now: float) -> None:
+        if self.stager is not None:
+            i = 0
+            while True:
+                i, status = self.stager.add_batch(batch.buf, batch.offsets, batch.caplens, batch.wirelens,
+                                                  batch.ts_ns, batch.linktypes, i)
+                if status != _capture.RING_FULL or not self.wait_ring():
+                    return
         buf, offsets, caplens = batch.buf, batch.offsets, batch.caplens
         dispatched = self.stats["dispatched"]
         for i in range(len(offsets)):
@@ -122,12 +169,26 @@ class _Capture:
                 return
 
     def push_all(self) -> None:
+        if self.stager is not None:
+            if self.stager.rings:
+                while self.stager.flush() == _capture.RING_FULL and self.wait_ring():
+                    pass
+            return
         for w in range(len(self.rings)):
             self.push(w)
 
+    def push_old(self, max_age_s: float) -> None:
+        """Live: a partly filled batch waits at most max_age_s."""
+        if self.stager is not None:
+            self.stager.flush(max_age_s)
+            return
+        now = time.monotonic()
+        for w, builder in enumerate(self.builders):
+            if len(builder) and now - self.opened_at[w] >= max_age_s:
+                self.push(w)
+
     # -- sources -------------------------------------------------------------------------------
     def replay(self) -> None:
-        last_report = time.monotonic()
         for path in self.spec.paths:
             if self.stopping:
                 break
@@ -138,18 +199,36 @@ class _Capture:
                 continue
             self.stats["files"] += 1
             with source:
-                while not self.stopping:
-                    batch = source.read_batch(READ_FRAMES)
-                    if batch is None:
-                        break
-                    self.add(batch, 0.0)
-                    self.poll_control()
-                    if self.spec.stats_interval_s and time.monotonic() - last_report >= self.spec.stats_interval_s:
-                        self.report()
-                        last_report = time.monotonic()
-                self.stats["truncated_records"] += getattr(source, "truncated_records", 0)
-                self.stats["notes"].extend("%s: %s" % (os.path.basename(path), n)
-                                           for n in getattr(source, "notes", []))
+                if self.stager is not None and isinstance(source, PcapFileReader) and source.format in _CLASSIC_PCAP:
+                    truncated, notes = self.walk_pcap(source)
+                else:
+                    truncated, notes = self.read_batches(source)
+            self.stats["truncated_records"] += truncated
+            self.stats["notes"].extend("%s: %s" % (os.path.basename(path), n) for n in notes)
+
+    def read_batches(self, source) -> tuple[int, list]:
+        while not self.stopping:
+            batch = source.read_batch(READ_FRAMES)
+            if batch is None:
+                break
+            self.add(batch, 0.0)
+            self.poll_control()
+            self.maybe_report()
+        return getattr(source, "truncated_records", 0), list(getattr(source, "notes", []))
+
+    def walk_pcap(self, source: PcapFileReader) -> tuple[int, list]:
+        def wait() -> bool:
+            if not self.wait_ring():
+                return False
+            self.poll_control()
+            return not self.stopping
+
+        def between_chunks() -> bool:
+            self.poll_control()
+            self.maybe_report()
+            return not self.stopping
+
+        return walk_pcap(self.stager, source, wait, between_chunks)
 
     def live(self) -> None:
         spec = self.spec
@@ -159,21 +238,14 @@ class _Capture:
                                              bpf_filter=spec.bpf_filter, timeout_ms=100))
         ipc.send(spec.control, ["ready", {"interfaces": spec.interfaces}])
         wait_ms = max(10, 100 // len(self.captures))
-        last_report = time.monotonic()
         while not self.stopping:
             for cap in self.captures:
                 batch = cap.read_batch(READ_FRAMES, max_wait_ms=wait_ms)
-                now = time.monotonic()
                 if len(batch):
-                    self.add(batch, now)
-            now = time.monotonic()
-            for w, builder in enumerate(self.builders):
-                if len(builder) and now - self.opened_at[w] >= LIVE_FLUSH_S:
-                    self.push(w)
+                    self.add(batch, time.monotonic())
+            self.push_old(LIVE_FLUSH_S)
             self.poll_control()
-            if spec.stats_interval_s and now - last_report >= spec.stats_interval_s:
-                self.report()
-                last_report = now
+            self.maybe_report()
 
     def run(self) -> int:
         code = 0
@@ -190,9 +262,87 @@ class _Capture:
             for ring in self.rings:
                 ring.close()
             self.report("done")
+            if self.stager is not None:
+                self.stager.close()
             for cap in self.captures:
                 cap.close()
         return code
+
+
+def walk_pcap(stager, source: PcapFileReader, wait, between_chunks, chunk_bytes: int | None = None):
+    """A classic pcap file through the C walker: returns (truncated records, notes).
+
+    PcapFileReader has read and checked the file header; from the first record on, its open file
+    is read here `chunk_bytes` (READ_CHUNK_BYTES) at a time (a record straddling two reads is
+    carried over; one longer than the buffer grows it) and `stager.add_pcap` walks, dispatches, stages and publishes the
+    records. Damage ends the file and is noted exactly as PcapFileReader notes it. `wait()` is
+    called when a ring is full (replay) and `between_chunks()` after each read; either returning
+    False stops the walk (what was staged stays staged).
+    """
+    layout = source.hand_over_records()
+    rec = layout["record"]
+    params = {key: layout[key] for key in ("byte_swapped", "nanosecond", "linktype", "snaplen_cut", "max_caplen",
+                                           "swap_lengths", "file_snaplen")}
+    params["record_bytes"] = rec.size
+    pending, base, stream = layout["pending"], layout["offset"], layout["stream"]
+    buf = bytearray(max(chunk_bytes or READ_CHUNK_BYTES, len(pending), 64))
+    buf[:len(pending)] = pending
+    fill, pos = len(pending), 0
+    frames = 0
+    notes = layout["notes"]
+    over_before = stager.over_snaplen_frames
+    noted_over = False
+    poller = None
+    if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+        # A FIFO or pipe may have nothing to read for a while: wait for data in short polls so a
+        # stop request is still noticed (a blocking read would hold the process until data came).
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLIN | select.POLLHUP)
+
+    def lengths(at: int) -> tuple[int, int]:
+        _sec, _frac, caplen, wirelen = rec.unpack_from(buf, at)
+        if layout["swap_lengths"] and (layout["swap_lengths"] == 2 or caplen > wirelen):
+            caplen, wirelen = wirelen, caplen
+        return caplen, wirelen
+
+    while True:
+        consumed, added, status = stager.add_pcap(buf, pos, fill, **params)
+        pos += consumed
+        frames += added
+        if not noted_over and stager.over_snaplen_frames != over_before:
+            noted_over = True
+            notes.append("records longer than the file's snap length %d were cut to it, as libpcap does"
+                         % layout["file_snaplen"])
+        if status == _capture.RING_FULL:
+            if not wait():
+                break
+            continue
+        if status == _capture.BAD_RECORD:
+            notes.append("stopped at byte %d: record %d claims %d captured bytes (limit %d)"
+                         % (base + pos, frames + 1, lengths(pos)[0], layout["max_caplen"]))
+            break
+        if not between_chunks():
+            break
+        # what is left is a partial record: keep it and read more behind it
+        if pos:
+            buf[:fill - pos] = buf[pos:fill]
+            base += pos
+            fill -= pos
+            pos = 0
+        if fill == len(buf):            # a record longer than the buffer
+            buf.extend(bytes(len(buf)))
+        while poller is not None and not poller.poll(200):
+            if not between_chunks():
+                return 0, notes
+        got = stream.readinto1(memoryview(buf)[fill:])
+        if not got:
+            if fill:
+                need = rec.size + (lengths(0)[0] if fill >= rec.size else 0)
+                notes.append("truncated at byte %d: the file ends %d bytes into a %d-byte record" % (base, fill, need))
+                return 1, notes
+            break
+        fill += got
+    return 0, notes
 
 
 def run_capture(spec: CaptureSpec) -> None:

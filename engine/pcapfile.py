@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 
 from workers.batch import FrameBatch, FrameBatchBuilder
 
@@ -167,6 +168,20 @@ class PcapFileReader:
             if batch is None:
                 return
             yield batch
+
+    def hand_over_records(self) -> dict:
+        """For a classic pcap file whose header was read: what a record walker outside this class
+        (the capture process's C walker) needs to go on from the first unread record — the record
+        layout, the open stream, and the bytes already read but not walked with their file offset.
+        The reader must not read again afterwards."""
+        if self.format not in ("pcap", "pcap-ns", "pcap-kuznetzov"):
+            raise ValueError("%s: only classic pcap records can be handed over" % self.name)
+        rec = self._rec_struct
+        return {"stream": self._file, "pending": bytes(self._buf[self._pos:]), "offset": self._buf_offset + self._pos,
+                "record": rec, "byte_swapped": (rec.format[0] == "<") != (sys.byteorder == "little"),
+                "nanosecond": self._ts_frac_ns == 1, "linktype": self._linktype, "snaplen_cut": self._cut_bytes,
+                "max_caplen": self._max_caplen, "swap_lengths": self._swap_lengths,
+                "file_snaplen": self._file_snaplen, "notes": list(self.notes)}
 
     def close(self) -> None:
         self._done = True
