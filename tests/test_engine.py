@@ -156,51 +156,83 @@ def test_one_to_four_workers_give_the_same_events(every_capture, artifact, tmp_p
 
 # --- failures and signals ------------------------------------------------------------------------
 
-def test_a_killed_worker_is_replaced_and_its_frames_counted(big_pcap, artifact, tmp_path):
-    proc = subprocess.Popen([console_script(), "replay", "--trails", artifact, "--log-dir", str(tmp_path / "log"),
-                             "--workers", "2", big_pcap], stderr=subprocess.PIPE, text=True)
-    victim = wait_for_children(proc.pid, "mte-worker", 2)[0]
-    time.sleep(0.8)
-    os.kill(victim, signal.SIGKILL)
-    _, err = proc.communicate(timeout=300)
+def _feed_until(stream, stop: threading.Event, after_stop: int = 4) -> list[int]:
+    """Writes traffic to the FIFO in 2,048-frame chunks until `stop` is set, then `after_stop`
+    chunks more; returns [frames written]. A closed reader (the engine stopped) ends it too."""
+    written = [0]
+
+    def run():
+        extra = 0
+        try:
+            while extra < after_stop:
+                traffic.write_stream(stream, written[0], 2048, header=written[0] == 0)
+                written[0] += 2048
+                if stop.is_set():
+                    extra += 1
+        except BrokenPipeError:
+            pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    written.append(thread)
+    return written
+
+
+def test_a_killed_worker_is_replaced_and_its_frames_counted(artifact, tmp_path):
+    proc, stream, lines, log = _fifo_engine(tmp_path, artifact, workers=2)
+    killed = threading.Event()
+    written = _feed_until(stream, killed)
+    try:
+        _wait_line(lines, r"processed w0:[1-9]\d* w1:[1-9]")
+        os.kill(children_named(proc.pid, "mte-worker")[0], signal.SIGKILL)  # while frames keep flowing
+        killed.set()
+        written[1].join(timeout=120)
+    finally:
+        stream.close()
+    proc.wait(timeout=120)
+    err = "".join(lines)
     assert proc.returncode == 0, err
     assert re.search(r"worker \d died \(exit -9\); \d+ frame\(s\) of the batch it held are lost; restarting it", err)
     lost = sum(int(part.split(":")[1]) for part in re.search(r"frames lost with them: (.*)", err).group(1).split())
     per_worker = [int(n) for n in re.search(r"frames per worker: ([\d ]+)", err).group(1).split()]
-    assert sum(per_worker) + lost == 120_000  # every frame was judged, or is counted as lost
-    assert lost <= 512  # at most the one batch the worker held
+    assert sum(per_worker) + lost == written[0]  # every frame was judged, or is counted as lost
+    assert lost <= 1024  # at most the one batch the worker held
 
 
-def test_sigterm_mid_replay_logs_everything_read_before_it(big_pcap, artifact, tmp_path):
-    log = tmp_path / "log"
-    proc = subprocess.Popen([console_script(), "replay", "--trails", artifact, "--log-dir", str(log), "--workers", "2",
-                             "--sensor-name", "s", big_pcap], stderr=subprocess.PIPE, text=True)
-    wait_for_children(proc.pid, "mte-worker", 2)
-    time.sleep(1.0)
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
-    took = time.monotonic() - sent
+def test_sigterm_mid_replay_logs_everything_read_before_it(artifact, tmp_path):
+    proc, stream, lines, log = _fifo_engine(tmp_path, artifact, workers=2)
+    never = threading.Event()
+    written = _feed_until(stream, never)  # keeps writing until the engine stops reading
+    try:
+        _wait_line(lines, r"processed w0:[1-9]\d* w1:[1-9]")
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        took = time.monotonic() - sent
+        written[1].join(timeout=30)
+    finally:
+        try:
+            stream.close()
+        except BrokenPipeError:
+            pass
+    err = "".join(lines)
     assert proc.returncode == 0, err
     assert took < 5.0
     read = summary_number(err, r"frames: (\d+) ")
-    assert 0 < read < 120_000, "the signal should land mid-replay"
+    assert 0 < read <= written[0] + 2048  # the chunk being written when the engine stopped may be partly read
     # The events in the log are exactly those of the frames read before the stop.
-    expected = set()
-    for i, (ts, frame) in enumerate(traffic.frames(read)):
-        if i % 97 == 0:
-            expected.add("h%d.evil-parent.net" % i)
+    expected = {"h%d.evil-parent.net" % i for i in range(0, read, 97)}
     logged = {"%s.evil-parent.net" % r[9][1:r[9].index(")")] for r in records(log)}
     assert logged == expected
 
 
-def _fifo_engine(tmp_path, artifact, *extra):
+def _fifo_engine(tmp_path, artifact, *extra, workers=1):
     fifo = tmp_path / "traffic.fifo"
     os.mkfifo(fifo)
     log = tmp_path / "log"
     conf = config(tmp_path, stats_interval_s=1)
     proc = subprocess.Popen([console_script(), "replay", "-c", conf, "--trails", artifact, "--log-dir", str(log),
-                             "--workers", "1", "--sensor-name", "f", *extra, str(fifo)],
+                             "--workers", str(workers), "--sensor-name", "f", *extra, str(fifo)],
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 20
     while True:  # opening for writing succeeds once the engine has opened the FIFO for reading
@@ -330,12 +362,16 @@ def records_of_default(pcap_path, artifact, tmp_path):
     return records(tmp_path / "default")
 
 
-def test_periodic_statistics(tmp_path, artifact, big_pcap):
-    run = mte("replay", "-c", config(tmp_path, stats_interval_s=1), "--trails", artifact, "--log-dir",
-              str(tmp_path / "log"), "--workers", "1", big_pcap)
-    assert run.returncode == 0
-    lines = [line for line in run.stderr.splitlines() if line.startswith("[i] frames ")]
-    assert lines and "processed w0:" in lines[-1] and "events:" in lines[-1]
+def test_periodic_statistics(tmp_path, artifact):
+    proc, stream, lines, _ = _fifo_engine(tmp_path, artifact)
+    try:
+        traffic.write_stream(stream, 0, 2048, header=True)
+        line = _wait_line(lines, r"^\[i\] frames .*processed w0:2048")
+        assert line.rstrip().endswith("events: DNS %d" % len(range(0, 2048, 97))), line
+    finally:
+        stream.close()
+    proc.wait(timeout=60)
+    assert proc.returncode == 0, "".join(lines)
 
 
 # --- the default capture filter ------------------------------------------------------------------------
