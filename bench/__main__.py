@@ -1,0 +1,39 @@
+"""`python -m bench COMMAND ...`: one entry point for the benchmarks (see bench/README.md).
+
+`replay` runs bench/replay.py and `generate` bench/generate.py; `trails` and `ipc` run the micro
+benchmarks, which also stay runnable as `python -m bench.trails` and `python -m bench.ipc`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "replay": ("bench.replay", "replay benchmark: the engine over pcaps, with its baselines"),
+    "generate": ("bench.generate", "write the mix / hard benchmark pcaps"),
+    "trails": ("bench.trails", "micro: trail database build, load and lookups"),
+    "ipc": ("bench.ipc", "micro: worker -> log writer transport"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m bench COMMAND [options]  (COMMAND --help for its options)", "", "commands:"]
+    lines += ["  %-9s %s" % (name, text) for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print("python -m bench: unknown command %r\n\n%s" % (argv[0], usage()), file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return module.main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,618 @@
+"""Replay benchmark: the real engine over the `mix` and `hard` pcaps, with its baselines.
+
+Run `python -m bench replay --pcap P [--pcap P2 ...] --trails T [--workers N] [--runs R]` (see
+bench/README.md). Categories, each its own table:
+
+- packet path: `workers.pipeline.Worker.process` over the pcap's batches in one process (read
+  with engine/pcapfile.py, reading not timed), the C fast path against the plain-Python
+  reference path (`Worker(fast=False)`);
+- replay: `maltrail-engine replay --stats-json` as a subprocess (capture, rings, workers, log
+  writer), against `replay --reference` when the engine has it: wall and CPU time, packets/s,
+  the steady rate (start-up taken out with a 1-packet replay of the same file), time from start
+  to the first packet, peak PSS of the whole process tree, events by type, and for pcaps with
+  planted indicators (PATH.truth.json from bench/generate.py) the recall read back from the log;
+- scaling: 1 worker against N.
+
+Every measured process is a fresh one, and the parent never maps the artifact while the engine
+runs (a page mapped by the parent too would count half in the engine's PSS). Each figure is a
+median over --runs runs, printed beside its baseline from the same run. Owns nothing the engine
+uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from bench.trails import DEFAULT_TRAILS, MB, PROJECT_ROOT, _median, _mb, _ratio, _table, machine
+
+EXTRA_TRAILS = os.path.join(PROJECT_ROOT, "bench", "extra_trails.csv")
+SAMPLE_S = 0.05
+QUICK_PACKETS = 30000
+
+# The issue's targets for our engine, and the peers' figures on the reference machine (2 cores,
+# CPython 3.11.7, the same trail set and pcaps), from ../shared/bench/README.md.
+TARGETS = {"mix_pps": 1.5e6, "hard_pps": 0.5e6, "planted": "500/500", "start_s": 0.5, "peak_mb": 200.0}
+PEERS = [
+    ("Maltrail Rust sensor 3.1.2, 1 worker", "1.2 Mpps", "0.15-0.19 Mpps", "1.2 s", "163 / 210 MB RSS", "499/500"),
+    ("Maltrail sensor.py", "20 kpps", "4 kpps", "0.4 s warm, 16 s cold", "86 / 121 MB RSS", "489/500"),
+    ("Suricata 7 (datasets/iprep), single / autofp", "0.33 / 0.35 Mpps", "0.06 / 0.085 Mpps", "2.8-3.0 s",
+     "370-420 MB / 1.04-1.1 GB RSS", "500/500"),
+]
+
+
+def _progress(message: str) -> None:
+    print("bench.replay: " + message, file=sys.stderr, flush=True)
+
+
+def engine_command() -> str:
+    script = os.path.join(os.path.dirname(sys.executable), "maltrail-engine")
+    if os.path.exists(script):
+        return script
+    found = shutil.which("maltrail-engine")
+    if not found:
+        raise SystemExit("bench.replay: maltrail-engine is not installed in this environment (pip install -e .)")
+    return found
+
+
+def is_artifact(path: str) -> bool:
+    from matchers.artifact import MAGIC
+    with open(path, "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
+
+
+def artifact_info(path: str) -> dict:
+    """Trail count and kinds, read in this process and unmapped again before any replay."""
+    from matchers import Artifact
+    artifact = Artifact.open(path)
+    try:
+        return {"trails": artifact.trail_count, "by_kind": dict(artifact.info.get("by_kind", {})),
+                "bytes": os.path.getsize(path)}
+    finally:
+        artifact.close()
+
+
+# ---- process-tree memory ------------------------------------------------------------------------
+
+def pss_bytes(pid: int) -> int:
+    """Pss of one process from /proc/<pid>/smaps_rollup (0 once it has exited). bench.trails'
+    memory() reads the same file for the calling process only."""
+    try:
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _stat(pid: int):
+    """(ppid, comm) of a process, or None."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    close = data.rfind(b")")
+    return int(data[close + 2:].split(None, 2)[1]), data[data.find(b"(") + 1:close].decode("ascii", "replace")
+
+
+class TreeSampler(threading.Thread):
+    """Every SAMPLE_S, the summed PSS of `root` and all its descendants; keeps the peak and which
+    process held how much at that moment. Processes that existed before the engine started are
+    never read again, so a sample costs a directory listing and a few small reads."""
+
+    def __init__(self, root: int, before: set[int]):
+        super().__init__(daemon=True)
+        self.root = root
+        self.others = before
+        self.tree = {root: "supervisor"}
+        self.peak = 0
+        self.at_peak: dict = {}
+        self.samples = 0
+        self._halt = threading.Event()
+
+    def _grow(self) -> None:
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            if pid in self.tree or pid in self.others:
+                continue
+            st = _stat(pid)
+            if st is None:
+                continue
+            if st[0] in self.tree:
+                self.tree[pid] = st[1]
+            elif pid < self.root:
+                self.others.add(pid)
+
+    def sample(self) -> None:
+        self._grow()
+        sizes = {pid: pss_bytes(pid) for pid in self.tree}
+        total = sum(sizes.values())
+        self.samples += 1
+        if total > self.peak:
+            self.peak = total
+            self.at_peak = {"%s[%d]" % (self.tree[pid], pid): size for pid, size in sizes.items() if size}
+
+    def run(self) -> None:
+        while not self._halt.wait(SAMPLE_S):
+            self.sample()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+# ---- one replay -----------------------------------------------------------------------------------
+
+def run_engine(engine: str, pcap: str, artifact: str, workers: int, reference: bool, workdir: str,
+               want_events: bool = False) -> dict:
+    """One `maltrail-engine replay` in a fresh log directory; returns its statistics, the wall time
+    of the subprocess, time to first packet, peak PSS of its process tree, and the events when
+    asked (read back with `maltrail-engine tail --format json`)."""
+    log_dir = tempfile.mkdtemp(prefix="log-", dir=workdir)
+    stats_path = os.path.join(log_dir, "stats.json")
+    cmd = [engine, "replay", "--trails", artifact, "--log-dir", log_dir, "--workers", str(workers),
+           "--stats-json", stats_path, "-q"] + (["--reference"] if reference else []) + [pcap]
+    before = {int(n) for n in os.listdir("/proc") if n.isdigit()}
+    start_unix = time.time()
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampler = TreeSampler(proc.pid, before)
+    sampler.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    sampler.stop()
+    if proc.returncode != 0:
+        sys.stderr.write(err)
+        raise SystemExit("bench.replay: %s exited %d" % (" ".join(cmd), proc.returncode))
+    with open(stats_path) as f:
+        stats = json.load(f)
+    counters = stats["counters"]
+    first = counters.get("first_batch_unix") or 0
+    result = {"wall_s": wall, "cpu_s": stats["cpu_s"], "engine_elapsed_s": stats["elapsed_s"],
+              "frames": counters["frames"], "events": dict(counters.get("events", {})),
+              "records": stats.get("writer", {}).get("records"),
+              "first_packet_s": first - start_unix if first else None,
+              "peak_pss": sampler.peak, "pss_at_peak": sampler.at_peak, "samples": sampler.samples,
+              "accounted": counters["frames"] == counters["decoded"] + sum(counters["skipped"].values()),
+              "dropped": sum(stats["capture"].get("ring_drop_frames", [])) + sum(stats["engine"].get("lost_frames", [])),
+              "stats": stats}
+    if want_events:
+        tail = subprocess.run([engine, "tail", "--log-dir", log_dir, "--format", "json"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+        if tail.returncode != 0:
+            sys.stderr.write(tail.stderr)
+            raise SystemExit("bench.replay: maltrail-engine tail exited %d" % tail.returncode)
+        result["log_events"] = [json.loads(line) for line in tail.stdout.splitlines() if line.strip()]
+    shutil.rmtree(log_dir, ignore_errors=True)
+    return result
+
+
+def copy_head(src: str, dst: str, packets: int) -> int:
+    """The first `packets` records of a classic pcap into `dst`; returns how many were copied."""
+    with open(src, "rb") as f:
+        header = f.read(24)
+        magic = header[:4]
+        if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+            rec = struct.Struct("<IIII")
+        elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+            rec = struct.Struct(">IIII")
+        else:
+            raise ValueError("%s: not a classic pcap (the truncated and 1-packet copies need one)" % src)
+        copied = 0
+        with open(dst, "wb") as out:
+            out.write(header)
+            while copied < packets:
+                head = f.read(16)
+                if len(head) < 16:
+                    break
+                data = f.read(rec.unpack(head)[2])
+                out.write(head + data)
+                copied += 1
+    return copied
+
+
+# ---- recall ---------------------------------------------------------------------------------------
+
+def recall(truth: dict, events: list, frames: int) -> dict:
+    """Planted indicators found in the log: an event of the planted type between the planted flow's
+    endpoints (client -> server, as the engine orients events) whose trail text contains the
+    planted trail."""
+    index: dict = {}
+    for e in events:
+        index.setdefault((e["type"], e["src_ip"], e["dst_ip"]), []).append(e)
+    by_category: dict = {}
+    missed = []
+    for entry in truth["entries"]:
+        if entry["index"] >= frames:
+            continue
+        cat = by_category.setdefault(entry["category"], [0, 0])
+        cat[1] += 1
+        found = any(entry["trail"] in e["trail"] and (entry["dst_port"] is None or e["dst_port"] == entry["dst_port"])
+                    for e in index.get((entry["type"], entry["src_ip"], entry["dst_ip"]), ()))
+        if found:
+            cat[0] += 1
+        else:
+            missed.append(entry)
+    return {"found": sum(v[0] for v in by_category.values()), "planted": sum(v[1] for v in by_category.values()),
+            "by_category": by_category, "missed": missed[:20]}
+
+
+def read_truth(pcap: str):
+    path = pcap + ".truth.json"
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+# ---- packet path (child) --------------------------------------------------------------------------
+
+def child_packet_path(args) -> dict:
+    """Worker.process over every batch of the pcap, in this fresh process; only the calls are timed."""
+    from engine.pcapfile import open_capture
+    from matchers import Artifact, TrailMatchers
+    from workers.pipeline import Worker
+    start = time.perf_counter()
+    matchers = TrailMatchers.load(Artifact.open(args.artifact))
+    worker = Worker(matchers, "bench", fast=args.mode == "fast")
+    load_s = time.perf_counter() - start
+    wall = cpu = 0.0
+    events = 0
+    remaining = args.packets or None
+    with open_capture(args.pcap) as source:
+        while remaining is None or remaining > 0:
+            batch = source.read_batch(1024 if remaining is None else min(1024, remaining))
+            if batch is None:
+                break
+            if remaining is not None:
+                remaining -= len(batch.caplens)
+            w0, c0 = time.perf_counter(), time.process_time()
+            out = worker.process(batch)
+            wall += time.perf_counter() - w0
+            cpu += time.process_time() - c0
+            events += len(out)
+        w0, c0 = time.perf_counter(), time.process_time()
+        events += len(worker.flush())
+        wall += time.perf_counter() - w0
+        cpu += time.process_time() - c0
+    stats = worker.stats()
+    return {"mode": args.mode, "load_s": load_s, "wall_s": wall, "cpu_s": cpu, "frames": stats["frames"],
+            "events": dict(stats["events"]), "records": events}
+
+
+def run_packet_path(pcap: str, artifact: str, mode: str, packets: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [PROJECT_ROOT, os.environ.get("PYTHONPATH")])))
+    cmd = [sys.executable, "-m", "bench.replay", "--child", "packet-path", "--mode", mode, "--artifact", artifact,
+           "--pcap", pcap, "--packets", str(packets)]
+    done = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr)
+        raise SystemExit("bench.replay: packet-path child (%s) failed (exit %d)" % (mode, done.returncode))
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def worker_has_reference_switch():
+    import inspect
+
+    from workers.pipeline import Worker
+    if "fast" in inspect.signature(Worker.__init__).parameters:
+        return None
+    return "workers.pipeline.Worker has no fast/reference switch"
+
+
+def engine_has_reference(engine: str):
+    done = subprocess.run([engine, "replay", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if "--reference" in done.stdout:
+        return None
+    return "`maltrail-engine replay` has no --reference option yet"
+
+
+# ---- the parent -----------------------------------------------------------------------------------
+
+def measure_config(engine, pcap, one, artifact, workers, reference, runs, workdir, want_events, label):
+    full, single = [], []
+    for i in range(runs):
+        _progress("%s: %s, %d worker(s), run %d/%d" % (os.path.basename(pcap), label, workers, i + 1, runs))
+        full.append(run_engine(engine, pcap, artifact, workers, reference, workdir, want_events and i == 0))
+        if one:
+            single.append(run_engine(engine, one, artifact, workers, reference, workdir))
+    return summarize(full, single)
+
+
+def summarize(full: list, single: list) -> dict:
+    first = full[0]
+    wall = _median([r["wall_s"] for r in full])
+    one_wall = _median([r["wall_s"] for r in single]) if single else None
+    frames = first["frames"]
+    steady = (frames - 1) / (wall - one_wall) if one_wall is not None and wall > one_wall and frames > 1 else None
+    return {"frames": frames, "events": first["events"], "events_total": sum(first["events"].values()),
+            "records": first["records"], "wall_s": wall, "cpu_s": _median([r["cpu_s"] for r in full]),
+            "pps": frames / wall, "ns_per_packet": wall * 1e9 / frames, "steady_pps": steady,
+            "one_packet_wall_s": one_wall,
+            "first_packet_s": _median([r["first_packet_s"] for r in full + single]),
+            "peak_pss": _median([r["peak_pss"] for r in full]),
+            "pss_at_peak": max(full, key=lambda r: r["peak_pss"])["pss_at_peak"],
+            "samples": sum(r["samples"] for r in full),
+            "accounted": all(r["accounted"] for r in full), "dropped": sum(r["dropped"] for r in full),
+            "log_events": first.get("log_events"), "runs": [{k: v for k, v in r.items() if k not in ("log_events",)}
+                                                            for r in full + single]}
+
+
+def _kpps(pps) -> str:
+    return "n/a" if pps is None else "%.1f" % (pps / 1e3)
+
+
+def _events(summary) -> str:
+    return format(summary["events_total"], ",")
+
+
+def report(results: dict, args) -> list[str]:
+    mach, info = results["machine"], results["trails"]
+    context = "[%s trails | %s | %s, %d CPUs, %s | median of %d runs]" % (
+        format(info["trails"], ","), mach["python"], mach["arch"], mach["nproc"], mach["cpu"], args.runs)
+    out = ["maltrail-engine replay benchmark (python -m bench replay%s)" % (" --quick" if args.quick else ""),
+           "kernel %s; trails: %s%s; MB = 10^6 bytes; PSS summed over the engine's process tree every %d ms"
+           % (mach["kernel"], info["source"], " (built in %.1f s)" % info["build_s"] if info.get("build_s") else "",
+              SAMPLE_S * 1000), ""]
+    skipped = results["skipped"]
+
+    out.append("1. Packet path: Worker.process over the pcap's batches, in one fresh process (reading not timed)")
+    out.append("  " + context)
+    if "packet_path" in skipped:
+        out.append("  skipped: " + skipped["packet_path"])
+    else:
+        rows = []
+        for name, pp in results["packet_path"].items():
+            ref = pp.get("reference")
+            for mode in ("fast", "reference"):
+                r = pp.get(mode)
+                if r is None:
+                    continue
+                rows.append([name, mode, format(r["frames"], ","), format(sum(r["events"].values()), ","),
+                             "%.2f" % r["wall_s"], "%.2f" % r["cpu_s"], _kpps(r["frames"] / r["wall_s"]),
+                             "%.0f" % (r["wall_s"] * 1e9 / r["frames"]),
+                             _ratio(ref["wall_s"], r["wall_s"]) if ref else "n/a"])
+        out += _table(["pcap", "path", "frames", "events", "wall s", "cpu s", "kpps", "ns/pkt", "speed-up x ref"], rows,
+                      aligns=["<", "<"] + [">"] * 7)
+    out.append("")
+
+    out.append("2. Replay: maltrail-engine replay (file -> capture -> rings -> %d worker(s) -> log), fresh process per run"
+               % args.workers)
+    out.append("  " + context)
+    if "reference" in skipped:
+        out.append("  reference baseline skipped: " + skipped["reference"])
+    rows, notes = [], []
+    for name, res in results["replay"].items():
+        ref = res.get("reference")
+        for mode in ("fast", "reference"):
+            s = res.get(mode)
+            if s is None:
+                continue
+            rows.append([name, mode, format(s["frames"], ","), _events(s), "%.2f" % s["wall_s"], "%.2f" % s["cpu_s"],
+                         _kpps(s["pps"]), "%.0f" % s["ns_per_packet"], _kpps(s["steady_pps"]),
+                         _ratio(s["steady_pps"], ref["steady_pps"]) if ref else "n/a",
+                         _ratio(s["pps"], ref["pps"]) if ref else "n/a"])
+            if not s["accounted"] or s["dropped"]:
+                notes.append("  %s %s: frames not all accounted for or %d dropped" % (name, mode, s["dropped"]))
+    out += _table(["pcap", "path", "frames", "events", "wall s", "cpu s", "kpps", "ns/pkt", "steady kpps",
+                   "steady x ref", "kpps x ref"], rows, aligns=["<", "<"] + [">"] * 9)
+    out += notes
+    for name, res in results["replay"].items():
+        s = res["fast"]
+        out.append("  %s events by type: %s (log records %s)" % (
+            name, ", ".join("%s %s" % (k, format(v, ",")) for k, v in sorted(s["events"].items(), key=lambda kv: -kv[1]))
+            or "none", s["records"]))
+    out.append("  steady = (frames - 1) / (wall - wall of a 1-packet replay of the file's first packet); events = "
+               "detections counted by the workers")
+    out.append("")
+
+    out.append("3. Start-up, memory and recall (the shipped path, %d worker(s))" % args.workers)
+    out.append("  " + context)
+    rows = []
+    for name, res in results["replay"].items():
+        s = res["fast"]
+        rec = res.get("recall")
+        rows.append([name, "%.3f" % s["first_packet_s"] if s["first_packet_s"] is not None else "n/a",
+                     "%.3f" % s["one_packet_wall_s"] if s["one_packet_wall_s"] is not None else "n/a",
+                     _mb(s["peak_pss"]), _ratio(s["peak_pss"], TARGETS["peak_mb"] * MB),
+                     "%d/%d" % (rec["found"], rec["planted"]) if rec else "-"])
+    out += _table(["pcap", "start -> 1st packet s", "1-packet replay wall s", "peak PSS MB", "x 200 MB",
+                   "planted found"], rows)
+    for name, res in results["replay"].items():
+        s = res["fast"]
+        out.append("  %s PSS at peak: %s" % (name, ", ".join("%s %s" % (k, _mb(v)) for k, v in sorted(s["pss_at_peak"].items()))))
+        rec = res.get("recall")
+        if rec:
+            out.append("  %s recall by category: %s" % (name, ", ".join(
+                "%s %d/%d" % (c, v[0], v[1]) for c, v in rec["by_category"].items())))
+            for m in rec["missed"][:5]:
+                out.append("    missed: %s %s %s -> %s %s" % (m["category"], m["type"], m["src_ip"], m["dst_ip"], m["trail"]))
+    out.append("")
+
+    out.append("4. Scaling: the same replay with 1 worker and with --workers %d" % args.workers)
+    out.append("  " + context)
+    if "scaling" in skipped:
+        out.append("  skipped: " + skipped["scaling"])
+    else:
+        rows = []
+        for name, res in results["replay"].items():
+            one = res["one_worker"]
+            for label, s in (("1", one), (str(args.workers), res["fast"])):
+                rows.append([name, label, _events(s), "%.2f" % s["wall_s"], "%.2f" % s["cpu_s"], _kpps(s["pps"]),
+                             _kpps(s["steady_pps"]), _ratio(s["steady_pps"], one["steady_pps"]),
+                             _ratio(s["pps"], one["pps"])])
+        out += _table(["pcap", "workers", "events", "wall s", "cpu s", "kpps", "steady kpps", "steady x 1 worker",
+                       "kpps x 1 worker"], rows, aligns=["<", ">"] + [">"] * 7)
+    out.append("")
+
+    out.append("5. Orientation: the issue's targets beside this run; peers measured on the reference machine "
+               "(2 cores, CPython 3.11.7; ../shared/bench/README.md)")
+    rows = []
+
+    def meets(ok) -> str:
+        return "n/a" if ok is None else "yes" if ok else "no"
+
+    for name, res in results["replay"].items():
+        kind = (res.get("generator") or "").lower()
+        target = TARGETS.get("%s_pps" % kind)
+        s = res["fast"]
+        steady, first, peak = s["steady_pps"], s["first_packet_s"], s["peak_pss"]
+        if target:
+            rows.append(["%s steady rate" % name, ">= %.2f Mpps" % (target / 1e6),
+                         "n/a" if steady is None else "%.3f Mpps" % (steady / 1e6), _ratio(steady, target),
+                         meets(None if steady is None else steady >= target)])
+        rows.append(["%s start -> 1st packet" % name, "<= %.1f s" % TARGETS["start_s"],
+                     "n/a" if first is None else "%.3f s" % first, _ratio(first, TARGETS["start_s"]),
+                     meets(None if first is None else first <= TARGETS["start_s"])])
+        rows.append(["%s peak memory" % name, "<= %.0f MB" % TARGETS["peak_mb"], "%s MB PSS" % _mb(peak),
+                     _ratio(peak, TARGETS["peak_mb"] * MB), meets(peak <= TARGETS["peak_mb"] * MB)])
+        if res.get("recall") and kind == "hard":
+            rec = res["recall"]
+            rows.append(["%s planted found" % name, "all (500/500)", "%d/%d" % (rec["found"], rec["planted"]),
+                         _ratio(rec["found"], rec["planted"]), meets(rec["found"] == rec["planted"])])
+    out += _table(["figure", "target", "ours", "x target", "meets"], rows, aligns=["<", ">", ">", ">", ">"])
+    out.append("")
+    out += _table(["peer", "mix steady", "hard steady", "start (1-packet replay)", "peak memory", "hard planted found"],
+                  PEERS, aligns=["<"] * 6)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench replay", description=__doc__.split("\n\n")[0])
+    p.add_argument("--pcap", action="append", help="pcap to replay (repeatable); default: generate mix and hard "
+                                                   "into a temporary directory")
+    p.add_argument("--trails", default=DEFAULT_TRAILS,
+                   help="compiled artifact, or a trail source compiled (with bench/extra_trails.csv) into a "
+                        "temporary artifact once per run (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="workers of the measured engine (default 1); above 1 "
+                                                          "adds the 1-worker scaling baseline")
+    p.add_argument("--runs", type=int, default=3, help="runs per figure, median taken (default 3)")
+    p.add_argument("--packets", type=int, default=0, help="replay only the first N packets of each pcap "
+                                                         "(a truncated copy; --quick: %d)" % QUICK_PACKETS)
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 run, the first %d packets" % QUICK_PACKETS)
+    p.add_argument("--no-packet-path", action="store_true", help="skip the in-process packet-path table")
+    p.add_argument("--json", help="also write every raw number here")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--mode", help=argparse.SUPPRESS)
+    p.add_argument("--artifact", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.child:
+        args.pcap = args.pcap[0]
+        print(json.dumps(child_packet_path(args)))
+        return 0
+    if args.quick:
+        args.runs = 1
+        args.packets = args.packets or QUICK_PACKETS
+    if args.runs < 1 or args.workers < 1:
+        p.error("--runs and --workers must be at least 1")
+    if not os.path.exists(args.trails):
+        print("bench.replay: SKIPPED: trail set %s not found (pass --trails PATH)" % args.trails)
+        return 0
+
+    engine = engine_command()
+    workdir = tempfile.mkdtemp(prefix="bench-replay-")
+    results = {"machine": machine(), "args": {k: v for k, v in vars(args).items() if k != "child"}, "skipped": {},
+               "packet_path": {}, "replay": {}}
+    try:
+        info = {"source": args.trails}
+        if is_artifact(args.trails):
+            artifact = args.trails
+        else:
+            artifact = os.path.join(workdir, "trails.mtdb")
+            _progress("building the artifact from %s + %s" % (args.trails, EXTRA_TRAILS))
+            start = time.perf_counter()
+            done = subprocess.run([engine, "trails", "build", "--source", args.trails, "--source", EXTRA_TRAILS,
+                                   "-o", artifact], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            if done.returncode != 0:
+                sys.stderr.write(done.stderr)
+                raise SystemExit("bench.replay: trails build failed (exit %d)" % done.returncode)
+            info["build_s"] = time.perf_counter() - start
+            info["source"] = "%s + %s" % (args.trails, os.path.relpath(EXTRA_TRAILS, PROJECT_ROOT))
+        info.update(artifact_info(artifact))
+        results["trails"] = info
+
+        pcaps = args.pcap
+        if not pcaps:
+            from bench.generate import generate_hard, generate_mix
+            n = args.packets or 300000
+            pcaps = [os.path.join(workdir, "mix.pcap"), os.path.join(workdir, "hard.pcap")]
+            _progress("generating mix and hard (%d packets each) into %s" % (n, workdir))
+            generate_mix(pcaps[0], n, 1)
+            generate_hard(pcaps[1], n, 1, [artifact], log=_progress)
+
+        reason = engine_has_reference(engine)
+        if reason:
+            results["skipped"]["reference"] = reason
+            _progress("reference baseline skipped: " + reason)
+        if args.workers == 1:
+            results["skipped"]["scaling"] = "--workers 1 (pass --workers N > 1 to compare 1 worker with N)"
+        pp_reason = "--no-packet-path" if args.no_packet_path else worker_has_reference_switch()
+        if pp_reason:
+            results["skipped"]["packet_path"] = pp_reason
+
+        for pcap in pcaps:
+            truth = read_truth(pcap)
+            name = os.path.basename(pcap)
+            if args.packets:
+                short = os.path.join(workdir, "head-%s" % name)
+                copy_head(pcap, short, args.packets)
+                pcap_run = short
+            else:
+                pcap_run = pcap
+            one = os.path.join(workdir, "one-%s" % name)
+            try:
+                copy_head(pcap_run, one, 1)
+            except ValueError as exc:
+                _progress("%s; steady rate not measured" % exc)
+                one = None
+            res = {"pcap": pcap, "generator": truth.get("generator") if truth else None}
+            want_events = bool(truth and truth.get("entries"))
+            res["fast"] = measure_config(engine, pcap_run, one, artifact, args.workers, False, args.runs, workdir,
+                                         want_events, "shipped path")
+            if want_events:
+                res["recall"] = recall(truth, res["fast"]["log_events"], res["fast"]["frames"])
+            res["fast"]["log_events"] = None
+            if "reference" not in results["skipped"]:
+                res["reference"] = measure_config(engine, pcap_run, one, artifact, args.workers, True, args.runs,
+                                                  workdir, False, "reference path")
+            if args.workers > 1:
+                res["one_worker"] = measure_config(engine, pcap_run, one, artifact, 1, False, args.runs, workdir,
+                                                   False, "shipped path")
+            results["replay"][name] = res
+
+            if not pp_reason:
+                pp = {}
+                for mode in ("fast", "reference"):
+                    runs = []
+                    for i in range(args.runs):
+                        _progress("%s: packet path %s, run %d/%d" % (name, mode, i + 1, args.runs))
+                        runs.append(run_packet_path(pcap_run, artifact, mode, 0))
+                    pp[mode] = dict(runs[0], wall_s=_median([r["wall_s"] for r in runs]),
+                                    cpu_s=_median([r["cpu_s"] for r in runs]), runs=runs)
+                results["packet_path"][name] = pp
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print("\n".join(report(results, args)))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
