@@ -1,0 +1,178 @@
+"""Smoke tests of the benchmark tooling: the mix/hard generators and `python -m bench replay`.
+
+No timing is asserted, only that the generators are deterministic, lay frames out as
+engine/pcapgen.py does, keep the protocol shares, plant what their truth file says, and that the
+replay harness runs the real engine over a tiny pcap and finds every planted indicator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+
+from bench import generate as gen
+from engine import pcapgen as g
+from engine.pcapfile import open_capture
+from tests.conftest import REPO
+from workers.decode import decode_frame
+
+TRAILS = """\
+evil-bench-one.com,generic (malware),(static)
+evil-bench-two.net,c2 (malware),(static)
+evil-bench-three.org,phishing (suspicious),(static)
+evil-bench-four.info,generic (malware),(static)
+evil-bench-five.biz,ransomware (malware),(static)
+dyn-provider-bench.com,dynamic domain (suspicious),(static)
+45.11.22.1,generic (malware),(static)
+45.11.22.2,generic (malware),(static)
+45.11.22.3,cobalt strike (malware),(static)
+45.11.22.4,mass scanner (suspicious),(static)
+45.11.22.5,known attacker,(static)
+45.11.22.6,known attacker,(static)
+45.11.22.7,tor exit (suspicious),(static)
+45.11.22.8,tor exit (suspicious),(static)
+45.11.22.9,generic (malware),(static)
+45.11.22.10,parking site (suspicious),(static)
+45.11.22.11,mass scanner (suspicious),(static)
+45.11.22.12,generic (malware),(static)
+91.7.8.9:4443,c2 (malware),(static)
+91.7.8.10:8080,c2 (malware),(static)
+91.7.8.11:443,c2 (malware),(static)
+evil-host-bench.com/gate.php,lokibot (malware),(static)
+evil-host-bench.net/panel/admin.php,azorult (malware),(static)
+/bench-malicious-login.php,phishing (suspicious),(static)
+/wp-bench/evil.js,skimmer (malware),(static)
+"""
+
+
+def _frames(path):
+    out = []
+    with open_capture(str(path)) as source:
+        while True:
+            batch = source.read_batch(1024)
+            if batch is None:
+                return out
+            for i in range(len(batch.caplens)):
+                start = batch.offsets[i]
+                out.append((batch.ts_ns[i], bytes(batch.buf[start:start + batch.caplens[i]])))
+
+
+def _classify(frame):
+    p = decode_frame(frame, 1)
+    if p.proto == 1:
+        return "icmp"
+    if p.proto == 17:
+        return "dns" if p.dport == 53 else "mdns" if p.dport == 5353 else "udp"
+    if p.tcp_flags & 0x02:
+        return "syn"
+    return "http" if p.dport == 80 else "tls"
+
+
+def test_frame_builders_match_pcapgen():
+    src, dst = gen._packed("10.0.0.1"), gen._packed("198.51.100.7")
+    assert gen.tcp4(src, dst, 40000, 443, g.TCP_SYN) == g.tcp_frame("10.0.0.1", "198.51.100.7", 40000, 443)
+    payload = g.http_request("GET", "/x", "a.example", "ua")
+    assert (gen.tcp4(src, dst, 40001, 80, g.TCP_PSH | g.TCP_ACK, payload)
+            == g.tcp_frame("10.0.0.1", "198.51.100.7", 40001, 80, g.TCP_PSH | g.TCP_ACK, payload))
+    assert (gen.tcp4(src, dst, 40001, 443, g.TCP_ACK, gen.TLS_PAYLOAD, payload_sum=gen._sum16(gen.TLS_PAYLOAD))
+            == g.tcp_frame("10.0.0.1", "198.51.100.7", 40001, 443, g.TCP_ACK, gen.TLS_PAYLOAD))
+    for name in ("a.b", "odd-length-name.example.org"):
+        query = g.dns_query(name)
+        assert gen.udp4(src, dst, 5353, 53, query) == g.udp_frame("10.0.0.1", "198.51.100.7", 5353, 53, query)
+    assert gen.icmp4(src, dst) == g.icmp_frame("10.0.0.1", "198.51.100.7")
+
+
+def test_mix_shares_order_and_timestamps(tmp_path):
+    path = tmp_path / "mix.pcap"
+    gen.generate_mix(str(path), 1000, 1)
+    frames = _frames(path)
+    assert len(frames) == 1000
+    kinds = Counter(_classify(f) for _, f in frames)
+    assert kinds == {"tls": 600, "syn": 150, "dns": 100, "http": 100, "icmp": 25, "mdns": 25}
+    assert [ts for ts, _ in frames] == [gen.T0_NS + i * 1_000_000 for i in range(1000)]
+    # templates repeat in order: round 2 equals round 0
+    assert [f for _, f in frames[200:300]] == [f for _, f in frames[0:100]]
+    assert b"Host: www.example.org" in frames[85][1] and b"/index0.html?id=0" in frames[85][1]
+
+
+def _hard(tmp_path, packets=3000, planted=50, seed=7):
+    trails = tmp_path / "trails.csv"
+    trails.write_text(TRAILS)
+    path = tmp_path / ("hard-%d.pcap" % seed)
+    truth = gen.generate_hard(str(path), packets, seed, [str(trails), gen.EXTRA_TRAILS], planted)
+    return path, truth, trails
+
+
+def test_hard_is_unique_deterministic_and_planted(tmp_path):
+    path, truth, _ = _hard(tmp_path)
+    again = tmp_path / "again.pcap"
+    gen.generate_hard(str(again), 3000, 7, [str(tmp_path / "trails.csv"), gen.EXTRA_TRAILS], 50)
+    assert path.read_bytes() == again.read_bytes()
+    frames = _frames(path)
+    assert len(frames) == 3000
+    assert all(b[0] < a[0] for a, b in zip(frames[1:], frames))  # strictly increasing
+    kinds = Counter(_classify(f) for _, f in frames)
+    assert kinds["tls"] == 1800 and kinds["syn"] == 450 and kinds["dns"] == 300 and kinds["http"] == 300
+    assert kinds["icmp"] + kinds["mdns"] + kinds["udp"] == 150
+    assert len({f for _, f in frames}) == 3000  # nothing repeats
+    assert truth["planted"] == len(truth["entries"]) > 0
+    assert json.loads((tmp_path / "hard-7.pcap.truth.json").read_text())["entries"] == truth["entries"]
+    for entry in truth["entries"]:
+        frame = frames[entry["index"]][1]
+        if entry["type"] == "DNS":
+            assert g.dns_name(entry["query"]) in frame and entry["query"].endswith(entry["trail"])
+        elif entry["type"] in ("URL", "UA"):
+            assert entry["trail"].split("/", 1)[-1].encode() in frame
+        else:
+            assert gen._packed(entry["trail"].split(":")[0]) in frame[26:34]  # IPv4 source or destination
+    # the documented suppressions are avoided
+    for entry in truth["entries"]:
+        if entry["category"] in ("ip-syn-out", "ipport-syn-out"):
+            assert "attacker" not in entry["info"] and "parking" not in entry["info"]
+        if entry["category"] == "ip-syn-in":
+            assert "malware" not in entry["info"]
+        assert "dyn-provider" not in entry["key"] or entry["category"] != "dns-exact"
+    assert {"ua", "url-path", "url-host-path", "dns-parent"} <= {e["category"] for e in truth["entries"]}
+
+
+def test_generate_cli(tmp_path):
+    out = tmp_path / "m.pcap"
+    done = subprocess.run([sys.executable, "-m", "bench.generate", "mix", "--packets", "10", "--seed", "3",
+                           "-o", str(out)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(_frames(out)) == 10
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+
+
+def test_replay_harness_smoke(tmp_path):
+    path, truth, trails = _hard(tmp_path, packets=2000, planted=40, seed=3)
+    out = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "replay", "--pcap", str(path), "--trails", str(trails),
+                           "--runs", "1", "--workers", "2", "--json", str(out)],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr + done.stdout
+    for heading in ("1. Packet path", "2. Replay", "3. Start-up", "4. Scaling", "5. Orientation"):
+        assert heading in done.stdout
+    results = json.loads(out.read_text())
+    res = results["replay"][path.name]
+    assert res["fast"]["frames"] == 2000 and res["fast"]["accounted"]
+    assert res["recall"]["found"] == res["recall"]["planted"] == truth["planted"]
+    assert res["fast"]["peak_pss"] > 0 and res["fast"]["first_packet_s"] is not None
+    assert res["one_worker"]["events"] == res["fast"]["events"]
+    if "reference" not in results["skipped"]:
+        assert res["reference"]["events"] == res["fast"]["events"]
+    if "packet_path" not in results["skipped"]:
+        pp = results["packet_path"][path.name]
+        assert pp["fast"]["events"] == pp["reference"]["events"]
+
+
+def test_bench_entry_point_lists_commands():
+    done = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "replay" in done.stdout and "trails" in done.stdout
