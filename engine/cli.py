@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no summary")
     p.add_argument("--stats-json", metavar="FILE", help="also write the run's statistics to FILE as JSON")
     p.add_argument("--reference", action="store_true",
-                   help="judge every packet with the plain-Python reference path (differential runs, benchmarks)")
+                   help="run the plain-Python reference paths (capture and judgement) instead of the C ones "
+                        "(differential runs, benchmarks)")
 
     p = sub.add_parser("tail", help="print events from the log")
     p.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="FILE")

@@ -111,7 +111,7 @@ class Engine:
             self._start_worker(k)
         self.capture = self.ctx.Process(target=run_capture, name="mte-capture", args=(CaptureSpec(
             self.mode, self.rings, self.capture_channel[0], self.seed, cpu=self.capture_cpu,
-            stats_interval_s=self.stats_interval_s, **self.capture_args),))
+            stats_interval_s=self.stats_interval_s, reference=self.reference, **self.capture_args),))
         self.capture.start()
 
         self.selector.register(self.wake_r, selectors.EVENT_READ, ("wake", None))

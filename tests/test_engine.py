@@ -154,6 +154,23 @@ def test_one_to_four_workers_give_the_same_events(every_capture, artifact, tmp_p
         assert results[n] == results[1], "events differ between 1 and %d workers" % n
 
 
+def test_the_reference_paths_give_the_same_events_and_counters(every_capture, artifact, tmp_path):
+    """`replay --reference` (Python capture and judgement) against the shipped C paths, 2 workers."""
+    runs = {}
+    for name, flags in (("c", []), ("reference", ["--reference"])):
+        log = tmp_path / name
+        stats = tmp_path / (name + ".json")
+        run = mte("replay", "--trails", artifact, "--log-dir", str(log), "--sensor-name", "w", "--workers", "2",
+                  "--stats-json", str(stats), *flags, *every_capture)
+        assert run.returncode == 0, run.stderr
+        counters = json.loads(stats.read_text())["counters"]
+        counters.pop("first_batch_unix")  # a wall-clock time
+        runs[name] = (records(log), counters)
+    assert len(runs["c"][0]) > 1000
+    assert runs["reference"][0] == runs["c"][0]
+    assert runs["reference"][1] == runs["c"][1]
+
+
 # --- failures and signals ------------------------------------------------------------------------
 
 def _feed_until(stream, stop: threading.Event, after_stop: int = 4) -> list[int]:
