@@ -143,7 +143,16 @@ class TreeSampler(threading.Thread):
         self.samples += 1
         if total > self.peak:
             self.peak = total
-            self.at_peak = {"%s[%d]" % (self.tree[pid], pid): size for pid, size in sizes.items() if size}
+            self.at_peak = {"%s[%d]" % (self._name(pid), pid): size for pid, size in sizes.items() if size}
+
+    def _name(self, pid: int) -> str:
+        """The process's name now: a child names itself (mte-capture, ...) only after it started."""
+        if pid == self.root:
+            return "supervisor"
+        st = _stat(pid)
+        if st is not None:
+            self.tree[pid] = st[1]
+        return self.tree[pid]
 
     def run(self) -> None:
         while not self._halt.wait(SAMPLE_S):
