@@ -23,3 +23,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q ".[test]"
+# The C extensions are also built in place: `python -m bench ...` runs from the checkout, where the
+# source packages come first on sys.path and need their extension modules beside them.
+.venv/bin/python setup.py -q build_ext --inplace >/dev/null

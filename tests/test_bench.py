@@ -147,7 +147,9 @@ def test_generate_cli(tmp_path):
 
 
 def _env():
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    # `bench` is found in the checkout; the engine packages still come from the installed package
+    # (the checkout goes last, and PYTHONSAFEPATH keeps the working directory off sys.path).
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)])))
 
 
 def test_replay_harness_smoke(tmp_path):
