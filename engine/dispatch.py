@@ -10,12 +10,13 @@ parent domain whoever asks. So:
   two labels, three when the second-level label is short, as in co.uk): every query and answer
   about one domain, from any client, meets in one worker.
 - Everything else: the key is the address of the side that started the conversation (the SYN's
-  sender, the SYN-ACK's receiver, else the higher port, the ICMP echo requester), so all flows of
-  one client, in both directions, meet in one worker.
+  sender, the SYN-ACK's receiver, the sender of a TCP probe without ACK or RST, else the higher
+  port, the ICMP echo requester), so all flows of one client, in both directions, meet in one
+  worker.
 - Frames that do not decode carry no evidence; they are spread by their first bytes.
 
-The hash is keyed with a per-run seed (BLAKE2b) so traffic cannot be crafted to pile onto one
-worker. Decodes only what the key needs (workers/decode.py, the DNS question).
+The hash is keyed with a per-run seed (BLAKE2b here; SipHash-2-4 in the C capture path,
+engine/csrc/capture.c) so traffic cannot be crafted to pile onto one worker. Decodes only what the key needs (workers/decode.py, the DNS question).
 """
 
 from __future__ import annotations
@@ -24,15 +25,8 @@ import hashlib
 import os
 
 from workers.decode import IPPROTO_TCP, IPPROTO_UDP, decode_frame
-from workers.dns import parse_dns, parse_dns_tcp
+from workers.dns import parse_dns, parse_dns_tcp, registered_domain
 from workers.pipeline import client_is_src
-
-
-def registered_domain(name: str) -> str:
-    labels = name.split(".")
-    if len(labels) > 3 and len(labels[-2]) <= 3:
-        return ".".join(labels[-3:])
-    return ".".join(labels[-2:])
 
 
 def dispatch_key(data: bytes, linktype: int) -> bytes:

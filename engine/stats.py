@@ -12,7 +12,8 @@ from collections import Counter
 
 
 def empty_counters() -> dict:
-    return {"frames": 0, "decoded": 0, "skipped": {}, "extracted": {}, "events": {}, "condensed": 0}
+    return {"frames": 0, "decoded": 0, "skipped": {}, "extracted": {}, "events": {}, "condensed": 0,
+            "dropped": {}, "saturation": {}}
 
 
 def merge_counters(parts) -> dict:
@@ -21,7 +22,8 @@ def merge_counters(parts) -> dict:
     firsts = [p.get("first_batch_unix") for p in parts if p.get("first_batch_unix")]
     if firsts:
         total["first_batch_unix"] = min(firsts)
-    sums = {"skipped": Counter(), "extracted": Counter(), "events": Counter()}
+    sums = {"skipped": Counter(), "extracted": Counter(), "events": Counter(), "dropped": Counter(),
+            "saturation": Counter()}
     for part in parts:
         total["frames"] += part.get("frames", 0)
         total["decoded"] += part.get("decoded", 0)
@@ -77,7 +79,13 @@ def summary_lines(counters: dict, elapsed: float, cpu: float, log_dir: str, capt
     total = sum(counters["events"].values())
     lines.append("events: %d" % total + (" (%s)" % _events_text(counters["events"]) if total else ""))
     if counters.get("condensed"):
-        lines.append("  identical events condensed into counts: %d" % counters["condensed"])
+        lines.append("  repeats folded into per-source records (noise control): %d" % counters["condensed"])
+    dropped = {k: v for k, v in (counters.get("dropped") or {}).items() if v}
+    if dropped:
+        lines.append("  events dropped by controls: " + ", ".join("%s %d" % kv for kv in sorted(dropped.items())))
+    saturated = {k: v for k, v in (counters.get("saturation") or {}).items() if v}
+    if saturated:
+        lines.append("heuristic state at its caps: " + ", ".join("%s %d" % kv for kv in sorted(saturated.items())))
     processed = engine.get("processed") or []
     if len(processed) > 1:
         lines.append("workers: %d; frames per worker: %s" % (len(processed), " ".join(str(n) for n in processed)))

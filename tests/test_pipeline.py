@@ -458,8 +458,8 @@ def test_window_closes_on_a_later_batch_and_on_expire(matchers):
 
 
 def test_condenser_overflow_closes_the_oldest_early():
-    def event(i, t):
-        return _ev(t, C, 50000 + i, MAL, 443, "TCP", "IP", MAL)
+    def event(i, t, port=50000):
+        return _ev(t, "10.0.0.%d" % (i + 1), port, MAL, 443, "TCP", "IP", MAL)
 
     condenser = Condenser(window_us=WINDOW_S * 1_000_000, max_entries=2)
     offers = [event(0, 0), event(0, 1), event(1, 2), event(0, 3), event(2, 4), event(1, 5), event(3, 6),
@@ -469,27 +469,46 @@ def test_condenser_overflow_closes_the_oldest_early():
         condenser.offer(e, out)
     assert len(condenser) <= 2
     assert condenser.early_closes == 2
-    # Key 0 (two repeats) was closed when key 2 arrived; key 1 when key 3 arrived.
-    assert out == [event(0, 0), event(1, 2), event(2, 4),
-                   _ev(1, C, 50000, MAL, 443, "TCP", "IP", MAL, count=2, last_s=3),
-                   event(3, 6),
-                   _ev(5, C, 50001, MAL, 443, "TCP", "IP", MAL, count=1)]
+    # Source 0 (two repeats) was closed when source 2 arrived; source 1 when source 3 arrived.
+    assert out == [event(0, 0), event(1, 2), event(2, 4), event(0, 1)._replace(count=2, last_ts_us=BASE_US + 3_000_000),
+                   event(3, 6), event(1, 5)]
     condenser.flush(out)
     assert sum(e.count for e in out) == len(offers)
     for key in range(4):
-        port = 50000 + key
-        assert sum(e.count for e in out if e.src_port == port) == sum(1 for e in offers if e.src_port == port)
+        src = "10.0.0.%d" % (key + 1)
+        assert sum(e.count for e in out if e.src_ip == src) == sum(1 for e in offers if e.src_ip == src)
 
 
-def test_condenser_distinguishes_every_field_but_time():
+def test_condenser_groups_by_source_and_trail():
+    """Events of one source and trail fold together whatever their ports and destinations; any
+    other field (sensor, type, trail, info, reference, severity) or another source starts a group."""
     condenser = Condenser(window_us=WINDOW_S * 1_000_000)
     first = _ev(0, C, 50000, MAL, 443, "TCP", "IP", MAL)
-    variants = [first._replace(sensor="u"), first._replace(dst_port=444), first._replace(info="other"),
-                first._replace(severity="low"), first._replace(trail=MAL + " (x.org)")]
+    variants = [first._replace(sensor="u"), first._replace(info="other"), first._replace(severity="low"),
+                first._replace(trail=MAL + " (x.org)"), first._replace(src_ip="10.9.9.9"), first._replace(type="IPORT")]
     out = []
     for e in [first] + variants:
         condenser.offer(e, out)
     assert out == [first] + variants and condenser.suppressed == 0
+    repeats = [first._replace(ts_us=BASE_US + i * 1_000_000, src_port=50000 + i, dst_port=p, proto=proto)
+               for i, (p, proto) in enumerate([(443, "TCP"), (444, "TCP"), (53, "UDP")], 1)]
+    for e in repeats:
+        condenser.offer(e, out)
+    assert condenser.suppressed == 3
+    condenser.flush(out)
+    summary = [e for e in out if e.count > 1]
+    assert summary == [first._replace(ts_us=BASE_US + 1_000_000, src_port="50001,50002,50003", dst_port="53,443,444",
+                                      proto="TCP,UDP", count=3, last_ts_us=BASE_US + 3_000_000)]
+
+
+def test_condenser_lists_at_most_sixteen_values_then_counts_the_rest():
+    condenser = Condenser(window_us=WINDOW_S * 1_000_000)
+    out = []
+    for port in range(1000, 1041):
+        condenser.offer(_ev(0, C, 50000, MAL, port, "TCP", "IP", MAL), out)
+    condenser.flush(out)
+    assert out[1].dst_port == ",".join(str(p) for p in range(1001, 1017)) + ",+24" and out[1].count == 40
+    assert out[1].src_port == 50000  # shared by every repeat: stays a number
 
 
 # --- corpus counters ----------------------------------------------------------------------------

@@ -25,13 +25,20 @@ from matchers.domains import render_span
 from matchers.regextrails import prefilter_literals
 from workers import _fastpath
 from workers.condense import Condenser
+from workers.controls import NO_CONTROLS
 from workers.decode import (
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, PROTO_NAMES, SKIP_REASONS, decode_frame,
 )
-from workers.dns import QCLASS_IN, parse_dns, parse_dns_tcp
+from workers.dns import QCLASS_IN, RCODE_NXDOMAIN, parse_dns, parse_dns_tcp
 from workers.events import (
-    TYPE_DNS, TYPE_HTTP, TYPE_IP, TYPE_IPORT, TYPE_SNI, TYPE_UA, TYPE_URL, Event, severity_of,
+    TYPE_DNS, TYPE_HTTP, TYPE_IP, TYPE_IPORT, TYPE_PATH, TYPE_PORT, TYPE_SNI, TYPE_UA, TYPE_URL, Event,
+    severity_of,
 )
+from workers.heuristics import HeuristicSettings
+from workers.heuristics import dns as hdns
+from workers.heuristics import http as hhttp
+from workers.heuristics.dns import DnsHeuristics
+from workers.heuristics.scan import INFECTION_SCAN, PORT_SCAN, UDP_SCAN, WEB_SCAN, ScanHeuristics
 from workers.http import looks_like_http_request, parse_http_request
 from workers.quic import QuicSniAssembler
 from workers.tls import looks_like_tls_client_hello, parse_tls_client_hello_sni
@@ -43,8 +50,14 @@ IGNORE_DNS_QUERY_SUFFIXES = frozenset((
     "workgroup", "localdomain", "url", "alienvault", "example", "test", "invalid", "localhost"))
 _VALID_NAME = re.compile(r"\A[a-z0-9_.-]*\.[a-z0-9_-]+\Z")
 _NUMERIC_NAME = re.compile(r"\A[0-9.]+\Z")
+# An absolute-form request target (a request to a proxy) starts with a scheme (RFC 3986); "://"
+# further along is part of a path or query.
+_ABSOLUTE = re.compile(r"\A[a-z][a-z0-9+.-]*://")
 _ECHO_REPLY = {IPPROTO_ICMP: 0, IPPROTO_ICMPV6: 129}
-_TCP_SYN, _TCP_ACK = 0x02, 0x10
+_TCP_SYN, _TCP_RST, _TCP_ACK = 0x02, 0x04, 0x10
+HEURISTIC = "(heuristic)"
+# Verdict bit of the DNS exhaustion heuristic (the scan bits are workers/heuristics/scan.py's).
+DNS_EXHAUSTION = 0x10
 
 
 def _escape_parens(value: str) -> str:
@@ -86,10 +99,15 @@ def normalize_host(value: str) -> str:
 
 def client_is_src(p) -> bool:
     """Which end of a packet started the conversation: the SYN's sender, the SYN-ACK's receiver,
-    otherwise the side with the higher (ephemeral) port, and for ICMP the echo requester. Every
-    packet of a flow answers the same, so a flow is judged (and dispatched) as one."""
+    the sender of a TCP segment with neither ACK nor RST (a probe), otherwise the side with the
+    higher (ephemeral) port, and for ICMP the echo requester. Every packet of a flow answers the
+    same, so a flow is judged (and dispatched) as one."""
     if p.proto == IPPROTO_TCP and p.tcp_flags & _TCP_SYN:
         return not p.tcp_flags & _TCP_ACK
+    if p.proto == IPPROTO_TCP and not p.tcp_flags & (_TCP_ACK | _TCP_RST):
+        # Every segment of an open connection carries ACK, and a reset answers something: a
+        # segment with neither (NULL, FIN, XMAS probes) is sent by the side that starts.
+        return True
     if p.sport or p.dport:
         return p.sport >= p.dport  # the well-known (lower) port is the server's
     return p.icmp_type != _ECHO_REPLY.get(p.proto)
@@ -119,21 +137,31 @@ class WorkerCounters:
         self.skipped = Counter()
         self.extracted = Counter()
         self.events = Counter()
+        self.dropped = Counter()     # events the controls dropped, by reason
 
-    def as_dict(self, condensed: int = 0) -> dict:
+    def as_dict(self, condensed: int = 0, saturation: dict | None = None) -> dict:
         return {"frames": self.frames, "decoded": self.decoded, "skipped": dict(self.skipped),
-                "extracted": dict(self.extracted), "events": dict(self.events), "condensed": condensed}
+                "extracted": dict(self.extracted), "events": dict(self.events), "condensed": condensed,
+                "dropped": dict(self.dropped), "saturation": dict(saturation or {})}
 
 
 class Worker:
-    def __init__(self, matchers, sensor: str, condense_window_s: int = 60, fast: bool = True):
+    def __init__(self, matchers, sensor: str, condense_window_s: int = 60, fast: bool = True,
+                 heuristics: HeuristicSettings | None = None, controls=NO_CONTROLS):
         """`fast`: the C scan picks the frames that can matter and only those are judged here;
-        False judges every frame in Python (the reference path, for differential tests)."""
+        False judges every frame in Python (the reference path, for differential tests).
+        `heuristics`: the heuristic settings (default: all of Maltrail's, on); `controls`: the
+        whitelists and ignore rules applied to every event."""
         self.matchers = matchers
         self.sensor = sensor
         self.counters = WorkerCounters()
         self.condenser = Condenser(condense_window_s * 1_000_000)
         self.quic = QuicSniAssembler()
+        self.heuristics = h = heuristics if heuristics is not None else HeuristicSettings()
+        self.controls = controls
+        self.scans = ScanHeuristics(h)
+        self.dnsh = DnsHeuristics(h)
+        self._reference = not fast
         self._artifact = matchers.artifact
         self._tables = fast_tables(matchers.artifact) if fast else None
 
@@ -189,10 +217,12 @@ class Worker:
                 counters.extracted[name] += counts[k]
         if flagged:
             buf, offsets, caplens, linktypes, ts_ns = batch.buf, batch.offsets, batch.caplens, batch.linktypes, batch.ts_ns
-            for i in array("I", flagged):
+            for entry in array("I", flagged):
+                # low 16 bits: the frame's index in the batch; high 16: the heuristic verdicts
+                i = entry & 0xFFFF
                 start = offsets[i]
                 packet = decode_frame(bytes(buf[start:start + caplens[i]]), linktypes[i])
-                self._inspect(packet, ts_ns[i] // 1000, out)
+                self._inspect(packet, ts_ns[i] // 1000, out, entry >> 16)
         return now
 
     def adopt(self, matchers) -> None:
@@ -218,7 +248,10 @@ class Worker:
         return out
 
     def stats(self) -> dict:
-        return self.counters.as_dict(self.condenser.suppressed)
+        saturation = dict(self.scans.saturation())
+        saturation.update(self.dnsh.saturation())
+        saturation["noise control groups closed early"] = self.condenser.early_closes
+        return self.counters.as_dict(self.condenser.suppressed, saturation)
 
     def _count(self, events) -> None:
         for e in events:
@@ -226,14 +259,21 @@ class Worker:
 
     # -- per packet ----------------------------------------------------------------------------
 
-    def _inspect(self, p, ts: int, out: list) -> None:
+    def _inspect(self, p, ts: int, out: list, bits: int | None = None) -> None:
+        """Judges one decoded packet. `bits`: the heuristic verdicts the C scan reached for it
+        (fast path); None on the reference path, where the Python trackers observe it here."""
         payload = p.payload
         dns_messages = ()
         http = sni = quic_sni = None
+        c_is_src = client_is_src(p)
+        if bits is None:
+            bits = self.scans.observe(p, ts, c_is_src) if self.heuristics.enabled else 0
+        dns_udp = False
         if p.proto == IPPROTO_UDP:
             if p.sport == 53 or p.dport == 53:
                 message = parse_dns(payload)
                 dns_messages = (message,) if message is not None else ()
+                dns_udp = True
             elif payload and payload[0] & 0x80:
                 quic_sni = self.quic.feed((p.src, p.sport, p.dst, p.dport), payload, ts / 1e6)
         elif p.proto == IPPROTO_TCP and payload:
@@ -243,6 +283,8 @@ class Worker:
                 sni = parse_tls_client_hello_sni(payload)
             elif looks_like_http_request(payload):
                 http = parse_http_request(payload)
+            elif self.heuristics.on("http_response") and payload.startswith(b"HTTP/"):
+                self._http_response(p, ts, payload, out)
 
         annotation = None
         if dns_messages and dns_messages[0].qname:
@@ -250,12 +292,14 @@ class Worker:
         elif http is not None and http.host and http.host[0].isalpha():
             annotation = normalize_host(http.host)
         self._ip_trails(p, ts, annotation, bool(dns_messages), out)
+        if bits & (PORT_SCAN | UDP_SCAN | INFECTION_SCAN):
+            self._scan_events(p, ts, bits, c_is_src, out)
 
         for message in dns_messages:
-            self._dns(p, ts, message, out)
+            self._dns(p, ts, message, out, bits, dns_udp)
         if http is not None:
             self.counters.extracted["http requests"] += 1
-            self._http(p, ts, http, out)
+            self._http(p, ts, http, out, bits)
         if sni:
             self.counters.extracted["tls server names"] += 1
             self._name(p, ts, normalize_host(sni), TYPE_SNI, out)
@@ -265,12 +309,35 @@ class Worker:
 
     def _emit(self, p, ts, src_ip, src_port, dst_ip, dst_port, type_, trail, trail_id, out,
               info=None, reference=None):
+        """One event through the controls into noise control, grouped by the packet's client and
+        how the packet was dispatched (a DNS packet by its domain, any other by its client), so a
+        group never spans two workers."""
         if trail_id is not None:
             info, reference = self._artifact.meta_of(trail_id)
         proto = PROTO_NAMES.get(p.proto, str(p.proto))
         event = Event(ts, self.sensor, src_ip, src_port or None, dst_ip, dst_port or None, proto, type_,
                       trail, info, reference, severity_of(info, reference), 1, ts)
-        self.condenser.offer(event, out)
+        dropped = self.controls.verdict(event)
+        if dropped is not None:
+            self.counters.dropped[dropped] += 1
+            return
+        dns_port = p.sport == 53 or p.dport == 53
+        self.condenser.offer(event, out, (dns_port, p.version, p.src if client_is_src(p) else p.dst))
+
+    def _heuristic(self, p, ts, src_ip, src_port, dst_ip, dst_port, type_, trail, info, out):
+        self._emit(p, ts, src_ip, src_port, dst_ip, dst_port, type_, trail, None, out, info, HEURISTIC)
+
+    def _scan_events(self, p, ts, bits, c_is_src, out) -> None:
+        src, dst = _ip_text(p.version, p.src), _ip_text(p.version, p.dst)
+        if bits & PORT_SCAN:
+            self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_IP, src, "potential port scanning", out)
+        if bits & INFECTION_SCAN:
+            self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_PORT, str(p.dport), "potential infection", out)
+        if bits & UDP_SCAN:
+            if c_is_src:
+                self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_IP, src, "potential udp scanning", out)
+            else:
+                self._heuristic(p, ts, dst, p.dport, src, p.sport, TYPE_IP, dst, "potential udp scanning", out)
 
     def _ip_trails(self, p, ts, annotation, is_dns, out) -> None:
         """IP and IP:port trails on both endpoints, reported client -> server."""
@@ -326,10 +393,11 @@ class Worker:
                    type_, render_span(name, hit.start, hit.end), hit.trail_id, out)
         return True
 
-    def _dns(self, p, ts, m, out) -> None:
+    def _dns(self, p, ts, m, out, bits: int = 0, over_udp: bool = False) -> None:
         name = m.qname
         if not name:
             return
+        h = self.heuristics
         if not m.is_response:
             if m.opcode != 0:
                 return
@@ -337,10 +405,23 @@ class Worker:
             labels = name.split(".")
             if ".intranet." in name or labels[-1] in IGNORE_DNS_QUERY_SUFFIXES:
                 return
-            self._name(p, ts, name, TYPE_DNS, out)
+            if over_udp and h.on("dns_exhaustion"):
+                if (self.dnsh.observe_query(name, ts) if self._reference else bits & DNS_EXHAUSTION):
+                    self._heuristic(p, ts, _ip_text(p.version, p.src), p.sport, _ip_text(p.version, p.dst), p.dport,
+                                    TYPE_DNS, "*." + hdns.subdomain_of(name)[1], hdns.INFO_EXHAUSTION, out)
+            if self._name(p, ts, name, TYPE_DNS, out):
+                return
+            if h.on("long_domain") and hdns.judged(name):
+                trail = hdns.long_name_trail(name, h)
+                if trail:
+                    self._heuristic(p, ts, _ip_text(p.version, p.src), p.sport, _ip_text(p.version, p.dst), p.dport,
+                                    TYPE_DNS, trail, hdns.INFO_LONG, out)
             return
         self.counters.extracted["dns responses"] += 1
-        if m.rcode != 0 or not m.answers or m.qclass != QCLASS_IN:
+        if m.rcode == RCODE_NXDOMAIN and m.opcode == 0 and (h.on("nxdomain") or h.on("dga")):
+            self._nxdomain(p, ts, name, out)
+            return
+        if m.rcode != 0 or not m.answers or m.qclass != QCLASS_IN or not h.on("dns_answers"):
             return
         for version, addr in m.answers:
             trail_id = self.matchers.ips.lookup_ip(version, addr)
@@ -351,16 +432,47 @@ class Worker:
             trail = "(%s).%s" % (head, tld) if head else name
             if "sinkhole" in info:
                 owner = info.split(" ")[1] if " " in info else info
-                self._emit(p, ts, _ip_text(p.version, p.src), p.sport, _ip_text(p.version, p.dst), p.dport,
-                           TYPE_DNS, trail, None, out, "sinkholed by %s (malware)" % owner, "(heuristic)")
+                self._heuristic(p, ts, _ip_text(p.version, p.src), p.sport, _ip_text(p.version, p.dst), p.dport,
+                                TYPE_DNS, trail, "sinkholed by %s (malware)" % owner, out)
                 return
             if "parking" in info:
-                self._emit(p, ts, _ip_text(p.version, p.src), p.sport, _ip_text(p.version, p.dst), p.dport,
-                           TYPE_DNS, trail, None, out, "parked site (suspicious)", "(heuristic)")
+                self._heuristic(p, ts, _ip_text(p.version, p.src), p.sport, _ip_text(p.version, p.dst), p.dport,
+                                TYPE_DNS, trail, "parked site (suspicious)", out)
                 return
 
-    def _http(self, p, ts, req, out) -> None:
+    def _nxdomain(self, p, ts, name, out) -> None:
+        """An NXDOMAIN answer: flood counters and the DGA check (Maltrail's order)."""
+        labels = name.split(".")
+        if not hdns.judged(name) or ".intranet." in name or labels[-1] in IGNORE_DNS_QUERY_SUFFIXES:
+            return
+        if self.matchers.domains.match(name) is not None:
+            return  # a trail names it: its query was the event
+        h = self.heuristics
         src, dst = _ip_text(p.version, p.src), _ip_text(p.version, p.dst)
+        if h.on("nxdomain"):
+            trail = self.dnsh.observe_nxdomain(name, ts)
+            if trail:
+                self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_DNS, trail, hdns.INFO_NXDOMAIN, out)
+        if h.on("dga"):
+            info = hdns.dga_info(name, h)
+            if info:
+                label, _, rest = name.partition(".")
+                self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_DNS, "(%s).%s" % (label, rest), info, out)
+
+    def _http_response(self, p, ts, payload, out) -> None:
+        if not hhttp.needs_response_check(payload):
+            return
+        src, dst = _ip_text(p.version, p.src), _ip_text(p.version, p.dst)
+        for trail, info in hhttp.response_verdicts(payload):
+            self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_HTTP, trail, info, out)
+
+    def _http(self, p, ts, req, out, bits: int = 0) -> None:
+        h = self.heuristics
+        src, dst = _ip_text(p.version, p.src), _ip_text(p.version, p.dst)
+        if self._reference and h.enabled:
+            bits |= self.scans.observe_request(p, ts, req.target)
+        if bits & WEB_SCAN:
+            self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_PATH, dst, "potential web scanning", out)
         path = req.target.lower()
         host = dst
         checked = set()  # a name is judged once per request (Host header and target may repeat it)
@@ -375,9 +487,22 @@ class Worker:
             host = req.host.strip().lower()
             if host.endswith(":80"):
                 host = host[:-3]
+            if (h.on("iot_download") and hhttp.is_bare_ipv4(host) and hhttp.IOT_PATH.match(host + path)
+                    and not h.is_local(p.version, p.dst)):
+                self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_HTTP, "(%s)%s" % (host, path),
+                                "potential iot-malware download (suspicious)", out)
+                return
             check_name(host)
+        elif h.on("missing_host"):
+            self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_HTTP, "%s%s" % (dst, path),
+                            "missing host header (suspicious)", out)
         url = None
-        if "://" in path:
+        if _ABSOLUTE.match(path):
+            if (h.on("proxy_probe") and p.dport == 80 and path.startswith("http://")
+                    and any(w in path for w in hhttp.PROXY_PROBE_WORDS)):
+                self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_HTTP, _proxy_trail(path),
+                                "potential proxy probe (suspicious)", out)
+                return
             # Absolute-form target (a request to a proxy): the real host is in the URI.
             rest = path.split("://", 1)[1]
             if "/" not in rest:
@@ -402,18 +527,74 @@ class Worker:
             if trail_id is not None:
                 trail = render_user_agent(req.user_agent, self._artifact.key(trail_id))
                 self._emit(p, ts, src, p.sport, dst, p.dport, TYPE_UA, trail, trail_id, out)
+            elif h.on("user_agent"):
+                user_agent = unquote(req.user_agent).strip()
+                pattern = hhttp.user_agent_pattern(user_agent)
+                if pattern:
+                    self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_UA,
+                                    render_user_agent(user_agent, pattern), "user agent (suspicious)", out)
 
         path = path.replace("//", "/")
         post = None
         if req.body and req.method.upper() == "POST":
             post = unquote(req.body.decode("latin-1")).lower()
         hit = self.matchers.urls.match(host, path, post)
-        if hit is None:
+        if hit is not None:
+            if hit.post_form:
+                trail = "%s(%s \\(%s %s\\))" % (host, path, req.method, req.body.decode("latin-1").strip())
+                self._emit(p, ts, src, p.sport, dst, p.dport, TYPE_HTTP, trail, hit.trail_id, out)
+            else:
+                parts = url.split(hit.check)
+                trail = hit.check.join("(%s)" % part if part else part for part in parts)
+                self._emit(p, ts, src, p.sport, dst, p.dport, TYPE_URL, trail, hit.trail_id, out)
             return
-        if hit.post_form:
-            trail = "%s(%s \\(%s %s\\))" % (host, path, req.method, req.body.decode("latin-1").strip())
-            self._emit(p, ts, src, p.sport, dst, p.dport, TYPE_HTTP, trail, hit.trail_id, out)
-        else:
-            parts = url.split(hit.check)
-            trail = hit.check.join("(%s)" % part if part else part for part in parts)
-            self._emit(p, ts, src, p.sport, dst, p.dport, TYPE_URL, trail, hit.trail_id, out)
+        if h.enabled:
+            self._request_heuristics(p, ts, req, host, path, url, src, dst, out)
+
+    def _request_heuristics(self, p, ts, req, host, path, url, src, dst, out) -> None:
+        """Attack patterns in the path or body, direct downloads, suspicious file names; the event
+        is attributed to the client a proxy names in X-Forwarded-For and kin."""
+        h = self.heuristics
+        if h.on("forwarded_for"):
+            src = hhttp.forwarded_source(req.headers) or src
+        decoded_path = unquote(path)
+        if h.on("http_request") and not any(w in decoded_path.lower() for w in hhttp.WHITELIST_REQUEST_PATHS):
+            found = hhttp.request_attack(decoded_path)
+            if found and not ("data leakage" in found and h.is_local(p.version, p.dst)):
+                self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_URL,
+                                "%s(%s)" % (host, hhttp.force_encode(path)), "%s (suspicious)" % found, out)
+                return
+            if req.body:
+                body = req.body.decode("latin-1")
+                found = hhttp.request_attack(unquote(body))
+                if found:
+                    self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_HTTP, "%s(%s \\(%s %s\\))" % (
+                        host, hhttp.force_encode(path), req.method, hhttp.force_encode(body.strip())),
+                        "%s (suspicious)" % found, out)
+                    return
+        if "." not in path or not h.on("direct_download"):
+            return
+        target = path.split("?", 1)
+        filename = target[0].rsplit("/", 1)[-1]
+        ext = hhttp.download_extension(path)
+        trail = "%s(%s)" % (host, hhttp.force_encode(path))
+        if ext:
+            name = filename[:-len(ext)]
+            query = target[1] if len(target) > 1 else ""
+            if (not h.is_local(p.version, p.dst) and not any(w in path for w in hhttp.WHITELIST_DOWNLOAD_PATHS)
+                    and "=" not in query and len(name) < 10):
+                self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_URL, trail,
+                                "direct %s download (suspicious)" % ext, out)
+            return
+        for desc, pattern in hhttp.SUSPICIOUS_FILENAMES:
+            if pattern.search(filename):
+                self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_URL, trail, "%s (suspicious)" % desc, out)
+                return
+
+
+def _proxy_trail(path: str) -> str:
+    """Maltrail's rendering of a proxy probe: the host without its port, the rest in parentheses."""
+    rest = path[len("http://"):]
+    host, sep, tail = rest.partition("/")
+    host = host.split(":", 1)[0].rstrip(".")
+    return "http://%s/%s" % (host, "(%s)" % tail if tail else "")

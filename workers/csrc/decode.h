@@ -301,6 +301,8 @@ static inline int mt_client_is_src(const mt_packet *pk)
 {
     if (pk->proto == 6 && (pk->tcp_flags & 0x02))
         return !(pk->tcp_flags & 0x10);
+    if (pk->proto == 6 && !(pk->tcp_flags & 0x14))
+        return 1; /* no ACK, no RST: a probe (NULL/FIN/XMAS), sent by the side that starts */
     if (pk->sport || pk->dport)
         return pk->sport >= pk->dport;
     int reply = (pk->proto == 1 && pk->icmp_type == 0) || (pk->proto == 58 && pk->icmp_type == 129);

@@ -596,6 +596,20 @@ static void strip(const uint8_t **s, uint32_t *n)
         (*n)--;
 }
 
+/* An absolute-form target starts with a URI scheme: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
+ * (RFC 3986); workers/pipeline.py _ABSOLUTE. */
+static int is_scheme(const uint8_t *p, uint32_t n)
+{
+    if (!n || !((p[0] >= 'a' && p[0] <= 'z') || (p[0] >= 'A' && p[0] <= 'Z')))
+        return 0;
+    for (uint32_t i = 1; i < n; i++) {
+        uint8_t c = p[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.'))
+            return 0;
+    }
+    return 1;
+}
+
 static int lower_equals(const uint8_t *s, uint32_t n, const char *word)
 {
     size_t wl = strlen(word);
@@ -910,6 +924,8 @@ static int scan_http(Tables *t, const mt_packet *pk, const http_req *r)
     }
     int connect = lower_equals(r->method, r->method_len, "connect");
     const uint8_t *scheme = find_bytes(path, pn, "://", 3);
+    if (scheme && !is_scheme(path, (uint32_t)(scheme - path)))
+        scheme = NULL;                           /* "://" later in a path is not absolute form */
     if (scheme) {
         const uint8_t *rest = scheme + 3;
         uint32_t rn = pn - (uint32_t)(rest - path);

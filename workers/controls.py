@@ -1,0 +1,124 @@
+"""Controls over events: the run-time whitelist, the per-host whitelist, ignore rules and the
+ignore regex.
+
+Owns the decision whether an event is kept, and why not: "whitelisted" (an address on either side
+is whitelisted, except for DNS events, whose resolver address says nothing about the name; or the
+event's name is a whitelisted domain or under one), "host-whitelisted" (this trail is silenced for
+this host only), "ignored" (an ignore rule over addresses and ports matches, or the ignore regex
+matches the event's text). Events dropped here are counted by the worker under that reason, so
+nothing disappears unseen.
+
+The rules arrive parsed (engine/controls.py reads the files named in maltrail.toml); this module
+must not read files, nor know about packets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import NamedTuple
+
+from workers.events import TYPE_DNS
+
+
+class IgnoreRule(NamedTuple):
+    src: object = None        # ipaddress network, or None for any
+    src_ports: object = None  # (low, high) inclusive, or None for any
+    dst: object = None
+    dst_ports: object = None
+
+    def matches(self, src, sport, dst, dport) -> bool:
+        return (_in(src, self.src) and _port_in(sport, self.src_ports) and _in(dst, self.dst)
+                and _port_in(dport, self.dst_ports))
+
+
+def _in(addr, net) -> bool:
+    return net is None or (addr is not None and addr.version == net.version and addr in net)
+
+
+def _port_in(port, ports) -> bool:
+    if ports is None:
+        return True
+    return isinstance(port, int) and ports[0] <= port <= ports[1]
+
+
+def _addr(text):
+    try:
+        return ipaddress.ip_address(text)
+    except (ValueError, TypeError):
+        return None
+
+
+_HOST = re.compile(r"\A[a-z0-9_-]+(?:\.[a-z0-9_-]+)+\Z")
+
+
+def event_names(event) -> tuple[str, str]:
+    """(the trail without Maltrail's parentheses, lower case; the host name in it or "")."""
+    plain = event.trail.replace("\\(", "").replace("\\)", "").replace("(", "").replace(")", "").lower()
+    token = plain.split(" ", 1)[0].split("/", 1)[0]
+    if token.count(":") == 1:
+        token = token.split(":", 1)[0]
+    return plain, token if _HOST.match(token) else ""
+
+
+def _listed(name: str, domains) -> bool:
+    while name:
+        if name in domains:
+            return True
+        dot = name.find(".")
+        if dot < 0:
+            return False
+        name = name[dot + 1:]
+    return False
+
+
+class Controls:
+    def __init__(self, whitelist_ips=(), whitelist_networks=(), whitelist_domains=(), host_trails=(),
+                 ignore_rules=(), ignore_regex: str = ""):
+        self.whitelist_ips = frozenset(whitelist_ips)
+        self.whitelist_networks = tuple(whitelist_networks)
+        self.whitelist_domains = frozenset(whitelist_domains)
+        # (network, indicator lower case)
+        self.host_trails = tuple((net, ind.lower()) for net, ind in host_trails)
+        self.ignore_rules = tuple(ignore_rules)
+        self.ignore_regex = re.compile(ignore_regex) if ignore_regex else None
+        self.active = bool(self.whitelist_ips or self.whitelist_networks or self.whitelist_domains
+                           or self.host_trails or self.ignore_rules or self.ignore_regex)
+
+    def _ip_listed(self, addr) -> bool:
+        return addr is not None and (addr in self.whitelist_ips or any(
+            addr in net for net in self.whitelist_networks if net.version == addr.version))
+
+    def verdict(self, event) -> str | None:
+        """None to keep the event, else the reason it is dropped."""
+        if not self.active:
+            return None
+        src, dst = _addr(event.src_ip), _addr(event.dst_ip)
+        if event.type != TYPE_DNS and (self._ip_listed(src) or self._ip_listed(dst)):
+            return "whitelisted"
+        plain, host = event_names(event)
+        if host and self.whitelist_domains and _listed(host, self.whitelist_domains):
+            return "whitelisted"
+        for net, indicator in self.host_trails:
+            if not (_in(src, net) or _in(dst, net)):
+                continue
+            if (plain == indicator or plain.startswith(indicator + " ") or host == indicator
+                    or (host and host.endswith("." + indicator)) or event.info.lower() == indicator
+                    or event.info.lower().startswith(indicator + " (")):
+                return "host-whitelisted"
+        for rule in self.ignore_rules:
+            if rule.matches(src, event.src_port, dst, event.dst_port):
+                return "ignored"
+        if self.ignore_regex is not None and self.ignore_regex.search(event_text(event)):
+            return "ignored"
+        return None
+
+
+def event_text(event) -> str:
+    """The text the ignore regex is matched against: Maltrail's event line without time and sensor."""
+    return " ".join(str(v) if v not in (None, "") else "-" for v in (
+        event.src_ip, event.src_port, event.dst_ip, event.dst_port, event.proto, event.type, event.trail,
+        event.info, event.reference))
+
+
+NO_CONTROLS = Controls()
