@@ -183,13 +183,20 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
     def reload_source() -> str:  # SIGHUP: the configured trails as they are now
         return resolve_artifact(cfg.all.trails_artifact, False, log=_log)
 
+    from engine.controls import ControlsError, heuristic_settings, read_controls
+    try:
+        controls = read_controls(cfg)
+    except ControlsError as exc:
+        return _fail(str(exc), 2)
+
     engine = Engine(mode=mode, workers=auto_workers() if s.workers == "auto" else s.workers,
                     artifact_path=artifact, sensor=resolved_sensor_name(cfg), log_dir=cfg.all.log_dir,
                     condense_window_s=s.condense_window_s, ring_bytes_per_worker=s.ring_bytes,
                     stats_interval_s=s.stats_interval_s, paths=paths, reader=reader,
                     snaplen_bytes=s.snaplen_bytes, interfaces=s.interface, promiscuous=s.promiscuous,
                     buffer_bytes=s.capture_buffer_bytes, bpf_filter=s.capture_filter, reload_source=reload_source,
-                    reference=reference)
+                    reference=reference, heuristics=heuristic_settings(cfg), controls=controls,
+                    controls_source=lambda: read_controls(cfg))
     try:
         code = engine.run()
     except EngineError as exc:

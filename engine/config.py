@@ -58,7 +58,8 @@ COMMAND_LINE = "command line"
 class Key:
     """One configuration key.
 
-    type:      "int", "bool", "str" or "list" (a list of strings).
+    type:      "int", "float", "bool", "str", "list" (a list of strings) or "ints" (a list of
+               integers, each from min to max).
     default:   the effective default value (lists are tuples, so a default cannot be mutated).
     doc:       one line saying what the key does.
     unit:      the unit of an int ("seconds", "bytes"), also carried in the key's name.
@@ -93,6 +94,8 @@ class Key:
 SECTION_DOCS: dict[str, str] = {
     "all": "settings shared by every part (Maltrail's [All] section)",
     "sensor": "the capturing sensor (Maltrail's [Sensor] section)",
+    "heuristics": "the heuristic detections (all off when [sensor] use_heuristics = false): a switch "
+                  "and a threshold each, and the caps on their state",
     "server": "the event server; a later release reads these, they are validated now",
 }
 
@@ -162,10 +165,131 @@ SCHEMA: dict[str, dict[str, Key]] = {
             doc="start even when no usable trails are loaded (otherwise refuse to start)"),
         "condense_window_s": Key(
             "int", 60, unit="seconds", min=1, max=3600,
-            doc="identical events within this window become one record with a count"),
+            doc="noise control: repeats of one trail from one source within this window become one "
+                "record with a count and the first/last time"),
+        "host_whitelist_file": Key(
+            "str", "", form="path", empty_ok=True,
+            doc='per-host whitelist: lines "HOST TRAIL" (HOST an address or CIDR range, TRAIL a '
+                'trail or a heuristic\'s name) silence that trail for that host only; "" for none'),
+        "ignore_file": Key(
+            "str", "", form="path", empty_ok=True,
+            doc='ignore rules: lines "SRC_IP SRC_PORT DST_IP DST_PORT" (each an address, CIDR, '
+                'port, port range a-b, or * for any); matching events are dropped and counted; '
+                '"" for none', maltrail="USER_IGNORELIST"),
+        "ignore_regex": Key(
+            "str", "", form="regex", empty_ok=True,
+            doc='events whose text "SRC_IP SRC_PORT DST_IP DST_PORT PROTO TYPE TRAIL INFO REFERENCE" '
+                'matches this regular expression are dropped and counted; "" for none'),
         "stats_interval_s": Key(
             "int", 60, unit="seconds", min=0, max=86400,
             doc="how often capture/worker statistics are logged; 0 = only at exit"),
+    },
+    "heuristics": {
+        "scan_window_s": Key(
+            "int", 30, unit="seconds", min=1, max=3600,
+            doc="sliding window of packet time the scan heuristics count in"),
+        "port_scan": Key(
+            "bool", True,
+            doc="TCP port scan: SYN, NULL, FIN and XMAS probes from one source to one target"),
+        "port_scan_threshold": Key(
+            "int", 10, min=1, max=65535,
+            doc="a port scan is more than this many distinct ports within the window"),
+        "udp_scan": Key(
+            "bool", True,
+            doc="UDP port scan: small non-DNS datagrams from one client to one server"),
+        "udp_scan_threshold": Key(
+            "int", 10, min=1, max=65535,
+            doc="a UDP scan is more than this many distinct ports within the window"),
+        "udp_probe_max_bytes": Key(
+            "int", 100, unit="bytes", min=0, max=65535,
+            doc="larger UDP payloads are traffic (media, QUIC), not probes"),
+        "infection_scan": Key(
+            "bool", True,
+            doc="infection (worm) scan: a local source reaching many hosts on a worm port"),
+        "infection_scan_threshold": Key(
+            "int", 32, min=1, max=65535,
+            doc="an infection scan is more than this many distinct hosts within the window"),
+        "infection_ports": Key(
+            "ints", (135, 139, 445, 1433, 3389, 6379, 6892, 6893, 6901), min=1, max=65535,
+            doc="the worm ports the infection scan watches"),
+        "local_networks": Key(
+            "list", ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "fc00::/7", "fe80::/10", "::1/128"), form="cidr", split=True,
+            doc="networks counted as local (sources of infection scans; no direct-download or data-leakage events towards them)"),
+        "web_scan": Key(
+            "bool", True,
+            doc="web scan: many distinct first path segments from one client to one web server"),
+        "web_scan_threshold": Key(
+            "int", 10, min=1, max=65535,
+            doc="a web scan is more than this many distinct first path segments within the window"),
+        "nxdomain": Key(
+            "bool", True,
+            doc="excessive NXDOMAIN answers per name and per parent domain in an hour"),
+        "nxdomain_threshold": Key(
+            "int", 20, min=1, max=1000000,
+            doc="more than this many NXDOMAIN answers in one hour is an event"),
+        "dga": Key(
+            "bool", True,
+            doc="DGA-like names among NXDOMAIN answers"),
+        "dga_entropy": Key(
+            "float", 3.5, min=0.0, max=8.0,
+            doc="a first label with more Shannon entropy than this (bits per character) is DGA-like"),
+        "dga_consonants": Key(
+            "int", 9, min=1, max=63,
+            doc="a first label with more consonants than this is DGA-like"),
+        "long_domain": Key(
+            "bool", True,
+            doc="queries for names whose first label is long and has no hyphen"),
+        "long_domain_length": Key(
+            "int", 24, min=1, max=63,
+            doc="a first label longer than this is long"),
+        "dns_exhaustion": Key(
+            "bool", True,
+            doc="DNS exhaustion: many distinct subdomains of one domain in a short time (tunnels, floods)"),
+        "dns_exhaustion_threshold": Key(
+            "int", 1000, min=1, max=1000000,
+            doc="more than this many distinct subdomains within the window is an event"),
+        "dns_exhaustion_window_s": Key(
+            "int", 60, unit="seconds", min=1, max=3600,
+            doc="the window starts with the first subdomain counted"),
+        "dns_answers": Key(
+            "bool", True,
+            doc="DNS answers pointing at sinkhole or parking trail addresses"),
+        "user_agent": Key(
+            "bool", True,
+            doc="suspicious HTTP user agents (attack tools, exploit payloads)"),
+        "http_request": Key(
+            "bool", True,
+            doc="attack patterns in HTTP paths and bodies (injection, traversal, RCE, XSS, XXE, config files, web shells)"),
+        "direct_download": Key(
+            "bool", True,
+            doc="direct downloads of executables and scripts (.exe .dll .scr .hta .ps1 .msi .apk .elf ...)"),
+        "iot_download": Key(
+            "bool", True,
+            doc="IoT malware downloads: architecture-named files from bare IP hosts"),
+        "proxy_probe": Key(
+            "bool", True,
+            doc="open-proxy probes (absolute-form requests to port 80 naming probe/proxy/echo/check)"),
+        "missing_host": Key(
+            "bool", False,
+            doc="HTTP requests without a Host header"),
+        "http_response": Key(
+            "bool", True,
+            doc="HTTP responses: sinkhole servers, seized-domain pages, script content types"),
+        "forwarded_for": Key(
+            "bool", True,
+            doc="attribute HTTP request events to the client X-Forwarded-For, CF-Connecting-IP or True-Client-IP names"),
+        "max_scan_keys": Key(
+            "int", 65536, min=16, max=16777216,
+            doc="per worker and scan heuristic: most (source, target) pairs tracked; the least recently seen is evicted"),
+        "max_dns_domains": Key(
+            "int", 16384, min=16, max=16777216,
+            doc="per worker: most domains the DNS exhaustion heuristic tracks"),
+        "max_dns_subdomains": Key(
+            "int", 262144, min=16, max=67108864,
+            doc="per worker: most subdomains the DNS exhaustion heuristic stores in all"),
+        "max_nxdomain_names": Key(
+            "int", 65536, min=16, max=16777216,
+            doc="per worker: most names (and parents) the NXDOMAIN counters track"),
     },
     "server": {
         "http_address": Key(
@@ -259,12 +383,30 @@ def _check_proxy_url(s: str) -> str | None:
     return None
 
 
+def _check_cidr(s: str) -> str | None:
+    try:
+        ipaddress.ip_network(s, strict=False)
+        return None
+    except ValueError:
+        return "it is not an IP address or CIDR range"
+
+
+def _check_regex(s: str) -> str | None:
+    try:
+        re.compile(s)
+        return None
+    except re.error as exc:
+        return "it is not a valid regular expression (%s)" % exc
+
+
 # form name -> (check returning None or the reason, "allowed" text for one, for several)
 _FORMS: dict[str, tuple[Any, str, str]] = {
     "path": (_check_path, "a path", "paths"),
     "name": (_check_name, "a name without whitespace", "names without whitespace"),
     "ifname": (_check_ifname, "an interface name", "interface names"),
     "host": (_check_host, "an IP address or host name", "IP addresses or host names"),
+    "cidr": (_check_cidr, "an IP address or CIDR range", "IP addresses or CIDR ranges"),
+    "regex": (_check_regex, "a regular expression (Python syntax)", "regular expressions"),
     "proxy_url": (_check_proxy_url, 'a URL "http://host:port" or "https://host:port"',
                   'URLs "http://host:port" or "https://host:port"'),
 }
@@ -276,6 +418,10 @@ def _describe_allowed(spec: Key) -> str:
         if spec.words:
             text = " or ".join(_toml_value(w) for w in spec.words) + " or " + text
         return text
+    if spec.type == "float":
+        return "a number from %s to %s" % (spec.min, spec.max)
+    if spec.type == "ints":
+        return "an array of integers from %d to %d" % (spec.min, spec.max)
     if spec.type == "bool":
         return "true or false"
     if spec.type == "str":
@@ -310,6 +456,10 @@ def _type_name(value: Any) -> str:
 def _expected_type(spec: Key) -> str:
     if spec.type == "int":
         return "an integer" + "".join(" or %s" % _toml_value(w) for w in spec.words)
+    if spec.type == "float":
+        return "a number"
+    if spec.type == "ints":
+        return "an array of integers"
     if spec.type == "bool":
         return "a boolean (true or false)"
     if spec.type == "str":
@@ -348,6 +498,23 @@ def _check_value(spec: Key, value: Any) -> tuple[Any, str | None]:
         if not spec.min <= value <= spec.max:
             return None, "is out of range"
         return value, None
+    if spec.type == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None, wrong
+        if not spec.min <= value <= spec.max:
+            return None, "is out of range"
+        return float(value), None
+    if spec.type == "ints":
+        if not isinstance(value, (list, tuple)):
+            return None, wrong
+        for index, item in enumerate(value, 1):
+            if isinstance(item, bool) or not isinstance(item, int):
+                return None, "has the wrong type: item %d is %s, expected an integer" % (index, _type_name(item))
+            if not spec.min <= item <= spec.max:
+                return None, "is out of range (item %d)" % index
+        if len(set(value)) != len(value):
+            return None, "is not valid: an item is listed twice"
+        return tuple(value), None
     if spec.type == "bool":
         return (value, None) if isinstance(value, bool) else (None, wrong)
     if spec.type == "str":
@@ -725,6 +892,11 @@ def parse_flag_value(section: str, key: str, text: str) -> Any:
             return int(text.strip(), 10)
         except ValueError:
             return text
+    if spec.type == "float":
+        try:
+            return float(text.strip())
+        except ValueError:
+            return text
     if spec.type == "bool":
         lowered = text.strip().lower()
         if lowered in ("true", "yes", "on", "1"):
@@ -783,6 +955,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, float):
+        return repr(value)
     if isinstance(value, str):
         return _toml_str(value)
     if isinstance(value, (list, tuple)):

@@ -7,7 +7,8 @@ that happens to them while they run:
 - Signals only queue (a wake-up pipe makes the loop notice); the loop does the work.
 - SIGTERM/SIGINT: the capture process stops reading and closes the rings, the workers drain them
   and flush, the writer takes what they sent and closes the log; all within STOP_BUDGET_S.
-- SIGHUP: reload the trail artifact. The new one must open and hold at least half as many trails
+- SIGHUP: re-read the whitelists and ignore rules (a bad file keeps the current ones), and reload
+  the trail artifact. The new one must open and hold at least half as many trails
   as the current one, else it is refused and the current generation stays; workers switch between
   batches and say which generation they run.
 - A worker that dies is counted, the frames of the batch it held are counted as lost, and a new
@@ -52,9 +53,12 @@ class Engine:
                  condense_window_s: int, ring_bytes_per_worker: int, stats_interval_s: int = 60,
                  paths=(), reader: str = "native", snaplen_bytes=None, interfaces=(), promiscuous=True,
                  buffer_bytes=None, bpf_filter="", reload_source=None, out=sys.stderr, seed: bytes | None = None,
-                 reference: bool = False):
+                 reference: bool = False, heuristics=None, controls: dict | None = None, controls_source=None):
         self.mode = mode
         self.reference = reference
+        self.heuristics = heuristics          # workers.heuristics.HeuristicSettings (None: the defaults)
+        self.controls = controls or {}        # engine/controls.py read_controls() output
+        self.controls_source = controls_source  # SIGHUP: re-reads the control files
         self.n = workers
         self.artifact_path = artifact_path
         self.reload_source = reload_source or (lambda: artifact_path)
@@ -128,7 +132,8 @@ class Engine:
     def _start_worker(self, k: int) -> None:
         spec = WorkerSpec(k, self.rings[k], self.event_channels[k][0], self.status_channels[k][0],
                           self.artifact_path, self.sensor, self.condense_window_s, self.mode == "live",
-                          cpu=self.worker_cpus[k], reference=self.reference)
+                          cpu=self.worker_cpus[k], reference=self.reference, heuristics=self.heuristics,
+                          controls=self.controls)
         proc = self.ctx.Process(target=run_worker, name="mte-worker-%d" % k, args=(spec,))
         proc.start()
         self.workers[k] = proc
@@ -306,6 +311,21 @@ class Engine:
         return True
 
     def _reload(self) -> None:
+        if self.controls_source is not None:
+            try:
+                controls = self.controls_source()
+            except Exception as exc:  # a bad control file: the running controls stay
+                self.out.write("[!] reload of the whitelists and ignore rules failed, keeping the current ones: %s\n"
+                               % exc)
+            else:
+                self.controls = controls  # workers started later get them too
+                for _, sup in self.status_channels:
+                    try:
+                        ipc.send(sup, ["controls", controls])
+                    except OSError:
+                        pass
+                self.out.write("[i] whitelists and ignore rules reloaded\n")
+            self.out.flush()
         try:
             path = self.reload_source()
             artifact = Artifact.open(path)

@@ -2,7 +2,8 @@
 
 Owns the worker's loop around workers.pipeline.Worker: take a batch (marking its frames as in
 progress in the ring, so a death is accounted), judge it, send its events at once, mark it done.
-Between batches: adopt a reloaded trail generation when the supervisor says so, close condensing
+Between batches: adopt a reloaded trail generation or new whitelists and ignore rules when the
+supervisor says so, close condensing
 windows on the wall clock in live capture, report statistics. When the capture process has closed
 the ring and the ring is empty: flush the condenser, report, say goodbye, exit.
 
@@ -21,6 +22,7 @@ from engine import ipc
 from engine.child import ChildProcess
 from engine.ring import Ring, decode_batch
 from matchers import Artifact, ArtifactError, TrailMatchers
+from workers.controls import Controls
 from workers.pipeline import Worker
 
 IDLE_SLEEP_MIN_S = 0.0002
@@ -31,7 +33,7 @@ REPORT_S = 0.5  # counters reach the supervisor this often: a death loses at mos
 
 class WorkerSpec:
     def __init__(self, slot: int, ring, events, status, artifact_path: str, sensor: str, condense_window_s: int,
-                 live: bool, cpu=None, reference: bool = False):
+                 live: bool, cpu=None, reference: bool = False, heuristics=None, controls: dict | None = None):
         self.slot = slot
         self.ring = ring
         self.events = events
@@ -42,6 +44,8 @@ class WorkerSpec:
         self.live = live
         self.cpu = cpu
         self.reference = reference  # judge every frame in Python (benchmarks, differential runs)
+        self.heuristics = heuristics  # workers.heuristics.HeuristicSettings, None for the defaults
+        self.controls = controls      # plain form (engine/controls.py), None for none
 
 
 def _load(path: str) -> TrailMatchers:
@@ -53,7 +57,8 @@ class _WorkerProcess:
         self.spec = spec
         self.child = ChildProcess("mte-worker-%d" % spec.slot, spec.cpu)
         self.ring = Ring(spec.ring.buf)  # positions as they are now (a restarted worker resumes)
-        self.worker = Worker(_load(spec.artifact_path), spec.sensor, spec.condense_window_s, fast=not spec.reference)
+        self.worker = Worker(_load(spec.artifact_path), spec.sensor, spec.condense_window_s, fast=not spec.reference,
+                             heuristics=spec.heuristics, controls=Controls.from_plain(spec.controls))
         self.first_batch_unix = 0.0  # wall time the first batch was taken (start-up cost, for benches)
 
     def send_events(self, events) -> None:
@@ -69,6 +74,9 @@ class _WorkerProcess:
     def control(self) -> None:
         for message in ipc.receive_ready(self.spec.status):
             if message is None:
+                continue
+            if message[0] == "controls":
+                self.worker.controls = Controls.from_plain(message[1])
                 continue
             if message[0] == "reload":
                 path = message[1]

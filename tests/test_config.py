@@ -193,7 +193,7 @@ def test_bad_utf8_names_the_line(tmp_path):
 ERROR_CASES = [
     # (id, file text, line, substrings the message must contain)
     ("unknown-section", "[all]\nlog_dir = \"/x\"\n\n[sensr]\nworkers = 2\n", 4,
-     ["unknown section [sensr]", "[all], [sensor], [server]", "did you mean [sensor]"]),
+     ["unknown section [sensr]", "[all], [sensor], [heuristics], [server]", "did you mean [sensor]"]),
     ("unknown-key", "[sensor]\npromiscuous = true\nsnaplen = 1500\n", 3,
      ["[sensor] unknown key snaplen", "known keys of [sensor]", "capture_filter",
       "did you mean snaplen_bytes"]),

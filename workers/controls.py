@@ -85,6 +85,30 @@ class Controls:
         self.active = bool(self.whitelist_ips or self.whitelist_networks or self.whitelist_domains
                            or self.host_trails or self.ignore_rules or self.ignore_regex)
 
+    @classmethod
+    def from_plain(cls, plain: dict | None) -> "Controls":
+        """From the plain form engine/controls.py reads the files into (strings and lists only,
+        so it can cross to a worker process): addresses, "a.b.c.d/n" networks, domains,
+        [network, indicator] pairs, [src, sport, dst, dport] rules ("" for any, ports "low-high")."""
+        if not plain:
+            return NO_CONTROLS
+
+        def net(text):
+            return ipaddress.ip_network(text, strict=False) if text else None
+
+        def ports(text):
+            if not text:
+                return None
+            low, _, high = text.partition("-")
+            return (int(low), int(high or low))
+
+        rules = [IgnoreRule(net(a), ports(b), net(c), ports(d)) for a, b, c, d in plain.get("ignore_rules", ())]
+        return cls(whitelist_ips=[ipaddress.ip_address(x) for x in plain.get("whitelist_ips", ())],
+                   whitelist_networks=[net(x) for x in plain.get("whitelist_networks", ())],
+                   whitelist_domains=plain.get("whitelist_domains", ()),
+                   host_trails=[(net(n), ind) for n, ind in plain.get("host_trails", ())],
+                   ignore_rules=rules, ignore_regex=plain.get("ignore_regex", ""))
+
     def _ip_listed(self, addr) -> bool:
         return addr is not None and (addr in self.whitelist_ips or any(
             addr in net for net in self.whitelist_networks if net.version == addr.version))

@@ -558,7 +558,7 @@ class Worker:
         if h.on("forwarded_for"):
             src = hhttp.forwarded_source(req.headers) or src
         decoded_path = unquote(path)
-        if h.on("http_request") and not any(w in decoded_path.lower() for w in hhttp.WHITELIST_REQUEST_PATHS):
+        if h.on("http_request") and not hhttp.WHITELIST_REQUEST_PATHS.search(decoded_path.lower()):
             found = hhttp.request_attack(decoded_path)
             if found and not ("data leakage" in found and h.is_local(p.version, p.dst)):
                 self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_URL,

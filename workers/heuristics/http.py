@@ -91,16 +91,17 @@ REQUEST_NEEDLES = (
     "zap", "bxss.me", "inexistent", "thishouldnotexist", "nikto", "dirbuster", "dns", "sql", "information_schema",
     "sys", "cmd", "exec=", "command=", "<!", "/text()", "javascript", "document.",
 )
-# Parts of a path that are ordinary relative references, not traversal.
-WHITELIST_REQUEST_PATHS = ("fql", "yql", "ads", "../images/", "../themes/", "../design/", "../scripts/",
-                           "../assets/", "../core/", "../js/", "/gwx/")
+# Paths whose query languages look like SQL (Facebook FQL, Yahoo YQL), ad servers, and relative
+# references into asset directories: never judged as attacks.
+WHITELIST_REQUEST_PATHS = re.compile(r"(?:^|/)(?:fql|yql|ads|gwx)(?:[/?]|$)|\.\./(?:images|themes|design|scripts|assets|"
+                                     r"core|js|css|img|fonts)/")
 # Characters a trail shows percent-encoded so the event line stays one field.
 _FORCE_ENCODE = (("(", "%28"), (" ", "%20"), (")", "%29"), ("\r", "%0D"), ("\n", "%0A"))
 
 # -- downloads -------------------------------------------------------------------------------------
-DOWNLOAD_EXTENSIONS = (".apk", ".bat", ".chm", ".cpl", ".dll", ".elf", ".exe", ".hta", ".hwp", ".iso",
-                       ".jar", ".js", ".jse", ".lnk", ".msi", ".pif", ".ps1", ".scr", ".sct", ".vbe",
-                       ".vbs", ".wsf", ".xpi")
+DOWNLOAD_EXTENSIONS = (".apk", ".bat", ".chm", ".cpl", ".dll", ".elf", ".exe", ".hta", ".hwp", ".jar",
+                       ".jse", ".lnk", ".msi", ".pif", ".ps1", ".scr", ".sct", ".vbe", ".vbs", ".wsf",
+                       ".xpi")
 WHITELIST_DOWNLOAD_PATHS = ("cgi", "/scripts/", "/_vti_bin/", "/bin/", "/pub/softpaq/", "/bios/", "/pc-axis/")
 # File names that are a web server's own probes or leftovers rather than content.
 SUSPICIOUS_FILENAMES = (("non-existent page", re.compile(r"defaultwebpage\.cgi", re.I)),)
