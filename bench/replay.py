@@ -166,14 +166,15 @@ class TreeSampler(threading.Thread):
 # ---- one replay -----------------------------------------------------------------------------------
 
 def run_engine(engine: str, pcap: str, artifact: str, workers: int, reference: bool, workdir: str,
-               want_events: bool = False) -> dict:
+               want_events: bool = False, config: str | None = None) -> dict:
     """One `maltrail-engine replay` in a fresh log directory; returns its statistics, the wall time
     of the subprocess, time to first packet, peak PSS of its process tree, and the events when
     asked (read back with `maltrail-engine tail --format json`)."""
     log_dir = tempfile.mkdtemp(prefix="log-", dir=workdir)
     stats_path = os.path.join(log_dir, "stats.json")
     cmd = [engine, "replay", "--trails", artifact, "--log-dir", log_dir, "--workers", str(workers),
-           "--stats-json", stats_path, "-q"] + (["--reference"] if reference else []) + [pcap]
+           "--stats-json", stats_path, "-q"] + (["--reference"] if reference else []) + (
+        ["-c", config] if config else []) + [pcap]
     before = {int(n) for n in os.listdir("/proc") if n.isdigit()}
     start_unix = time.time()
     start = time.perf_counter()
@@ -276,7 +277,9 @@ def child_packet_path(args) -> dict:
     from workers.pipeline import Worker
     start = time.perf_counter()
     matchers = TrailMatchers.load(Artifact.open(args.artifact))
-    worker = Worker(matchers, "bench", fast=args.mode == "fast")
+    from workers.heuristics import HeuristicSettings
+    worker = Worker(matchers, "bench", fast=args.mode.startswith("fast"),
+                    heuristics=HeuristicSettings(enabled=not args.mode.endswith("-no-heuristics")))
     load_s = time.perf_counter() - start
     wall = cpu = 0.0
     events = 0
@@ -331,13 +334,13 @@ def engine_has_reference(engine: str):
 
 # ---- the parent -----------------------------------------------------------------------------------
 
-def measure_config(engine, pcap, one, artifact, workers, reference, runs, workdir, want_events, label):
+def measure_config(engine, pcap, one, artifact, workers, reference, runs, workdir, want_events, label, config=None):
     full, single = [], []
     for i in range(runs):
         _progress("%s: %s, %d worker(s), run %d/%d" % (os.path.basename(pcap), label, workers, i + 1, runs))
-        full.append(run_engine(engine, pcap, artifact, workers, reference, workdir, want_events and i == 0))
+        full.append(run_engine(engine, pcap, artifact, workers, reference, workdir, want_events and i == 0, config))
         if one:
-            single.append(run_engine(engine, one, artifact, workers, reference, workdir))
+            single.append(run_engine(engine, one, artifact, workers, reference, workdir, config=config))
     return summarize(full, single)
 
 
@@ -467,7 +470,25 @@ def report(results: dict, args) -> list[str]:
                        "kpps x 1 worker"], rows, aligns=["<", ">"] + [">"] * 7)
     out.append("")
 
-    out.append("5. Orientation: the issue's targets beside this run; peers measured on the reference machine "
+    out.append("5. Heuristics: the shipped path with heuristics on (the default) and off (use_heuristics = false), "
+               "%d worker(s)" % args.workers)
+    out.append("  " + context)
+    if "heuristics" in skipped:
+        out.append("  skipped: " + skipped["heuristics"])
+    else:
+        rows = []
+        for name, res in results["replay"].items():
+            off = res["no_heuristics"]
+            pp = results["packet_path"].get(name, {})
+            for label, s, p in (("on", res["fast"], pp.get("fast")), ("off", off, pp.get("fast-no-heuristics"))):
+                rows.append([name, label, _events(s), "%.2f" % s["wall_s"], "%.2f" % s["cpu_s"], _kpps(s["steady_pps"]),
+                             _ratio(s["steady_pps"], off["steady_pps"]), _mb(s["peak_pss"]),
+                             "%.0f" % (p["wall_s"] * 1e9 / p["frames"]) if p else "n/a"])
+        out += _table(["pcap", "heuristics", "events", "wall s", "cpu s", "steady kpps", "steady x off", "peak PSS MB",
+                       "packet path ns/pkt"], rows, aligns=["<", "<"] + [">"] * 7)
+    out.append("")
+
+    out.append("6. Orientation: the issue's targets beside this run; peers measured on the reference machine "
                "(2 cores, CPython 3.11.7; ../shared/bench/README.md)")
     rows = []
 
@@ -513,6 +534,8 @@ def main(argv=None) -> int:
                                                          "(a truncated copy; --quick: %d)" % QUICK_PACKETS)
     p.add_argument("--quick", action="store_true", help="smoke run: 1 run, the first %d packets" % QUICK_PACKETS)
     p.add_argument("--no-packet-path", action="store_true", help="skip the in-process packet-path table")
+    p.add_argument("--no-heuristics-baseline", action="store_true",
+                   help="skip the heuristics-off runs (table 6)")
     p.add_argument("--json", help="also write every raw number here")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
@@ -569,6 +592,13 @@ def main(argv=None) -> int:
             _progress("reference baseline skipped: " + reason)
         if args.workers == 1:
             results["skipped"]["scaling"] = "--workers 1 (pass --workers N > 1 to compare 1 worker with N)"
+        no_heuristics = None
+        if args.no_heuristics_baseline:
+            results["skipped"]["heuristics"] = "--no-heuristics-baseline"
+        else:
+            no_heuristics = os.path.join(workdir, "no-heuristics.toml")
+            with open(no_heuristics, "w") as f:
+                f.write("[sensor]\nuse_heuristics = false\n")
         pp_reason = "--no-packet-path" if args.no_packet_path else worker_has_reference_switch()
         if pp_reason:
             results["skipped"]["packet_path"] = pp_reason
@@ -601,11 +631,14 @@ def main(argv=None) -> int:
             if args.workers > 1:
                 res["one_worker"] = measure_config(engine, pcap_run, one, artifact, 1, False, args.runs, workdir,
                                                    False, "shipped path")
+            if no_heuristics:
+                res["no_heuristics"] = measure_config(engine, pcap_run, one, artifact, args.workers, False, args.runs,
+                                                      workdir, False, "shipped path, heuristics off", no_heuristics)
             results["replay"][name] = res
 
             if not pp_reason:
                 pp = {}
-                for mode in ("fast", "reference"):
+                for mode in ("fast", "reference") + (("fast-no-heuristics",) if no_heuristics else ()):
                     runs = []
                     for i in range(args.runs):
                         _progress("%s: packet path %s, run %d/%d" % (name, mode, i + 1, args.runs))

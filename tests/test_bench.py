@@ -159,7 +159,7 @@ def test_replay_harness_smoke(tmp_path):
                            "--runs", "1", "--workers", "2", "--json", str(out)],
                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr + done.stdout
-    for heading in ("1. Packet path", "2. Replay", "3. Start-up", "4. Scaling", "5. Orientation"):
+    for heading in ("1. Packet path", "2. Replay", "3. Start-up", "4. Scaling", "5. Heuristics", "6. Orientation"):
         assert heading in done.stdout
     results = json.loads(out.read_text())
     res = results["replay"][path.name]
