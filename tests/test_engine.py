@@ -243,11 +243,11 @@ def test_sigterm_mid_replay_logs_everything_read_before_it(artifact, tmp_path):
     assert logged == expected
 
 
-def _fifo_engine(tmp_path, artifact, *extra, workers=1):
+def _fifo_engine(tmp_path, artifact, *extra, workers=1, **sensor):
     fifo = tmp_path / "traffic.fifo"
     os.mkfifo(fifo)
     log = tmp_path / "log"
-    conf = config(tmp_path, stats_interval_s=1)
+    conf = config(tmp_path, stats_interval_s=1, **sensor)
     proc = subprocess.Popen([console_script(), "replay", "-c", conf, "--trails", artifact, "--log-dir", str(log),
                              "--workers", str(workers), "--sensor-name", "f", *extra, str(fifo)],
                             stderr=subprocess.PIPE, text=True)
@@ -327,6 +327,41 @@ def test_sighup_adopts_a_new_generation_and_refuses_a_bad_one(tmp_path):
     # the first query came before the reload: nothing; after it, the new trail fires, and it keeps
     # firing after the refused and failed reloads (generation 2 stays)
     assert trails == ["(again).later-trail.org", "(new).later-trail.org", "(www).evil-parent.net"]
+
+
+def test_sighup_rereads_the_control_files_and_keeps_them_when_one_is_bad(tmp_path, artifact):
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text("# nothing silenced yet\n")
+    proc, stream, lines, log = _fifo_engine(tmp_path, artifact, host_whitelist_file=str(hosts))
+    try:
+        def write_batch(base_sport):
+            frames = [g.tcp_frame("10.0.0.9", "203.0.113.66", base_sport, 443)]  # a listed c2 address
+            frames += [g.tcp_frame("10.0.0.1", "198.18.0.1", base_sport + i, 443) for i in range(1, 1024)]
+            stream.write(b"".join(struct.pack("<IIII", 1_772_323_200 + base_sport, i, len(f), len(f)) + f
+                                  for i, f in enumerate(frames)))
+            stream.flush()
+
+        stream.write(struct.pack("<IHHiIII", g.PCAP_MAGIC_US, 2, 4, 0, 0, 262144, 1))
+        write_batch(41000)
+        _wait_line(lines, r"processed w0:1024")
+        hosts.write_text("10.0.0.9 203.0.113.66\n")
+        proc.send_signal(signal.SIGHUP)
+        _wait_line(lines, r"whitelists and ignore rules reloaded")
+        _wait_line(lines, r"reload done")
+        write_batch(42000)
+        _wait_line(lines, r"processed w0:2048")
+        hosts.write_text("not-an-address 203.0.113.66\n")
+        proc.send_signal(signal.SIGHUP)
+        _wait_line(lines, r"reload of the whitelists and ignore rules failed, keeping the current ones: .*hosts.txt:1")
+        write_batch(43000)
+    finally:
+        stream.close()
+    proc.wait(timeout=60)
+    err = "".join(lines)
+    assert proc.returncode == 0, err
+    # the first connection was logged; the two after the reload were silenced for this host
+    assert [(r[3], r[9]) for r in records(log)] == [("10.0.0.9", "203.0.113.66")]
+    assert "events dropped by controls: host-whitelisted 2" in err
 
 
 def test_a_killed_idle_worker_loses_nothing(tmp_path, artifact):
