@@ -247,6 +247,22 @@ ERROR_CASES = [
      ["sensor must be a table", "found an integer"]),
     ("nested-table", "[sensor]\n[sensor.extra]\nx = 1\n", 2,
      ["unknown key extra", "known keys of [sensor]"]),
+    ("float-range", "[heuristics]\ndga_entropy = 9.5\n", 2,
+     ["[heuristics] dga_entropy = 9.5 is out of range", "a number from 0.0 to 8.0"]),
+    ("str-for-float", "[heuristics]\ndga_entropy = \"high\"\n", 2,
+     ["dga_entropy", "expected a number", "found a string"]),
+    ("bool-for-float", "[heuristics]\ndga_entropy = true\n", 2, ["expected a number", "found a boolean"]),
+    ("port-list-item", "[heuristics]\ninfection_ports = [445, \"smb\"]\n", 2,
+     ["infection_ports", "item 2 is a string, expected an integer", "an array of integers from 1 to 65535"]),
+    ("port-list-range", "[heuristics]\ninfection_ports = [445, 70000]\n", 2,
+     ["infection_ports", "out of range (item 2)"]),
+    ("port-list-twice", "[heuristics]\ninfection_ports = [445, 445]\n", 2, ["listed twice"]),
+    ("bad-network", "[heuristics]\nlocal_networks = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n", 2,
+     ["local_networks", "not an IP address or CIDR range (item 2)", "IP addresses or CIDR ranges"]),
+    ("bad-regex", "[sensor]\nignore_regex = \"evil(\"\n", 2,
+     ["ignore_regex", "not a valid regular expression", "a regular expression"]),
+    ("threshold-zero", "[heuristics]\nport_scan_threshold = 0\n", 2,
+     ["port_scan_threshold = 0 is out of range", "an integer from 1 to 65535"]),
 ]
 
 
@@ -449,3 +465,16 @@ def test_resolved_sensor_name(tmp_path):
     assert resolved_sensor_name(load_config(None)) == socket.gethostname()
     cfg = load_config(write(tmp_path, '[sensor]\nsensor_name = "dmz-1"\n'))
     assert resolved_sensor_name(cfg) == "dmz-1"
+
+
+def test_heuristic_settings_come_from_the_file(tmp_path):
+    from engine.controls import heuristic_settings
+    path = write(tmp_path, "[sensor]\nuse_heuristics = false\n[heuristics]\ndga_entropy = 4\n"
+                           "infection_ports = [445]\nlocal_networks = \"10.0.0.0/8, fd00::/8\"\nweb_scan = false\n")
+    settings = heuristic_settings(load_config(path))
+    assert not settings.enabled and not settings.on("port_scan")
+    assert settings.dga_entropy == 4.0 and settings.infection_ports == (445,) and not settings.web_scan
+    assert settings.is_local(6, int.from_bytes(bytes.fromhex("fd00" + "00" * 14), "big"))
+    assert not settings.is_local(4, 0xC0A80001)  # 192.168.0.1 is not in the configured networks
+    defaults = heuristic_settings(load_config(None))
+    assert defaults.enabled and defaults.on("port_scan") and defaults.is_local(4, 0xC0A80001)
