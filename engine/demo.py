@@ -3,7 +3,8 @@
 Owns the demo scenario: a small trail set written here (every trail shape the engine matches),
 a capture generated here (ordinary traffic with those indicators in it: DNS, HTTP, TLS and QUIC
 server names, IPv4/IPv6 addresses, a CIDR range, an ip:port, a user agent, a sinkhole answer,
-stacked VLAN tags), then the same steps a user runs: `trails build`, `replay`, `tail`.
+stacked VLAN tags, and for the heuristics a port scan, an XSS attempt and a DGA-like NXDOMAIN),
+then the same steps a user runs: `trails build`, `replay`, `tail`.
 
 Must not contain detection logic: it only prepares inputs and calls the real commands.
 """
@@ -74,6 +75,13 @@ def demo_frames():
             add(g.tcp_frame(client6, "2001:db8::66", 41025, 443, g.TCP_SYN))
             add(g.tcp_frame("192.0.2.200", client, 51515, 22, g.TCP_SYN))
             add(g.udp_frame(client, resolver, 41026, 53, g.dns_query("evil-demo.com"), vlans=(100, 200)))
+        if i == 30:  # what only the heuristics see: a port scan, an attack request, a DGA-like name
+            for k in range(12):
+                add(g.tcp_frame("198.51.100.200", client, 52000 + k, 20 + k, g.TCP_SYN), step_ms=1)
+            add(g.tcp_frame(client, "198.18.0.30", 41030, 80, g.TCP_PSH | g.TCP_ACK,
+                            g.http_request("GET", "/search?q=<script>alert(1)</script>", "www.demo-site.org",
+                                           "Mozilla/5.0")))
+            add(g.udp_frame(resolver, client, 53, 41031, g.dns_response("xkqwzlvbnmfghjd.com", rcode=3)))
     return frames
 
 

@@ -169,7 +169,8 @@ def test_demo_runs_offline_and_shows_every_kind(tmp_path):
     for text in ("(update).evil-demo.com", "sinkholed by demo (malware)", "203.0.113.66", "198.51.100.77:4444",
                  "/wp-login/gate.php", "shop.phish-demo.org/account/verify", "sqlmap/", "(c2).badcdn-demo.net",
                  "UDP DNS (quic).badcdn-demo.net", "2001:db8::66", "192.0.2.128/25",
-                 "41026 10.1.0.53 53 UDP DNS evil-demo.com"):
+                 "41026 10.1.0.53 53 UDP DNS evil-demo.com", "TCP IP 198.51.100.200 \"potential port scanning\"",
+                 "potential xss injection (suspicious)", "(xkqwzlvbnmfghjd).com \"entropy threshold no such domain"):
         assert text in result.stdout, text
 
 
