@@ -217,8 +217,27 @@ def _nx_name_flood(n):
                                      g.dns_response("x%d.nx%d.org" % (i, i), rcode=3))) for i in range(n)]
 
 
+def _udp_flood(n):
+    return [(i * 0.0001, g.udp_frame("10.%d.%d.%d" % (1 + i // 65536 % 200, i // 256 % 256, i % 256), "198.18.0.7",
+                                     40000, 1000 + i % 7, b"probe")) for i in range(n)]
+
+
+def _infection_flood(n):
+    return [(i * 0.0001, g.tcp_frame("10.%d.%d.%d" % (1 + i // 65536 % 200, i // 256 % 256, i % 256),
+                                     "198.18.%d.%d" % (i // 256 % 256, i % 256), 40000, 445, g.TCP_SYN)) for i in range(n)]
+
+
+def _web_flood(n):
+    return [(i * 0.0001, g.tcp_frame("10.%d.%d.%d" % (1 + i // 65536 % 200, i // 256 % 256, i % 256), "198.18.0.7",
+                                     40000, 80, g.TCP_PSH | g.TCP_ACK,
+                                     g.http_request("GET", "/p%d/x" % (i % 5), "w.example"))) for i in range(n)]
+
+
 @pytest.mark.parametrize("flood, counter, caps", [
     (_scan_flood, "port scan keys evicted", {"max_scan_keys": 256}),
+    (_udp_flood, "udp scan keys evicted", {"max_scan_keys": 256}),
+    (_infection_flood, "infection scan keys evicted", {"max_scan_keys": 256}),
+    (_web_flood, "web scan keys evicted", {"max_scan_keys": 256}),
     (_dns_flood, "dns exhaustion domains evicted", {"max_dns_domains": 256, "max_dns_subdomains": 100000}),
     (_dns_flood, "dns exhaustion domains evicted", {"max_dns_domains": 100000, "max_dns_subdomains": 256}),
     (_nx_name_flood, "nxdomain counters evicted", {"max_nxdomain_names": 256}),
@@ -314,3 +333,22 @@ def test_a_bad_control_file_names_the_line_and_the_fix(tmp_path, name, text, nee
     run_, _, _ = _replay(tmp_path, _controls_pcap(tmp_path), ["[sensor]", '%s = "%s"' % (key, tmp_path / name)])
     assert run_.returncode == 2
     assert needle in run_.stderr, run_.stderr
+
+
+def test_a_flood_of_distinct_events_closes_noise_control_groups_early_and_loses_none(matchers):
+    """Every source hits the listed c2 address: one open group per source, capped."""
+    frames = [(i * 0.0001, g.tcp_frame("10.%d.%d.%d" % (1 + i // 65536, i // 256 % 256, i % 256), "203.0.113.66",
+                                       40000, 443, g.TCP_SYN)) for i in range(5000)]
+    frames += frames  # every source twice: a repeat for each group
+    worker = Worker(matchers, "h", fast=False)
+    worker.condenser.max_entries = 512
+    out = []
+    for start in range(0, len(frames), 1024):
+        b = FrameBatchBuilder()
+        for ts_s, frame in frames[start:start + 1024]:
+            b.add(frame, (T0_US + int(ts_s * 1_000_000)) * 1000, 1)
+        worker.process(b.take(), out)
+        assert len(worker.condenser) <= 512
+    out += worker.flush()
+    assert worker.stats()["saturation"]["noise control groups closed early"] > 0
+    assert sum(e.count for e in out) == len(frames)  # closed early, never dropped
