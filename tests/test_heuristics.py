@@ -127,6 +127,16 @@ def test_each_switch_mutes_its_heuristic(matchers, switch, frames, info):
     assert not [e for e in none if e.reference == "(heuristic)"]
 
 
+def test_missing_host_fires_when_switched_on(matchers):
+    frames = [(0, g.tcp_frame("10.0.0.1", "198.18.5.1", 48100, 80, g.TCP_PSH | g.TCP_ACK,
+                              b"GET /cfg.bin HTTP/1.0\r\nUser-Agent: x\r\n\r\n"))]
+    assert not run(matchers, frames)[0]
+    for fast in (False, True):
+        events, _ = run(matchers, frames, HeuristicSettings(missing_host=True), fast=fast)
+        assert [(e.type, e.trail, e.info) for e in events] == [
+            ("HTTP", "198.18.5.1/cfg.bin", "missing host header (suspicious)")]
+
+
 def test_thresholds_and_windows_move(matchers):
     assert not run(matchers, _syn_scan(12), HeuristicSettings(port_scan_threshold=12))[0]
     assert run(matchers, _syn_scan(12), HeuristicSettings(port_scan_threshold=11))[0]

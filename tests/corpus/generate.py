@@ -412,6 +412,13 @@ def http_responses():
 
 
 @scenario
+def http_missing_host():
+    """A request without a Host header: silent with the default settings (missing_host is off,
+    as Maltrail's CHECK_MISSING_HOST is); tests/test_heuristics.py turns it on."""
+    return _at([(0, _http(b"GET /cfg.bin HTTP/1.0\r\nUser-Agent: x\r\n\r\n", 48100, "198.18.5.1"))])
+
+
+@scenario
 def http_forwarded_for():
     """Behind a reverse proxy, the attack is attributed to the client X-Forwarded-For names."""
     req = g.http_request("GET", "/view?f=../../../../etc/passwd", "app.example",
