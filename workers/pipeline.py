@@ -29,7 +29,7 @@ from workers.controls import NO_CONTROLS
 from workers.decode import (
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, PROTO_NAMES, SKIP_REASONS, decode_frame,
 )
-from workers.dns import QCLASS_IN, RCODE_NXDOMAIN, parse_dns, parse_dns_tcp
+from workers.dns import QCLASS_IN, RCODE_NXDOMAIN, parse_dns, parse_dns_tcp, registered_domain
 from workers.events import (
     TYPE_DNS, TYPE_HTTP, TYPE_IP, TYPE_IPORT, TYPE_PATH, TYPE_PORT, TYPE_SNI, TYPE_UA, TYPE_URL, Event,
     severity_of,
@@ -268,7 +268,7 @@ class Worker:
         c_is_src = client_is_src(p)
         if bits is None:
             bits = self.scans.observe(p, ts, c_is_src) if self.heuristics.enabled else 0
-        dns_udp = False
+        dns_udp = response = False
         if p.proto == IPPROTO_UDP:
             if p.sport == 53 or p.dport == 53:
                 message = parse_dns(payload)
@@ -284,7 +284,16 @@ class Worker:
             elif looks_like_http_request(payload):
                 http = parse_http_request(payload)
             elif self.heuristics.on("http_response") and payload.startswith(b"HTTP/"):
-                self._http_response(p, ts, payload, out)
+                response = True
+
+        # Noise control groups by source within what dispatch keeps together: a DNS packet is
+        # dispatched by the registered domain of its (first) question, any other by its client
+        # (engine/dispatch.py dispatch_key), so a group never spans two workers.
+        client = p.src if c_is_src else p.dst
+        if dns_messages and dns_messages[0].qname:
+            self._source = (registered_domain(dns_messages[0].qname), p.version, client)
+        else:
+            self._source = ("", p.version, client)
 
         annotation = None
         if dns_messages and dns_messages[0].qname:
@@ -292,6 +301,8 @@ class Worker:
         elif http is not None and http.host and http.host[0].isalpha():
             annotation = normalize_host(http.host)
         self._ip_trails(p, ts, annotation, bool(dns_messages), out)
+        if response:
+            self._http_response(p, ts, payload, out)
         if bits & (PORT_SCAN | UDP_SCAN | INFECTION_SCAN):
             self._scan_events(p, ts, bits, c_is_src, out)
 
@@ -309,9 +320,8 @@ class Worker:
 
     def _emit(self, p, ts, src_ip, src_port, dst_ip, dst_port, type_, trail, trail_id, out,
               info=None, reference=None):
-        """One event through the controls into noise control, grouped by the packet's client and
-        how the packet was dispatched (a DNS packet by its domain, any other by its client), so a
-        group never spans two workers."""
+        """One event through the controls into noise control (grouped by `self._source`, set per
+        packet in `_inspect`)."""
         if trail_id is not None:
             info, reference = self._artifact.meta_of(trail_id)
         proto = PROTO_NAMES.get(p.proto, str(p.proto))
@@ -321,8 +331,7 @@ class Worker:
         if dropped is not None:
             self.counters.dropped[dropped] += 1
             return
-        dns_port = p.sport == 53 or p.dport == 53
-        self.condenser.offer(event, out, (dns_port, p.version, p.src if client_is_src(p) else p.dst))
+        self.condenser.offer(event, out, self._source)
 
     def _heuristic(self, p, ts, src_ip, src_port, dst_ip, dst_port, type_, trail, info, out):
         self._emit(p, ts, src_ip, src_port, dst_ip, dst_port, type_, trail, None, out, info, HEURISTIC)
