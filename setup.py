@@ -1,4 +1,4 @@
-"""Build and install maltrail-engine: four Python packages and their C extensions.
+"""Build and install maltrail-engine: the Python packages and their C extensions.
 
 `pip install .` builds the C parts against the running CPython; the console script is
 `maltrail-engine`.
@@ -13,7 +13,7 @@ setup(
     version="0.1.0",
     description="Network sensor that matches traffic against Maltrail trails and heuristics",
     python_requires=">=3.11",
-    packages=["engine", "workers", "matchers", "trailsdb"],
+    packages=["engine", "workers", "workers.heuristics", "matchers", "trailsdb"],
     package_data={"matchers": ["csrc/*.h"], "engine": ["csrc/*.c"], "workers": ["csrc/*.h", "csrc/*.c"]},
     ext_modules=[
         Extension(
