@@ -28,8 +28,8 @@ from engine import _capture, ipc
 from engine.child import ChildProcess
 from engine.dispatch import Dispatcher
 from engine.live import CaptureError, LiveCapture
-from engine.pcapfile import CaptureFileError, PcapFileReader, open_capture
-from engine.ring import Ring, encode_batch
+from engine.pcapfile import CaptureFileError, PcapFileReader, first_packet_ns, open_capture
+from engine.ring import TIMELINE_BREAK, Ring, encode_batch
 from workers.batch import FrameBatchBuilder
 
 READ_FRAMES = 1024
@@ -77,7 +77,9 @@ class _Capture:
         self.stopping = False
         self.last_report = time.monotonic()
         self.stats = {"frames": 0, "dispatched": [0] * len(self.rings), "ring_drop_frames": [0] * len(self.rings),
-                      "ring_waits": 0, "files": 0, "unreadable": [], "notes": [], "truncated_records": 0}
+                      "ring_waits": 0, "files": 0, "unreadable": [], "notes": [], "truncated_records": 0,
+                      "timeline_breaks": 0}
+        self.latest_ns = None       # the reference path's latest packet time (the stager keeps its own)
         self.captures: list[LiveCapture] = []
 
     # -- control -------------------------------------------------------------------------------
@@ -135,6 +137,10 @@ class _Capture:
                 if status != _capture.RING_FULL or not self.wait_ring():
                     return
         buf, offsets, caplens = batch.buf, batch.offsets, batch.caplens
+        if len(batch.ts_ns):
+            latest = max(batch.ts_ns)
+            if self.latest_ns is None or latest > self.latest_ns:
+                self.latest_ns = latest
         dispatched = self.stats["dispatched"]
         for i in range(len(offsets)):
             start = offsets[i]
@@ -198,6 +204,10 @@ class _Capture:
                 self.stats["unreadable"].append(str(exc))
                 continue
             self.stats["files"] += 1
+            latest = self.stager.latest_ns if self.stager is not None else self.latest_ns
+            first = first_packet_ns(path, self.spec.snaplen_bytes, self.spec.reader)
+            if latest is not None and first is not None and first < latest:
+                self.break_timeline()
             with source:
                 if self.stager is not None and isinstance(source, PcapFileReader) and source.format in _CLASSIC_PCAP:
                     truncated, notes = self.walk_pcap(source)
@@ -205,6 +215,21 @@ class _Capture:
                     truncated, notes = self.read_batches(source)
             self.stats["truncated_records"] += truncated
             self.stats["notes"].extend("%s: %s" % (os.path.basename(path), n) for n in notes)
+
+    def break_timeline(self) -> None:
+        """Every ring gets, after the frames before it, the mark of a new timeline (an empty
+        batch): the workers close their noise-control groups there. Without it a group opened in
+        one file could take in events of an unrelated file replayed after it with older times, or
+        not, depending on what other traffic its worker happened to see in between."""
+        self.stats["timeline_breaks"] += 1
+        self.push_all()
+        for w, ring in enumerate(self.rings):
+            if self.stager is not None:
+                while not self.stager.mark(w) and self.wait_ring():
+                    pass
+            else:
+                while not ring.put(TIMELINE_BREAK) and self.wait_ring():
+                    pass
 
     def read_batches(self, source) -> tuple[int, list]:
         while not self.stopping:

@@ -20,6 +20,7 @@ that is the whole interface a C walker has to implement later.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import sys
 
@@ -557,3 +558,17 @@ def open_capture(path, snaplen_bytes: int | None = None, reader: str = "native")
 
         return LibpcapFileReader(path, snaplen_bytes)
     raise ValueError("reader must be 'native' or 'libpcap', got %r" % (reader,))
+
+
+def first_packet_ns(path, snaplen_bytes: int | None = None, reader: str = "native"):
+    """The time of a capture file's first packet (None when it holds none or cannot be read):
+    replay compares it with the packets before it to see a timeline break. Only a regular file is
+    opened a second time: reading a pipe would take its first packets from the replay."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        with open_capture(path, snaplen_bytes=snaplen_bytes, reader=reader) as source:
+            batch = source.read_batch(1)
+    except (CaptureFileError, OSError):
+        return None
+    return batch.ts_ns[0] if batch is not None and len(batch) else None

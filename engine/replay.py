@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from engine.eventlog import EventLogWriter
-from engine.pcapfile import CaptureFileError, open_capture
+from engine.pcapfile import CaptureFileError, first_packet_ns, open_capture
 from workers.pipeline import Worker
 
 BATCH_FRAMES = 1024
@@ -22,6 +22,7 @@ BATCH_FRAMES = 1024
 def replay_files(paths, worker: Worker, writer: EventLogWriter, snaplen_bytes=None, reader="native") -> dict:
     """Replays `paths` in order; returns what the capture side saw (files, unreadable, notes)."""
     capture = {"files": 0, "unreadable": [], "notes": [], "truncated_records": 0}
+    latest = None
     for path in paths:
         try:
             source = open_capture(path, snaplen_bytes=snaplen_bytes, reader=reader)
@@ -29,11 +30,16 @@ def replay_files(paths, worker: Worker, writer: EventLogWriter, snaplen_bytes=No
             capture["unreadable"].append(str(exc))
             continue
         capture["files"] += 1
+        first = first_packet_ns(path, snaplen_bytes, reader)
+        if latest is not None and first is not None and first < latest:
+            writer.write(worker.flush())    # a timeline break, as engine/capture.py makes them
         with source:
             while True:
                 batch = source.read_batch(BATCH_FRAMES)
                 if batch is None:
                     break
+                if len(batch.ts_ns) and (latest is None or max(batch.ts_ns) > latest):
+                    latest = max(batch.ts_ns)
                 writer.write(worker.process(batch))
                 writer.tick()
             capture["truncated_records"] += getattr(source, "truncated_records", 0)

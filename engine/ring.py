@@ -46,6 +46,7 @@ KIND_PAD = 2
 _MSG = struct.Struct("<II")
 _U64 = struct.Struct("<Q")
 _BATCH_COUNT = struct.Struct("<I")
+TIMELINE_BREAK = _BATCH_COUNT.pack(0) + bytes(4)   # an empty batch, as encode_batch writes it
 
 
 def _align8(n: int) -> int:
@@ -167,6 +168,7 @@ class Ring:
 
 # -- batch messages ------------------------------------------------------------------------------
 # u32 n, i64 ts_ns[n], u32 caplen[n], u32 wirelen[n], u16 linktype[n], padding to 8, frame bytes.
+# An empty batch (n = 0) is the mark of a timeline break (engine/capture.py, break_timeline).
 
 def encode_batch(batch: FrameBatch) -> bytes:
     n = len(batch)

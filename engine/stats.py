@@ -103,6 +103,8 @@ def summary_lines(counters: dict, elapsed: float, cpu: float, log_dir: str, capt
                         " ".join("w%d:%d" % (i, n) for i, n in enumerate(engine.get("lost_frames") or []))))
     for note in engine.get("notes", []):
         lines.append(note)
+    if capture.get("timeline_breaks"):
+        lines.append("timeline breaks (files older than the ones before them): %d" % capture["timeline_breaks"])
     if capture.get("truncated_records"):
         lines.append("capture files ended inside a record: %d" % capture["truncated_records"])
     for note in (capture.get("notes") or [])[:10]:

@@ -3,9 +3,10 @@
 Owns the worker's loop around workers.pipeline.Worker: take a batch (marking its frames as in
 progress in the ring, so a death is accounted), judge it, send its events at once, mark it done.
 Between batches: adopt a reloaded trail generation or new whitelists and ignore rules when the
-supervisor says so, close condensing
-windows on the wall clock in live capture, report statistics. When the capture process has closed
-the ring and the ring is empty: flush the condenser, report, say goodbye, exit.
+supervisor says so, close condensing windows on the wall clock in live capture, report statistics.
+An empty batch marks a timeline break (a replayed file older than the ones before it): the
+condenser is flushed there. When the capture process has closed the ring and the ring is empty:
+flush the condenser, report, say goodbye, exit.
 
 A Python exception while judging a batch sends the events already made, reports the crash and
 exits non-zero; the supervisor counts the frames of that batch as lost and starts a new worker on
@@ -115,6 +116,10 @@ class _WorkerProcess:
                 self.first_batch_unix = time.time()
             batch = decode_batch(payload)
             frames = len(batch)
+            if not frames:
+                # a timeline break (engine/capture.py): the groups open so far end here
+                self.send_events(worker.flush())
+                continue
             ring.set_in_progress(frames)
             out: list = []
             try:

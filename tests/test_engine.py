@@ -154,6 +154,36 @@ def test_one_to_four_workers_give_the_same_events(every_capture, artifact, tmp_p
         assert results[n] == results[1], "events differ between 1 and %d workers" % n
 
 
+def _queries(path, start_s: int, count: int) -> str:
+    with g.PcapWriter(str(path)) as w:
+        for i in range(count):
+            w.write((start_s + i) * 1_000_000_000,
+                    g.udp_frame("10.0.0.5", "10.0.0.53", 40000 + i, 53, g.dns_query("evil-exact.com", ident=i)))
+    return str(path)
+
+
+@pytest.mark.parametrize("flags", [[], ["--reference"]], ids=["c", "reference"])
+def test_a_file_older_than_the_ones_before_it_starts_a_new_timeline(artifact, tmp_path, flags):
+    """Noise-control groups end where a replayed file goes back in time (a timeline break), so
+    unrelated captures replayed together group the same whatever else each worker saw; a file that
+    carries time on (a rotated capture) continues the groups."""
+    first = _queries(tmp_path / "a.pcap", 1_700_000_100, 6)        # t .. t+5
+    older = _queries(tmp_path / "b.pcap", 1_700_000_100, 6)        # back to t: a new timeline
+    later = _queries(tmp_path / "c.pcap", 1_700_000_110, 6)        # t+10 .. t+15: carries on
+    results = {}
+    for name, files in (("break", [first, older]), ("continue", [first, later])):
+        log, stats = tmp_path / name, tmp_path / (name + ".json")
+        run = mte("replay", "--trails", artifact, "--log-dir", str(log), "--sensor-name", "w", "--workers", "2",
+                  "--stats-json", str(stats), *flags, *files)
+        assert run.returncode == 0, run.stderr
+        results[name] = ([(r[9], r[13]) for r in records(log)],
+                         json.loads(stats.read_text())["capture"]["timeline_breaks"])
+    # two groups: each file's first query at once, its five repeats in one summary
+    assert results["break"] == ([("evil-exact.com", 1)] * 2 + [("evil-exact.com", 5)] * 2, 1)
+    # one group across both files: the first query, then eleven repeats within the 60 s window
+    assert results["continue"] == ([("evil-exact.com", 1), ("evil-exact.com", 11)], 0)
+
+
 def test_the_reference_paths_give_the_same_events_and_counters(every_capture, artifact, tmp_path):
     """`replay --reference` (Python capture and judgement) against the shipped C paths, 2 workers."""
     runs = {}

@@ -244,6 +244,8 @@ typedef struct {
     uint64_t k0, k1;
     worker_t *w;
     uint64_t frames, ring_waits, oversize_frames, over_snaplen_frames;
+    int64_t latest_ns;          /* the latest packet time taken in (valid once have_latest) */
+    int have_latest;
 } Stager;
 
 static double monotonic_s(void)
@@ -346,6 +348,10 @@ static int stage(Stager *s, int w, const uint8_t *frame, uint32_t caplen, uint32
                  uint16_t linktype)
 {
     worker_t *W = &s->w[w];
+    if (!s->have_latest || ts > s->latest_ns) {
+        s->latest_ns = ts;
+        s->have_latest = 1;
+    }
     if (payload_bytes(1, caplen) > W->max_payload) {
         /* cannot travel in any message: counted as that worker's drop */
         count_drop(W, 1);
@@ -708,6 +714,26 @@ static PyObject *Stager_flush(Stager *s, PyObject *args, PyObject *kw)
     return PyLong_FromLong(status);
 }
 
+PyDoc_STRVAR(mark_doc,
+"mark(w) -> bool\n\n"
+"Publishes an empty batch to ring w: the mark of a timeline break (a replayed file that starts\n"
+"before the packets already replayed). Ring w must hold no staged frames (flush first); False\n"
+"when the ring is full (call again later).");
+
+static PyObject *Stager_mark(Stager *s, PyObject *arg)
+{
+    long w = PyLong_AsLong(arg);
+    if (w == -1 && PyErr_Occurred())
+        return NULL;
+    if (!usable(s))
+        return NULL;
+    if (w < 0 || w >= s->nrings || s->w[w].n) {
+        PyErr_SetString(PyExc_ValueError, "no such ring, or it still holds staged frames");
+        return NULL;
+    }
+    return PyBool_FromLong(try_publish(&s->w[w]));
+}
+
 static PyObject *Stager_worker_for(Stager *s, PyObject *args)
 {
     Py_buffer frame;
@@ -765,6 +791,13 @@ U64_GETTER(ring_waits)
 U64_GETTER(oversize_frames)
 U64_GETTER(over_snaplen_frames)
 
+static PyObject *Stager_get_latest_ns(Stager *s, void *c)
+{
+    if (!s->have_latest)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(s->latest_ns);
+}
+
 static PyObject *Stager_get_rings(Stager *s, void *c) { return PyLong_FromLong(s->w ? s->nrings : 0); }
 
 static PyGetSetDef Stager_getset[] = {
@@ -776,6 +809,7 @@ static PyGetSetDef Stager_getset[] = {
     {"over_snaplen_frames", (getter)Stager_get_over_snaplen_frames, NULL,
      "pcap records longer than the file's snap length (cut to it)", NULL},
     {"staged", (getter)Stager_get_staged, NULL, "frames staged and not yet published", NULL},
+    {"latest_ns", (getter)Stager_get_latest_ns, NULL, "the latest packet time taken in (None before any)", NULL},
     {"rings", (getter)Stager_get_rings, NULL, "number of rings (0 once closed)", NULL},
     {NULL}};
 
@@ -783,6 +817,7 @@ static PyMethodDef Stager_methods[] = {
     {"add_pcap", (PyCFunction)(void (*)(void))Stager_add_pcap, METH_VARARGS | METH_KEYWORDS, add_pcap_doc},
     {"add_batch", (PyCFunction)(void (*)(void))Stager_add_batch, METH_VARARGS | METH_KEYWORDS, add_batch_doc},
     {"flush", (PyCFunction)(void (*)(void))Stager_flush, METH_VARARGS | METH_KEYWORDS, flush_doc},
+    {"mark", (PyCFunction)Stager_mark, METH_O, mark_doc},
     {"worker_for", (PyCFunction)Stager_worker_for, METH_VARARGS,
      "worker_for(frame, linktype) -> int: the ring this frame goes to"},
     {"close", (PyCFunction)Stager_close, METH_NOARGS,
