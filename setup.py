@@ -33,7 +33,9 @@ setup(
         Extension(
             "workers._fastpath",
             sources=["workers/csrc/fastpath.c"],
-            depends=["workers/csrc/decode.h", "matchers/csrc/artifact.h"],
+            depends=["workers/csrc/decode.h", "matchers/csrc/artifact.h", "workers/csrc/keyhash.h",
+                     "workers/csrc/window.h", "workers/csrc/exhaustion.h", "workers/csrc/needles.h",
+                     "workers/csrc/relits.h"],
             include_dirs=["workers/csrc", "matchers/csrc"],
             extra_compile_args=C_FLAGS + ["-D_GNU_SOURCE"],
         ),

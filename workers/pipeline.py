@@ -164,6 +164,31 @@ class Worker:
         self._reference = not fast
         self._artifact = matchers.artifact
         self._tables = fast_tables(matchers.artifact) if fast else None
+        # On the fast path the C scan sees every frame, so it keeps the stateful heuristics (the
+        # scan windows, DNS exhaustion) and flags what the stateless ones could judge; the Python
+        # trackers above then only count NXDOMAIN answers. Its state is the worker's, not the
+        # trails': it outlives reloads (adopt).
+        self._fast_heuristics = None
+        if fast:
+            from workers.heuristics.scan import TRACEROUTE_PORTS
+
+            def encoded(items):
+                return [item.encode("utf-8") for item in items]
+
+            self._fast_heuristics = _fastpath.Heuristics(
+                {name: getattr(h, name) for name in h.names()},
+                [(net.version, net.network_address.packed, net.prefixlen) for net in h.networks()],
+                {"suspicious_user_agents": encoded(hhttp.SUSPICIOUS_USER_AGENTS),
+                 "whitelist_user_agents": encoded(hhttp.WHITELIST_USER_AGENTS),
+                 "request_needles": encoded(hhttp.REQUEST_NEEDLES),
+                 "request_patterns": encoded(pattern for _, pattern in hhttp.REQUEST_PATTERNS),
+                 "download_extensions": encoded(hhttp.DOWNLOAD_EXTENSIONS),
+                 "whitelist_download_paths": encoded(hhttp.WHITELIST_DOWNLOAD_PATHS),
+                 "filename_patterns": encoded(regex.pattern for _, regex in hhttp.SUSPICIOUS_FILENAMES),
+                 "proxy_probe_words": encoded(hhttp.PROXY_PROBE_WORDS),
+                 "response_needles": encoded(hhttp.RESPONSE_NEEDLES),
+                 "response_head_bytes": hhttp.RESPONSE_HEAD_BYTES,
+                 "traceroute_ports": (TRACEROUTE_PORTS.start, TRACEROUTE_PORTS.stop)})
 
     # -- batch interface --------------------------------------------------------------------
 
@@ -204,29 +229,39 @@ class Worker:
         return now
 
     def _process_fast(self, batch, out: list) -> int:
-        flagged, counts, now = _fastpath.scan(self._tables, batch.buf, batch.offsets, batch.caplens,
-                                              batch.linktypes, batch.ts_ns)
+        buf, offsets, caplens, linktypes, ts_ns = batch.buf, batch.offsets, batch.caplens, batch.linktypes, batch.ts_ns
         counters = self.counters
-        counters.frames += len(batch.caplens)
-        counters.decoded += counts[0]
-        for k, reason in enumerate(SKIP_REASONS):
-            if counts[1 + k]:
-                counters.skipped[reason] += counts[1 + k]
-        for k, name in enumerate(_FAST_EXTRACTED, 1 + len(SKIP_REASONS)):
-            if counts[k]:
-                counters.extracted[name] += counts[k]
-        if flagged:
-            buf, offsets, caplens, linktypes, ts_ns = batch.buf, batch.offsets, batch.caplens, batch.linktypes, batch.ts_ns
+        total = len(caplens)
+        counters.frames += total
+        now = 0
+        # A flagged entry holds the frame's index in its low 16 bits: longer batches are scanned in
+        # parts (the scan's state carries from one part to the next as from frame to frame).
+        step = _fastpath.MAX_BATCH_FRAMES
+        for first in range(0, total, step) if total > step else (0,):
+            arrays = (offsets, caplens, linktypes, ts_ns)
+            if total > step:
+                arrays = tuple(memoryview(a)[first:first + step] for a in arrays)
+            flagged, counts, part_now = _fastpath.scan(self._tables, buf, *arrays, self._fast_heuristics)
+            now = max(now, part_now)
+            counters.decoded += counts[0]
+            for k, reason in enumerate(SKIP_REASONS):
+                if counts[1 + k]:
+                    counters.skipped[reason] += counts[1 + k]
+            for k, name in enumerate(_FAST_EXTRACTED, 1 + len(SKIP_REASONS)):
+                if counts[k]:
+                    counters.extracted[name] += counts[k]
             for entry in array("I", flagged):
-                # low 16 bits: the frame's index in the batch; high 16: the heuristic verdicts
-                i = entry & 0xFFFF
+                # low 16 bits: the frame's index in this part; high 16: the heuristic verdicts
+                i = first + (entry & 0xFFFF)
                 start = offsets[i]
                 packet = decode_frame(bytes(buf[start:start + caplens[i]]), linktypes[i])
                 self._inspect(packet, ts_ns[i] // 1000, out, entry >> 16)
         return now
 
     def adopt(self, matchers) -> None:
-        """Switches to another trail generation between batches (a reload)."""
+        """Switches to another trail generation between batches (a reload). The heuristics' state
+        (the Python trackers and the C scan's `_fast_heuristics`) belongs to the worker, not to the
+        trails, and carries over."""
         tables = fast_tables(matchers.artifact) if self._tables is not None else None
         self.matchers = matchers
         self._artifact = matchers.artifact
@@ -250,6 +285,10 @@ class Worker:
     def stats(self) -> dict:
         saturation = dict(self.scans.saturation())
         saturation.update(self.dnsh.saturation())
+        if self._fast_heuristics is not None:
+            # the C scan's windows and exhaustion state, under the same names (NXDOMAIN counting
+            # stays with self.dnsh on both paths)
+            saturation.update(self._fast_heuristics.stats())
         saturation["noise control groups closed early"] = self.condenser.early_closes
         return self.counters.as_dict(self.condenser.suppressed, saturation)
 

@@ -10,6 +10,13 @@
  * cannot decide exactly as the reference would (non-ASCII names, a ClientHello split over
  * records, DNS over TCP, an IPv6 request without Host...) is returned too.
  *
+ * With a `Heuristics` object (below), the scan also keeps the heuristics' state for every decoded
+ * frame, step for step as the Python trackers would (workers/heuristics: the TCP/UDP/infection/
+ * web scan windows, DNS exhaustion), and returns each flagged frame with the verdict bits the
+ * reference would have reached for it; and it flags every frame on which the stateless
+ * heuristics could fire (NXDOMAIN answers, long names, suspicious requests and responses), by
+ * cheap literal checks that are never narrower than the Python judgement.
+ *
  * For the frames it does not return, it counts what the reference counts as extracted (DNS
  * queries and responses, HTTP requests, TLS server names), so counters are identical as well.
  *
@@ -21,6 +28,11 @@
 
 #include "artifact.h"
 #include "decode.h"
+#include "exhaustion.h"
+#include "keyhash.h"
+#include "needles.h"
+#include "relits.h"
+#include "window.h"
 
 /* counters returned by scan(): decoded, the skip reasons, then extracted */
 enum {
@@ -88,6 +100,64 @@ static void Tables_dealloc(Tables *self)
     PyMem_Free(self->scratch);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
+
+/* ---- the heuristics' state ------------------------------------------------------------------ */
+
+/* Verdict bits: workers/heuristics/scan.py (the scans) and workers/pipeline.py (DNS_EXHAUSTION);
+ * the module exports them and tests/test_heuristics_fast.py checks they agree. */
+enum { V_PORT_SCAN = 0x01, V_UDP_SCAN = 0x02, V_INFECTION_SCAN = 0x04, V_WEB_SCAN = 0x08, V_DNS_EXHAUSTION = 0x10 };
+/* What a literal means to the prefilters that share an index. */
+enum { UA_SUSPICIOUS = 1, UA_WHITELISTED = 2 };
+enum { REQ_NEEDLE = 1, REQ_PATTERN = 2 };
+#define MAX_BATCH_FRAMES 0xFFFF  /* a flagged entry holds the frame's index in its low 16 bits */
+
+typedef struct {
+    int version, prefix;
+    uint8_t addr[16];
+} local_net;
+
+/* The last verdicts of a pure function of a text (the user-agent and path prefilters), by a keyed
+ * 64-bit fingerprint of the text: traffic repeats its user agents and many of its paths, and a
+ * fingerprint costs a tenth of a search. Direct-mapped; 0 = empty. */
+#define MEMO_SLOTS 512
+typedef struct {
+    uint64_t fp[MEMO_SLOTS];
+    uint8_t verdict[MEMO_SLOTS];
+} memo;
+
+typedef struct {
+    PyObject_HEAD
+    int ready, busy;
+    /* switches: HeuristicSettings.on(name) */
+    int enabled, port_on, udp_on, infection_on, web_on, nxdomain_on, dga_on, long_on, exhaustion_on, ua_on,
+        request_on, download_on, iot_on, proxy_on, missing_host_on, response_on;
+    uint32_t udp_probe_max_bytes, long_domain_length, response_head_bytes;
+    uint32_t trace_lo, trace_hi;           /* TRACEROUTE_PORTS: [lo, hi) */
+    uint8_t infection_port[8192];          /* bitmap of INFECTION_PORTS */
+    local_net *nets;
+    uint32_t n_nets;
+    mt_hkey hk;
+    mt_dwindow port, udp, infection, web;
+    mt_dx dx;
+    mt_lits ua;                            /* SUSPICIOUS_USER_AGENTS, WHITELIST_USER_AGENTS */
+    mt_lits req;                           /* REQUEST_NEEDLES and the patterns' literals */
+    mt_formula req_f;
+    mt_trigger req_t;
+    uint32_t req_root;
+    int req_always;                        /* a pattern requires no literal: the needles decide */
+    mt_lits fname;                         /* SUSPICIOUS_FILENAMES' literals */
+    mt_formula fname_f;
+    mt_trigger fname_t;
+    uint32_t fname_root;
+    int fname_always;
+    mt_lits resp;                          /* RESPONSE_NEEDLES */
+    mt_litlist dl_ext, dl_white, proxy_words;
+    memo ua_memo, path_memo;               /* verdicts of recent user agents and paths */
+    uint64_t *seen;                        /* literal ids found in one text */
+    uint32_t seen_words;
+    uint8_t *buf;                          /* one decoded text */
+    size_t buf_cap;
+} Heuristics;
 
 static inline uint32_t tri_hash(const uint8_t *p)
 {
@@ -394,8 +464,25 @@ static int ignored_query(const uint8_t *s, size_t n)
     return 0;
 }
 
-/* One UDP DNS message. Returns 1 to hand the frame to Python; else 0 and adds to counts[]. */
-static int scan_dns(const Tables *t, const uint8_t *m, uint32_t n, uint8_t *name, uint32_t *counts)
+/* what a frame adds to the extracted counters when it is not flagged (Python counts the others):
+ * ext[k] goes to counts[C_DNS_QUERIES + k] */
+enum { E_DNS_QUERIES, E_DNS_RESPONSES, E_HTTP_REQUESTS, E_TLS_NAMES, E_COUNT };
+
+/* The first label is longer than long_domain_length and has no '-' (workers/heuristics/dns.py
+ * long_name_trail, before its "blogspot" exception). */
+static int long_first_label(const Heuristics *H, const uint8_t *name, size_t n)
+{
+    const uint8_t *dot = memchr(name, '.', n);
+    size_t label = dot ? (size_t)(dot - name) : n;
+    return label > H->long_domain_length && !memchr(name, '-', label);
+}
+
+/* One UDP DNS message. Returns 1 to hand the frame to Python, 0 (adding to ext[] what the reference
+ * would count), or -1 when the heuristics ran out of memory. With H, the exhaustion window sees the
+ * query (Worker._dns's order: opcode 0, counted, not ignored, then observe_query) and its verdict
+ * goes to *bits. `flagged`: the frame is returned anyway; only the heuristics' state matters. */
+static int scan_dns(const Tables *t, Heuristics *H, const uint8_t *m, uint32_t n, uint8_t *name, uint32_t *ext,
+                    int64_t ts_us, int flagged, uint32_t *bits)
 {
     if (n < 12)
         return 0;
@@ -411,21 +498,39 @@ static int scan_dns(const Tables *t, const uint8_t *m, uint32_t n, uint8_t *name
     if (len == 0)
         return 0;                              /* no name: nothing counted or judged */
     if (nonascii)
-        return 1;                              /* Python's lower() decides such names */
+        return 1;                              /* Python's lower() decides such names; never judged
+                                                  by the heuristics (not _JUDGED_NAME) */
     uint32_t qclass = mt_be16(m + after + 2);
     if (!response) {
         if (opcode != 0)
             return 0;
-        counts[C_DNS_QUERIES]++;
+        ext[E_DNS_QUERIES]++;
         if (ignored_query(name, (size_t)len))
             return 0;
-        if (domain_candidate(t, name, (size_t)len)) {
-            counts[C_DNS_QUERIES]--;
-            return 1;
+        int flag = flagged;
+        mt_dx_query q = {0, 0, 0};
+        if (H && H->exhaustion_on)
+            q = mt_dx_prepare(&H->dx, name, (size_t)len);   /* its index line comes meanwhile */
+        if (H && H->long_on && mt_judged(name, (size_t)len) && long_first_label(H, name, (size_t)len))
+            flag = 1;
+        flag = flag || domain_candidate(t, name, (size_t)len);
+        if (q.counts) {
+            int r = mt_dx_observe_prepared(&H->dx, q, ts_us);
+            if (r < 0)
+                return -1;
+            if (r)
+                *bits |= V_DNS_EXHAUSTION;
         }
-        return 0;
+        return flag;
     }
-    counts[C_DNS_RESPONSES]++;
+    ext[E_DNS_RESPONSES]++;
+    if (flagged)
+        return 1;
+    /* NXDOMAIN counting and the DGA check stay in Python (Worker._nxdomain): every answer that
+     * passes its first checks goes there, so its counters see exactly the reference's answers */
+    if (H && rcode == 3 && opcode == 0 && (H->nxdomain_on || H->dga_on) && mt_judged(name, (size_t)len) &&
+        !ignored_query(name, (size_t)len))
+        return 1;
     if (rcode != 0 || qclass != 1 || !ancount)
         return 0;
     uint32_t pos = after + 4;
@@ -447,10 +552,8 @@ static int scan_dns(const Tables *t, const uint8_t *m, uint32_t n, uint8_t *name
         if (pos + rdlen > n)
             break;
         if (rclass == 1 && ((rtype == 1 && rdlen == 4 && ip_hit(t, 4, m + pos, 0)) ||
-                            (rtype == 28 && rdlen == 16 && ip_hit(t, 6, m + pos, 0)))) {
-            counts[C_DNS_RESPONSES]--;
+                            (rtype == 28 && rdlen == 16 && ip_hit(t, 6, m + pos, 0))))
             return 1;
-        }
         pos += rdlen;
     }
     return 0;
@@ -586,6 +689,7 @@ typedef struct {
 
 static int is_ws(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
 
+/* bytes.strip(): ASCII whitespace */
 static void strip(const uint8_t **s, uint32_t *n)
 {
     while (*n && is_ws((*s)[0])) {
@@ -593,6 +697,20 @@ static void strip(const uint8_t **s, uint32_t *n)
         (*n)--;
     }
     while (*n && is_ws((*s)[*n - 1]))
+        (*n)--;
+}
+
+/* str.strip() on ASCII text: also the separators \x1c-\x1f (str.isspace() is true for them); the
+ * Latin-1 ones (\x85, \xa0) never get here (text with high bytes goes to Python) */
+static int is_str_ws(uint8_t c) { return is_ws(c) || (c >= 0x1c && c <= 0x1f); }
+
+static void str_strip(const uint8_t **s, uint32_t *n)
+{
+    while (*n && is_str_ws((*s)[0])) {
+        (*s)++;
+        (*n)--;
+    }
+    while (*n && is_str_ws((*s)[*n - 1]))
         (*n)--;
 }
 
@@ -718,7 +836,7 @@ static void lower_ascii(uint8_t *s, uint32_t n)
 /* workers.pipeline.normalize_host on a lower-case ASCII value: into out, returns the length. */
 static uint32_t normalize_host(const uint8_t *s, uint32_t n, uint8_t *out)
 {
-    strip(&s, &n);
+    str_strip(&s, &n);
     if (n && s[0] == '[') {
         const uint8_t *close = memchr(s, ']', n);
         if (close) {
@@ -896,24 +1014,411 @@ static int ua_hit(const Tables *t, const uint8_t *ua, uint32_t n, uint8_t *buf)
     return 0;
 }
 
-/* An HTTP request (already parsed). 1 to hand the frame to Python. */
-static int scan_http(Tables *t, const mt_packet *pk, const http_req *r)
+/* ---- heuristics, per packet ------------------------------------------------------------------ */
+
+/* Python's ts_ns // 1000 (floor division, also for times before 1970) */
+static inline int64_t floor_us(int64_t ns)
+{
+    int64_t q = ns / 1000;
+    return (ns % 1000 < 0) ? q - 1 : q;
+}
+
+/* HeuristicSettings.is_local */
+static int is_local(const Heuristics *H, int version, const uint8_t *addr)
+{
+    for (uint32_t k = 0; k < H->n_nets; k++) {
+        const local_net *net = &H->nets[k];
+        if (net->version != version)
+            continue;
+        int full = net->prefix / 8, rest = net->prefix % 8;
+        if (memcmp(addr, net->addr, full) != 0)
+            continue;
+        if (rest && ((addr[full] ^ net->addr[full]) & (uint8_t)(0xFF << (8 - rest))))
+            continue;
+        return 1;
+    }
+    return 0;
+}
+
+static int ensure_buf(Heuristics *H, size_t n)
+{
+    if (n <= H->buf_cap)
+        return 0;
+    size_t cap = H->buf_cap ? H->buf_cap : 4096;
+    while (cap < n)
+        cap *= 2;
+    uint8_t *buf = realloc(H->buf, cap);
+    if (!buf)
+        return -1;
+    H->buf = buf;
+    H->buf_cap = cap;
+    return 0;
+}
+
+/* A window key: two 16-byte fields and the IP version, each written whole (see window.h). */
+static inline void window_key(uint8_t *key, int version, const uint8_t *a, const uint8_t *b)
+{
+    uint32_t v = (uint32_t)version;
+    memcpy(key, a, 16);
+    memcpy(key + 16, b, 16);
+    memcpy(key + 32, &v, 4);
+}
+
+/* ScanHeuristics.observe, in two steps: which windows a packet feeds and under which keys
+ * (computed, and their index lines asked for, before the trail lookups), then the observations
+ * (after them, when those lines have arrived). */
+typedef struct {
+    int port, infection, udp;
+    uint32_t port_tag, infection_tag, udp_tag, udp_port;
+    uint8_t port_key[MT_DW_KEY_BYTES], infection_key[MT_DW_KEY_BYTES], udp_key[MT_DW_KEY_BYTES];
+} scan_plan;
+
+static void heuristic_scans_plan(Heuristics *H, const mt_packet *pk, scan_plan *sp)
+{
+    sp->port = sp->infection = sp->udp = 0;
+    if (pk->proto == 6) {
+        if (pk->tcp_flags & 0x14)
+            return;                            /* ACK or RST: not a probe */
+        if (H->port_on) {
+            sp->port = 1;
+            window_key(sp->port_key, pk->version, pk->src, pk->dst);
+            sp->port_tag = mt_dw_tag(&H->port, sp->port_key);
+            mt_dw_prefetch(&H->port, sp->port_tag);
+        }
+        if (H->infection_on && ((H->infection_port[pk->dport >> 3] >> (pk->dport & 7)) & 1) &&
+            is_local(H, pk->version, pk->src)) {
+            uint64_t port[2] = {pk->dport, 0};
+            sp->infection = 1;
+            window_key(sp->infection_key, pk->version, pk->src, (const uint8_t *)port);
+            sp->infection_tag = mt_dw_tag(&H->infection, sp->infection_key);
+            mt_dw_prefetch(&H->infection, sp->infection_tag);
+        }
+        return;
+    }
+    if (pk->proto == 17 && H->udp_on) {
+        if (pk->sport == 53 || pk->dport == 53 || pk->payload_len > H->udp_probe_max_bytes)
+            return;
+        int c_is_src = mt_client_is_src(pk);
+        const uint8_t *client = c_is_src ? pk->src : pk->dst, *server = c_is_src ? pk->dst : pk->src;
+        uint32_t port = c_is_src ? pk->dport : pk->sport;
+        if (port >= H->trace_lo && port < H->trace_hi)
+            return;
+        sp->udp = 1;
+        sp->udp_port = port;
+        window_key(sp->udp_key, pk->version, client, server);
+        sp->udp_tag = mt_dw_tag(&H->udp, sp->udp_key);
+        mt_dw_prefetch(&H->udp, sp->udp_tag);
+    }
+}
+
+/* The verdict bits after this packet, or -1 when out of memory. */
+static int heuristic_scans(Heuristics *H, const mt_packet *pk, const scan_plan *sp, int64_t ts_us)
+{
+    int bits = 0, r;
+    if (sp->port) {
+        if ((r = mt_dw_observe_tagged(&H->port, sp->port_key, sp->port_tag, pk->dport, 0, ts_us)) < 0)
+            return -1;
+        if (r)
+            bits |= V_PORT_SCAN;
+    }
+    if (sp->infection) {
+        r = mt_dw_observe_tagged(&H->infection, sp->infection_key, sp->infection_tag, mt_load64(pk->dst),
+                                 mt_load64(pk->dst + 8), ts_us);
+        if (r < 0)
+            return -1;
+        if (r)
+            bits |= V_INFECTION_SCAN;
+    }
+    if (sp->udp) {
+        if ((r = mt_dw_observe_tagged(&H->udp, sp->udp_key, sp->udp_tag, sp->udp_port, 0, ts_us)) < 0)
+            return -1;
+        if (r)
+            bits |= V_UDP_SCAN;
+    }
+    return bits;
+}
+
+/* ScanHeuristics.observe_request for a parsed request, in two steps as above. The segment is
+ * stored as a keyed 64-bit fingerprint of its Latin-1 lower-case bytes (and its length). */
+typedef struct {
+    int counts;
+    uint32_t tag;
+    uint64_t lo, hi;
+    uint8_t key[MT_DW_KEY_BYTES];
+} web_plan;
+
+static int heuristic_web_plan(Heuristics *H, const mt_packet *pk, const http_req *r, web_plan *wp)
+{
+    wp->counts = 0;
+    if (!r->target_len || r->target[0] != '/')
+        return 0;
+    const uint8_t *seg = r->target + 1;
+    uint32_t n = r->target_len - 1;
+    const uint8_t *q = memchr(seg, '?', n);
+    if (q)
+        n = (uint32_t)(q - seg);
+    const uint8_t *slash = memchr(seg, '/', n);
+    if (slash)
+        n = (uint32_t)(slash - seg);
+    /* str.lower() on Latin-1 text: A-Z and the accented capitals (not the multiplication sign) */
+#define LATIN1_UPPER(c) (((c) >= 'A' && (c) <= 'Z') || ((c) >= 0xC0 && (c) <= 0xDE && (c) != 0xD7))
+    const uint8_t *lowered = seg;
+    for (uint32_t i = 0; i < n; i++) {
+        if (LATIN1_UPPER(seg[i])) {            /* only then a lower-case copy */
+            if (ensure_buf(H, n) < 0)
+                return -1;
+            for (uint32_t k = 0; k < n; k++)
+                H->buf[k] = LATIN1_UPPER(seg[k]) ? seg[k] + 32 : seg[k];
+            lowered = H->buf;
+            break;
+        }
+    }
+#undef LATIN1_UPPER
+    wp->counts = 1;
+    wp->lo = mt_keyed_hash(&H->hk, lowered, n);
+    wp->hi = n;
+    window_key(wp->key, pk->version, pk->src, pk->dst);
+    wp->tag = mt_dw_tag(&H->web, wp->key);
+    mt_dw_prefetch(&H->web, wp->tag);
+    return 0;
+}
+
+static int heuristic_web(Heuristics *H, const web_plan *wp, int64_t ts_us)
+{
+    if (!wp->counts)
+        return 0;
+    int v = mt_dw_observe_tagged(&H->web, wp->key, wp->tag, wp->lo, wp->hi, ts_us);
+    return v < 0 ? -1 : v ? V_WEB_SCAN : 0;
+}
+
+/* urllib.parse.unquote (UTF-8, errors="replace") followed by str.lower(), reduced to what ASCII
+ * literals can see: ASCII characters stay (the search folds case), every other character becomes
+ * 0x80 bytes, except the two whose lower case is ASCII: U+0130 (lower "i" + U+0307) gives "i"
+ * and 0x80, U+212A (Kelvin sign, lower "k") gives "k". Only %-escapes form UTF-8 sequences (raw
+ * non-ASCII bytes are Latin-1 characters of their own), and a lead byte is never a continuation,
+ * so those two are exactly "%C4%B0" and "%E2%84%AA". Writes at most n bytes; *nonascii says
+ * whether any non-ASCII character was seen. */
+static size_t unquote_ascii(const uint8_t *s, size_t n, uint8_t *out, int *nonascii)
+{
+    size_t o = 0, i = 0;
+    *nonascii = 0;
+#define ESCAPED(at) ((at) + 2 < n && s[at] == '%' && hexval(s[(at) + 1]) >= 0 && hexval(s[(at) + 2]) >= 0)
+#define ESCAPE(at) ((uint8_t)(hexval(s[(at) + 1]) * 16 + hexval(s[(at) + 2])))
+    while (i < n) {
+        uint8_t c = s[i];
+        if (ESCAPED(i)) {
+            uint8_t v = ESCAPE(i);
+            i += 3;
+            if (v < 0x80) {
+                out[o++] = v;
+                continue;
+            }
+            *nonascii = 1;
+            if (v == 0xC4 && ESCAPED(i) && ESCAPE(i) == 0xB0) {
+                out[o++] = 'i';
+                out[o++] = 0x80;
+                i += 3;
+            } else if (v == 0xE2 && ESCAPED(i) && ESCAPE(i) == 0x84 && ESCAPED(i + 3) && ESCAPE(i + 3) == 0xAA) {
+                out[o++] = 'k';
+                i += 6;
+            } else {
+                out[o++] = 0x80;
+            }
+            continue;
+        }
+        if (c >= 0x80) {
+            *nonascii = 1;
+            c = 0x80;
+        }
+        out[o++] = c;
+        i++;
+    }
+#undef ESCAPED
+#undef ESCAPE
+    return o;
+}
+
+/* A user agent (ASCII) whose unquote().strip().lower() holds a suspicious pattern and no
+ * whitelisted one (workers/heuristics/http.py user_agent_pattern). 1/0, -1 when out of memory. */
+static int heuristic_user_agent(Heuristics *H, const uint8_t *ua, uint32_t n)
+{
+    const uint8_t *text = ua;
+    size_t m = n;
+    int nonascii = 0;
+    if (memchr(ua, '%', n)) {
+        if (ensure_buf(H, n) < 0)
+            return -1;
+        m = unquote_ascii(ua, n, H->buf, &nonascii);
+        text = H->buf;
+    }
+    uint8_t flags = 0;
+    mt_lits_search(&H->ua, text, m, 0, &flags, NULL);
+    return (flags & UA_SUSPICIOUS) && !(flags & UA_WHITELISTED);
+}
+
+enum { MODE_NEVER, MODE_FORMULA, MODE_ALWAYS };
+
+/* Could request_attack(unquote(text)) find a pattern? Its own gate (a REQUEST_NEEDLES literal in
+ * the lower-case text), then, for ASCII text, what the patterns' literals allow. 1/0, -1 when out
+ * of memory. */
+static int heuristic_request_text(Heuristics *H, const uint8_t *s, size_t n)
+{
+    if (H->req_always == MODE_NEVER)
+        return 0;
+    const uint8_t *text = s;
+    size_t m = n;
+    int nonascii = has_high_bytes(s, (uint32_t)n);
+    if (memchr(s, '%', n)) {
+        if (ensure_buf(H, n) < 0)
+            return -1;
+        m = unquote_ascii(s, n, H->buf, &nonascii);
+        text = H->buf;
+    }
+    memset(H->seen, 0, H->seen_words * sizeof(uint64_t));
+    uint8_t flags = 0;
+    mt_lits_search(&H->req, text, m, 0, &flags, H->seen);
+    if (!(flags & REQ_NEEDLE))
+        return 0;
+    if (nonascii || H->req_always == MODE_ALWAYS)
+        return 1;                              /* Unicode case folding: let Python decide */
+    return mt_trigger_eval(&H->req_t, &H->req_f, H->seen, H->seen_words);
+}
+
+static int listed_in(const mt_litlist *l, const uint8_t *s, uint32_t n)
+{
+    for (uint32_t i = 0; i < l->n; i++)
+        if (l->len[i] == n && memcmp(l->blob + l->off[i], s, n) == 0)
+            return 1;
+    return 0;
+}
+
+static int contains_any(const mt_litlist *l, const uint8_t *s, uint32_t n)
+{
+    for (uint32_t i = 0; i < l->n; i++)
+        if (l->len[i] <= n && memmem(s, n, l->blob + l->off[i], l->len[i]))
+            return 1;
+    return 0;
+}
+
+enum { PATH_NOTHING = 0, PATH_FLAG = 1, PATH_FLAG_UNLESS_LOCAL = 2 };
+
+/* The direct-download and suspicious-file-name part of Worker._request_heuristics, on the path
+ * it sees (lower case, "//" collapsed): exact for the download branch, the patterns' literals for
+ * the file names. The download event also needs a server outside the local networks: that part
+ * is the caller's (PATH_FLAG_UNLESS_LOCAL), so the verdict is the path's alone. */
+static int download_verdict(Heuristics *H, const uint8_t *path, uint32_t pn)
+{
+    if (!memchr(path, '.', pn))
+        return PATH_NOTHING;
+    const uint8_t *q = memchr(path, '?', pn);
+    uint32_t tn = q ? (uint32_t)(q - path) : pn;
+    uint32_t f = tn;
+    while (f && path[f - 1] != '/')
+        f--;
+    const uint8_t *fname = path + f;
+    uint32_t fl = tn - f, dot = fl;
+    while (dot && fname[dot - 1] != '.')
+        dot--;
+    if (dot >= 2 && listed_in(&H->dl_ext, fname + dot - 1, fl - dot + 1)) {
+        /* download_extension(path) found one: the event's own conditions decide, nothing else */
+        if (contains_any(&H->dl_white, path, pn) || (q && memchr(q + 1, '=', pn - tn - 1)) || dot - 1 >= 10)
+            return PATH_NOTHING;
+        return PATH_FLAG_UNLESS_LOCAL;
+    }
+    if (H->fname_always != MODE_FORMULA)
+        return H->fname_always == MODE_ALWAYS ? PATH_FLAG : PATH_NOTHING;
+    memset(H->seen, 0, H->seen_words * sizeof(uint64_t));
+    uint8_t flags = 0;
+    mt_lits_search(&H->fname, fname, fl, 0, &flags, H->seen);
+    return mt_trigger_eval(&H->fname_t, &H->fname_f, H->seen, H->seen_words) ? PATH_FLAG : PATH_NOTHING;
+}
+
+/* What a request's path decides (request patterns, downloads, file names): a PATH_ verdict, or
+ * -1 when out of memory. Remembered by fingerprint. */
+static int path_verdict(Heuristics *H, const uint8_t *path, uint32_t pn)
+{
+    uint64_t fp = mt_keyed_hash(&H->hk, path, pn) | 1;
+    uint32_t slot = (uint32_t)(fp >> 40) % MEMO_SLOTS;
+    if (H->path_memo.fp[slot] == fp)
+        return H->path_memo.verdict[slot];
+    int v = PATH_NOTHING;
+    if (H->request_on)
+        v = heuristic_request_text(H, path, pn);
+    if (v == PATH_NOTHING && H->download_on)
+        v = download_verdict(H, path, pn);
+    if (v >= 0) {
+        H->path_memo.fp[slot] = fp;
+        H->path_memo.verdict[slot] = (uint8_t)v;
+    }
+    return v;
+}
+
+/* heuristic_user_agent, remembered by fingerprint. */
+static int user_agent_verdict(Heuristics *H, const uint8_t *ua, uint32_t n)
+{
+    uint64_t fp = mt_keyed_hash(&H->hk, ua, n) | 1;
+    uint32_t slot = (uint32_t)(fp >> 40) % MEMO_SLOTS;
+    if (H->ua_memo.fp[slot] == fp)
+        return H->ua_memo.verdict[slot];
+    int v = heuristic_user_agent(H, ua, n);
+    if (v >= 0) {
+        H->ua_memo.fp[slot] = fp;
+        H->ua_memo.verdict[slot] = (uint8_t)v;
+    }
+    return v;
+}
+
+/* workers/heuristics/http.py needs_response_check */
+static int heuristic_response(const Heuristics *H, const uint8_t *pl, uint32_t pn)
+{
+    uint8_t flags = 0;
+    mt_lits_search(&H->resp, pl, pn < H->response_head_bytes ? pn : H->response_head_bytes, 1, &flags, NULL);
+    return flags != 0;
+}
+
+/* is_bare_ipv4: \A\d+\.[0-9.]+\Z */
+static int bare_ipv4(const uint8_t *s, uint32_t n)
+{
+    uint32_t i = 0;
+    while (i < n && s[i] >= '0' && s[i] <= '9')
+        i++;
+    if (i == 0 || i + 1 >= n || s[i] != '.')
+        return 0;
+    for (i++; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || s[i] == '.'))
+            return 0;
+    return 1;
+}
+
+/* An HTTP request (already parsed). 1 to hand the frame to Python, 0 not, -1 out of memory. */
+static int scan_http(Tables *t, Heuristics *H, const mt_packet *pk, const http_req *r)
 {
     uint8_t *buf = t->scratch;
     uint8_t *host = buf + SCR_HOST, *path = buf + SCR_PATH, *name = buf + SCR_NAME, *work = buf + SCR_WORK;
     uint32_t hn, pn;
+    int rc;
     if (has_high_bytes(r->target, r->target_len) || (r->have_host && has_high_bytes(r->host, r->host_len)) ||
         (r->have_ua && has_high_bytes(r->ua, r->ua_len)))
         return 1;
     memcpy(path, r->target, r->target_len);
     pn = r->target_len;
     lower_ascii(path, pn);
+    if (H && H->missing_host_on && !(r->have_host && r->host_len))
+        return 1;
+    if (H && H->proxy_on && pk->dport == 80 && pn >= 7 && memcmp(path, "http://", 7) == 0 &&
+        contains_any(&H->proxy_words, path, pn))
+        return 1;
     if (r->have_host && r->host_len) {
-        memcpy(host, r->host, r->host_len);
-        hn = r->host_len;
+        const uint8_t *hv = r->host;
+        uint32_t hl = r->host_len;
+        str_strip(&hv, &hl);                     /* req.host.strip().lower() */
+        memcpy(host, hv, hl);
+        hn = hl;
         lower_ascii(host, hn);
         if (hn >= 3 && memcmp(host + hn - 3, ":80", 3) == 0)
             hn -= 3;
+        if (H && H->iot_on && bare_ipv4(host, hn) && !is_local(H, pk->version, pk->dst))
+            return 1;
         uint32_t nn = normalize_host(host, hn, name);
         if (domain_candidate(t, name, nn))
             return 1;
@@ -969,8 +1474,8 @@ static int scan_http(Tables *t, const mt_packet *pk, const http_req *r)
     }
     if (r->have_ua && r->ua_len && t->n_uas && ua_hit(t, r->ua, r->ua_len, buf + SCR_UA))
         return 1;
-    if (!t->have[S_URLS] || !t->urls.count)
-        return 0;
+    if (H && H->ua_on && r->have_ua && r->ua_len && (rc = user_agent_verdict(H, r->ua, r->ua_len)) != 0)
+        return rc;
     /* path.replace("//", "/"): one left-to-right pass, as str.replace does */
     uint32_t o = 0;
     for (uint32_t i = 0; i < pn; i++) {
@@ -982,6 +1487,15 @@ static int scan_http(Tables *t, const mt_packet *pk, const http_req *r)
         path[o++] = path[i];
     }
     pn = o;
+    if (H && (H->request_on || H->download_on)) {
+        rc = path_verdict(H, path, pn);
+        if (rc < 0 || rc == PATH_FLAG || (rc == PATH_FLAG_UNLESS_LOCAL && !is_local(H, pk->version, pk->dst)))
+            return rc < 0 ? -1 : 1;
+        if (H->request_on && r->body_len && (rc = heuristic_request_text(H, r->body, r->body_len)) != 0)
+            return rc;
+    }
+    if (!t->have[S_URLS] || !t->urls.count)
+        return 0;
     int have_post = r->body_len && lower_equals(r->method, r->method_len, "post");
     int postn = 0;
     uint8_t *post = work;
@@ -1000,15 +1514,40 @@ static int scan_http(Tables *t, const mt_packet *pk, const http_req *r)
 static PyObject *scan(PyObject *self, PyObject *args)
 {
     Tables *t;
+    PyObject *hobj = Py_None;
     Py_buffer buf, offsets, caplens, linktypes, ts;
-    extern PyTypeObject TablesType;
-    if (!PyArg_ParseTuple(args, "O!y*y*y*y*y*", &TablesType, &t, &buf, &offsets, &caplens, &linktypes, &ts))
+    extern PyTypeObject TablesType, HeuristicsType;
+    if (!PyArg_ParseTuple(args, "O!y*y*y*y*y*|O", &TablesType, &t, &buf, &offsets, &caplens, &linktypes, &ts, &hobj))
         return NULL;
     PyObject *result = NULL;
+    Heuristics *H = NULL;
+    uint32_t *flagged = NULL;
     Py_ssize_t n = caplens.len / 4;
     if (offsets.len / 8 != n || linktypes.len / 2 != n || ts.len / 8 != n) {
         PyErr_SetString(PyExc_ValueError, "batch arrays differ in length");
         goto done;
+    }
+    if (n > MAX_BATCH_FRAMES) {
+        PyErr_Format(PyExc_ValueError, "a batch holds at most %d frames (%zd given): a flagged frame's index is "
+                     "16 bits; split the batch", MAX_BATCH_FRAMES, n);
+        goto done;
+    }
+    if (hobj != Py_None) {
+        if (!PyObject_TypeCheck(hobj, &HeuristicsType)) {
+            PyErr_SetString(PyExc_TypeError, "scan(): heuristics must be a _fastpath.Heuristics or None");
+            goto done;
+        }
+        H = (Heuristics *)hobj;
+        if (!H->ready) {
+            PyErr_SetString(PyExc_RuntimeError, "Heuristics not initialised");
+            goto done;
+        }
+        if (H->busy) {
+            PyErr_SetString(PyExc_RuntimeError, "Heuristics are in use by another scan");
+            goto done;
+        }
+        if (!H->enabled)
+            H = NULL;                          /* use_heuristics = false: the plain trail scan */
     }
     const uint64_t *off = offsets.buf;
     const uint32_t *cap = caplens.buf;
@@ -1016,14 +1555,17 @@ static PyObject *scan(PyObject *self, PyObject *args)
     const int64_t *tsn = ts.buf;
     const uint8_t *base = buf.buf;
     uint32_t counts[C_COUNT] = {0};
-    uint32_t *flagged = PyMem_Malloc(sizeof(uint32_t) * (n ? n : 1));
+    flagged = PyMem_Malloc(sizeof(uint32_t) * (n ? n : 1));
     if (!flagged) {
         PyErr_NoMemory();
         goto done;
     }
     Py_ssize_t nflagged = 0;
     int64_t max_ts = 0;
+    int oom = 0;
     uint8_t name[MT_MAX_NAME + 1];
+    if (H)
+        H->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         if (off[i] + cap[i] > (uint64_t)buf.len) {
@@ -1040,45 +1582,93 @@ static PyObject *scan(PyObject *self, PyObject *args)
         counts[C_DECODED]++;
         if (tsn[i] / 1000 > max_ts)
             max_ts = tsn[i] / 1000;
+        int64_t ts_us = floor_us(tsn[i]);
+        uint32_t ext[E_COUNT] = {0}, bits = 0;
+        scan_plan sp;
+        if (H)
+            heuristic_scans_plan(H, &pk, &sp);
         int flag = ip_hit(t, pk.version, pk.dst, pk.dport) || ip_hit(t, pk.version, pk.src, pk.sport);
+        if (H) {
+            /* every decoded frame updates the scan windows, in order, whatever else it is */
+            int v = heuristic_scans(H, &pk, &sp, ts_us);
+            if (v < 0) {
+                oom = 1;
+                break;
+            }
+            bits |= (uint32_t)v;
+        }
         const uint8_t *pl = p + pk.payload_off;
         uint32_t pn = pk.payload_len;
-        if (!flag && pk.proto == 17) {
-            if (pk.sport == 53 || pk.dport == 53)
-                flag = scan_dns(t, pl, pn, name, counts);
-            else if (pn && (pl[0] & 0x80) && pn >= 5) {
+        if (pk.proto == 17) {
+            if (pk.sport == 53 || pk.dport == 53) {
+                int v = scan_dns(t, H, pl, pn, name, ext, ts_us, flag, &bits);
+                if (v < 0) {
+                    oom = 1;
+                    break;
+                }
+                flag |= v;
+            } else if (!flag && pn && (pl[0] & 0x80) && pn >= 5) {
                 uint32_t version = mt_be32(pl + 1);
                 flag = version == 1 || version == 0x6B3343CF;   /* QUIC v1/v2: the reassembler decides */
             }
-        } else if (!flag && pk.proto == 6 && pn) {
+        } else if (pk.proto == 6 && pn) {
             if (pk.sport == 53 || pk.dport == 53)
                 flag = 1;                                  /* DNS over TCP: rare, Python reads it */
             else if (pn > 5 && pl[0] == 22 && pl[1] == 3 && pl[2] <= 4 && pl[5] == 1) {
-                int l = tls_sni(pl, pn, name);
-                if (l < 0)
-                    flag = 1;
-                else if (l > 0) {
-                    if (domain_candidate(t, name, (size_t)l))
+                if (!flag) {
+                    int l = tls_sni(pl, pn, name);
+                    if (l < 0)
                         flag = 1;
-                    else
-                        counts[C_TLS_NAMES]++;
+                    else if (l > 0) {
+                        if (domain_candidate(t, name, (size_t)l))
+                            flag = 1;
+                        else
+                            ext[E_TLS_NAMES]++;
+                    }
                 }
             } else if (looks_like_http(pl, pn)) {
                 http_req r;
                 if (parse_http(pl, pn, &r)) {
-                    if (scan_http(t, &pk, &r))
-                        flag = 1;
-                    else
-                        counts[C_HTTP_REQUESTS]++;
+                    web_plan wp = {0};
+                    if (H && H->web_on && heuristic_web_plan(H, &pk, &r, &wp) < 0) {
+                        oom = 1;
+                        break;
+                    }
+                    if (!flag) {
+                        int v = scan_http(t, H, &pk, &r);
+                        if (v < 0) {
+                            oom = 1;
+                            break;
+                        }
+                        flag = v;
+                    }
+                    int v = H ? heuristic_web(H, &wp, ts_us) : 0;
+                    if (v < 0) {
+                        oom = 1;
+                        break;
+                    }
+                    bits |= (uint32_t)v;
+                    ext[E_HTTP_REQUESTS]++;
                 }
+            } else if (H && H->response_on && !flag && pn >= 5 && memcmp(pl, "HTTP/", 5) == 0) {
+                flag = heuristic_response(H, pl, pn);
             }
         }
-        if (flag)
-            flagged[nflagged++] = (uint32_t)i;
+        if (flag || bits) {
+            flagged[nflagged++] = (uint32_t)i | bits << 16;
+        } else {
+            for (int k = 0; k < E_COUNT; k++)
+                counts[C_DNS_QUERIES + k] += ext[k];
+        }
     }
     Py_END_ALLOW_THREADS
+    if (H)
+        H->busy = 0;
+    if (oom) {
+        PyErr_NoMemory();
+        goto done;
+    }
     PyObject *fl = PyBytes_FromStringAndSize((const char *)flagged, nflagged * (Py_ssize_t)sizeof(uint32_t));
-    PyMem_Free(flagged);
     if (!fl)
         goto done;
     PyObject *cl = PyList_New(C_COUNT);
@@ -1086,10 +1676,18 @@ static PyObject *scan(PyObject *self, PyObject *args)
         Py_DECREF(fl);
         goto done;
     }
-    for (int k = 0; k < C_COUNT; k++)
-        PyList_SET_ITEM(cl, k, PyLong_FromUnsignedLong(counts[k]));
+    for (int k = 0; k < C_COUNT; k++) {
+        PyObject *v = PyLong_FromUnsignedLong(counts[k]);
+        if (!v) {
+            Py_DECREF(fl);
+            Py_DECREF(cl);
+            goto done;
+        }
+        PyList_SET_ITEM(cl, k, v);
+    }
     result = Py_BuildValue("(NNL)", fl, cl, (long long)max_ts);
 done:
+    PyMem_Free(flagged);
     PyBuffer_Release(&buf);
     PyBuffer_Release(&offsets);
     PyBuffer_Release(&caplens);
@@ -1097,6 +1695,499 @@ done:
     PyBuffer_Release(&ts);
     return result;
 }
+
+/* ---- Heuristics: the Python object --------------------------------------------------------- */
+
+static void Heuristics_dealloc(Heuristics *self)
+{
+    free(self->nets);
+    mt_dw_free(&self->port);
+    mt_dw_free(&self->udp);
+    mt_dw_free(&self->infection);
+    mt_dw_free(&self->web);
+    mt_dx_free(&self->dx);
+    mt_lits_free(&self->ua);
+    mt_lits_free(&self->req);
+    mt_lits_free(&self->fname);
+    mt_lits_free(&self->resp);
+    mt_formula_free(&self->req_f);
+    mt_formula_free(&self->fname_f);
+    mt_trigger_free(&self->req_t);
+    mt_trigger_free(&self->fname_t);
+    mt_litlist_free(&self->dl_ext);
+    mt_litlist_free(&self->dl_white);
+    mt_litlist_free(&self->proxy_words);
+    free(self->seen);
+    free(self->buf);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int setting_int(PyObject *d, const char *key, long long lo, long long hi, long long *out)
+{
+    PyObject *v = PyDict_GetItemString(d, key);
+    if (!v) {
+        PyErr_Format(PyExc_KeyError, "heuristic setting %s is missing", key);
+        return -1;
+    }
+    if (!PyLong_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "heuristic setting %s must be an int", key);
+        return -1;
+    }
+    long long x = PyLong_AsLongLong(v);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    if (x < lo || x > hi) {
+        PyErr_Format(PyExc_ValueError, "heuristic setting %s = %lld is outside %lld..%lld", key, x, lo, hi);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+static int setting_on(PyObject *d, const char *key, int enabled, int *out)
+{
+    PyObject *v = PyDict_GetItemString(d, key);
+    if (!v) {
+        PyErr_Format(PyExc_KeyError, "heuristic setting %s is missing", key);
+        return -1;
+    }
+    int t = PyObject_IsTrue(v);
+    if (t < 0)
+        return -1;
+    *out = enabled && t;                       /* HeuristicSettings.on() */
+    return 0;
+}
+
+/* lists[key]: a sequence of bytes (a one-item list for a single value); calls add() for each. */
+static PyObject *list_of(PyObject *lists, const char *key)
+{
+    PyObject *v = PyDict_GetItemString(lists, key);
+    if (!v) {
+        PyErr_Format(PyExc_KeyError, "heuristic list %s is missing", key);
+        return NULL;
+    }
+    return PySequence_Fast(v, "heuristic lists must be sequences of bytes");
+}
+
+/* Literals into a list. `exact_only`: the literals suppress a verdict, so only those Python's
+ * own test would find the same way are kept (ASCII, already lower case, no whitespace at either
+ * end, which unquote(...).strip() could have removed). */
+static int add_literals(PyObject *lists, const char *key, mt_litlist *l, uint8_t flags, int exact_only)
+{
+    PyObject *seq = list_of(lists, key);
+    if (!seq)
+        return -1;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyBytes_Check(item)) {
+            Py_DECREF(seq);
+            PyErr_Format(PyExc_TypeError, "heuristic list %s must hold bytes", key);
+            return -1;
+        }
+        const uint8_t *b = (const uint8_t *)PyBytes_AS_STRING(item);
+        Py_ssize_t n = PyBytes_GET_SIZE(item);
+        if (exact_only) {
+            int keep = n > 0 && !is_str_ws(b[0]) && !is_str_ws(b[n - 1]);
+            for (Py_ssize_t k = 0; k < n && keep; k++)
+                keep = b[k] < 0x80 && !(b[k] >= 'A' && b[k] <= 'Z');
+            if (!keep)
+                continue;
+        }
+        int64_t id = mt_litlist_add(l, b, (size_t)n, flags);
+        if (id == -2) {
+            Py_DECREF(seq);
+            PyErr_Format(PyExc_ValueError, "heuristic list %s: literal %zd is empty or longer than %d bytes", key, i,
+                         MT_LIT_MAX_BYTES);
+            return -1;
+        }
+        if (id < 0) {
+            Py_DECREF(seq);
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+/* The formula "some pattern of lists[key] may match", its literals added to l with `flag`. Sets
+ * *mode (never: no patterns; always: a pattern requires no literal) and *root. */
+static int add_patterns(PyObject *lists, const char *key, mt_litlist *l, uint8_t flag, mt_formula *f, uint32_t *root,
+                        int *mode)
+{
+    PyObject *seq = list_of(lists, key);
+    if (!seq)
+        return -1;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    uint32_t *roots = malloc(sizeof(uint32_t) * (count ? count : 1));
+    if (!roots) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyBytes_Check(item)) {
+            free(roots);
+            Py_DECREF(seq);
+            PyErr_Format(PyExc_TypeError, "heuristic list %s must hold bytes", key);
+            return -1;
+        }
+        int64_t r = mt_regex_formula((const uint8_t *)PyBytes_AS_STRING(item), (size_t)PyBytes_GET_SIZE(item),
+                                     l->fold, f, l, flag);
+        if (r < 0) {
+            free(roots);
+            Py_DECREF(seq);
+            PyErr_NoMemory();
+            return -1;
+        }
+        roots[i] = (uint32_t)r;
+    }
+    Py_DECREF(seq);
+    if (count == 0) {
+        free(roots);
+        *mode = MODE_NEVER;
+        return 0;
+    }
+    int64_t r = mt_formula_join(f, MT_F_OR, roots, (uint32_t)count);
+    free(roots);
+    if (r < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *root = (uint32_t)r;
+    *mode = f->node[r].op == MT_F_TRUE ? MODE_ALWAYS : MODE_FORMULA;
+    return 0;
+}
+
+static int build_lits(mt_lits *x, mt_litlist *l)
+{
+    int r = mt_lits_build(x, l);
+    if (r == -2)
+        PyErr_Format(PyExc_ValueError, "more than %d heuristic literals in one set", MT_LITS_MAX);
+    else if (r < 0)
+        PyErr_NoMemory();
+    return r < 0 ? -1 : 0;
+}
+
+static int Heuristics_init(Heuristics *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *settings, *networks, *lists;
+    if (!PyArg_ParseTuple(args, "O!OO!", &PyDict_Type, &settings, &networks, &PyDict_Type, &lists))
+        return -1;
+    if (self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "Heuristics already initialised");
+        return -1;
+    }
+    const long long I31 = 0x7FFFFFFFLL, U32 = 0xFFFFFFFELL;
+    long long window_s, port_t, udp_t, inf_t, web_t, udp_max, long_len, dx_t, dx_window_s, max_keys, max_domains,
+        max_subs, head_bytes;
+    int en;
+    PyObject *v = PyDict_GetItemString(settings, "enabled");
+    if (!v) {
+        PyErr_SetString(PyExc_KeyError, "heuristic setting enabled is missing");
+        return -1;
+    }
+    if ((en = PyObject_IsTrue(v)) < 0)
+        return -1;
+    self->enabled = en;
+    if (setting_on(settings, "port_scan", en, &self->port_on) < 0 ||
+        setting_on(settings, "udp_scan", en, &self->udp_on) < 0 ||
+        setting_on(settings, "infection_scan", en, &self->infection_on) < 0 ||
+        setting_on(settings, "web_scan", en, &self->web_on) < 0 ||
+        setting_on(settings, "nxdomain", en, &self->nxdomain_on) < 0 ||
+        setting_on(settings, "dga", en, &self->dga_on) < 0 ||
+        setting_on(settings, "long_domain", en, &self->long_on) < 0 ||
+        setting_on(settings, "dns_exhaustion", en, &self->exhaustion_on) < 0 ||
+        setting_on(settings, "user_agent", en, &self->ua_on) < 0 ||
+        setting_on(settings, "http_request", en, &self->request_on) < 0 ||
+        setting_on(settings, "direct_download", en, &self->download_on) < 0 ||
+        setting_on(settings, "iot_download", en, &self->iot_on) < 0 ||
+        setting_on(settings, "proxy_probe", en, &self->proxy_on) < 0 ||
+        setting_on(settings, "missing_host", en, &self->missing_host_on) < 0 ||
+        setting_on(settings, "http_response", en, &self->response_on) < 0 ||
+        setting_int(settings, "scan_window_s", 0, I31, &window_s) < 0 ||
+        setting_int(settings, "port_scan_threshold", 0, U32 - 1, &port_t) < 0 ||
+        setting_int(settings, "udp_scan_threshold", 0, U32 - 1, &udp_t) < 0 ||
+        setting_int(settings, "infection_scan_threshold", 0, U32 - 1, &inf_t) < 0 ||
+        setting_int(settings, "web_scan_threshold", 0, U32 - 1, &web_t) < 0 ||
+        setting_int(settings, "udp_probe_max_bytes", 0, I31, &udp_max) < 0 ||
+        setting_int(settings, "long_domain_length", 0, I31, &long_len) < 0 ||
+        setting_int(settings, "dns_exhaustion_threshold", 0, U32, &dx_t) < 0 ||
+        setting_int(settings, "dns_exhaustion_window_s", 0, I31, &dx_window_s) < 0 ||
+        setting_int(settings, "max_scan_keys", 1, U32, &max_keys) < 0 ||
+        setting_int(settings, "max_dns_domains", 1, U32, &max_domains) < 0 ||
+        setting_int(settings, "max_dns_subdomains", 1, 1LL << 48, &max_subs) < 0)
+        return -1;
+    self->udp_probe_max_bytes = (uint32_t)udp_max;
+    self->long_domain_length = (uint32_t)long_len;
+
+    PyObject *ports = PyDict_GetItemString(settings, "infection_ports");
+    PyObject *seq = ports ? PySequence_Fast(ports, "infection_ports must be a sequence of ints") : NULL;
+    if (!seq) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_KeyError, "heuristic setting infection_ports is missing");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        long port = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (port == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        if (port >= 0 && port <= 65535)       /* a port no packet has can never match */
+            self->infection_port[port >> 3] |= (uint8_t)(1u << (port & 7));
+    }
+    Py_DECREF(seq);
+
+    seq = PySequence_Fast(networks, "networks must be a sequence of (version, address bytes, prefix length)");
+    if (!seq)
+        return -1;
+    Py_ssize_t nn = PySequence_Fast_GET_SIZE(seq);
+    self->nets = calloc(nn ? nn : 1, sizeof(local_net));
+    if (!self->nets) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nn; i++) {
+        int version, prefix;
+        const char *addr;
+        Py_ssize_t alen;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "iy#i", &version, &addr, &alen, &prefix)) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        if (!((version == 4 && alen == 4 && prefix >= 0 && prefix <= 32) ||
+              (version == 6 && alen == 16 && prefix >= 0 && prefix <= 128))) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_ValueError, "a local network is (4, 4 bytes, 0..32) or (6, 16 bytes, 0..128)");
+            return -1;
+        }
+        self->nets[i].version = version;
+        self->nets[i].prefix = prefix;
+        memcpy(self->nets[i].addr, addr, alen);
+    }
+    self->n_nets = (uint32_t)nn;
+    Py_DECREF(seq);
+
+    long long trace[2];
+    seq = list_of(lists, "traceroute_ports");
+    if (!seq)
+        return -1;
+    if (PySequence_Fast_GET_SIZE(seq) != 2) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "traceroute_ports is (start, stop)");
+        return -1;
+    }
+    for (int k = 0; k < 2; k++) {
+        trace[k] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, k));
+        if (trace[k] == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    self->trace_lo = (uint32_t)(trace[0] < 0 ? 0 : trace[0] > 65536 ? 65536 : trace[0]);
+    self->trace_hi = (uint32_t)(trace[1] < 0 ? 0 : trace[1] > 65536 ? 65536 : trace[1]);
+    if (setting_int(lists, "response_head_bytes", 0, I31, &head_bytes) < 0)
+        return -1;
+    self->response_head_bytes = (uint32_t)head_bytes;
+
+    mt_hkey_random(&self->hk);
+    int64_t window_us = window_s * 1000000;
+    mt_dw_init(&self->port, (uint32_t)port_t, window_us, (uint32_t)max_keys, &self->hk);
+    mt_dw_init(&self->udp, (uint32_t)udp_t, window_us, (uint32_t)max_keys, &self->hk);
+    mt_dw_init(&self->infection, (uint32_t)inf_t, window_us, (uint32_t)max_keys, &self->hk);
+    mt_dw_init(&self->web, (uint32_t)web_t, window_us, (uint32_t)max_keys, &self->hk);
+    mt_dx_init(&self->dx, (uint32_t)dx_t, dx_window_s * 1000000, (uint32_t)max_domains, (uint64_t)max_subs, &self->hk);
+
+    mt_litlist l;
+    mt_litlist_init(&l, MT_FOLD_LOWER);
+    if (add_literals(lists, "suspicious_user_agents", &l, UA_SUSPICIOUS, 0) < 0 ||
+        add_literals(lists, "whitelist_user_agents", &l, UA_WHITELISTED, 1) < 0 || build_lits(&self->ua, &l) < 0)
+        goto fail;
+    mt_litlist_init(&l, MT_FOLD_LOWER_WS);
+    int mode;
+    if (add_literals(lists, "request_needles", &l, REQ_NEEDLE, 0) < 0 ||
+        add_patterns(lists, "request_patterns", &l, REQ_PATTERN, &self->req_f, &self->req_root, &mode) < 0)
+        goto fail;
+    self->req_always = mode;
+    if (build_lits(&self->req, &l) < 0)
+        goto fail;
+    mt_litlist_init(&l, MT_FOLD_LOWER_WS);
+    if (add_patterns(lists, "filename_patterns", &l, 1, &self->fname_f, &self->fname_root, &mode) < 0)
+        goto fail;
+    self->fname_always = mode;
+    if (build_lits(&self->fname, &l) < 0)
+        goto fail;
+    mt_litlist_init(&l, MT_FOLD_LOWER);
+    if (add_literals(lists, "response_needles", &l, 1, 0) < 0 || build_lits(&self->resp, &l) < 0)
+        goto fail;
+    mt_litlist_init(&self->dl_ext, MT_FOLD_NONE);
+    mt_litlist_init(&self->dl_white, MT_FOLD_NONE);
+    mt_litlist_init(&self->proxy_words, MT_FOLD_NONE);
+    if (add_literals(lists, "download_extensions", &self->dl_ext, 1, 0) < 0 ||
+        add_literals(lists, "whitelist_download_paths", &self->dl_white, 1, 0) < 0 ||
+        add_literals(lists, "proxy_probe_words", &self->proxy_words, 1, 0) < 0)
+        return -1;
+    if ((self->req_always == MODE_FORMULA &&
+         mt_trigger_build(&self->req_t, &self->req_f, &self->req.lits, self->req_root) < 0) ||
+        (self->fname_always == MODE_FORMULA &&
+         mt_trigger_build(&self->fname_t, &self->fname_f, &self->fname.lits, self->fname_root) < 0)) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    uint32_t most = self->req.lits.n > self->fname.lits.n ? self->req.lits.n : self->fname.lits.n;
+    self->seen_words = most / 64 + 1;
+    self->seen = calloc(self->seen_words, sizeof(uint64_t));
+    if (!self->seen) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->ready = 1;
+    return 0;
+fail:
+    mt_litlist_free(&l);
+    return -1;
+}
+
+static const char *MODE_NAMES[] = {"never", "formula", "always"};
+
+static PyObject *Heuristics_stats(Heuristics *self, PyObject *unused)
+{
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K}",
+                         "port scan keys evicted", (unsigned long long)self->port.evicted_keys,
+                         "udp scan keys evicted", (unsigned long long)self->udp.evicted_keys,
+                         "infection scan keys evicted", (unsigned long long)self->infection.evicted_keys,
+                         "web scan keys evicted", (unsigned long long)self->web.evicted_keys,
+                         "dns exhaustion domains evicted", (unsigned long long)self->dx.evicted_domains,
+                         "dns exhaustion subdomains not stored", (unsigned long long)self->dx.unstored_subdomains);
+}
+
+static PyObject *Heuristics_held(Heuristics *self, PyObject *unused)
+{
+    return Py_BuildValue("{s:I,s:I,s:I,s:I,s:I,s:K}", "port", self->port.count, "udp", self->udp.count,
+                         "infection", self->infection.count, "web", self->web.count, "dns domains", self->dx.count,
+                         "dns subdomains", (unsigned long long)self->dx.stored);
+}
+
+static PyObject *Heuristics_prefilters(Heuristics *self, PyObject *unused)
+{
+    PyObject *lits = PyList_New(0);
+    if (!lits)
+        return NULL;
+    for (uint32_t i = 0; i < self->req.lits.n; i++) {
+        if (!(self->req.lits.flags[i] & REQ_PATTERN))
+            continue;
+        PyObject *b = PyBytes_FromStringAndSize((const char *)self->req.lits.blob + self->req.lits.off[i],
+                                                self->req.lits.len[i]);
+        if (!b || PyList_Append(lits, b) < 0) {
+            Py_XDECREF(b);
+            Py_DECREF(lits);
+            return NULL;
+        }
+        Py_DECREF(b);
+    }
+    /* each disjunct of the request formula that a literal triggers: the literals that trigger it */
+    PyObject *triggers = PyDict_New();
+    if (!triggers) {
+        Py_DECREF(lits);
+        return NULL;
+    }
+    for (uint32_t id = 0; id < self->req_t.n_lits; id++) {
+        for (uint32_t k = self->req_t.first[id]; k < self->req_t.first[id + 1]; k++) {
+            PyObject *key = PyLong_FromUnsignedLong(self->req_t.disj[k]);
+            PyObject *b = PyBytes_FromStringAndSize((const char *)self->req.lits.blob + self->req.lits.off[id],
+                                                    self->req.lits.len[id]);
+            PyObject *list = key ? PyDict_GetItemWithError(triggers, key) : NULL;
+            int bad = !key || !b || (!list && PyErr_Occurred());
+            if (!bad && !list) {
+                list = PyList_New(0);
+                bad = !list || PyDict_SetItem(triggers, key, list) < 0;
+                Py_XDECREF(list);
+            }
+            bad = bad || PyList_Append(list, b) < 0;
+            Py_XDECREF(key);
+            Py_XDECREF(b);
+            if (bad) {
+                Py_DECREF(lits);
+                Py_DECREF(triggers);
+                return NULL;
+            }
+        }
+    }
+    return Py_BuildValue("{s:s,s:s,s:N,s:N,s:I}", "request", MODE_NAMES[self->req_always], "filename",
+                         MODE_NAMES[self->fname_always], "request literals", lits, "request triggers", triggers,
+                         "untriggered", self->req_t.n_untriggered);
+}
+
+/* check(kind, data): one prefilter on its own, for tests: "user_agent" (a User-Agent value),
+ * "request" (a request path or body as sent), "filename" (a lower-case file name), "response"
+ * (a TCP payload starting with HTTP/). */
+static PyObject *Heuristics_check(Heuristics *self, PyObject *args)
+{
+    const char *kind;
+    Py_buffer b;
+    if (!PyArg_ParseTuple(args, "sy*", &kind, &b))
+        return NULL;
+    int r = 0;
+    if (!self->ready || self->busy) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_RuntimeError, "Heuristics not initialised or in use");
+        return NULL;
+    }
+    const uint8_t *s = b.buf;
+    uint32_t n = (uint32_t)b.len;
+    if (strcmp(kind, "user_agent") == 0) {
+        r = heuristic_user_agent(self, s, n);
+    } else if (strcmp(kind, "request") == 0) {
+        r = heuristic_request_text(self, s, n);
+    } else if (strcmp(kind, "response") == 0) {
+        r = heuristic_response(self, s, n);
+    } else if (strcmp(kind, "filename") == 0) {
+        if (self->fname_always != MODE_FORMULA) {
+            r = self->fname_always == MODE_ALWAYS;
+        } else {
+            memset(self->seen, 0, self->seen_words * sizeof(uint64_t));
+            uint8_t flags = 0;
+            mt_lits_search(&self->fname, s, n, 0, &flags, self->seen);
+            r = mt_trigger_eval(&self->fname_t, &self->fname_f, self->seen, self->seen_words);
+        }
+    } else {
+        PyBuffer_Release(&b);
+        PyErr_Format(PyExc_ValueError, "unknown prefilter %s", kind);
+        return NULL;
+    }
+    PyBuffer_Release(&b);
+    if (r < 0)
+        return PyErr_NoMemory();
+    return PyBool_FromLong(r);
+}
+
+static PyMethodDef Heuristics_methods[] = {
+    {"stats", (PyCFunction)Heuristics_stats, METH_NOARGS,
+     "stats() -> the saturation counters this state owns (ScanHeuristics.saturation() and the exhaustion "
+     "part of DnsHeuristics.saturation(), same keys)"},
+    {"held", (PyCFunction)Heuristics_held, METH_NOARGS, "held() -> keys / domains / subdomains held now"},
+    {"prefilters", (PyCFunction)Heuristics_prefilters, METH_NOARGS,
+     "prefilters() -> how the request and file-name patterns are prefiltered, and the request literals"},
+    {"check", (PyCFunction)Heuristics_check, METH_VARARGS, "check(kind, data) -> bool: one prefilter (tests)"},
+    {NULL}};
+
+PyTypeObject HeuristicsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "workers._fastpath.Heuristics",
+    .tp_basicsize = sizeof(Heuristics),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Heuristics(settings, local_networks, lists): the heuristics' state and prefilters for scan()\n\n"
+              "settings: HeuristicSettings' fields by name; local_networks: (version, address bytes, prefix "
+              "length); lists: the literal and pattern lists of workers/heuristics (bytes), traceroute_ports "
+              "(start, stop) and response_head_bytes. Lives as long as its worker: trail reloads keep it.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Heuristics_init,
+    .tp_dealloc = (destructor)Heuristics_dealloc,
+    .tp_methods = Heuristics_methods,
+};
 
 /* decode(frame, linktype) -> None or skip reason index, or the packet fields (tests) */
 static PyObject *decode(PyObject *self, PyObject *args)
@@ -1151,7 +2242,8 @@ PyTypeObject TablesType = {
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
-     "scan(tables, buf, offsets, caplens, linktypes, ts_ns) -> (flagged u32 bytes, counts, max_ts_us)"},
+     "scan(tables, buf, offsets, caplens, linktypes, ts_ns[, heuristics]) -> (flagged u32 bytes, counts, max_ts_us)"
+     "\n\nflagged: frame index (low 16 bits) | verdict bits << 16; at most 65535 frames per batch."},
     {"decode", decode, METH_VARARGS, "decode(frame, linktype) -> skip reason index or packet fields"},
     {"offsets", offsets_of, METH_O, "offsets(caplens u32 bytes) -> u64 offsets bytes"},
     {NULL}};
@@ -1162,7 +2254,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastpath",
 
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
-    if (PyType_Ready(&TablesType) < 0)
+    if (PyType_Ready(&TablesType) < 0 || PyType_Ready(&HeuristicsType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
@@ -1173,7 +2265,18 @@ PyMODINIT_FUNC PyInit__fastpath(void)
         Py_DECREF(m);
         return NULL;
     }
-    if (PyModule_AddIntConstant(m, "COUNTS", C_COUNT) < 0) {
+    Py_INCREF(&HeuristicsType);
+    if (PyModule_AddObject(m, "Heuristics", (PyObject *)&HeuristicsType) < 0) {
+        Py_DECREF(&HeuristicsType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "COUNTS", C_COUNT) < 0 || PyModule_AddIntConstant(m, "PORT_SCAN", V_PORT_SCAN) < 0 ||
+        PyModule_AddIntConstant(m, "UDP_SCAN", V_UDP_SCAN) < 0 ||
+        PyModule_AddIntConstant(m, "INFECTION_SCAN", V_INFECTION_SCAN) < 0 ||
+        PyModule_AddIntConstant(m, "WEB_SCAN", V_WEB_SCAN) < 0 ||
+        PyModule_AddIntConstant(m, "DNS_EXHAUSTION", V_DNS_EXHAUSTION) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_BATCH_FRAMES", MAX_BATCH_FRAMES) < 0) {
         Py_DECREF(m);
         return NULL;
     }
