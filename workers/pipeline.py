@@ -518,7 +518,7 @@ class Worker:
         h = self.heuristics
         src, dst = _ip_text(p.version, p.src), _ip_text(p.version, p.dst)
         if self._reference and h.enabled:
-            bits |= self.scans.observe_request(p, ts, req.target)
+            bits |= self.scans.observe_request(p, ts, req.target, client_is_src(p))
         if bits & WEB_SCAN:
             self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_PATH, dst, "potential web scanning", out)
         path = req.target.lower()

@@ -1177,7 +1177,10 @@ static int heuristic_web_plan(Heuristics *H, const mt_packet *pk, const http_req
     wp->counts = 1;
     wp->lo = mt_keyed_hash(&H->hk, lowered, n);
     wp->hi = n;
-    window_key(wp->key, pk->version, pk->src, pk->dst);
+    if (mt_client_is_src(pk))                  /* (client, server), as dispatch sees them */
+        window_key(wp->key, pk->version, pk->src, pk->dst);
+    else
+        window_key(wp->key, pk->version, pk->dst, pk->src);
     wp->tag = mt_dw_tag(&H->web, wp->key);
     mt_dw_prefetch(&H->web, wp->tag);
     return 0;

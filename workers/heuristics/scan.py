@@ -79,11 +79,13 @@ class ScanHeuristics:
                 bits |= UDP_SCAN
         return bits
 
-    def observe_request(self, p, ts_us: int, target: str) -> int:
-        """An HTTP request (client -> server) with its request target."""
+    def observe_request(self, p, ts_us: int, target: str, client_is_src: bool) -> int:
+        """An HTTP request with its request target, keyed (client, server) as dispatch sees the
+        conversation (a request sent from the lower port still counts for the other end's worker)."""
         if not self._web_on or not target.startswith("/"):
             return 0
-        if self.web.observe((p.version, p.src, p.dst), web_segment(target), ts_us):
+        key = (p.version, p.src, p.dst) if client_is_src else (p.version, p.dst, p.src)
+        if self.web.observe(key, web_segment(target), ts_us):
             return WEB_SCAN
         return 0
 
