@@ -108,13 +108,14 @@ def _stat(pid: int):
 
 class TreeSampler(threading.Thread):
     """Every SAMPLE_S, the summed PSS of `root` and all its descendants; keeps the peak and which
-    process held how much at that moment. Processes that existed before the engine started are
-    never read again, so a sample costs a directory listing and a few small reads."""
+    process held how much at that moment. The tree is found afresh at every sample from each
+    process's parent: process ids wrap around (pid_max is often 32768), so a new child may reuse
+    the id of a process that existed before the engine, and a grandchild may have a lower id than
+    its parent. A sample reads /proc/<pid>/stat of every process, a few dozen small reads."""
 
-    def __init__(self, root: int, before: set[int]):
+    def __init__(self, root: int):
         super().__init__(daemon=True)
         self.root = root
-        self.others = before
         self.tree = {root: "supervisor"}
         self.peak = 0
         self.at_peak: dict = {}
@@ -122,19 +123,21 @@ class TreeSampler(threading.Thread):
         self._halt = threading.Event()
 
     def _grow(self) -> None:
+        stats = {}
         for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            pid = int(name)
-            if pid in self.tree or pid in self.others:
-                continue
-            st = _stat(pid)
-            if st is None:
-                continue
-            if st[0] in self.tree:
-                self.tree[pid] = st[1]
-            elif pid < self.root:
-                self.others.add(pid)
+            if name.isdigit():
+                st = _stat(int(name))
+                if st is not None:
+                    stats[int(name)] = st
+        tree = {self.root: "supervisor"}
+        grew = True
+        while grew:
+            grew = False
+            for pid, (ppid, comm) in stats.items():
+                if pid not in tree and ppid in tree:
+                    tree[pid] = comm
+                    grew = True
+        self.tree = tree
 
     def sample(self) -> None:
         self._grow()
@@ -143,9 +146,9 @@ class TreeSampler(threading.Thread):
         self.samples += 1
         if total > self.peak:
             self.peak = total
-            self.at_peak = {"%s[%d]" % (self._name(pid), pid): size for pid, size in sizes.items() if size}
+            self.at_peak = {"%s[%d]" % (self._comm(pid), pid): size for pid, size in sizes.items() if size}
 
-    def _name(self, pid: int) -> str:
+    def _comm(self, pid: int) -> str:
         """The process's name now: a child names itself (mte-capture, ...) only after it started."""
         if pid == self.root:
             return "supervisor"
@@ -175,11 +178,10 @@ def run_engine(engine: str, pcap: str, artifact: str, workers: int, reference: b
     cmd = [engine, "replay", "--trails", artifact, "--log-dir", log_dir, "--workers", str(workers),
            "--stats-json", stats_path, "-q"] + (["--reference"] if reference else []) + (
         ["-c", config] if config else []) + [pcap]
-    before = {int(n) for n in os.listdir("/proc") if n.isdigit()}
     start_unix = time.time()
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sampler = TreeSampler(proc.pid, before)
+    sampler = TreeSampler(proc.pid)
     sampler.start()
     out, err = proc.communicate()
     wall = time.perf_counter() - start
