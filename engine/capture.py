@@ -205,9 +205,10 @@ class _Capture:
                 continue
             self.stats["files"] += 1
             latest = self.stager.latest_ns if self.stager is not None else self.latest_ns
-            first = first_packet_ns(path, self.spec.snaplen_bytes, self.spec.reader)
-            if latest is not None and first is not None and first < latest:
-                self.break_timeline()
+            if latest is not None:
+                first = first_packet_ns(path, self.spec.snaplen_bytes, self.spec.reader)
+                if first is not None and first < latest:
+                    self.break_timeline()
             with source:
                 if self.stager is not None and isinstance(source, PcapFileReader) and source.format in _CLASSIC_PCAP:
                     truncated, notes = self.walk_pcap(source)

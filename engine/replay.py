@@ -30,9 +30,10 @@ def replay_files(paths, worker: Worker, writer: EventLogWriter, snaplen_bytes=No
             capture["unreadable"].append(str(exc))
             continue
         capture["files"] += 1
-        first = first_packet_ns(path, snaplen_bytes, reader)
-        if latest is not None and first is not None and first < latest:
-            writer.write(worker.flush())    # a timeline break, as engine/capture.py makes them
+        if latest is not None:
+            first = first_packet_ns(path, snaplen_bytes, reader)
+            if first is not None and first < latest:
+                writer.write(worker.flush())    # a timeline break, as engine/capture.py makes them
         with source:
             while True:
                 batch = source.read_batch(BATCH_FRAMES)
