@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import tracemalloc
 
 import pytest
 
@@ -21,7 +22,7 @@ from trailsdb.compile import build
 from workers.batch import (
     LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, LINKTYPE_NULL, LINKTYPE_RAW, FrameBatch, FrameBatchBuilder,
 )
-from workers.condense import Condenser
+from workers.condense import MAX_COUNTED, MAX_LISTED, Condenser
 from workers.events import Event, severity_of
 from workers.pipeline import Worker
 
@@ -509,6 +510,61 @@ def test_condenser_lists_at_most_sixteen_values_then_counts_the_rest():
     condenser.flush(out)
     assert out[1].dst_port == ",".join(str(p) for p in range(1001, 1017)) + ",+24" and out[1].count == 40
     assert out[1].src_port == 50000  # shared by every repeat: stays a number
+
+
+def test_condenser_counts_at_most_a_thousand_values_per_field_then_says_or_more():
+    condenser = Condenser(window_us=WINDOW_S * 1_000_000)
+    out = []
+    ports = range(1, 1 + 1 + MAX_LISTED + MAX_COUNTED + 500)   # the first event, then the repeats
+    for port in ports:
+        condenser.offer(_ev(0, C, 50000, MAL, port, "TCP", "IP", MAL), out)
+    condenser.flush(out)
+    summary = out[1]
+    listed = ",".join(str(p) for p in range(2, 2 + MAX_LISTED))
+    assert summary.dst_port == listed + ",+%d or more" % MAX_COUNTED
+    assert summary.count == len(ports) - 1           # the count stays exact
+    assert condenser.uncounted == 500
+
+
+def test_condenser_shares_one_budget_of_values_and_frees_it_on_close():
+    condenser = Condenser(window_us=WINDOW_S * 1_000_000, max_values=100)
+    out = []
+    for src in ("10.0.0.1", "10.0.0.2"):
+        for port in range(1, 2 + MAX_LISTED + 80):   # 80 counted values wanted by each source
+            condenser.offer(_ev(0, src, 50000, MAL, port, "TCP", "IP", MAL), out)
+    condenser.flush(out)
+    first, second = [e for e in out if e.count > 1]
+    # the first source keeps 15 listed ports besides its first and counts 80 more: 95 of the 100;
+    # the second lists its first port and 5 more, and the other 90 find no room
+    assert first.dst_port == ",".join(str(p) for p in range(2, 18)) + ",+80"
+    assert second.dst_port == "2,3,4,5,6,7,+more" and second.count == 96
+    assert condenser.uncounted == 90
+    # the closed groups gave their share back
+    out = []
+    for port in range(1, 2 + MAX_LISTED + 80):
+        condenser.offer(_ev(1000, "10.0.0.3", 50000, MAL, port, "TCP", "IP", MAL), out)
+    condenser.flush(out)
+    assert out[1].dst_port.endswith(",+80")
+
+
+def test_condenser_memory_plateaus_under_a_flood_of_distinct_values():
+    """A scan from many sources over every port: memory grows with the caps, not the traffic."""
+    def flood(sources, ports):
+        condenser = Condenser(window_us=WINDOW_S * 1_000_000, max_entries=256, max_values=20_000)
+        tracemalloc.start()
+        out = []
+        for port in range(ports):
+            for s in range(sources):
+                condenser.offer(_ev(0, "10.1.%d.%d" % (s // 256, s % 256), 40000 + port, "198.18.%d.%d"
+                                    % (port // 256, port % 256), port, "TCP", "IP", MAL), out)
+            out.clear()
+        held = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        return held, condenser
+    small, _ = flood(256, 300)
+    large, condenser = flood(256, 1200)
+    assert condenser.uncounted > 0
+    assert large < small * 1.5, (small, large)
 
 
 # --- corpus counters ----------------------------------------------------------------------------

@@ -290,6 +290,7 @@ class Worker:
             # stays with self.dnsh on both paths)
             saturation.update(self._fast_heuristics.stats())
         saturation["noise control groups closed early"] = self.condenser.early_closes
+        saturation["noise control values not counted"] = self.condenser.uncounted
         return self.counters.as_dict(self.condenser.suppressed, saturation)
 
     def _count(self, events) -> None:
