@@ -1,7 +1,8 @@
 """`python -m bench COMMAND ...`: one entry point for the benchmarks (see bench/README.md).
 
-`replay` runs bench/replay.py and `generate` bench/generate.py; `trails` and `ipc` run the micro
-benchmarks, which also stay runnable as `python -m bench.trails` and `python -m bench.ipc`.
+`replay` runs bench/replay.py, `generate` bench/generate.py and `floods` bench/floods.py; `trails`
+and `ipc` run the micro benchmarks, which also stay runnable as `python -m bench.trails` and
+`python -m bench.ipc`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ COMMANDS = {
     "generate": ("bench.generate", "write the mix / hard benchmark pcaps"),
     "trails": ("bench.trails", "micro: trail database build, load and lookups"),
     "ipc": ("bench.ipc", "micro: worker -> log writer transport"),
+    "floods": ("bench.floods", "the heuristics' bounded state filled to its caps: memory and time"),
 }
 
 

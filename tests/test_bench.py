@@ -178,7 +178,20 @@ def test_replay_harness_smoke(tmp_path):
         assert pp["fast"]["events"] == pp["reference"]["events"]
 
 
+def test_floods_harness_smoke(tmp_path):
+    out = tmp_path / "floods.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "floods", "--keys", "300", "--kind", "port", "--kind", "dns",
+                           "--json", str(out)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr + done.stdout
+    port, dns = json.loads(out.read_text())
+    # every scanner passes the threshold once (the 11th port), and the window holds one key each
+    assert port["kind"] == "port" and port["frames"] == 300 * 11 and port["events"] == 300
+    assert port["held"]["port"] == 300
+    assert dns["held"]["dns domains"] == 300 and dns["held"]["dns subdomains"] == 300 * 16
+    assert "RSS +MB" in done.stdout
+
+
 def test_bench_entry_point_lists_commands():
     done = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=REPO, env=_env(), capture_output=True,
                           text=True, timeout=60)
-    assert done.returncode == 0 and "replay" in done.stdout and "trails" in done.stdout
+    assert done.returncode == 0 and "replay" in done.stdout and "trails" in done.stdout and "floods" in done.stdout
