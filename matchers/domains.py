@@ -36,6 +36,19 @@ class DomainHit(NamedTuple):
     end: int
 
 
+def listed_with_parents(name: str, domains) -> bool:
+    """The name or one of its parents at a label boundary is in `domains` (a set of names): how a
+    domain whitelist covers subdomains, at build time (trailsdb) and at run time (workers)."""
+    while name:
+        if name in domains:
+            return True
+        dot = name.find(".")
+        if dot < 0:
+            return False
+        name = name[dot + 1:]
+    return False
+
+
 def render_span(name: str, start: int, end: int) -> str:
     """Maltrail's trail text for a hit: the matched part bare, the rest of the name in parentheses,
     e.g. "(www).evil-parent.com", "badsite.onion(.to)", "evilname(.ip-adress.com)"."""

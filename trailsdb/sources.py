@@ -24,6 +24,8 @@ from typing import Iterator, NamedTuple
 
 import zstandard
 
+from matchers.domains import listed_with_parents
+
 # The category directories whose name Maltrail appends to a static file's info ("... (malware)").
 CATEGORIES = ("malware", "malicious", "suspicious")
 
@@ -204,14 +206,7 @@ class Whitelist(NamedTuple):
 
     def domain_listed(self, name: str) -> bool:
         """The name or one of its parents is whitelisted (Maltrail's check)."""
-        while name:
-            if name in self.domains:
-                return True
-            dot = name.find(".")
-            if dot < 0:
-                return False
-            name = name[dot + 1:]
-        return False
+        return listed_with_parents(name, self.domains)
 
     def ip_listed(self, addr) -> bool:
         return addr in self.ips or any(addr in net for net in self.networks if net.version == addr.version)

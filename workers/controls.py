@@ -18,6 +18,7 @@ import ipaddress
 import re
 from typing import NamedTuple
 
+from matchers.domains import listed_with_parents
 from workers.events import TYPE_DNS
 
 
@@ -59,17 +60,6 @@ def event_names(event) -> tuple[str, str]:
     if token.count(":") == 1:
         token = token.split(":", 1)[0]
     return plain, token if _HOST.match(token) else ""
-
-
-def _listed(name: str, domains) -> bool:
-    while name:
-        if name in domains:
-            return True
-        dot = name.find(".")
-        if dot < 0:
-            return False
-        name = name[dot + 1:]
-    return False
 
 
 class Controls:
@@ -121,7 +111,7 @@ class Controls:
         if event.type != TYPE_DNS and (self._ip_listed(src) or self._ip_listed(dst)):
             return "whitelisted"
         plain, host = event_names(event)
-        if host and self.whitelist_domains and _listed(host, self.whitelist_domains):
+        if host and self.whitelist_domains and listed_with_parents(host, self.whitelist_domains):
             return "whitelisted"
         for net, indicator in self.host_trails:
             if not (_in(src, net) or _in(dst, net)):
