@@ -97,6 +97,11 @@ def normalize_host(value: str) -> str:
     return name.rstrip(".")
 
 
+def _ignored_name(name: str) -> bool:
+    """A name under an intranet or special-use suffix: never looked up, never counted."""
+    return ".intranet." in name or name.rsplit(".", 1)[-1] in IGNORE_DNS_QUERY_SUFFIXES
+
+
 def client_is_src(p) -> bool:
     """Which end of a packet started the conversation: the SYN's sender, the SYN-ACK's receiver,
     the sender of a TCP segment with neither ACK nor RST (a probe), otherwise the side with the
@@ -237,7 +242,7 @@ class Worker:
         # A flagged entry holds the frame's index in its low 16 bits: longer batches are scanned in
         # parts (the scan's state carries from one part to the next as from frame to frame).
         step = _fastpath.MAX_BATCH_FRAMES
-        for first in range(0, total, step) if total > step else (0,):
+        for first in range(0, total, step):
             arrays = (offsets, caplens, linktypes, ts_ns)
             if total > step:
                 arrays = tuple(memoryview(a)[first:first + step] for a in arrays)
@@ -350,7 +355,7 @@ class Worker:
             self._dns(p, ts, message, out, bits, dns_udp)
         if http is not None:
             self.counters.extracted["http requests"] += 1
-            self._http(p, ts, http, out, bits)
+            self._http(p, ts, http, out, bits, c_is_src)
         if sni:
             self.counters.extracted["tls server names"] += 1
             self._name(p, ts, normalize_host(sni), TYPE_SNI, out)
@@ -451,8 +456,7 @@ class Worker:
             if m.opcode != 0:
                 return
             self.counters.extracted["dns queries"] += 1
-            labels = name.split(".")
-            if ".intranet." in name or labels[-1] in IGNORE_DNS_QUERY_SUFFIXES:
+            if _ignored_name(name):
                 return
             if over_udp and h.on("dns_exhaustion"):
                 if (self.dnsh.observe_query(name, ts) if self._reference else bits & DNS_EXHAUSTION):
@@ -491,8 +495,7 @@ class Worker:
 
     def _nxdomain(self, p, ts, name, out) -> None:
         """An NXDOMAIN answer: flood counters and the DGA check (Maltrail's order)."""
-        labels = name.split(".")
-        if not hdns.judged(name) or ".intranet." in name or labels[-1] in IGNORE_DNS_QUERY_SUFFIXES:
+        if not hdns.judged(name) or _ignored_name(name):
             return
         if self.matchers.domains.match(name) is not None:
             return  # a trail names it: its query was the event
@@ -515,11 +518,11 @@ class Worker:
         for trail, info in hhttp.response_verdicts(payload):
             self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_HTTP, trail, info, out)
 
-    def _http(self, p, ts, req, out, bits: int = 0) -> None:
+    def _http(self, p, ts, req, out, bits: int, c_is_src: bool) -> None:
         h = self.heuristics
         src, dst = _ip_text(p.version, p.src), _ip_text(p.version, p.dst)
         if self._reference and h.enabled:
-            bits |= self.scans.observe_request(p, ts, req.target, client_is_src(p))
+            bits |= self.scans.observe_request(p, ts, req.target, c_is_src)
         if bits & WEB_SCAN:
             self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_PATH, dst, "potential web scanning", out)
         path = req.target.lower()
