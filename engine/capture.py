@@ -28,7 +28,7 @@ from engine import _capture, ipc
 from engine.child import ChildProcess
 from engine.dispatch import Dispatcher
 from engine.live import CaptureError, LiveCapture
-from engine.pcapfile import CaptureFileError, PcapFileReader, first_packet_ns, open_capture
+from engine.pcapfile import CaptureFileError, PcapFileReader, open_capture, starts_before
 from engine.ring import TIMELINE_BREAK, Ring, encode_batch
 from workers.batch import FrameBatchBuilder
 
@@ -205,10 +205,8 @@ class _Capture:
                 continue
             self.stats["files"] += 1
             latest = self.stager.latest_ns if self.stager is not None else self.latest_ns
-            if latest is not None:
-                first = first_packet_ns(path, self.spec.snaplen_bytes, self.spec.reader)
-                if first is not None and first < latest:
-                    self.break_timeline()
+            if starts_before(path, latest, self.spec.snaplen_bytes, self.spec.reader):
+                self.break_timeline()
             with source:
                 if self.stager is not None and isinstance(source, PcapFileReader) and source.format in _CLASSIC_PCAP:
                     truncated, notes = self.walk_pcap(source)

@@ -560,15 +560,18 @@ def open_capture(path, snaplen_bytes: int | None = None, reader: str = "native")
     raise ValueError("reader must be 'native' or 'libpcap', got %r" % (reader,))
 
 
-def first_packet_ns(path, snaplen_bytes: int | None = None, reader: str = "native"):
-    """The time of a capture file's first packet (None when it holds none or cannot be read):
-    replay compares it with the packets before it to see a timeline break. Only a regular file is
-    opened a second time: reading a pipe would take its first packets from the replay."""
+def starts_before(path, latest_ns, snaplen_bytes: int | None = None, reader: str = "native") -> bool:
+    """Whether a capture file's first packet is older than `latest_ns`, the latest packet replayed
+    before it (None: nothing was): a timeline break. False when the file holds no packet or cannot
+    be read. Only a regular file is opened a second time: reading a pipe would take its first
+    packets from the replay."""
+    if latest_ns is None:
+        return False
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
-            return None
+            return False
         with open_capture(path, snaplen_bytes=snaplen_bytes, reader=reader) as source:
             batch = source.read_batch(1)
     except (CaptureFileError, OSError):
-        return None
-    return batch.ts_ns[0] if batch is not None and len(batch) else None
+        return False
+    return batch is not None and len(batch) > 0 and batch.ts_ns[0] < latest_ns

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from engine.eventlog import EventLogWriter
-from engine.pcapfile import CaptureFileError, first_packet_ns, open_capture
+from engine.pcapfile import CaptureFileError, open_capture, starts_before
 from workers.pipeline import Worker
 
 BATCH_FRAMES = 1024
@@ -30,17 +30,17 @@ def replay_files(paths, worker: Worker, writer: EventLogWriter, snaplen_bytes=No
             capture["unreadable"].append(str(exc))
             continue
         capture["files"] += 1
-        if latest is not None:
-            first = first_packet_ns(path, snaplen_bytes, reader)
-            if first is not None and first < latest:
-                writer.write(worker.flush())    # a timeline break, as engine/capture.py makes them
+        if starts_before(path, latest, snaplen_bytes, reader):
+            writer.write(worker.flush())    # a timeline break, as engine/capture.py makes them
         with source:
             while True:
                 batch = source.read_batch(BATCH_FRAMES)
                 if batch is None:
                     break
-                if len(batch.ts_ns) and (latest is None or max(batch.ts_ns) > latest):
-                    latest = max(batch.ts_ns)
+                if len(batch.ts_ns):
+                    newest = max(batch.ts_ns)
+                    if latest is None or newest > latest:
+                        latest = newest
                 writer.write(worker.process(batch))
                 writer.tick()
             capture["truncated_records"] += getattr(source, "truncated_records", 0)
