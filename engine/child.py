@@ -2,8 +2,13 @@
 
 Owns the child side of the process contract: signals belong to the supervisor (a Ctrl-C or a
 systemd SIGTERM reaches the whole process group, and children that died on it would lose what
-they hold; the supervisor stops them in order instead), CPU pinning, and the parent-death check a
-child runs in its loop. Must not know what the child does.
+they hold; the supervisor stops them in order instead), closing the inherited descriptors that
+belong to other processes (a child that kept the supervisor's end of a channel would never see
+that channel close, and would outlive a killed supervisor), CPU pinning, dropping privileges
+(engine/privileges.py) once the child holds what it needed them for, and the parent-death check
+a child runs in its loop.
+
+Must not know what the child does.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import ctypes
 import ctypes.util
 import os
 import signal
+
+from engine import privileges
 
 _PR_SET_NAME = 15
 _libc = None
@@ -28,8 +35,23 @@ def set_process_name(name: str) -> None:
         pass
 
 
+def close_inherited(objects) -> None:
+    """Close what the child inherited but does not own: socket objects (closed through the
+    object, so that it is never closed twice) or raw descriptors."""
+    for obj in objects:
+        if obj is None:
+            continue
+        try:
+            if isinstance(obj, int):
+                os.close(obj)
+            else:
+                obj.close()
+        except OSError:
+            pass
+
+
 class ChildProcess:
-    def __init__(self, name: str, cpu: int | None = None):
+    def __init__(self, name: str, cpu: int | None = None, parent_pid: int | None = None, close=()):
         set_process_name(name)
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)
@@ -37,12 +59,19 @@ class ChildProcess:
             signal.set_wakeup_fd(-1)  # the supervisor's wake-up pipe is not ours
         except ValueError:
             pass
-        self.parent = os.getppid()
+        # The supervisor's pid as the supervisor knew it before the fork: had it died before this
+        # line ran, getppid() would already name the reaper and the death would go unnoticed.
+        self.parent = parent_pid if parent_pid is not None else os.getppid()
+        close_inherited(close)
         if cpu is not None:
             try:
                 os.sched_setaffinity(0, {cpu})
             except OSError:
                 pass  # a restricted cpuset: run wherever allowed
+
+    def drop_privileges(self, account, keep=frozenset()) -> None:
+        """Become `account` (None: stay) with only the capabilities in `keep`."""
+        privileges.drop(account, keep)
 
     def orphaned(self) -> bool:
         return os.getppid() != self.parent

@@ -183,6 +183,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "stats_interval_s": Key(
             "int", 60, unit="seconds", min=0, max=86400,
             doc="how often capture/worker statistics are logged; 0 = only at exit"),
+        "user": Key(
+            "str", "maltrail-engine", form="name",
+            doc='unprivileged account the workers, the log writer and (once its capture handles are '
+                'open) the capture process run as when the sensor is started as root; the log '
+                'directory is made to belong to it. "root" keeps root (not recommended). When the '
+                'default account does not exist, "nobody" is used and a notice says so'),
     },
     "heuristics": {
         "scan_window_s": Key(

@@ -1,0 +1,98 @@
+"""The event log directory as a running sensor claims it.
+
+Owns the three things a sensor settles about its log directory before any child starts:
+- it is safe to write into (engine/fsafety.py: nobody else can plant files there);
+- the log writer's account can write into it: started as root, the sensor makes the directory
+  (and the day files already in it) belong to the unprivileged account the log writer runs as,
+  as systemd's LogsDirectory= does, and says so when it changes an existing directory;
+- one sensor at a time: an exclusive lock on `.maltrail-engine.lock` inside it, taken by the
+  supervisor and inherited by every child, so it is held until the last process of a run has
+  flushed and exited (even when the supervisor was killed), and a second sensor on the same
+  directory is refused with the pid of the first.
+
+Must not read or write events (engine/eventlog.py does).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+
+from engine.eventlog import FILE_RE
+from engine.fsafety import directory_problem
+
+LOCK_NAME = ".maltrail-engine.lock"
+DIR_MODE = 0o750
+
+
+class LogDirError(Exception):
+    """The log directory cannot be used; the message says why and what to do."""
+
+
+def _lock(dir_fd: int, path: str) -> int:
+    try:
+        fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LogDirError("%s: %s is a symlink; remove it" % (path, LOCK_NAME)) from None
+        raise LogDirError("%s: cannot open the lock file %s: %s" % (path, LOCK_NAME, exc.strerror)) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LogDirError("%s: %s is not a regular file; remove it" % (path, LOCK_NAME))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise LogDirError("another maltrail-engine (pid %s) is writing to %s; stop it first, or give this "
+                          "one another log directory (--log-dir)" % (holder, path)) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+    return fd
+
+
+def _give_to(dir_fd: int, path: str, account, notice) -> None:
+    """Started as root: the directory and its day files belong to the writer's account."""
+    st = os.fstat(dir_fd)
+    if st.st_uid != account.uid:
+        os.fchown(dir_fd, account.uid, account.gid)
+        if notice is not None:
+            notice("log directory %s now belongs to %s, the account the log writer runs as" % (path, account.name))
+    for name in os.listdir(dir_fd):
+        if not FILE_RE.match(name):
+            continue
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError:
+            continue  # a symlink or worse: the writer refuses it when it gets there
+        try:
+            fst = os.fstat(fd)
+            if stat.S_ISREG(fst.st_mode) and fst.st_nlink == 1 and fst.st_uid != account.uid:
+                os.fchown(fd, account.uid, account.gid)
+        finally:
+            os.close(fd)
+
+
+def claim(path: str, account=None, notice=None) -> int:
+    """Checks, prepares and locks the log directory; returns the lock's descriptor (keep it
+    open for the whole run). Raises LogDirError."""
+    trusted = (account.uid,) if account is not None else ()
+    problem = directory_problem(path, trusted)
+    if problem:
+        raise LogDirError("log directory refused: %s" % problem)
+    try:
+        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise LogDirError("cannot use log directory %s: %s" % (path, exc.strerror or exc)) from None
+    try:
+        st = os.fstat(dir_fd)
+        if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:  # changed since the check
+            raise LogDirError("log directory refused: %s is writable by every user" % path)
+        if account is not None:
+            _give_to(dir_fd, path, account, notice)
+        return _lock(dir_fd, path)
+    finally:
+        os.close(dir_fd)
