@@ -24,7 +24,7 @@ import stat
 import sys
 import time
 
-from engine import _capture, ipc
+from engine import _capture, ipc, privileges
 from engine.child import ChildProcess
 from engine.dispatch import Dispatcher
 from engine.live import CaptureError, LiveCapture
@@ -43,8 +43,11 @@ _CLASSIC_PCAP = ("pcap", "pcap-ns", "pcap-kuznetzov")
 class CaptureSpec:
     def __init__(self, mode: str, rings, control, seed: bytes, cpu=None, paths=(), reader="native",
                  snaplen_bytes=None, interfaces=(), promiscuous=True, buffer_bytes=None, bpf_filter="",
-                 stats_interval_s=60, reference=False):
+                 stats_interval_s=60, reference=False, account=None, parent_pid=None, close=()):
         self.mode = mode
+        self.account = account          # engine.privileges.Account to become, None to stay
+        self.parent_pid = parent_pid
+        self.close = close              # the supervisor's descriptors this process must not hold
         self.rings = rings
         self.control = control
         self.seed = seed
@@ -63,7 +66,9 @@ class CaptureSpec:
 class _Capture:
     def __init__(self, spec: CaptureSpec):
         self.spec = spec
-        self.child = ChildProcess("mte-capture", spec.cpu)
+        self.child = ChildProcess("mte-capture", spec.cpu, parent_pid=spec.parent_pid, close=spec.close)
+        spec.close = ()
+        self.restrict()
         self.rings = [Ring(r.buf) for r in spec.rings]
         self.stager = None
         if spec.reference:
@@ -81,6 +86,26 @@ class _Capture:
                       "timeline_breaks": 0}
         self.latest_ns = None       # the reference path's latest packet time (the stager keeps its own)
         self.captures: list[LiveCapture] = []
+
+    # -- privileges ----------------------------------------------------------------------------
+    def restrict(self) -> None:
+        """Before reading anything: keep only what opening the source needs. Live capture keeps
+        CAP_NET_RAW/CAP_NET_ADMIN (and, as root, what changing account needs) until its handles
+        are open (then `settle`); a replay becomes the account at once, keeping only
+        CAP_DAC_READ_SEARCH when it started as root, to read the files it was given."""
+        have = privileges.effective_caps()
+        if self.spec.mode == "live":
+            keep = set(privileges.CAPTURE_CAPS)
+            if self.spec.account is not None:
+                keep |= {privileges.CAP_SETUID, privileges.CAP_SETGID, privileges.CAP_SETPCAP}
+            privileges.drop(None, frozenset(keep) & have)
+        else:
+            keep = {privileges.CAP_DAC_READ_SEARCH} if os.geteuid() == 0 else set()
+            privileges.drop(self.spec.account, frozenset(keep) & have)
+
+    def settle(self) -> None:
+        """Live: the handles are open; nothing more is needed from here on."""
+        privileges.drop(self.spec.account, frozenset())
 
     # -- control -------------------------------------------------------------------------------
     def poll_control(self) -> None:
@@ -252,7 +277,7 @@ class _Capture:
             self.maybe_report()
             return not self.stopping
 
-        return walk_pcap(self.stager, source, wait, between_chunks)
+        return walk_pcap(self.stager, source, wait, between_chunks, idle=self.push_all)
 
     def live(self) -> None:
         spec = self.spec
@@ -260,7 +285,9 @@ class _Capture:
             self.captures.append(LiveCapture(name, snaplen_bytes=spec.snaplen_bytes, promiscuous=spec.promiscuous,
                                              immediate=True, buffer_bytes=spec.buffer_bytes,
                                              bpf_filter=spec.bpf_filter, timeout_ms=100))
-        ipc.send(spec.control, ["ready", {"interfaces": spec.interfaces}])
+        self.settle()
+        ipc.send(spec.control, ["ready", {"interfaces": spec.interfaces,
+                                          "filters": [cap.bpf_filter for cap in self.captures]}])
         wait_ms = max(10, 100 // len(self.captures))
         while not self.stopping:
             for cap in self.captures:
@@ -277,8 +304,9 @@ class _Capture:
             if self.spec.mode == "live":
                 self.live()
             else:
+                ipc.send(self.spec.control, ["ready", {"files": len(self.spec.paths)}])
                 self.replay()
-        except CaptureError as exc:
+        except (CaptureError, privileges.PrivilegeError) as exc:
             self.stats["error"] = str(exc)
             code = 1
         finally:
@@ -293,7 +321,7 @@ class _Capture:
         return code
 
 
-def walk_pcap(stager, source: PcapFileReader, wait, between_chunks, chunk_bytes: int | None = None):
+def walk_pcap(stager, source: PcapFileReader, wait, between_chunks, chunk_bytes: int | None = None, idle=None):
     """A classic pcap file through the C walker: returns (truncated records, notes).
 
     PcapFileReader has read and checked the file header; from the first record on, its open file
@@ -301,7 +329,8 @@ def walk_pcap(stager, source: PcapFileReader, wait, between_chunks, chunk_bytes:
     carried over; one longer than the buffer grows it) and `stager.add_pcap` walks, dispatches, stages and publishes the
     records. Damage ends the file and is noted exactly as PcapFileReader notes it. `wait()` is
     called when a ring is full (replay) and `between_chunks()` after each read; either returning
-    False stops the walk (what was staged stays staged).
+    False stops the walk (what was staged stays staged). `idle()` is called when a pipe has had
+    nothing to read for a while: the frames staged so far should not wait for more to come.
     """
     layout = source.hand_over_records()
     rec = layout["record"]
@@ -355,7 +384,11 @@ def walk_pcap(stager, source: PcapFileReader, wait, between_chunks, chunk_bytes:
             pos = 0
         if fill == len(buf):            # a record longer than the buffer
             buf.extend(bytes(len(buf)))
+        flushed = False
         while poller is not None and not poller.poll(200):
+            if idle is not None and not flushed:
+                idle()
+                flushed = True
             if not between_chunks():
                 return 0, notes
         got = stream.readinto1(memoryview(buf)[fill:])
@@ -370,4 +403,12 @@ def walk_pcap(stager, source: PcapFileReader, wait, between_chunks, chunk_bytes:
 
 
 def run_capture(spec: CaptureSpec) -> None:
-    sys.exit(_Capture(spec).run())
+    try:
+        capture = _Capture(spec)
+    except privileges.PrivilegeError as exc:
+        try:
+            ipc.send(spec.control, ["done", {"error": "capture process: %s" % exc}])
+        except OSError:
+            pass
+        sys.exit(1)
+    sys.exit(capture.run())

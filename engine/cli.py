@@ -189,6 +189,22 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
     except ControlsError as exc:
         return _fail(str(exc), 2)
 
+    from engine import privileges
+    try:
+        account = privileges.resolve_account(s.user, notice=lambda text: _log("[i] " + text))
+    except privileges.PrivilegeError as exc:
+        return _fail(str(exc), 2)
+    stats_file = None
+    if stats_json:
+        # Opened now: a path that cannot be written fails before the run, and the supervisor,
+        # which gives up its capabilities once its children run, still holds it at the end.
+        try:
+            stats_file = open(stats_json, "w")
+        except OSError as exc:
+            return _fail("cannot write --stats-json %s: %s" % (stats_json, exc.strerror or exc), 2)
+    bpf_text = s.capture_filter
+    if mode == "live" and bpf_text == "default":
+        bpf_text = "default (DNS, UDP, ICMP, TCP handshakes, TLS and HTTP starts)"
     engine = Engine(mode=mode, workers=auto_workers() if s.workers == "auto" else s.workers,
                     artifact_path=artifact, sensor=resolved_sensor_name(cfg), log_dir=cfg.all.log_dir,
                     condense_window_s=s.condense_window_s, ring_bytes_per_worker=s.ring_bytes,
@@ -196,19 +212,27 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
                     snaplen_bytes=s.snaplen_bytes, interfaces=s.interface, promiscuous=s.promiscuous,
                     buffer_bytes=s.capture_buffer_bytes, bpf_filter=s.capture_filter, reload_source=reload_source,
                     reference=reference, heuristics=heuristic_settings(cfg), controls=controls,
-                    controls_source=lambda: read_controls(cfg))
+                    controls_source=lambda: read_controls(cfg), account=account, drop_privileges=True,
+                    bpf_text=bpf_text)
     try:
         code = engine.run()
     except EngineError as exc:
-        return _fail(str(exc), 2)
+        if stats_file is not None:
+            stats_file.close()
+        return _fail(str(exc), exc.code)
     if not quiet or code:
         for line in engine.summary_lines():
             sys.stderr.write(line + "\n")
-    if stats_json:
+    if stats_file is not None:
         import json
-        with open(stats_json, "w") as f:
-            json.dump(engine.report(), f, indent=1, sort_keys=True)
+        with stats_file:
+            json.dump(engine.report(), stats_file, indent=1, sort_keys=True)
     if mode == "replay" and engine.capture_stats.get("unreadable") and not engine.capture_stats.get("files"):
+        return 1
+    if mode == "replay" and code == 0 and sum(engine.lost_frames):
+        # A replay is a measurement: frames that were never judged make it wrong, and say so.
+        _log("maltrail-engine: at most %d frame(s) were lost with %d worker death(s); the events of the "
+             "rest are in the log" % (sum(engine.lost_frames), sum(engine.deaths)))
         return 1
     return code
 

@@ -263,14 +263,14 @@ def _never(_info: PairInfo) -> bool:
     return False
 
 
-def repair_file(path: str) -> int:
+def repair_file(path: str, dir_fd: int | None = None) -> int:
     """Truncate a torn tail after the last good pair of path; returns the bytes dropped.
 
     Never drops a good pair: damage followed by good pairs is left for readers to skip.
     Only the pairs at the end are decompressed; the rest are walked by their index.
     """
     decoder = _Decoder()
-    with open(path, "r+b") as f:
+    with open(os.open(path, os.O_RDWR | os.O_CLOEXEC, dir_fd=dir_fd), "r+b") as f:
         walk = _Walk(f, 0)
         spans = [info for info, _ in walk.pairs(_never, decoder)]
         size = walk.size
@@ -322,6 +322,9 @@ class EventLogWriter:
         self.max_frame_age_s = max_frame_age_s
         self.max_frame_records = max_frame_records
         os.makedirs(self.log_dir, mode=0o755, exist_ok=True)
+        # Everything below is opened relative to this descriptor: the writer may drop to an
+        # account that could not walk the path down to the directory.
+        self._dir_fd = os.open(self.log_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
         self._packer = msgpack.Packer(use_bin_type=True)
         self._pending: dict[str, _Pending] = {}
@@ -393,6 +396,7 @@ class EventLogWriter:
             while self._handles:
                 _, fd = self._handles.popitem(last=False)
                 os.close(fd)
+            os.close(self._dir_fd)
 
     def __enter__(self) -> "EventLogWriter":
         return self
@@ -433,14 +437,14 @@ class EventLogWriter:
             return fd
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         try:
-            fd = os.open(path, flags | os.O_EXCL, FILE_MODE)
+            fd = os.open(os.path.basename(path), flags | os.O_EXCL, FILE_MODE, dir_fd=self._dir_fd)
             os.fchmod(fd, FILE_MODE)    # the mode Maltrail gives its logs, whatever the umask
         except FileExistsError:
             if path not in self._checked:   # repair once; after that the tail is our own writes
-                dropped = repair_file(path)
+                dropped = repair_file(os.path.basename(path), dir_fd=self._dir_fd)
                 if dropped:
                     self.repaired.append((path, dropped))
-            fd = os.open(path, flags, FILE_MODE)
+            fd = os.open(os.path.basename(path), flags, FILE_MODE, dir_fd=self._dir_fd)
         self._checked.add(path)
         self._handles[path] = fd
         while len(self._handles) > MAX_OPEN_FILES:

@@ -1,9 +1,15 @@
 """The log-writer process: events from every worker in, the compressed event log out.
 
-Owns the one writer of the log directory. It waits on every worker's event channel and on the
-supervisor's, writes each batch of events as it arrives (engine/eventlog.py closes a frame at least
-every second), and when the supervisor says `finish` (every worker is done) it takes whatever is
-still queued, closes the log and reports. Must not judge or reorder events.
+Owns the one writer of the log directory. It opens the directory while it may still reach it,
+then runs as the unprivileged account with no capabilities (engine/privileges.py). It waits on
+every worker's event channel and on the supervisor's, writes each batch of events as it arrives
+(engine/eventlog.py closes a frame at least every second), and when the supervisor says
+`finish` (every worker is done) it takes whatever is still queued, closes the log and reports.
+
+When the supervisor dies (killed, so `finish` never comes), the writer does what `finish` would
+have done: it keeps taking events until every worker has closed its channel (workers drain their
+rings and exit once orphaned), or ORPHAN_DRAIN_S has passed, then closes the log and exits. It
+never outlives its run. Must not judge or reorder events.
 """
 
 from __future__ import annotations
@@ -12,30 +18,47 @@ import selectors
 import sys
 import time
 
-from engine import ipc
+from engine import ipc, privileges
 from engine.child import ChildProcess
 from engine.eventlog import EventLogWriter
 from workers.events import Event
 
 TICK_S = 0.2
+ORPHAN_DRAIN_S = 4.5
 
 
 class WriterSpec:
-    def __init__(self, log_dir: str, events, control):
+    def __init__(self, log_dir: str, events, control, account=None, parent_pid=None, close=()):
         self.log_dir = log_dir
         self.events = events          # one channel per worker slot
         self.control = control
+        self.account = account        # engine.privileges.Account to become, None to stay
+        self.parent_pid = parent_pid
+        self.close = close            # the supervisor's descriptors this process must not hold
+
+
+def _warn(text: str) -> None:
+    sys.stderr.write("[!] %s log writer: %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), text))
+    sys.stderr.flush()
 
 
 def run_writer(spec: WriterSpec) -> None:
-    ChildProcess("mte-writer")
-    writer = EventLogWriter(spec.log_dir)
+    child = ChildProcess("mte-writer", parent_pid=spec.parent_pid, close=spec.close)
+    spec.close = ()
+    try:
+        writer = EventLogWriter(spec.log_dir)
+        child.drop_privileges(spec.account)
+        ipc.send(spec.control, ["ready"])
+    except (OSError, privileges.PrivilegeError) as exc:
+        _warn(str(exc))
+        sys.exit(1)
     selector = selectors.DefaultSelector()
     for sock in spec.events:
         selector.register(sock, selectors.EVENT_READ, "events")
     selector.register(spec.control, selectors.EVENT_READ, "control")
     records = 0
     finishing = False
+    orphaned_at = None
     open_channels = set(spec.events)
 
     def take(sock) -> None:
@@ -60,11 +83,16 @@ def run_writer(spec: WriterSpec) -> None:
                     if message is None or message[0] == "finish":
                         finishing = True
             writer.tick()
+            if orphaned_at is None and child.orphaned():
+                orphaned_at = time.monotonic()
+                _warn("the supervisor is gone: writing what the workers still send, then exiting")
+            if orphaned_at is not None and (not open_channels or time.monotonic() - orphaned_at > ORPHAN_DRAIN_S):
+                break
         for sock in list(open_channels):  # every worker has exited: what they sent is queued
             take(sock)
         writer.close()
     except OSError as exc:
-        sys.stderr.write("[!] log writer: %s\n" % exc)
+        _warn(str(exc))
         code = 1
     stats = {"records": records, "frames": writer.frames_written, "bytes": writer.bytes_written,
              "repaired": writer.repaired, "finished_s": time.time()}

@@ -112,6 +112,16 @@ class Ring:
     # -- consumer ------------------------------------------------------------------------------
     def get(self) -> bytes | None:
         """Copies out the next message and frees its space; None when the ring is empty."""
+        return self._take(False)
+
+    def get_batch(self) -> bytes | None:
+        """get() for a batch message, with its frame count recorded as `in_progress` before the
+        ring lets go of the message: whenever the consumer dies, a batch it took is either
+        finished (finish_batch) or counted in `in_progress`, never neither. A timeline break
+        (an empty batch) records nothing."""
+        return self._take(True)
+
+    def _take(self, mark_in_progress: bool) -> bytes | None:
         tail, cap = self._tail, self.capacity
         head = _ring.load_acquire(self.buf, OFF_HEAD)
         while tail != head:
@@ -121,6 +131,10 @@ class Ring:
                 tail += 8 + size
                 continue
             payload = bytes(self.data[index + 8:index + 8 + size])
+            if mark_in_progress and size >= 4:
+                frames = _BATCH_COUNT.unpack_from(payload, 0)[0]
+                if frames:
+                    self.set_in_progress(frames)
             tail += 8 + _align8(size)
             self._tail = tail
             _ring.store_release(self.buf, OFF_TAIL, tail)
@@ -129,6 +143,13 @@ class Ring:
             self._tail = tail
             _ring.store_release(self.buf, OFF_TAIL, tail)
         return None
+
+    def finish_batch(self, frames: int) -> None:
+        """The batch taken by get_batch() is judged and its events sent. `processed` moves first:
+        a death between the two stores counts the batch twice (processed, and lost), so the
+        frames reported lost are an upper bound, never an undercount."""
+        self.add_processed(frames)
+        self.set_in_progress(0)
 
     def finished(self) -> bool:
         """The producer closed the ring and every message has been taken."""

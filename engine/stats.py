@@ -60,7 +60,7 @@ def stats_line(counters: dict, capture: dict, engine: dict) -> str:
     parts.append("events: %s" % (_events_text(counters["events"]) or "none"))
     deaths = sum(engine.get("deaths") or [])
     if deaths:
-        parts.append("worker deaths %d (frames lost %d)" % (deaths, sum(engine.get("lost_frames") or [])))
+        parts.append("worker deaths %d (at most %d frames lost)" % (deaths, sum(engine.get("lost_frames") or [])))
     return "; ".join(parts)
 
 
@@ -98,7 +98,7 @@ def summary_lines(counters: dict, elapsed: float, cpu: float, log_dir: str, capt
         lines.append("ring full, frames dropped: " + " ".join("w%d:%d" % (i, n) for i, n in enumerate(drops)))
     deaths = engine.get("deaths") or []
     if any(deaths):
-        lines.append("worker deaths: %s; frames lost with them: %s"
+        lines.append("worker deaths: %s; frames lost with them (at most): %s"
                      % (" ".join("w%d:%d" % (i, n) for i, n in enumerate(deaths)),
                         " ".join("w%d:%d" % (i, n) for i, n in enumerate(engine.get("lost_frames") or []))))
     for note in engine.get("notes", []):

@@ -21,6 +21,7 @@ Must not judge packets or write the log itself.
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing
 import os
 import resource
@@ -28,9 +29,8 @@ import selectors
 import signal
 import sys
 import time
-from multiprocessing import shared_memory
 
-from engine import ipc
+from engine import ipc, logdir, privileges
 from engine.capture import CaptureSpec, run_capture
 from engine.child import pin_plan
 from engine.logwriter import WriterSpec, run_writer
@@ -45,7 +45,24 @@ RELOAD_MIN_FRACTION = 0.5
 
 
 class EngineError(Exception):
-    """The engine could not run to a clean end; the message says why."""
+    """The engine could not start; the message says why. `code` is the exit status it means:
+    2 for a configuration that cannot work, 1 for what the machine refused."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def _stamp() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _version() -> str:
+    from importlib import metadata
+    try:
+        return metadata.version("maltrail-engine")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 class Engine:
@@ -53,8 +70,12 @@ class Engine:
                  condense_window_s: int, ring_bytes_per_worker: int, stats_interval_s: int = 60,
                  paths=(), reader: str = "native", snaplen_bytes=None, interfaces=(), promiscuous=True,
                  buffer_bytes=None, bpf_filter="", reload_source=None, out=sys.stderr, seed: bytes | None = None,
-                 reference: bool = False, heuristics=None, controls: dict | None = None, controls_source=None):
+                 reference: bool = False, heuristics=None, controls: dict | None = None, controls_source=None,
+                 account=None, drop_privileges: bool = False, bpf_text: str = ""):
         self.mode = mode
+        self.account = account                # engine.privileges.Account the children become (root only)
+        self.drop_privileges = drop_privileges  # the supervisor drops what it no longer needs (CLI runs)
+        self.bpf_text = bpf_text
         self.reference = reference
         self.heuristics = heuristics          # workers.heuristics.HeuristicSettings (None: the defaults)
         self.controls = controls or {}        # engine/controls.py read_controls() output
@@ -84,6 +105,16 @@ class Engine:
         self._carried = [empty_counters() for _ in range(workers)]  # from workers that died
         self._latest = [empty_counters() for _ in range(workers)]
         self._signals: list[int] = []
+        self.lock_fd = None
+        self.rings: list = []
+        self.maps: list = []
+        self.workers: list = []
+        self.capture = self.writer = self.selector = None
+        self.event_channels: list = []
+        self.status_channels: list = []
+        self.capture_channel = self.writer_channel = ()
+        self.wake_r = self.wake_w = None
+        self._processed: list[int] = []
 
     # -- set-up --------------------------------------------------------------------------------
     def _start(self) -> None:
@@ -94,8 +125,14 @@ class Engine:
         artifact = Artifact.open(self.artifact_path)
         self.trail_count, self.generation = artifact.trail_count, artifact.generation
         artifact.close()
-        self.shms = [shared_memory.SharedMemory(create=True, size=ring_bytes(self.capacity)) for _ in range(self.n)]
-        self.rings = [Ring(shm.buf, self.capacity, create=True) for shm in self.shms]
+        try:
+            self.lock_fd = logdir.claim(self.log_dir, self.account, notice=self._notice)
+        except logdir.LogDirError as exc:
+            raise EngineError(str(exc), code=1) from None
+        # Anonymous shared mappings, inherited by fork: nothing is named in /dev/shm, so nothing
+        # outlives the last process of the run, however the run ends.
+        self.maps = [mmap.mmap(-1, ring_bytes(self.capacity)) for _ in range(self.n)]
+        self.rings = [Ring(memoryview(m), self.capacity, create=True) for m in self.maps]
         self.event_channels = [ipc.channel() for _ in range(self.n)]     # (worker end, writer end)
         self.status_channels = [ipc.channel() for _ in range(self.n)]    # (worker end, supervisor end)
         self.capture_channel = ipc.channel()
@@ -105,18 +142,31 @@ class Engine:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
         os.set_blocking(self.wake_r, False)
-
-        self.writer = self.ctx.Process(target=run_writer, name="mte-writer", args=(WriterSpec(
-            self.log_dir, [w for _, w in self.event_channels], self.writer_channel[0]),))
-        self.writer.start()
         self.workers = [None] * self.n
         self._running = False
-        for k in range(self.n):
-            self._start_worker(k)
+
+        # The capture process first: a capture that cannot open (interface, filter, privileges)
+        # ends the start with its one message before a worker or the writer exists.
         self.capture = self.ctx.Process(target=run_capture, name="mte-capture", args=(CaptureSpec(
             self.mode, self.rings, self.capture_channel[0], self.seed, cpu=self.capture_cpu,
-            stats_interval_s=self.stats_interval_s, reference=self.reference, **self.capture_args),))
+            stats_interval_s=self.stats_interval_s, reference=self.reference, account=self.account,
+            parent_pid=os.getpid(), close=self._not_owned_by("capture"), **self.capture_args),))
         self.capture.start()
+        self._wait_capture_ready()
+        self.writer = self.ctx.Process(target=run_writer, name="mte-writer", args=(WriterSpec(
+            self.log_dir, [w for _, w in self.event_channels], self.writer_channel[0], account=self.account,
+            parent_pid=os.getpid(), close=self._not_owned_by("writer")),))
+        self.writer.start()
+        for k in range(self.n):
+            self._start_worker(k)
+        self._wait_children_ready()
+        if self.drop_privileges:
+            # Children are started; what remains is restarting workers (as the account) and
+            # signalling them, and reading reloaded trails and control files.
+            try:
+                privileges.drop(None, privileges.SUPERVISOR_CAPS)
+            except privileges.PrivilegeError as exc:
+                raise EngineError("supervisor: %s" % exc, code=1) from None
 
         self.selector.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
         self.selector.register(self.capture_channel[1], selectors.EVENT_READ, ("capture", None))
@@ -128,17 +178,106 @@ class Engine:
         for k, proc in enumerate(self.workers):
             self.selector.register(proc.sentinel, selectors.EVENT_READ, ("exit", k))
         self._running = True
+        self._banner()
+
+    def _wait_capture_ready(self) -> None:
+        """Until the capture process says it is reading, or why it cannot."""
+        sock = self.capture_channel[1]
+        waiter = selectors.DefaultSelector()
+        waiter.register(sock, selectors.EVENT_READ)
+        waiter.register(self.capture.sentinel, selectors.EVENT_READ)
+        try:
+            while True:
+                waiter.select(1.0)
+                for message in ipc.receive_ready(sock):
+                    if message is None:
+                        continue
+                    if message[0] == "ready":
+                        self.capture_info = message[1]
+                        return
+                    if message[0] in ("stats", "done"):
+                        self.capture_stats = message[1]
+                        if message[1].get("error"):
+                            self.capture.join()
+                            raise EngineError(message[1]["error"], code=1)
+                if not self.capture.is_alive():
+                    self.capture.join()
+                    raise EngineError("the capture process died while starting (exit %s)" % self.capture.exitcode,
+                                      code=1)
+        finally:
+            waiter.close()
+
+    def _wait_children_ready(self) -> None:
+        """Until the writer and every worker have set themselves up (trails mapped, privileges
+        dropped): the banner then describes a sensor that is really running."""
+        waiting = {self.writer_channel[1]: "the log writer"}
+        waiting.update((sup, "worker %d" % k) for k, (_, sup) in enumerate(self.status_channels))
+        procs = {self.writer_channel[1]: self.writer}
+        procs.update((sup, self.workers[k]) for k, (_, sup) in enumerate(self.status_channels))
+        waiter = selectors.DefaultSelector()
+        for sock in waiting:
+            waiter.register(sock, selectors.EVENT_READ)
+        try:
+            while waiting:
+                for key, _ in waiter.select(0.5):
+                    for message in ipc.receive_ready(key.fileobj):
+                        if message is not None and message[0] == "ready":
+                            waiting.pop(key.fileobj, None)
+                            waiter.unregister(key.fileobj)
+                            break
+                for sock in list(waiting):
+                    proc = procs[sock]
+                    if not proc.is_alive():
+                        proc.join()
+                        raise EngineError("%s failed to start (exit %s)" % (waiting[sock], proc.exitcode), code=1)
+        finally:
+            waiter.close()
+
+    def _not_owned_by(self, who) -> list:
+        """Everything of the supervisor's a child must close: every channel end but its own,
+        the wake-up pipe and the selector (see engine/child.py)."""
+        mine = set()
+        if who == "capture":
+            mine.add(id(self.capture_channel[0]))
+        elif who == "writer":
+            mine.add(id(self.writer_channel[0]))
+            mine.update(id(w) for _, w in self.event_channels)
+        else:
+            mine.update((id(self.event_channels[who][0]), id(self.status_channels[who][0])))
+        ends = [end for pair in self.event_channels + self.status_channels + [self.capture_channel, self.writer_channel]
+                for end in pair]
+        return [end for end in ends if id(end) not in mine] + [self.wake_r, self.wake_w, self.selector]
 
     def _start_worker(self, k: int) -> None:
         spec = WorkerSpec(k, self.rings[k], self.event_channels[k][0], self.status_channels[k][0],
                           self.artifact_path, self.sensor, self.condense_window_s, self.mode == "live",
                           cpu=self.worker_cpus[k], reference=self.reference, heuristics=self.heuristics,
-                          controls=self.controls)
+                          controls=self.controls, account=self.account, parent_pid=os.getpid(),
+                          close=self._not_owned_by(k))
         proc = self.ctx.Process(target=run_worker, name="mte-worker-%d" % k, args=(spec,))
         proc.start()
         self.workers[k] = proc
         if self._running:  # a restart: the first workers are registered with the others
             self.selector.register(proc.sentinel, selectors.EVENT_READ, ("exit", k))
+
+    def _notice(self, text: str) -> None:
+        self.out.write("[i] %s %s\n" % (_stamp(), text))
+        self.out.flush()
+
+    def _warn(self, text: str) -> None:
+        self.out.write("[!] %s %s\n" % (_stamp(), text))
+        self.out.flush()
+
+    def _banner(self) -> None:
+        """One line at start: what runs, on what, with which trails, writing where."""
+        if self.mode == "live":
+            source = "capturing on %s, filter %s" % (", ".join(self.capture_args["interfaces"]),
+                                                     self.bpf_text or "none")
+        else:
+            source = "replaying %d file(s)" % len(self.capture_args["paths"])
+        self._notice("maltrail-engine %s: %s; trails %s (generation %d, %d trails); %d worker(s)%s; log %s"
+                     % (_version(), source, self.artifact_path, self.generation, self.trail_count, self.n,
+                        " as %s" % self.account.name if self.account is not None else "", self.log_dir))
 
     def _signal(self, signum, _frame) -> None:
         self._signals.append(signum)
@@ -146,9 +285,16 @@ class Engine:
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> int:
         started, cpu0 = time.monotonic(), time.process_time()
+        # RUSAGE_CHILDREN holds every child this process ever waited for, and survives exec: the
+        # run's own CPU is the difference across it.
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.started_unix = time.time()
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-        self._start()
+        try:
+            self._start()
+        except BaseException:
+            self._cleanup()
+            raise
         old_wakeup = signal.set_wakeup_fd(self.wake_w)
         for s in previous:
             signal.signal(s, self._signal)
@@ -162,8 +308,9 @@ class Engine:
                 signal.signal(s, handler)
             self._cleanup()
         self.elapsed = time.monotonic() - started
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self.cpu = time.process_time() - cpu0 + usage.ru_utime + usage.ru_stime
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu = (time.process_time() - cpu0 + children.ru_utime - children0.ru_utime
+                    + children.ru_stime - children0.ru_stime)
         self.counters = merge_counters(self._carried + self._latest)
         return code
 
@@ -208,10 +355,7 @@ class Engine:
                     for message in ipc.receive_ready(self.capture_channel[1]):
                         if message is None:
                             continue
-                        if message[0] == "ready":
-                            self.out.write("[i] capturing on %s\n" % ", ".join(message[1]["interfaces"]))
-                            self.out.flush()
-                        elif message[0] in ("stats", "done"):
+                        if message[0] in ("stats", "done"):
                             self.capture_stats = message[1]
                             if message[1].get("error"):
                                 code = 1
@@ -227,7 +371,7 @@ class Engine:
                         if message[0] == "stats":
                             self._latest[who] = message[2]
                         elif message[0] == "crash":
-                            self.out.write("[!] worker %d crashed:\n%s" % (who, message[2]))
+                            self._warn("worker %d crashed:\n%s" % (who, message[2].rstrip("\n")))
                         elif message[0] == "reloaded":
                             reload_replies[who] = tuple(message[2:])
                             if len(reload_replies) == self.n:
@@ -274,9 +418,8 @@ class Engine:
                 ipc.send(self.writer_channel[1], ["finish"])
                 finish_sent = True
             if next_stats is not None and time.monotonic() >= next_stats and not writer_done:
-                self.out.write("[i] %s\n" % stats_line(merge_counters(self._carried + self._latest),
-                                                       self.capture_stats, self.engine_stats()))
-                self.out.flush()
+                self._notice(stats_line(merge_counters(self._carried + self._latest), self.capture_stats,
+                                        self.engine_stats()))
                 next_stats = time.monotonic() + self.stats_interval_s
         return code
 
@@ -302,9 +445,10 @@ class Engine:
         self.lost_frames[k] += lost
         self._carried[k] = merge_counters([self._carried[k], self._latest[k]])
         self._latest[k] = empty_counters()
-        self.out.write("[!] worker %d died (exit %s); %d frame(s) of the batch it held are lost%s\n"
-                       % (k, exitcode, lost, "; restarting it" if sum(self.deaths) <= MAX_WORKER_DEATHS else ""))
-        self.out.flush()
+        what = ("at most %d frame(s) of the batch it held are lost (events it sent before are in the log)" % lost
+                if lost else "it held no batch, no frame is lost")
+        self._warn("worker %d died (exit %s); %s%s"
+                   % (k, exitcode, what, "; restarting it" if sum(self.deaths) <= MAX_WORKER_DEATHS else ""))
         if sum(self.deaths) > MAX_WORKER_DEATHS:
             self.notes.append("workers died %d times: giving up" % sum(self.deaths))
             return False
@@ -315,8 +459,7 @@ class Engine:
             try:
                 controls = self.controls_source()
             except Exception as exc:  # a bad control file: the running controls stay
-                self.out.write("[!] reload of the whitelists and ignore rules failed, keeping the current ones: %s\n"
-                               % exc)
+                self._warn("reload of the whitelists and ignore rules failed, keeping the current ones: %s" % exc)
             else:
                 self.controls = controls  # workers started later get them too
                 for _, sup in self.status_channels:
@@ -324,24 +467,20 @@ class Engine:
                         ipc.send(sup, ["controls", controls])
                     except OSError:
                         pass
-                self.out.write("[i] whitelists and ignore rules reloaded\n")
-            self.out.flush()
+                self._notice("whitelists and ignore rules reloaded")
         try:
             path = self.reload_source()
             artifact = Artifact.open(path)
         except Exception as exc:  # whatever went wrong, the current trails stay
-            self.out.write("[!] reload failed, keeping generation %d: %s\n" % (self.generation, exc))
-            self.out.flush()
+            self._warn("reload failed, keeping generation %d: %s" % (self.generation, exc))
             return
         count, generation = artifact.trail_count, artifact.generation
         artifact.close()
         if count < RELOAD_MIN_FRACTION * self.trail_count:
-            self.out.write("[!] reload refused: %s holds %d trails, less than half of the %d in use; keeping "
-                           "generation %d\n" % (path, count, self.trail_count, self.generation))
-            self.out.flush()
+            self._warn("reload refused: %s holds %d trails, less than half of the %d in use; keeping "
+                       "generation %d" % (path, count, self.trail_count, self.generation))
             return
-        self.out.write("[i] reloading trails: generation %d (%d trails) from %s\n" % (generation, count, path))
-        self.out.flush()
+        self._notice("reloading trails: generation %d (%d trails) from %s" % (generation, count, path))
         self.artifact_path, self.trail_count, self.generation = path, count, generation
         for _, sup in self.status_channels:
             try:
@@ -352,11 +491,10 @@ class Engine:
     def _report_reload(self, replies: dict) -> None:
         failed = {k: r for k, r in replies.items() if not r[1]}
         if failed:
-            self.out.write("[!] reload: worker(s) %s kept their trails: %s\n"
-                           % (", ".join(map(str, sorted(failed))), "; ".join(r[2] for r in failed.values())))
+            self._warn("reload: worker(s) %s kept their trails: %s"
+                       % (", ".join(map(str, sorted(failed))), "; ".join(r[2] for r in failed.values())))
         else:
-            self.out.write("[i] reload done: every worker runs generation %d\n" % next(iter(replies.values()))[0])
-        self.out.flush()
+            self._notice("reload done: every worker runs generation %d" % next(iter(replies.values()))[0])
 
     def _force_stop(self) -> None:
         for proc in [self.capture, *self.workers]:
@@ -373,30 +511,33 @@ class Engine:
             self.writer.kill()
 
     def _cleanup(self) -> None:
-        for proc in [getattr(self, "capture", None), getattr(self, "writer", None), *getattr(self, "workers", [])]:
+        for proc in [self.capture, self.writer, *self.workers]:
             if proc is not None:
                 proc.join(0.5)
                 if proc.is_alive():
                     proc.kill()
                     proc.join()
-        for ring in getattr(self, "rings", []):
+        for ring in self.rings:
             ring.release()
-        for shm in getattr(self, "shms", []):
-            shm.close()
-            shm.unlink()
-        for pair in getattr(self, "event_channels", []) + getattr(self, "status_channels", []) + \
-                [getattr(self, "capture_channel", ()), getattr(self, "writer_channel", ())]:
+            ring.buf.release()
+        for m in self.maps:
+            try:
+                m.close()
+            except BufferError:
+                pass  # a view is still alive somewhere; the mapping goes with the process
+        for pair in self.event_channels + self.status_channels + [self.capture_channel, self.writer_channel]:
             for sock in pair:
                 sock.close()
-        for fd in (getattr(self, "wake_r", None), getattr(self, "wake_w", None)):
+        for fd in (self.wake_r, self.wake_w, self.lock_fd):
             if fd is not None:
                 os.close(fd)
-        if getattr(self, "selector", None) is not None:
+        self.wake_r = self.wake_w = self.lock_fd = None
+        if self.selector is not None:
             self.selector.close()
 
     # -- reporting -----------------------------------------------------------------------------
     def engine_stats(self) -> dict:
-        return {"processed": [r.processed for r in self.rings] if hasattr(self, "rings") else [],
+        return {"processed": [r.processed for r in self.rings],
                 "deaths": list(self.deaths), "lost_frames": list(self.lost_frames), "notes": list(self.notes)}
 
     def report(self) -> dict:

@@ -21,6 +21,7 @@ import traceback
 
 from engine import ipc
 from engine.child import ChildProcess
+from engine.privileges import PrivilegeError
 from engine.ring import Ring, decode_batch
 from matchers import Artifact, ArtifactError, TrailMatchers
 from workers.controls import Controls
@@ -34,8 +35,12 @@ REPORT_S = 0.5  # counters reach the supervisor this often: a death loses at mos
 
 class WorkerSpec:
     def __init__(self, slot: int, ring, events, status, artifact_path: str, sensor: str, condense_window_s: int,
-                 live: bool, cpu=None, reference: bool = False, heuristics=None, controls: dict | None = None):
+                 live: bool, cpu=None, reference: bool = False, heuristics=None, controls: dict | None = None,
+                 account=None, parent_pid=None, close=()):
         self.slot = slot
+        self.account = account        # engine.privileges.Account to become, None to stay
+        self.parent_pid = parent_pid
+        self.close = close            # the supervisor's descriptors this process must not hold
         self.ring = ring
         self.events = events
         self.status = status
@@ -56,10 +61,15 @@ def _load(path: str) -> TrailMatchers:
 class _WorkerProcess:
     def __init__(self, spec: WorkerSpec):
         self.spec = spec
-        self.child = ChildProcess("mte-worker-%d" % spec.slot, spec.cpu)
+        self.child = ChildProcess("mte-worker-%d" % spec.slot, spec.cpu, parent_pid=spec.parent_pid, close=spec.close)
+        spec.close = ()
         self.ring = Ring(spec.ring.buf)  # positions as they are now (a restarted worker resumes)
         self.worker = Worker(_load(spec.artifact_path), spec.sensor, spec.condense_window_s, fast=not spec.reference,
                              heuristics=spec.heuristics, controls=Controls.from_plain(spec.controls))
+        # The trails are mapped; from here on this process reads attacker-controlled bytes, and
+        # holds nothing worth taking: the unprivileged account, no capabilities.
+        self.child.drop_privileges(spec.account)
+        ipc.send(spec.status, ["ready", spec.slot])
         self.first_batch_unix = 0.0  # wall time the first batch was taken (start-up cost, for benches)
 
     def send_events(self, events) -> None:
@@ -94,7 +104,7 @@ class _WorkerProcess:
         idle = IDLE_SLEEP_MIN_S
         last_report = last_expire = time.monotonic()
         while True:
-            payload = ring.get()
+            payload = ring.get_batch()
             if payload is None:
                 if ring.finished():
                     break
@@ -106,7 +116,9 @@ class _WorkerProcess:
                 if now - last_report >= REPORT_S:
                     self.report()
                     last_report = now
-                if self.child.orphaned() and not spec.live:
+                if self.child.orphaned():
+                    # The supervisor is gone: what the ring held is judged, the rest is not
+                    # coming (a dead capture process closes nothing).
                     break
                 time.sleep(idle)
                 idle = min(idle * 2, IDLE_SLEEP_MAX_S)
@@ -120,7 +132,6 @@ class _WorkerProcess:
                 # a timeline break (engine/capture.py): the groups open so far end here
                 self.send_events(worker.flush())
                 continue
-            ring.set_in_progress(frames)
             out: list = []
             try:
                 worker.process(batch, out)
@@ -130,8 +141,7 @@ class _WorkerProcess:
                 ipc.send(spec.status, ["crash", spec.slot, traceback.format_exc(limit=8)])
                 return 70
             self.send_events(out)
-            ring.add_processed(frames)
-            ring.set_in_progress(0)
+            ring.finish_batch(frames)
             self.control()
             if time.monotonic() - last_report >= REPORT_S:
                 self.report()
@@ -145,7 +155,7 @@ class _WorkerProcess:
 def run_worker(spec: WorkerSpec) -> None:
     try:
         code = _WorkerProcess(spec).run()
-    except (ArtifactError, OSError) as exc:
-        sys.stderr.write("[!] worker %d: %s\n" % (spec.slot, exc))
+    except (ArtifactError, OSError, PrivilegeError) as exc:
+        sys.stderr.write("[!] %s worker %d: %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), spec.slot, exc))
         code = 71
     sys.exit(code)

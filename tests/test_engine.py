@@ -238,12 +238,19 @@ def test_a_killed_worker_is_replaced_and_its_frames_counted(artifact, tmp_path):
         stream.close()
     proc.wait(timeout=120)
     err = "".join(lines)
-    assert proc.returncode == 0, err
-    assert re.search(r"worker \d died \(exit -9\); \d+ frame\(s\) of the batch it held are lost; restarting it", err)
-    lost = sum(int(part.split(":")[1]) for part in re.search(r"frames lost with them: (.*)", err).group(1).split())
+    assert re.search(r"worker \d died \(exit -9\); (at most \d+ frame\(s\) of the batch it held are lost|it held "
+                     r"no batch, no frame is lost).*; restarting it", err), err
+    lost = sum(int(part.split(":")[1])
+               for part in re.search(r"frames lost with them \(at most\): (.*)", err).group(1).split())
     per_worker = [int(n) for n in re.search(r"frames per worker: ([\d ]+)", err).group(1).split()]
-    assert sum(per_worker) + lost == written[0]  # every frame was judged, or is counted as lost
+    # Every frame was judged or is counted as lost; "lost" is an upper bound (a worker killed
+    # between sending a batch's events and clearing its mark counts that batch both ways).
+    assert sum(per_worker) <= written[0] <= sum(per_worker) + lost
     assert lost <= 1024  # at most the one batch the worker held
+    # A replay that lost frames is not a complete measurement: it says so and exits 1.
+    assert proc.returncode == (1 if lost else 0), err
+    if lost:
+        assert "frame(s) were lost with 1 worker death(s)" in err
 
 
 def test_sigterm_mid_replay_logs_everything_read_before_it(artifact, tmp_path):
@@ -400,14 +407,14 @@ def test_a_killed_idle_worker_loses_nothing(tmp_path, artifact):
         traffic.write_stream(stream, 0, 2048, header=True)
         _wait_line(lines, r"processed w0:2048")
         os.kill(children_named(proc.pid, "mte-worker")[0], signal.SIGKILL)
-        _wait_line(lines, r"worker 0 died \(exit -9\); 0 frame\(s\) of the batch it held are lost; restarting it")
+        _wait_line(lines, r"worker 0 died \(exit -9\); it held no batch, no frame is lost; restarting it")
         traffic.write_stream(stream, 2048, 2048)
     finally:
         stream.close()
     proc.wait(timeout=60)
     err = "".join(lines)
     assert proc.returncode == 0, err
-    assert "frames lost with them: w0:0" in err
+    assert "frames lost with them (at most): w0:0" in err
     assert len(records(log)) == len([i for i in range(4096) if i % 97 == 0])
 
 
@@ -448,7 +455,7 @@ def test_periodic_statistics(tmp_path, artifact):
     proc, stream, lines, _ = _fifo_engine(tmp_path, artifact)
     try:
         traffic.write_stream(stream, 0, 2048, header=True)
-        line = _wait_line(lines, r"^\[i\] frames .*processed w0:2048")
+        line = _wait_line(lines, r"^\[i\] \d{4}-\d\d-\d\d \d\d:\d\d:\d\d frames .*processed w0:2048")
         assert line.rstrip().endswith("events: DNS %d" % len(range(0, 2048, 97))), line
     finally:
         stream.close()

@@ -1,0 +1,299 @@
+"""The engine's processes as an operator's host sees them: who they run as, what they hold, and
+what is left when the supervisor is killed.
+
+Everything here runs the installed `maltrail-engine` and reads the kernel's own account of its
+processes (/proc/PID/status), never the engine's word for it.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import pcapgen as g
+from engine.privileges import CAP_DAC_READ_SEARCH, SUPERVISOR_CAPS, status_fields
+from tests import traffic
+from tests.netns import DST_MAC, send_frames, veth  # noqa: F401 (veth is a fixture)
+from tests.test_engine import _fifo_engine, _wait_line, artifact, console_script, mte, records  # noqa: F401
+
+EXPECTED_EVENTS = len(range(0, 4096, 97))  # tests/traffic.py plants a listed DNS name every 97 frames
+
+
+def _account() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam("maltrail-engine")
+    except KeyError:
+        return pwd.getpwnam("nobody")
+
+
+def _mask(caps) -> int:
+    out = 0
+    for cap in caps:
+        out |= 1 << cap
+    return out
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """pid -> comm of every live process whose parent chain reaches `pid`."""
+    parents, names = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                fields = f.read()
+        except OSError:
+            continue
+        names[int(entry)] = fields[fields.index("(") + 1:fields.rindex(")")]
+        parents[int(entry)] = int(fields[fields.rindex(")") + 2:].split()[1])
+    out = {}
+    for p in parents:
+        q = p
+        while q in parents and q not in (0, 1):
+            q = parents[q]
+            if q == pid:
+                out[p] = names[p]
+                break
+    return out
+
+
+def _alive(pids) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                if f.read().split(")")[-1].split()[0] != "Z":
+                    alive.append(pid)
+        except OSError:
+            pass
+    return alive
+
+
+def _caps(fields: dict, key: str) -> int:
+    return int(fields[key], 16)
+
+
+def _wait_processed(lines, total: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in list(lines):
+            m = re.search(r"processed ((?:w\d+:\d+ ?)+)", line)
+            if m and sum(int(part.split(":")[1]) for part in m.group(1).split()) >= total:
+                return
+        time.sleep(0.05)
+    raise AssertionError("never processed %d frames:\n%s" % (total, "".join(lines)))
+
+
+# -- process faults ---------------------------------------------------------------------------
+
+def test_a_killed_supervisor_leaves_no_process_and_no_shared_memory_and_loses_no_event(tmp_path, artifact):
+    shm_before = set(os.listdir("/dev/shm"))
+    proc, stream, lines, log = _fifo_engine(tmp_path, artifact, workers=2)
+    try:
+        traffic.write_stream(stream, 0, 4096, header=True)
+        _wait_processed(lines, 4096)
+        children = _descendants(proc.pid)
+        assert sorted(children.values()) == ["mte-capture", "mte-worker-0", "mte-worker-1", "mte-writer"], children
+        os.kill(proc.pid, signal.SIGKILL)   # no chance to stop anything in order
+        proc.wait(timeout=10)
+        # The FIFO stays open: nothing tells the capture process to stop but its parent's death.
+        deadline = time.monotonic() + 20
+        while _alive(children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = {pid: children[pid] for pid in _alive(children)}
+    finally:
+        stream.close()
+        for pid in _alive(_descendants(proc.pid)):
+            os.kill(pid, signal.SIGKILL)
+    assert left == {}, "still running after the supervisor was killed: %s" % left
+    assert set(os.listdir("/dev/shm")) - shm_before == set()
+    # Every event of every frame the workers judged reached the log before the writer exited.
+    assert len(records(log)) == EXPECTED_EVENTS
+    # ...and the log directory is free again for the next sensor.
+    again = mte("replay", "--trails", artifact, "--log-dir", str(log), "-q", traffic.write(tmp_path / "t.pcap", 97))
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_second_sensor_on_the_same_log_directory_is_refused(tmp_path, artifact):
+    proc, stream, lines, log = _fifo_engine(tmp_path, artifact)
+    try:
+        traffic.write_stream(stream, 0, 1024, header=True)
+        _wait_processed(lines, 1024)
+        second = mte("replay", "--trails", artifact, "--log-dir", str(log), traffic.write(tmp_path / "t.pcap", 97))
+        assert second.returncode == 1, second.stderr
+        assert second.stderr.strip().splitlines()[-1] == (
+            "maltrail-engine: another maltrail-engine (pid %d) is writing to %s; stop it first, or give this one "
+            "another log directory (--log-dir)" % (proc.pid, log)), second.stderr
+        assert "frames:" not in second.stderr     # refused before anything ran
+    finally:
+        stream.close()
+    proc.wait(timeout=30)
+    assert proc.returncode == 0
+    assert len(records(log)) == len(range(0, 1024, 97))
+
+
+def test_the_run_counts_only_its_own_cpu(tmp_path, artifact):
+    # A shell that burned CPU in a child before exec'ing the sensor hands that time on in
+    # RUSAGE_CHILDREN; the summary must not count it.
+    pcap = traffic.write(tmp_path / "t.pcap", 97)
+    burn = "import time\nwhile time.process_time() < 4: pass\n"
+    script = '"%s" -c "%s"; exec "%s" replay --trails "%s" --log-dir "%s" "%s"' % (
+        sys.executable, burn, console_script(), artifact, tmp_path / "log", pcap)
+    run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    cpu = float(re.search(r"wall, ([\d.]+) s CPU", run.stderr).group(1))
+    assert 0 < cpu < 4, run.stderr
+
+
+# -- least privilege --------------------------------------------------------------------------
+
+def _check_children(children: dict, account: pwd.struct_passwd, capture_caps: int) -> None:
+    for pid, name in children.items():
+        fields = status_fields(pid)
+        uids = fields["Uid"].split()
+        assert set(uids) == {str(account.pw_uid)}, (name, fields)
+        assert set(fields["Gid"].split()) == {str(account.pw_gid)}, (name, fields)
+        assert fields["NoNewPrivs"] == "1", (name, fields)
+        assert _caps(fields, "CapAmb") == 0 and _caps(fields, "CapInh") == 0, (name, fields)
+        want = capture_caps if name == "mte-capture" else 0
+        assert _caps(fields, "CapEff") == want and _caps(fields, "CapPrm") == want, (name, fields)
+        if os.geteuid() == 0:
+            assert _caps(fields, "CapBnd") == want, (name, fields)
+
+
+@pytest.mark.root
+def test_replaying_as_root_no_process_that_reads_traffic_keeps_root(tmp_path, artifact):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the account change is what is tested")
+    proc, stream, lines, log = _fifo_engine(tmp_path, artifact, workers=2)
+    try:
+        traffic.write_stream(stream, 0, 1024, header=True)
+        _wait_processed(lines, 1024)
+        children = _descendants(proc.pid)
+        account = _account()
+        # The replaying capture process keeps only the right to read the files it was given.
+        _check_children(children, account, _mask([CAP_DAC_READ_SEARCH]))
+        supervisor = status_fields(proc.pid)
+        assert _caps(supervisor, "CapEff") == _mask(SUPERVISOR_CAPS), supervisor
+        assert supervisor["NoNewPrivs"] == "1"
+        banner = _wait_line(lines, r"maltrail-engine \S+: replaying 1 file")
+        assert re.match(r"\[i\] \d{4}-\d\d-\d\d \d\d:\d\d:\d\d maltrail-engine ", banner), banner
+        assert "(generation 1, " in banner and "2 worker(s) as %s" % account.pw_name in banner
+        assert "log %s" % log in banner
+    finally:
+        stream.close()
+    proc.wait(timeout=30)
+    assert proc.returncode == 0, "".join(lines)
+    assert os.stat(log).st_uid == account.pw_uid
+    assert all(os.stat(p).st_uid == account.pw_uid for p in log.glob("*.events.zst"))
+
+
+def _live(command, host, lines_out):
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    deadline = time.monotonic() + 20
+    while "capturing on" not in seen and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+    lines_out.append(seen)
+    assert "capturing on %s" % host in seen, seen
+    return proc
+
+
+def _frames():
+    client, server = "10.99.0.2", "10.99.0.1"
+    return [DST_MAC + f[6:] for f in (
+        g.udp_frame(client, server, 40000, 53, g.dns_query("evil-exact.com")),
+        g.tcp_frame(client, "203.0.113.66", 40001, 443, g.TCP_SYN))]
+
+
+def _stop(proc) -> str:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, rest = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return rest
+
+
+@pytest.mark.root
+def test_live_capture_started_as_root_keeps_no_capability_once_capturing(veth, artifact, tmp_path):
+    namespace, host, peer = veth
+    log = tmp_path / "log"
+    seen: list[str] = []
+    proc = _live([console_script(), "-i", host, "--trails", artifact, "--log-dir", str(log), "--workers", "2",
+                  "--sensor-name", "live"], host, seen)
+    try:
+        assert re.search(r"capturing on %s, filter default \(" % host, seen[0]), seen[0]
+        children = _descendants(proc.pid)
+        assert sorted(children.values()) == ["mte-capture", "mte-worker-0", "mte-worker-1", "mte-writer"]
+        _check_children(children, _account(), 0)
+        assert _caps(status_fields(proc.pid), "CapEff") == _mask(SUPERVISOR_CAPS)
+        send_frames(namespace, peer, _frames())
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(records_or_empty(log)) < 2:
+            time.sleep(0.2)
+    finally:
+        rest = _stop(proc)
+    assert proc.returncode == 0, rest
+    assert len(records(log)) == 2, rest
+
+
+def records_or_empty(log):
+    return records(log) if log.exists() and any(log.glob("*.events.zst")) else []
+
+
+@pytest.mark.root
+def test_live_capture_as_an_account_with_ambient_capabilities(veth, artifact):
+    # As a systemd unit runs it: User= and AmbientCapabilities=CAP_NET_RAW CAP_NET_ADMIN.
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux)")
+    namespace, host, peer = veth
+    account = pwd.getpwnam("nobody")
+    place = tempfile.mkdtemp(prefix="mte-ambient-")   # reachable by the account, unlike pytest's tmp
+    try:
+        os.chmod(place, 0o755)
+        trails = os.path.join(place, "trails.mtdb")
+        shutil.copy(artifact, trails)
+        os.chmod(trails, 0o644)
+        log = os.path.join(place, "log")
+        os.mkdir(log, 0o750)
+        os.chown(log, account.pw_uid, account.pw_gid)
+        seen: list[str] = []
+        proc = _live(["setpriv", "--reuid", str(account.pw_uid), "--regid", str(account.pw_gid), "--clear-groups",
+                      "--inh-caps", "+net_raw,+net_admin", "--ambient-caps", "+net_raw,+net_admin",
+                      console_script(), "-i", host, "--trails", trails, "--log-dir", log, "--sensor-name", "amb"],
+                     host, seen)
+        try:
+            children = _descendants(proc.pid)
+            assert sorted(children.values()) == ["mte-capture", "mte-worker-0", "mte-writer"], children
+            for pid, name in children.items():
+                fields = status_fields(pid)
+                assert set(fields["Uid"].split()) == {str(account.pw_uid)}, (name, fields)
+                assert _caps(fields, "CapEff") == _caps(fields, "CapPrm") == _caps(fields, "CapAmb") == 0, (name, fields)
+                assert fields["NoNewPrivs"] == "1", (name, fields)
+            supervisor = status_fields(proc.pid)
+            assert _caps(supervisor, "CapEff") == _caps(supervisor, "CapAmb") == 0, supervisor
+            send_frames(namespace, peer, _frames())
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and len(records_or_empty(Path(log))) < 2:
+                time.sleep(0.2)
+        finally:
+            rest = _stop(proc)
+        assert proc.returncode == 0, rest
+        assert len(records(log)) == 2, rest
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
