@@ -43,8 +43,10 @@ _CLASSIC_PCAP = ("pcap", "pcap-ns", "pcap-kuznetzov")
 class CaptureSpec:
     def __init__(self, mode: str, rings, control, seed: bytes, cpu=None, paths=(), reader="native",
                  snaplen_bytes=None, interfaces=(), promiscuous=True, buffer_bytes=None, bpf_filter="",
-                 stats_interval_s=60, reference=False, account=None, parent_pid=None, close=()):
+                 stats_interval_s=60, reference=False, account=None, parent_pid=None, close=(),
+                 progress_interval_s=0.0):
         self.mode = mode
+        self.progress_interval_s = progress_interval_s  # replay: how often to say how far it read (0: never)
         self.account = account          # engine.privileges.Account to become, None to stay
         self.parent_pid = parent_pid
         self.close = close              # the supervisor's descriptors this process must not hold
@@ -80,7 +82,9 @@ class _Capture:
             key = spec.seed if len(spec.seed) == 16 else hashlib.blake2b(spec.seed, digest_size=16).digest()
             self.stager = _capture.Stager([r.buf for r in self.rings], key, BATCH_FRAMES, spec.mode == "live")
         self.stopping = False
-        self.last_report = time.monotonic()
+        self.last_report = self.last_progress = time.monotonic()
+        self.source_file = None     # the open file of the capture file being replayed (progress)
+        self.bytes_before = 0       # sizes of the regular files replayed before it
         self.stats = {"frames": 0, "dispatched": [0] * len(self.rings), "ring_drop_frames": [0] * len(self.rings),
                       "ring_waits": 0, "files": 0, "unreadable": [], "notes": [], "truncated_records": 0,
                       "timeline_breaks": 0}
@@ -117,9 +121,23 @@ class _Capture:
 
     def maybe_report(self) -> None:
         interval = self.spec.stats_interval_s
-        if interval and time.monotonic() - self.last_report >= interval:
+        now = time.monotonic()
+        if interval and now - self.last_report >= interval:
             self.report()
-            self.last_report = time.monotonic()
+            self.last_report = now
+        if self.spec.progress_interval_s and now - self.last_progress >= self.spec.progress_interval_s:
+            self.last_progress = now
+            position = 0
+            if self.source_file is not None:
+                try:
+                    position = os.lseek(self.source_file.fileno(), 0, os.SEEK_CUR)
+                except (OSError, ValueError):
+                    position = 0
+            try:
+                ipc.send(self.spec.control, ["progress", {"bytes": self.bytes_before + position,
+                                                          "files": self.stats["files"]}])
+            except OSError:
+                self.stopping = True
 
     def report(self, kind: str = "stats") -> None:
         if self.captures:
@@ -232,11 +250,17 @@ class _Capture:
             latest = self.stager.latest_ns if self.stager is not None else self.latest_ns
             if starts_before(path, latest, self.spec.snaplen_bytes, self.spec.reader):
                 self.break_timeline()
+            self.source_file = getattr(source, "_file", None)
             with source:
                 if self.stager is not None and isinstance(source, PcapFileReader) and source.format in _CLASSIC_PCAP:
                     truncated, notes = self.walk_pcap(source)
                 else:
                     truncated, notes = self.read_batches(source)
+            self.source_file = None
+            try:
+                self.bytes_before += os.path.getsize(path) if os.path.isfile(path) else 0
+            except OSError:
+                pass
             self.stats["truncated_records"] += truncated
             self.stats["notes"].extend("%s: %s" % (os.path.basename(path), n) for n in notes)
 

@@ -71,8 +71,10 @@ class Engine:
                  paths=(), reader: str = "native", snaplen_bytes=None, interfaces=(), promiscuous=True,
                  buffer_bytes=None, bpf_filter="", reload_source=None, out=sys.stderr, seed: bytes | None = None,
                  reference: bool = False, heuristics=None, controls: dict | None = None, controls_source=None,
-                 account=None, drop_privileges: bool = False, bpf_text: str = ""):
+                 account=None, drop_privileges: bool = False, bpf_text: str = "", progress: bool = False):
         self.mode = mode
+        self.progress = progress and mode == "replay"   # a progress bar on self.out (a terminal)
+        self._bar = None
         self.account = account                # engine.privileges.Account the children become (root only)
         self.drop_privileges = drop_privileges  # the supervisor drops what it no longer needs (CLI runs)
         self.bpf_text = bpf_text
@@ -150,6 +152,7 @@ class Engine:
         self.capture = self.ctx.Process(target=run_capture, name="mte-capture", args=(CaptureSpec(
             self.mode, self.rings, self.capture_channel[0], self.seed, cpu=self.capture_cpu,
             stats_interval_s=self.stats_interval_s, reference=self.reference, account=self.account,
+            progress_interval_s=0.25 if self.progress else 0.0,
             parent_pid=os.getpid(), close=self._not_owned_by("capture"), **self.capture_args),))
         self.capture.start()
         self._wait_capture_ready()
@@ -179,6 +182,8 @@ class Engine:
             self.selector.register(proc.sentinel, selectors.EVENT_READ, ("exit", k))
         self._running = True
         self._banner()
+        if self.progress:
+            self._open_bar()
 
     def _wait_capture_ready(self) -> None:
         """Until the capture process says it is reading, or why it cannot."""
@@ -261,12 +266,38 @@ class Engine:
             self.selector.register(proc.sentinel, selectors.EVENT_READ, ("exit", k))
 
     def _notice(self, text: str) -> None:
-        self.out.write("[i] %s %s\n" % (_stamp(), text))
-        self.out.flush()
+        self._say("[i] %s %s" % (_stamp(), text))
 
     def _warn(self, text: str) -> None:
-        self.out.write("[!] %s %s\n" % (_stamp(), text))
+        self._say("[!] %s %s" % (_stamp(), text))
+
+    def _say(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.write(line, file=self.out)     # above the bar, which is drawn again below
+        else:
+            self.out.write(line + "\n")
         self.out.flush()
+
+    def _open_bar(self) -> None:
+        from tqdm import tqdm
+        sizes = [os.path.getsize(p) for p in self.capture_args["paths"] if os.path.isfile(p)]
+        try:
+            columns, rows = os.get_terminal_size(self.out.fileno())
+        except (OSError, ValueError, AttributeError):
+            columns, rows = 0, 0
+        # A terminal that reports no size (a bare pty) gets a conventional 80x24: tqdm would
+        # otherwise hide the bar as lying outside a screen of zero rows.
+        self._bar = tqdm(total=sum(sizes) or None, unit="B", unit_scale=True, unit_divisor=1024, file=self.out,
+                         desc="replay", leave=False, ncols=columns or 80, nrows=rows or 24, mininterval=0.25)
+
+    def _progress(self, info: dict) -> None:
+        if self._bar is not None:
+            self._bar.update(max(0, info.get("bytes", 0) - self._bar.n))
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def _banner(self) -> None:
         """One line at start: what runs, on what, with which trails, writing where."""
@@ -302,6 +333,7 @@ class Engine:
             code = self._loop()
             self._drain_reports()
         finally:
+            self._close_bar()
             self._processed = [r.processed for r in self.rings]
             signal.set_wakeup_fd(old_wakeup)
             for s, handler in previous.items():
@@ -355,7 +387,9 @@ class Engine:
                     for message in ipc.receive_ready(self.capture_channel[1]):
                         if message is None:
                             continue
-                        if message[0] in ("stats", "done"):
+                        if message[0] == "progress":
+                            self._progress(message[1])
+                        elif message[0] in ("stats", "done"):
                             self.capture_stats = message[1]
                             if message[1].get("error"):
                                 code = 1

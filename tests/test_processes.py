@@ -297,3 +297,40 @@ def test_live_capture_as_an_account_with_ambient_capabilities(veth, artifact):
         assert len(records(log)) == 2, rest
     finally:
         shutil.rmtree(place, ignore_errors=True)
+
+
+# -- what the operator sees -------------------------------------------------------------------
+
+def _run_on_a_terminal(args, timeout_s=120.0) -> tuple[int, str]:
+    """Runs `args` with stderr on a pseudo-terminal; (exit status, what the terminal showed)."""
+    import pty
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    shown = b""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:     # EIO: the last writer closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    return proc.wait(timeout=30), shown.decode("utf-8", "replace")
+
+
+def test_replay_shows_progress_on_a_terminal_and_not_in_a_pipe(tmp_path, artifact):
+    pcap = traffic.write(tmp_path / "t.pcap", 60_000)
+    args = [console_script(), "replay", "--trails", artifact, "--log-dir", str(tmp_path / "log1"), pcap]
+    code, shown = _run_on_a_terminal(args)
+    assert code == 0, shown
+    assert re.search(r"replay: +\d+%\|", shown), shown         # tqdm's bar, with a percentage of the bytes
+    assert "events: " in shown                                   # the summary still follows
+    piped = mte("replay", "--trails", artifact, "--log-dir", str(tmp_path / "log2"), pcap)
+    assert piped.returncode == 0, piped.stderr
+    assert "replay:" not in piped.stderr and "\r" not in piped.stderr
+    quiet_code, quiet = _run_on_a_terminal([console_script(), "replay", "-q", "--trails", artifact, "--log-dir",
+                                            str(tmp_path / "log3"), pcap])
+    assert quiet_code == 0 and "replay:" not in quiet, quiet
