@@ -58,7 +58,7 @@ def ring_bytes(capacity: int) -> int:
 
 
 class Ring:
-    """One ring over a writable buffer (a SharedMemory's `buf`, inherited across fork)."""
+    """One ring over a writable buffer (an anonymous shared mmap, inherited across fork)."""
 
     def __init__(self, buf, capacity: int | None = None, create: bool = False):
         self.buf = buf
