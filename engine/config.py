@@ -204,7 +204,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
             doc="a port scan is more than this many distinct ports within the window"),
         "udp_scan": Key(
             "bool", True,
-            doc="UDP port scan: small non-DNS datagrams from one client to one server"),
+            doc="UDP port scan: small non-DNS datagrams from one sender to one receiver"),
         "udp_scan_threshold": Key(
             "int", 10, min=1, max=65535,
             doc="a UDP scan is more than this many distinct ports within the window"),
