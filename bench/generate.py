@@ -364,7 +364,7 @@ def _any(infos, words) -> bool:
 
 def pick_indicators(pool: dict, counts: dict, rng: random.Random) -> dict:
     """{category: [(key, info)]}, avoiding what the engine's documented rules suppress (COMPATIBILITY.md,
-    workers/pipeline.py): an outbound TCP connection to an "attacker" or a "parking site" IP, an
+    workers/pipeline.py): an outbound TCP connection to an "attacker", "scanner" or "parking site" IP, an
     inbound one from a "malware" IP, names the DNS path ignores or the domain matcher excludes
     (dynamic-DNS / free-hosting providers' own names, name servers under suspicious/sinkhole
     parents), and IPs that also have ip:port trails (the event would be IPORT)."""
@@ -387,7 +387,7 @@ def pick_indicators(pool: dict, counts: dict, rng: random.Random) -> dict:
     ips = candidates(KIND_IPV4, lambda k, infos: _ip_ok(k, ipport_ips))
     rng.shuffle(ips)
     used = set()
-    for category, banned in (("ip-syn-out", ("attacker", "parking")), ("ip-syn-in", ("malware",)),
+    for category, banned in (("ip-syn-out", ("attacker", "scanner", "parking")), ("ip-syn-in", ("malware",)),
                              ("ip-udp", ()), ("ip-icmp", ())):
         ok = [(k, i) for k, i in ips if k not in used and not (banned and _any((i,), banned))
               and not (banned and _any(by_kind[KIND_IPV4][k], banned))]
@@ -397,7 +397,7 @@ def pick_indicators(pool: dict, counts: dict, rng: random.Random) -> dict:
     def ipport_ok(key, infos):
         ip, _, port = key.rpartition(":")
         return (0 < int(port) < 65536 and ipaddress.IPv4Address(ip).is_global
-                and not _any(infos, ("attacker", "parking")))
+                and not _any(infos, ("attacker", "scanner", "parking")))
     picked["ipport-syn-out"] = take(candidates(KIND_IPPORT4, ipport_ok), counts["ipport-syn-out"])
 
     def url_ok(key, infos):

@@ -155,10 +155,16 @@ def _log(message: str) -> None:
     sys.stderr.write(message + "\n")
 
 
+def _min_prefix(cfg) -> tuple[int, int]:
+    """The shortest (IPv4, IPv6) prefixes a range trail may have ([all] min_trail_prefix_v4/_v6)."""
+    return cfg.all.min_trail_prefix_v4, cfg.all.min_trail_prefix_v6
+
+
 def _load_matchers(cfg):
     from engine.trails import TrailsUnavailable, resolve_trails
     try:
-        return resolve_trails(cfg.all.trails_artifact, cfg.sensor.allow_no_trails, log=_log)
+        return resolve_trails(cfg.all.trails_artifact, cfg.sensor.allow_no_trails, log=_log,
+                              min_prefix=_min_prefix(cfg))
     except TrailsUnavailable as exc:
         _fail(str(exc), 1)
         return None
@@ -172,7 +178,8 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
     from engine.trails import TrailsUnavailable, resolve_artifact
     s = cfg.sensor
     try:
-        artifact = resolve_artifact(cfg.all.trails_artifact, s.allow_no_trails, log=_log)
+        artifact = resolve_artifact(cfg.all.trails_artifact, s.allow_no_trails, log=_log,
+                                    min_prefix=_min_prefix(cfg))
     except TrailsUnavailable as exc:
         return _fail(str(exc), 1)
     try:
@@ -181,7 +188,7 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
         return _fail("cannot use log directory %s: %s" % (cfg.all.log_dir, exc.strerror or exc), 1)
 
     def reload_source() -> str:  # SIGHUP: the configured trails as they are now
-        return resolve_artifact(cfg.all.trails_artifact, False, log=_log)
+        return resolve_artifact(cfg.all.trails_artifact, False, log=_log, min_prefix=_min_prefix(cfg))
 
     from engine.controls import ControlsError, heuristic_settings, read_controls
     try:
@@ -270,7 +277,8 @@ def _trails_build(args) -> int:
         return _fail("no trail sources: pass --source PATH (a Maltrail trails.csv or static trail "
                      "directory) or set [all] trail_sources in maltrail.toml", 2)
     try:
-        report = build(sources, output, custom_dir=custom, whitelist_file=whitelist)
+        report = build(sources, output, custom_dir=custom, whitelist_file=whitelist,
+                       min_prefix=_min_prefix(cfg))
     except (SourceError, ArtifactError) as exc:
         return _fail(str(exc), 1)
     except OSError as exc:

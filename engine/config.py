@@ -119,6 +119,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "str", "", form="path", empty_ok=True,
             doc='file of whitelisted IP addresses and domains; "" for none',
             maltrail="USER_WHITELIST"),
+        "min_trail_prefix_v4": Key(
+            "int", 8, unit="bits", min=1, max=32,
+            doc="IPv4 range trails wider than this prefix (0.0.0.0/0, a /4) are rejected when trails "
+                "are built, with the reason: they would match (nearly) every address"),
+        "min_trail_prefix_v6": Key(
+            "int", 12, unit="bits", min=1, max=128,
+            doc="IPv6 range trails wider than this prefix (::/0, 2000::/3) are rejected when trails "
+                "are built, with the reason: they would match (nearly) every address"),
         "update_period_s": Key(
             "int", 86400, unit="seconds", min=600, max=604800,
             doc="how often trails are rebuilt from their sources", maltrail="UPDATE_PERIOD"),
@@ -202,7 +210,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
             doc="a port scan is more than this many distinct ports within the window"),
         "udp_scan": Key(
             "bool", True,
-            doc="UDP port scan: small non-DNS datagrams from one client to one server"),
+            doc="UDP port scan: small non-DNS datagrams from one sender to one receiver"),
         "udp_scan_threshold": Key(
             "int", 10, min=1, max=65535,
             doc="a UDP scan is more than this many distinct ports within the window"),

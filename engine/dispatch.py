@@ -9,10 +9,14 @@ parent domain whoever asks. So:
 - DNS (UDP or TCP port 53, queries and answers): the key is the name's registered domain (its last
   two labels, three when the second-level label is short, as in co.uk): every query and answer
   about one domain, from any client, meets in one worker.
+- Other UDP: the key is the sender's address, so everything one address sends by UDP meets in
+  one worker: the UDP scan counts probes by sender, whatever their ports (port order cannot tell
+  a scanner whose source port is below the probed port from a server answering a client). The
+  two directions of a UDP flow may land in two workers; noise control groups them by sender.
 - Everything else: the key is the address of the side that started the conversation (the SYN's
-  sender, the SYN-ACK's receiver, the sender of a TCP probe without ACK or RST, else the higher
-  port, the ICMP echo requester), so all flows of one client, in both directions, meet in one
-  worker.
+  sender, the SYN-ACK's receiver, the sender of a TCP probe without ACK or RST, the receiver of a
+  reset answering one, else the higher port; the ICMP requester, the receiver of an ICMP reply
+  or error), so all flows of one client, in both directions, meet in one worker.
 - Frames that do not decode carry no evidence; they are spread by their first bytes.
 
 The hash is keyed with a per-run seed (BLAKE2b here; SipHash-2-4 in the C capture path,
@@ -26,7 +30,7 @@ import os
 
 from workers.decode import IPPROTO_TCP, IPPROTO_UDP, decode_frame
 from workers.dns import parse_dns, parse_dns_tcp, registered_domain
-from workers.pipeline import client_is_src
+from workers.pipeline import dispatch_is_src
 
 
 def dispatch_key(data: bytes, linktype: int) -> bytes:
@@ -41,8 +45,8 @@ def dispatch_key(data: bytes, linktype: int) -> bytes:
             message = messages[0] if messages else None
         if message is not None and message.qname:
             return b"d:" + registered_domain(message.qname).encode("latin-1")
-    client = p.src if client_is_src(p) else p.dst
-    return bytes((p.version,)) + client.to_bytes(16, "big")
+    owner = p.src if dispatch_is_src(p) else p.dst
+    return bytes((p.version,)) + owner.to_bytes(16, "big")
 
 
 class Dispatcher:

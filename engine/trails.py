@@ -53,28 +53,35 @@ def _source_identity(path: str) -> str:
     return h.hexdigest()[:24]
 
 
-def compiled_path_for(source: str) -> tuple[str, bool]:
-    """(artifact path, whether it must be built) for a trails.csv or static trail directory."""
-    path = os.path.join(cache_dir(), "src-%s.mtdb" % _source_identity(source))
+def compiled_path_for(source: str, min_prefix: tuple[int, int] | None = None) -> tuple[str, bool]:
+    """(artifact path, whether it must be built) for a trails.csv or static trail directory,
+    compiled with `min_prefix` (None: the build's default), which is part of the cache key."""
+    identity = _source_identity(source) + ("" if min_prefix is None else "-p%d-%d" % tuple(min_prefix))
+    path = os.path.join(cache_dir(), "src-%s.mtdb" % identity)
     return path, not os.path.exists(path)
 
 
-def resolve_artifact(path: str, allow_no_trails: bool, log=print) -> str:
-    """The artifact to load for `path` (compiling a source first); raises TrailsUnavailable."""
+def resolve_artifact(path: str, allow_no_trails: bool, log=print,
+                     min_prefix: tuple[int, int] | None = None) -> str:
+    """The artifact to load for `path` (compiling a source first, keeping range trails no wider
+    than `min_prefix` allows); raises TrailsUnavailable."""
     if path and os.path.exists(path):
         if _is_artifact(path):
             artifact_path = path
         else:
             from trailsdb.compile import build  # only when a source must be compiled
             from trailsdb.sources import SourceError
-            artifact_path, needed = compiled_path_for(path)
+            artifact_path, needed = compiled_path_for(path, min_prefix)
             if needed:
                 log("[i] compiling trails from %s (cached as %s)" % (path, artifact_path))
+                options = {} if min_prefix is None else {"min_prefix": min_prefix}
                 try:
-                    report = build([path], artifact_path)
+                    report = build([path], artifact_path, **options)
                 except (SourceError, ArtifactError) as exc:
                     raise TrailsUnavailable(str(exc)) from None
-                log("[i] %s" % report.lines()[0])
+                # the summary, and every kind of rejected trail with its reason
+                for line in report.lines()[:1] + [line for line in report.lines() if line.startswith("rejected ")]:
+                    log("[i] %s" % line)
         try:
             artifact = Artifact.open(artifact_path)
         except ArtifactError as exc:
@@ -95,8 +102,9 @@ def resolve_artifact(path: str, allow_no_trails: bool, log=print) -> str:
     return empty_artifact()
 
 
-def resolve_trails(path: str, allow_no_trails: bool, log=print) -> TrailMatchers:
-    return TrailMatchers.load(Artifact.open(resolve_artifact(path, allow_no_trails, log)))
+def resolve_trails(path: str, allow_no_trails: bool, log=print,
+                   min_prefix: tuple[int, int] | None = None) -> TrailMatchers:
+    return TrailMatchers.load(Artifact.open(resolve_artifact(path, allow_no_trails, log, min_prefix)))
 
 
 def empty_artifact() -> str:

@@ -35,7 +35,7 @@ from engine.pcapfile import PcapFileReader, open_capture
 from engine.ring import Ring, decode_batch, encode_batch, ring_bytes
 from tests import traffic
 from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, need_shared
-from tests.corpus.generate import SCENARIOS, write_corpus
+from tests.corpus.generate import SCENARIOS, port_unreachable, reset_answer, write_corpus
 from workers.batch import FrameBatchBuilder
 
 SEED = bytes(range(16))
@@ -474,10 +474,15 @@ def test_flows_and_registered_domains_land_in_one_ring(seed):
         sport = 1024 + i * 13
         flow = [g.tcp_frame(c, s, sport, 443), g.tcp_frame(s, c, 443, sport, g.TCP_SYN | g.TCP_ACK),
                 g.tcp_frame(c, s, sport, 443, g.TCP_ACK), g.tcp_frame(s, c, 443, sport, g.TCP_PSH | g.TCP_ACK, b"x"),
-                g.udp_frame(c, s, sport, 123, b"ntp"), g.udp_frame(s, c, 123, sport, b"ntp"),
+                g.udp_frame(c, s, sport, 123, b"ntp"), g.udp_frame(c, s, 7, 60000 - i, b"probe"),
                 g.icmp_frame(c, s), g.icmp_frame(s, c, reply=True),
+                # the answers to c's probes: a reset from a port above c's, a port unreachable
+                reset_answer(s, c, 60000 - i, sport, 2), port_unreachable(s, c, g.udp_frame(c, s, sport, 60000 - i, b"p")),
                 g.tcp_frame(c, "203.0.113.%d" % (i % 250), sport + 1, 22)]      # the same client, another flow
         assert len({w(f, 1) for f in flow}) == 1
+        # UDP lands by sender: what s sends, with s's own connections
+        sent_by_s = [g.udp_frame(s, c, 123, sport, b"ntp"), g.tcp_frame(s, "192.0.2.%d" % (i % 250), 50000, 80)]
+        assert len({w(f, 1) for f in sent_by_s}) == 1
         dom = "dom%d.co.uk" % i
         names = [g.udp_frame(c, "10.0.0.53", sport, 53, g.dns_query("a.%s" % dom)),
                  g.udp_frame("10.0.0.53", "10.9.9.9", 53, sport, g.dns_response("b.c.%s" % dom, ["192.0.2.1"])),

@@ -94,7 +94,10 @@ def test_bad_config_names_file_line_and_fix(tmp_path):
 def test_trails_build_stats_and_check(artifact):
     stats = mte("trails", "stats", str(artifact))
     assert stats.returncode == 0, stats.stderr
-    assert "generation: 1" in stats.stdout and "trails: 23" in stats.stdout
+    assert "generation: 1" in stats.stdout and "trails: 27" in stats.stdout
+    # the corpus lists 0.0.0.0/0, ::/0, a /2 and a /3: refused at build, and the stats say why
+    assert "rejected at build: 2 range wider than /8, would match (nearly) every address" in stats.stdout
+    assert "rejected at build: 2 range wider than /12, would match (nearly) every address" in stats.stdout
     check = mte("trails", "check", "--trails", str(artifact), "www.evil-parent.net")
     assert check.returncode == 0
     assert "parent evil-parent.net" in check.stdout and "MATCH" in check.stdout
@@ -112,6 +115,38 @@ def test_trails_build_reports_a_missing_source(tmp_path):
     result = mte("trails", "build", "--source", str(tmp_path / "nope.csv"), "-o", str(tmp_path / "t.mtdb"))
     assert result.returncode == 1 and "nope.csv" in result.stderr
     assert not (tmp_path / "t.mtdb").exists()
+
+
+def test_ranges_wider_than_the_configured_minimum_are_rejected_by_build_and_replay(tmp_path, cache):
+    source = tmp_path / "feed.csv"
+    source.write_text("0.0.0.0/0,everything (malware),(feed)\n10.0.0.0/12,wide range (suspicious),(feed)\n"
+                      "::/0,everything (malware),(feed)\n203.0.113.66,c2 (malware),(feed)\n")
+    default, narrow = tmp_path / "default.toml", tmp_path / "narrow.toml"
+    default.write_text("")
+    narrow.write_text("[all]\nmin_trail_prefix_v4 = 16\n")
+    pcap = _pcap(tmp_path / "x.pcap", [g.tcp_frame("10.1.2.3", "198.18.0.1", 40000, 443),
+                                       g.tcp_frame("10.1.2.3", "203.0.113.66", 40001, 443),
+                                       g.tcp_frame("2001:db8::1", "2001:db8::2", 40002, 443)])
+
+    built = mte("trails", "build", "-c", str(narrow), "--source", str(source), "-o", str(tmp_path / "t.mtdb"))
+    assert built.returncode == 0, built.stderr
+    assert "1 trails" in built.stdout                         # the c2 address alone
+    assert ("rejected 2: range wider than /16, would match (nearly) every address ([all] min_trail_prefix_v4) "
+            "(e.g. feed.csv:1 '0.0.0.0/0', feed.csv:2 '10.0.0.0/12')") in built.stdout
+    assert "rejected 1: range wider than /12" in built.stdout and "feed.csv:3 '::/0'" in built.stdout
+
+    # a source named by --trails is compiled for the sensor with the configured minimum, which is
+    # part of the cache key: the same source under another minimum is compiled again
+    wide = mte("replay", "-c", str(default), "--trails", str(source), "--log-dir", str(tmp_path / "l1"), pcap, env=cache)
+    assert wide.returncode == 0, wide.stderr
+    assert "rejected 1: range wider than /8" in wide.stderr and "rejected 1: range wider than /12" in wide.stderr
+    assert "events: 2 (IP 2)" in wide.stderr                  # the /12 and the c2 address
+    tight = mte("replay", "-c", str(narrow), "--trails", str(source), "--log-dir", str(tmp_path / "l2"), pcap, env=cache)
+    assert tight.returncode == 0, tight.stderr
+    assert "compiling trails from" in tight.stderr and "rejected 2: range wider than /16" in tight.stderr
+    assert "events: 1 (IP 1)" in tight.stderr
+    lines = mte("tail", "--log-dir", str(tmp_path / "l2")).stdout.splitlines()
+    assert len(lines) == 1 and '10.1.2.3 40001 203.0.113.66 443 TCP IP 203.0.113.66 "c2 (malware)"' in lines[0]
 
 
 def test_replay_from_csv_then_tail_in_every_format(tmp_path, cache):

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -23,12 +25,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from engine.eventlog import EventLogReader, EventLogWriter
 from engine.formats import format_maltrail
 from engine.replay import accounted, replay_files
 from matchers import Artifact, TrailMatchers
-from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, need_shared
+from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, SHARED_TRAILS, need_shared
 from trailsdb.compile import build
 from workers.pipeline import Worker
 
@@ -196,6 +199,30 @@ def console_script() -> str:
 
 
 _SUMMARY = re.compile(r"^frames: (\d+) .*\ndecoded: (\d+); skipped: (\d+)", re.M)
+
+
+def test_a_client_of_a_server_in_a_mass_scanner_range_is_not_reported(tmp_path):
+    """zk_tls_heartbleed-success.pcap holds a client's TLS session with 107.170.241.107, inside the
+    shared trail set's 107.170.192.0/18 "mass scanner cidr": the client is not the scanner, the
+    session is no event (Maltrail's attacker rule, followed by the scanner ranges too)."""
+    capture = need_shared(REAL_CORPUS) / "zk_tls_heartbleed-success.pcap"
+    source = tmp_path / "ranges.csv"
+    with open(need_shared(SHARED_TRAILS), "rb") as raw, open(source, "w", newline="") as out:
+        text = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(raw), encoding="utf-8", errors="replace")
+        writer = csv.writer(out)
+        for row in csv.reader(text):
+            if len(row) == 3 and re.match(r"\A[0-9a-f.:]+/\d+\Z", row[0].strip()):
+                writer.writerow(row)     # every range trail of the shared set, nothing else
+    artifact = tmp_path / "ranges.mtdb"
+    assert subprocess.run([console_script(), "trails", "build", "--source", str(source), "-o", str(artifact)],
+                          capture_output=True, timeout=120).returncode == 0
+    check = subprocess.run([console_script(), "trails", "check", "--trails", str(artifact), "107.170.241.107"],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "'107.170.192.0/18'" in check.stdout and "mass scanner cidr" in check.stdout
+    result = subprocess.run([console_script(), "replay", "--trails", str(artifact), "--log-dir", str(tmp_path / "log"),
+                             str(capture)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "frames: 34 " in result.stderr and "\nevents: 0\n" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("name,packets", _real_captures())

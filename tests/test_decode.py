@@ -54,8 +54,8 @@ def _tcp6(payload: bytes = PAYLOAD, flags: int = g.TCP_PSH | g.TCP_ACK) -> bytes
     return g.ipv6(C6, S6, 6, g.tcp(C6, S6, 40000, 80, flags, payload))
 
 
-TCP4 = Packet(4, _int(C4), _int(S4), 6, 40000, 80, g.TCP_PSH | g.TCP_ACK, -1, PAYLOAD)
-TCP6 = Packet(6, _int(C6), _int(S6), 6, 40000, 80, g.TCP_PSH | g.TCP_ACK, -1, PAYLOAD)
+TCP4 = Packet(4, _int(C4), _int(S4), 6, 40000, 80, g.TCP_PSH | g.TCP_ACK, -1, PAYLOAD, 1)  # pcapgen: seq 1
+TCP6 = Packet(6, _int(C6), _int(S6), 6, 40000, 80, g.TCP_PSH | g.TCP_ACK, -1, PAYLOAD, 1)
 
 
 # --- link-layer headers, built field by field ---

@@ -51,14 +51,14 @@ def _python_view(packet):
         return SKIP_REASONS.index(packet)
     width = 4 if packet.version == 4 else 16
     return (packet.version, packet.src.to_bytes(width, "big"), packet.dst.to_bytes(width, "big"), packet.proto,
-            packet.sport, packet.dport, packet.tcp_flags, packet.icmp_type, len(packet.payload))
+            packet.sport, packet.dport, packet.tcp_flags, packet.icmp_type, len(packet.payload), packet.tcp_seq)
 
 
 def _c_view(result, frame):
     if isinstance(result, int):
         return result
-    version, src, dst, proto, sport, dport, flags, icmp, off, length = result
-    return (version, src, dst, proto, sport, dport, flags, icmp, length)
+    version, src, dst, proto, sport, dport, flags, icmp, off, length, seq = result
+    return (version, src, dst, proto, sport, dport, flags, icmp, length, seq)
 
 
 def test_c_decode_equals_python_decode_on_every_captured_frame(captures):

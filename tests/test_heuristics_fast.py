@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import pcapgen as g
+from tests.corpus.generate import reset_answer
 from tests.test_heuristics import (_ALPHABET, ATTACK_SAMPLES, _dns_flood, _infection_flood, _nx_name_flood,
                                    _scan_flood, _udp_flood, _web_flood, matchers, run)  # noqa: F401 (fixture)
 from workers import _fastpath
@@ -65,7 +66,7 @@ def frames_and_settings(draw):
         t += draw(st.sampled_from((0, 0, 0.25, 1, 1, 2, 3, 5, 10, 31)))   # often exactly a window apart
         src, dst = draw(st.sampled_from(SOURCES)), draw(st.sampled_from(TARGETS))
         sport = draw(st.sampled_from((40000, 40001, 53, 80)))
-        kind = draw(st.sampled_from(("syn", "tcp", "udp", "http", "http", "dnsq", "nx", "response")))
+        kind = draw(st.sampled_from(("syn", "tcp", "udp", "reset", "http", "http", "dnsq", "nx", "response")))
         if kind == "syn":
             port = draw(st.sampled_from((22, 23, 80, 445, 1000, 1001, 1002, 1003, 33434, 3389)))
             frame = g.tcp_frame(src, dst, sport, port, g.TCP_SYN)
@@ -74,7 +75,12 @@ def frames_and_settings(draw):
             frame = g.tcp_frame(src, dst, sport, draw(st.integers(1000, 1006)), flags)
         elif kind == "udp":
             payload = draw(st.sampled_from((b"", b"pr", b"prob", b"probe-probe", b"x" * 100, b"x" * 120)))
-            frame = g.udp_frame(src, dst, sport, draw(st.sampled_from((1000, 1001, 1002, 33435, 137, 1900))), payload)
+            dport = draw(st.sampled_from((1000, 1001, 1002, 33435, 137, 1900, 45000, 45001)))
+            if draw(st.integers(0, 3)) == 0:
+                src, dst = dst, src          # the other direction, as a server's answer would go
+            frame = g.udp_frame(src, dst, sport, dport, payload)
+        elif kind == "reset":                # a closed port answering a probe (sequence 0)
+            frame = reset_answer(dst, src, draw(st.integers(1000, 1006)), sport, 2)
         elif kind == "http":
             host = draw(st.sampled_from((None, "site.example", "198.18.0.7", "site.example:8080", "")))
             method = draw(st.sampled_from(("GET", "POST", "HEAD")))
@@ -115,7 +121,9 @@ def test_the_generated_traffic_reaches_every_heuristic(matchers):
     # the differential test above is only as good as what its traffic sets off: one fixed draw of
     # each kind, every heuristic family fires on both paths
     frames = [(i * 0.1, g.tcp_frame("203.0.113.9", "198.18.0.7", 40000, 1000 + i, g.TCP_SYN)) for i in range(3)]
-    frames += [(1 + i * 0.1, g.udp_frame("203.0.113.9", "198.18.0.8", 40000, 1000 + i, b"pr")) for i in range(3)]
+    # UDP probes count for their sender, a port above its own source port included
+    frames += [(1 + i * 0.1, g.udp_frame("203.0.113.9", "198.18.0.8", 40000, port, b"pr"))
+               for i, port in enumerate((1000, 45001, 1002))]
     frames += [(2 + i * 0.1, g.tcp_frame("10.0.0.1", "198.18.0.%d" % (10 + i), 40000, 445, g.TCP_SYN)) for i in range(3)]
     frames += [(3 + i * 0.1, g.tcp_frame("10.0.0.2", "198.18.0.7", 40000, 80, g.TCP_PSH | g.TCP_ACK,
                                          g.http_request("GET", "/p%d/x" % i, "site.example"))) for i in range(3)]

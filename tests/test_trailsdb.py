@@ -170,6 +170,40 @@ def test_normalize_refuses_overlong_keys():
     assert kind is None and "longer than" in reason
 
 
+def test_ranges_that_would_match_everything_are_rejected_with_the_reason(tmp_path):
+    wide = ["0.0.0.0/0", "::/0", "224.0.0.0/3", "64.0.0.0/7", "2000::/3", "2400::/11"]
+    kept = ["1.116.0.0/14", "107.170.192.0/18", "10.0.0.0/8", "2400::/12", "2001:db8::/32"]
+    report, artifact = build_and_load(tmp_path, [(t, "bad range (malware)", "feed") for t in wide + kept])
+    assert report.rejected == {
+        "range wider than /8, would match (nearly) every address ([all] min_trail_prefix_v4)": 3,
+        "range wider than /12, would match (nearly) every address ([all] min_trail_prefix_v6)": 3}
+    text = "\n".join(report.lines())
+    assert ("rejected 3: range wider than /8, would match (nearly) every address ([all] min_trail_prefix_v4) "
+            "(e.g. feed.csv:1 '0.0.0.0/0', feed.csv:3 '224.0.0.0/3', feed.csv:4 '64.0.0.0/7')") in text
+    assert "feed.csv:2 '::/0'" in text and "feed.csv:6 '2400::/11'" in text
+    assert set(records(artifact)) == {"1.116.0.0/14", "107.170.192.0/18", "10.0.0.0/8", "2400::/12", "2001:db8::/32"}
+    ips = TrailMatchers.load(artifact).ips
+    for address in ("8.8.8.8", "230.1.2.3", "65.1.2.3", "2a00::1"):   # inside the rejected ranges only
+        a = ipaddress.ip_address(address)
+        assert ips.lookup_ip(a.version, int(a)) is None, address
+    a = ipaddress.ip_address("1.117.0.1")
+    assert artifact.key(ips.lookup_ip(4, int(a))) == "1.116.0.0/14"
+
+
+def test_the_minimum_prefix_is_configurable_and_never_admits_slash_zero(tmp_path):
+    rows = [("10.0.0.0/8", "x", "feed"), ("1.116.0.0/14", "x", "feed"), ("5.8.37.0/24", "x", "feed"),
+            ("2001:db8::/32", "x", "feed"), ("2001:db8:bad::/48", "x", "feed")]
+    report, artifact = build_and_load(tmp_path, rows, min_prefix=(16, 40))
+    assert set(records(artifact)) == {"5.8.37.0/24", "2001:db8:bad::/48"}
+    assert report.rejected == {
+        "range wider than /16, would match (nearly) every address ([all] min_trail_prefix_v4)": 2,
+        "range wider than /40, would match (nearly) every address ([all] min_trail_prefix_v6)": 1}
+    for trail in ("0.0.0.0/0", "::/0"):
+        kind, reason = normalize_trail(trail, "feed", min_prefix=(0, 0))
+        assert kind is None and "wider than /1," in reason
+    assert normalize_trail("128.0.0.0/1", "feed", min_prefix=(1, 1)) == (KIND_CIDR4, "128.0.0.0/1")
+
+
 def test_regex_trail_round_trips_through_compile():
     kind, key = normalize_trail(r"dga[0-9]+\.wildcard-test\.com", "(static)")
     assert kind == KIND_REGEX

@@ -34,7 +34,7 @@ from matchers.artifact import (
     S_UA, S_URLS, S_WHITELIST, TRAIL_RECORD, Artifact, ArtifactError, write_artifact,
 )
 from matchers.ips import ipport4_key, ipport6_key, parse_ipport
-from trailsdb.normalize import normalize_trail
+from trailsdb.normalize import DEFAULT_MIN_PREFIX, normalize_trail
 from trailsdb.sources import EMPTY_WHITELIST, Whitelist, read_custom_dir, read_source, read_whitelist
 
 # Maltrail's merge priorities (core/settings.py): a trail listed twice keeps the label of the
@@ -123,9 +123,10 @@ def _ip_text_listed(text: str, wl: Whitelist) -> bool:
 
 
 def collect(sources, custom_dir: str = "", whitelist: Whitelist = EMPTY_WHITELIST,
-            report: BuildReport | None = None) -> tuple[list, list]:
+            report: BuildReport | None = None, min_prefix: tuple[int, int] = DEFAULT_MIN_PREFIX) -> tuple[list, list]:
     """Reads, normalises and merges. Returns (entries, meta): entries are (kind, key, meta index)
-    in first-seen order; meta is the list of distinct (info, reference) pairs."""
+    in first-seen order; meta is the list of distinct (info, reference) pairs. `min_prefix`: the
+    shortest (IPv4, IPv6) CIDR prefixes kept (trailsdb/normalize.py)."""
     report = report or BuildReport()
     entries: dict[str, list] = {}
     meta_index: dict[tuple[str, str], int] = {}
@@ -137,7 +138,7 @@ def collect(sources, custom_dir: str = "", whitelist: Whitelist = EMPTY_WHITELIS
     report.sources = list(sources) + ([custom_dir] if custom_dir else [])
     for stream in streams:
         for raw in stream:
-            kind, key = normalize_trail(raw.trail, raw.reference)
+            kind, key = normalize_trail(raw.trail, raw.reference, min_prefix)
             if kind is None:
                 report.rejected[key] += 1
                 examples = report.reject_examples.setdefault(key, [])
@@ -300,12 +301,14 @@ def _found(m: TrailMatchers, kind: int, key: str, trail_id: int) -> bool:
     return True  # regex and user-agent trails are compiled at load; load itself is the check
 
 
-def build(sources, output: str, custom_dir: str = "", whitelist_file: str = "") -> BuildReport:
-    """Builds and atomically publishes an artifact at `output`. Raises SourceError/ArtifactError."""
+def build(sources, output: str, custom_dir: str = "", whitelist_file: str = "",
+          min_prefix: tuple[int, int] = DEFAULT_MIN_PREFIX) -> BuildReport:
+    """Builds and atomically publishes an artifact at `output`. Raises SourceError/ArtifactError.
+    `min_prefix`: the shortest (IPv4, IPv6) CIDR prefixes kept; wider ranges are rejected."""
     started = time.monotonic()
     report = BuildReport(output=output)
     whitelist = read_whitelist(whitelist_file) if whitelist_file else EMPTY_WHITELIST
-    entries, meta = collect(sources, custom_dir, whitelist, report)
+    entries, meta = collect(sources, custom_dir, whitelist, report, min_prefix)
     report.trails = len(entries)
     for kind, _, _ in entries:
         report.by_kind[KIND_NAMES[kind]] += 1

@@ -4,7 +4,8 @@ Owns the shape rules: which text is an IPv4/IPv6 address, a CIDR range, an addre
 domain, a regex/wildcard domain, a host/path URL, a path-only URL or a user agent, and the
 normalisation Maltrail applies (lower case, IDNA for non-ASCII names, no leading "www.", no
 trailing dots, no query string on non-path trails, "//" collapsed). Anything that fits no shape
-is rejected with a reason, never guessed.
+is rejected with a reason, never guessed; so is a range so wide it would match (nearly) every
+address (0.0.0.0/0, ::/0, any prefix shorter than the configured minimum).
 
 Must not know about files, merging or the compiled format.
 """
@@ -35,6 +36,12 @@ _REGEX_HINT = re.compile(r"[\].][*+]|\[[a-z0-9_.\-]+\]", re.I)
 _UNSUPPORTED_REGEX = re.compile(r"\\[1-9]|\(\?P=|\(\?[aiLmsux]+\)|\(\?P<g\d+>")
 _DOMAIN = re.compile(r"\A[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\Z")
 _ALPHA_ONLY = re.compile(r"\A\.?[a-z]+\Z")
+# The shortest CIDR prefixes a trail may have, (IPv4, IPv6): [all] min_trail_prefix_v4 / _v6.
+# A range wider than what IANA hands one regional registry (an IPv4 /8, an IPv6 /12) is no threat
+# listing but a mistake in a feed (0.0.0.0/0, a bogon list's 224.0.0.0/3) that would flag every
+# host; real lists stay far below it (the shared Maltrail set's widest range is a /18, Spamhaus
+# DROP's a /11 or so).
+DEFAULT_MIN_PREFIX = (8, 12)
 
 
 def _ipv4_text(groups) -> str | None:
@@ -53,8 +60,15 @@ def _idna_host(host: str) -> str | None:
         return None
 
 
-def normalize_trail(trail: str, reference: str = "") -> tuple[int | None, str]:
-    """Returns (kind, key), or (None, reason) when the trail is unusable."""
+def _too_wide(version: int, minimum: int) -> str:
+    return "range wider than /%d, would match (nearly) every address ([all] min_trail_prefix_v%d)" % (
+        minimum, version)
+
+
+def normalize_trail(trail: str, reference: str = "",
+                    min_prefix: tuple[int, int] = DEFAULT_MIN_PREFIX) -> tuple[int | None, str]:
+    """Returns (kind, key), or (None, reason) when the trail is unusable. `min_prefix`: the
+    shortest (IPv4, IPv6) CIDR prefixes accepted; /0 never is."""
     t = trail.strip()
     if not t:
         return None, "empty"
@@ -120,6 +134,8 @@ def normalize_trail(trail: str, reference: str = "") -> tuple[int | None, str]:
             return None, "IPv4 octet above 255"
         if prefix > 32:
             return None, "CIDR prefix above 32"
+        if prefix < max(1, min_prefix[0]):
+            return None, _too_wide(4, max(1, min_prefix[0]))
         net = ipaddress.IPv4Network("%s/%d" % (ip, prefix), strict=False)
         if prefix == 32:
             return _checked(KIND_IPV4, str(net.network_address))
@@ -141,6 +157,8 @@ def normalize_trail(trail: str, reference: str = "") -> tuple[int | None, str]:
             net = ipaddress.IPv6Network(t, strict=False)
         except ValueError:
             return None, "malformed IPv6 range"
+        if net.prefixlen < max(1, min_prefix[1]):
+            return None, _too_wide(6, max(1, min_prefix[1]))
         if net.prefixlen == 128:
             return _checked(KIND_IPV6, net.network_address.compressed)
         return _checked(KIND_CIDR6, net.compressed)

@@ -1,7 +1,7 @@
 """Noise control: repeated events per (source, trail) become one record; nothing is dropped.
 
 Owns the rule. Two events belong together when they come from the same source (the client of
-the conversation, which dispatch keeps in one worker) and carry the same trail: the same sensor,
+the conversation, or a UDP datagram's sender: what dispatch keeps in one worker) and carry the same trail: the same sensor,
 type, trail, info, reference and severity; addresses, ports and protocol may differ (one scanner
 probing many ports, one client fetching one bad URL from many servers). The first event of a group
 is emitted at once (live users see it without delay); later ones within `window_us` of packet time

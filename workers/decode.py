@@ -71,6 +71,7 @@ PROTO_NAMES = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP", IPPROTO_ICMP: "ICMP", IPP
 _ETH = struct.Struct("!H")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _PORTS = struct.Struct("!HH")
+_TCP_PORTS_SEQ = struct.Struct("!HHI")
 
 
 class Packet(NamedTuple):
@@ -83,6 +84,8 @@ class Packet(NamedTuple):
     tcp_flags: int        # 0 unless TCP
     icmp_type: int        # -1 unless ICMP/ICMPv6
     payload: bytes        # transport payload (b"" when none or unknown)
+    tcp_seq: int = 0      # the TCP sequence number (0 unless TCP): a reset that answers a segment
+                          # without ACK carries 0 (RFC 9293 3.10.7.1), which orients it
 
 
 def _link_to_l3(data: bytes, linktype: int):
@@ -252,11 +255,11 @@ def _decode_transport(version, src, dst, proto, data, pos, end):
     if proto == IPPROTO_TCP:
         if end < pos + 20:
             return SKIP_TRUNCATED_TRANSPORT
-        sport, dport = _PORTS.unpack_from(data, pos)
+        sport, dport, seq = _TCP_PORTS_SEQ.unpack_from(data, pos)
         doff = (data[pos + 12] >> 4) * 4
         flags = data[pos + 13]
         start = pos + max(doff, 20)
-        return Packet(version, src, dst, proto, sport, dport, flags, -1, data[start:end] if start < end else b"")
+        return Packet(version, src, dst, proto, sport, dport, flags, -1, data[start:end] if start < end else b"", seq)
     if proto == IPPROTO_UDP:
         if end < pos + 8:
             return SKIP_TRUNCATED_TRANSPORT

@@ -53,8 +53,17 @@ _NUMERIC_NAME = re.compile(r"\A[0-9.]+\Z")
 # An absolute-form request target (a request to a proxy) starts with a scheme (RFC 3986); "://"
 # further along is part of a path or query.
 _ABSOLUTE = re.compile(r"\A[a-z][a-z0-9+.-]*://")
-_ECHO_REPLY = {IPPROTO_ICMP: 0, IPPROTO_ICMPV6: 129}
+# ICMP messages that answer something their receiver sent, so the receiver started the exchange:
+# echo, timestamp, information and address-mask replies, and the errors (destination unreachable,
+# source quench, redirect, time exceeded, parameter problem; ICMPv6's packet too big). A victim's
+# port-unreachable answer to a UDP probe is oriented from the prober.
+_ICMP_ANSWERS = {IPPROTO_ICMP: frozenset((0, 3, 4, 5, 11, 12, 14, 16, 18)),
+                 IPPROTO_ICMPV6: frozenset((1, 2, 3, 4, 129))}
 _TCP_SYN, _TCP_RST, _TCP_ACK = 0x02, 0x04, 0x10
+# Labels saying the listed address is the attacking side (Maltrail's "attacker" rule, and the mass
+# scanner lists: "mass scanner", "mass scanner cidr"); "scanner" only as a word, so a malware
+# family such as "camscanner" is not one of them.
+_ATTACKER_LABEL = re.compile(r"attacker|\bscanner\b")
 HEURISTIC = "(heuristic)"
 # Verdict bit of the DNS exhaustion heuristic (the scan bits are workers/heuristics/scan.py's).
 DNS_EXHAUSTION = 0x10
@@ -104,18 +113,36 @@ def _ignored_name(name: str) -> bool:
 
 def client_is_src(p) -> bool:
     """Which end of a packet started the conversation: the SYN's sender, the SYN-ACK's receiver,
-    the sender of a TCP segment with neither ACK nor RST (a probe), otherwise the side with the
-    higher (ephemeral) port, and for ICMP the echo requester. Every packet of a flow answers the
-    same, so a flow is judged (and dispatched) as one."""
-    if p.proto == IPPROTO_TCP and p.tcp_flags & _TCP_SYN:
-        return not p.tcp_flags & _TCP_ACK
-    if p.proto == IPPROTO_TCP and not p.tcp_flags & (_TCP_ACK | _TCP_RST):
-        # Every segment of an open connection carries ACK, and a reset answers something: a
-        # segment with neither (NULL, FIN, XMAS probes) is sent by the side that starts.
-        return True
+    the sender of a TCP segment with neither ACK nor RST (a probe), the receiver of a reset that
+    answers a probe, otherwise the side with the higher (ephemeral) port, and for ICMP the sender
+    of a request (the receiver of a reply or an error). Every packet of a flow answers the same,
+    so a flow is judged (and dispatched) as one."""
+    if p.proto == IPPROTO_TCP:
+        flags = p.tcp_flags
+        if flags & _TCP_SYN:
+            return not flags & _TCP_ACK
+        if not flags & (_TCP_ACK | _TCP_RST):
+            # Every segment of an open connection carries ACK, and a reset answers something: a
+            # segment with neither (NULL, FIN, XMAS probes) is sent by the side that starts.
+            return True
+        if flags & _TCP_RST and flags & _TCP_ACK and p.tcp_seq == 0:
+            # A reset answering a segment without ACK (a SYN or a stealth probe to a closed port)
+            # takes sequence number 0 and acknowledges it (RFC 9293 3.10.7.1); a reset inside a
+            # connection carries that connection's sequence number. Its receiver is the prober.
+            return False
     if p.sport or p.dport:
         return p.sport >= p.dport  # the well-known (lower) port is the server's
-    return p.icmp_type != _ECHO_REPLY.get(p.proto)
+    return p.icmp_type not in _ICMP_ANSWERS.get(p.proto, ())
+
+
+def dispatch_is_src(p) -> bool:
+    """Whose address a non-DNS packet is dispatched (engine/dispatch.py) and grouped by: the
+    client's, except for UDP, where it is the sender's. A UDP exchange has no handshake, so port
+    order cannot tell a scanner probing a port above its own source port from a server answering
+    a client; the UDP scan counts what each address sends, and all it sends meets in one worker.
+    The two directions of a UDP flow may then be judged in two workers, so their events are
+    grouped apart (by sender) on every worker count."""
+    return p.proto == IPPROTO_UDP or client_is_src(p)
 
 
 # The counters _fastpath.scan() returns after `decoded` and the skip reasons, in its order.
@@ -312,7 +339,7 @@ class Worker:
         http = sni = quic_sni = None
         c_is_src = client_is_src(p)
         if bits is None:
-            bits = self.scans.observe(p, ts, c_is_src) if self.heuristics.enabled else 0
+            bits = self.scans.observe(p, ts) if self.heuristics.enabled else 0
         dns_udp = response = False
         if p.proto == IPPROTO_UDP:
             if p.sport == 53 or p.dport == 53:
@@ -332,24 +359,24 @@ class Worker:
                 response = True
 
         # Noise control groups by source within what dispatch keeps together: a DNS packet is
-        # dispatched by the registered domain of its (first) question, any other by its client
-        # (engine/dispatch.py dispatch_key), so a group never spans two workers.
-        client = p.src if c_is_src else p.dst
+        # dispatched by the registered domain of its (first) question, a UDP datagram by its
+        # sender, any other by its client (engine/dispatch.py dispatch_key), so a group never
+        # spans two workers.
         if dns_messages and dns_messages[0].qname:
-            self._source = (registered_domain(dns_messages[0].qname), p.version, client)
+            self._source = (registered_domain(dns_messages[0].qname), p.version, p.src if c_is_src else p.dst)
         else:
-            self._source = ("", p.version, client)
+            self._source = ("", p.version, p.src if dispatch_is_src(p) else p.dst)
 
         annotation = None
         if dns_messages and dns_messages[0].qname:
             annotation = dns_messages[0].qname
         elif http is not None and http.host and http.host[0].isalpha():
             annotation = normalize_host(http.host)
-        self._ip_trails(p, ts, annotation, bool(dns_messages), out)
+        self._ip_trails(p, ts, c_is_src, annotation, bool(dns_messages), out)
         if response:
             self._http_response(p, ts, payload, out)
         if bits & (PORT_SCAN | UDP_SCAN | INFECTION_SCAN):
-            self._scan_events(p, ts, bits, c_is_src, out)
+            self._scan_events(p, ts, bits, out)
 
         for message in dns_messages:
             self._dns(p, ts, message, out, bits, dns_udp)
@@ -381,23 +408,22 @@ class Worker:
     def _heuristic(self, p, ts, src_ip, src_port, dst_ip, dst_port, type_, trail, info, out):
         self._emit(p, ts, src_ip, src_port, dst_ip, dst_port, type_, trail, None, out, info, HEURISTIC)
 
-    def _scan_events(self, p, ts, bits, c_is_src, out) -> None:
+    def _scan_events(self, p, ts, bits, out) -> None:
+        """Scan verdicts name the prober: the sender of the probe that holds the verdict (TCP
+        probes carry no ACK or RST, UDP probes are counted by sender, workers/heuristics/scan.py)."""
         src, dst = _ip_text(p.version, p.src), _ip_text(p.version, p.dst)
         if bits & PORT_SCAN:
             self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_IP, src, "potential port scanning", out)
         if bits & INFECTION_SCAN:
             self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_PORT, str(p.dport), "potential infection", out)
         if bits & UDP_SCAN:
-            if c_is_src:
-                self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_IP, src, "potential udp scanning", out)
-            else:
-                self._heuristic(p, ts, dst, p.dport, src, p.sport, TYPE_IP, dst, "potential udp scanning", out)
+            self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_IP, src, "potential udp scanning", out)
 
-    def _ip_trails(self, p, ts, annotation, is_dns, out) -> None:
+    def _ip_trails(self, p, ts, c_is_src, annotation, is_dns, out) -> None:
         """IP and IP:port trails on both endpoints, reported client -> server."""
         ips = self.matchers.ips
         version = p.version
-        if client_is_src(p):
+        if c_is_src:
             c_addr, c_port, s_addr, s_port = p.src, p.sport, p.dst, p.dport
         else:
             c_addr, c_port, s_addr, s_port = p.dst, p.dport, p.src, p.sport
@@ -415,11 +441,12 @@ class Worker:
             return
         info = self._artifact.meta_of(trail_id)[0]
         if not is_dns:
-            # Maltrail's false-positive rules: a connection to a listed scanner/attacker is our own
-            # traffic answering it; parking pages matter only on the web ports; a "malware" host
-            # reaching us is backscatter, not an infection.
+            # Maltrail's false-positive rules: a connection to a listed attacker or scanner (an
+            # address, a range or an ip:port alike) is our own traffic answering it; parking pages
+            # matter only on the web ports; a "malware" host reaching us is backscatter, not an
+            # infection.
             if p.proto == IPPROTO_TCP and side == "server":
-                if "attacker" in info or ("parking site" in info and s_port not in (80, 443)):
+                if _ATTACKER_LABEL.search(info) or ("parking site" in info and s_port not in (80, 443)):
                     return
             if p.proto in (IPPROTO_TCP, IPPROTO_UDP) and side == "client" and "malware" in info:
                 return

@@ -126,7 +126,7 @@ static inline void latin1_lower(uint8_t *s, int n)
 
 /* workers.dns.parse_dns as far as the dispatch key needs it: -2 when the message does not parse
  * (parse_dns returns None), else the length of the lower-cased first question name written to out
- * (0 when there is no question, or the root name: both make the key fall back to the client). */
+ * (0 when there is no question, or the root name: both make the key fall back to an address). */
 static int dns_qname(const uint8_t *m, uint32_t n, uint8_t *out)
 {
     if (n < 12)
@@ -204,14 +204,15 @@ static size_t dispatch_key(const uint8_t *f, uint32_t n, int linktype, uint8_t *
             return (size_t)(2 + len - start);
         }
     }
-    const uint8_t *client = mt_client_is_src(&pk) ? pk.src : pk.dst;
+    /* the client's address; a UDP datagram's sender's */
+    const uint8_t *owner = mt_dispatch_is_src(&pk) ? pk.src : pk.dst;
     key[0] = (uint8_t)pk.version;
     if (pk.version == 4) {
         /* the address as a 16-byte big-endian integer: 12 zero bytes, then IPv4 */
         memset(key + 1, 0, 12);
-        memcpy(key + 13, client, 4);
+        memcpy(key + 13, owner, 4);
     } else {
-        memcpy(key + 1, client, 16);
+        memcpy(key + 1, owner, 16);
     }
     return 17;
 }

@@ -42,6 +42,32 @@ def _http(payload, sport=40100, dst=SERVER, dport=80, src=CLIENT):
     return g.tcp_frame(src, dst, sport, dport, g.TCP_PSH | g.TCP_ACK, payload)
 
 
+def reset_answer(src, dst, sport, dport, ack):
+    """A closed port's answer to a segment without ACK (a SYN or a stealth probe): RST+ACK with
+    sequence number 0, acknowledging the probe (RFC 9293 3.10.7.1)."""
+    l4 = g.tcp(src, dst, sport, dport, g.TCP_RST | g.TCP_ACK, seq=0, ack=ack, window=0)
+    return g.ether(g.ip_packet(src, dst, 6, l4), g.ethertype_for(src))
+
+
+def port_unreachable(src, dst, probe_frame):
+    """ICMP destination unreachable (port) from `src`, quoting the probe's IPv4 header and the
+    first 8 bytes of its transport header, as RFC 792 has it."""
+    ip = probe_frame[14:]
+    quoted = ip[:(ip[0] & 0x0F) * 4 + 8]
+    body = struct.pack("!BBHI", 3, 3, 0, 0) + quoted
+    return g.ether(g.ipv4(src, dst, 1, body[:2] + struct.pack("!H", _internet_checksum(body)) + body[4:]))
+
+
+def _internet_checksum(data: bytes) -> int:
+    """RFC 1071: the one's complement of the one's complement sum of 16-bit words."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
 # --- DNS ---------------------------------------------------------------------------------------
 
 @scenario
@@ -242,6 +268,40 @@ def repeated_syns():
     return _ts([g.tcp_frame(CLIENT, "203.0.113.66", 40360, 443, g.TCP_SYN)] * 8, step_ms=500)
 
 
+@scenario
+def ip_scanner_range_as_server():
+    """Connecting to a server in a scanner-labelled range, to a mass-scanner address or to an
+    attacker range is our own traffic answering it (Maltrail's "attacker" rule, the scanner labels
+    included): silent. The listed side as the client is reported; a malware family whose name
+    merely contains "scanner" is no scanner label."""
+    ranged = "192.0.2.130"
+    return _ts([g.tcp_frame(CLIENT, ranged, 40500, 443),
+                g.tcp_frame(ranged, CLIENT, 443, 40500, g.TCP_SYN | g.TCP_ACK),
+                g.tcp_frame(CLIENT, ranged, 40500, 443, g.TCP_ACK),
+                g.tcp_frame(CLIENT, ranged, 40500, 443, g.TCP_PSH | g.TCP_ACK, b"x" * 40),
+                g.tcp_frame(CLIENT, "198.51.100.170", 40501, 22),
+                g.tcp_frame(CLIENT, "203.0.113.80", 40502, 80),
+                g.tcp_frame(CLIENT, "203.0.113.81", 40503, 443),
+                g.tcp_frame("192.0.2.140", CLIENT, 51010, 22),
+                g.tcp_frame("203.0.113.80", CLIENT, 51011, 23)])
+
+
+@scenario
+def probe_answers():
+    """A listed prober's SYN, FIN and NULL probes from port 41000 and the victim's answers: RST+ACK
+    with sequence number 0 from closed ports below and above the prober's port, and an ICMP port
+    unreachable for a UDP probe. Every answer is the prober's event, oriented from the prober;
+    none is an event with the victim as its source."""
+    prober, victim = "203.0.113.82", "198.18.0.9"
+    frames = []
+    for port, flags in ((22, g.TCP_SYN), (80, g.TCP_SYN), (50000, g.TCP_SYN), (50001, g.TCP_FIN), (50002, 0)):
+        frames.append(g.tcp_frame(prober, victim, 41000, port, flags))
+        # the probe's sequence number is 1; a SYN or FIN takes one more
+        frames.append(reset_answer(victim, prober, port, 41000, 2 if flags else 1))
+    probe = g.udp_frame(prober, victim, 41001, 161, b"\x30\x26")
+    return _ts(frames + [probe, port_unreachable(victim, prober, probe)])
+
+
 # --- heuristics (default settings) -------------------------------------------------------------------
 SCANNER, TARGET, LOCAL_HOST = "203.0.113.9", "198.18.0.7", "10.0.0.7"
 
@@ -276,6 +336,45 @@ def scan_udp():
     quic = [(i + 0.2, g.udp_frame("203.0.113.12", TARGET, 40401, 6000 + i, b"\xc0" + b"\0" * 1199)) for i in range(11)]
     trace = [(i + 0.4, g.udp_frame("203.0.113.13", TARGET, 40402, 33434 + i, b"\0" * 32)) for i in range(11)]
     return _at(sorted(probes + quic + trace, key=lambda x: x[0]))
+
+
+# A real UDP scan's 39 ports: 10 well-known ones and 29 of Windows' dynamic RPC range, each probe
+# from a new source port (the scanner's ephemeral range), so most probes go to a port above the
+# one they come from.
+UDP_SCAN_PORTS = (7, 69, 111, 123, 137, 161, 500, 514, 520, 623) + tuple(range(49152, 49181))
+
+
+@scenario
+def scan_udp_source_ports():
+    """39 probes within 20 s, each from a new source port, 29 of them to a port above it: the
+    scanner is reported from the 11th probe on, whatever the port order. The victim's answers
+    (NTP, SNMP and NetBIOS replies from their well-known ports, two small replies from high ports,
+    ICMP port unreachable for the rest) never make it a scanner."""
+    scanner, victim = "203.0.113.15", "198.18.0.10"
+    order = sorted(UDP_SCAN_PORTS, key=lambda port: (port * 7919) % 101)     # interleaved, pinned
+    frames = []
+    for i, port in enumerate(order):
+        sport = 33000 + (i * 7919) % 16000
+        probe = g.udp_frame(scanner, victim, sport, port, b"\0" * 8)
+        frames.append((i * 0.5, probe))
+        if port in (123, 137, 161, 49153, 49160):
+            frames.append((i * 0.5 + 0.01, g.udp_frame(victim, scanner, port, sport, b"\x1c" * 48)))
+        elif i % 3 == 0:
+            frames.append((i * 0.5 + 0.01, port_unreachable(victim, scanner, probe)))
+    return _at(frames)
+
+
+@scenario
+def udp_service_answers():
+    """A client asks one server's SNMP and NTP ports from a new source port each time: the
+    server's small answers, from its well-known ports to a dozen client ports, are no UDP scan."""
+    server = "10.0.0.20"
+    frames = []
+    for i in range(14):
+        service = (161, 123)[i % 2]
+        frames.append((i * 1.0, g.udp_frame(CLIENT, server, 50000 + i * 37, service, b"\x30" * 40)))
+        frames.append((i * 1.0 + 0.01, g.udp_frame(server, CLIENT, service, 50000 + i * 37, b"\x30" * 48)))
+    return _at(frames)
 
 
 @scenario

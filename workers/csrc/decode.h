@@ -41,6 +41,7 @@ typedef struct {
     int proto;
     uint16_t sport, dport;
     uint8_t tcp_flags;
+    uint32_t tcp_seq;       /* 0 unless TCP */
     int icmp_type;          /* -1 unless ICMP/ICMPv6 */
     uint32_t payload_off;   /* transport payload: p[payload_off, payload_off + payload_len) */
     uint32_t payload_len;
@@ -176,6 +177,7 @@ static inline int mt_transport(const uint8_t *p, uint32_t pos, uint32_t end, int
     pk->proto = proto;
     pk->sport = pk->dport = 0;
     pk->tcp_flags = 0;
+    pk->tcp_seq = 0;
     pk->icmp_type = -1;
     pk->payload_off = 0;
     pk->payload_len = 0;
@@ -184,6 +186,7 @@ static inline int mt_transport(const uint8_t *p, uint32_t pos, uint32_t end, int
             return MT_SKIP_TRUNCATED_TRANSPORT;
         pk->sport = mt_be16(p + pos);
         pk->dport = mt_be16(p + pos + 2);
+        pk->tcp_seq = mt_be32(p + pos + 4);
         uint32_t doff = (uint32_t)(p[pos + 12] >> 4) * 4;
         pk->tcp_flags = p[pos + 13];
         uint32_t start = pos + (doff > 20 ? doff : 20);
@@ -297,16 +300,39 @@ static inline int mt_decode(const uint8_t *p, uint32_t n, int linktype, mt_packe
 }
 
 /* The orientation rule of workers.pipeline.client_is_src. */
+/* ICMP messages that answer something their receiver sent (workers/pipeline.py _ICMP_ANSWERS):
+ * ICMP echo/timestamp/information/address-mask replies and errors (3, 4, 5, 11, 12); ICMPv6
+ * errors (1-4) and echo reply. */
+static inline int mt_icmp_answer(int proto, int type)
+{
+    if (proto == 1)
+        return type >= 0 && type < 32 && ((0x55839u >> type) & 1);
+    if (proto == 58)
+        return (type >= 1 && type <= 4) || type == 129;
+    return 0;
+}
+
+/* workers/pipeline.py client_is_src: 1 when the packet's source started the conversation */
 static inline int mt_client_is_src(const mt_packet *pk)
 {
-    if (pk->proto == 6 && (pk->tcp_flags & 0x02))
-        return !(pk->tcp_flags & 0x10);
-    if (pk->proto == 6 && !(pk->tcp_flags & 0x14))
-        return 1; /* no ACK, no RST: a probe (NULL/FIN/XMAS), sent by the side that starts */
+    if (pk->proto == 6) {
+        if (pk->tcp_flags & 0x02)
+            return !(pk->tcp_flags & 0x10);
+        if (!(pk->tcp_flags & 0x14))
+            return 1; /* no ACK, no RST: a probe (NULL/FIN/XMAS), sent by the side that starts */
+        if ((pk->tcp_flags & 0x14) == 0x14 && pk->tcp_seq == 0)
+            return 0; /* RST+ACK with sequence 0 answers a segment without ACK (RFC 9293 3.10.7.1) */
+    }
     if (pk->sport || pk->dport)
         return pk->sport >= pk->dport;
-    int reply = (pk->proto == 1 && pk->icmp_type == 0) || (pk->proto == 58 && pk->icmp_type == 129);
-    return !reply;
+    return !mt_icmp_answer(pk->proto, pk->icmp_type);
+}
+
+/* workers/pipeline.py dispatch_is_src: whose address keys a non-DNS packet's worker (the client's;
+ * for UDP the sender's) */
+static inline int mt_dispatch_is_src(const mt_packet *pk)
+{
+    return pk->proto == 17 || mt_client_is_src(pk);
 }
 
 /* ---- DNS names (workers/dns.py parse_name) ------------------------------------------------ */

@@ -106,6 +106,8 @@ static void Tables_dealloc(Tables *self)
 /* Verdict bits: workers/heuristics/scan.py (the scans) and workers/pipeline.py (DNS_EXHAUSTION);
  * the module exports them and tests/test_heuristics_fast.py checks they agree. */
 enum { V_PORT_SCAN = 0x01, V_UDP_SCAN = 0x02, V_INFECTION_SCAN = 0x04, V_WEB_SCAN = 0x08, V_DNS_EXHAUSTION = 0x10 };
+/* workers/heuristics/scan.py WELL_KNOWN_PORTS */
+#define MT_WELL_KNOWN_PORTS 1024
 /* What a literal means to the prefilters that share an index. */
 enum { UA_SUSPICIOUS = 1, UA_WHITELISTED = 2 };
 enum { REQ_NEEDLE = 1, REQ_PATTERN = 2 };
@@ -1096,16 +1098,16 @@ static void heuristic_scans_plan(Heuristics *H, const mt_packet *pk, scan_plan *
         return;
     }
     if (pk->proto == 17 && H->udp_on) {
+        /* counted for the sender, keyed (sender, receiver); not a probe: DNS, a payload too big,
+         * a traceroute port, a well-known port answering a higher one (scan.py's rules) */
         if (pk->sport == 53 || pk->dport == 53 || pk->payload_len > H->udp_probe_max_bytes)
             return;
-        int c_is_src = mt_client_is_src(pk);
-        const uint8_t *client = c_is_src ? pk->src : pk->dst, *server = c_is_src ? pk->dst : pk->src;
-        uint32_t port = c_is_src ? pk->dport : pk->sport;
-        if (port >= H->trace_lo && port < H->trace_hi)
+        if ((pk->dport >= H->trace_lo && pk->dport < H->trace_hi) ||
+            (pk->sport < MT_WELL_KNOWN_PORTS && pk->dport >= MT_WELL_KNOWN_PORTS))
             return;
         sp->udp = 1;
-        sp->udp_port = port;
-        window_key(sp->udp_key, pk->version, client, server);
+        sp->udp_port = pk->dport;
+        window_key(sp->udp_key, pk->version, pk->src, pk->dst);
         sp->udp_tag = mt_dw_tag(&H->udp, sp->udp_key);
         mt_dw_prefetch(&H->udp, sp->udp_tag);
     }
@@ -2206,8 +2208,9 @@ static PyObject *decode(PyObject *self, PyObject *args)
         out = PyLong_FromLong(rc);
     } else {
         int al = pk.version == 4 ? 4 : 16;
-        out = Py_BuildValue("(iy#y#iiiiiII)", pk.version, pk.src, (Py_ssize_t)al, pk.dst, (Py_ssize_t)al, pk.proto,
-                            pk.sport, pk.dport, pk.tcp_flags, pk.icmp_type, pk.payload_off, pk.payload_len);
+        out = Py_BuildValue("(iy#y#iiiiiIII)", pk.version, pk.src, (Py_ssize_t)al, pk.dst, (Py_ssize_t)al, pk.proto,
+                            pk.sport, pk.dport, pk.tcp_flags, pk.icmp_type, pk.payload_off, pk.payload_len,
+                            pk.tcp_seq);
     }
     PyBuffer_Release(&b);
     return out;

@@ -6,8 +6,12 @@ Owns which packets count as evidence and how they are keyed; the counting itself
 - TCP port scan: every TCP segment without ACK and without RST is a probe (SYN, NULL, FIN, XMAS;
   bare ACKs are normal traffic and never count). Key (source, target), value the target port.
 - UDP port scan: non-DNS datagrams of at most `udp_probe_max_bytes` payload (bigger ones are media
-  or QUIC, not probes), from the conversation's client to its server (the orientation dispatch
-  uses), except to the traceroute ports 33434-33534. Key (client, server), value the server port.
+  or QUIC, not probes), counted for whoever sends them: key (sender, receiver), value the
+  destination port. Port order says nothing about who probes (a scanner's source port, often new
+  for every probe, is as often below the probed port as above it), and dispatch sends all a UDP
+  sender sends to one worker. Not counted: datagrams to the traceroute ports 33434-33534, and
+  datagrams from a well-known port (below 1024) to a higher one, which are a service's answers
+  (NTP, SNMP, NetBIOS) to a client whose source port changes with every request.
 - Infection scan: TCP probes from a local source to a worm port. Key (source, port), value the
   target address.
 - Web scan: HTTP requests in origin form. Key (client, server), value the first path segment
@@ -33,6 +37,9 @@ WEB_SCAN = 0x08
 
 _ACK_OR_RST = 0x14
 TRACEROUTE_PORTS = range(33434, 33535)
+# Ports below this are the well-known (system) ports of RFC 6335: services listen there, clients
+# do not send from them.
+WELL_KNOWN_PORTS = 1024
 
 
 def web_segment(path: str) -> str:
@@ -54,7 +61,7 @@ class ScanHeuristics:
         self._web_on = s.on("web_scan")
         self._infection_ports = frozenset(s.infection_ports)
 
-    def observe(self, p, ts_us: int, client_is_src: bool) -> int:
+    def observe(self, p, ts_us: int) -> int:
         """A decoded packet; returns the verdict bits that hold after it."""
         bits = 0
         if p.proto == IPPROTO_TCP:
@@ -67,15 +74,11 @@ class ScanHeuristics:
                     and self.infection.observe((p.version, p.src, p.dport), p.dst, ts_us)):
                 bits |= INFECTION_SCAN
         elif p.proto == IPPROTO_UDP and self._udp_on:
-            if p.sport == 53 or p.dport == 53 or len(p.payload) > self.settings.udp_probe_max_bytes:
+            sport, dport = p.sport, p.dport
+            if (sport == 53 or dport == 53 or len(p.payload) > self.settings.udp_probe_max_bytes
+                    or dport in TRACEROUTE_PORTS or sport < WELL_KNOWN_PORTS <= dport):
                 return 0
-            if client_is_src:
-                client, server, port = p.src, p.dst, p.dport
-            else:
-                client, server, port = p.dst, p.src, p.sport
-            if port in TRACEROUTE_PORTS:
-                return 0
-            if self.udp.observe((p.version, client, server), port, ts_us):
+            if self.udp.observe((p.version, p.src, p.dst), dport, ts_us):
                 bits |= UDP_SCAN
         return bits
 
