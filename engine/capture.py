@@ -219,7 +219,8 @@ class _Capture:
             self.stats["notes"].extend("%s: %s" % (os.path.basename(path), n) for n in notes)
             if stopped is not None:
                 # the frames before the stop are already staged or published: they are judged
-                self.stats["unreadable"].append("%s; the %d frames before it were replayed" % (stopped, frames))
+                self.stats["unreadable"].append("%s; %s" % (stopped, "its first %d frame(s) were replayed, not the rest"
+                                                            % frames if frames else "none of it was replayed"))
 
     def break_timeline(self) -> None:
         """Every ring gets, after the frames before it, the mark of a new timeline (an empty

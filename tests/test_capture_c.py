@@ -552,11 +552,11 @@ def test_files_that_stop_mid_way_are_reported_and_the_next_ones_read(failing_fil
     assert c_stats["frames"] == len(want) and c_stats["files"] == 3
     eio, stopped, unreadable = c_stats["unreadable"]
     assert eio.startswith("eio.pcap: ") and "Input/output error" in eio
-    assert eio.endswith("the 200 frames before it were replayed")
+    assert eio.endswith("; its first 200 frame(s) were replayed, not the rest")
     assert stopped.startswith(os.path.basename(second) + ": ")
-    assert stopped.endswith("the %d frames before it were replayed" % second_kept)
+    assert stopped.endswith("; its first %d frame(s) were replayed, not the rest" % second_kept)
     assert ("Input/output error" if reader == "native" else "snapshot length") in stopped
-    assert unreadable.startswith("notes.txt: ") and "frames before" not in unreadable
+    assert unreadable.startswith("notes.txt: ") and "replayed" not in unreadable
 
 
 # -- dispatch: what lands together, and the spread -----------------------------------------------
