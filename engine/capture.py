@@ -219,8 +219,9 @@ class _Capture:
             self.stats["notes"].extend("%s: %s" % (os.path.basename(path), n) for n in notes)
             if stopped is not None:
                 # the frames before the stop are already staged or published: they are judged
-                self.stats["unreadable"].append("%s; %s" % (stopped, "its first %d frame(s) were replayed, not the rest"
-                                                            % frames if frames else "none of it was replayed"))
+                replayed = "its first %d frame(s) were replayed, not the rest" % frames if frames else \
+                    "none of it was replayed"
+                self.stats["unreadable"].append("%s; %s" % (stopped, replayed))
 
     def break_timeline(self) -> None:
         """Every ring gets, after the frames before it, the mark of a new timeline (an empty
