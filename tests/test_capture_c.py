@@ -530,7 +530,8 @@ def test_files_that_stop_mid_way_are_reported_and_the_next_ones_read(failing_fil
     else:
         # libpcap stops where an interface with another snap length is described
         second = tmp_path / "mixed-snaplen.pcapng"
-        second.write_bytes(ng_shb("<") + ng_idb("<") + b"".join(ng_epb("<", 0, i, f) for i, f in enumerate(ng_frames[:3]))
+        second.write_bytes(ng_shb("<") + ng_idb("<")
+                           + b"".join(ng_epb("<", 0, i, f) for i, f in enumerate(ng_frames[:3]))
                            + ng_idb("<", snaplen=8192) + ng_epb("<", 1, 9, ng_frames[3]))
         second_kept = 3
     not_a_capture = tmp_path / "notes.txt"

@@ -508,7 +508,8 @@ LIBPCAP_CASES = [
     ("pcap-absurd-capture-length", pcap_file(_RECORDS) + struct.pack("<IIII", 9, 0, 0x7FFFFFFF, 60) + frame(9),
      None),
     # where libpcap stops or refuses and the native reader deliberately reads on
-    ("spb-shorter-than-its-length", ng_shb("<") + ng_idb("<") + ng_spb("<", 1514, frame(3)) + ng_epb("<", 0, 4, frame(4)),
+    ("spb-shorter-than-its-length",
+     ng_shb("<") + ng_idb("<") + ng_spb("<", 1514, frame(3)) + ng_epb("<", 0, 4, frame(4)),
      "an SPB is read as far as its block goes"),
     ("epb-over-snaplen", ng_shb("<") + _section(snaplen=40), "a frame over its interface's snap length is cut to it"),
     ("sections-in-both-byte-orders", ng_shb("<") + _section() + ng_shb(">") + _section(">", first=7),
