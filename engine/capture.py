@@ -238,6 +238,9 @@ class _Capture:
 
     # -- sources -------------------------------------------------------------------------------
     def replay(self) -> None:
+        """Every file in turn. One that cannot be opened, or whose reading stops before its end for a
+        reason other than damage in it (libpcap refuses to go on, a read error), goes into
+        `unreadable` with the count of its frames that were replayed; the next file is read."""
         for path in self.spec.paths:
             if self.stopping:
                 break
@@ -253,9 +256,9 @@ class _Capture:
             self.source_file = getattr(source, "_file", None)
             with source:
                 if self.stager is not None and isinstance(source, PcapFileReader) and source.format in _CLASSIC_PCAP:
-                    truncated, notes = self.walk_pcap(source)
+                    frames, truncated, notes, stopped = self.walk_pcap(source)
                 else:
-                    truncated, notes = self.read_batches(source)
+                    frames, truncated, notes, stopped = self.read_batches(source)
             self.source_file = None
             try:
                 self.bytes_before += os.path.getsize(path) if os.path.isfile(path) else 0
@@ -263,6 +266,11 @@ class _Capture:
                 pass
             self.stats["truncated_records"] += truncated
             self.stats["notes"].extend("%s: %s" % (os.path.basename(path), n) for n in notes)
+            if stopped is not None:
+                # the frames before the stop are already staged or published: they are judged
+                replayed = "its first %d frame(s) were replayed, not the rest" % frames if frames else \
+                    "none of it was replayed"
+                self.stats["unreadable"].append("%s; %s" % (stopped, replayed))
 
     def break_timeline(self) -> None:
         """Every ring gets, after the frames before it, the mark of a new timeline (an empty
@@ -279,17 +287,26 @@ class _Capture:
                 while not ring.put(TIMELINE_BREAK) and self.wait_ring():
                     pass
 
-    def read_batches(self, source) -> tuple[int, list]:
+    def read_batches(self, source) -> tuple[int, int, list, CaptureFileError | None]:
+        """A file through its reader's batches: (frames, truncated records, notes, why reading
+        stopped before the end or None). Readers hand out the frames before a stop, then raise."""
+        frames = 0
+        stopped = None
         while not self.stopping:
-            batch = source.read_batch(READ_FRAMES)
+            try:
+                batch = source.read_batch(READ_FRAMES)
+            except CaptureFileError as exc:
+                stopped = exc
+                break
             if batch is None:
                 break
+            frames += len(batch)
             self.add(batch, 0.0)
             self.poll_control()
             self.maybe_report()
-        return getattr(source, "truncated_records", 0), list(getattr(source, "notes", []))
+        return frames, getattr(source, "truncated_records", 0), list(getattr(source, "notes", [])), stopped
 
-    def walk_pcap(self, source: PcapFileReader) -> tuple[int, list]:
+    def walk_pcap(self, source: PcapFileReader) -> tuple[int, int, list, CaptureFileError | None]:
         def wait() -> bool:
             if not self.wait_ring():
                 return False
@@ -346,15 +363,17 @@ class _Capture:
 
 
 def walk_pcap(stager, source: PcapFileReader, wait, between_chunks, chunk_bytes: int | None = None, idle=None):
-    """A classic pcap file through the C walker: returns (truncated records, notes).
+    """A classic pcap file through the C walker: returns (frames, truncated records, notes, why
+    reading stopped before the end or None).
 
     PcapFileReader has read and checked the file header; from the first record on, its open file
     is read here `chunk_bytes` (READ_CHUNK_BYTES) at a time (a record straddling two reads is
     carried over; one longer than the buffer grows it) and `stager.add_pcap` walks, dispatches, stages and publishes the
-    records. Damage ends the file and is noted exactly as PcapFileReader notes it. `wait()` is
-    called when a ring is full (replay) and `between_chunks()` after each read; either returning
-    False stops the walk (what was staged stays staged). `idle()` is called when a pipe has had
-    nothing to read for a while: the frames staged so far should not wait for more to come.
+    records. Damage ends the file and is noted exactly as PcapFileReader notes it; a read error
+    ends it with the CaptureFileError PcapFileReader would raise, the frames before it staged.
+    `wait()` is called when a ring is full (replay) and `between_chunks()` after each read; either
+    returning False stops the walk (what was staged stays staged). `idle()` is called when a pipe
+    has had nothing to read for a while: the frames staged so far should not wait for more to come.
     """
     layout = source.hand_over_records()
     rec = layout["record"]
@@ -414,16 +433,21 @@ def walk_pcap(stager, source: PcapFileReader, wait, between_chunks, chunk_bytes:
                 idle()
                 flushed = True
             if not between_chunks():
-                return 0, notes
-        got = stream.readinto1(memoryview(buf)[fill:])
+                return frames, 0, notes, None
+        try:
+            got = stream.readinto1(memoryview(buf)[fill:])
+        except OSError as exc:
+            # not damage: the bytes are there but cannot be had; the whole records before are staged
+            return frames, 0, notes, CaptureFileError("%s: read error at byte %d: %s"
+                                                      % (source.name, base + fill, exc.strerror or exc))
         if not got:
             if fill:
                 need = rec.size + (lengths(0)[0] if fill >= rec.size else 0)
                 notes.append("truncated at byte %d: the file ends %d bytes into a %d-byte record" % (base, fill, need))
-                return 1, notes
+                return frames, 1, notes, None
             break
         fill += got
-    return 0, notes
+    return frames, 0, notes, None
 
 
 def run_capture(spec: CaptureSpec) -> None:

@@ -227,20 +227,25 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
         if stats_file is not None:
             stats_file.close()
         return _fail(str(exc), exc.code)
+    if mode == "replay" and engine.capture_stats.get("unreadable"):
+        # A capture file given was not read to its end (not a capture, a read error, refused by
+        # libpcap): the other files were replayed, but the status says not everything was judged.
+        code = code or 1
+    lost_note = None
+    if mode == "replay" and sum(engine.lost_frames):
+        # A replay is a measurement: frames that were never judged make it wrong, and say so.
+        code = code or 1
+        lost_note = ("maltrail-engine: at most %d frame(s) were lost with %d worker death(s); the events of the "
+                     "rest are in the log" % (sum(engine.lost_frames), sum(engine.deaths)))
     if not quiet or code:
         for line in engine.summary_lines():
             sys.stderr.write(line + "\n")
+    if lost_note:
+        _log(lost_note)
     if stats_file is not None:
         import json
         with stats_file:
             json.dump(engine.report(), stats_file, indent=1, sort_keys=True)
-    if mode == "replay" and engine.capture_stats.get("unreadable") and not engine.capture_stats.get("files"):
-        return 1
-    if mode == "replay" and code == 0 and sum(engine.lost_frames):
-        # A replay is a measurement: frames that were never judged make it wrong, and say so.
-        _log("maltrail-engine: at most %d frame(s) were lost with %d worker death(s); the events of the "
-             "rest are in the log" % (sum(engine.lost_frames), sum(engine.deaths)))
-        return 1
     return code
 
 

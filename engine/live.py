@@ -52,6 +52,9 @@ _LIBPCAP_REFUSALS = (
     "sections with different byte orders",
 )
 
+# libpcap's words when read(2) itself failed (savefile.c, sf-pcap.c, sf-pcapng.c), before strerror.
+_LIBPCAP_READ_ERROR = "error reading dump file"
+
 _PERMISSION_HINTS = ("Operation not permitted", "Permission denied", "permission")
 _MISSING_HINTS = ("No such device", "no such device", "doesn't exist", "does not exist")
 
@@ -124,6 +127,8 @@ class LibpcapFileReader:
     DLT values and are mapped back (LINKTYPE_RAW and a file's literal 12 both read as 101);
     pcapng files whose interfaces differ in link type or snap length raise CaptureFileError
     when libpcap reaches the second interface; `skipped_blocks` stays 0 (libpcap does not say).
+    As with the native reader, a read error (libpcap's "error reading dump file") also raises
+    CaptureFileError after the frames before it; damage is counted and noted, never raised.
     """
 
     def __init__(self, path, snaplen_bytes: int | None = None):
@@ -168,7 +173,7 @@ class LibpcapFileReader:
         """The next up to `max_frames` frames, or None once the file is exhausted.
 
         Raises CaptureFileError (libpcap's message) where libpcap refuses to go on with a
-        well-formed file; the frames before that point are delivered first.
+        well-formed file or cannot read it; the frames before that point are delivered first.
         """
         if max_frames <= 0:
             raise ValueError("max_frames must be positive, got %r" % (max_frames,))
@@ -212,6 +217,9 @@ class LibpcapFileReader:
             self.notes.append(message)
         elif any(refusal in message for refusal in _LIBPCAP_REFUSALS):
             self._pending_error = CaptureFileError("%s: libpcap refuses to read on: %s" % (self.name, message))
+        elif message.startswith(_LIBPCAP_READ_ERROR):
+            # the file could not be read (an I/O error), which says nothing about its contents
+            self._pending_error = CaptureFileError("%s: %s" % (self.name, message))
         else:
             self.bad_blocks += 1
             self.notes.append(message)

@@ -6,11 +6,21 @@ order; per-interface link type, snap length, if_tsresol and if_tsoffset; Enhance
 obsolete Packet Blocks; every other block skipped by its length). It hands out FrameBatch objects
 and must not look inside a frame, nor know what happens to a batch next.
 
-Error policy: a file whose header is not a capture header raises CaptureFileError when the reader
-is opened. Damage later in the file (a record cut short by the end of the file, a block whose
-lengths disagree) ends reading at that point and is counted (`truncated_records`, `bad_blocks`)
-with a short note; it never raises, so a damaged capture still yields every frame before the
-damage.
+Error policy: a file whose header is not a capture header, or that cannot be read as far as its
+header, raises CaptureFileError when the reader is opened. Damage later in the file (a record cut
+short by the end of the file, a block whose lengths disagree) ends reading at that point and is
+counted (`truncated_records`, `bad_blocks`) with a short note; it never raises, so a damaged
+capture still yields every frame before the damage. A read that fails after the header (an I/O
+error: the bytes are there but cannot be had) is not damage: the frames before it are handed out
+first, then read_batch raises CaptureFileError, as LibpcapFileReader does when libpcap gives up.
+
+What libpcap reads, this reader reads, frame for frame (tests/test_pcapfile.py holds it to libpcap
+on the corpus and on constructed files). libpcap tolerates a first section header whose length is
+not a multiple of 4 or whose trailing length disagrees with its leading one (it never reads the
+trailer): so does this reader, going on from the leading length, with a note. Where libpcap stops
+on a well-formed file (interfaces that differ in link type or snap length, a section in the other
+byte order) or on lesser damage (a Simple Packet Block shorter than its packet, a frame over its
+interface's snap length), this reader reads on.
 
 The record walkers (`_walk_pcap`, `_walk_pcapng`) take the read buffer, a position and a frame
 budget, append frames to a FrameBatchBuilder and report how many bytes the next record needs:
@@ -132,6 +142,7 @@ class PcapFileReader:
         self._buf_offset = 0          # file offset of _buf[0], for notes
         self._eof = False
         self._done = False
+        self._read_error: CaptureFileError | None = None   # raised once the frames before it are out
         self._linktype: int | None = None
         try:
             self._file = open(self.path, "rb")
@@ -151,17 +162,27 @@ class PcapFileReader:
         return self._linktype
 
     def read_batch(self, max_frames: int = 1024) -> FrameBatch | None:
-        """The next up to `max_frames` frames, or None once the file is exhausted."""
+        """The next up to `max_frames` frames, or None once the file is exhausted.
+
+        Raises CaptureFileError once, after the frames before it, when reading the file failed.
+        """
         if max_frames <= 0:
             raise ValueError("max_frames must be positive, got %r" % (max_frames,))
         if self._done:
+            self._raise_read_error()
             return None
         builder = FrameBatchBuilder()
         self._pump(builder, max_frames)
         if not len(builder):
+            self._raise_read_error()
             return None
         self.frames += len(builder)
         return builder.take()
+
+    def _raise_read_error(self) -> None:
+        error, self._read_error = self._read_error, None
+        if error is not None:
+            raise error
 
     def __iter__(self):
         while True:
@@ -209,10 +230,17 @@ class PcapFileReader:
             return False
         chunks = [self._buf[self._pos:]]
         self._buf_offset += self._pos
+        failed = None
         while have < need:
             # read1: one read(2) at most, so a pipe or FIFO hands over what it has (read() would wait
             # for a whole chunk); a regular file gives full chunks either way
-            data = self._file.read1(max(_READ_CHUNK_BYTES, need - have))
+            try:
+                data = self._file.read1(max(_READ_CHUNK_BYTES, need - have))
+            except OSError as exc:
+                failed = CaptureFileError("%s: read error at byte %d: %s"
+                                          % (self.name, self._buf_offset + have, exc.strerror or exc))
+                self._eof = True
+                break
             if not data:
                 self._eof = True
                 break
@@ -220,6 +248,10 @@ class PcapFileReader:
             have += len(data)
         self._buf = b"".join(chunks)
         self._pos = 0
+        if failed is not None:
+            # What was read before the failure holds no whole record (the loop reads only until
+            # the one record in hand is complete), so nothing readable is lost here.
+            raise failed
         return have >= need
 
     def _pump(self, builder: FrameBatchBuilder, max_frames: int, stop_after_idb: bool = False) -> None:
@@ -228,7 +260,16 @@ class PcapFileReader:
             need = self._walk(builder, max_frames - len(builder), stop_after_idb)
             if need == 0:
                 return
-            if not self._fill(need):
+            try:
+                filled = self._fill(need)
+            except CaptureFileError as exc:
+                # Not damage in the file: the frames walked so far go out, the error after them.
+                self._read_error = exc
+                self._done = True
+                self._buf = b""
+                self._pos = 0
+                return
+            if not filled:
                 self._end_of_data(need)
                 return
 
@@ -317,7 +358,8 @@ class PcapFileReader:
             raise CaptureFileError("%s: not a pcap or pcapng file (pcapng byte-order magic 0x%s)"
                                    % (self.name, self._buf[8:12].hex()))
         length = struct.unpack_from(order + "I", self._buf, 4)[0]
-        if length < 28 or length > _MAX_SHB_BYTES or length % 4:
+        # libpcap's limits for the first section header: its fixed part, at most 1 MiB.
+        if length < 28 or length > _MAX_SHB_BYTES:
             raise CaptureFileError("%s: pcapng section header has a bad length %d" % (self.name, length))
         if not self._fill(length):
             raise CaptureFileError("%s: truncated pcapng section header (%d of %d bytes)"
@@ -325,8 +367,17 @@ class PcapFileReader:
         major, minor = struct.unpack_from(order + "HH", self._buf, 12)
         if major != 1:
             raise CaptureFileError("%s: unsupported pcapng version %d.%d" % (self.name, major, minor))
-        if struct.unpack_from(order + "I", self._buf, length - 4)[0] != length:
-            raise CaptureFileError("%s: pcapng section header lengths disagree" % self.name)
+        # libpcap reads the first section header by its leading length alone: a length that is not
+        # a multiple of 4, or a trailing length that disagrees, does not stop it. Read on from the
+        # leading length as it does, and say so (a later section header is an ordinary block: there
+        # both readers stop, _walk_pcapng below).
+        if length % 4:
+            self._note("shb-length", "the section header length %d is not a multiple of 4; read on from it,"
+                       " as libpcap does" % length)
+        trailer = struct.unpack_from(order + "I", self._buf, length - 4)[0]
+        if trailer != length:
+            self._note("shb-trailer", "the section header's trailing length %d disagrees with its leading length"
+                       " %d; read on from the leading one, as libpcap does" % (trailer, length))
         self.format = "pcapng"
         self._order = order
         self._ifaces: list[tuple] = []

@@ -31,11 +31,13 @@ from engine import _capture, ipc
 from engine import pcapgen as g
 from engine.capture import CaptureSpec, run_capture, walk_pcap
 from engine.dispatch import Dispatcher, dispatch_key
-from engine.pcapfile import PcapFileReader, open_capture
+from engine.pcapfile import CaptureFileError, PcapFileReader, open_capture
 from engine.ring import Ring, decode_batch, encode_batch, ring_bytes
 from tests import traffic
 from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, need_shared
 from tests.corpus.generate import SCENARIOS, port_unreachable, reset_answer, write_corpus
+from tests.fusefile import failing_file  # noqa: F401 (a fixture)
+from tests.test_pcapfile import ng_epb, ng_idb, ng_shb
 from workers.batch import FrameBatchBuilder
 
 SEED = bytes(range(16))
@@ -106,7 +108,8 @@ def c_walk(path, nrings=1, capacity=1 << 20, chunk_bytes=None, snaplen_bytes=Non
         stager = _capture.Stager(rings.bufs, seed, 512, False)
         try:
             with PcapFileReader(path, snaplen_bytes) as source:
-                truncated, notes = walk_pcap(stager, source, rings.drain, lambda: True, chunk_bytes)
+                frames, truncated, notes, stopped = walk_pcap(stager, source, rings.drain, lambda: True, chunk_bytes)
+            assert stopped is None and frames == stager.frames
             while stager.flush() == _capture.RING_FULL:
                 rings.drain()
             rings.drain()
@@ -374,6 +377,33 @@ def test_random_record_streams_match_the_reader(tmp_path, sizes, tail, order, ch
     assert (truncated, notes) == (want_truncated, want_notes)
 
 
+@pytest.mark.parametrize("chunk_bytes", [4096, None])
+@pytest.mark.parametrize("fail_record,into_record", [(0, 0), (1, 7), (333, 0), (333, 17), (599, 40)])
+def test_read_error_ends_the_walk_like_the_reader(failing_file, chunk_bytes, fail_record, into_record):
+    records = mixed_records(600)
+    fail_at = _record_offsets(records)[fail_record] + into_record
+    path = failing_file("eio.pcap", pcap_bytes(records), fail_at)
+    want = []
+    with pytest.raises(CaptureFileError) as reader_error:
+        with PcapFileReader(path) as reader:
+            for batch in reader:
+                want.extend(rows(batch))
+    assert len(want) == fail_record
+    with Rings(2, 1 << 20) as rings:
+        stager = _capture.Stager(rings.bufs, SEED, 512, False)
+        try:
+            with PcapFileReader(path) as source:
+                frames, truncated, notes, stopped = walk_pcap(stager, source, rings.drain, lambda: True, chunk_bytes)
+            while stager.flush() == _capture.RING_FULL:
+                rings.drain()
+            rings.drain()
+        finally:
+            stager.close()
+        assert rings.frames == expected_split(want, 2)
+    assert (frames, truncated, notes) == (fail_record, 0, [])
+    assert str(stopped) == str(reader_error.value) == "eio.pcap: read error at byte %d: Input/output error" % fail_at
+
+
 def test_messages_are_byte_for_byte_encode_batch(tmp_path):
     path = tmp_path / "t.pcap"
     path.write_bytes(pcap_bytes(mixed_records(1500)))
@@ -412,14 +442,14 @@ def test_add_batch_stages_exactly_what_add_pcap_stages(generated_corpus, tmp_pat
 
 # -- the capture process, C path and reference path ------------------------------------------------
 
-def _run_capture_process(paths, nrings, reference, capacity=65536):
+def _run_capture_process(paths, nrings, reference, capacity=65536, reader="native"):
     """Runs the real capture process (forked) over `paths` into small rings while this process
     drains them; returns (per-ring frames, the capture's final statistics)."""
     ctx = multiprocessing.get_context("fork")
     with Rings(nrings, capacity) as rings:
         mine, theirs = ipc.channel()
         spec = CaptureSpec("replay", rings.producer, theirs, SEED, paths=paths, stats_interval_s=0,
-                           reference=reference)
+                           reference=reference, reader=reader)
         proc = ctx.Process(target=run_capture, args=(spec,))
         proc.start()
         done = None
@@ -461,6 +491,73 @@ def test_capture_process_c_path_equals_reference(generated_corpus, tmp_path, mon
         assert c_stats[key] == ref_stats[key], key
     assert c_stats["frames"] == len(want) == sum(c_stats["dispatched"])
     assert c_stats["truncated_records"] == 1 and len(c_stats["unreadable"]) == 1
+
+
+def _readable_rows(path, reader):
+    """The frames a reader hands out before the file ends or reading stops."""
+    out = []
+    try:
+        with open_capture(path, reader=reader) as source:
+            while (batch := source.read_batch(1000)) is not None:
+                out.extend(rows(batch))
+    except CaptureFileError:
+        pass
+    return out
+
+
+def _record_offsets(records, header_bytes=24, record_header_bytes=16):
+    offsets, pos = [], header_bytes
+    for rec in records:
+        offsets.append(pos)
+        pos += record_header_bytes + len(rec[1])
+    return offsets
+
+
+@pytest.mark.parametrize("reader", ["native", "libpcap"])
+def test_files_that_stop_mid_way_are_reported_and_the_next_ones_read(failing_file, tmp_path, reader):
+    """A read error in a classic pcap file (the C walker on the shipped path), one in a pcapng file
+    or libpcap's refusal of a pcapng file, an unreadable file: each is reported with the frames
+    before it kept, and the files after it are read, on the C path and the reference path alike."""
+    first = mixed_records(300)
+    eio_pcap = failing_file("eio.pcap", pcap_bytes(first), _record_offsets(first)[200] + 5)
+    ng_frames = [g.udp_frame("10.2.0.%d" % i, "10.0.0.53", 2000 + i, 53, g.dns_query("ng%d.x.org" % i))
+                 for i in range(120)]
+    if reader == "native":
+        head = ng_shb("<") + ng_idb("<")
+        blocks = [ng_epb("<", 0, traffic.T0 // 1000 + i, f) for i, f in enumerate(ng_frames)]
+        second = failing_file("eio.pcapng", head + b"".join(blocks), len(head) + sum(map(len, blocks[:50])) + 3)
+        second_kept = 50
+    else:
+        # libpcap stops where an interface with another snap length is described
+        second = tmp_path / "mixed-snaplen.pcapng"
+        second.write_bytes(ng_shb("<") + ng_idb("<")
+                           + b"".join(ng_epb("<", 0, i, f) for i, f in enumerate(ng_frames[:3]))
+                           + ng_idb("<", snaplen=8192) + ng_epb("<", 1, 9, ng_frames[3]))
+        second_kept = 3
+    not_a_capture = tmp_path / "notes.txt"
+    not_a_capture.write_text("not a capture\n")
+    good = tmp_path / "good.pcap"
+    good.write_bytes(pcap_bytes(mixed_records(200, seed=5)))
+    paths = [str(eio_pcap), str(second), str(not_a_capture), str(good)]
+    kept = [_readable_rows(p, reader) for p in (eio_pcap, second, good)]
+    assert [len(k) for k in kept] == [200, second_kept, 200]
+    want = [row for rows_of_file in kept for row in rows_of_file]
+    nrings = 3
+    c_frames, c_stats = _run_capture_process(paths, nrings, reference=False, reader=reader)
+    ref_frames, ref_stats = _run_capture_process(paths, nrings, reference=True, reader=reader)
+    assert c_frames == expected_split(want, nrings)
+    dispatcher = Dispatcher(nrings, SEED)
+    assert ref_frames == [[r for r in want if dispatcher.worker_for(r[0], r[4]) == k] for k in range(nrings)]
+    for key in ("frames", "files", "unreadable", "notes", "truncated_records"):
+        assert c_stats[key] == ref_stats[key], key
+    assert c_stats["frames"] == len(want) and c_stats["files"] == 3
+    eio, stopped, unreadable = c_stats["unreadable"]
+    assert eio.startswith("eio.pcap: ") and "Input/output error" in eio
+    assert eio.endswith("; its first 200 frame(s) were replayed, not the rest")
+    assert stopped.startswith(os.path.basename(second) + ": ")
+    assert stopped.endswith("; its first %d frame(s) were replayed, not the rest" % second_kept)
+    assert ("Input/output error" if reader == "native" else "snapshot length") in stopped
+    assert unreadable.startswith("notes.txt: ") and "replayed" not in unreadable
 
 
 # -- dispatch: what lands together, and the spread -----------------------------------------------

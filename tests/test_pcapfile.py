@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from engine.live import LibpcapFileReader
 from engine.pcapfile import CaptureFileError, PcapFileReader, open_capture
 from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, need_shared
+from tests.fusefile import failing_file  # noqa: F401 (a fixture)
 from workers.batch import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW
 
 NS = 1_000_000_000
@@ -449,6 +450,175 @@ def test_header_only_file_has_no_frames(tmp_path):
         assert reader.frames == 0 and reader.truncated_records == 0 and reader.linktype == 1
 
 
+# -- what libpcap reads, the native reader reads: constructed files, frame for frame ----------------
+
+def ng_shb_damaged(order, trailer=None, length=28):
+    """A version 1.0 section header block `length` bytes long (past the 28-byte fixed part: zero
+    padding, so the length need not be a multiple of 4) whose trailing length is `trailer`
+    (default: the leading length)."""
+    body = struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1) + b"\0" * (length - 28)
+    return struct.pack(order + "II", 0x0A0D0D0A, length) + body + struct.pack(order + "I",
+                                                                              length if trailer is None else trailer)
+
+
+def _section(order="<", snaplen=0, first=1, count=2):
+    """An interface and `count` Ethernet frames on it."""
+    return ng_idb(order, snaplen=snaplen) + b"".join(ng_epb(order, 0, first + i, frame(first + i))
+                                                      for i in range(count))
+
+
+def _epb_with_options(order, iface, ts_units, data):
+    head = struct.pack(order + "IIIII", iface, ts_units >> 32, ts_units & 0xFFFFFFFF, len(data), len(data))
+    options = ng_option(order, 1, b"a packet comment") + ng_option(order, 2, struct.pack(order + "I", 1)) \
+        + ng_option(order, 0, b"")
+    return ng_block(order, 6, head + _pad4(data) + options)
+
+
+def _garbled(block: bytes, order="<") -> bytes:
+    damaged = bytearray(block)
+    damaged[-4:] = struct.pack(order + "I", len(block) + 4)
+    return bytes(damaged)
+
+
+_RECORDS = [(1, i, frame(i)) for i in range(1, 4)]
+
+# (name, bytes, why the native reader may read on where libpcap stops; None: it must not)
+LIBPCAP_CASES = [
+    # libpcap reads the first section header's fixed part and never looks at its trailing length
+    ("shb-trailer-larger", ng_shb_damaged("<", trailer=36) + _section(), None),
+    ("shb-trailer-zero", ng_shb_damaged("<", trailer=0) + _section(), None),
+    ("shb-trailer-big-endian", ng_shb_damaged(">", trailer=1234) + _section(">"), None),
+    ("shb-length-30", ng_shb_damaged("<", length=30) + _section(), None),
+    ("shb-length-30-trailer-garbage", ng_shb_damaged("<", trailer=0xDEADBEEF, length=30) + _section(), None),
+    ("shb-length-47-big-endian", ng_shb_damaged(">", length=47) + _section(">"), None),
+    ("shb-minor-2", ng_shb("<", 1, 2) + _section(), None),
+    # ... but a later section header is an ordinary block to it: lengths must agree
+    ("second-shb-trailer-disagrees", ng_shb("<") + _section() + ng_shb_damaged("<", trailer=36) + _section(), None),
+    ("second-shb-length-30", ng_shb("<") + _section() + ng_shb_damaged("<", length=30) + _section(), None),
+    ("epb-options", ng_shb("<") + ng_idb("<") + _epb_with_options("<", 0, 5, frame(5)), None),
+    ("unknown-and-statistics-blocks", ng_shb("<") + ng_idb("<") + ng_block("<", 0xBAD, b"custom")
+     + ng_epb("<", 0, 1, frame(1)) + ng_block("<", 5, b"\0" * 12) + ng_epb("<", 0, 2, frame(2)), None),
+    ("trailing-partial-block", ng_shb("<") + _section() + b"\x06\0\0\0", None),
+    ("epb-cut-short", ng_shb("<") + _section() + ng_epb("<", 0, 9, frame(9))[:-10], None),
+    ("garbled-epb", ng_shb("<") + _section() + _garbled(ng_epb("<", 0, 9, frame(9))) + ng_epb("<", 0, 10, frame(10)),
+     None),
+    ("packet-on-unknown-interface", ng_shb("<") + _section() + ng_epb("<", 4, 9, frame(9)), None),
+    ("pcap-trailing-partial-header", pcap_file(_RECORDS) + b"\1\2\3", None),
+    ("pcap-record-over-snaplen", pcap_file(_RECORDS, snaplen=40), None),
+    ("pcap-absurd-capture-length", pcap_file(_RECORDS) + struct.pack("<IIII", 9, 0, 0x7FFFFFFF, 60) + frame(9),
+     None),
+    # where libpcap stops or refuses and the native reader deliberately reads on
+    ("spb-shorter-than-its-length",
+     ng_shb("<") + ng_idb("<") + ng_spb("<", 1514, frame(3)) + ng_epb("<", 0, 4, frame(4)),
+     "an SPB is read as far as its block goes"),
+    ("epb-over-snaplen", ng_shb("<") + _section(snaplen=40), "a frame over its interface's snap length is cut to it"),
+    ("sections-in-both-byte-orders", ng_shb("<") + _section() + ng_shb(">") + _section(">", first=7),
+     "libpcap refuses a section in the other byte order"),
+    ("mixed-snaplen", ng_shb("<") + _section() + ng_idb("<", snaplen=8192) + ng_epb("<", 1, 9, frame(9)),
+     "libpcap refuses interfaces that differ in snap length"),
+    ("mixed-linktype", ng_shb("<") + _section() + ng_idb("<", LINKTYPE_LINUX_SLL) + ng_epb("<", 1, 9, frame(9)),
+     "libpcap refuses interfaces that differ in link type"),
+    ("shb-minor-1", ng_shb("<", 1, 1) + _section(), "libpcap refuses pcapng 1.1 at open"),
+    ("idb-end-of-options-with-a-length", ng_shb("<")
+     + ng_block("<", 1, struct.pack("<HHI", 1, 0, 0) + ng_option("<", 0, b"ab")) + ng_epb("<", 0, 1, frame(1)),
+     "libpcap refuses an end-of-options option with a length at open"),
+]
+
+
+def _libpcap_rows(path) -> tuple[list, object, Exception | None]:
+    """What libpcap hands out before it stops: (comparable rows, the reader, its refusal or None);
+    the reader is None when libpcap refuses the file at open."""
+    rows = []
+    try:
+        libpcap = LibpcapFileReader(path)
+    except CaptureFileError as exc:
+        return rows, None, exc
+    with libpcap:
+        try:
+            while (batch := libpcap.read_batch()) is not None:
+                rows += _comparable([(batch.ts_ns[i], batch.caplens[i], batch.wirelens[i], batch.linktypes[i],
+                                      batch.frame(i)) for i in range(len(batch))])
+        except CaptureFileError as exc:
+            return rows, libpcap, exc
+    return rows, libpcap, None
+
+
+@pytest.mark.parametrize("name,data,reads_on", LIBPCAP_CASES, ids=[case[0] for case in LIBPCAP_CASES])
+def test_constructed_files_read_like_libpcap(tmp_path, name, data, reads_on):
+    path = write(tmp_path, name + (".pcap" if name.startswith("pcap-") else ".pcapng"), data)
+    expected, libpcap, refusal = _libpcap_rows(path)
+    reader, rows = _read_all(path)
+    got = _comparable(rows)
+    if reads_on is None:
+        # Frame for frame, and the same end: clean, cut short, or stopped at the same damage.
+        assert refusal is None and libpcap is not None
+        assert got == expected
+        assert (reader.truncated_records, reader.bad_blocks) == (libpcap.truncated_records, libpcap.bad_blocks)
+    else:
+        assert got[:len(expected)] == expected and len(got) > len(expected)
+        assert reader.bad_blocks == 0
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("trailer,length", [(36, 28), (0, 28), (None, 30), (7, 30), (None, 1024)])
+def test_damaged_section_header_is_read_and_noted(tmp_path, order, trailer, length):
+    data = ng_shb_damaged(order, trailer, length) + _section(order, count=3)
+    reader, rows = _read_all(write(tmp_path, "shb.pcapng", data))
+    assert [r[4] for r in rows] == [frame(1), frame(2), frame(3)]
+    assert reader.truncated_records == reader.bad_blocks == 0
+    notes = " ".join(reader.notes)
+    if trailer is not None:
+        assert "section header's trailing length %d disagrees with its leading length %d" % (trailer, length) in notes
+    if length % 4:
+        assert "section header length %d is not a multiple of 4" % length in notes
+    if trailer is None and length % 4 == 0:
+        assert reader.notes == []
+
+
+# -- read errors (a disk that fails mid-file) -----------------------------------------------------
+
+def _disk_file(fmt: str, count: int = 40):
+    """(bytes, the frames, the offset of each record) of a pcap or pcapng file of `count` frames."""
+    frames = [frame(i % 256, 200) for i in range(count)]
+    if fmt == "pcap":
+        head, blocks = pcap_file([]), [pcap_file([(1, i, f)])[24:] for i, f in enumerate(frames)]
+    else:
+        head, blocks = ng_shb("<") + ng_idb("<"), [ng_epb("<", 0, i, f) for i, f in enumerate(frames)]
+    offsets, pos = [], len(head)
+    for block in blocks:
+        offsets.append(pos)
+        pos += len(block)
+    return head + b"".join(blocks), frames, offsets
+
+
+@pytest.mark.parametrize("reader", ["native", "libpcap"])
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+@pytest.mark.parametrize("into_record", [0, 10])
+def test_read_error_mid_file_keeps_the_frames_before_it(failing_file, reader, fmt, into_record):
+    data, frames, offsets = _disk_file(fmt)
+    path = failing_file("disk." + fmt, data, offsets[25] + into_record)
+    got = []
+    with pytest.raises(CaptureFileError) as info:
+        with open_capture(path, reader=reader) as source:
+            while (batch := source.read_batch(1000)) is not None:
+                got += [batch.frame(i) for i in range(len(batch))]
+    assert got == frames[:25]
+    message = str(info.value)
+    assert message.startswith("disk.%s: " % fmt) and "Input/output error" in message, message
+    if reader == "native":
+        assert "read error at byte %d" % (offsets[25] + into_record) in message
+
+
+@pytest.mark.parametrize("reader", ["native", "libpcap"])
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_read_error_in_the_file_header_is_refused_at_open(failing_file, reader, fmt):
+    data, _frames, _offsets = _disk_file(fmt, 2)
+    path = failing_file("head." + fmt, data, 10)
+    with pytest.raises(CaptureFileError) as info:
+        open_capture(path, reader=reader)
+    assert str(info.value).startswith("head.%s: " % fmt) and "Input/output error" in str(info.value)
+
+
 # -- batch interface -----------------------------------------------------------------------------
 
 def test_batches_respect_max_frames_and_concatenate(real_corpus):
@@ -512,3 +682,53 @@ def test_mutated_files_never_raise_after_open(fuzz_dir, seed, cut, flips, snaple
     assert reader.truncated_records + reader.bad_blocks <= 1
     if snaplen is not None:
         assert all(r[1] <= snaplen for r in rows)
+
+
+def _differential_seeds() -> dict[str, bytes]:
+    """Small files of every block and record kind both readers handle, in both byte orders."""
+    seeds = {}
+    for order in "<>":
+        seeds["pcapng" + order] = (
+            ng_shb(order) + ng_block(order, 0xBAD, b"custom data") + ng_idb(order, tsresol=9)
+            + ng_idb(order, tsresol=0x80 | 20, tsoffset_s=5) + ng_epb(order, 0, 1, frame(1))
+            + _epb_with_options(order, 1, 2, frame(2)) + ng_spb(order, 60, frame(3)) + ng_pb(order, 0, 4, frame(4))
+            + ng_block(order, 5, b"\0" * 12) + ng_shb(order, 1, 2) + ng_idb(order) + ng_epb(order, 0, 5, frame(5, 90)))
+        seeds["pcap" + order] = pcap_file([(1, 2, frame(1)), (3, 4, frame(2, 90), 1500), (5, 6, frame(3))],
+                                          order=order)
+    seeds["pcap-ns"] = pcap_file([(1, 999_999_999, frame(1)), (2, 0, frame(2))], magic=PCAP_NS)
+    return seeds
+
+
+_DIFFERENTIAL_SEEDS = _differential_seeds()
+
+
+@settings(max_examples=600, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.sampled_from(sorted(_DIFFERENTIAL_SEEDS)),
+    cut=st.one_of(st.none(), st.floats(min_value=0.0, max_value=1.0)),
+    head_flips=st.lists(st.tuples(st.integers(0, 159), st.integers(1, 255)), max_size=4),
+    flips=st.lists(st.tuples(st.floats(min_value=0.0, max_value=1.0), st.integers(1, 255)), max_size=4),
+)
+def test_mutated_files_the_native_reader_reads_what_libpcap_reads(fuzz_dir, seed, cut, head_flips, flips):
+    """Wherever libpcap opens a damaged file, the native reader opens it too and hands out the
+    same frames libpcap hands out (then possibly more: see LIBPCAP_CASES). Timestamps are left out
+    here (the constructed tests check them): libpcap reads a classic pcap's seconds as signed and
+    scales pcapng units through 64-bit products that overflow for extreme resolutions, so a
+    flipped timestamp or if_tsresol byte may read as another value, never as another frame."""
+    source = _DIFFERENTIAL_SEEDS[seed]
+    data = bytearray(source if cut is None else source[: int(len(source) * cut)])
+    for where, mask in head_flips:
+        if where < len(data):
+            data[where] ^= mask
+    for where, mask in flips:
+        if data:
+            data[min(int(where * len(data)), len(data) - 1)] ^= mask
+    path = fuzz_dir / "differential.bin"
+    path.write_bytes(bytes(data))
+    expected, libpcap, _refusal = _libpcap_rows(path)
+    if libpcap is None:
+        return
+    with PcapFileReader(path) as reader:
+        rows = _rows(reader)
+    assert [row[1:] for row in _comparable(rows)][:len(expected)] == [row[1:] for row in expected]
