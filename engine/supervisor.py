@@ -107,6 +107,8 @@ class Engine:
         self._carried = [empty_counters() for _ in range(workers)]  # from workers that died
         self._latest = [empty_counters() for _ in range(workers)]
         self._signals: list[int] = []
+        self._reload_replies: dict[int, tuple] = {}
+        self.capture_info: dict = {}
         self.lock_fd = None
         self.rings: list = []
         self.maps: list = []
@@ -192,19 +194,22 @@ class Engine:
         waiter.register(sock, selectors.EVENT_READ)
         waiter.register(self.capture.sentinel, selectors.EVENT_READ)
         try:
-            while True:
+            ready = False
+            while not ready:
                 waiter.select(1.0)
+                # Every message read here is handled: a short replay's last report may arrive in
+                # the same read as its `ready`.
+                failed = False
                 for message in ipc.receive_ready(sock):
                     if message is None:
                         continue
-                    if message[0] == "ready":
-                        self.capture_info = message[1]
-                        return
-                    if message[0] in ("stats", "done"):
-                        self.capture_stats = message[1]
-                        if message[1].get("error"):
-                            self.capture.join()
-                            raise EngineError(message[1]["error"], code=1)
+                    ready = ready or message[0] == "ready"
+                    failed = self._on_capture(message) or failed
+                if failed and not ready:
+                    self.capture.join()
+                    raise EngineError(self.capture_stats["error"], code=1)
+                if ready:
+                    return
                 if not self.capture.is_alive():
                     self.capture.join()
                     raise EngineError("the capture process died while starting (exit %s)" % self.capture.exitcode,
@@ -223,13 +228,21 @@ class Engine:
         for sock in waiting:
             waiter.register(sock, selectors.EVENT_READ)
         try:
+            slot = {sup: k for k, (_, sup) in enumerate(self.status_channels)}
             while waiting:
                 for key, _ in waiter.select(0.5):
+                    # Whatever follows `ready` in the same read is handled as the loop would: a
+                    # short replay's worker may already have sent its final report.
                     for message in ipc.receive_ready(key.fileobj):
-                        if message is not None and message[0] == "ready":
-                            waiting.pop(key.fileobj, None)
-                            waiter.unregister(key.fileobj)
-                            break
+                        if message is None:
+                            continue
+                        if message[0] == "ready":
+                            if waiting.pop(key.fileobj, None) is not None:
+                                waiter.unregister(key.fileobj)
+                        elif key.fileobj in slot:
+                            self._on_status(slot[key.fileobj], message)
+                        else:
+                            self._on_writer(message)
                 for sock in list(waiting):
                     proc = procs[sock]
                     if not proc.is_alive():
@@ -353,7 +366,6 @@ class Engine:
         finish_sent = False
         writer_done = False
         stopping_since = None
-        reload_replies: dict[int, tuple] = {}
         next_stats = time.monotonic() + self.stats_interval_s if self.stats_interval_s else None
 
         def begin_stop(reason: str | None = None) -> None:
@@ -385,32 +397,16 @@ class Engine:
                         pass
                 elif kind == "capture":
                     for message in ipc.receive_ready(self.capture_channel[1]):
-                        if message is None:
-                            continue
-                        if message[0] == "progress":
-                            self._progress(message[1])
-                        elif message[0] in ("stats", "done"):
-                            self.capture_stats = message[1]
-                            if message[1].get("error"):
-                                code = 1
-                                self.notes.append("capture: %s" % message[1]["error"])
+                        if message is not None and self._on_capture(message):
+                            code = 1
                 elif kind == "writer":
                     for message in ipc.receive_ready(self.writer_channel[1]):
-                        if message is not None and message[0] == "done":
-                            self.writer_stats = message[1]
+                        if message is not None:
+                            self._on_writer(message)
                 elif kind == "status":
                     for message in ipc.receive_ready(key.fileobj):
-                        if message is None:
-                            continue
-                        if message[0] == "stats":
-                            self._latest[who] = message[2]
-                        elif message[0] == "crash":
-                            self._warn("worker %d crashed:\n%s" % (who, message[2].rstrip("\n")))
-                        elif message[0] == "reloaded":
-                            reload_replies[who] = tuple(message[2:])
-                            if len(reload_replies) == self.n:
-                                self._report_reload(reload_replies)
-                                reload_replies = {}
+                        if message is not None:
+                            self._on_status(who, message)
                 elif kind == "exit":
                     self.selector.unregister(key.fileobj)
                     if who == "capture":
@@ -457,18 +453,47 @@ class Engine:
                 next_stats = time.monotonic() + self.stats_interval_s
         return code
 
+    # -- messages from the children -----------------------------------------------------------
+    def _on_capture(self, message) -> bool:
+        """A capture process report; True when it says the capture failed."""
+        if message[0] == "ready":
+            self.capture_info = message[1]
+        elif message[0] == "progress":
+            self._progress(message[1])
+        elif message[0] in ("stats", "done"):
+            self.capture_stats = message[1]
+            if message[1].get("error"):
+                self.notes.append("capture: %s" % message[1]["error"])
+                return True
+        return False
+
+    def _on_writer(self, message) -> None:
+        if message[0] == "done":
+            self.writer_stats = message[1]
+
+    def _on_status(self, k: int, message) -> None:
+        if message[0] == "stats":
+            self._latest[k] = message[2]
+        elif message[0] == "crash":
+            self._warn("worker %d crashed:\n%s" % (k, message[2].rstrip("\n")))
+        elif message[0] == "reloaded":
+            self._reload_replies[k] = tuple(message[2:])
+            if len(self._reload_replies) == self.n:
+                self._report_reload(self._reload_replies)
+                self._reload_replies = {}
+
     def _drain_reports(self) -> None:
         """Reports sent just before a process exited may still be queued when the loop ends."""
         for message in ipc.receive_ready(self.capture_channel[1]):
-            if message is not None and message[0] in ("stats", "done"):
-                self.capture_stats = message[1]
+            if message is not None:
+                self._on_capture(message)
         for message in ipc.receive_ready(self.writer_channel[1]):
-            if message is not None and message[0] == "done":
-                self.writer_stats = message[1]
+            if message is not None:
+                self._on_writer(message)
         for k, (_, sup) in enumerate(self.status_channels):
             for message in ipc.receive_ready(sup):
-                if message is not None and message[0] == "stats":
-                    self._latest[k] = message[2]
+                if message is not None:
+                    self._on_status(k, message)
 
     def _worker_died(self, k: int, exitcode) -> bool:
         """Counts a death and its lost frames; False when deaths are too many to go on."""
