@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(libpcap-dev gcc python3-dev python3-venv zstd iproute2 tcpdump)
+APT_PACKAGES=(libpcap-dev gcc python3-dev python3-venv zstd iproute2 tcpdump systemd strace)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
