@@ -39,7 +39,7 @@ from workers.heuristics import dns as hdns
 from workers.heuristics import http as hhttp
 from workers.heuristics.dns import DnsHeuristics
 from workers.heuristics.scan import INFECTION_SCAN, PORT_SCAN, UDP_SCAN, WEB_SCAN, ScanHeuristics
-from workers.http import looks_like_http_request, parse_http_request
+from workers.http import decoded_form, decoded_target, looks_like_http_request, parse_http_request
 from workers.quic import QuicSniAssembler
 from workers.tls import looks_like_tls_client_hello, parse_tls_client_hello_sni
 
@@ -609,16 +609,15 @@ class Worker:
         h = self.heuristics
         if h.on("forwarded_for"):
             src = hhttp.forwarded_source(req.headers) or src
-        decoded_path = unquote(path)
-        if h.on("http_request") and not hhttp.WHITELIST_REQUEST_PATHS.search(decoded_path.lower()):
-            found = hhttp.request_attack(decoded_path)
+        if h.on("http_request") and not hhttp.WHITELIST_REQUEST_PATHS.search(unquote(path).lower()):
+            found = hhttp.request_attack(*decoded_target(path))
             if found and not ("data leakage" in found and h.is_local(p.version, p.dst)):
                 self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_URL,
                                 "%s(%s)" % (host, hhttp.force_encode(path)), "%s (suspicious)" % found, out)
                 return
             if req.body:
                 body = req.body.decode("latin-1")
-                found = hhttp.request_attack(unquote(body))
+                found = hhttp.request_attack(*decoded_form(body))
                 if found:
                     self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_HTTP, "%s(%s \\(%s %s\\))" % (
                         host, hhttp.force_encode(path), req.method, hhttp.force_encode(body.strip())),
