@@ -48,7 +48,10 @@ from workers.tls import looks_like_tls_client_hello, parse_tls_client_hello_sni
 IGNORE_DNS_QUERY_SUFFIXES = frozenset((
     "arpa", "local", "guest", "intranet", "int", "corp", "home", "lan", "intra", "intran",
     "workgroup", "localdomain", "url", "alienvault", "example", "test", "invalid", "localhost"))
-_VALID_NAME = re.compile(r"\A[a-z0-9_.-]*\.[a-z0-9_-]+\Z")
+# A name worth a domain lookup: printable ASCII without space (what a domain trail can hold,
+# matchers/domains.py is_dns_name: DNS tunnels query names such as "aaaa.=auth.example.com") and a
+# last label after a dot. The C scan's name_checkable() is its twin.
+_VALID_NAME = re.compile(r"\A[!-~]*\.[!-\-/-~]+\Z")
 _NUMERIC_NAME = re.compile(r"\A[0-9.]+\Z")
 # An absolute-form request target (a request to a proxy) starts with a scheme (RFC 3986); "://"
 # further along is part of a path or query.
@@ -596,8 +599,12 @@ class Worker:
                 trail = "%s(%s \\(%s %s\\))" % (host, path, req.method, req.body.decode("latin-1").strip())
                 self._emit(p, ts, src, p.sport, dst, p.dport, TYPE_HTTP, trail, hit.trail_id, out)
             else:
+                # Maltrail's text: the matched candidate bare, the rest of the URL in parentheses;
+                # a whole-host trail ("host/") is written alone, whatever path was requested, so every
+                # request to that host is one trail (and one noise-control group per client)
                 parts = url.split(hit.check)
-                trail = hit.check.join("(%s)" % part if part else part for part in parts)
+                trail = hit.check if hit.whole_host else hit.check.join("(%s)" % part if part else part
+                                                                        for part in parts)
                 self._emit(p, ts, src, p.sport, dst, p.dport, TYPE_URL, trail, hit.trail_id, out)
             return
         if h.enabled:

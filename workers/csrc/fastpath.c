@@ -397,7 +397,8 @@ static int literal_hit(const Tables *t, const uint8_t *name, size_t n)
     return 0;
 }
 
-/* workers.pipeline._NUMERIC_NAME / _VALID_NAME */
+/* workers.pipeline._NUMERIC_NAME / _VALID_NAME: printable ASCII without space (0x21-0x7E), a dot,
+ * a last label after it; not digits and dots only. */
 static int name_checkable(const uint8_t *s, size_t n)
 {
     if (!n)
@@ -408,7 +409,7 @@ static int name_checkable(const uint8_t *s, size_t n)
         int digit = c >= '0' && c <= '9';
         if (!(digit || c == '.'))
             numeric = 0;
-        if (!(digit || (c >= 'a' && c <= 'z') || c == '_' || c == '-' || c == '.'))
+        if (c < 0x21 || c > 0x7E)
             return 0;
         if (c == '.')
             last_dot = (int)i;
