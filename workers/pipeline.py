@@ -100,6 +100,17 @@ def normalize_host(value: str) -> str:
     return name.rstrip(".")
 
 
+def _loopback(version: int, addr: int) -> bool:
+    """127.0.0.0/8 or ::1. Loopback traffic never crosses a wire: a sensor sees it only when it
+    captures its own host (the default interface "any" includes lo), and there it is mostly a copy
+    of what the real interfaces carry (a stub resolver's forwarded queries, a reverse proxy's
+    forwarded requests) under addresses that name no host; the proxy's copies would make 127.0.0.1
+    a web scanner. So its events are dropped and counted, as Maltrail's default whitelist
+    (localhost, 127.0.0.1, ::1) drops them, except DNS events: whitelisted addresses never hide a
+    name (workers/controls.py), and a query a cache answered is seen on loopback only."""
+    return addr >> 24 == 127 if version == 4 else addr == 1
+
+
 def _ignored_name(name: str) -> bool:
     """A name under an intranet or special-use suffix: never looked up, never counted."""
     return ".intranet." in name or name.rsplit(".", 1)[-1] in IGNORE_DNS_QUERY_SUFFIXES
@@ -369,7 +380,11 @@ class Worker:
     def _emit(self, p, ts, src_ip, src_port, dst_ip, dst_port, type_, trail, trail_id, out,
               info=None, reference=None):
         """One event through the controls into noise control (grouped by `self._source`, set per
-        packet in `_inspect`)."""
+        packet in `_inspect`). An event of loopback traffic is dropped first, except a DNS event
+        (`_loopback`)."""
+        if type_ != TYPE_DNS and (_loopback(p.version, p.src) or _loopback(p.version, p.dst)):
+            self.counters.dropped["loopback"] += 1
+            return
         if trail_id is not None:
             info, reference = self._artifact.meta_of(trail_id)
         proto = PROTO_NAMES.get(p.proto, str(p.proto))
