@@ -94,7 +94,7 @@ def test_bad_config_names_file_line_and_fix(tmp_path):
 def test_trails_build_stats_and_check(artifact):
     stats = mte("trails", "stats", str(artifact))
     assert stats.returncode == 0, stats.stderr
-    assert "generation: 1" in stats.stdout and "trails: 23" in stats.stdout
+    assert "generation: 1" in stats.stdout and "trails: 26" in stats.stdout
     check = mte("trails", "check", "--trails", str(artifact), "www.evil-parent.net")
     assert check.returncode == 0
     assert "parent evil-parent.net" in check.stdout and "MATCH" in check.stdout

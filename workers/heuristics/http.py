@@ -37,11 +37,11 @@ WHITELIST_USER_AGENTS = ("sophos", "symantec", "antivir", "avgsetup", "microsoft
 # (description, pattern) in the order they are tried; matched case-insensitively against each
 # decoded reading of the path (then of the body): percent-decoded, and form-decoded ('+' is a space
 # in a query and a form body, workers/http.py decoded_target / decoded_form). The first family one
-# reading matches names the request. The families come in Maltrail's order (its SUSPICIOUS_HTTP_
-# REQUEST_REGEXES: sql, xml, php, ldap, xss, xxe, data leakage, config file, remote code execution,
-# directory traversal, web scan, dns changer; web shell is ours), so a request that matches several
-# gets the label Maltrail's order gives: "cmd=;cat /etc/passwd" and ".../system32/cmd.exe?/c+dir"
-# run a command, which matters more than the file they name.
+# reading matches names the request. The families come in the order of Maltrail's
+# SUSPICIOUS_HTTP_REQUEST_REGEXES (sql, xml, php, ldap, xss, xxe, data leakage, config file, remote
+# code execution, directory traversal, web scan, dns changer; web shell is ours), so a request that
+# matches several gets the label Maltrail's order gives: "cmd=;cat /etc/passwd" and
+# ".../system32/cmd.exe?/c+dir" run a command, which matters more than the file they name.
 _W = r"[ \t\n\r\x0b\x0c]"  # ASCII whitespace only: every kind of it is a needle below
 REQUEST_PATTERNS = (
     ("potential sql injection", "|".join((
