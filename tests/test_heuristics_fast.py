@@ -10,10 +10,9 @@ than the scan's 16-bit frame index.
 from __future__ import annotations
 
 import dataclasses
-from urllib.parse import unquote
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine import pcapgen as g
@@ -23,6 +22,7 @@ from tests.test_heuristics import (_ALPHABET, ATTACK_SAMPLES, _dns_flood, _infec
 from workers import _fastpath
 from workers.heuristics import HeuristicSettings
 from workers.heuristics import http as hhttp
+from workers.http import decoded_form, decoded_target
 from workers.pipeline import Worker
 
 
@@ -159,12 +159,28 @@ def test_every_pattern_family_passes_the_c_request_prefilter(matchers, family):
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.one_of(_ALPHABET, st.sampled_from(["%25", "%252e", "%2E", "%5c"])), max_size=30).map("".join))
+@given(st.lists(st.one_of(_ALPHABET, st.sampled_from(["%25", "%252e", "%2E", "%5c", "%2b", "+"])),
+                max_size=30).map("".join))
+@example("/i?id=1+union+select+1,2")
+@example("/n?id=7+and+1%3D1%23")
+@example("/a+b?q=a+or+1=1")
 def test_the_c_request_prefilter_is_a_superset_of_the_patterns(matchers, text):
-    # `text` as sent; the pipeline judges it decoded once (a double-encoded "%252e" is "%2e" then)
-    decoded = unquote(text)
-    if any(p.search(decoded) for _, p in hhttp._REQUEST):
-        assert c_heuristics(matchers).check("request", text.encode())
+    # `text` as sent; the pipeline judges each reading of it decoded once (a double-encoded "%252e"
+    # is "%2e" then): as a path (the query form-decoded too) and as a body (form-decoded throughout)
+    h = c_heuristics(matchers)
+    if any(p.search(t) for t in decoded_target(text) for _, p in hhttp._REQUEST):
+        assert h.check("request", text.encode())
+    if any(p.search(t) for t in decoded_form(text) for _, p in hhttp._REQUEST):
+        assert h.check("body", text.encode())
+
+
+def test_the_c_request_prefilter_reads_plus_as_a_space_in_the_query_only(matchers):
+    h = c_heuristics(matchers)
+    assert h.check("request", b"/i?id=1+union+select+1,2")
+    assert h.check("body", b"id=1+union+select+1,2")
+    # no needle in either reading: '+' is literal in the path, and "%2b" is a '+' wherever it is
+    assert not h.check("request", b"/union+select+x/")
+    assert not h.check("request", b"/i?id=1%2bunion%2bselect%2b1")
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -404,6 +404,7 @@ SEMANTIC_ROWS = [
     ("/malicious-login.php", "path (malware)", "(static)"),
     ("evil-url.example/bad/path", "url (malware)", "(static)"),
     ("whole-host.example/", "host (malware)", "(static)"),
+    ("query-dropped.example/line/?fields=x", "url (malware)", "(static)"),
     ("/gate.php?uploadsms=1", "post form (malware)", "(static)"),
     ("ua:BadBot/1.0", "ua (malware)", "(static)"),
     ("ua:zgrab", "ua scanner", "(static)"),
@@ -595,8 +596,14 @@ def test_url_trails_match_requests(sem):
     assert m.urls.match("evil-url.example", "/bad") is None
     whole = ids["whole-host.example/"]
     for path in ("/", "/anything", "/a/b/c.php?x=1"):
-        assert m.urls.match("whole-host.example", path) == UrlHit(whole, "whole-host.example/", False)
+        assert m.urls.match("whole-host.example", path) == UrlHit(whole, "whole-host.example/", False, True)
     assert m.urls.match("sub.whole-host.example", "/") is None
+    # built as "query-dropped.example/line": the query and the trailing '/' it left are gone
+    dropped = ids["query-dropped.example/line"]
+    for path in ("/line/?fields=x", "/line/", "/line", "/line/?fields=y&z=1"):
+        assert m.urls.match("query-dropped.example", path).trail_id == dropped, path
+    assert m.urls.match("query-dropped.example", "/lines") is None
+    assert m.urls.match("query-dropped.example", "/") is None
     post = ids["/gate.php?uploadsms=1"]
     assert m.urls.match("h.example", "/gate.php", "uploadsms=1") == UrlHit(post, "/gate.php?uploadsms=1", True)
     assert m.urls.match("h.example", "/gate.php", "uploadsms=2") is None

@@ -113,8 +113,22 @@ def build_and_load(tmp_path, rows, **kwargs):
     ("*.evil-domain.com", (KIND_DOMAIN, "evil-domain.com")),
     ("under_score.evil-domain.com", (KIND_DOMAIN, "under_score.evil-domain.com")),
     ("evil-domain.com?id=1", (KIND_DOMAIN, "evil-domain.com")),
-    ("ev!l-domain.com", (None, "not a domain name")),
-    ("evil domain.com", (None, "not a domain name")),
+    # every name DNS carries is a domain trail, not only hostnames: DNS tunnels, service labels
+    ("AAAA.=auth.Tunnel.com", (KIND_DOMAIN, "aaaa.=auth.tunnel.com")),
+    ("_ldap._tcp.evil-domain.com", (KIND_DOMAIN, "_ldap._tcp.evil-domain.com")),
+    ("ev!l+x~y.evil-domain.com", (KIND_DOMAIN, "ev!l+x~y.evil-domain.com")),
+    ("a" * 63 + ".evil-domain.com", (KIND_DOMAIN, "a" * 63 + ".evil-domain.com")),
+    (".".join(["a" * 63] * 3 + ["b" * 61]), (KIND_DOMAIN, ".".join(["a" * 63] * 3 + ["b" * 61]))),   # 253
+    # ... but not what cannot be a name: over-long labels and names, empty labels, whitespace,
+    # control characters, a zone-file escape
+    ("a" * 64 + ".evil-domain.com", (None, "a label longer than 63")),
+    (".".join(["a" * 63] * 3 + ["b" * 62]), (None, "longer than 253")),
+    ("evil..domain.com", (None, "an empty label")),
+    ("evil domain.com", (None, "whitespace or control")),
+    ("evil\tdomain.com", (None, "whitespace or control")),
+    ("evil\x01domain.com", (None, "whitespace or control")),
+    ("evil\x7fdomain.com", (None, "whitespace or control")),
+    ("evil\\.domain.com", (None, "backslash")),
     ("", (None, "empty")),
     ("   ", (None, "empty")),
     # regex (wildcard) trails: kept as written (case too), must compile, reserved names refused
@@ -127,6 +141,14 @@ def build_and_load(tmp_path, rows, **kwargs):
     ("evil-host.com//panel//gate.php", (KIND_URL, "evil-host.com/panel/gate.php")),
     ("www.evil-host.com/gate.php", (KIND_URL, "www.evil-host.com/gate.php")),
     ("193.238.153.10/", (KIND_URL, "193.238.153.10/")),
+    # a trailing '/' goes from a URL with more than one '/' (Maltrail's candidates never end in
+    # one), also when dropping the query leaves it; a whole-host "host/" keeps its '/'
+    ("host.example/line/?fields=x", (KIND_URL, "host.example/line")),
+    ("namchoncc.co.kr/include/", (KIND_URL, "namchoncc.co.kr/include")),
+    ("host.example/a/b//", (KIND_URL, "host.example/a/b")),
+    ("host.example/?x=1", (KIND_URL, "host.example/")),
+    ("/include/", (KIND_PATH, "/include")),
+    ("/panel/?gate", (KIND_PATH, "/panel/?gate")),
     ("evil-host.com:8080/x.php", (KIND_URL, "evil-host.com:8080/x.php")),
     ("/Bot.php?Action=cmd&hwid=", (KIND_PATH, "/bot.php?action=cmd&hwid=")),
     ("/cdn-vs//22per.php", (KIND_PATH, "/cdn-vs/22per.php")),

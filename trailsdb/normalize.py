@@ -3,9 +3,11 @@
 Owns the shape rules: which text is an IPv4/IPv6 address, a CIDR range, an address:port, a
 domain, a regex/wildcard domain, a host/path URL, a path-only URL or a user agent, and the
 normalisation Maltrail applies (lower case, IDNA for non-ASCII names, no leading "www.", no
-trailing dots, no query string on non-path trails, "//" collapsed). Anything that fits no shape
-is rejected with a reason, never guessed; so is a range so wide it would match (nearly) every
-address (0.0.0.0/0, ::/0, any prefix shorter than the configured minimum).
+trailing dots, no query string on non-path trails, "//" collapsed, no trailing '/' on a URL with
+more than one). A domain is any name DNS can carry in text form (matchers/domains.py
+is_dns_name), not only a hostname. Anything that fits no shape is rejected with a reason, never
+guessed; so is a range so wide it would match (nearly) every address (0.0.0.0/0, ::/0, any
+prefix shorter than the configured minimum).
 
 Must not know about files, merging or the compiled format.
 """
@@ -19,6 +21,7 @@ from matchers.artifact import (
     KIND_CIDR4, KIND_CIDR6, KIND_DOMAIN, KIND_IPPORT4, KIND_IPPORT6, KIND_IPV4, KIND_IPV6,
     KIND_PATH, KIND_REGEX, KIND_UA, KIND_URL, MAX_KEY_BYTES,
 )
+from matchers.domains import MAX_LABEL_CHARS, MAX_NAME_CHARS, is_dns_name
 
 UA_PREFIX = "ua:"
 
@@ -34,7 +37,6 @@ _REGEX_HINT = re.compile(r"[\].][*+]|\[[a-z0-9_.\-]+\]", re.I)
 # them), named backreferences, inline global flags (only legal at the very start), and the
 # group names the alternation uses for itself.
 _UNSUPPORTED_REGEX = re.compile(r"\\[1-9]|\(\?P=|\(\?[aiLmsux]+\)|\(\?P<g\d+>")
-_DOMAIN = re.compile(r"\A[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\Z")
 _ALPHA_ONLY = re.compile(r"\A\.?[a-z]+\Z")
 # The shortest CIDR prefixes a trail may have, (IPv4, IPv6): [all] min_trail_prefix_v4 / _v6.
 # A range wider than what IANA hands one regional registry (an IPv4 /8, an IPv6 /12) is no threat
@@ -163,6 +165,11 @@ def normalize_trail(trail: str, reference: str = "",
             return _checked(KIND_IPV6, net.network_address.compressed)
         return _checked(KIND_CIDR6, net.compressed)
 
+    if t.count("/") > 1:
+        # Maltrail strips trailing '/' from every URL candidate it looks up (matchers/urls.py), so
+        # "host/line/" (left by dropping "?fields=x" above) would never match; its static parser
+        # strips it from such trails too. A single '/' stays: "host/" is the whole-host trail.
+        t = t.rstrip("/")
     if t.startswith("/"):
         return _checked(KIND_PATH, t)
     if "/" in t:
@@ -175,12 +182,36 @@ def normalize_trail(trail: str, reference: str = "",
     if t.startswith("*."):
         # "*.evil.com": a domain trail already covers every subdomain.
         t = t[2:]
-    if not t or not _DOMAIN.match(t):
-        return None, "not a domain name (characters outside a-z 0-9 . - _)"
+    if not t:
+        return None, "empty"
+    reason = _not_a_dns_name(t)
+    if reason:
+        return None, reason
     if _ALPHA_ONLY.match(t) and "custom" not in reference and "static" not in reference:
         # Maltrail drops bare words (e.g. "com") that feeds sometimes emit; curated lists keep them.
         return None, "bare word from a feed"
     return _checked(KIND_DOMAIN, t)
+
+
+def _not_a_dns_name(name: str) -> str | None:
+    """Why `name` cannot be a domain trail, or None. Every name DNS can carry in text form is
+    accepted (matchers/domains.py is_dns_name: '_', '=', '+' and the like included), but not
+    whitespace or control characters, and not a backslash: zone files write escapes with it
+    ("\\." for a dot inside a label), so a trail holding one is an escaped name or an incomplete
+    regex, and either way would never equal a name seen on the wire."""
+    if any(c.isspace() or not c.isprintable() for c in name):
+        return "not a domain name (whitespace or control characters)"
+    if "\\" in name:
+        return "not a domain name (a backslash: an escaped name or an incomplete regex)"
+    if any(not label for label in name.split(".")):
+        return "not a domain name (an empty label)"
+    if len(name) > MAX_NAME_CHARS:
+        return "not a domain name (longer than %d characters)" % MAX_NAME_CHARS
+    if any(len(label) > MAX_LABEL_CHARS for label in name.split(".")):
+        return "not a domain name (a label longer than %d characters)" % MAX_LABEL_CHARS
+    if not is_dns_name(name):
+        return "not a domain name (characters outside printable ASCII)"
+    return None
 
 
 def _checked(kind: int, key: str) -> tuple[int | None, str]:

@@ -50,7 +50,9 @@ def _addr(text):
         return None
 
 
-_HOST = re.compile(r"\A[a-z0-9_-]+(?:\.[a-z0-9_-]+)+\Z")
+# A domain name in an event's trail: labels of printable ASCII other than '.', '/' and ':' (names
+# carry more than hostname characters, matchers/domains.py is_dns_name), at least two of them.
+_HOST = re.compile(r"\A[!-\-0-9;-~]+(?:\.[!-\-0-9;-~]+)+\Z")
 
 
 def event_names(event) -> tuple[str, str]:

@@ -5,6 +5,10 @@ uses (Host, User-Agent, and the forwarded-for family) and the body bytes that fo
 the same segment. Header names match case-insensitively (RFC 9110); only complete header lines
 count, since a line cut by the snap length or the segment end is not the value that was sent.
 
+Also owns how a request's text reads once decoded: the target percent-decoded, and as an HTML
+form submits it (application/x-www-form-urlencoded, where '+' stands for a space in the query and
+in a form body; `decoded_target`, `decoded_form`).
+
 Must not know about trails or events; never raises.
 """
 
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import re
 from typing import NamedTuple
+from urllib.parse import unquote
 
 MAX_HEAD_BYTES = 16384
 _TOKEN = re.compile(rb"\A[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}\Z")
@@ -60,3 +65,27 @@ def parse_http_request(payload: bytes) -> HttpRequest | None:
     body = payload[head_end + 4:] if head_end >= 0 else b""
     return HttpRequest(parts[0].decode("latin-1"), parts[1].decode("latin-1"), parts[2].decode("latin-1"),
                        headers.get("host"), headers.get("user-agent"), headers, body)
+
+
+def decoded_target(target: str) -> tuple[str, ...]:
+    """The texts a server may read from a request target: the target percent-decoded, and when its
+    query holds a '+', also the form-encoded reading (WHATWG URL, application/x-www-form-urlencoded:
+    '+' is a space in the query, which is what form handlers such as PHP's $_GET or a CGI library
+    hand to applications; in the path before the first '?' it is a literal '+'). The query starts
+    at the first literal '?': an encoded "%3F" belongs to the path or a value."""
+    path, sep, query = target.partition("?")
+    plain = unquote(target)
+    if "+" not in query:
+        return (plain,)
+    # unquote(a + "?" + b) == unquote(a) + "?" + unquote(b): an escape never spans a literal '?'
+    return (plain, unquote(path) + sep + unquote(query.replace("+", " ")))
+
+
+def decoded_form(body: str) -> tuple[str, ...]:
+    """The texts a server may read from a request body: percent-decoded, and when it holds a '+',
+    also as a form body reads ('+' is a space). Both, whatever the Content-Type says: the header
+    is the sender's claim, and a JSON or XML body keeps its '+' in the first reading."""
+    plain = unquote(body)
+    if "+" not in body:
+        return (plain,)
+    return (plain, unquote(body.replace("+", " ")))

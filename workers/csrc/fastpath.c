@@ -399,7 +399,8 @@ static int literal_hit(const Tables *t, const uint8_t *name, size_t n)
     return 0;
 }
 
-/* workers.pipeline._NUMERIC_NAME / _VALID_NAME */
+/* workers.pipeline._NUMERIC_NAME / _VALID_NAME: printable ASCII without space (0x21-0x7E), a dot,
+ * a last label after it; not digits and dots only. */
 static int name_checkable(const uint8_t *s, size_t n)
 {
     if (!n)
@@ -410,7 +411,7 @@ static int name_checkable(const uint8_t *s, size_t n)
         int digit = c >= '0' && c <= '9';
         if (!(digit || c == '.'))
             numeric = 0;
-        if (!(digit || (c >= 'a' && c <= 'z') || c == '_' || c == '-' || c == '.'))
+        if (c < 0x21 || c > 0x7E)
             return 0;
         if (c == '.')
             last_dot = (int)i;
@@ -1201,9 +1202,11 @@ static int heuristic_web(Heuristics *H, const web_plan *wp, int64_t ts_us)
  * 0x80 bytes, except the two whose lower case is ASCII: U+0130 (lower "i" + U+0307) gives "i"
  * and 0x80, U+212A (Kelvin sign, lower "k") gives "k". Only %-escapes form UTF-8 sequences (raw
  * non-ASCII bytes are Latin-1 characters of their own), and a lead byte is never a continuation,
- * so those two are exactly "%C4%B0" and "%E2%84%AA". Writes at most n bytes; *nonascii says
- * whether any non-ASCII character was seen. */
-static size_t unquote_ascii(const uint8_t *s, size_t n, uint8_t *out, int *nonascii)
+ * so those two are exactly "%C4%B0" and "%E2%84%AA". A literal '+' at or after `plus_from` reads
+ * as a space (the form-encoded reading, workers/http.py decoded_target / decoded_form: '+' is
+ * replaced before the escapes are decoded, so "%2B" stays '+'); pass n for the plain reading.
+ * Writes at most n bytes; *nonascii says whether any non-ASCII character was seen. */
+static size_t unquote_ascii(const uint8_t *s, size_t n, uint8_t *out, int *nonascii, size_t plus_from)
 {
     size_t o = 0, i = 0;
     *nonascii = 0;
@@ -1234,6 +1237,8 @@ static size_t unquote_ascii(const uint8_t *s, size_t n, uint8_t *out, int *nonas
         if (c >= 0x80) {
             *nonascii = 1;
             c = 0x80;
+        } else if (c == '+' && i >= plus_from) {
+            c = ' ';
         }
         out[o++] = c;
         i++;
@@ -1253,7 +1258,7 @@ static int heuristic_user_agent(Heuristics *H, const uint8_t *ua, uint32_t n)
     if (memchr(ua, '%', n)) {
         if (ensure_buf(H, n) < 0)
             return -1;
-        m = unquote_ascii(ua, n, H->buf, &nonascii);
+        m = unquote_ascii(ua, n, H->buf, &nonascii, n);
         text = H->buf;
     }
     uint8_t flags = 0;
@@ -1263,25 +1268,34 @@ static int heuristic_user_agent(Heuristics *H, const uint8_t *ua, uint32_t n)
 
 enum { MODE_NEVER, MODE_FORMULA, MODE_ALWAYS };
 
-/* Could request_attack(unquote(text)) find a pattern? Its own gate (a REQUEST_NEEDLES literal in
- * the lower-case text), then, for ASCII text, what the patterns' literals allow. 1/0, -1 when out
- * of memory. */
-static int heuristic_request_text(Heuristics *H, const uint8_t *s, size_t n)
+/* Could request_attack() find a pattern in one of the decoded readings of this text (a path, where
+ * '+' is a space from `plus_from`, just past its first '?', on; or a body, plus_from 0)? Its own
+ * gate (a REQUEST_NEEDLES literal in a lower-case reading), then, for ASCII text, what the
+ * patterns' literals allow. The literals found in both readings are pooled: the formula only asks
+ * for literals, never for their absence, so it holds on the pool whenever it holds on one reading
+ * (a superset, as the prefilter must be). 1/0, -1 when out of memory. */
+static int heuristic_request_text(Heuristics *H, const uint8_t *s, size_t n, size_t plus_from)
 {
     if (H->req_always == MODE_NEVER)
         return 0;
     const uint8_t *text = s;
     size_t m = n;
     int nonascii = has_high_bytes(s, (uint32_t)n);
-    if (memchr(s, '%', n)) {
-        if (ensure_buf(H, n) < 0)
+    int form = plus_from < n && memchr(s + plus_from, '+', n - plus_from) != NULL;
+    if (form || memchr(s, '%', n)) {
+        if (ensure_buf(H, 2 * n) < 0)
             return -1;
-        m = unquote_ascii(s, n, H->buf, &nonascii);
+        m = unquote_ascii(s, n, H->buf, &nonascii, n);
         text = H->buf;
     }
     memset(H->seen, 0, H->seen_words * sizeof(uint64_t));
     uint8_t flags = 0;
     mt_lits_search(&H->req, text, m, 0, &flags, H->seen);
+    if (form) {
+        int form_nonascii;
+        size_t fm = unquote_ascii(s, n, H->buf + n, &form_nonascii, plus_from);
+        mt_lits_search(&H->req, H->buf + n, fm, 0, &flags, H->seen);
+    }
     if (!(flags & REQ_NEEDLE))
         return 0;
     if (nonascii || H->req_always == MODE_ALWAYS)
@@ -1347,8 +1361,10 @@ static int path_verdict(Heuristics *H, const uint8_t *path, uint32_t pn)
     if (H->path_memo.fp[slot] == fp)
         return H->path_memo.verdict[slot];
     int v = PATH_NOTHING;
-    if (H->request_on)
-        v = heuristic_request_text(H, path, pn);
+    if (H->request_on) {
+        const uint8_t *q = memchr(path, '?', pn);   /* the query, where '+' is a space */
+        v = heuristic_request_text(H, path, pn, q ? (size_t)(q - path) + 1 : pn);
+    }
     if (v == PATH_NOTHING && H->download_on)
         v = download_verdict(H, path, pn);
     if (v >= 0) {
@@ -1496,7 +1512,7 @@ static int scan_http(Tables *t, Heuristics *H, const mt_packet *pk, const http_r
         rc = path_verdict(H, path, pn);
         if (rc < 0 || rc == PATH_FLAG || (rc == PATH_FLAG_UNLESS_LOCAL && !is_local(H, pk->version, pk->dst)))
             return rc < 0 ? -1 : 1;
-        if (H->request_on && r->body_len && (rc = heuristic_request_text(H, r->body, r->body_len)) != 0)
+        if (H->request_on && r->body_len && (rc = heuristic_request_text(H, r->body, r->body_len, 0)) != 0)
             return rc;
     }
     if (!t->have[S_URLS] || !t->urls.count)
@@ -2128,7 +2144,7 @@ static PyObject *Heuristics_prefilters(Heuristics *self, PyObject *unused)
 }
 
 /* check(kind, data): one prefilter on its own, for tests: "user_agent" (a User-Agent value),
- * "request" (a request path or body as sent), "filename" (a lower-case file name), "response"
+ * "request" (a request path as sent), "body" (a request body as sent), "filename" (a lower-case file name), "response"
  * (a TCP payload starting with HTTP/). */
 static PyObject *Heuristics_check(Heuristics *self, PyObject *args)
 {
@@ -2147,7 +2163,10 @@ static PyObject *Heuristics_check(Heuristics *self, PyObject *args)
     if (strcmp(kind, "user_agent") == 0) {
         r = heuristic_user_agent(self, s, n);
     } else if (strcmp(kind, "request") == 0) {
-        r = heuristic_request_text(self, s, n);
+        const uint8_t *q = memchr(s, '?', n);
+        r = heuristic_request_text(self, s, n, q ? (size_t)(q - s) + 1 : n);
+    } else if (strcmp(kind, "body") == 0) {
+        r = heuristic_request_text(self, s, n, 0);
     } else if (strcmp(kind, "response") == 0) {
         r = heuristic_response(self, s, n);
     } else if (strcmp(kind, "filename") == 0) {

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from urllib.parse import unquote
+
+from workers.http import decoded_form, decoded_target
 
 # -- user agents ---------------------------------------------------------------------------------
 # Substrings (lower case) of the user agents of attack tools and scanners, and of exploit payloads
@@ -33,9 +34,14 @@ WHITELIST_USER_AGENTS = ("sophos", "symantec", "antivir", "avgsetup", "microsoft
                          "internal dummy connection", "tmsps", "sdds")
 
 # -- requests --------------------------------------------------------------------------------------
-# (description, pattern) in the order they are tried; matched case-insensitively against the
-# percent-decoded path (then the decoded POST body). Remote code execution comes before directory
-# traversal: "cmd=;cat /etc/passwd" is an RCE attempt first.
+# (description, pattern) in the order they are tried; matched case-insensitively against each
+# decoded reading of the path (then of the body): percent-decoded, and form-decoded ('+' is a space
+# in a query and a form body, workers/http.py decoded_target / decoded_form). The first family one
+# reading matches names the request. The families come in the order of Maltrail's
+# SUSPICIOUS_HTTP_REQUEST_REGEXES (sql, xml, php, ldap, xss, xxe, data leakage, config file, remote
+# code execution, directory traversal, web scan, dns changer; web shell is ours), so a request that
+# matches several gets the label Maltrail's order gives: "cmd=;cat /etc/passwd" and
+# ".../system32/cmd.exe?/c+dir" run a command, which matters more than the file they name.
 _W = r"[ \t\n\r\x0b\x0c]"  # ASCII whitespace only: every kind of it is a needle below
 REQUEST_PATTERNS = (
     ("potential sql injection", "|".join((
@@ -64,7 +70,12 @@ REQUEST_PATTERNS = (
     ("potential remote code execution", "|".join((
         r"\$_(?:request|get|post|cookie|server)\[", r"\bxp_cmdshell\b", r"\b(?:shell_exec|passthru|proc_open|popen)%s*\(" % _W,
         r"\b(?:wget|curl)%s+(?:-\S+%s+)*(?:https?|ftp):/" % (_W, _W), r"\btftp%s+-" % _W,
-        r"\bnc(?:at)?%s+(?:-\S+%s+)*-[el]\b" % (_W, _W), r"/bin/(?:ba|z|da)?sh\b", r"\bcmd(?:\.exe)?%s*/c\b" % _W,
+        r"\bnc(?:at)?%s+(?:-\S+%s+)*-[el]\b" % (_W, _W), r"/bin/(?:ba|z|da)?sh\b",
+        # cmd.exe with its /c or /k switch, also passed as a CGI query (IIS: "cmd.exe?/c+dir"), and
+        # cmd.exe fetched from system32 through the web server (the IIS traversal worms)
+        r"\bcmd(?:\.exe)?(?:%s|\?)*/[ck]\b" % _W, r"[/\\]system32[/\\]+cmd\.exe\b",
+        # a command as a parameter's whole value ("cmd=cat /etc/passwd", "ip=ping -c 3 host")
+        r"\b(?:cat|ls)%s+/" % _W, r"\bping(?:\.exe)?%s+-[nc]%s*\d" % (_W, _W),
         r"\bpowershell(?:\.exe)?\b.{0,40}%s-(?:enc|e|c|command)\b" % _W,
         r"(?:[;|`]|&&|\$\()%s*(?:cat|ls|id|uname|whoami|ifconfig|echo|ping|nslookup|sleep|rm)(?:%s|$)" % (_W, _W),
         r"\bchmod%s+(?:\+x|[0-7]{3,4})\b" % _W, r"\$\{ifs\}", r"\$\{jndi:", r"\(\)%s*\{%s*:;%s*\}" % (_W, _W, _W),
@@ -145,20 +156,23 @@ def force_encode(text: str) -> str:
     return text
 
 
-def request_attack(text: str) -> str | None:
-    """The first request pattern a decoded path or body matches, or None."""
-    low = text.lower()
-    if not any(n in low for n in REQUEST_NEEDLES):
+def request_attack(*texts: str) -> str | None:
+    """The first family (in REQUEST_PATTERNS' order) whose pattern one of the decoded readings of a
+    path or body matches (workers/http.py decoded_target / decoded_form), or None. A reading
+    without a needle is never searched."""
+    texts = tuple(t for t in texts if any(n in t.lower() for n in REQUEST_NEEDLES))
+    if not texts:
         return None
     for desc, pattern in _REQUEST:
-        if pattern.search(text):
+        if any(pattern.search(t) for t in texts):
             return desc
     return None
 
 
 def needs_request_check(path: str, body: str | None) -> bool:
-    """What the C scan decides: the decoded path or body contains a request needle."""
-    return any(n in t for t in (unquote(path).lower(), unquote(body or "").lower()) for n in REQUEST_NEEDLES)
+    """What the C scan decides: a decoded reading of the path or body contains a request needle."""
+    texts = decoded_target(path) + (decoded_form(body) if body else ())
+    return any(n in t.lower() for t in texts for n in REQUEST_NEEDLES)
 
 
 def is_bare_ipv4(host: str) -> bool:
