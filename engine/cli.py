@@ -175,10 +175,11 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
         artifact = resolve_artifact(cfg.all.trails_artifact, s.allow_no_trails, log=_log)
     except TrailsUnavailable as exc:
         return _fail(str(exc), 1)
+    from engine.eventlog import LogDirError, prepare_log_dir
     try:
-        os.makedirs(cfg.all.log_dir, exist_ok=True)
-    except OSError as exc:
-        return _fail("cannot use log directory %s: %s" % (cfg.all.log_dir, exc.strerror or exc), 1)
+        prepare_log_dir(cfg.all.log_dir)    # refused before anything starts if others could write there
+    except LogDirError as exc:
+        return _fail(str(exc), 1)
 
     def reload_source() -> str:  # SIGHUP: the configured trails as they are now
         return resolve_artifact(cfg.all.trails_artifact, False, log=_log)

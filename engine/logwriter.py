@@ -27,9 +27,19 @@ class WriterSpec:
         self.control = control
 
 
+def _warn(message: str) -> None:
+    # One line on stderr, like the supervisor's: "[!]", the local time, who says it.
+    sys.stderr.write("[!] %s log writer: %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), message))
+    sys.stderr.flush()
+
+
 def run_writer(spec: WriterSpec) -> None:
     ChildProcess("mte-writer")
-    writer = EventLogWriter(spec.log_dir)
+    try:
+        writer = EventLogWriter(spec.log_dir, warn=_warn)
+    except OSError as exc:     # the log directory refused (unsafe) or unusable: said, and fatal
+        _warn(str(exc))
+        sys.exit(1)
     selector = selectors.DefaultSelector()
     for sock in spec.events:
         selector.register(sock, selectors.EVENT_READ, "events")
@@ -64,10 +74,12 @@ def run_writer(spec: WriterSpec) -> None:
             take(sock)
         writer.close()
     except OSError as exc:
-        sys.stderr.write("[!] log writer: %s\n" % exc)
+        _warn(str(exc))
         code = 1
     stats = {"records": records, "frames": writer.frames_written, "bytes": writer.bytes_written,
-             "repaired": writer.repaired, "finished_s": time.time()}
+             "repaired": writer.repaired, "moved_aside": writer.moved_aside,
+             "files_reopened": writer.files_reopened, "dirs_recreated": writer.dirs_recreated,
+             "finished_s": time.time()}
     try:
         ipc.send(spec.control, ["done", stats])
     except OSError:
