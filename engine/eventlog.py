@@ -217,6 +217,8 @@ class _Walk:
         self.unchecked = 0      # pairs inside damage left undecoded once the budget was spent
         self._chunk = b""       # the file's bytes at [_chunk_at, _chunk_at + len(_chunk))
         self._chunk_at = 0
+        self._ahead = b""       # the probe bytes read with the last data frame, at _ahead_at
+        self._ahead_at = -1
         self._failed_end = start
         self._recheck_left = 2 * max(self.size - start, 0) + _SCAN_CHUNK_BYTES
 
@@ -224,13 +226,30 @@ class _Walk:
         at = pos - self._chunk_at
         if at >= 0 and at + n <= len(self._chunk):
             return self._chunk[at:at + n]
+        if pos == self._ahead_at and n <= len(self._ahead):
+            return self._ahead[:n]
         data = os.pread(self.fd, n, pos)
         self.bytes_read += len(data)
         return data
 
-    def _header_at(self, pos: int):
-        """The pair header at pos if it is structurally valid (the zstd frame header after it
-        included), else None."""
+    def _read_frame(self, info: PairInfo) -> bytes:
+        """The data frame of a pair, and (in the same read) the bytes the next probe at its end
+        will want: one system call per pair on the way through a sound file."""
+        pos = info.offset + PAIR_HEADER_BYTES
+        data_len = info.end - pos
+        at = pos - self._chunk_at
+        if at >= 0 and at + data_len <= len(self._chunk):
+            return self._chunk[at:at + data_len]
+        data = os.pread(self.fd, data_len + _PROBE_BYTES, pos)
+        self.bytes_read += len(data)
+        self._ahead, self._ahead_at = data[data_len:], info.end
+        return data[:data_len]
+
+    def _header_at(self, pos: int, strict: bool = False):
+        """The pair header at pos if it is structurally valid, else None. `strict` also checks
+        the zstd frame header after it: for a candidate found by searching (or after damage),
+        where a mere sync word must not pass for a pair; on the way through a sound file the
+        decode checks the frame anyway."""
         self.header_probes += 1
         raw = self._read_at(pos, min(_PROBE_BYTES, self.size - pos))
         if len(raw) < PAIR_HEADER_BYTES:
@@ -240,7 +259,7 @@ class _Walk:
             return None
         if not 0 < data_len <= MAX_DATA_FRAME_BYTES or count == 0 or min_ts > max_ts:
             return None
-        if not _zstd_header_plausible(raw, PAIR_HEADER_BYTES, data_len, count):
+        if strict and not _zstd_header_plausible(raw, PAIR_HEADER_BYTES, data_len, count):
             return None
         return data_len, count, min_ts, max_ts
 
@@ -273,7 +292,7 @@ class _Walk:
             nxt = self._next_sync(probe)
             if nxt is None:
                 return None
-            header = self._header_at(nxt)
+            header = self._header_at(nxt, strict=True)
             if header is not None and nxt + PAIR_HEADER_BYTES + header[0] <= self.size:
                 return nxt
             probe = nxt + len(PAIR_SYNC)        # sync words never overlap
@@ -288,7 +307,7 @@ class _Walk:
                 self.unchecked += 1
                 return None
             self._recheck_left -= data_len
-        events = decoder.decode(self._read_at(info.offset + PAIR_HEADER_BYTES, data_len), info.count)
+        events = decoder.decode(self._read_frame(info), info.count)
         if events is None:
             # Pairs starting past here cost nothing extra: their bytes were never read for a
             # failed pair, so all such decodes together read each byte once.
@@ -335,7 +354,7 @@ class _Walk:
                 self.corrupt += 1
                 # Skip by the index length when a pair header sits there (only the data was
                 # damaged); otherwise the length itself may be wrong: search instead.
-                if self._header_at(end) is not None:
+                if self._header_at(end, strict=True) is not None:
                     pos = end
                     continue
                 nxt = self._resync(pos)
@@ -885,7 +904,11 @@ class EventLogReader:
         need = n
         positions: dict[str, FollowFrom] = {}
         newest = True
-        for _day, path in reversed(_files_in_range(log_dir, since_us, until_us)):
+        try:
+            files = _files_in_range(log_dir, since_us, until_us)
+        except FileNotFoundError:
+            files = []          # the directory went away (a cleaner): nothing to show yet
+        for _day, path in reversed(files):
             try:
                 fd = _open_for_reading(path)
             except FileNotFoundError:

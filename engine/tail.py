@@ -185,5 +185,8 @@ def run_tail(log_dir: str, follow: bool = False, since=None, until=None, fmt: st
             os.close(devnull)
         return EXIT_OK
     if reader.corrupt_frames:
-        err.write("tail: skipped %d damaged frame(s) in %s\n" % (reader.corrupt_frames, log_dir))
+        err.write("tail: skipped %d damaged frame(s) in %s%s\n" % (
+            reader.corrupt_frames, log_dir,
+            "; %d of them inside other damage were not read again (a file this damaged is best "
+            "examined on its own)" % reader.unchecked_frames if reader.unchecked_frames else ""))
     return EXIT_OK
