@@ -740,6 +740,28 @@ def test_a_clean_file_is_appended_to_without_a_word(tmp_path):
     assert len(read_all(tmp_path)) == 16
 
 
+def test_moving_aside_never_replaces_what_is_planted_at_the_new_name(tmp_path):
+    from engine.fsafety import move_aside, open_dir
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    precious = tmp_path / "precious"
+    precious.write_bytes(PRECIOUS)
+    name = "2026-11-24.events.zst"
+    (log_dir / name).write_bytes(b"foreign")
+    now_s = T0_US // 1_000_000
+    first = "%s.moved-%s" % (name, time.strftime("%Y%m%d-%H%M%S", time.localtime(now_s)))
+    os.symlink(precious, log_dir / first)               # at the name it would pick first
+    os.link(precious, log_dir / (first + "-2"))         # and at the next one
+    fd = open_dir(str(log_dir))
+    try:
+        aside = move_aside(fd, name, now_s=now_s)
+    finally:
+        os.close(fd)
+    assert aside == first + "-3"
+    assert (log_dir / aside).read_bytes() == b"foreign" and not (log_dir / name).exists()
+    assert os.readlink(log_dir / first) == str(precious) and precious.read_bytes() == PRECIOUS
+
+
 # -- the log directory ---------------------------------------------------------------------------
 
 def test_a_log_directory_others_can_write_is_refused_with_the_reason(tmp_path):
@@ -891,6 +913,55 @@ def test_deletion_is_checked_once_per_frame_not_per_event(tmp_path):
     stats_of_path = [line for line in between.splitlines() if "2026-11-24.events.zst" in line
                      and "write(" not in line]
     assert len(stats_of_path) == 1, stats_of_path
+
+
+def test_the_writer_needs_no_root(tmp_path):
+    # The log writer will run as an unprivileged account: everything above works without root.
+    # A forked child drops to `nobody` (the interpreter lives where `nobody` cannot read).
+    if os.geteuid() != 0:
+        pytest.skip("needs root to become another user")
+    base = Path(tempfile.mkdtemp(prefix="mte-unprivileged-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        log_dir = base / "log"
+        log_dir.mkdir()
+        os.chown(log_dir, 65534, 65534)
+        target = base / "root-owned"
+        target.write_bytes(PRECIOUS)
+        os.symlink(target, log_dir / "2026-11-24.events.zst")
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:    # the child: never returns into pytest
+            code = 1
+            try:
+                os.close(read_end)
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                lines = []
+                writer = EventLogWriter(log_dir, max_frame_age_s=3600, warn=lines.append)
+                writer.write([ev(T0_US, 1)])
+                writer.flush()
+                os.unlink(log_dir / "2026-11-24.events.zst")
+                writer.write([ev(T0_US + 1, 2)])
+                writer.close()
+                os.write(write_end, "\n".join(lines).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as f:
+            warnings = f.read().decode().splitlines()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, warnings
+        assert target.read_bytes() == PRECIOUS
+        assert read_all(log_dir) == [ev(T0_US + 1, 2)]
+        assert (log_dir / "2026-11-24.events.zst").stat().st_uid == 65534
+        assert len(warnings) == 2
+        assert "is a symbolic link (to %s)" % target in warnings[0]
+        assert "was deleted while open" in warnings[1]
+    finally:
+        shutil.rmtree(base)
 
 
 # -- linear work on hostile files ----------------------------------------------------------------
