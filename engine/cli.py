@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tail", help="print events from the log")
     p.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="FILE")
     p.add_argument("--log-dir", dest="log_dir", default=argparse.SUPPRESS, metavar="DIR")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing new events (after the last 10, unless -n or --since says otherwise)")
+    p.add_argument("-n", "--lines", metavar="N", default=None,
+                   help="print only the last N events (of those --since/--until select); without -n, "
+                        "tail prints them all and tail -f the last 10")
     p.add_argument("--since", metavar="T", help="e.g. 2026-11-24, '2026-11-24 10:00', 2h, 30m")
     p.add_argument("--until", metavar="T")
     p.add_argument("--format", choices=("maltrail", "json", "csv"), default="maltrail")
@@ -182,10 +186,6 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
                                     min_prefix=_min_prefix(cfg))
     except TrailsUnavailable as exc:
         return _fail(str(exc), 1)
-    try:
-        os.makedirs(cfg.all.log_dir, exist_ok=True)
-    except OSError as exc:
-        return _fail("cannot use log directory %s: %s" % (cfg.all.log_dir, exc.strerror or exc), 1)
 
     def reload_source() -> str:  # SIGHUP: the configured trails as they are now
         return resolve_artifact(cfg.all.trails_artifact, False, log=_log, min_prefix=_min_prefix(cfg))
@@ -266,7 +266,8 @@ def _tail(args) -> int:
     log_dir = getattr(args, "log_dir", None)
     if not log_dir:
         log_dir = load_config(getattr(args, "config", None) or default_config_path()).all.log_dir
-    return run_tail(log_dir, follow=args.follow, since=args.since, until=args.until, fmt=args.format)
+    return run_tail(log_dir, follow=args.follow, since=args.since, until=args.until, fmt=args.format,
+                    lines=args.lines)
 
 
 def _trails_build(args) -> int:

@@ -1,7 +1,8 @@
 """The event log directory as a running sensor claims it.
 
 Owns the three things a sensor settles about its log directory before any child starts:
-- it is safe to write into (engine/fsafety.py: nobody else can plant files there);
+- it is safe to write into (engine/fsafety.py: nobody else can plant files there), and exists
+  (engine/eventlog.py open_log_dir: the same check the log writer makes);
 - the log writer's account can write into it: started as root, the sensor makes the directory
   (and the day files already in it) belong to the unprivileged account the log writer runs as,
   as systemd's LogsDirectory= does, and says so when it changes an existing directory;
@@ -20,11 +21,10 @@ import fcntl
 import os
 import stat
 
-from engine.eventlog import FILE_RE
-from engine.fsafety import directory_problem
+from engine.eventlog import FILE_RE, open_log_dir
+from engine.eventlog import LogDirError as EventLogDirError
 
 LOCK_NAME = ".maltrail-engine.lock"
-DIR_MODE = 0o750
 
 
 class LogDirError(Exception):
@@ -79,18 +79,11 @@ def claim(path: str, account=None, notice=None) -> int:
     """Checks, prepares and locks the log directory; returns the lock's descriptor (keep it
     open for the whole run). Raises LogDirError."""
     trusted = (account.uid,) if account is not None else ()
-    problem = directory_problem(path, trusted)
-    if problem:
-        raise LogDirError("log directory refused: %s" % problem)
     try:
-        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
-        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise LogDirError("cannot use log directory %s: %s" % (path, exc.strerror or exc)) from None
+        dir_fd = open_log_dir(path, trusted)     # the safety check, the directory made if absent
+    except EventLogDirError as exc:
+        raise LogDirError(str(exc)) from None
     try:
-        st = os.fstat(dir_fd)
-        if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:  # changed since the check
-            raise LogDirError("log directory refused: %s is writable by every user" % path)
         if account is not None:
             _give_to(dir_fd, path, account, notice)
         return _lock(dir_fd, path)

@@ -46,10 +46,13 @@ def run_writer(spec: WriterSpec) -> None:
     child = ChildProcess("mte-writer", parent_pid=spec.parent_pid, close=spec.close)
     spec.close = ()
     try:
-        writer = EventLogWriter(spec.log_dir)
+        # The directory is opened (and checked) while this process may still reach it; the
+        # writer works relative to it from then on, as the unprivileged account.
+        writer = EventLogWriter(spec.log_dir, warn=_warn,
+                                trusted_uids=(spec.account.uid,) if spec.account is not None else ())
         child.drop_privileges(spec.account)
         ipc.send(spec.control, ["ready"])
-    except (OSError, privileges.PrivilegeError) as exc:
+    except (OSError, privileges.PrivilegeError) as exc:     # refused, unusable, or a drop that failed
         _warn(str(exc))
         sys.exit(1)
     selector = selectors.DefaultSelector()
@@ -95,7 +98,9 @@ def run_writer(spec: WriterSpec) -> None:
         _warn(str(exc))
         code = 1
     stats = {"records": records, "frames": writer.frames_written, "bytes": writer.bytes_written,
-             "repaired": writer.repaired, "finished_s": time.time()}
+             "repaired": writer.repaired, "moved_aside": writer.moved_aside,
+             "files_reopened": writer.files_reopened, "dirs_recreated": writer.dirs_recreated,
+             "finished_s": time.time()}
     try:
         ipc.send(spec.control, ["done", stats])
     except OSError:

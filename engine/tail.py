@@ -1,8 +1,14 @@
 """The logic of the `tail` command: print the events of a log directory, optionally following it.
 
-Owns reading the user's time bounds (--since/--until) and turning the event log into lines on a
-stream. Must not parse command-line arguments (the CLI does and calls run_tail) nor know the log's
-byte layout (engine/eventlog.py does).
+Owns reading the user's time bounds (--since/--until) and count (-n), deciding what is printed
+first, and turning the event log into lines on a stream. Must not parse command-line arguments
+(the CLI does and calls run_tail) nor know the log's byte layout (engine/eventlog.py does).
+
+What is printed: the events --since/--until select, all of them (as `tail` always did, and as
+`--since` users rely on), or with -n N only the last N of them. `tail -f` prints the last 10 and
+then follows, like coreutils' tail, unless -n or --since says where to start (-n 0: new events
+only; --since without -n: everything since then). "Last" is the order tail prints: day files by
+date, events in the order they were written.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from engine.formats import CSV_HEADER, FORMATS
 
 EXIT_OK = 0
 EXIT_USAGE = 2
+FOLLOW_LINES = 10       # tail -f without -n or --since: coreutils' default
 
 ACCEPTED_TIME_FORMS = (
     "YYYY-MM-DD, 'YYYY-MM-DD HH:MM[:SS[.ffffff]]' or YYYY-MM-DDTHH:MM[:SS[.ffffff]] "
@@ -95,6 +102,19 @@ def parse_time(value: str, now: float | None = None) -> int:
     return seconds * 1_000_000 + micros
 
 
+def parse_count(value) -> int:
+    """A user's -n: a count of events, 0 or more. Raises ValueError saying so."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    text = value.strip() if isinstance(value, str) else ""
+    if not text.isdigit() or not text.isascii():
+        # coreutils' `-n +N` (from the Nth line on) is not supported: refuse it rather than
+        # print the last N, which would surprise whoever meant the other thing.
+        raise ValueError("invalid count %r for -n: give the number of last events to print "
+                         "(0 or more)" % (value,))
+    return int(text)
+
+
 def _bound(value) -> int | None:
     if value is None or isinstance(value, int):
         return value
@@ -102,12 +122,15 @@ def _bound(value) -> int | None:
 
 
 def run_tail(log_dir: str, follow: bool = False, since=None, until=None, fmt: str = "maltrail",
-             out=None, stop=None, err=None, poll_s: float = 0.2) -> int:
+             out=None, stop=None, err=None, poll_s: float = 0.2, lines=None) -> int:
     """Print the events of log_dir (those with since <= ts_us <= until) one per line in `fmt`;
-    with follow, keep printing new ones until KeyboardInterrupt or `stop` is set.
+    with lines=N only the last N of them; with follow, keep printing new ones until
+    KeyboardInterrupt or `stop` is set (first the last FOLLOW_LINES when neither lines nor since
+    is given).
 
-    since/until are parse_time strings or microseconds. Returns the exit code: 0, or 2 with a
-    message on err (stderr) for a missing log directory, a bad time or an unknown format.
+    since/until are parse_time strings or microseconds, lines a count (int or string). Returns the
+    exit code: 0, or 2 with a message on err (stderr) for a missing log directory, a bad time or
+    count, or an unknown format.
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
@@ -118,9 +141,12 @@ def run_tail(log_dir: str, follow: bool = False, since=None, until=None, fmt: st
     try:
         since_us = _bound(since)
         until_us = _bound(until)
+        count = None if lines is None else parse_count(lines)
     except ValueError as exc:
         err.write("tail: %s\n" % exc)
         return EXIT_USAGE
+    if count is None and follow and since_us is None:
+        count = FOLLOW_LINES
     if not os.path.isdir(log_dir):
         err.write("tail: log directory %s does not exist (is the sensor writing elsewhere? see "
                   "log_dir in maltrail.toml)\n" % log_dir)
@@ -131,15 +157,22 @@ def run_tail(log_dir: str, follow: bool = False, since=None, until=None, fmt: st
     try:
         if fmt == "csv":
             out.write(CSV_HEADER + newline)
+        start = None
+        if count is not None:
+            # Only the newest pairs are decompressed; follow goes on where this left off.
+            last, start = reader.last(log_dir, count, since_us=since_us, until_us=until_us)
+            for event in last:
+                out.write(formatter(event) + newline)
         if follow:
             out.flush()
             for event in reader.follow(log_dir, since_us=since_us, poll_s=poll_s, stop=stop,
-                                       until_us=until_us):
+                                       until_us=until_us, start=start):
                 out.write(formatter(event) + newline)
                 out.flush()     # someone is watching: show each event as it arrives
         else:
-            for event in reader.iter_dir(log_dir, since_us=since_us, until_us=until_us):
-                out.write(formatter(event) + newline)
+            if count is None:
+                for event in reader.iter_dir(log_dir, since_us=since_us, until_us=until_us):
+                    out.write(formatter(event) + newline)
             out.flush()
     except KeyboardInterrupt:
         pass
@@ -152,5 +185,8 @@ def run_tail(log_dir: str, follow: bool = False, since=None, until=None, fmt: st
             os.close(devnull)
         return EXIT_OK
     if reader.corrupt_frames:
-        err.write("tail: skipped %d damaged frame(s) in %s\n" % (reader.corrupt_frames, log_dir))
+        err.write("tail: skipped %d damaged frame(s) in %s%s\n" % (
+            reader.corrupt_frames, log_dir,
+            "; %d of them inside other damage were not read again (a file this damaged is best "
+            "examined on its own)" % reader.unchecked_frames if reader.unchecked_frames else ""))
     return EXIT_OK
