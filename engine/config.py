@@ -17,6 +17,7 @@ import difflib
 import ipaddress
 import os
 import re
+import shlex
 import socket
 import tomllib
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ __all__ = [
     "default_config_path",
     "dump_config",
     "resolved_sensor_name",
+    "looks_like_maltrail_conf",
 ]
 
 ENV_VAR = "MALTRAIL_ENGINE_CONFIG"
@@ -335,10 +337,21 @@ def _check_path(s: str) -> str | None:
     return "it contains a NUL character" if "\0" in s else None
 
 
+# The sensor name is written into every event record (and every line of Maltrail's format), so
+# its size multiplies the log's.  Its default is the host name, which DNS bounds at 255 bytes on
+# the wire (253 characters of text); no sensor needs a longer name than a host may have.
+NAME_MAX_BYTES = 255
+
+
 def _check_name(s: str) -> str | None:
     # Events are whitespace-separated fields in Maltrail's log format, so a name with a space
     # would shift every column after it.
-    return "it contains whitespace" if any(c.isspace() for c in s) else None
+    if any(c.isspace() for c in s):
+        return "it contains whitespace"
+    size = len(s.encode("utf-8"))
+    if size > NAME_MAX_BYTES:
+        return "it is %d bytes long, more than the %d bytes a host name may have" % (size, NAME_MAX_BYTES)
+    return None
 
 
 def _check_ifname(s: str) -> str | None:
@@ -402,7 +415,8 @@ def _check_regex(s: str) -> str | None:
 # form name -> (check returning None or the reason, "allowed" text for one, for several)
 _FORMS: dict[str, tuple[Any, str, str]] = {
     "path": (_check_path, "a path", "paths"),
-    "name": (_check_name, "a name without whitespace", "names without whitespace"),
+    "name": (_check_name, "a name without whitespace, at most %d bytes" % NAME_MAX_BYTES,
+             "names without whitespace, at most %d bytes each" % NAME_MAX_BYTES),
     "ifname": (_check_ifname, "an interface name", "interface names"),
     "host": (_check_host, "an IP address or host name", "IP addresses or host names"),
     "cidr": (_check_cidr, "an IP address or CIDR range", "IP addresses or CIDR ranges"),
@@ -764,10 +778,32 @@ def _read_text(path: str) -> str:
     return text[1:] if text.startswith("\ufeff") else text
 
 
+# A maltrail.conf line: an option name in capitals, whitespace, its value ("LOG_DIR /var/log").
+_MALTRAIL_LINE_RE = re.compile(r"^([A-Z][A-Z0-9_]*)\s+\S")
+
+
+def looks_like_maltrail_conf(text: str) -> bool:
+    """Whether `text` is Maltrail's maltrail.conf format: some line sets, in Maltrail's
+    `NAME value` form, an option one of our keys stands for.  (TOML cannot parse such a line,
+    so this is only asked after TOML has refused the file.)"""
+    names = {spec.maltrail for _s, _k, spec in iter_keys() if spec.maltrail}
+    for line in text.splitlines():
+        match = _MALTRAIL_LINE_RE.match(line.split("#", 1)[0])
+        if match and match.group(1) in names:
+            return True
+    return False
+
+
 def _parse(text: str, source: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        if looks_like_maltrail_conf(text):
+            raise ConfigError(
+                "%s: this is Maltrail's maltrail.conf format, not TOML; maltrail-engine reads "
+                "maltrail.toml. Write the equivalent maltrail.toml with: maltrail-engine config import %s "
+                "(-o FILE to choose where; every option is carried over or named as not applicable)"
+                % (source, shlex.quote(source))) from None
         message = str(exc)
         pos = _TOML_POS_RE.search(message)
         if pos:
