@@ -41,6 +41,9 @@ __all__ = [
     "dump_config",
     "resolved_sensor_name",
     "looks_like_maltrail_conf",
+    "check_value",
+    "toml_value",
+    "comment_text",
 ]
 
 ENV_VAR = "MALTRAIL_ENGINE_CONFIG"
@@ -112,7 +115,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "trail_sources": Key(
             "list", (), form="path",
             doc="Maltrail trails.csv files and/or directories of Maltrail static trail files "
-                "(*.txt) that `trails build` compiles"),
+                "(*.txt) that `trails build` compiles", maltrail="TRAILS_FILE"),
         "custom_trails_dir": Key(
             "str", "", form="path", empty_ok=True,
             doc='directory of custom trail files (*.txt); "" for none',
@@ -181,7 +184,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "ignore_regex": Key(
             "str", "", form="regex", empty_ok=True,
             doc='events whose text "SRC_IP SRC_PORT DST_IP DST_PORT PROTO TYPE TRAIL INFO REFERENCE" '
-                'matches this regular expression are dropped and counted; "" for none'),
+                'matches this regular expression are dropped and counted; "" for none',
+            maltrail="IGNORE_EVENTS_REGEX"),
         "stats_interval_s": Key(
             "int", 60, unit="seconds", min=0, max=86400,
             doc="how often capture/worker statistics are logged; 0 = only at exit"),
@@ -273,7 +277,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
             doc="open-proxy probes (absolute-form requests to port 80 naming probe/proxy/echo/check)"),
         "missing_host": Key(
             "bool", False,
-            doc="HTTP requests without a Host header"),
+            doc="HTTP requests without a Host header", maltrail="CHECK_MISSING_HOST"),
         "http_response": Key(
             "bool", True,
             doc="HTTP responses: sinkhole servers, seized-domain pages, script content types"),
@@ -560,6 +564,14 @@ def _check_value(spec: Key, value: Any) -> tuple[Any, str | None]:
             return None, "is not valid: %s is listed twice" % _toml_value(item)
         seen.add(item)
     return tuple(items), None
+
+
+def check_value(section: str, key: str, value: Any) -> tuple[Any, str | None]:
+    """(normalised value, None) when `value` is acceptable for [section] key, else (None, the
+    problem and what is allowed); the rules a file's value is held to."""
+    spec = SCHEMA[section][key]
+    normalised, problem = _check_value(spec, value)
+    return (None, "%s; allowed: %s" % (problem, spec.allowed)) if problem else (normalised, None)
 
 
 # Rules that involve more than one key, as (section, key, predicate over the values, problem,
@@ -1000,7 +1012,13 @@ def _toml_value(value: Any) -> str:
     raise TypeError("no TOML form for %r" % (value,))
 
 
-def _comment_text(text: str) -> str:
+def toml_value(value: Any) -> str:
+    """The TOML text of a configuration value (string, number, boolean, or a list of them)."""
+    return _toml_value(value)
+
+
+def comment_text(text: str) -> str:
+    """`text` made safe inside a TOML comment."""
     # A newline in a path would end the comment and corrupt the TOML that follows.
     return "".join("?" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
 
@@ -1009,7 +1027,7 @@ def dump_config(cfg: Config) -> str:
     """The effective configuration as TOML: every key, in schema order, each with a trailing
     comment saying where its value came from.  Loading the output gives the same values."""
     if cfg.path:
-        source_line = "# configuration file: %s" % _comment_text(cfg.path)
+        source_line = "# configuration file: %s" % comment_text(cfg.path)
     else:
         source_line = "# configuration file: none (built-in defaults)"
     out = [
@@ -1023,7 +1041,7 @@ def dump_config(cfg: Config) -> str:
         if origin == ORIGIN_FLAG:
             note = COMMAND_LINE
         elif origin == ORIGIN_FILE:
-            note = "file " + _comment_text(_where(cfg.path, cfg._lines[(section, key)]))
+            note = "file " + comment_text(_where(cfg.path, cfg._lines[(section, key)]))
         else:
             note = ORIGIN_DEFAULT
         rows.append((section, "%s = %s" % (key, _toml_value(cfg._values[(section, key)])), note))
