@@ -241,6 +241,13 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
         artifact = resolve_artifact(cfg.all.trails_artifact, s.allow_no_trails, log=_log)
     except TrailsUnavailable as exc:
         return _fail(str(exc), 1)
+    if mode == "live":
+        # The capture checks run before anything starts: a bad interface, filter or privilege is
+        # one line, not a started-and-failed sensor with an empty summary.
+        from engine.preflight import capture_findings
+        problems = ["%s: %s" % (f.what, f.problem) for f in capture_findings(cfg) if f.problem]
+        if problems:
+            return _fail("cannot capture: %s" % "; ".join(problems), 1)
     try:
         os.makedirs(cfg.all.log_dir, exist_ok=True)
     except OSError as exc:
@@ -307,12 +314,6 @@ def _replay(args, cfg) -> int:
 
 
 def _live(cfg) -> int:
-    # The capture checks run before anything starts: a bad interface, filter or privilege is
-    # one line, not a started-and-failed sensor with an empty summary.
-    from engine.preflight import capture_findings
-    problems = ["%s: %s" % (f.what, f.problem) for f in capture_findings(cfg) if f.problem]
-    if problems:
-        return _fail("cannot capture: %s" % "; ".join(problems), 1)
     return _run_engine(cfg, "live")
 
 
