@@ -72,15 +72,6 @@ def _kernel_interfaces() -> list[str]:
         return []
 
 
-def _libpcap_devices() -> list[str]:
-    # libpcap also captures on pseudo-devices the kernel does not list ("any", nflog, ...).
-    try:
-        import pcap
-        return list(pcap.findalldevs())
-    except (ImportError, OSError):
-        return []
-
-
 def interface_dlt(interface: str) -> int:
     """The link-layer type libpcap will capture `interface` with (see _ARPHRD_DLT)."""
     if interface == "any":
@@ -172,15 +163,15 @@ def _interpreter() -> str:
 def capture_findings(cfg) -> list[Finding]:
     """The checks live capture needs: every interface exists, the filter compiles for each
     interface's link type, the process holds the capture privileges."""
-    from engine.live import expand_filter, linktype_from_dlt
+    from engine.live import _devices, expand_filter, linktype_from_dlt
     s = cfg.sensor
     findings = []
     kernel = _kernel_interfaces()
     known = set(kernel) | {"any"}
     dlts: dict[int, list[str]] = {}
     for name in s.interface:
-        if name not in known:
-            known |= set(_libpcap_devices())
+        if name not in known:  # libpcap also captures on devices the kernel does not list (nflog, ...)
+            known |= set(_devices() or ())
         if name not in known:
             findings.append(Finding("interface %s" % name, problem="not found; available: %s"
                                     % ", ".join(["any"] + sorted(kernel))))
