@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.config import (
-    SCHEMA, ConfigError, check_value, comment_text, iter_keys, load_config, toml_value,
+    COMMAND_LINE, SCHEMA, ConfigError, apply_overrides, check_value, comment_text, iter_keys, load_config,
+    toml_value,
 )
 
 __all__ = ["ConfImportError", "ImportResult", "MALTRAIL_ONLY", "import_conf", "read_maltrail_conf", "write_toml"]
@@ -229,11 +230,11 @@ def _convert(option: Option, section: str, key: str, conf_dir: str, notes: list[
 
 def _capture_buffer(option: Option, notes: list[str]) -> tuple[Any, str | None]:
     text = option.text
-    if text.isdigit():
+    sized = _SIZE_RE.match(text)
+    if text.isascii() and text.isdigit():
         size = int(text)
-    elif _SIZE_RE.match(text):
-        digits, unit = _SIZE_RE.match(text).groups()
-        size = int(digits) * _SIZE_UNITS[unit.upper()]
+    elif sized:
+        size = int(sized.group(1)) * _SIZE_UNITS[sized.group(2).upper()]
     elif re.match(r"^\d+%$", text):
         notes.append("Maltrail sizes its user-space ring as %s of memory; our kernel capture buffer keeps its "
                      "default, and the rings between processes are [sensor] ring_bytes" % text)
@@ -286,6 +287,13 @@ def import_conf(path: str) -> ImportResult:
         if spec.type == "bool" and spec.default is True and maltrail_name not in options:
             result.carried.append(Carried(section, key, False, "%s (absent)" % maltrail_name,
                                           ["Maltrail leaves a switch that maltrail.conf does not set off"]))
+    if not problems:
+        # Values fine one by one may still not fit together (USE_SSL without SSL_PEM).
+        try:
+            apply_overrides(load_config(None), {(c.section, c.key): c.value for c in result.carried})
+        except ConfigError as exc:
+            problems = ["%s: the options carried over do not fit together: %s"
+                        % (path, problem.replace(COMMAND_LINE + ": ", "", 1)) for problem in exc.problems]
     if problems:
         raise ConfImportError(problems)
     result.toml = _render(result)

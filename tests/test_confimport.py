@@ -171,6 +171,7 @@ def test_to_standard_output_and_an_absent_switch(tmp_path):
     ("CAPTURE_BUFFER lots", ["maltrail.conf:2", "CAPTURE_BUFFER", "not a size"]),
     ("SENSOR_NAME two words", ["maltrail.conf:2", "[sensor] sensor_name", "whitespace"]),
     ("HTTP_PORT\tseven", ["maltrail.conf:2", "Maltrail refuses it too"]),
+    ("USE_SSL true", ["do not fit together", "[server] use_ssl", "ssl_pem"]),  # and no SSL_PEM
 ])
 def test_a_value_that_cannot_be_carried_over_is_an_error_and_nothing_is_written(tmp_path, line, needles):
     conf = tmp_path / "maltrail.conf"
