@@ -34,11 +34,11 @@ import sys
 import time
 import zlib
 
+from bench.trails import DEFAULT_TRAILS
 from engine import pcapgen as g
 
 T0_NS = 1_772_323_200 * 1_000_000_000  # 2026-03-01 00:00:00 UTC, as the test corpus
 EXTRA_TRAILS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "extra_trails.csv")
-DEFAULT_TRAILS = "/work/shared/trails/maltrail-trails.csv.zst"
 
 # One round of the mix: (class, packets). The 5 % slot is shared by ICMP echo and mDNS, one
 # after the other, so each is 2.5 % of the file.

@@ -32,13 +32,14 @@ import tempfile
 import threading
 import time
 
-from bench.trails import DEFAULT_TRAILS, MB, PROJECT_ROOT, _median, _mb, _ratio, _table, machine
+from bench.trails import DEFAULT_TRAILS, MB, MISSING_TRAILS, PROJECT_ROOT, _median, _mb, _ratio, _table, machine
 
 EXTRA_TRAILS = os.path.join(PROJECT_ROOT, "bench", "extra_trails.csv")
 SAMPLE_S = 0.05
 QUICK_PACKETS = 30000
 
-# The issue's targets for our engine, and the peers' figures on the reference machine (2 cores,
+# The targets maltrail-engine is built to meet (ARCHITECTURE.md), and other sensors' figures on the
+# reference machine (2 cores,
 # CPython 3.11.7, the same trail set and pcaps), from ../shared/bench/README.md.
 TARGETS = {"mix_pps": 1.5e6, "hard_pps": 0.5e6, "planted": "500/500", "start_s": 0.5, "peak_mb": 200.0}
 PEERS = [
@@ -490,8 +491,8 @@ def report(results: dict, args) -> list[str]:
                        "packet path ns/pkt"], rows, aligns=["<", "<"] + [">"] * 7)
     out.append("")
 
-    out.append("6. Orientation: the issue's targets beside this run; peers measured on the reference machine "
-               "(2 cores, CPython 3.11.7; ../shared/bench/README.md)")
+    out.append("6. Orientation: the targets maltrail-engine is built to meet, beside this run; other sensors measured "
+               "on the reference machine (2 cores, CPython 3.11.7; ../shared/bench/README.md)")
     rows = []
 
     def meets(ok) -> str:
@@ -517,7 +518,7 @@ def report(results: dict, args) -> list[str]:
                          _ratio(rec["found"], rec["planted"]), meets(rec["found"] == rec["planted"])])
     out += _table(["figure", "target", "ours", "x target", "meets"], rows, aligns=["<", ">", ">", ">", ">"])
     out.append("")
-    out += _table(["peer", "mix steady", "hard steady", "start (1-packet replay)", "peak memory", "hard planted found"],
+    out += _table(["other sensor", "mix steady", "hard steady", "start (1-packet replay)", "peak memory", "hard planted found"],
                   PEERS, aligns=["<"] * 6)
     return out
 
@@ -554,7 +555,7 @@ def main(argv=None) -> int:
     if args.runs < 1 or args.workers < 1:
         p.error("--runs and --workers must be at least 1")
     if not os.path.exists(args.trails):
-        print("bench.replay: SKIPPED: trail set %s not found (pass --trails PATH)" % args.trails)
+        print("bench.replay: skipped: " + MISSING_TRAILS % args.trails)
         return 0
 
     engine = engine_command()

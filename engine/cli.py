@@ -16,7 +16,7 @@ import sys
 
 from engine.config import (
     ConfigError, apply_overrides, default_config_path, dump_config, load_config, parse_flag_value,
-    resolved_sensor_name,
+    resolved_sensor_name, toml_value,
 )
 
 # flag dest -> (section, key)
@@ -34,26 +34,68 @@ _OVERRIDES = {
 }
 
 
-def _common(parser: argparse.ArgumentParser, capture: bool = True) -> None:
-    s = argparse.SUPPRESS
-    parser.add_argument("-c", "--config", default=s, metavar="FILE",
-                        help="configuration file (default: $MALTRAIL_ENGINE_CONFIG, then "
-                             "/etc/maltrail-engine/maltrail.toml, then built-in defaults)")
-    parser.add_argument("--log-dir", dest="log_dir", default=s, metavar="DIR", help="event log directory")
-    parser.add_argument("--trails", default=s, metavar="PATH",
-                        help="compiled trail artifact, Maltrail trails.csv or static trail directory")
-    parser.add_argument("--sensor-name", dest="sensor_name", default=s, metavar="NAME")
-    parser.add_argument("--allow-no-trails", dest="allow_no_trails", action="store_const", const=True, default=s,
-                        help="start even without usable trails")
-    if capture:
-        parser.add_argument("-i", "--interface", default=s, metavar="IFACE[,IFACE...]")
-        parser.add_argument("--filter", dest="capture_filter", default=s, metavar="BPF", help="capture filter")
-        parser.add_argument("--snaplen", type=int, default=s, metavar="BYTES")
-        parser.add_argument("--no-promisc", dest="promiscuous", action="store_const", const=False, default=s)
-        parser.add_argument("--capture-buffer", dest="capture_buffer", type=int, default=s, metavar="BYTES",
-                            help="kernel capture buffer per interface")
-        parser.add_argument("--workers", default=s, metavar="N|auto",
-                            help="worker processes (default: [sensor] workers; auto = one per CPU but one)")
+_S = argparse.SUPPRESS
+# Every flag that overrides a configuration key, declared once with its help; each command takes
+# the ones that mean something to it, so `replay --help` shows no capture flags.
+_FLAGS = {
+    "config": (("-c", "--config"), dict(
+        metavar="FILE", help="configuration file (default: $MALTRAIL_ENGINE_CONFIG, then "
+                             "/etc/maltrail-engine/maltrail.toml, then built-in defaults)")),
+    "log_dir": (("--log-dir",), dict(dest="log_dir", metavar="DIR",
+                                     help="event log directory (default: [all] log_dir)")),
+    "trails": (("--trails",), dict(
+        metavar="PATH", help="compiled trail artifact, Maltrail trails.csv or static trail directory "
+                             "(default: [all] trails_artifact)")),
+    "sensor_name": (("--sensor-name",), dict(
+        dest="sensor_name", metavar="NAME", help="name written into every event (default: [sensor] sensor_name, "
+                                                 "else the host name)")),
+    "allow_no_trails": (("--allow-no-trails",), dict(
+        dest="allow_no_trails", action="store_const", const=True,
+        help="start even without usable trails (heuristics only)")),
+    "interface": (("-i", "--interface"), dict(
+        metavar="IFACE[,IFACE...]", help='interface(s) to capture on (default: [sensor] interface, "any")')),
+    "capture_filter": (("--filter",), dict(
+        dest="capture_filter", metavar="BPF",
+        help='capture filter; "default" keeps what detection needs, "" keeps everything '
+             '(default: [sensor] capture_filter)')),
+    "snaplen": (("--snaplen",), dict(type=int, metavar="BYTES",
+                                     help="bytes kept of each frame (default: [sensor] snaplen_bytes)")),
+    "promiscuous": (("--no-promisc",), dict(dest="promiscuous", action="store_const", const=False,
+                                            help="do not put the interfaces in promiscuous mode")),
+    "capture_buffer": (("--capture-buffer",), dict(
+        dest="capture_buffer", type=int, metavar="BYTES",
+        help="kernel capture buffer per interface (default: [sensor] capture_buffer_bytes)")),
+    "workers": (("--workers",), dict(
+        metavar="N|auto", help="worker processes (default: [sensor] workers; auto = one per CPU but one)")),
+}
+_LIVE_FLAGS = ("config", "log_dir", "trails", "sensor_name", "allow_no_trails", "interface", "capture_filter",
+               "snaplen", "promiscuous", "capture_buffer", "workers")
+_REPLAY_FLAGS = ("config", "log_dir", "trails", "sensor_name", "allow_no_trails", "workers", "snaplen")
+
+
+def _flags(parser: argparse.ArgumentParser, *names: str) -> None:
+    for name in names:
+        flags, options = _FLAGS[name]
+        parser.add_argument(*flags, default=_S, **options)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        ours = version("maltrail-engine")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        ours = "(not installed)"
+    return "maltrail-engine %s (Python %s)" % (ours, sys.version.split()[0])
+
+
+def _indicator(text: str) -> str:
+    """argparse type of `trails check INDICATOR`: a usage error unless it is one."""
+    from trailsdb.check import IndicatorError, parse_indicator
+    try:
+        parse_indicator(text)
+    except IndicatorError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,12 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="maltrail-engine",
         description="Network sensor: matches traffic against Maltrail trails and writes compressed "
                     "event logs. Without a subcommand it captures on the configured interfaces.")
-    _common(parser)
+    parser.add_argument("-V", "--version", action="version", version=_version(),
+                        help="print the version and exit")
+    _flags(parser, *_LIVE_FLAGS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("replay", help="replay pcap/pcapng files through the sensor")
-    _common(p)
-    p.add_argument("pcaps", nargs="+", metavar="PCAP")
+    p = sub.add_parser("replay", help="replay pcap/pcapng files through the sensor",
+                       description="Replay capture files through the sensor's processes and print a summary.")
+    _flags(p, *_REPLAY_FLAGS)
+    p.add_argument("pcaps", nargs="+", metavar="PCAP", help="pcap or pcapng files, read in order")
     p.add_argument("--reader", choices=("native", "libpcap"), default="native",
                    help="capture file reader (native reads pcapng with mixed interfaces, which libpcap refuses)")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary")
@@ -76,35 +121,52 @@ def build_parser() -> argparse.ArgumentParser:
                         "(differential runs, benchmarks)")
 
     p = sub.add_parser("tail", help="print events from the log")
-    p.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="FILE")
-    p.add_argument("--log-dir", dest="log_dir", default=argparse.SUPPRESS, metavar="DIR")
+    _flags(p, "config", "log_dir")
     p.add_argument("-f", "--follow", action="store_true",
                    help="keep printing new events (after the last 10, unless -n or --since says otherwise)")
     p.add_argument("-n", "--lines", metavar="N", default=None,
                    help="print only the last N events (of those --since/--until select); without -n, "
                         "tail prints them all and tail -f the last 10")
     p.add_argument("--since", metavar="T", help="e.g. 2026-11-24, '2026-11-24 10:00', 2h, 30m")
-    p.add_argument("--until", metavar="T")
-    p.add_argument("--format", choices=("maltrail", "json", "csv"), default="maltrail")
+    p.add_argument("--until", metavar="T", help="only events before T (same forms as --since)")
+    p.add_argument("--format", choices=("maltrail", "json", "csv"), default="maltrail",
+                   help="maltrail: Maltrail's event line (default); json: one object per line; csv: with a header")
 
     trails = sub.add_parser("trails", help="build and inspect trail artifacts")
     tsub = trails.add_subparsers(dest="trails_command", metavar="ACTION")
     p = tsub.add_parser("build", help="compile trail sources into the artifact")
-    p.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="FILE")
+    _flags(p, "config")
     p.add_argument("--source", action="append", metavar="PATH",
                    help="trails.csv or static trail directory (repeatable; default: [all] trail_sources)")
     p.add_argument("--custom-dir", metavar="DIR", help="custom trails directory (default: [all] custom_trails_dir)")
     p.add_argument("--whitelist", metavar="FILE", help="whitelist file (default: [all] whitelist_file)")
     p.add_argument("-o", "--output", metavar="FILE", help="artifact to write (default: [all] trails_artifact)")
     p = tsub.add_parser("stats", help="describe an artifact")
-    p.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="FILE")
-    p.add_argument("artifact", nargs="?", help="default: [all] trails_artifact")
+    _flags(p, "config")
+    p.add_argument("artifact", nargs="?", help="the artifact to describe (default: [all] trails_artifact)")
     p = tsub.add_parser("check", help="which trails would match an indicator, and why")
-    _common(p, capture=False)
-    p.add_argument("indicator", help="IP, IP:port, [IPv6]:port, domain, host/path URL, or ua:USER-AGENT")
+    _flags(p, "config", "trails")
+    p.add_argument("indicator", type=_indicator, metavar="INDICATOR",
+                   help="IP, IP:port, [IPv6]:port, domain, host/path URL, or ua:USER-AGENT")
 
-    p = sub.add_parser("check-config", help="validate the configuration and print the effective values")
-    _common(p)
+    p = sub.add_parser("check-config", help="check the configuration and this host, and print the effective values",
+                       description="Validate the configuration, print the effective values and where each came "
+                                   "from, then check this host as a start would: the trail artifact, the control "
+                                   "files, the interfaces, the capture filter, the capture privileges and the log "
+                                   "directory. Exit 2 for a configuration error, 1 for a problem of this host.")
+    _flags(p, *_LIVE_FLAGS)
+    p.add_argument("--config-only", action="store_true",
+                   help="validate the configuration alone, not this host (for a file meant for another host)")
+
+    p = sub.add_parser("config", help="convert configuration files")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION")
+    p = csub.add_parser("import", help="write the maltrail.toml equivalent to a Maltrail maltrail.conf",
+                        description="Carry every option of a Maltrail maltrail.conf over to the maltrail.toml key "
+                                    "that stands for it, or name it as not applicable, with why.")
+    p.add_argument("maltrail_conf", metavar="MALTRAIL_CONF", help="Maltrail's configuration file (maltrail.conf)")
+    p.add_argument("-o", "--output", default="maltrail.toml", metavar="FILE",
+                   help="where to write (default: ./maltrail.toml; - for standard output)")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
 
     p = sub.add_parser("demo", help="generate a demo capture and trail set, replay it, show the events")
     p.add_argument("--out", default="demo-out", metavar="DIR", help="where to write (default: ./demo-out)")
@@ -140,10 +202,14 @@ def main(argv=None) -> int:
         if args.command == "demo":
             from engine.demo import run_demo
             return run_demo(args.out)
+        if args.command == "config":
+            if args.config_command is None:
+                parser.parse_args(["config", "--help"])
+            return _config_import(args)
         cfg = _config(args)
         if args.command == "check-config":
             sys.stdout.write(dump_config(cfg))
-            return 0
+            return 0 if args.config_only else _check_host(cfg)
         if args.command == "replay":
             return _replay(args, cfg)
         return _live(cfg)
@@ -186,6 +252,13 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
                                     min_prefix=_min_prefix(cfg))
     except TrailsUnavailable as exc:
         return _fail(str(exc), 1)
+    if mode == "live":
+        # The capture checks run before anything starts: a bad interface, filter or privilege is
+        # one line, not a started-and-failed sensor with an empty summary.
+        from engine.preflight import capture_findings
+        problems = ["%s: %s" % (f.what, f.problem) for f in capture_findings(cfg) if f.problem]
+        if problems:
+            return _fail("cannot capture: %s" % "; ".join(problems), 1)
 
     def reload_source() -> str:  # SIGHUP: the configured trails as they are now
         return resolve_artifact(cfg.all.trails_artifact, False, log=_log, min_prefix=_min_prefix(cfg))
@@ -259,6 +332,53 @@ def _replay(args, cfg) -> int:
 
 def _live(cfg) -> int:
     return _run_engine(cfg, "live")
+
+
+def _check_host(cfg) -> int:
+    """check-config's checks of this host: each one a comment line on stdout (so the output stays
+    a loadable maltrail.toml), each problem also a line on stderr; 1 when there is any."""
+    from engine.config import comment_text
+    from engine.preflight import deployment_findings
+    findings = deployment_findings(cfg)
+    out = ["", "# this host, checked as a start would check it (--config-only skips this):"]
+    for finding in findings:
+        out.append("#   %-4s %s: %s" % ("ok" if finding.ok else "FAIL", finding.what,
+                                         comment_text(finding.detail if finding.ok else finding.problem)))
+    sys.stdout.write("\n".join(out) + "\n")
+    sys.stdout.flush()
+    problems = [finding for finding in findings if not finding.ok]
+    for finding in problems:
+        _fail("check-config: %s: %s" % (finding.what, finding.problem), 1)
+    return 1 if problems else 0
+
+
+def _config_import(args) -> int:
+    from engine.confimport import ConfImportError, import_conf, write_toml
+    try:
+        result = import_conf(args.maltrail_conf)
+        to_stdout = args.output == "-"
+        if to_stdout:
+            sys.stdout.write(result.toml)
+        else:
+            write_toml(result, args.output, force=args.force)
+    except ConfImportError as exc:
+        for problem in exc.problems:
+            _fail(problem, 2)
+        return 2
+    report = sys.stderr if to_stdout else sys.stdout
+    lines = ["%s from %s" % ("maltrail.toml" if to_stdout else "wrote " + args.output, args.maltrail_conf),
+             "carried over (%d):" % len(result.carried)]
+    lines += ["  %s -> [%s] %s = %s%s" % (c.source, c.section, c.key, toml_value(c.value),
+                                         "".join("; %s" % note for note in c.notes)) for c in result.carried]
+    if result.not_applicable or result.unknown:
+        lines.append("not applicable (%d):" % (len(result.not_applicable) + len(result.unknown)))
+        lines += ["  %s (line %d): %s" % item for item in result.not_applicable]
+        lines += ["  %s (line %d): not an option of Maltrail's known to this import" % item for item in result.unknown]
+    lines += ["note: %s" % note for note in result.notes]
+    if not to_stdout:
+        lines.append("check it, and this host, with: maltrail-engine check-config -c %s" % args.output)
+    report.write("\n".join(lines) + "\n")
+    return 0
 
 
 def _tail(args) -> int:

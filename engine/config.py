@@ -17,6 +17,7 @@ import difflib
 import ipaddress
 import os
 import re
+import shlex
 import socket
 import tomllib
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ __all__ = [
     "default_config_path",
     "dump_config",
     "resolved_sensor_name",
+    "looks_like_maltrail_conf",
+    "check_value",
+    "toml_value",
+    "comment_text",
 ]
 
 ENV_VAR = "MALTRAIL_ENGINE_CONFIG"
@@ -110,7 +115,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "trail_sources": Key(
             "list", (), form="path",
             doc="Maltrail trails.csv files and/or directories of Maltrail static trail files "
-                "(*.txt) that `trails build` compiles"),
+                "(*.txt) that `trails build` compiles", maltrail="TRAILS_FILE"),
         "custom_trails_dir": Key(
             "str", "", form="path", empty_ok=True,
             doc='directory of custom trail files (*.txt); "" for none',
@@ -187,7 +192,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "ignore_regex": Key(
             "str", "", form="regex", empty_ok=True,
             doc='events whose text "SRC_IP SRC_PORT DST_IP DST_PORT PROTO TYPE TRAIL INFO REFERENCE" '
-                'matches this regular expression are dropped and counted; "" for none'),
+                'matches this regular expression are dropped and counted; "" for none',
+            maltrail="IGNORE_EVENTS_REGEX"),
         "stats_interval_s": Key(
             "int", 60, unit="seconds", min=0, max=86400,
             doc="how often capture/worker statistics are logged; 0 = only at exit"),
@@ -285,7 +291,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
             doc="open-proxy probes (absolute-form requests to port 80 naming probe/proxy/echo/check)"),
         "missing_host": Key(
             "bool", False,
-            doc="HTTP requests without a Host header"),
+            doc="HTTP requests without a Host header", maltrail="CHECK_MISSING_HOST"),
         "http_response": Key(
             "bool", True,
             doc="HTTP responses: sinkhole servers, seized-domain pages, script content types"),
@@ -349,10 +355,21 @@ def _check_path(s: str) -> str | None:
     return "it contains a NUL character" if "\0" in s else None
 
 
+# The sensor name is written into every event record (and every line of Maltrail's format), so
+# its size multiplies the log's.  Its default is the host name, which DNS bounds at 255 bytes on
+# the wire (253 characters of text); no sensor needs a longer name than a host may have.
+NAME_MAX_BYTES = 255
+
+
 def _check_name(s: str) -> str | None:
     # Events are whitespace-separated fields in Maltrail's log format, so a name with a space
     # would shift every column after it.
-    return "it contains whitespace" if any(c.isspace() for c in s) else None
+    if any(c.isspace() for c in s):
+        return "it contains whitespace"
+    size = len(s.encode("utf-8"))
+    if size > NAME_MAX_BYTES:
+        return "it is %d bytes long, more than the %d bytes a host name may have" % (size, NAME_MAX_BYTES)
+    return None
 
 
 def _check_ifname(s: str) -> str | None:
@@ -416,7 +433,8 @@ def _check_regex(s: str) -> str | None:
 # form name -> (check returning None or the reason, "allowed" text for one, for several)
 _FORMS: dict[str, tuple[Any, str, str]] = {
     "path": (_check_path, "a path", "paths"),
-    "name": (_check_name, "a name without whitespace", "names without whitespace"),
+    "name": (_check_name, "a name without whitespace, at most %d bytes" % NAME_MAX_BYTES,
+             "names without whitespace, at most %d bytes each" % NAME_MAX_BYTES),
     "ifname": (_check_ifname, "an interface name", "interface names"),
     "host": (_check_host, "an IP address or host name", "IP addresses or host names"),
     "cidr": (_check_cidr, "an IP address or CIDR range", "IP addresses or CIDR ranges"),
@@ -560,6 +578,14 @@ def _check_value(spec: Key, value: Any) -> tuple[Any, str | None]:
             return None, "is not valid: %s is listed twice" % _toml_value(item)
         seen.add(item)
     return tuple(items), None
+
+
+def check_value(section: str, key: str, value: Any) -> tuple[Any, str | None]:
+    """(normalised value, None) when `value` is acceptable for [section] key, else (None, the
+    problem and what is allowed); the rules a file's value is held to."""
+    spec = SCHEMA[section][key]
+    normalised, problem = _check_value(spec, value)
+    return (None, "%s; allowed: %s" % (problem, spec.allowed)) if problem else (normalised, None)
 
 
 # Rules that involve more than one key, as (section, key, predicate over the values, problem,
@@ -778,10 +804,32 @@ def _read_text(path: str) -> str:
     return text[1:] if text.startswith("\ufeff") else text
 
 
+# A maltrail.conf line: an option name in capitals, whitespace, its value ("LOG_DIR /var/log").
+_MALTRAIL_LINE_RE = re.compile(r"^([A-Z][A-Z0-9_]*)\s+\S")
+
+
+def looks_like_maltrail_conf(text: str) -> bool:
+    """Whether `text` is Maltrail's maltrail.conf format: some line sets, in Maltrail's
+    `NAME value` form, an option one of our keys stands for.  (TOML cannot parse such a line,
+    so this is only asked after TOML has refused the file.)"""
+    names = {spec.maltrail for _s, _k, spec in iter_keys() if spec.maltrail}
+    for line in text.splitlines():
+        match = _MALTRAIL_LINE_RE.match(line.split("#", 1)[0])
+        if match and match.group(1) in names:
+            return True
+    return False
+
+
 def _parse(text: str, source: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        if looks_like_maltrail_conf(text):
+            raise ConfigError(
+                "%s: this is Maltrail's maltrail.conf format, not TOML; maltrail-engine reads "
+                "maltrail.toml. Write the equivalent maltrail.toml with: maltrail-engine config import %s "
+                "(-o FILE to choose where; every option is carried over or named as not applicable)"
+                % (source, shlex.quote(source))) from None
         message = str(exc)
         pos = _TOML_POS_RE.search(message)
         if pos:
@@ -978,7 +1026,13 @@ def _toml_value(value: Any) -> str:
     raise TypeError("no TOML form for %r" % (value,))
 
 
-def _comment_text(text: str) -> str:
+def toml_value(value: Any) -> str:
+    """The TOML text of a configuration value (string, number, boolean, or a list of them)."""
+    return _toml_value(value)
+
+
+def comment_text(text: str) -> str:
+    """`text` made safe inside a TOML comment."""
     # A newline in a path would end the comment and corrupt the TOML that follows.
     return "".join("?" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
 
@@ -987,7 +1041,7 @@ def dump_config(cfg: Config) -> str:
     """The effective configuration as TOML: every key, in schema order, each with a trailing
     comment saying where its value came from.  Loading the output gives the same values."""
     if cfg.path:
-        source_line = "# configuration file: %s" % _comment_text(cfg.path)
+        source_line = "# configuration file: %s" % comment_text(cfg.path)
     else:
         source_line = "# configuration file: none (built-in defaults)"
     out = [
@@ -1001,7 +1055,7 @@ def dump_config(cfg: Config) -> str:
         if origin == ORIGIN_FLAG:
             note = COMMAND_LINE
         elif origin == ORIGIN_FILE:
-            note = "file " + _comment_text(_where(cfg.path, cfg._lines[(section, key)]))
+            note = "file " + comment_text(_where(cfg.path, cfg._lines[(section, key)]))
         else:
             note = ORIGIN_DEFAULT
         rows.append((section, "%s = %s" % (key, _toml_value(cfg._values[(section, key)])), note))

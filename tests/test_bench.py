@@ -162,6 +162,7 @@ def test_replay_harness_smoke(tmp_path):
     assert done.returncode == 0, done.stderr + done.stdout
     for heading in ("1. Packet path", "2. Replay", "3. Start-up", "4. Scaling", "5. Heuristics", "6. Orientation"):
         assert heading in done.stdout
+    assert "issue" not in done.stdout  # the report speaks to its reader, not to the project's tracker
     results = json.loads(out.read_text())
     res = results["replay"][path.name]
     assert res["fast"]["frames"] == 2000 and res["fast"]["accounted"]
@@ -215,3 +216,23 @@ def test_bench_entry_point_lists_commands():
     done = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=REPO, env=_env(), capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0 and "replay" in done.stdout and "trails" in done.stdout and "floods" in done.stdout
+
+
+def test_default_paths_are_relative_to_the_checkout(tmp_path):
+    """A checkout anywhere looks for the shared trail set beside itself, not on one machine's path;
+    without it the benchmarks say what to pass instead of failing."""
+    import shutil
+    checkout = tmp_path / "somewhere" / "maltrail-engine"
+    shutil.copytree(REPO / "bench", checkout / "bench", ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, PYTHONPATH=str(checkout))
+    expected = str(tmp_path / "somewhere" / "shared" / "trails" / "maltrail-trails.csv.zst")
+    done = subprocess.run([sys.executable, "-c", "import bench.trails, bench.generate, bench.replay; "
+                           "print(bench.trails.DEFAULT_TRAILS); print(bench.generate.DEFAULT_TRAILS)"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [os.path.normpath(p) for p in done.stdout.split()] == [expected, expected]
+    for module in ("bench.trails", "bench.replay"):
+        done = subprocess.run([sys.executable, "-m", module], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "skipped: no trail set at %s" % expected in done.stdout and "pass --trails PATH" in done.stdout

@@ -83,7 +83,7 @@ def test_bad_config_names_file_line_and_fix(tmp_path):
     assert result.returncode == 2
     assert "maltrail.toml:2" in result.stderr and "snaplen_bytes" in result.stderr and "64" in result.stderr
     conf.write_text('[sensor]\nsnaplen_bytes = 1500\n')
-    result = mte("check-config", "-c", str(conf), "--sensor-name", "edge-1")
+    result = mte("check-config", "-c", str(conf), "--sensor-name", "edge-1", "--config-only")
     assert result.returncode == 0, result.stderr
     assert "snaplen_bytes = 1500" in result.stdout and 'sensor_name = "edge-1"' in result.stdout
     assert "command line" in result.stdout
@@ -201,6 +201,10 @@ def test_tail_of_a_missing_directory_fails_clearly(tmp_path):
 def test_demo_runs_offline_and_shows_every_kind(tmp_path):
     result = mte("demo", "--out", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr
+    # the closing hint must not point a real span port at the demo's ten trails
+    hint = result.stdout.split("\n$ maltrail-engine tail", 1)[1].strip().splitlines()[-3:]
+    assert not any(" -i " in line and str(tmp_path / "demo") in line for line in hint), hint
+    assert any("trails build --source" in line for line in hint), hint
     for text in ("(update).evil-demo.com", "sinkholed by demo (malware)", "203.0.113.66", "198.51.100.77:4444",
                  "/wp-login/gate.php", "shop.phish-demo.org/account/verify", "sqlmap/", "(c2).badcdn-demo.net",
                  "UDP DNS (quic).badcdn-demo.net", "2001:db8::66", "192.0.2.128/25",
@@ -260,3 +264,74 @@ def test_live_errors_are_clear(artifact, tmp_path):
     need_root()
     result = mte("-i", "lo", "--filter", "port not-a-number", "--trails", str(artifact), "--log-dir", str(tmp_path / "log"))
     assert result.returncode == 1 and "filter" in result.stderr
+
+
+def test_version():
+    from importlib.metadata import version
+    result = mte("--version")
+    assert result.returncode == 0 and result.stdout.startswith("maltrail-engine %s" % version("maltrail-engine"))
+
+
+def _options(help_text: str) -> set[str]:
+    return {word.rstrip(",") for line in help_text.splitlines() for word in line.split()
+            if word.startswith("-") and len(word) > 1 and word[1] != " "}
+
+
+def test_each_command_shows_only_its_own_options():
+    capture_only = {"-i", "--interface", "--filter", "--no-promisc", "--capture-buffer"}
+    replay = _options(mte("replay", "--help").stdout)
+    assert "--stats-json" in replay and "--workers" in replay and not capture_only & replay, replay
+    check = _options(mte("trails", "check", "--help").stdout)
+    assert check == {"-h", "--help", "-c", "--config", "--trails"}, check
+    assert "--filter" in _options(mte("check-config", "--help").stdout)
+    assert "--filter" in _options(mte("--help").stdout)
+
+
+def test_every_option_of_every_command_has_help_text():
+    import argparse
+    from engine.cli import build_parser
+    pending = [("maltrail-engine", build_parser())]
+    seen = 0
+    while pending:
+        name, parser = pending.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                pending += [("%s %s" % (name, sub), p) for sub, p in action.choices.items()]
+                continue
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.option_strings or action.dest)
+            seen += 1
+    assert seen > 40
+
+
+@pytest.mark.parametrize("indicator, reason", [
+    ("", "empty"),
+    ("999.1.1.1", "not a valid IPv4 address"),
+    ("[::ffff:1.2.3.4]:99999", "out of range"),
+    ("1.2.3.4:70000", "out of range"),
+    ("a..example.com", "empty label"),
+    ("evil.example:80", "a port goes with an IP address"),
+])
+def test_trails_check_refuses_what_is_not_an_indicator(artifact, indicator, reason):
+    result = mte("trails", "check", "--trails", str(artifact), indicator)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "usage:" in result.stderr and reason in result.stderr and "Traceback" not in result.stderr
+
+
+def test_trails_check_still_answers_every_shape(artifact):
+    for indicator in ("[2001:db8::bad]:8443", "2001:db8::66", "/gate/panel.php", "EVIL-EXACT.COM.", "ua:x"):
+        result = mte("trails", "check", "--trails", str(artifact), indicator)
+        assert result.returncode in (0, 3) and "Traceback" not in result.stderr, (indicator, result.stderr)
+    assert mte("trails", "check", "--trails", str(artifact), "/gate/panel.php").returncode == 0
+
+
+def test_an_unwritable_stats_json_fails_before_the_run(tmp_path, artifact):
+    pcap = _pcap(tmp_path / "x.pcap", [g.tcp_frame("10.0.0.1", "203.0.113.66", 40000, 443)])
+    log = tmp_path / "log"
+    for target in (tmp_path, tmp_path / "no-such-dir" / "stats.json"):  # a directory; a missing parent
+        result = mte("replay", "--trails", str(artifact), "--log-dir", str(log), "--stats-json", str(target), pcap)
+        assert result.returncode == 2, result.stderr
+        assert "cannot write --stats-json %s" % target in result.stderr and "Traceback" not in result.stderr
+        assert "frames:" not in result.stderr and not log.exists()  # nothing ran
+    good = tmp_path / "stats.json"
+    result = mte("replay", "--trails", str(artifact), "--log-dir", str(log), "--stats-json", str(good), pcap)
+    assert result.returncode == 0 and json.loads(good.read_text())

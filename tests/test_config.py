@@ -478,3 +478,36 @@ def test_heuristic_settings_come_from_the_file(tmp_path):
     assert not settings.is_local(4, 0xC0A80001)  # 192.168.0.1 is not in the configured networks
     defaults = heuristic_settings(load_config(None))
     assert defaults.enabled and defaults.on("port_scan") and defaults.is_local(4, 0xC0A80001)
+
+
+def test_an_absurd_sensor_name_is_a_config_error(tmp_path):
+    # The name is written into every event: a megabyte name would make every record a megabyte.
+    # A host name (the default) is at most 255 bytes, so that is the bound, in bytes of UTF-8.
+    message = load_error(write(tmp_path, '[sensor]\nsensor_name = "%s"\n' % ("x" * 1_000_000)))
+    assert "maltrail.toml:2" in message and "sensor_name" in message and "255 bytes" in message
+    assert len(message) < 1000  # the value is shortened in the message, not echoed whole
+    assert load_config(write(tmp_path, '[sensor]\nsensor_name = "%s"\n' % ("x" * 255))).sensor.sensor_name == "x" * 255
+    assert "255 bytes" in load_error(write(tmp_path, '[sensor]\nsensor_name = "%s"\n' % ("\u00e9" * 128)))
+    with pytest.raises(ConfigError, match="255 bytes"):
+        apply_overrides(load_config(None), {("sensor", "sensor_name"): "y" * 256})
+
+
+MALTRAIL_CONF = """\
+# [Sensor]
+
+# Interface used for monitoring (e.g. eth0, eth1)
+MONITOR_INTERFACE any
+
+CAPTURE_BUFFER 10%
+LOG_DIR $SYSTEM_LOG_DIR/maltrail
+"""
+
+
+def test_a_maltrail_conf_is_recognised_and_the_import_command_offered(tmp_path):
+    path = write(tmp_path, MALTRAIL_CONF, name="maltrail.conf")
+    message = load_error(path)
+    assert "Maltrail" in message and "maltrail.conf" in message and "not TOML" in message
+    assert "maltrail-engine config import %s" % path in message
+    # an ordinary TOML mistake is still reported as one, with its position
+    message = load_error(write(tmp_path, "[sensor]\nsnaplen_bytes = \n"))
+    assert "TOML syntax error" in message and "config import" not in message

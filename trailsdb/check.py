@@ -2,7 +2,10 @@
 
 Owns the explanation: what shape the indicator has (address, address:port, domain, URL, user
 agent), every lookup the sensor would make for it, and the verdict, in plain lines. Uses the same
-matchers the sensor uses, so the answer is the sensor's answer.
+matchers the sensor uses, so the answer is the sensor's answer. Also owns the rules for what an
+indicator may be (`parse_indicator`): text that is none of the shapes (an empty string, an
+address with an octet over 255, a port over 65535, a name DNS cannot carry) is refused with the
+reason, so that a typo is not answered with "no trail matches".
 
 Must not be imported by the packet path.
 """
@@ -10,12 +13,28 @@ Must not be imported by the packet path.
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from matchers.artifact import KIND_CIDR4, KIND_CIDR6, KIND_NAMES
 from matchers.domains import render_span
-from matchers.ips import parse_ipport
 from matchers.urls import url_checks
 from trailsdb.normalize import UA_PREFIX
+
+SHAPES = "an IP address, IP:port, [IPv6]:port, domain, host/path URL, or ua:USER-AGENT"
+
+# DNS limits (RFC 1035 2.3.4): a label is 1-63 octets, a name at most 253 characters as text
+# (255 octets on the wire).
+LABEL_MAX = 63
+NAME_MAX = 253
+PORT_MAX = 65535
+
+# Text that can only have been meant as an IPv4 address: digits and dots, a dot in it.
+_DOTTED_DIGITS_RE = re.compile(r"^[0-9]+(\.[0-9]+)+\.?$")
+_SCHEME_RE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
+
+
+class IndicatorError(ValueError):
+    """Text that is not an indicator `trails check` can look up; the message says why."""
 
 
 def _describe(matchers, trail_id: int) -> str:
@@ -23,30 +42,121 @@ def _describe(matchers, trail_id: int) -> str:
     return "%s trail %r (id %d): %r %s" % (KIND_NAMES.get(r.kind, "?"), r.key, trail_id, r.info, r.reference)
 
 
-def explain(matchers, indicator: str) -> tuple[bool, list[str]]:
-    """(matched, lines)."""
+def _port(text: str, indicator: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise IndicatorError("%s: the port is not a number" % indicator)
+    # A length check first: int() of thousands of digits is refused by Python itself.
+    if len(text) > len(str(PORT_MAX)) or int(text) > PORT_MAX:
+        raise IndicatorError("%s: the port %s is out of range (0-%d)"
+                             % (indicator, text if len(text) <= 6 else text[:6] + "...", PORT_MAX))
+    return int(text)
+
+
+def _address(text: str, indicator: str, version: int | None = None):
+    """The address `text` is, or None when it is not meant as one; raises when it is meant as
+    one (dotted digits, or a bracketed IPv6 literal) but is not valid."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        if version == 6:
+            raise IndicatorError("%s: not a valid IPv6 address" % indicator) from None
+        if _DOTTED_DIGITS_RE.match(text):
+            raise IndicatorError("%s: not a valid IPv4 address (four numbers from 0 to 255, separated by dots)"
+                                 % indicator) from None
+        return None
+    if version is not None and addr.version != version:
+        raise IndicatorError("%s: only IPv6 addresses are written in brackets" % indicator)
+    return addr
+
+
+def _domain(name: str, indicator: str) -> str:
+    """`name` lower-cased without its final dot, if DNS can carry it."""
+    name = name.lower()
+    name = name[:-1] if name.endswith(".") else name
+    if not name:
+        raise IndicatorError("%s: the domain name is empty" % indicator)
+    if any(c.isspace() or not c.isprintable() for c in name):
+        raise IndicatorError("%s: a domain name has no spaces or control characters" % indicator)
+    if len(name) > NAME_MAX:
+        raise IndicatorError("%s: the name is %d characters long; DNS allows %d" % (indicator, len(name), NAME_MAX))
+    for label in name.split("."):
+        if not label:
+            raise IndicatorError("%s: the name has an empty label (two dots in a row, or a leading dot)" % indicator)
+        if len(label.encode("utf-8")) > LABEL_MAX:
+            raise IndicatorError("%s: the label %r is longer than the %d bytes DNS allows"
+                                 % (indicator, label[:20] + "...", LABEL_MAX))
+    return name
+
+
+def _endpoint(text: str, indicator: str) -> tuple:
+    """("ip", address, port or None) or ("domain", name, port or None) for the host part of an
+    indicator; raises IndicatorError when it is neither."""
+    if text.startswith("["):  # [IPv6] or [IPv6]:port
+        inside, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise IndicatorError("%s: write an IPv6 address with a port as [ADDRESS]:PORT" % indicator)
+        return ("ip", _address(inside, indicator, 6), _port(rest[1:], indicator) if rest else None)
+    # A bare address first: "dead::beef:1" is an IPv6 address, not dead::beef port 1.
+    addr = _address(text, indicator)
+    if addr is not None:
+        return ("ip", addr, None)
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        addr = _address(host, indicator)
+        if addr is not None and addr.version != 4:
+            raise IndicatorError("%s: write an IPv6 address with a port as [ADDRESS]:PORT" % indicator)
+        port_number = _port(port, indicator)
+        return ("ip", addr, port_number) if addr is not None else ("domain", _domain(host, indicator), port_number)
+    if ":" in text:
+        raise IndicatorError("%s: not a valid IPv6 address" % indicator)
+    return ("domain", _domain(text, indicator), None)
+
+
+def parse_indicator(indicator: str) -> tuple:
+    """What `indicator` is, as one of ("ua", agent), ("ip", address, port or None),
+    ("url", host, path) (host "" for a path alone), ("domain", name); raises IndicatorError
+    naming what is wrong when it is none of them."""
     text = indicator.strip()
+    if not text:
+        raise IndicatorError("the indicator is empty; give %s" % SHAPES)
+    # Messages quote the indicator, shortened: it may be any text a user pasted.
+    indicator = repr(text if len(text) <= 80 else text[:77] + "...")
     if text[:len(UA_PREFIX)].lower() == UA_PREFIX:
-        ua = text[len(UA_PREFIX):].strip()
+        agent = text[len(UA_PREFIX):].strip()
+        if not agent:
+            raise IndicatorError("%s: give the user agent after %s" % (indicator, UA_PREFIX))
+        return ("ua", agent)
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise IndicatorError("%s: an address, name or URL has no spaces or control characters; give %s"
+                             % (indicator, SHAPES))
+    if "/" in text:
+        host, _, path = _SCHEME_RE.sub("", text).partition("/")
+        if host:
+            _endpoint(host, indicator)
+        return ("url", host.lower(), ("/" + path).lower().replace("//", "/"))
+    shape, value, port = _endpoint(text, indicator)
+    if shape == "domain":
+        if port is not None:
+            raise IndicatorError("%s: a port goes with an IP address (IP:PORT, [IPv6]:PORT); give a domain "
+                                 "name without one" % indicator)
+        return ("domain", value)
+    return ("ip", value, port)
+
+
+def explain(matchers, indicator: str) -> tuple[bool, list[str]]:
+    """(matched, lines); raises IndicatorError when `indicator` is not one (parse_indicator)."""
+    shape, *value = parse_indicator(indicator)
+    if shape == "ua":
+        ua = value[0]
         trail_id = matchers.user_agents.match(ua)
         if trail_id is None:
             return False, ["user agent %r: no user-agent trail occurs in it" % ua]
         return True, ["user agent %r: MATCH %s" % (ua, _describe(matchers, trail_id))]
-
-    try:  # a bare address first: "dead::beef:1" is an IPv6 address, not dead::beef port 1
-        addr, port = ipaddress.ip_address(text.strip("[]")), None
-    except ValueError:
-        try:
-            host, port = parse_ipport(text)
-            addr = ipaddress.ip_address(host)
-        except ValueError:
-            addr, port = None, None
-    if addr is not None:
-        return _explain_ip(matchers, addr, port)
-
-    if "/" in text:
-        return _explain_url(matchers, text)
-    return _explain_domain(matchers, text.lower().rstrip("."))
+    if shape == "ip":
+        return _explain_ip(matchers, *value)
+    if shape == "url":
+        return _explain_url(matchers, *value)
+    return _explain_domain(matchers, value[0])
 
 
 def _explain_ip(matchers, addr, port) -> tuple[bool, list[str]]:
@@ -83,19 +193,18 @@ def _explain_domain(matchers, name: str) -> tuple[bool, list[str]]:
     return True, lines
 
 
-def _explain_url(matchers, text: str) -> tuple[bool, list[str]]:
-    url = text.split("://", 1)[1] if "://" in text else text
-    host, _, path = url.partition("/")
-    host, path = host.lower(), ("/" + path).lower().replace("//", "/")
-    lines = ["%s%s: URL (host %s, path %s)" % (host, path, host, path)]
+def _explain_url(matchers, host: str, path: str) -> tuple[bool, list[str]]:
+    lines = ["%s%s: URL (host %s, path %s)" % (host, path, host or "any", path)]
     for check, post in url_checks(path, None):
         for candidate in (check, host + check):
             trail_id = matchers.urls.table.find(candidate)
             state = "MATCH " + _describe(matchers, trail_id) if trail_id is not None else "no trail"
             lines.append("  candidate %r: %s" % (candidate, state))
     hit = matchers.urls.match(host, path)
-    matched, domain_lines = _explain_domain(matchers, host.split(":")[0])
-    lines.extend("  " + line for line in domain_lines)
+    matched = False
+    if host:
+        matched, domain_lines = _explain_domain(matchers, host.split(":")[0])
+        lines.extend("  " + line for line in domain_lines)
     if hit is not None:
         lines.append("  MATCH URL via %r: %s" % (hit.check, _describe(matchers, hit.trail_id)))
         return True, lines
