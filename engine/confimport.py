@@ -64,7 +64,7 @@ MALTRAIL_ONLY: dict[str, str] = {
     "CHECK_HOST_DOMAINS": "always on here: the Host of every HTTP request is checked against domain trails "
                           "(COMPATIBILITY.md, difference 10)",
     "SHOW_DEBUG": "no debug switch; statistics are printed every [sensor] stats_interval_s",
-    "DISABLE_CHECK_SUDO": "capture privileges are checked, not assumed: root, or CAP_NET_RAW and CAP_NET_ADMIN "
+    "DISABLE_CHECK_SUDO": "capture privileges are checked, not assumed: root, or CAP_NET_RAW "
                           "(`maltrail-engine check-config` says which the sensor has)",
     "USE_MULTIPROCESSING": "replaced by PROCESS_COUNT in Maltrail itself",
 }

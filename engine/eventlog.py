@@ -663,21 +663,36 @@ class EventLogWriter:
         deleted, moved or replaced (a log cleaner): appending there would lose every event."""
         fd = self._handles.get(name)
         if fd is not None:
-            try:
-                st = os.stat(self._path(name), follow_symlinks=False)
-            except (FileNotFoundError, NotADirectoryError):
-                st = None
+            st = self._entry_stat(name)
             if st is not None and _identity(st) == self._files.get(name):
                 self._handles.move_to_end(name)
                 return fd
             self._lost(name, st)
         return self._open(name)
 
+    def _entry_stat(self, name: str):
+        """lstat of the day file's path, or None when nothing is there. A writer that dropped to
+        an account that cannot walk the path down to the directory (it opened the directory
+        before) looks from the directory instead: a deleted directory, or what is at the name."""
+        try:
+            return os.stat(self._path(name), follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except PermissionError:
+            if os.fstat(self._dir_fd).st_nlink == 0:
+                return None
+            try:
+                return os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+
     def _dir_changed(self) -> bool:
         try:
             return _identity(os.stat(self.log_dir)) != self._dir_id
         except (FileNotFoundError, NotADirectoryError):
             return True
+        except PermissionError:     # see _entry_stat: only a deletion can be seen from here
+            return os.fstat(self._dir_fd).st_nlink == 0
 
     def _lost(self, name: str, st) -> None:
         """The open file at `name` is no longer what the path leads to: say what happened."""

@@ -342,8 +342,8 @@ class LiveCapture:
                                     % (interface, ", ".join(devices) or "none", reason))
         if any(hint in reason for hint in _PERMISSION_HINTS):
             return CaptureOpenError(
-                "capturing on %r needs root or CAP_NET_RAW and CAP_NET_ADMIN "
-                "(e.g. setcap cap_net_raw,cap_net_admin=eip %s); libpcap: %s"
+                "capturing on %r needs root or CAP_NET_RAW "
+                "(e.g. setcap cap_net_raw=eip %s); libpcap: %s"
                 % (interface, os.path.realpath(_python_binary()), reason))
         if any(hint in reason for hint in _MISSING_HINTS):
             return CaptureOpenError("interface %r not found; available: %s (libpcap: %s)"

@@ -4,7 +4,7 @@ Owns what `maltrail-engine check-config` verifies beyond the file itself (as Mal
 does): the trail artifact opens and holds trails, the control files read, every capture
 interface exists, the capture filter compiles with libpcap for each interface's link type (with
 "default" expanded as the capture process expands it), the process may capture (root, or
-CAP_NET_RAW and CAP_NET_ADMIN effective), and the log directory is a safe place to write. The
+CAP_NET_RAW effective), and the log directory is a safe place to write. The
 live sensor runs the capture checks (`capture_findings`) before it starts anything, so a bad
 interface, filter or missing privilege is one line and exit 1, not a failed start.
 
@@ -26,11 +26,6 @@ from engine.fsafety import directory_problem
 
 __all__ = ["Finding", "capture_findings", "deployment_findings", "compile_filter_problem",
            "capture_privilege_problem", "interface_dlt"]
-
-# Linux capabilities (linux/capability.h): bit numbers in /proc/PID/status CapEff.
-CAP_NET_ADMIN = 12
-CAP_NET_RAW = 13
-CAPTURE_CAPABILITIES = ((CAP_NET_RAW, "CAP_NET_RAW"), (CAP_NET_ADMIN, "CAP_NET_ADMIN"))
 
 # libpcap link-layer types (DLT_*, Linux values) a capture handle reports.
 DLT_EN10MB = 1
@@ -133,27 +128,23 @@ def compile_filter_problem(expression: str, dlt: int, snaplen_bytes: int) -> tup
         lib.pcap_close(handle)
 
 
-def capture_privilege_problem(status_path: str = "/proc/self/status") -> tuple[str, str | None]:
+def capture_privilege_problem(pid="self") -> tuple[str, str | None]:
     """(what this process holds, None) when it may capture, else (that, the problem). Capture
-    opens a packet socket (CAP_NET_RAW) and sets promiscuous mode and buffer sizes
-    (CAP_NET_ADMIN); root holds both unless a container or a bounding set took them away, so the
-    effective set decides, not the uid."""
-    effective = 0
+    opens a packet socket, which needs CAP_NET_RAW; libpcap sets promiscuous mode through that
+    socket (PACKET_ADD_MEMBERSHIP), which needs nothing more. Root holds it unless a container or
+    a bounding set took it away, so the effective set decides, not the uid."""
+    from engine import privileges
     try:
-        with open(status_path) as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    effective = int(line.split()[1], 16)
-    except (OSError, ValueError, IndexError):
-        pass
+        effective = privileges.effective_caps(pid)
+    except (OSError, KeyError, ValueError):
+        effective = set()
     uid = os.geteuid()
     who = "root" if uid == 0 else "uid %d" % uid
-    missing = [name for bit, name in CAPTURE_CAPABILITIES if not effective >> bit & 1]
-    if not missing:
-        return "%s, with CAP_NET_RAW and CAP_NET_ADMIN" % who, None
-    return who, ("capturing needs root or CAP_NET_RAW and CAP_NET_ADMIN; this process (%s) lacks %s "
-                 "(run as root, or grant them to the interpreter: setcap cap_net_raw,cap_net_admin=eip %s)"
-                 % (who, " and ".join(missing), os.path.realpath(_interpreter())))
+    if privileges.CAP_NET_RAW in effective:
+        return "%s, with CAP_NET_RAW" % who, None
+    return who, ("capturing needs root or CAP_NET_RAW; this process (%s) lacks it (run as root, run it as "
+                 "the installed service, or grant it to the interpreter: setcap cap_net_raw=eip %s)"
+                 % (who, os.path.realpath(_interpreter())))
 
 
 def _interpreter() -> str:
@@ -260,23 +251,21 @@ def _controls_finding(cfg) -> Finding:
 
 
 def _sensor_account(cfg) -> tuple[tuple[int, ...], Finding | None]:
-    """(uids the sensor's processes run as besides this one, a finding about that account).
-
-    Where `[sensor] user` (the unprivileged account workers and the log writer run as) is
-    checked: the account must exist, and its uid is trusted to own the log directory. Nothing
-    to check while the configuration has no such key."""
-    import pwd
-    from engine.config import SCHEMA
-    if "user" not in SCHEMA["sensor"]:
-        return (), None
-    name = getattr(cfg.sensor, "user")
-    if not name:
-        return (), None
+    """(uids the sensor's processes run as besides this one, a finding about that account):
+    the account `[sensor] user` names, as a sensor started by this process would resolve it
+    (engine/privileges.py: only a root start changes account), trusted to own the log directory."""
+    from engine import privileges
+    notes = []
     try:
-        uid = pwd.getpwnam(name).pw_uid
-    except KeyError:
-        return (), Finding("sensor account", problem="[sensor] user %r: no such account on this host" % name)
-    return (uid,), Finding("sensor account", "%s (uid %d)" % (name, uid))
+        account = privileges.resolve_account(cfg.sensor.user, notice=notes.append)
+    except privileges.PrivilegeError as exc:
+        return (), Finding("sensor account", problem=str(exc))
+    if account is None:
+        return (), Finding("sensor account", "this process's own (uid %d): no account change" % os.geteuid())
+    text = "%s (uid %d): workers, the log writer and capture once open run as it" % (account.name, account.uid)
+    if notes:
+        text += "; " + notes[0]
+    return (account.uid,), Finding("sensor account", text)
 
 
 def _log_dir_finding(cfg, trusted_uids=()) -> Finding:
