@@ -179,7 +179,10 @@ def test_installed_venv_is_roots_names_only_its_final_path_and_runs(staged):
                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, cwd="/")
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.strip().startswith(str(venv / "lib")), probe.stdout
-    check = subprocess.run([str(python), str(script), "check-config", "-c", str(root / CONF.lstrip("/"))],
+    # The configuration itself is sound; the host checks (no trails built yet in a staging root)
+    # are check-config's to report, and are not this test's business.
+    check = subprocess.run([str(python), str(script), "check-config", "--config-only", "-c",
+                            str(root / CONF.lstrip("/"))],
                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, cwd="/")
     assert check.returncode == 0, check.stdout + check.stderr
 
