@@ -112,7 +112,7 @@ def evict_cache(keep: str, directory: str | None = None, builds: int = CACHE_KEE
 
 def resolve_artifact(path: str, allow_no_trails: bool, log=print) -> str:
     """The artifact to load for `path` (compiling a source first), verified (every section
-    against its digest); raises TrailsUnavailable."""
+    against its checksum); raises TrailsUnavailable."""
     artifact_path, artifact = _resolve(path, allow_no_trails, log)
     artifact.close()
     return artifact_path
@@ -236,7 +236,7 @@ class TrailCopy:
 
     `take` copies the file into a memfd, seals it (no writes, no resizing, no further seals: even
     its holder cannot change it), then checks the copy's header, table and every section against
-    their digests, so what was checked is exactly what the workers will map. Workers get the
+    their checksums, so what was checked is exactly what the workers will map. Workers get the
     descriptor by fork at start (`inherited`) and over their status channel (SCM_RIGHTS) on a
     reload, so they never open the path or /proc themselves. The memory is the page cache's of a
     tmpfs file: one copy, shared by every worker that maps it, freed when the last descriptor and

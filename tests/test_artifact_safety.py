@@ -101,10 +101,10 @@ def test_a_flipped_bit_in_any_section_is_refused_naming_the_section(corpus_artif
 def test_damage_to_the_header_or_the_section_table_is_refused(corpus_artifact, tmp_path):
     data = corpus_artifact.read_bytes()
     # header: header size, generation, build time, section count, byte-order mark, file length,
-    # and the table's digest itself
-    places = [12, 16, 24, 32, 36, _HEADER.size - 40, _HEADER.size - 1]
-    for _, _, _, entry in table_of(data):  # each entry's name, offset, length and digest
-        places += [entry + 1, entry + 16, entry + 24, entry + 40]
+    # the checksum itself, the reserved bytes after it
+    places = [12, 16, 24, 32, 36, 40, 48, 52]
+    for _, _, _, entry in table_of(data):  # each entry's name, offset, length, checksum, reserved
+        places += [entry + 1, entry + 16, entry + 24, entry + 32, entry + 36]
     for at in places:
         bad = tmp_path / "bad.mtdb"
         bad.write_bytes(flipped(data, at, 1))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import ipaddress
 import json
 import os
@@ -25,6 +24,7 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections import Counter
 
 import pytest
@@ -539,11 +539,12 @@ def test_open_refuses_truncated_copies(good_artifact, tmp_path):
 
 
 def _reseal(data: bytearray) -> bytearray:
-    """The header digest recomputed, as a builder that wrote these bytes would have."""
+    """The header checksum recomputed, as a builder that wrote these bytes would have: CRC-32 of
+    the header with its checksum field (the last 8 bytes' first 4) zeroed, then the table."""
     count, = struct.unpack_from("<I", data, 32)
-    digest_at = _HEADER.size - 32
-    data[digest_at:_HEADER.size] = bytes(32)
-    data[digest_at:_HEADER.size] = hashlib.sha256(bytes(data[:_HEADER.size + _SECTION.size * count])).digest()
+    at = _HEADER.size - 8
+    data[at:at + 4] = bytes(4)
+    struct.pack_into("<I", data, at, zlib.crc32(bytes(data[:_HEADER.size + _SECTION.size * count])))
     return data
 
 

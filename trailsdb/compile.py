@@ -287,7 +287,7 @@ def layout(entries: list, meta: list, whitelist: Whitelist, info: dict) -> list[
 
 def verify(fd: int, name: str, entries: list) -> None:
     """Loads the fresh artifact (open at `fd`: what was written, not whatever its name holds now)
-    with the fast matchers, checking every section's digest, and checks a sample of its own trails
+    with the fast matchers, checking every section's checksum, and checks a sample of its own trails
     is found, so a broken build never replaces a working one."""
     artifact = Artifact.from_fd(fd, name)
     matchers = TrailMatchers.load(artifact)
