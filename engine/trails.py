@@ -284,6 +284,9 @@ class TrailCopy:
             except BaseException:
                 os.close(fd)
                 raise
+        except OSError as exc:  # no memory for the copy, memfd refused by a sandbox, a read error
+            raise ArtifactError("%s: cannot make the private copy of the trails: %s"
+                                % (path, exc.strerror or exc)) from None
         finally:
             os.close(src)
         return cls(fd, path, generation, count, _identity(before))
