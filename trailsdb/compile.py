@@ -339,6 +339,9 @@ def build(sources, output: str, custom_dir: str = "", whitelist_file: str = "", 
                             "(a source may have come back short; pass --force to replace it anyway)"
                             % (output, previous[1], report.trails))
     report.generation = (previous[0] if previous is not None else 0) + 1
+    if progress:  # the rows are read; what follows takes a few seconds for a million trails
+        sys.stderr.write("laying out, writing and checking %d trails\n" % report.trails)
+        sys.stderr.flush()
     info = {"sources": report.sources, "built_s": int(time.time()), "rows": dict(report.rows),
             "rejected": dict(report.rejected), "duplicates": report.duplicates,
             "whitelisted": report.whitelisted, "by_kind": dict(report.by_kind)}
