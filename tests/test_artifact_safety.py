@@ -28,6 +28,7 @@ import struct
 import subprocess
 import termios
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -358,7 +359,6 @@ def _wait_processed(lines, frames: int) -> None:
         m = re.search(r"processed ((?:w\d+:\d+ ?)+)", line)
         return sum(int(part.split(":")[1]) for part in m.group(1).split()) if m else -1
     _wait_line_count(lines, r"processed", 1)
-    import time
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if any(total(line) == frames for line in list(lines)):
@@ -379,7 +379,6 @@ def _wait_checks(lines, checks: int = 3) -> None:
 
 
 def _wait_line_count(lines, pattern, count, timeout_s=30.0):
-    import time
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if sum(1 for line in list(lines) if re.search(pattern, line)) >= count:
@@ -450,7 +449,7 @@ def test_an_artifact_overwritten_in_place_is_noticed_and_detection_goes_on(tmp_p
 
 
 def _unloadable(tmp_path, rows) -> bytes:
-    """An artifact whose every digest holds but whose IPv4 bitmap is not a roaring bitmap: it
+    """An artifact whose every checksum holds but whose IPv4 bitmap is not a roaring bitmap: it
     passes the supervisor's check and fails in the worker's load (any reason a reload may fail)."""
     entries, meta = collect([write_csv(tmp_path / "unloadable.csv", rows)])
     sections = [(name, b"\xff" * 64 if name == S_IP4 else data)
