@@ -4,8 +4,13 @@ Run `python -m bench.trails` (see bench/README.md). Category: micro (one build, 
 lookup at a time; no packets). It measures:
 
 1. build: `trailsdb.compile.build` over the trail set (wall, CPU, artifact size, trails by kind);
-2. load: `Artifact.open` to a ready `TrailMatchers.load`, and the memory (PSS, RSS) after load and
-   after a warm-up of mixed lookups, against a process that only imported the packages;
+2. load: `Artifact.open` (every section checked against its checksum) to a ready
+   `TrailMatchers.load`, and the memory (PSS, RSS) after load and after a warm-up of mixed
+   lookups, against a process that only imported the packages;
+2b. the sensor's private copy: the supervisor copying and verifying the artifact (a sealed memfd,
+   the shipped way, against an O_TMPFILE beside the artifact), a forked worker mapping the copy
+   to a ready `TrailMatchers.load`, its memory after the warm-up, and what the copy holds in the
+   system's memory (/proc/meminfo) before and after asking the kernel to drop its pages;
 3. domain-matcher candidates behind one suffix-walk interface (the shipped C table over the
    mapped artifact, a dict, a set, a pyahocorasick trie, marisa-trie): load time, memory, and
    ns per name for misses, hits and parent hits;
@@ -401,8 +406,120 @@ def child_domains(args) -> dict:
     return result
 
 
+def _resident_bytes(fd: int) -> int:
+    """How much of the file open at `fd` is in memory (mincore over a mapping that touches no
+    page): per file, so other processes on the machine do not blur it."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = os.fstat(fd).st_size
+    page = os.sysconf("SC_PAGE_SIZE")
+    addr = libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "mmap")
+    try:
+        vec = ctypes.create_string_buffer((size + page - 1) // page)
+        if libc.mincore(addr, size, vec) != 0:
+            raise OSError(ctypes.get_errno(), "mincore")
+        return sum(b & 1 for b in vec.raw) * page
+    finally:
+        libc.munmap(addr, size)
+
+
+def _tmpfile_copy(path: str) -> int:
+    """The candidate the sensor does not use: the same copy as engine.trails.TrailCopy.take, into
+    an unnamed O_TMPFILE beside the artifact (page cache of the artifact's filesystem, so the
+    kernel can evict it; needs a writable directory there), then verified the same way."""
+    from matchers import Artifact
+    src = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(src).st_size
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_TMPFILE | os.O_RDWR, 0o400)
+        copied = 0
+        while copied < size:
+            copied += os.sendfile(fd, src, copied, size - copied)
+    finally:
+        os.close(src)
+    Artifact.from_fd(fd, path, verify=True).close()
+    return fd
+
+
+def child_copy(args) -> dict:
+    """One private-copy candidate: the supervisor's copy and check, then a forked worker mapping
+    it (load and memory measured in the worker, reported through a pipe)."""
+    _import_engine()
+    from engine.trails import TrailCopy, load_copy
+    start = _clock()
+    if args.candidate == "memfd":
+        copy = TrailCopy.take(args.artifact)
+        fd = copy.fd
+    else:
+        fd = _tmpfile_copy(args.artifact)
+    copy_wall, copy_cpu = _since(start)
+    sync_s = 0.0
+    if args.candidate == "tmpfile":  # written back before its pages can be dropped (a disk write)
+        t = time.perf_counter()
+        os.fsync(fd)
+        sync_s = time.perf_counter() - t
+    held = _resident_bytes(fd)
+    r, w = os.pipe()
+    if args.candidate == "memfd":
+        with copy.inherited():  # as the supervisor starts a worker: this copy stays open across fork
+            pid = os.fork()
+    else:
+        pid = os.fork()
+    if pid == 0:  # the worker
+        os.close(r)
+        at_start = memory()
+        t = _clock()
+        m = load_copy(fd)
+        load_wall, load_cpu = _since(t)
+        after_load = memory()
+        w_ = _read_workloads(args.workloads_path)
+        with_workloads = memory()
+        kinds = [("dom_miss", _pass1, m.domains.match), ("dom_hit", _pass1, m.domains.match),
+                 ("dom_parent", _pass1, m.domains.match), ("ip_miss", _pass_ip, m.ips.lookup_ip),
+                 ("ip_hit", _pass_ip, m.ips.lookup_ip), ("cidr_hit", _pass_ip, m.ips.lookup_ip),
+                 ("ipport_miss", _pass_ipport, m.ips.lookup_ip_port),
+                 ("ipport_hit", _pass_ipport, m.ips.lookup_ip_port),
+                 ("url_miss", _pass2, m.urls.match), ("url_hit", _pass2, m.urls.match)]
+        share = max(1, args.warmup // len(kinds))
+        for name, loop, fn in kinds:
+            if w_[name][:share]:
+                loop(fn, w_[name][:share])
+        after_warmup = memory()
+        os.write(w, json.dumps({"load_wall_s": load_wall, "load_cpu_s": load_cpu, "mem_start": at_start,
+                                "mem_load": after_load, "mem_workloads": with_workloads,
+                                "mem_warm": after_warmup}).encode())
+        os._exit(0)
+    os.close(w)
+    chunks = []
+    while True:
+        chunk = os.read(r, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.waitpid(pid, 0)
+    worker = json.loads(b"".join(chunks))
+    # Ask the kernel to drop the copy's pages (nothing maps them now): a page-cache file can let
+    # them go, a memfd cannot.
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    dropped = _resident_bytes(fd)
+    if args.candidate == "memfd":
+        copy.close()
+    else:
+        os.close(fd)
+    return {"candidate": args.candidate, "copy_wall_s": copy_wall, "copy_cpu_s": copy_cpu, "sync_s": sync_s,
+            "resident": held, "resident_after_drop": dropped, "worker": worker}
+
+
+COPY_CANDIDATES = [("memfd", "sealed memfd (shipped)"), ("tmpfile", "O_TMPFILE beside the artifact")]
+
 CHILDREN = {"build": child_build, "baseline": child_baseline, "matchers": child_matchers,
-            "domains": child_domains}
+            "domains": child_domains, "copy": child_copy}
 
 
 # ---- the parent --------------------------------------------------------------------------------
@@ -601,7 +718,8 @@ def report(results: dict, args) -> list[str]:
                 _mb(_median([value(r, "Pss_File") for r in loads])),
                 _mb(_median([value(r, "FilePmdMapped") for r in loads]))]
 
-    out.append("2. Load: Artifact.open -> TrailMatchers.load ready (fresh process per run)")
+    out.append("2. Load: Artifact.open (every section's checksum checked) -> TrailMatchers.load ready "
+               "(fresh process per run)")
     out.append("  " + context)
     load_wall = _median([r["load_wall_s"] for r in loads])
     load_cpu = _median([r["load_cpu_s"] for r in loads])
@@ -622,6 +740,38 @@ def report(results: dict, args) -> list[str]:
     out.append("  after the warm-up, the lookup names' own memory is subtracted; 'file PMD-mapped' is mapped")
     out.append("  artifact memory the kernel maps in 2 MB folios (one touched byte counts 2 MB)")
     out.append("")
+
+    copies = results.get("copies", {})
+    if copies:
+        out.append("2b. The sensor's private copy: supervisor copies + verifies, a forked worker maps it "
+                   "(fresh process per run)")
+        out.append("  " + context)
+        rows = []
+        for cand, label in COPY_CANDIDATES:
+            runs = copies.get(cand)
+            if not runs:
+                rows.append([label, "skipped: %s" % results["skipped"].get("copy " + cand, "not run")] + [""] * 8)
+                continue
+
+            def med(fn, runs=runs):
+                return _median([fn(r) for r in runs])
+            warm_pss = med(lambda r: r["worker"]["mem_load"]["Pss"] + r["worker"]["mem_warm"]["Pss"]
+                           - r["worker"]["mem_workloads"]["Pss"])
+            warm_rss = med(lambda r: r["worker"]["mem_load"]["Rss"] + r["worker"]["mem_warm"]["Rss"]
+                           - r["worker"]["mem_workloads"]["Rss"])
+            rows.append([label, "%.3f" % med(lambda r: r["copy_wall_s"]), "%.3f" % med(lambda r: r["sync_s"]),
+                         "%.3f" % med(lambda r: r["worker"]["load_wall_s"]),
+                         "%.3f" % med(lambda r: r["copy_wall_s"] + r["worker"]["load_wall_s"]),
+                         _mb(warm_pss), _mb(warm_rss),
+                         _mb(med(lambda r: r["resident"])), _mb(med(lambda r: r["resident_after_drop"]))])
+        out += _table(["candidate", "copy+verify s", "fsync s", "worker load s", "total s", "worker PSS MB",
+                       "worker RSS MB", "copy in RAM MB", "after drop MB"], rows)
+        out.append("  worker PSS/RSS: the whole worker after %s mixed lookups (the lookup names subtracted);"
+                   % format(loads[0]["warmup_lookups"], ","))
+        out.append("  copy in RAM: the copy's resident pages (mincore) once made; after drop: still resident after")
+        out.append("  posix_fadvise(DONTNEED) with nothing mapping it (memory pressure would do the same; a memfd")
+        out.append("  is shmem and stays, without swap). fsync: the O_TMPFILE's pages written to disk first.")
+        out.append("")
 
     doms = results["domains"]
     out.append("3. Domain candidates over %s domain trails (one fresh process per candidate and run)"
@@ -740,6 +890,12 @@ def main(argv=None) -> int:
 
         results["baseline"] = [run_child("baseline", args) for _ in _runs(args, "baseline")]
         results["matchers"] = [run_child("matchers", args) for _ in _runs(args, "load + matchers")]
+        results["copies"] = {}
+        for cand, _label in COPY_CANDIDATES:
+            if cand == "tmpfile" and not _tmpfile_supported(args.artifact):
+                results["skipped"]["copy tmpfile"] = "O_TMPFILE not possible beside %s" % args.artifact
+                continue
+            results["copies"][cand] = [run_child("copy", args, candidate=cand) for _ in _runs(args, "copy " + cand)]
         wanted = set(args.only.split(",")) if args.only else {c for c, _ in CANDIDATES}
         results["domains"] = {}
         for cand, _label in CANDIDATES:
@@ -763,6 +919,14 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
     return 0
+
+
+def _tmpfile_supported(path: str) -> bool:
+    try:
+        os.close(os.open(os.path.dirname(os.path.abspath(path)), os.O_TMPFILE | os.O_RDWR, 0o400))
+        return True
+    except OSError:
+        return False
 
 
 def _runs(args, what):

@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--custom-dir", metavar="DIR", help="custom trails directory (default: [all] custom_trails_dir)")
     p.add_argument("--whitelist", metavar="FILE", help="whitelist file (default: [all] whitelist_file)")
     p.add_argument("-o", "--output", metavar="FILE", help="artifact to write (default: [all] trails_artifact)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the artifact even when the new build holds less than half its trails")
     p = tsub.add_parser("stats", help="describe an artifact")
     _flags(p, "config")
     p.add_argument("artifact", nargs="?", help="the artifact to describe (default: [all] trails_artifact)")
@@ -402,9 +404,13 @@ def _trails_build(args) -> int:
     if not sources and not custom:
         return _fail("no trail sources: pass --source PATH (a Maltrail trails.csv or static trail "
                      "directory) or set [all] trail_sources in maltrail.toml", 2)
+    from engine.fsafety import directory_problem
+    problem = directory_problem(os.path.dirname(os.path.abspath(output)))
+    if problem:
+        return _fail("refusing to write %s: %s" % (output, problem), 1)
     try:
         report = build(sources, output, custom_dir=custom, whitelist_file=whitelist,
-                       min_prefix=_min_prefix(cfg))
+                       min_prefix=_min_prefix(cfg), force=args.force, progress=sys.stderr.isatty())
     except (SourceError, ArtifactError) as exc:
         return _fail(str(exc), 1)
     except OSError as exc:

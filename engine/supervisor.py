@@ -7,13 +7,19 @@ that happens to them while they run:
 - Signals only queue (a wake-up pipe makes the loop notice); the loop does the work.
 - SIGTERM/SIGINT: the capture process stops reading and closes the rings, the workers drain them
   and flush, the writer takes what they sent and closes the log; all within STOP_BUDGET_S.
+- Trails: the workers map a verified, sealed private copy of the artifact (engine/trails.py
+  TrailCopy), never the path: what happens to the file later cannot reach them. The path is
+  watched; a change (a rebuild, an overwrite in place, a removal) is reported once and detection
+  goes on with the loaded copy until a SIGHUP.
 - SIGHUP: re-read the whitelists and ignore rules (a bad file keeps the current ones), and reload
-  the trail artifact. The new one must open and hold at least half as many trails
-  as the current one, else it is refused and the current generation stays; workers switch between
-  batches and say which generation they run.
+  the trail artifact: a new copy is taken and verified before any worker hears of it; a damaged
+  file, or one holding less than half as many trails as the current one, is refused and the
+  current generation stays. Workers get the copy's descriptor over their status channel, switch
+  between batches and say which generation they run; a worker that cannot load it keeps its own.
 - A worker that dies is counted, the frames of the batch it held are counted as lost, and a new
-  worker continues on the same ring; more than MAX_WORKER_DEATHS deaths in a run is fatal. A dead
-  capture process or log writer is fatal: non-zero exit.
+  worker continues on the same ring, on the last generation that worker slot ran; more than
+  MAX_WORKER_DEATHS deaths in a run is fatal. A dead capture process or log writer is fatal:
+  non-zero exit.
 - Statistics every `stats_interval_s` and at exit.
 
 Must not judge packets or write the log itself.
@@ -36,12 +42,14 @@ from engine.child import pin_plan
 from engine.logwriter import WriterSpec, run_writer
 from engine.ring import Ring, ring_bytes
 from engine.stats import empty_counters, merge_counters, stats_line, summary_lines
+from engine.trails import TrailCopy, file_identity
 from engine.workerproc import WorkerSpec, run_worker
-from matchers import Artifact
+from matchers import ArtifactError
 
 STOP_BUDGET_S = 4.5
 MAX_WORKER_DEATHS = 5
 RELOAD_MIN_FRACTION = 0.5
+ARTIFACT_CHECK_S = 1.0  # how often the artifact's path is looked at for a change
 
 
 class EngineError(Exception):
@@ -107,7 +115,6 @@ class Engine:
         self._carried = [empty_counters() for _ in range(workers)]  # from workers that died
         self._latest = [empty_counters() for _ in range(workers)]
         self._signals: list[int] = []
-        self._reload_replies: dict[int, tuple] = {}
         self.capture_info: dict = {}
         self.lock_fd = None
         self.rings: list = []
@@ -126,9 +133,20 @@ class Engine:
         if self.capacity // 2 - 16 < largest:
             raise EngineError("[sensor] ring_bytes = %d is too small for frames of up to %d bytes "
                               "(snaplen_bytes): allowed at least %d" % (self.capacity, largest - 64, 2 * largest + 32))
-        artifact = Artifact.open(self.artifact_path)
-        self.trail_count, self.generation = artifact.trail_count, artifact.generation
-        artifact.close()
+        try:
+            self.trails = TrailCopy.take(self.artifact_path)  # what every worker maps; verified whole
+        except ArtifactError as exc:
+            raise EngineError(str(exc), code=1) from None
+        self.trail_count, self.generation = self.trails.trail_count, self.trails.generation
+        self._copies = {self.trails.sequence: self.trails}  # every copy held, by sequence
+        self._slot_trails = [self.trails] * self.n  # the copy each worker slot runs (a restart's)
+        self._offer = None           # the copy a reload is switching to, until every worker answered
+        self._offer_previous = None  # what the sensor ran before it
+        self._offer_replies: dict[int, tuple] = {}
+        self._reload_again = False   # a SIGHUP came during a reload: run it when that one is done
+        self._on_disk = self.trails.identity  # the artifact file as last read
+        self._on_disk_reported = None
+        self._next_disk_check = 0.0
         try:
             self.lock_fd = logdir.claim(self.log_dir, self.account, notice=self._notice)
         except logdir.LogDirError as exc:
@@ -267,13 +285,15 @@ class Engine:
         return [end for end in ends if id(end) not in mine] + [self.wake_r, self.wake_w, self.selector]
 
     def _start_worker(self, k: int) -> None:
+        trails = self._slot_trails[k]  # at start the first copy; after a death, what that slot last ran
         spec = WorkerSpec(k, self.rings[k], self.event_channels[k][0], self.status_channels[k][0],
-                          self.artifact_path, self.sensor, self.condense_window_s, self.mode == "live",
+                          trails.fd, self.sensor, self.condense_window_s, self.mode == "live",
                           cpu=self.worker_cpus[k], reference=self.reference, heuristics=self.heuristics,
                           controls=self.controls, account=self.account, parent_pid=os.getpid(),
                           close=self._not_owned_by(k))
         proc = self.ctx.Process(target=run_worker, name="mte-worker-%d" % k, args=(spec,))
-        proc.start()
+        with trails.inherited():  # the worker keeps this copy's descriptor across fork, no other
+            proc.start()
         self.workers[k] = proc
         if self._running:  # a restart: the first workers are registered with the others
             self.selector.register(proc.sentinel, selectors.EVENT_READ, ("exit", k))
@@ -444,6 +464,7 @@ class Engine:
                     self._reload()
                 else:
                     begin_stop()
+            self._check_artifact_on_disk()
             if capture_done and all(workers_done) and not finish_sent:
                 ipc.send(self.writer_channel[1], ["finish"])
                 finish_sent = True
@@ -477,10 +498,7 @@ class Engine:
         elif message[0] == "crash":
             self._warn("worker %d crashed:\n%s" % (k, message[2].rstrip("\n")))
         elif message[0] == "reloaded":
-            self._reload_replies[k] = tuple(message[2:])
-            if len(self._reload_replies) == self.n:
-                self._report_reload(self._reload_replies)
-                self._reload_replies = {}
+            self._report_reload(k, tuple(message[2:]))
 
     def _drain_reports(self) -> None:
         """Reports sent just before a process exited may still be queued when the loop ends."""
@@ -508,6 +526,13 @@ class Engine:
                 if lost else "it held no batch, no frame is lost")
         self._warn("worker %d died (exit %s); %s%s"
                    % (k, exitcode, what, "; restarting it" if sum(self.deaths) <= MAX_WORKER_DEATHS else ""))
+        # Commands the dead worker had not read (a reload's copy among them) must not reach its
+        # successor, which starts on the last generation this slot ran, with the current controls;
+        # descriptors in them are closed by the kernel.
+        ipc.receive_ready(self.status_channels[k][0])
+        if self._offer is not None and k not in self._offer_replies:
+            self._report_reload(k, (self._offer.sequence, self._slot_trails[k].generation, False,
+                                    "it died during the reload"))
         if sum(self.deaths) > MAX_WORKER_DEATHS:
             self.notes.append("workers died %d times: giving up" % sum(self.deaths))
             return False
@@ -527,33 +552,99 @@ class Engine:
                     except OSError:
                         pass
                 self._notice("whitelists and ignore rules reloaded")
+        if self._offer is not None:
+            self._reload_again = True
+            self._notice("workers are still switching to generation %d; the trails are read again once "
+                         "they are done" % self._offer.generation)
+            return
+        self._reload_trails()
+
+    def _reload_trails(self) -> None:
+        """Takes and verifies a new copy of the configured trails, then offers it to every worker.
+        Nothing reaches a worker unless the whole copy checked out and holds at least half the
+        trails in use."""
+        path = None
         try:
             path = self.reload_source()
-            artifact = Artifact.open(path)
+            trails = TrailCopy.take(path)
         except Exception as exc:  # whatever went wrong, the current trails stay
+            if path is not None:
+                self.artifact_path = path
+                self._on_disk = self._on_disk_reported = file_identity(path)  # looked at: no notice for it
             self._warn("reload failed, keeping generation %d: %s" % (self.generation, exc))
             return
-        count, generation = artifact.trail_count, artifact.generation
-        artifact.close()
-        if count < RELOAD_MIN_FRACTION * self.trail_count:
+        self.artifact_path = path
+        self._on_disk = self._on_disk_reported = trails.identity
+        if trails.trail_count < RELOAD_MIN_FRACTION * self.trail_count:
+            trails.close()
             self._warn("reload refused: %s holds %d trails, less than half of the %d in use; keeping "
-                       "generation %d" % (path, count, self.trail_count, self.generation))
+                       "generation %d" % (path, trails.trail_count, self.trail_count, self.generation))
             return
-        self._notice("reloading trails: generation %d (%d trails) from %s" % (generation, count, path))
-        self.artifact_path, self.trail_count, self.generation = path, count, generation
-        for _, sup in self.status_channels:
+        self._notice("reloading trails: generation %d (%d trails) from %s"
+                     % (trails.generation, trails.trail_count, path))
+        self._copies[trails.sequence] = trails
+        self._offer, self._offer_replies = trails, {}
+        self._offer_previous = self.trails
+        self.trails, self.trail_count, self.generation = trails, trails.trail_count, trails.generation
+        for k, (_, sup) in enumerate(self.status_channels):
             try:
-                ipc.send(sup, ["reload", path])
-            except OSError:
-                pass
+                ipc.send_fds(sup, ["reload", trails.sequence], [trails.fd])
+            except OSError as exc:  # the worker is gone: its death settles its answer
+                self._warn("reload: worker %d did not get the new trails: %s" % (k, exc.strerror or exc))
 
-    def _report_reload(self, replies: dict) -> None:
-        failed = {k: r for k, r in replies.items() if not r[1]}
-        if failed:
-            self._warn("reload: worker(s) %s kept their trails: %s"
-                       % (", ".join(map(str, sorted(failed))), "; ".join(r[2] for r in failed.values())))
+    def _report_reload(self, k: int, reply: tuple) -> None:
+        """A worker's answer to the reload on offer: ["reloaded", k, sequence, generation it runs,
+        ok, why]. Once every worker answered: say how it went, and let go of copies nobody runs."""
+        sequence, generation, ok, why = reply[:4]
+        offer = self._offer
+        if offer is None or sequence != offer.sequence or k in self._offer_replies:
+            return  # an answer from a worker that died after it: its successor runs what its slot ran
+        self._offer_replies[k] = (generation, ok, why)
+        if ok:
+            self._slot_trails[k] = offer
+        if len(self._offer_replies) < self.n:
+            return
+        failed = {slot: r for slot, r in self._offer_replies.items() if not r[1]}
+        for slot, (kept, _, why) in sorted(failed.items()):
+            self._warn("reload: worker %d keeps generation %d: %s" % (slot, kept, why))
+        if not failed:
+            self._notice("reload done: every worker runs generation %d" % offer.generation)
+        elif len(failed) == self.n:
+            previous = self._offer_previous
+            self.trails, self.trail_count, self.generation = previous, previous.trail_count, previous.generation
+            self._warn("reload failed in every worker; the sensor keeps generation %d" % self.generation)
         else:
-            self._notice("reload done: every worker runs generation %d" % next(iter(replies.values()))[0])
+            self._warn("reload partly done: worker(s) %s run generation %d, the others keep theirs"
+                       % (", ".join(str(slot) for slot in range(self.n) if slot not in failed), offer.generation))
+        self._offer = None
+        in_use = {copy.sequence for copy in self._slot_trails} | {self.trails.sequence}
+        for sequence in [held for held in self._copies if held not in in_use]:
+            self._copies.pop(sequence).close()
+        if self._reload_again:
+            self._reload_again = False
+            self._reload_trails()
+
+    def _check_artifact_on_disk(self) -> None:
+        """Says once per change when the artifact's file is no longer the one last read (rebuilt,
+        overwritten in place, truncated, removed). The workers are not affected: they map the
+        private copy; a SIGHUP adopts the file through the same checks as any reload."""
+        now = time.monotonic()
+        if now < self._next_disk_check:
+            return
+        self._next_disk_check = now + ARTIFACT_CHECK_S
+        identity = file_identity(self.artifact_path)
+        if identity == self._on_disk or identity == self._on_disk_reported:
+            return
+        self._on_disk_reported = identity
+        say = self._warn
+        if identity is None:
+            what = "was removed"
+        elif self._on_disk is None or identity[:2] != self._on_disk[:2]:
+            say, what = self._notice, "was replaced (a new build?)"  # the normal way to publish one
+        else:
+            what = "was written to in place (%d bytes, now %d)" % (self._on_disk[2], identity[2])
+        say("trail artifact %s %s since it was loaded; detection goes on unchanged with the loaded copy of "
+            "generation %d; send SIGHUP to check and load the file" % (self.artifact_path, what, self.generation))
 
     def _force_stop(self) -> None:
         for proc in [self.capture, *self.workers]:

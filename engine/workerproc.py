@@ -8,6 +8,11 @@ An empty batch marks a timeline break (a replayed file older than the ones befor
 condenser is flushed there. When the capture process has closed the ring and the ring is empty:
 flush the condenser, report, say goodbye, exit.
 
+Trails come as an open descriptor of the supervisor's verified, sealed copy (engine/trails.py
+TrailCopy): inherited at start, received over the status channel on a reload. The worker never
+opens the artifact's path. A reload that fails for any reason (the copy does not map, a section
+does not load, memory) is reported and the worker keeps the generation it runs.
+
 A Python exception while judging a batch sends the events already made, reports the crash and
 exits non-zero; the supervisor counts the frames of that batch as lost and starts a new worker on
 the same ring. Must not know how frames were captured or how events are written.
@@ -15,6 +20,7 @@ the same ring. Must not know how frames were captured or how events are written.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -23,7 +29,8 @@ from engine import ipc
 from engine.child import ChildProcess
 from engine.privileges import PrivilegeError
 from engine.ring import Ring, decode_batch
-from matchers import Artifact, ArtifactError, TrailMatchers
+from engine.trails import load_copy
+from matchers import ArtifactError
 from workers.controls import Controls
 from workers.pipeline import Worker
 
@@ -34,7 +41,7 @@ REPORT_S = 0.5  # counters reach the supervisor this often: a death loses at mos
 
 
 class WorkerSpec:
-    def __init__(self, slot: int, ring, events, status, artifact_path: str, sensor: str, condense_window_s: int,
+    def __init__(self, slot: int, ring, events, status, artifact_fd: int, sensor: str, condense_window_s: int,
                  live: bool, cpu=None, reference: bool = False, heuristics=None, controls: dict | None = None,
                  account=None, parent_pid=None, close=()):
         self.slot = slot
@@ -44,7 +51,7 @@ class WorkerSpec:
         self.ring = ring
         self.events = events
         self.status = status
-        self.artifact_path = artifact_path
+        self.artifact_fd = artifact_fd  # the trail copy to start on, inherited from the supervisor
         self.sensor = sensor
         self.condense_window_s = condense_window_s
         self.live = live
@@ -54,17 +61,17 @@ class WorkerSpec:
         self.controls = controls      # plain form (engine/controls.py), None for none
 
 
-def _load(path: str) -> TrailMatchers:
-    return TrailMatchers.load(Artifact.open(path))
-
-
 class _WorkerProcess:
     def __init__(self, spec: WorkerSpec):
         self.spec = spec
         self.child = ChildProcess("mte-worker-%d" % spec.slot, spec.cpu, parent_pid=spec.parent_pid, close=spec.close)
         spec.close = ()
         self.ring = Ring(spec.ring.buf)  # positions as they are now (a restarted worker resumes)
-        self.worker = Worker(_load(spec.artifact_path), spec.sensor, spec.condense_window_s, fast=not spec.reference,
+        try:
+            matchers = load_copy(spec.artifact_fd)
+        finally:
+            os.close(spec.artifact_fd)  # the mapping keeps the copy; the supervisor holds its own descriptor
+        self.worker = Worker(matchers, spec.sensor, spec.condense_window_s, fast=not spec.reference,
                              heuristics=spec.heuristics, controls=Controls.from_plain(spec.controls))
         # The trails are mapped; from here on this process reads attacker-controlled bytes, and
         # holds nothing worth taking: the unprivileged account, no capabilities.
@@ -83,21 +90,33 @@ class _WorkerProcess:
         ipc.send(self.spec.status, ["stats", self.spec.slot, stats, final])
 
     def control(self) -> None:
-        for message in ipc.receive_ready(self.spec.status):
-            if message is None:
-                continue
-            if message[0] == "controls":
-                self.worker.controls = Controls.from_plain(message[1])
-                continue
-            if message[0] == "reload":
-                path = message[1]
-                try:
-                    matchers = _load(path)
-                except (ArtifactError, OSError) as exc:
-                    ipc.send(self.spec.status, ["reloaded", self.spec.slot, 0, False, str(exc)])
+        for message, fds in ipc.receive_ready_fds(self.spec.status):
+            try:
+                if message is None:
                     continue
-                self.worker.adopt(matchers)
-                ipc.send(self.spec.status, ["reloaded", self.spec.slot, matchers.generation, True, ""])
+                if message[0] == "controls":
+                    self.worker.controls = Controls.from_plain(message[1])
+                elif message[0] == "reload":
+                    self.reload(message[1], fds[0] if fds else -1)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+    def reload(self, sequence: int, fd: int) -> None:
+        """Switches to the trail copy at `fd`, or keeps the current one and says why. Whatever
+        goes wrong (a descriptor that does not map, a section that does not load, memory), the
+        worker goes on with the generation it has: a reload must never cost detection."""
+        try:
+            if fd < 0:
+                raise ArtifactError("the reload came without its trail copy")
+            matchers = load_copy(fd)
+            self.worker.adopt(matchers)  # builds the new tables first, then switches
+        except Exception as exc:  # noqa: BLE001 (any failure keeps the running generation)
+            why = (str(exc) or type(exc).__name__).splitlines()[0]
+            ipc.send(self.spec.status, ["reloaded", self.spec.slot, sequence, self.worker.matchers.generation,
+                                        False, why])
+            return
+        ipc.send(self.spec.status, ["reloaded", self.spec.slot, sequence, matchers.generation, True, ""])
 
     def run(self) -> int:
         spec, ring, worker = self.spec, self.ring, self.worker

@@ -1,31 +1,52 @@
-"""The compiled trail artifact: its on-disk layout and its read-only loader.
+"""The compiled trail artifact: its on-disk layout, its integrity check and its read-only loader.
 
-Owns the format (header, section table, the sections' layouts) and `Artifact`, which maps a
-compiled file read-only so that every worker shares the same pages, and answers "what is trail
-N" (key text, kind, info, reference) without building per-trail Python objects. trailsdb/ writes
-this format; the hot path only ever loads it.
+Owns the format (header, section table, the sections' layouts, the CRC-32 checksums that let a
+loader tell a damaged file from a good one) and `Artifact`, which maps a compiled file read-only so
+that every worker shares the same pages, and answers "what is trail N" (key text, kind, info,
+reference) without building per-trail Python objects. trailsdb/ writes this format; the hot path
+only ever loads it.
 
-Must not know where trails came from (feeds, files) or how they are normalised.
+Must not know where trails came from (feeds, files) or how they are normalised, nor where the
+file it is handed came from (a path, a private copy): it checks what it is given.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 import sys
+import zlib
 from dataclasses import dataclass
 
 import msgpack
 
 MAGIC = b"MTRAILDB"
-FORMAT_VERSION = 1
+# 2: checksums of the header, the section table and every section, and the file's length.
+FORMAT_VERSION = 2
 
+# Every version starts with the magic and the format version, so any version's file is recognised
+# and an old one gets "rebuild it" rather than a misreading.
+_PREFIX = struct.Struct("<8sI")
 # Header: magic, format version, header size, generation, build time, section count, byte-order
-# mark (so a file built on the other endianness is refused instead of misread).
-_HEADER = struct.Struct("<8sIIQQII")
-_SECTION = struct.Struct("<16sQQ")  # name, offset, length
+# mark (so a file built on the other endianness is refused instead of misread), the file's length
+# in bytes (a truncated or extended copy is refused before any section is looked at), the CRC-32 of
+# the header (with this field zeroed) followed by the section table, and 4 bytes kept zero.
+# CRC-32 (zlib's, ~4 GB/s here, twice SHA-256's speed) is there to catch damage, not forgery:
+# whoever can write the file can write a valid one. It detects every burst of up to 32 bits and
+# any other damage but one time in 2^32, per section.
+_HEADER = struct.Struct("<8sIIQQIIQII")
+_SECTION = struct.Struct("<16sQQII")  # name, offset, length, CRC-32 of the section's bytes, zero
+_CHECKSUM_OFFSET = _HEADER.size - 8
 _BOM = 0x01020304
+MAX_SECTIONS = 64  # the builder writes about twenty; a count beyond this is damage
+# Version 1 (no checksums), read only to keep generations counting and to compare trail counts when a
+# build replaces one.
+_HEADER_V1 = struct.Struct("<8sIIQQII")
+_SECTION_V1 = struct.Struct("<16sQQ")
+_VERIFY_CHUNK_BYTES = 1 << 20
+
 
 # Trail kinds (one byte in the trail record).
 KIND_IPV4 = 1
@@ -84,6 +105,103 @@ class ArtifactError(Exception):
     """The file is not a usable artifact; the message names the file and the problem."""
 
 
+_REBUILD = "rebuild it with `maltrail-engine trails build`"
+
+
+def _damaged(name: str, what: str) -> ArtifactError:
+    return ArtifactError("%s: damaged: %s does not match its checksum; %s (or restore a good copy)"
+                         % (name, what, _REBUILD))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the header and the section table say, after their checksum held."""
+    generation: int
+    created_s: int
+    file_bytes: int
+    sections: dict  # name -> (offset, length, CRC-32)
+
+
+def parse_layout(buf, size: int, name: str) -> Layout:
+    """Reads and checks the header and section table at the start of `buf` (a file of `size`
+    bytes; `buf` must hold at least its header and table). Raises ArtifactError naming `name` and
+    the problem. Sections are not read: `verify_sections` checks them."""
+    if size < _PREFIX.size:
+        raise ArtifactError("%s: too short to be a trail artifact (%d bytes)" % (name, size))
+    magic, version = _PREFIX.unpack_from(buf, 0)
+    if magic != MAGIC:
+        raise ArtifactError("%s: not a trail artifact (bad magic); build one with "
+                            "`maltrail-engine trails build`" % name)
+    if version != FORMAT_VERSION:
+        raise ArtifactError("%s: artifact format %d, this version reads %d; %s"
+                            % (name, version, FORMAT_VERSION, _REBUILD))
+    if size < _HEADER.size:
+        raise ArtifactError("%s: truncated: %d bytes, shorter than the header (truncated copy?)" % (name, size))
+    _, _, header_size, generation, created_s, count, bom, file_bytes, checksum, _ = _HEADER.unpack_from(buf, 0)
+    table_end = _HEADER.size + count * _SECTION.size
+    if header_size != _HEADER.size or count > MAX_SECTIONS:
+        raise _damaged(name, "its header")
+    if table_end > size:
+        if file_bytes > size:
+            raise ArtifactError("%s: truncated: %d of its %d bytes (truncated copy?)" % (name, size, file_bytes))
+        raise _damaged(name, "its header")
+    if _table_checksum(buf[:_HEADER.size], buf[_HEADER.size:table_end]) != checksum:
+        raise _damaged(name, "its header or section table")
+    if bom != _BOM or sys.byteorder != "little":
+        raise ArtifactError("%s: built for a different byte order; rebuild it on this machine" % name)
+    if file_bytes != size:
+        # The table's checksum held, so file_bytes is what the builder wrote.
+        if size < file_bytes:
+            raise ArtifactError("%s: truncated: %d of its %d bytes (truncated copy?)" % (name, size, file_bytes))
+        raise ArtifactError("%s: %d bytes where %d were written (overwritten or appended to?); %s"
+                            % (name, size, file_bytes, _REBUILD))
+    sections = {}
+    for i in range(count):
+        raw, offset, length, section_checksum, _ = _SECTION.unpack_from(buf, _HEADER.size + i * _SECTION.size)
+        sname = raw.rstrip(b"\0").decode("ascii", "replace")
+        if offset < table_end or offset + length > size or sname in sections:
+            raise ArtifactError("%s: section %r lies outside the file or repeats; %s" % (name, sname, _REBUILD))
+        sections[sname] = (offset, length, section_checksum)
+    for required in (S_STRINGS, S_TRAILS, S_META):
+        if required not in sections:
+            raise ArtifactError("%s: missing section %r" % (name, required))
+    return Layout(generation, created_s, file_bytes, sections)
+
+
+def _table_checksum(header, table) -> int:
+    """CRC-32 of the header with its checksum field zeroed, then the section table."""
+    check = zlib.crc32(header[:_CHECKSUM_OFFSET])
+    check = zlib.crc32(bytes(4), check)
+    check = zlib.crc32(header[_CHECKSUM_OFFSET + 4:_HEADER.size], check)
+    return zlib.crc32(table, check)
+
+
+def verify_sections(fd: int, layout: Layout, name: str) -> None:
+    """Checks every section of the file open at `fd` against its checksum; raises ArtifactError
+    naming the first damaged section. Reads the whole file once (~20 ms of CRC per 78 MB here,
+    plus the reading) through one reused buffer, not through a mapping: the check adds no mapped
+    pages to the process's memory, and a file cut short meanwhile is an error, not a SIGBUS."""
+    buf = bytearray(min(_VERIFY_CHUNK_BYTES, layout.file_bytes))
+    view = memoryview(buf)
+    for sname, (offset, length, checksum) in sorted(layout.sections.items(), key=lambda kv: kv[1][0]):
+        check, pos, end = 0, offset, offset + length
+        while pos < end:
+            got = os.preadv(fd, [view[:min(len(buf), end - pos)]], pos)
+            if got <= 0:
+                raise ArtifactError("%s: truncated while it was being read" % name)
+            check = zlib.crc32(view[:got], check)
+            pos += got
+        if check != checksum:
+            raise _damaged(name, "section %r" % sname)
+
+
+def _close_mapping(mapping) -> None:
+    try:
+        mapping.close()
+    except BufferError:
+        pass  # a view of it is still alive; it is released with the last one
+
+
 @dataclass(frozen=True)
 class TrailRecord:
     trail_id: int
@@ -115,46 +233,51 @@ class Artifact:
         self.info = msgpack.unpackb(self.section(S_INFO), raw=False) if S_INFO in sections else {}
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "Artifact":
+    def open(cls, path: str | os.PathLike, verify: bool = True) -> "Artifact":
+        """Maps the artifact at `path`. `verify` checks every section's checksum first (the whole
+        file is read once); without it only the header and section table are checked."""
         path = os.fspath(path)
-        name = os.path.basename(path)
         try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < _HEADER.size:
-                    raise ArtifactError("%s: too short to be a trail artifact (%d bytes)" % (name, size))
-                mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            # O_NONBLOCK: a FIFO at the path must be refused below, not wait for a writer.
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             raise ArtifactError("%s: cannot open trail artifact: %s" % (path, exc.strerror or exc)) from None
-        magic, version, header_size, generation, created_s, count, bom = _HEADER.unpack_from(mapping, 0)
-        if magic != MAGIC:
-            mapping.close()
-            raise ArtifactError("%s: not a trail artifact (bad magic); build one with "
-                                "`maltrail-engine trails build`" % name)
-        if version != FORMAT_VERSION:
-            mapping.close()
-            raise ArtifactError("%s: artifact format %d, this version reads %d; rebuild it with "
-                                "`maltrail-engine trails build`" % (name, version, FORMAT_VERSION))
-        if bom != _BOM or sys.byteorder != "little":
-            mapping.close()
-            raise ArtifactError("%s: built for a different byte order; rebuild it on this machine" % name)
-        sections = {}
-        table_end = header_size + count * _SECTION.size
-        if table_end > size:
-            mapping.close()
-            raise ArtifactError("%s: truncated section table" % name)
-        for i in range(count):
-            raw, offset, length = _SECTION.unpack_from(mapping, header_size + i * _SECTION.size)
-            sname = raw.rstrip(b"\0").decode("ascii", "replace")
-            if offset + length > size or offset < table_end:
-                mapping.close()
-                raise ArtifactError("%s: section %r lies outside the file (truncated copy?)" % (name, sname))
-            sections[sname] = (offset, length)
-        for required in (S_STRINGS, S_TRAILS, S_META):
-            if required not in sections:
-                mapping.close()
-                raise ArtifactError("%s: missing section %r" % (name, required))
-        return cls(path, mapping, generation, created_s, sections)
+        try:
+            return cls.from_fd(fd, path, verify)
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def from_fd(cls, fd: int, name: str, verify: bool = True) -> "Artifact":
+        """Maps the artifact open at `fd` (the caller keeps the descriptor; the mapping does not
+        need it). `name` is what messages call it."""
+        try:
+            st = os.fstat(fd)
+        except OSError as exc:
+            raise ArtifactError("%s: cannot read trail artifact: %s" % (name, exc.strerror or exc)) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactError("%s: not a regular file" % name)
+        size = st.st_size
+        if size < _HEADER.size:
+            # Read, not mapped: a file this short is refused (and the prefix tells an old format).
+            parse_layout(os.pread(fd, _PREFIX.size, 0), size, name)
+            raise ArtifactError("%s: truncated: %d bytes, shorter than the header (truncated copy?)" % (name, size))
+        try:
+            mapping = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:
+            raise ArtifactError("%s: cannot map trail artifact: %s" % (name, exc)) from None
+        try:
+            layout = parse_layout(mapping, size, name)
+            if verify:
+                verify_sections(fd, layout, name)
+            sections = {sname: (offset, length) for sname, (offset, length, _) in layout.sections.items()}
+            return cls(name, mapping, layout.generation, layout.created_s, sections)
+        except ArtifactError:
+            _close_mapping(mapping)
+            raise
+        except Exception as exc:  # a section that passed its checksum but does not decode
+            _close_mapping(mapping)
+            raise ArtifactError("%s: unreadable: %s" % (name, exc)) from None
 
     def has(self, name: str) -> bool:
         return name in self._sections
@@ -205,21 +328,71 @@ class Artifact:
             pass
 
 
-def write_artifact(path: str, generation: int, created_s: int, sections: list[tuple[str, bytes]]) -> None:
-    """Writes sections to `path` (the caller handles atomic publication). 8-byte aligned."""
+def _aligned(offset: int) -> int:
+    return (offset + 7) & ~7
+
+
+def write_artifact(target, generation: int, created_s: int, sections: list[tuple[str, bytes]]) -> None:
+    """Writes sections, 8-byte aligned, with their checksums, to `target`: a binary file object
+    open for writing at offset 0, or a path (tests; the builder hands a file it created itself).
+    The caller handles atomic publication."""
     count = len(sections)
-    header_size = _HEADER.size
-    offset = header_size + count * _SECTION.size
-    offset = (offset + 7) & ~7
+    offset = _aligned(_HEADER.size + count * _SECTION.size)
     table = []
     for name, data in sections:
-        table.append((name, offset, len(data)))
-        offset = (offset + len(data) + 7) & ~7
-    with open(path, "wb") as f:
-        f.write(_HEADER.pack(MAGIC, FORMAT_VERSION, header_size, generation, created_s, count, _BOM))
-        for name, off, length in table:
-            f.write(_SECTION.pack(name.encode("ascii"), off, length))
-        for (name, off, length), (_, data) in zip(table, sections):
-            f.seek(off)
-            f.write(data)
-        f.truncate(max(f.tell(), offset))
+        table.append((name, offset, len(data), zlib.crc32(data)))
+        offset = _aligned(offset + len(data))
+    file_bytes = offset
+    table_bytes = b"".join(_SECTION.pack(name.encode("ascii"), off, length, checksum, 0)
+                           for name, off, length, checksum in table)
+    header = _HEADER.pack(MAGIC, FORMAT_VERSION, _HEADER.size, generation, created_s, count, _BOM, file_bytes,
+                          0, 0)
+    header = _HEADER.pack(MAGIC, FORMAT_VERSION, _HEADER.size, generation, created_s, count, _BOM, file_bytes,
+                          _table_checksum(header, table_bytes), 0)
+    if isinstance(target, (str, os.PathLike)):
+        with open(target, "wb") as f:
+            _write(f, header, table_bytes, table, sections, file_bytes)
+    else:
+        _write(target, header, table_bytes, table, sections, file_bytes)
+
+
+def _write(f, header: bytes, table_bytes: bytes, table: list, sections: list, file_bytes: int) -> None:
+    f.write(header)
+    f.write(table_bytes)
+    for (_, off, _, _), (_, data) in zip(table, sections):
+        f.seek(off)
+        f.write(data)
+    f.truncate(file_bytes)
+    f.flush()
+
+
+def existing_summary(path: str) -> tuple[int, int | None] | None:
+    """(generation, trail count) of the artifact already at `path`, of this format or the one
+    before, from its header and section table alone: what a new build continues counting from and
+    is compared with. None when there is no artifact there, or a damaged one; the count is None
+    when a format-1 table does not list the trails."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(_HEADER.size + MAX_SECTIONS * _SECTION.size)
+    except OSError:
+        return None
+    if len(head) < _HEADER_V1.size or head[:len(MAGIC)] != MAGIC:
+        return None
+    _, version, header_size, generation, _, count, _ = _HEADER_V1.unpack_from(head, 0)
+    if version == FORMAT_VERSION:
+        try:
+            layout = parse_layout(head, size, path)
+        except ArtifactError:
+            return None  # damaged: nothing in it can be trusted, its generation included
+        return generation, layout.sections[S_TRAILS][1] // TRAIL_RECORD.size
+    if version == 1 and header_size == _HEADER_V1.size and count <= MAX_SECTIONS:
+        for i in range(count):
+            at = header_size + i * _SECTION_V1.size
+            if at + _SECTION_V1.size > len(head):
+                break
+            raw, _, length = _SECTION_V1.unpack_from(head, at)
+            if raw.rstrip(b"\0") == S_TRAILS.encode():
+                return generation, length // TRAIL_RECORD.size
+        return generation, None
+    return None

@@ -349,7 +349,7 @@ def test_sighup_adopts_a_new_generation_and_refuses_a_bad_one(tmp_path):
         write_batch([query("new.later-trail.org", 40002)], 42000)
         _wait_line(lines, r"processed w0:2048")
 
-        build([_trails_csv(tmp_path / "t3.csv", keep=3)], artifact)  # 3 trails: far less than half
+        build([_trails_csv(tmp_path / "t3.csv", keep=3)], artifact, force=True)  # 3 trails: far less than half
         proc.send_signal(signal.SIGHUP)
         _wait_line(lines, r"reload refused: .* holds 3 trails, less than half of the 31 in use; keeping generation 2")
         Path(artifact).write_bytes(b"not an artifact at all")

@@ -24,6 +24,7 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections import Counter
 
 import pytest
@@ -31,7 +32,7 @@ import zstandard
 
 from matchers import Artifact, ArtifactError, TrailMatchers
 from matchers.artifact import (
-    KIND_CIDR4, KIND_CIDR6, KIND_DOMAIN, KIND_IPPORT4, KIND_IPPORT6, KIND_IPV4, KIND_IPV6,
+    _HEADER, _SECTION, KIND_CIDR4, KIND_CIDR6, KIND_DOMAIN, KIND_IPPORT4, KIND_IPPORT6, KIND_IPV4, KIND_IPV6,
     KIND_PATH, KIND_REGEX, KIND_UA, KIND_URL,
 )
 from tests.conftest import MALTRAIL_CORPUS, need_shared
@@ -579,16 +580,28 @@ def good_artifact(tmp_path):
 
 def test_open_refuses_truncated_copies(good_artifact, tmp_path):
     data = good_artifact.read_bytes()
-    # the end of the last section (the file may carry alignment padding after it)
     count, = struct.unpack_from("<I", data, 32)
-    header_size, = struct.unpack_from("<I", data, 12)
-    data_end = max(off + length for _, off, length in
-                   (struct.unpack_from("<16sQQ", data, header_size + 32 * i) for i in range(count)))
-    for cut in sorted({0, 10, 39, 40, 60, header_size + 32 * count - 1, data_end // 2, data_end - 1}):
+    table_end = _HEADER.size + _SECTION.size * count
+    for cut in sorted({0, 10, 11, 12, 39, 40, _HEADER.size - 1, _HEADER.size, table_end - 1, table_end,
+                       len(data) // 2, len(data) - 1}):
         copy = tmp_path / ("cut-%d.mtdb" % cut)
         copy.write_bytes(data[:cut])
-        with pytest.raises(ArtifactError, match=re.escape(copy.name)):
+        with pytest.raises(ArtifactError, match=re.escape(copy.name) + ".*(too short|truncated)"):
             Artifact.open(str(copy))
+    longer = tmp_path / "longer.mtdb"
+    longer.write_bytes(data + b"\0" * 8)
+    with pytest.raises(ArtifactError, match=r"longer.mtdb: %d bytes where %d were written" % (len(data) + 8, len(data))):
+        Artifact.open(str(longer))
+
+
+def _reseal(data: bytearray) -> bytearray:
+    """The header checksum recomputed, as a builder that wrote these bytes would have: CRC-32 of
+    the header with its checksum field (the last 8 bytes' first 4) zeroed, then the table."""
+    count, = struct.unpack_from("<I", data, 32)
+    at = _HEADER.size - 8
+    data[at:at + 4] = bytes(4)
+    struct.pack_into("<I", data, at, zlib.crc32(bytes(data[:_HEADER.size + _SECTION.size * count])))
+    return data
 
 
 def test_open_refuses_wrong_magic_and_foreign_versions(good_artifact, tmp_path):
@@ -602,7 +615,7 @@ def test_open_refuses_wrong_magic_and_foreign_versions(good_artifact, tmp_path):
     with pytest.raises(ArtifactError, match="future.mtdb.*format 99"):
         Artifact.open(str(future))
     swapped = tmp_path / "big-endian.mtdb"
-    swapped.write_bytes(data[:36] + struct.pack(">I", 0x01020304) + data[40:])
+    swapped.write_bytes(_reseal(data[:36] + struct.pack(">I", 0x01020304) + data[40:]))
     with pytest.raises(ArtifactError, match="big-endian.mtdb.*byte order"):
         Artifact.open(str(swapped))
     with pytest.raises(ArtifactError, match="absent.mtdb"):

@@ -7,8 +7,13 @@ bitmap for ip:port, C hash tables for domains and URLs, id lists for regex and u
 the trail table and its (info, reference) pairs), write them to a temporary file beside the
 target, verify it loads and finds a sample of its own trails, then rename it into place with the
 next generation number. A reader therefore sees the old artifact or the new one, never a mix.
+The temporary file is created exclusively under an unpredictable name (a symlink planted where it
+will be cannot redirect the write), and a build holding less than half the trails of the artifact
+it would replace is refused unless forced (a source that came back short must not quietly shrink
+detection).
 
-Must not be imported by the packet path (workers/): it only produces files.
+Must not be imported by the packet path (workers/), nor import engine/ (whether a directory is
+safe to write into is the caller's question): it only produces files.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import ipaddress
 import os
 import random
 import struct
+import sys
+import tempfile
 import time
 from array import array
 from collections import Counter
@@ -31,7 +38,7 @@ from matchers.artifact import (
     KIND_NAMES, KIND_PATH, KIND_REGEX, KIND_UA, KIND_URL, S_CIDR4, S_CIDR4_LIST, S_CIDR6_LIST,
     S_DOMAINS, S_INFO, S_IP4, S_IP4_IDS, S_IP4_KEYS, S_IP4_P24, S_IP6, S_IP6_IDS, S_IPPORT4, S_IPPORT4_IDS,
     S_IPPORT4_KEYS, S_IPPORT6, S_IPPORT6_IDS, S_META, S_REGEX, S_STRINGS, S_TRAILS,
-    S_UA, S_URLS, S_WHITELIST, TRAIL_RECORD, Artifact, ArtifactError, write_artifact,
+    S_UA, S_URLS, S_WHITELIST, TRAIL_RECORD, Artifact, ArtifactError, existing_summary, write_artifact,
 )
 from matchers.ips import ipport4_key, ipport6_key, parse_ipport
 from trailsdb.normalize import DEFAULT_MIN_PREFIX, normalize_trail
@@ -46,6 +53,16 @@ HIGH_PRIORITY_REFERENCES = ("bambenekconsulting.com", "github.com/stamparm/black
 
 REJECT_EXAMPLES = 5
 VERIFY_SAMPLE = 200
+# A build holding fewer trails than this fraction of the artifact it replaces is refused unless
+# forced; the sensor applies the same fraction before it adopts a reloaded artifact.
+REPLACE_MIN_FRACTION = 0.5
+# The artifact is public threat data: readable by everyone (the sensor's unprivileged processes,
+# `trails check` run by any user), writable by its owner.
+ARTIFACT_MODE = 0o644
+
+
+class ShrinkRefused(ArtifactError):
+    """The new build would replace an artifact holding more than twice its trails."""
 
 
 @dataclass
@@ -123,20 +140,24 @@ def _ip_text_listed(text: str, wl: Whitelist) -> bool:
 
 
 def collect(sources, custom_dir: str = "", whitelist: Whitelist = EMPTY_WHITELIST,
-            report: BuildReport | None = None, min_prefix: tuple[int, int] = DEFAULT_MIN_PREFIX) -> tuple[list, list]:
+            report: BuildReport | None = None, min_prefix: tuple[int, int] = DEFAULT_MIN_PREFIX,
+            progress: bool = False) -> tuple[list, list]:
     """Reads, normalises and merges. Returns (entries, meta): entries are (kind, key, meta index)
     in first-seen order; meta is the list of distinct (info, reference) pairs. `min_prefix`: the
-    shortest (IPv4, IPv6) CIDR prefixes kept (trailsdb/normalize.py)."""
+    shortest (IPv4, IPv6) CIDR prefixes kept (trailsdb/normalize.py). `progress` shows the rows
+    read from each source on stderr (a terminal)."""
     report = report or BuildReport()
     entries: dict[str, list] = {}
     meta_index: dict[tuple[str, str], int] = {}
     meta: list[tuple[str, str]] = []
 
-    streams = [read_source(path, report.rows) for path in sources]
+    streams = [(path, read_source(path, report.rows)) for path in sources]
     if custom_dir:
-        streams.append(read_custom_dir(custom_dir, report.rows))
+        streams.append((custom_dir, read_custom_dir(custom_dir, report.rows)))
     report.sources = list(sources) + ([custom_dir] if custom_dir else [])
-    for stream in streams:
+    for path, stream in streams:
+        if progress:
+            stream = _progress_rows(stream, path)
         for raw in stream:
             kind, key = normalize_trail(raw.trail, raw.reference, min_prefix)
             if kind is None:
@@ -166,6 +187,15 @@ def collect(sources, custom_dir: str = "", whitelist: Whitelist = EMPTY_WHITELIS
             continue
         kept.append((kind, key, m))
     return kept, meta
+
+
+def _progress_rows(stream, path: str):
+    """The rows of one source, counted on stderr as they are read (tqdm: a rate, no total, since
+    rows are only known once read)."""
+    from tqdm import tqdm
+    with tqdm(stream, desc=os.path.basename(os.path.normpath(path)) or path, unit=" rows", unit_scale=True,
+              file=sys.stderr, leave=True, mininterval=0.25) as rows:
+        yield from rows
 
 
 def _bitmap_bytes(values) -> bytes:
@@ -257,20 +287,11 @@ def layout(entries: list, meta: list, whitelist: Whitelist, info: dict) -> list[
     return sections
 
 
-def previous_generation(path: str) -> int:
-    try:
-        artifact = Artifact.open(path)
-    except ArtifactError:
-        return 0
-    generation = artifact.generation
-    artifact.close()
-    return generation
-
-
-def verify(path: str, entries: list) -> None:
-    """Loads the fresh artifact with the fast matchers and checks a sample of its own trails is
-    found, so a broken build never replaces a working one."""
-    artifact = Artifact.open(path)
+def verify(fd: int, name: str, entries: list) -> None:
+    """Loads the fresh artifact (open at `fd`: what was written, not whatever its name holds now)
+    with the fast matchers, checking every section's checksum, and checks a sample of its own trails
+    is found, so a broken build never replaces a working one."""
+    artifact = Artifact.from_fd(fd, name)
     matchers = TrailMatchers.load(artifact)
     rng = random.Random(0)
     by_kind: dict[int, list[int]] = {}
@@ -302,17 +323,28 @@ def _found(m: TrailMatchers, kind: int, key: str, trail_id: int) -> bool:
 
 
 def build(sources, output: str, custom_dir: str = "", whitelist_file: str = "",
-          min_prefix: tuple[int, int] = DEFAULT_MIN_PREFIX) -> BuildReport:
-    """Builds and atomically publishes an artifact at `output`. Raises SourceError/ArtifactError.
-    `min_prefix`: the shortest (IPv4, IPv6) CIDR prefixes kept; wider ranges are rejected."""
+          min_prefix: tuple[int, int] = DEFAULT_MIN_PREFIX, force: bool = False, progress: bool = False) -> BuildReport:
+    """Builds and atomically publishes an artifact at `output`. Raises SourceError, ArtifactError
+    (ShrinkRefused when the build holds less than half the trails of the artifact at `output`
+    and `force` is not set) or OSError. `min_prefix`: the shortest (IPv4, IPv6) CIDR prefixes
+    kept; wider ranges are rejected. `progress` shows the rows read per source on stderr."""
     started = time.monotonic()
     report = BuildReport(output=output)
     whitelist = read_whitelist(whitelist_file) if whitelist_file else EMPTY_WHITELIST
-    entries, meta = collect(sources, custom_dir, whitelist, report, min_prefix)
+    entries, meta = collect(sources, custom_dir, whitelist, report, min_prefix, progress)
     report.trails = len(entries)
     for kind, _, _ in entries:
         report.by_kind[KIND_NAMES[kind]] += 1
-    report.generation = previous_generation(output) + 1
+    previous = existing_summary(output)
+    if previous is not None and previous[1] is not None and not force \
+            and report.trails < REPLACE_MIN_FRACTION * previous[1]:
+        raise ShrinkRefused("%s holds %d trails and this build only %d, less than half: refusing to replace it "
+                            "(a source may have come back short; pass --force to replace it anyway)"
+                            % (output, previous[1], report.trails))
+    report.generation = (previous[0] if previous is not None else 0) + 1
+    if progress:  # the rows are read; what follows takes a few seconds for a million trails
+        sys.stderr.write("laying out, writing and checking %d trails\n" % report.trails)
+        sys.stderr.flush()
     info = {"sources": report.sources, "built_s": int(time.time()), "rows": dict(report.rows),
             "rejected": dict(report.rejected), "duplicates": report.duplicates,
             "whitelisted": report.whitelisted, "by_kind": dict(report.by_kind)}
@@ -320,17 +352,24 @@ def build(sources, output: str, custom_dir: str = "", whitelist_file: str = "",
 
     directory = os.path.dirname(os.path.abspath(output))
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, ".%s.tmp-%d" % (os.path.basename(output), os.getpid()))
+    # mkstemp: O_CREAT | O_EXCL (a symlink or any file already at the name is never opened) under a
+    # random name, so nobody can plant anything where the build will write.
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(output), suffix=".tmp", dir=directory)
     try:
-        write_artifact(tmp, report.generation, int(time.time()), sections)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        verify(tmp, entries)
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            write_artifact(f, report.generation, int(time.time()), sections)
+        os.fchmod(fd, ARTIFACT_MODE)
+        os.fsync(fd)
+        verify(fd, tmp, entries)
         os.replace(tmp, output)
     except BaseException:
-        if os.path.exists(tmp):
+        try:
             os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         raise
+    finally:
+        os.close(fd)
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
