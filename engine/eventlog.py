@@ -538,13 +538,19 @@ class EventLogWriter:
     """
 
     def __init__(self, log_dir: str, max_frame_age_s: float = 1.0, max_frame_records: int = 4096,
-                 level: int = 3, warn: Callable[[str], None] | None = None, trusted_uids=()):
+                 level: int = 3, warn: Callable[[str], None] | None = None, trusted_uids=(),
+                 reopen_dir: Callable[[], int] | None = None):
         if max_frame_records < 1:
             raise ValueError("max_frame_records must be at least 1")
         self.log_dir = os.fspath(log_dir)
         self.max_frame_age_s = max_frame_age_s
         self.max_frame_records = max_frame_records
         self.trusted_uids = tuple(trusted_uids)
+        # Asked for a descriptor of the log directory (re-created and checked) when this process
+        # cannot open it again itself: a writer that dropped its privileges may not be allowed to
+        # make the directory, or even to walk the path to it (engine/logwriter.py asks the
+        # supervisor). Raises LogDirError.
+        self._reopen_elsewhere = reopen_dir
         self._warn = warn if warn is not None else _stderr_warning
         self._dir_fd = open_log_dir(self.log_dir, self.trusted_uids)
         self._dir_id = _identity(os.fstat(self._dir_fd))
@@ -725,7 +731,12 @@ class EventLogWriter:
             os.close(fd)
         self._files.clear()
         existed = os.path.lexists(self.log_dir)
-        self._dir_fd = open_log_dir(self.log_dir, self.trusted_uids)     # LogDirError if unsafe
+        try:
+            self._dir_fd = open_log_dir(self.log_dir, self.trusted_uids)     # LogDirError if unsafe
+        except LogDirError:
+            if self._reopen_elsewhere is None:
+                raise
+            self._dir_fd = self._reopen_elsewhere()
         os.close(old)
         self._dir_id = _identity(os.fstat(self._dir_fd))
         self.dirs_recreated += 1

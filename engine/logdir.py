@@ -75,6 +75,23 @@ def _give_to(dir_fd: int, path: str, account, notice) -> None:
             os.close(fd)
 
 
+def reopen(path: str, account=None) -> int:
+    """The log directory prepared again as claim() does (checked, made if absent, given to the
+    account) for a log writer that found it gone; returns a descriptor of it. Raises LogDirError."""
+    trusted = (account.uid,) if account is not None else ()
+    try:
+        dir_fd = open_log_dir(path, trusted)
+    except EventLogDirError as exc:
+        raise LogDirError(str(exc)) from None
+    try:
+        if account is not None:
+            _give_to(dir_fd, path, account, None)
+    except OSError as exc:
+        os.close(dir_fd)
+        raise LogDirError("cannot give %s to %s: %s" % (path, account.name, exc.strerror or exc)) from None
+    return dir_fd
+
+
 def claim(path: str, account=None, notice=None) -> int:
     """Checks, prepares and locks the log directory; returns the lock's descriptor (keep it
     open for the whole run). Raises LogDirError."""

@@ -14,6 +14,8 @@ never outlives its run. Must not judge or reorder events.
 
 from __future__ import annotations
 
+import os
+import select
 import selectors
 import sys
 import time
@@ -25,6 +27,7 @@ from workers.events import Event
 
 TICK_S = 0.2
 ORPHAN_DRAIN_S = 4.5
+REOPEN_WAIT_S = 5.0
 
 
 class WriterSpec:
@@ -42,14 +45,52 @@ def _warn(text: str) -> None:
     sys.stderr.flush()
 
 
+class _Control:
+    """The supervisor's channel as the writer reads it: `finish` may arrive while the writer waits
+    for an answer of the supervisor's, and is kept for the loop."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.finish = False
+
+    def read(self) -> None:
+        for message in ipc.receive_ready(self.sock):
+            if message is None or message[0] == "finish":
+                self.finish = True
+
+    def log_dir_from_supervisor(self) -> int:
+        """The log directory is gone and this account cannot make it again (or reach it): the
+        supervisor, started as root, re-creates it as at start and hands over a descriptor."""
+        from engine.eventlog import LogDirError
+        try:
+            ipc.send(self.sock, ["need_log_dir"])
+        except OSError:
+            raise LogDirError("the log directory is gone and the supervisor is not there to re-create it") from None
+        deadline = time.monotonic() + REOPEN_WAIT_S
+        while time.monotonic() < deadline:
+            select.select([self.sock], [], [], 0.2)
+            for message, fds in ipc.receive_ready_fds(self.sock, max_fds=1):
+                if message is None or message[0] == "finish":
+                    self.finish = True
+                elif message[0] == "log_dir":
+                    if message[1] and fds:
+                        return fds[0]
+                    for fd in fds:
+                        os.close(fd)
+                    raise LogDirError("the supervisor could not re-create the log directory: %s" % message[2])
+        raise LogDirError("the supervisor did not re-create the log directory within %.0f s" % REOPEN_WAIT_S)
+
+
 def run_writer(spec: WriterSpec) -> None:
     child = ChildProcess("mte-writer", parent_pid=spec.parent_pid, close=spec.close)
     spec.close = ()
+    control = _Control(spec.control)
     try:
         # The directory is opened (and checked) while this process may still reach it; the
         # writer works relative to it from then on, as the unprivileged account.
         writer = EventLogWriter(spec.log_dir, warn=_warn,
-                                trusted_uids=(spec.account.uid,) if spec.account is not None else ())
+                                trusted_uids=(spec.account.uid,) if spec.account is not None else (),
+                                reopen_dir=control.log_dir_from_supervisor)
         child.drop_privileges(spec.account)
         ipc.send(spec.control, ["ready"])
     except (OSError, privileges.PrivilegeError) as exc:     # refused, unusable, or a drop that failed
@@ -82,9 +123,8 @@ def run_writer(spec: WriterSpec) -> None:
                 if key.data == "events":
                     take(key.fileobj)
                     continue
-                for message in ipc.receive_ready(spec.control):
-                    if message is None or message[0] == "finish":
-                        finishing = True
+                control.read()
+            finishing = finishing or control.finish
             writer.tick()
             if orphaned_at is None and child.orphaned():
                 orphaned_at = time.monotonic()

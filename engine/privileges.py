@@ -43,8 +43,9 @@ CAP_NAMES = {CAP_CHOWN: "cap_chown", CAP_DAC_OVERRIDE: "cap_dac_override", CAP_D
 CAPTURE_CAPS = frozenset((CAP_NET_RAW, CAP_NET_ADMIN))
 # What the supervisor keeps once its children run: start workers as the account (setuid,
 # setgid, and setpcap to empty their bounding set), signal them across the account boundary
-# (kill), and read reloaded trails and control files wherever root may read them.
-SUPERVISOR_CAPS = frozenset((CAP_SETUID, CAP_SETGID, CAP_SETPCAP, CAP_KILL, CAP_DAC_READ_SEARCH))
+# (kill), read reloaded trails and control files wherever root may read them, and give a log
+# directory a cleaner removed back to the writer's account when it makes it again (chown).
+SUPERVISOR_CAPS = frozenset((CAP_SETUID, CAP_SETGID, CAP_SETPCAP, CAP_KILL, CAP_DAC_READ_SEARCH, CAP_CHOWN))
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_KEEPCAPS = 8

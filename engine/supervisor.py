@@ -491,6 +491,26 @@ class Engine:
     def _on_writer(self, message) -> None:
         if message[0] == "done":
             self.writer_stats = message[1]
+        elif message[0] == "need_log_dir":
+            self._give_log_dir()
+
+    def _give_log_dir(self) -> None:
+        """The log writer found its directory gone and cannot make it again as its account: the
+        same preparation as at start (safety check, made if absent, given to the account), and a
+        descriptor of it to the writer. A refusal goes back as the reason."""
+        try:
+            fd = logdir.reopen(self.log_dir, self.account)
+        except logdir.LogDirError as exc:
+            reply, fds = ["log_dir", False, str(exc)], []
+        else:
+            reply, fds = ["log_dir", True, ""], [fd]
+        try:
+            ipc.send_fds(self.writer_channel[1], reply, fds)
+        except OSError:
+            pass
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _on_status(self, k: int, message) -> None:
         if message[0] == "stats":
