@@ -53,7 +53,8 @@ class PcapWriter:
         self.close()
 
 
-def _checksum(data: bytes) -> int:
+def internet_checksum(data: bytes) -> int:
+    """RFC 1071: the one's complement of the one's complement sum of 16-bit words."""
     if len(data) % 2:
         data += b"\0"
     total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
@@ -88,7 +89,7 @@ def ipv4(src: str, dst: str, proto: int, payload: bytes, ttl: int = 64, ident: i
     ihl = 5 + len(options) // 4
     header = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 20 + len(options) + len(payload), ident, frag, ttl,
                          proto, 0, _addr(src), _addr(dst)) + options
-    csum = _checksum(header)
+    csum = internet_checksum(header)
     return header[:10] + struct.pack("!H", csum) + header[12:] + payload
 
 
@@ -106,13 +107,13 @@ def _pseudo(src: str, dst: str, proto: int, length: int) -> bytes:
 def tcp(src: str, dst: str, sport: int, dport: int, flags: int = TCP_SYN, payload: bytes = b"",
         seq: int = 1, ack: int = 0, window: int = 65535) -> bytes:
     header = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, window, 0, 0)
-    csum = _checksum(_pseudo(src, dst, 6, len(header) + len(payload)) + header + payload)
+    csum = internet_checksum(_pseudo(src, dst, 6, len(header) + len(payload)) + header + payload)
     return header[:16] + struct.pack("!H", csum) + header[18:] + payload
 
 
 def udp(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
     header = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0)
-    csum = _checksum(_pseudo(src, dst, 17, 8 + len(payload)) + header + payload) or 0xFFFF
+    csum = internet_checksum(_pseudo(src, dst, 17, 8 + len(payload)) + header + payload) or 0xFFFF
     return header[:6] + struct.pack("!H", csum) + payload
 
 
@@ -121,7 +122,7 @@ def icmp_echo(ident: int = 1, seq: int = 1, payload: bytes = b"ping", reply: boo
     kind = (129 if reply else 128) if v6 else (0 if reply else 8)
     body = struct.pack("!BBHHH", kind, 0, 0, ident, seq) + payload
     pseudo = _pseudo(src, dst, 58, len(body)) if v6 else b""
-    csum = _checksum(pseudo + body)
+    csum = internet_checksum(pseudo + body)
     return body[:2] + struct.pack("!H", csum) + body[4:]
 
 

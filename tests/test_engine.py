@@ -40,9 +40,9 @@ def mte(*args, timeout=300, **kw):
     return subprocess.run([console_script(), *args], capture_output=True, text=True, timeout=timeout, **kw)
 
 
-def children_named(pid: int, prefix: str) -> list[int]:
-    """Child processes of `pid` whose name (comm) starts with `prefix`."""
-    found = []
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, name (comm)) of every process, read from /proc."""
+    table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -52,10 +52,13 @@ def children_named(pid: int, prefix: str) -> list[int]:
         except OSError:
             continue
         comm = fields[fields.index("(") + 1:fields.rindex(")")]
-        ppid = int(fields[fields.rindex(")") + 2:].split()[1])
-        if ppid == pid and comm.startswith(prefix):
-            found.append(int(entry))
-    return found
+        table[int(entry)] = (int(fields[fields.rindex(")") + 2:].split()[1]), comm)
+    return table
+
+
+def children_named(pid: int, prefix: str) -> list[int]:
+    """Child processes of `pid` whose name (comm) starts with `prefix`."""
+    return [p for p, (ppid, comm) in process_table().items() if ppid == pid and comm.startswith(prefix)]
 
 
 def wait_for_children(pid: int, prefix: str, count: int = 1, timeout_s: float = 10) -> list[int]:

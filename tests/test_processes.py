@@ -24,7 +24,8 @@ from engine import pcapgen as g
 from engine.privileges import CAP_DAC_READ_SEARCH, SUPERVISOR_CAPS, status_fields
 from tests import traffic
 from tests.netns import DST_MAC, send_frames, veth  # noqa: F401 (veth is a fixture)
-from tests.test_engine import _fifo_engine, _wait_line, artifact, console_script, mte, records  # noqa: F401
+from tests.test_engine import (  # noqa: F401 (artifact is a fixture)
+    _fifo_engine, _wait_line, artifact, console_script, mte, process_table, records)
 
 EXPECTED_EVENTS = len(range(0, 4096, 97))  # tests/traffic.py plants a listed DNS name every 97 frames
 
@@ -45,25 +46,14 @@ def _mask(caps) -> int:
 
 def _descendants(pid: int) -> dict[int, str]:
     """pid -> comm of every live process whose parent chain reaches `pid`."""
-    parents, names = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry) as f:
-                fields = f.read()
-        except OSError:
-            continue
-        names[int(entry)] = fields[fields.index("(") + 1:fields.rindex(")")]
-        parents[int(entry)] = int(fields[fields.rindex(")") + 2:].split()[1])
+    table = process_table()
     out = {}
-    for p in parents:
-        q = p
-        while q in parents and q not in (0, 1):
-            q = parents[q]
-            if q == pid:
-                out[p] = names[p]
+    for p, (parent, name) in table.items():
+        while parent in table and parent not in (0, 1):
+            if parent == pid:
+                out[p] = name
                 break
+            parent = table[parent][0]
     return out
 
 

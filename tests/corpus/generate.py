@@ -55,17 +55,7 @@ def port_unreachable(src, dst, probe_frame):
     ip = probe_frame[14:]
     quoted = ip[:(ip[0] & 0x0F) * 4 + 8]
     body = struct.pack("!BBHI", 3, 3, 0, 0) + quoted
-    return g.ether(g.ipv4(src, dst, 1, body[:2] + struct.pack("!H", _internet_checksum(body)) + body[4:]))
-
-
-def _internet_checksum(data: bytes) -> int:
-    """RFC 1071: the one's complement of the one's complement sum of 16-bit words."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    return g.ether(g.ipv4(src, dst, 1, body[:2] + struct.pack("!H", g.internet_checksum(body)) + body[4:]))
 
 
 # --- DNS ---------------------------------------------------------------------------------------
