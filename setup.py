@@ -13,8 +13,9 @@ setup(
     version="0.1.0",
     description="Network sensor that matches traffic against Maltrail trails and heuristics",
     python_requires=">=3.11",
-    packages=["engine", "workers", "workers.heuristics", "matchers", "trailsdb"],
-    package_data={"matchers": ["csrc/*.h"], "engine": ["csrc/*.c"], "workers": ["csrc/*.h", "csrc/*.c"]},
+    packages=["cli", "config", "events", "events.log", "engine", "engine.processes", "engine.transport",
+              "engine.sources", "workers", "workers.heuristics", "matchers", "trailsdb"],
+    package_data={"matchers": ["csrc/*.h"], "engine.transport": ["csrc/*.c"], "workers": ["csrc/*.h", "csrc/*.c"]},
     ext_modules=[
         Extension(
             "matchers._native",
@@ -22,10 +23,10 @@ setup(
             depends=["matchers/csrc/artifact.h"],
             extra_compile_args=C_FLAGS,
         ),
-        Extension("engine._ring", sources=["engine/csrc/ring.c"], extra_compile_args=C_FLAGS),
+        Extension("engine.transport._ring", sources=["engine/transport/csrc/ring.c"], extra_compile_args=C_FLAGS),
         Extension(
-            "engine._capture",
-            sources=["engine/csrc/capture.c"],
+            "engine.transport._capture",
+            sources=["engine/transport/csrc/capture.c"],
             depends=["workers/csrc/decode.h"],
             include_dirs=["workers/csrc"],
             extra_compile_args=C_FLAGS,
@@ -52,5 +53,5 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
-    entry_points={"console_scripts": ["maltrail-engine=engine.cli:main"]},
+    entry_points={"console_scripts": ["maltrail-engine=cli:main"]},
 )

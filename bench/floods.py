@@ -47,7 +47,7 @@ def _address(k: int, first: int = 10) -> str:
 
 def _frames(kind: str, keys: int):
     """(ts_ns, frame) for the flood, in time order: key after key, 100 us apart."""
-    from engine import pcapgen as g
+    from engine.sources import synthetic as g
     per = KINDS[kind][1]
     ts = 1_700_000_000 * 10**9
     for k in range(keys):

@@ -35,7 +35,7 @@ import time
 import zlib
 
 from bench.trails import DEFAULT_TRAILS
-from engine import pcapgen as g
+from engine.sources import synthetic as g
 
 T0_NS = 1_772_323_200 * 1_000_000_000  # 2026-03-01 00:00:00 UTC, as the test corpus
 EXTRA_TRAILS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "extra_trails.csv")

@@ -21,9 +21,9 @@ from multiprocessing import shared_memory
 
 import msgpack
 
-from engine import ipc
-from engine.ring import Ring, ring_bytes
-from workers.events import Event
+from engine.transport import ipc
+from engine.transport.ring import Ring, ring_bytes
+from events.record import Event
 
 
 def _events(n: int) -> list[list]:

@@ -275,7 +275,7 @@ def read_truth(pcap: str):
 
 def child_packet_path(args) -> dict:
     """Worker.process over every batch of the pcap, in this fresh process; only the calls are timed."""
-    from engine.pcapfile import open_capture
+    from engine.sources.pcapfile import open_capture
     from matchers import Artifact, TrailMatchers
     from workers.pipeline import Worker
     start = time.perf_counter()

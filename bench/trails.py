@@ -430,7 +430,7 @@ def _resident_bytes(fd: int) -> int:
 
 
 def _tmpfile_copy(path: str) -> int:
-    """The candidate the sensor does not use: the same copy as engine.trails.TrailCopy.take, into
+    """The candidate the sensor does not use: the same copy as engine.trail_artifact.TrailCopy.take, into
     an unnamed O_TMPFILE beside the artifact (page cache of the artifact's filesystem, so the
     kernel can evict it; needs a writable directory there), then verified the same way."""
     from matchers import Artifact
@@ -451,7 +451,7 @@ def child_copy(args) -> dict:
     """One private-copy candidate: the supervisor's copy and check, then a forked worker mapping
     it (load and memory measured in the worker, reported through a pipe)."""
     _import_engine()
-    from engine.trails import TrailCopy, load_copy
+    from engine.trail_artifact import TrailCopy, load_copy
     start = _clock()
     if args.candidate == "memfd":
         copy = TrailCopy.take(args.artifact)

@@ -22,7 +22,7 @@ import socket
 import sys
 from dataclasses import dataclass
 
-from engine.fsafety import directory_problem
+from events.fsafety import directory_problem
 
 __all__ = ["Finding", "capture_findings", "deployment_findings", "compile_filter_problem",
            "capture_privilege_problem", "interface_dlt"]
@@ -133,7 +133,7 @@ def capture_privilege_problem(pid="self") -> tuple[str, str | None]:
     opens a packet socket, which needs CAP_NET_RAW; libpcap sets promiscuous mode through that
     socket (PACKET_ADD_MEMBERSHIP), which needs nothing more. Root holds it unless a container or
     a bounding set took it away, so the effective set decides, not the uid."""
-    from engine import privileges
+    from engine.processes import privileges
     try:
         effective = privileges.effective_caps(pid)
     except (OSError, KeyError, ValueError):
@@ -154,7 +154,7 @@ def _interpreter() -> str:
 def capture_findings(cfg) -> list[Finding]:
     """The checks live capture needs: every interface exists, the filter compiles for each
     interface's link type, the process holds the capture privileges."""
-    from engine.live import _devices, expand_filter, linktype_from_dlt
+    from engine.sources.live import _devices, expand_filter, linktype_from_dlt
     s = cfg.sensor
     findings = []
     kernel = _kernel_interfaces()
@@ -204,7 +204,7 @@ def _artifact_integrity_problem(artifact) -> str | None:
 
 
 def _trails_finding(cfg) -> Finding:
-    from engine.trails import _is_artifact
+    from engine.trail_artifact import _is_artifact
     from matchers import Artifact, ArtifactError
     path = cfg.all.trails_artifact
     allowed = cfg.sensor.allow_no_trails
@@ -236,7 +236,7 @@ def _trails_finding(cfg) -> Finding:
 
 
 def _controls_finding(cfg) -> Finding:
-    from engine.controls import ControlsError, read_controls
+    from engine.control_files import ControlsError, read_controls
     try:
         plain = read_controls(cfg)
     except ControlsError as exc:
@@ -254,7 +254,7 @@ def _sensor_account(cfg) -> tuple[tuple[int, ...], Finding | None]:
     """(uids the sensor's processes run as besides this one, a finding about that account):
     the account `[sensor] user` names, as a sensor started by this process would resolve it
     (engine/privileges.py: only a root start changes account), trusted to own the log directory."""
-    from engine import privileges
+    from engine.processes import privileges
     notes = []
     try:
         account = privileges.resolve_account(cfg.sensor.user, notice=notes.append)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import pcapgen as g
+from engine.sources import synthetic as g
 from matchers import Artifact, ArtifactError
 from matchers.artifact import _HEADER, _SECTION, MAGIC, S_IP4, write_artifact
 from tests import traffic
@@ -229,7 +229,7 @@ def test_trails_build_shows_progress_on_a_terminal_and_nothing_when_not_on_one(t
 
 
 def test_the_compile_cache_keeps_a_bounded_number_of_builds(tmp_path, monkeypatch):
-    from engine.trails import CACHE_KEEP_BUILDS, evict_cache, resolve_artifact
+    from engine.trail_artifact import CACHE_KEEP_BUILDS, evict_cache, resolve_artifact
     cache = tmp_path / "cache"
     monkeypatch.setenv("MALTRAIL_ENGINE_CACHE", str(cache))
     sources = [write_csv(tmp_path / ("feed%d.csv" % i), ["evil%d.example,x (malware),(test)" % i])

@@ -1,6 +1,6 @@
-"""engine/csrc/capture.c (engine._capture) against its Python reference.
+"""engine/csrc/capture.c (engine.transport._capture) against its Python reference.
 
-- the C dispatch key is engine.dispatch.dispatch_key byte for byte: every frame of every capture
+- the C dispatch key is engine.transport.dispatch.dispatch_key byte for byte: every frame of every capture
   (shared real and Maltrail corpora, the generated corpus) and hypothesis-mutated frames and DNS
   names;
 - the ring messages the Stager writes decode into exactly the frames PcapFileReader yields (bytes,
@@ -26,13 +26,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import engine.capture as capture_mod
-from engine import _capture, ipc
-from engine import pcapgen as g
-from engine.capture import CaptureSpec, run_capture, walk_pcap
-from engine.dispatch import Dispatcher, dispatch_key
-from engine.pcapfile import CaptureFileError, PcapFileReader, open_capture
-from engine.ring import Ring, decode_batch, encode_batch, ring_bytes
+import engine.processes.capture as capture_mod
+from engine.transport import _capture
+from engine.transport import ipc
+from engine.sources import synthetic as g
+from engine.processes.capture import CaptureSpec, run_capture, walk_pcap
+from engine.transport.dispatch import Dispatcher, dispatch_key
+from engine.sources.pcapfile import CaptureFileError, PcapFileReader, open_capture
+from engine.transport.ring import Ring, decode_batch, encode_batch, ring_bytes
 from tests import traffic
 from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, need_shared
 from tests.corpus.generate import SCENARIOS, port_unreachable, reset_answer, write_corpus
@@ -102,7 +103,7 @@ def reader_rows(path, snaplen_bytes=None):
 
 
 def c_walk(path, nrings=1, capacity=1 << 20, chunk_bytes=None, snaplen_bytes=None, seed=SEED):
-    """engine.capture.walk_pcap over a file with a draining consumer: (per-ring frames, truncated,
+    """engine.processes.capture.walk_pcap over a file with a draining consumer: (per-ring frames, truncated,
     notes, stager stats)."""
     with Rings(nrings, capacity) as rings:
         stager = _capture.Stager(rings.bufs, seed, 512, False)

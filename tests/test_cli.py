@@ -19,7 +19,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from engine import pcapgen as g
+from engine.sources import synthetic as g
 from tests.conftest import need_root
 from tests.netns import DST_MAC, send_frames, veth  # noqa: F401 (veth is a fixture)
 from tests.test_corpus import console_script
@@ -289,7 +289,7 @@ def test_each_command_shows_only_its_own_options():
 
 def test_every_option_of_every_command_has_help_text():
     import argparse
-    from engine.cli import build_parser
+    from cli import build_parser
     pending = [("maltrail-engine", build_parser())]
     seen = 0
     while pending:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.config import (
+from config import (
     SCHEMA,
     Config,
     ConfigError,
@@ -468,7 +468,7 @@ def test_resolved_sensor_name(tmp_path):
 
 
 def test_heuristic_settings_come_from_the_file(tmp_path):
-    from engine.controls import heuristic_settings
+    from engine.control_files import heuristic_settings
     path = write(tmp_path, "[sensor]\nuse_heuristics = false\n[heuristics]\ndga_entropy = 4\n"
                            "infection_ports = [445]\nlocal_networks = \"10.0.0.0/8, fd00::/8\"\nweb_scan = false\n")
     settings = heuristic_settings(load_config(path))

@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
-from engine.config import iter_keys, load_config
-from engine.confimport import MALTRAIL_ONLY
+from config import iter_keys, load_config
+from config.maltrail_conf import MALTRAIL_ONLY
 from tests.test_corpus import console_script
 
 # Every option of Maltrail's configuration, in its sections, with values of the forms Maltrail

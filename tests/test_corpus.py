@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from engine.eventlog import EventLogReader, EventLogWriter
-from engine.formats import format_maltrail
-from engine.replay import accounted, replay_files
+from events.log import EventLogReader, EventLogWriter
+from events.formats import format_maltrail
+from engine.inprocess import accounted, replay_files
 from matchers import Artifact, TrailMatchers
 from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, SHARED_TRAILS, need_shared
 from trailsdb.compile import build

@@ -1,7 +1,7 @@
 """workers.decode: every link type, IPv4/IPv6 header walks, skip reasons, the real corpora, fuzzing.
 
-Frames are built with engine.pcapgen (and a few header builders below, one per protocol rule being
-tested); real captures are read from ../shared through engine.pcapfile and never copied here.
+Frames are built with engine.sources.synthetic (and a few header builders below, one per protocol rule being
+tested); real captures are read from ../shared through engine.sources.pcapfile and never copied here.
 Tests needing ../shared skip with a reason when it is absent.
 """
 
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import pcapgen as g
-from engine.pcapfile import open_capture
+from engine.sources import synthetic as g
+from engine.sources.pcapfile import open_capture
 from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, need_shared
 from workers.batch import (
     LINKTYPE_CHDLC, LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL,

@@ -2,7 +2,7 @@
 
 DNS messages are assembled below from RFC 1035 pieces (header, names with and without compression
 pointers, resource records) so each malformation is exactly the one named; real captures are read
-from ../shared through engine.pcapfile and never copied here (tests skip when it is absent).
+from ../shared through engine.sources.pcapfile and never copied here (tests skip when it is absent).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import pcapgen as g
-from engine.pcapfile import open_capture
+from engine.sources import synthetic as g
+from engine.sources.pcapfile import open_capture
 from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, need_shared
 from workers.decode import Packet, decode_frame
 from workers.dns import (

@@ -24,9 +24,9 @@ from pathlib import Path
 import pcap
 import pytest
 
-from engine import pcapgen as g
-from engine.dispatch import Dispatcher, dispatch_key
-from engine.live import expand_filter
+from engine.sources import synthetic as g
+from engine.transport.dispatch import Dispatcher, dispatch_key
+from engine.sources.live import expand_filter
 from tests import traffic
 from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS
 from tests.netns import DST_MAC, send_frames, veth  # noqa: F401 (veth is a fixture)

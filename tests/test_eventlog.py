@@ -29,7 +29,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.eventlog import (
+from events.log import (
     PAIR_SYNC,
     EventLogReader,
     EventLogWriter,
@@ -37,9 +37,9 @@ from engine.eventlog import (
     list_day_files,
     repair_file,
 )
-from engine.formats import CSV_HEADER, format_maltrail
-from engine.tail import run_tail
-from workers.events import TYPE_DNS, Event
+from events.formats import CSV_HEADER, format_maltrail
+from events.tail import run_tail
+from events.record import TYPE_DNS, Event
 from tests.conftest import pinned_tz
 from tests.netns import veth  # noqa: F401 (a fixture)
 
@@ -185,7 +185,7 @@ def test_files_not_named_like_day_files_are_ignored(tmp_path):
 
 READ_COUNT = """
     import sys
-    from engine.eventlog import EventLogReader
+    from events.log import EventLogReader
     print(len(list(EventLogReader().iter_dir(sys.argv[1]))))
 """
 
@@ -216,8 +216,8 @@ def test_write_closes_aged_frames_too(tmp_path):
 
 CRASHING_WRITER = """
     import sys, time
-    from engine.eventlog import EventLogWriter
-    from workers.events import Event
+    from events.log import EventLogWriter
+    from events.record import Event
     log_dir, t0, frames = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     def ev(i):
         return Event(t0 + i, "parity", "10.0.0.1", 40000, "8.8.8.8", 53, "UDP", "DNS",
@@ -404,8 +404,8 @@ def test_range_skips_day_files(tmp_path):
 
 APPENDING_WRITER = """
     import sys, time
-    from engine.eventlog import EventLogWriter
-    from workers.events import Event
+    from events.log import EventLogWriter
+    from events.record import Event
     log_dir, t0, day_us = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     writer = EventLogWriter(log_dir, max_frame_age_s=3600)
     n = 0
@@ -540,7 +540,7 @@ def test_tail_follow_ends_when_stopped(tmp_path):
 def test_tail_is_a_real_command_line_away(tmp_path):
     # The same logic driven from a separate process, as the CLI will: piping into `head` is fine.
     write_frames(tmp_path, [[ev(T0_US + i, i) for i in range(2000)]])
-    code = "import sys; from engine.tail import run_tail; sys.exit(run_tail(sys.argv[1]))"
+    code = "import sys; from events.tail import run_tail; sys.exit(run_tail(sys.argv[1]))"
     proc = subprocess.run("%s -c %s %s | head -n 3" % (shlex.quote(sys.executable), shlex.quote(code),
                                                         shlex.quote(str(tmp_path))),
                           shell=True, cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -553,8 +553,8 @@ def test_tail_is_a_real_command_line_away(tmp_path):
 
 DRIVEN_WRITER = """
     import json, sys
-    from engine.eventlog import EventLogWriter
-    from workers.events import Event
+    from events.log import EventLogWriter
+    from events.record import Event
     try:
         writer = EventLogWriter(sys.argv[1], max_frame_age_s=3600)
     except OSError as exc:
@@ -741,7 +741,7 @@ def test_a_clean_file_is_appended_to_without_a_word(tmp_path):
 
 
 def test_moving_aside_never_replaces_what_is_planted_at_the_new_name(tmp_path):
-    from engine.fsafety import move_aside, open_dir
+    from events.fsafety import move_aside, open_dir
     log_dir = tmp_path / "log"
     log_dir.mkdir()
     precious = tmp_path / "precious"
@@ -789,7 +789,7 @@ def test_a_log_directory_others_can_write_is_refused_with_the_reason(tmp_path):
 
 def test_the_sensor_refuses_an_unsafe_log_directory_before_it_starts(tmp_path):
     from tests.test_cli import CORPUS, _pcap, mte
-    from engine import pcapgen as g
+    from engine.sources import synthetic as g
     log_dir = tmp_path / "log"
     log_dir.mkdir()
     log_dir.chmod(0o777)
@@ -890,8 +890,8 @@ def test_deletion_is_checked_once_per_frame_not_per_event(tmp_path):
         pytest.skip("needs strace")
     script = """
         import sys
-        from engine.eventlog import EventLogWriter
-        from workers.events import Event
+        from events.log import EventLogWriter
+        from events.record import Event
         writer = EventLogWriter(sys.argv[1], max_frame_age_s=3600)
         def batch(base):
             return [Event(base + i, "s", "10.0.0.1", 1, "10.0.0.2", 2, "UDP", "DNS", "x%%d.example" %% i,
@@ -1029,7 +1029,7 @@ def test_nested_pair_claims_cost_linear_work(tmp_path):
 
 @pytest.mark.root
 def test_a_live_sensor_re_creates_its_log_directory_when_a_cleaner_removes_it(veth, tmp_path):
-    from engine import pcapgen as g
+    from engine.sources import synthetic as g
     from tests.netns import DST_MAC, send_frames
     from tests.test_cli import CORPUS, mte
     from tests.test_corpus import console_script

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import pcapgen as g
-from engine.pcapfile import open_capture
+from engine.sources import synthetic as g
+from engine.sources.pcapfile import open_capture
 from matchers import Artifact, TrailMatchers
 from tests import traffic
 from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, SHARED_TRAILS, need_shared

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.formats import (
+from events.formats import (
     COLUMNS,
     CSV_HEADER,
     FORMATS,
@@ -23,8 +23,8 @@ from engine.formats import (
     parse_maltrail,
     safe_value,
 )
-from engine.tail import parse_time
-from workers.events import SEVERITIES, TYPE_DNS, TYPE_IP, TYPE_SNI, TYPE_URL, Event
+from events.tail import parse_time
+from events.record import SEVERITIES, TYPE_DNS, TYPE_IP, TYPE_SNI, TYPE_URL, Event
 from tests.conftest import pinned_tz
 
 CET = "CET-1CEST,M3.5.0,M10.5.0/3"    # UTC+1 in November, UTC+2 in summer; no tzdata needed

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from engine import pcapgen as g
+from engine.sources import synthetic as g
 from matchers import Artifact, TrailMatchers
 from tests.test_corpus import console_script
 from trailsdb.compile import build

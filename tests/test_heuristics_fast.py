@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from engine import pcapgen as g
+from engine.sources import synthetic as g
 from tests.corpus.generate import reset_answer
 from tests.test_heuristics import (_ALPHABET, ATTACK_SAMPLES, _dns_flood, _infection_flood, _nx_name_flood,
                                    _scan_flood, _udp_flood, _web_flood, matchers, run)  # noqa: F401 (fixture)

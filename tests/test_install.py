@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import pcapgen as g
+from engine.sources import synthetic as g
 from tests.conftest import REPO, need_root
 from tests.netns import DST_MAC, send_frames, veth  # noqa: F401 (veth is a fixture)
 from tests.test_corpus import console_script
@@ -174,7 +174,7 @@ def test_installed_venv_is_roots_names_only_its_final_path_and_runs(staged):
             assert all(p.startswith("$ORIGIN") for p in paths.split(":")), (so, paths)
 
     # The installed package, its C extensions and the installed default configuration work.
-    probe = subprocess.run([str(python), "-c", "import engine._capture, engine._ring, matchers._native, "
+    probe = subprocess.run([str(python), "-c", "import engine.transport._capture, engine.transport._ring, matchers._native, "
                             "workers._fastpath, engine; print(engine.__file__)"],
                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, cwd="/")
     assert probe.returncode == 0, probe.stderr
@@ -507,7 +507,7 @@ def test_a_failed_build_leaves_the_installed_venv_as_it_was(staged):
     after = os.stat(venv / "pyvenv.cfg")
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert sorted(os.listdir(root / "opt")) == ["maltrail-engine"]
-    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import engine._capture"],
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import engine.transport._capture"],
                            capture_output=True, text=True, cwd="/")
     assert probe.returncode == 0, probe.stderr
 
@@ -530,6 +530,6 @@ def test_reinstall_keeps_the_configuration_and_account_and_restores_modes(staged
     assert stat.S_IMODE(log.stat().st_mode) == 0o750
     # The new venv replaced the old one whole: no build or previous directory is left beside it.
     assert sorted(os.listdir(root / "opt")) == ["maltrail-engine"]
-    probe = subprocess.run([str(root / VENV.lstrip("/") / "bin" / "python"), "-c", "import engine._capture"],
+    probe = subprocess.run([str(root / VENV.lstrip("/") / "bin" / "python"), "-c", "import engine.transport._capture"],
                            capture_output=True, text=True, cwd="/")
     assert probe.returncode == 0, probe.stderr

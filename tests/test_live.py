@@ -1,4 +1,4 @@
-"""engine.live.LiveCapture for real: a veth pair into a network namespace made by the test.
+"""engine.sources.live.LiveCapture for real: a veth pair into a network namespace made by the test.
 
 Frames are written from inside the namespace with a raw AF_PACKET socket on the namespace end and
 read with LiveCapture on the host end. IPv6 is switched off on both ends first so the kernel adds
@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from engine.live import CaptureOpenError, LiveCapture
+from engine.sources.live import CaptureOpenError, LiveCapture
 from tests.netns import DST_MAC, SRC_MAC, send_frames as _send, veth  # noqa: F401 (veth is a fixture)
 from workers.batch import LINKTYPE_ETHERNET
 
@@ -150,7 +150,7 @@ def test_unprivileged_open_explains_the_capabilities(veth):
     if setpriv is None:
         pytest.skip("needs setpriv (util-linux) to drop privileges")
     probe = (
-        "from engine.live import LiveCapture, CaptureOpenError\n"
+        "from engine.sources.live import LiveCapture, CaptureOpenError\n"
         "try:\n"
         "    LiveCapture(%r)\n"
         "except CaptureOpenError as exc:\n"

@@ -1,8 +1,8 @@
-"""engine.pcapfile: the native pcap/pcapng reader, against libpcap, the corpus and crafted files.
+"""engine.sources.pcapfile: the native pcap/pcapng reader, against libpcap, the corpus and crafted files.
 
 Crafted files are written here with struct from the layouts in the pcap and pcapng specs, so each
 test states the exact bytes it feeds in. The libpcap comparison runs through
-engine.live.LibpcapFileReader (pypcap); its limits are libpcap's and pypcap's:
+engine.sources.live.LibpcapFileReader (pypcap); its limits are libpcap's and pypcap's:
   * pypcap gives (timestamp, bytes) only, so wirelen cannot be compared (libpcap side reports
     wirelen == caplen); the native side is checked against the file instead;
   * libpcap folds LINKTYPE_RAW (101) and a file's literal DLT_RAW (12) into DLT 12, so raw-IP link
@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.live import LibpcapFileReader
-from engine.pcapfile import CaptureFileError, PcapFileReader, open_capture
+from engine.sources.live import LibpcapFileReader
+from engine.sources.pcapfile import CaptureFileError, PcapFileReader, open_capture
 from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, need_shared
 from tests.fusefile import failing_file  # noqa: F401 (a fixture)
 from workers.batch import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW

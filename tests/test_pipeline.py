@@ -1,6 +1,6 @@
 """workers.pipeline (with batch and condense): frames in, Maltrail events out.
 
-Each test builds frames with engine.pcapgen, runs them through a Worker over a small trail set
+Each test builds frames with engine.sources.synthetic, runs them through a Worker over a small trail set
 compiled in a temporary directory, and compares whole Event records: orientation, ports,
 protocol, type, Maltrail's trail text, info, reference, severity and count. Timestamps are packet
 time from a fixed base, never the wall clock. The corpus tests read ../shared (skipping when absent).
@@ -14,8 +14,8 @@ import tracemalloc
 
 import pytest
 
-from engine import pcapgen as g
-from engine.pcapfile import open_capture
+from engine.sources import synthetic as g
+from engine.sources.pcapfile import open_capture
 from matchers import Artifact, TrailMatchers
 from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, need_shared
 from trailsdb.compile import build
@@ -23,7 +23,7 @@ from workers.batch import (
     LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, LINKTYPE_NULL, LINKTYPE_RAW, FrameBatch, FrameBatchBuilder,
 )
 from workers.condense import MAX_COUNTED, MAX_LISTED, Condenser
-from workers.events import Event, severity_of
+from events.record import Event, severity_of
 from workers.pipeline import Worker
 
 BASE_S = 1_700_000_000

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import load_config
+from config import load_config
 from engine.preflight import DLT_EN10MB, DLT_LINUX_SLL, compile_filter_problem, interface_dlt
 from tests.test_corpus import console_script
 

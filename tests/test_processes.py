@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import pcapgen as g
-from engine.privileges import CAP_DAC_READ_SEARCH, SUPERVISOR_CAPS, status_fields
+from engine.sources import synthetic as g
+from engine.processes.privileges import CAP_DAC_READ_SEARCH, SUPERVISOR_CAPS, status_fields
 from tests import traffic
 from tests.netns import DST_MAC, send_frames, veth  # noqa: F401 (veth is a fixture)
 from tests.test_engine import (  # noqa: F401 (artifact is a fixture)

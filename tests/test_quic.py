@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import pcapgen as g
+from engine.sources import synthetic as g
 from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, need_shared
 from tests.pcaps import udp_datagrams
 from workers.quic import (

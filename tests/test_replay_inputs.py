@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import pcapgen as g
+from engine.sources import synthetic as g
 from tests.conftest import REAL_CORPUS, need_shared
 from tests.fusefile import failing_file  # noqa: F401 (a fixture)
 from tests.test_corpus import console_script

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import _ring
-from engine.ring import HEADER_BYTES, KIND_PAD, Ring, decode_batch, encode_batch, ring_bytes
+from engine.transport import _ring
+from engine.transport.ring import HEADER_BYTES, KIND_PAD, Ring, decode_batch, encode_batch, ring_bytes
 from workers.batch import FrameBatchBuilder
 
 

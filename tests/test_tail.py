@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.eventlog import EventLogReader, EventLogWriter
-from engine.formats import format_maltrail
-from engine.tail import run_tail
+from events.log import EventLogReader, EventLogWriter
+from events.formats import format_maltrail
+from events.tail import run_tail
 from tests.conftest import pinned_tz
 from tests.test_corpus import console_script
-from workers.events import TYPE_DNS, Event
+from events.record import TYPE_DNS, Event
 
 CET = "CET-1CEST,M3.5.0,M10.5.0/3"
 T0_US = calendar.timegm((2026, 11, 24, 12, 0, 0)) * 1_000_000      # 13:00 local

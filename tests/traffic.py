@@ -3,7 +3,7 @@ spread through them at known places (so a test can tell which events a prefix mu
 
 from __future__ import annotations
 
-from engine import pcapgen as g
+from engine.sources import synthetic as g
 
 T0 = 1_772_323_200 * 1_000_000_000
 STEP_NS = 20_000  # 50k frames per second of packet time

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from workers.events import Event
+from events.record import Event
 
 MAX_LISTED = 16
 MAX_COUNTED = 1024          # distinct values per field a group counts beyond the listed ones

@@ -19,7 +19,7 @@ import re
 from typing import NamedTuple
 
 from matchers.domains import listed_with_parents
-from workers.events import TYPE_DNS
+from events.record import TYPE_DNS
 
 
 class IgnoreRule(NamedTuple):

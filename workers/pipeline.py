@@ -30,7 +30,7 @@ from workers.decode import (
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, PROTO_NAMES, SKIP_REASONS, decode_frame,
 )
 from workers.dns import QCLASS_IN, RCODE_NXDOMAIN, parse_dns, parse_dns_tcp, registered_domain
-from workers.events import (
+from events.record import (
     TYPE_DNS, TYPE_HTTP, TYPE_IP, TYPE_IPORT, TYPE_PATH, TYPE_PORT, TYPE_SNI, TYPE_UA, TYPE_URL, Event,
     severity_of,
 )

@@ -15,7 +15,7 @@ import os
 import struct
 import sys
 
-from engine import pcapgen as g
+from engine.sources import synthetic as g
 from workers.batch import (
     LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_NULL, LINKTYPE_RAW,
 )

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 
-from engine.eventlog import EventLogWriter
-from engine.pcapfile import CaptureFileError, open_capture, starts_before
+from events.log import EventLogWriter
+from engine.sources.pcapfile import CaptureFileError, open_capture, starts_before
 from workers.pipeline import Worker
 
 BATCH_FRAMES = 1024

@@ -20,10 +20,12 @@ import selectors
 import sys
 import time
 
-from engine import ipc, privileges
-from engine.child import ChildProcess
-from engine.eventlog import EventLogWriter
-from workers.events import Event
+from engine.transport import ipc
+
+from engine.processes import privileges
+from engine.processes.child import ChildProcess
+from events.log import EventLogWriter
+from events.record import Event
 
 TICK_S = 0.2
 ORPHAN_DRAIN_S = 4.5
@@ -35,7 +37,7 @@ class WriterSpec:
         self.log_dir = log_dir
         self.events = events          # one channel per worker slot
         self.control = control
-        self.account = account        # engine.privileges.Account to become, None to stay
+        self.account = account        # engine.processes.privileges.Account to become, None to stay
         self.parent_pid = parent_pid
         self.close = close            # the supervisor's descriptors this process must not hold
 
@@ -61,7 +63,7 @@ class _Control:
     def log_dir_from_supervisor(self) -> int:
         """The log directory is gone and this account cannot make it again (or reach it): the
         supervisor, started as root, re-creates it as at start and hands over a descriptor."""
-        from engine.eventlog import LogDirError
+        from events.log import LogDirError
         try:
             ipc.send(self.sock, ["need_log_dir"])
         except OSError:

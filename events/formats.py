@@ -14,7 +14,7 @@ import json
 import re
 import time
 
-from workers.events import TYPE_DNS, TYPE_SNI, Event
+from events.record import TYPE_DNS, TYPE_SNI, Event
 
 # Maltrail's core/settings.py TIME_FORMAT; the line carries microseconds after it.
 MALTRAIL_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"

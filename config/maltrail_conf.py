@@ -7,8 +7,8 @@ indented lines under it; names starting USE_, SET_, CHECK_, ENABLE_, SHOW_ or DI
 switches, true when the value is 1 or true; a value of digits is a number; `$NAME` is replaced by
 Maltrail's own value of that name, else by the environment's; a later line for the same name wins),
 the table of every Maltrail option with the key of ours that stands for it (the `maltrail=` names
-in engine.config.SCHEMA) or the reason none does, and writing the result as a maltrail.toml that
-engine.config loads.
+in config.SCHEMA) or the reason none does, and writing the result as a maltrail.toml that
+config loads.
 
 Maltrail's MALTRAIL_<NAME> environment overrides are not applied: they belong to the process that
 ran Maltrail, not to its file.
@@ -27,7 +27,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.config import (
+from config import (
     COMMAND_LINE, SCHEMA, ConfigError, apply_overrides, check_value, comment_text, iter_keys, load_config,
     toml_value,
 )

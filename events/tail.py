@@ -19,8 +19,8 @@ import re
 import sys
 import time
 
-from engine.eventlog import EventLogReader
-from engine.formats import CSV_HEADER, FORMATS
+from events.log import EventLogReader
+from events.formats import CSV_HEADER, FORMATS
 
 EXIT_OK = 0
 EXIT_USAGE = 2

@@ -47,11 +47,11 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 import msgpack
 import zstandard
 
-from engine.fsafety import (
+from events.fsafety import (
     UnsafeFile, create_in_dir, directory_fd_problem, directory_problem, move_aside, open_dir,
     open_regular_in_dir,
 )
-from workers.events import Event
+from events.record import Event
 
 # RFC 8878: skippable frames use magic numbers 0x184D2A50..0x184D2A5F; we use the first.
 SKIPPABLE_MAGIC = 0x184D2A50

@@ -25,11 +25,11 @@ import sys
 import time
 import traceback
 
-from engine import ipc
-from engine.child import ChildProcess
-from engine.privileges import PrivilegeError
-from engine.ring import Ring, decode_batch
-from engine.trails import load_copy
+from engine.transport import ipc
+from engine.processes.child import ChildProcess
+from engine.processes.privileges import PrivilegeError
+from engine.transport.ring import Ring, decode_batch
+from engine.trail_artifact import load_copy
 from matchers import ArtifactError
 from workers.controls import Controls
 from workers.pipeline import Worker
@@ -45,7 +45,7 @@ class WorkerSpec:
                  live: bool, cpu=None, reference: bool = False, heuristics=None, controls: dict | None = None,
                  account=None, parent_pid=None, close=()):
         self.slot = slot
-        self.account = account        # engine.privileges.Account to become, None to stay
+        self.account = account        # engine.processes.privileges.Account to become, None to stay
         self.parent_pid = parent_pid
         self.close = close            # the supervisor's descriptors this process must not hold
         self.ring = ring

@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from engine.config import (
+from config import (
     ConfigError, apply_overrides, default_config_path, dump_config, load_config, parse_flag_value,
     resolved_sensor_name, toml_value,
 )
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
                 parser.parse_args(["trails", "--help"])
             return {"build": _trails_build, "stats": _trails_stats, "check": _trails_check}[args.trails_command](args)
         if args.command == "demo":
-            from engine.demo import run_demo
+            from cli.demo import run_demo
             return run_demo(args.out)
         if args.command == "config":
             if args.config_command is None:
@@ -233,7 +233,7 @@ def _min_prefix(cfg) -> tuple[int, int]:
 
 
 def _load_matchers(cfg):
-    from engine.trails import TrailsUnavailable, resolve_trails
+    from engine.trail_artifact import TrailsUnavailable, resolve_trails
     try:
         return resolve_trails(cfg.all.trails_artifact, cfg.sensor.allow_no_trails, log=_log,
                               min_prefix=_min_prefix(cfg))
@@ -245,9 +245,9 @@ def _load_matchers(cfg):
 def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = False,
                 stats_json: str | None = None, reference: bool = False) -> int:
     """Replay or live capture through the capture, worker and log-writer processes."""
-    from engine.child import auto_workers
-    from engine.supervisor import Engine, EngineError
-    from engine.trails import TrailsUnavailable, resolve_artifact
+    from engine.processes.child import auto_workers
+    from engine.processes.supervisor import Engine, EngineError
+    from engine.trail_artifact import TrailsUnavailable, resolve_artifact
     s = cfg.sensor
     try:
         artifact = resolve_artifact(cfg.all.trails_artifact, s.allow_no_trails, log=_log,
@@ -265,13 +265,13 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
     def reload_source() -> str:  # SIGHUP: the configured trails as they are now
         return resolve_artifact(cfg.all.trails_artifact, False, log=_log, min_prefix=_min_prefix(cfg))
 
-    from engine.controls import ControlsError, heuristic_settings, read_controls
+    from engine.control_files import ControlsError, heuristic_settings, read_controls
     try:
         controls = read_controls(cfg)
     except ControlsError as exc:
         return _fail(str(exc), 2)
 
-    from engine import privileges
+    from engine.processes import privileges
     try:
         account = privileges.resolve_account(s.user, notice=lambda text: _log("[i] " + text))
     except privileges.PrivilegeError as exc:
@@ -339,7 +339,7 @@ def _live(cfg) -> int:
 def _check_host(cfg) -> int:
     """check-config's checks of this host: each one a comment line on stdout (so the output stays
     a loadable maltrail.toml), each problem also a line on stderr; 1 when there is any."""
-    from engine.config import comment_text
+    from config import comment_text
     from engine.preflight import deployment_findings
     findings = deployment_findings(cfg)
     out = ["", "# this host, checked as a start would check it (--config-only skips this):"]
@@ -355,7 +355,7 @@ def _check_host(cfg) -> int:
 
 
 def _config_import(args) -> int:
-    from engine.confimport import ConfImportError, import_conf, write_toml
+    from config.maltrail_conf import ConfImportError, import_conf, write_toml
     try:
         result = import_conf(args.maltrail_conf)
         to_stdout = args.output == "-"
@@ -384,7 +384,7 @@ def _config_import(args) -> int:
 
 
 def _tail(args) -> int:
-    from engine.tail import run_tail
+    from events.tail import run_tail
     log_dir = getattr(args, "log_dir", None)
     if not log_dir:
         log_dir = load_config(getattr(args, "config", None) or default_config_path()).all.log_dir
@@ -404,7 +404,7 @@ def _trails_build(args) -> int:
     if not sources and not custom:
         return _fail("no trail sources: pass --source PATH (a Maltrail trails.csv or static trail "
                      "directory) or set [all] trail_sources in maltrail.toml", 2)
-    from engine.fsafety import directory_problem
+    from events.fsafety import directory_problem
     problem = directory_problem(os.path.dirname(os.path.abspath(output)))
     if problem:
         return _fail("refusing to write %s: %s" % (output, problem), 1)

@@ -18,7 +18,7 @@ import ctypes.util
 import os
 import signal
 
-from engine import privileges
+from engine.processes import privileges
 
 _PR_SET_NAME = 15
 _libc = None

@@ -3,7 +3,7 @@
 Owns the libpcap side of capture: opening an interface with a snap length, promiscuous and
 immediate mode, a kernel buffer size and a BPF filter; turning libpcap's failures into messages
 a person can act on; reading with a bounded wait so the capture loop can check signals; and a
-pypcap-backed file reader that mirrors engine.pcapfile.PcapFileReader so the two backends can be
+pypcap-backed file reader that mirrors engine.sources.pcapfile.PcapFileReader so the two backends can be
 run side by side. Must not decode frames, and must not multiplex interfaces: a caller that wants
 several interfaces opens several LiveCapture objects.
 
@@ -23,7 +23,7 @@ import time
 
 import pcap
 
-from engine.pcapfile import CaptureFileError
+from engine.sources.pcapfile import CaptureFileError
 from workers.batch import LINKTYPE_ETHERNET, LINKTYPE_RAW, FrameBatch, FrameBatchBuilder
 
 __all__ = [

@@ -36,14 +36,18 @@ import signal
 import sys
 import time
 
-from engine import ipc, logdir, privileges
-from engine.capture import CaptureSpec, run_capture
-from engine.child import pin_plan
-from engine.logwriter import WriterSpec, run_writer
-from engine.ring import Ring, ring_bytes
-from engine.stats import empty_counters, merge_counters, stats_line, summary_lines
-from engine.trails import TrailCopy, file_identity
-from engine.workerproc import WorkerSpec, run_worker
+from engine.transport import ipc
+
+from engine.processes import logdir
+
+from engine.processes import privileges
+from engine.processes.capture import CaptureSpec, run_capture
+from engine.processes.child import pin_plan
+from engine.processes.logwriter import WriterSpec, run_writer
+from engine.transport.ring import Ring, ring_bytes
+from engine.processes.stats import empty_counters, merge_counters, stats_line, summary_lines
+from engine.trail_artifact import TrailCopy, file_identity
+from engine.processes.worker import WorkerSpec, run_worker
 from matchers import ArtifactError
 
 STOP_BUDGET_S = 4.5
@@ -83,7 +87,7 @@ class Engine:
         self.mode = mode
         self.progress = progress and mode == "replay"   # a progress bar on self.out (a terminal)
         self._bar = None
-        self.account = account                # engine.privileges.Account the children become (root only)
+        self.account = account                # engine.processes.privileges.Account the children become (root only)
         self.drop_privileges = drop_privileges  # the supervisor drops what it no longer needs (CLI runs)
         self.bpf_text = bpf_text
         self.reference = reference

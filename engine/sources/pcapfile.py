@@ -605,7 +605,7 @@ def open_capture(path, snaplen_bytes: int | None = None, reader: str = "native")
     if reader == "native":
         return PcapFileReader(path, snaplen_bytes)
     if reader == "libpcap":
-        from engine.live import LibpcapFileReader   # pypcap is only needed for this backend
+        from engine.sources.live import LibpcapFileReader   # pypcap is only needed for this backend
 
         return LibpcapFileReader(path, snaplen_bytes)
     raise ValueError("reader must be 'native' or 'libpcap', got %r" % (reader,))

@@ -21,8 +21,8 @@ import fcntl
 import os
 import stat
 
-from engine.eventlog import FILE_RE, open_log_dir
-from engine.eventlog import LogDirError as EventLogDirError
+from events.log import FILE_RE, open_log_dir
+from events.log import LogDirError as EventLogDirError
 
 LOCK_NAME = ".maltrail-engine.lock"
 

@@ -15,7 +15,7 @@ import csv
 import os
 import sys
 
-from engine import pcapgen as g
+from engine.sources import synthetic as g
 
 START_NS = 1_767_225_600 * 1_000_000_000  # 2026-01-01 00:00:00 UTC
 
@@ -98,7 +98,7 @@ def write_inputs(out: str) -> tuple[str, str]:
 
 
 def run_demo(out: str) -> int:
-    from engine.cli import main as cli
+    from cli import main as cli  # the real commands, as a user types them
 
     trails, pcap = write_inputs(out)
     artifact = os.path.join(out, "trails.mtdb")

@@ -24,12 +24,16 @@ import stat
 import sys
 import time
 
-from engine import _capture, ipc, privileges
-from engine.child import ChildProcess
-from engine.dispatch import Dispatcher
-from engine.live import CaptureError, LiveCapture
-from engine.pcapfile import CaptureFileError, PcapFileReader, open_capture, starts_before
-from engine.ring import TIMELINE_BREAK, Ring, encode_batch
+from engine.transport import _capture
+
+from engine.transport import ipc
+
+from engine.processes import privileges
+from engine.processes.child import ChildProcess
+from engine.transport.dispatch import Dispatcher
+from engine.sources.live import CaptureError, LiveCapture
+from engine.sources.pcapfile import CaptureFileError, PcapFileReader, open_capture, starts_before
+from engine.transport.ring import TIMELINE_BREAK, Ring, encode_batch
 from workers.batch import FrameBatchBuilder
 
 READ_FRAMES = 1024
@@ -47,7 +51,7 @@ class CaptureSpec:
                  progress_interval_s=0.0):
         self.mode = mode
         self.progress_interval_s = progress_interval_s  # replay: how often to say how far it read (0: never)
-        self.account = account          # engine.privileges.Account to become, None to stay
+        self.account = account          # engine.processes.privileges.Account to become, None to stay
         self.parent_pid = parent_pid
         self.close = close              # the supervisor's descriptors this process must not hold
         self.rings = rings

@@ -31,7 +31,7 @@ from __future__ import annotations
 import struct
 from array import array
 
-from engine import _ring
+from engine.transport import _ring
 from workers import _fastpath
 from workers.batch import FrameBatch
 
