@@ -13,7 +13,7 @@ setup(
     version="0.1.0",
     description="Network sensor that matches traffic against Maltrail trails and heuristics",
     python_requires=">=3.11",
-    packages=["cli", "config", "events", "events.log", "engine", "engine.processes", "engine.transport",
+    packages=["cli", "config", "events", "events.log", "events.forwarders", "engine", "engine.processes", "engine.transport",
               "engine.sources", "workers", "workers.heuristics", "matchers", "trailsdb"],
     package_data={"matchers": ["csrc/*.h"], "engine.transport": ["csrc/*.c"], "workers": ["csrc/*.h", "csrc/*.c"]},
     ext_modules=[

@@ -79,13 +79,16 @@ def _flags(parser: argparse.ArgumentParser, *names: str) -> None:
         parser.add_argument(*flags, default=_S, **options)
 
 
-def _version() -> str:
+def _package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
     try:
-        ours = version("maltrail-engine")
+        return version("maltrail-engine")
     except PackageNotFoundError:  # run from a checkout that was never installed
-        ours = "(not installed)"
-    return "maltrail-engine %s (Python %s)" % (ours, sys.version.split()[0])
+        return "(not installed)"
+
+
+def _version() -> str:
+    return "maltrail-engine %s (Python %s)" % (_package_version(), sys.version.split()[0])
 
 
 def _indicator(text: str) -> str:
@@ -272,6 +275,7 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
         return _fail(str(exc), 2)
 
     from engine.processes import privileges
+    from engine.processes.forwarder import destinations_from_config
     try:
         account = privileges.resolve_account(s.user, notice=lambda text: _log("[i] " + text))
     except privileges.PrivilegeError as exc:
@@ -295,7 +299,8 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
                     buffer_bytes=s.capture_buffer_bytes, bpf_filter=s.capture_filter, reload_source=reload_source,
                     reference=reference, heuristics=heuristic_settings(cfg), controls=controls,
                     controls_source=lambda: read_controls(cfg), account=account, drop_privileges=True,
-                    bpf_text=bpf_text, progress=mode == "replay" and not quiet and sys.stderr.isatty())
+                    bpf_text=bpf_text, progress=mode == "replay" and not quiet and sys.stderr.isatty(),
+                    forward_to=destinations_from_config(cfg), version=_package_version())
     try:
         code = engine.run()
     except EngineError as exc:

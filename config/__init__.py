@@ -75,6 +75,7 @@ class Key:
     split:     a list may also be written as one comma-separated string.
     min_items: fewest items a list may hold.
     maltrail:  the maltrail.conf option this corresponds to, "" when there is none.
+    secret:    the value is a secret: never printed (check-config shows whether it is set).
     """
 
     type: str
@@ -89,6 +90,7 @@ class Key:
     split: bool = False
     min_items: int = 0
     maltrail: str = ""
+    secret: bool = False
 
     @property
     def allowed(self) -> str:
@@ -203,6 +205,39 @@ SCHEMA: dict[str, dict[str, Key]] = {
                 'open) the capture process run as when the sensor is started as root; the log '
                 'directory is made to belong to it. "root" keeps root (not recommended). When the '
                 'default account does not exist, "nobody" is used and a notice says so'),
+        "log_server": Key(
+            "str", "", form="endpoint_udp", empty_ok=True,
+            doc='a Maltrail server (or ours) to send every event to, one UDP datagram each '
+                '("<epoch seconds> <event line>"), "host:port" or "[IPv6]:port"; best effort, as in '
+                'Maltrail; "" for none', maltrail="LOG_SERVER"),
+        "log_server_secret": Key(
+            "str", "", empty_ok=True, secret=True,
+            doc='shared secret signing log_server datagrams as Maltrail\'s newer servers check them '
+                '("MTS1 <HMAC>"); "" sends them unsigned', maltrail="LOG_SERVER_SECRET"),
+        "syslog_server": Key(
+            "list", (), form="endpoint", split=True,
+            doc='SIEM collectors receiving every event as CEF over syslog: "udp://host:514", '
+                '"tcp://host:514" (RFC 6587 octet counting) or "tls://host:6514"; a bare "host:port" '
+                'is UDP, as Maltrail\'s. TCP and TLS lose nothing through an outage or a restart',
+            maltrail="SYSLOG_SERVER"),
+        "syslog_format": Key(
+            "str", "maltrail", form="syslog_format",
+            doc='"maltrail": Maltrail\'s CEF line byte for byte (no <PRI>, severity 0-2); "rfc5424": an '
+                'RFC 5424 header and CEF severity on its 0-10 scale (3, 6, 9)'),
+        "syslog_ca_file": Key(
+            "str", "", form="path", empty_ok=True,
+            doc='CA certificates (PEM) that verify tls:// collectors; "" for the system\'s'),
+        "syslog_client_cert": Key(
+            "str", "", form="path", empty_ok=True,
+            doc='certificate (PEM) presented to tls:// collectors that ask for one; "" for none'),
+        "syslog_client_key": Key(
+            "str", "", form="path", empty_ok=True,
+            doc='private key (PEM) of syslog_client_cert, if not in the same file; "" for none'),
+        "logstash_server": Key(
+            "list", (), form="endpoint_udp_tcp", split=True,
+            doc='Logstash inputs receiving every event as Maltrail\'s JSON object: "udp://host:5000" '
+                '(a datagram each, best effort) or "tcp://host:5000" (a line each, nothing lost); a bare '
+                '"host:port" is UDP', maltrail="LOGSTASH_SERVER"),
     },
     "heuristics": {
         "scan_window_s": Key(
@@ -414,6 +449,27 @@ def _check_proxy_url(s: str) -> str | None:
     return None
 
 
+def _check_endpoint(s: str, schemes) -> str | None:
+    """A forwarding destination: scheme://host:port, or host:port meaning the first scheme."""
+    if any(c.isspace() for c in s):
+        return "it contains whitespace"
+    raw = s if "://" in s else "%s://%s" % (schemes[0], s)
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError as exc:
+        return "it is not host:port (%s)" % exc
+    if parts.scheme not in schemes:
+        return "the scheme must be %s" % " or ".join("%s://" % x for x in schemes)
+    if not parts.hostname:
+        return "the host is missing"
+    if not port:
+        return "the port is missing (host:port)"
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        return "only scheme://host:port is allowed"
+    return None
+
+
 def _check_cidr(s: str) -> str | None:
     try:
         ipaddress.ip_network(s, strict=False)
@@ -441,6 +497,16 @@ _FORMS: dict[str, tuple[Any, str, str]] = {
     "regex": (_check_regex, "a regular expression (Python syntax)", "regular expressions"),
     "proxy_url": (_check_proxy_url, 'a URL "http://host:port" or "https://host:port"',
                   'URLs "http://host:port" or "https://host:port"'),
+    "endpoint": (lambda s: _check_endpoint(s, ("udp", "tcp", "tls")),
+                 'a destination "udp://host:port", "tcp://host:port", "tls://host:port" or "host:port" (UDP)',
+                 'destinations "udp://host:port", "tcp://host:port", "tls://host:port" or "host:port" (UDP)'),
+    "endpoint_udp_tcp": (lambda s: _check_endpoint(s, ("udp", "tcp")),
+                         'a destination "udp://host:port", "tcp://host:port" or "host:port" (UDP)',
+                         'destinations "udp://host:port", "tcp://host:port" or "host:port" (UDP)'),
+    "endpoint_udp": (lambda s: _check_endpoint(s, ("udp",)), 'a destination "host:port" or "[IPv6]:port"',
+                     'destinations "host:port" or "[IPv6]:port"'),
+    "syslog_format": (lambda s: None if s in ("maltrail", "rfc5424") else "it is neither maltrail nor rfc5424",
+                      '"maltrail" or "rfc5424"', '"maltrail" or "rfc5424"'),
 }
 
 
@@ -1050,7 +1116,7 @@ def dump_config(cfg: Config) -> str:
         "# precedence: command-line flags, then the file, then built-in defaults",
     ]
     rows = []
-    for section, key, _spec in iter_keys():
+    for section, key, spec in iter_keys():
         origin = cfg._origins[(section, key)]
         if origin == ORIGIN_FLAG:
             note = COMMAND_LINE
@@ -1058,7 +1124,12 @@ def dump_config(cfg: Config) -> str:
             note = "file " + comment_text(_where(cfg.path, cfg._lines[(section, key)]))
         else:
             note = ORIGIN_DEFAULT
-        rows.append((section, "%s = %s" % (key, _toml_value(cfg._values[(section, key)])), note))
+        value = cfg._values[(section, key)]
+        if spec.secret and value:
+            # A secret is never printed: the key line would not load back, which is the point.
+            rows.append((section, "# %s = (set, not shown)" % key, note))
+            continue
+        rows.append((section, "%s = %s" % (key, _toml_value(value)), note))
     width = min(60, max(len(text) for _s, text, _n in rows))
     current = None
     for section, text, note in rows:

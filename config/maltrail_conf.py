@@ -55,9 +55,6 @@ MALTRAIL_ONLY: dict[str, str] = {
     "DISABLED_TRAILS_INFO_REGEX": _FEEDS_LATER,
     "CUSTOM_TRAILS_URL": _FEEDS_LATER,
     "DISABLE_CPU_AFFINITY": "maltrail-engine always pins its capture process to one CPU; there is no switch",
-    "LOG_SERVER": _FORWARDING_LATER,
-    "SYSLOG_SERVER": _FORWARDING_LATER,
-    "LOGSTASH_SERVER": _FORWARDING_LATER,
     "REMOTE_SEVERITY_REGEX": "every event carries a severity computed from its labels (COMPATIBILITY.md, "
                              "difference 16); " + _FORWARDING_LATER,
     "DISABLE_LOCAL_LOG_STORAGE": "the local log is always written; " + _FORWARDING_LATER,

@@ -55,6 +55,7 @@ MONITOR_INTERFACE eth1,eth2
 CAPTURE_FILTER udp or icmp or (tcp and (tcp[tcpflags] == tcp-syn or port 80 or port 1080 or port 3128 or port 8000 or port 8080 or port 8118))
 SENSOR_NAME $HOSTNAME
 LOG_SERVER 192.0.2.50:8337
+LOG_SERVER_SECRET s3cret-shared
 SYSLOG_SERVER 192.0.2.50:514
 LOGSTASH_SERVER 192.0.2.50:5000
 REMOTE_SEVERITY_REGEX (?P<high>malware)|(?P<low>scanner)

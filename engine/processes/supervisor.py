@@ -69,27 +69,22 @@ def _stamp() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _version() -> str:
-    from importlib import metadata
-    try:
-        return metadata.version("maltrail-engine")
-    except metadata.PackageNotFoundError:
-        return "(not installed)"
-
-
 class Engine:
     def __init__(self, *, mode: str, workers: int, artifact_path: str, sensor: str, log_dir: str,
                  condense_window_s: int, ring_bytes_per_worker: int, stats_interval_s: int = 60,
                  paths=(), reader: str = "native", snaplen_bytes=None, interfaces=(), promiscuous=True,
                  buffer_bytes=None, bpf_filter="", reload_source=None, out=sys.stderr, seed: bytes | None = None,
                  reference: bool = False, heuristics=None, controls: dict | None = None, controls_source=None,
-                 account=None, drop_privileges: bool = False, bpf_text: str = "", progress: bool = False):
+                 account=None, drop_privileges: bool = False, bpf_text: str = "", progress: bool = False,
+                 forward_to: list | None = None, version: str = ""):
         self.mode = mode
         self.progress = progress and mode == "replay"   # a progress bar on self.out (a terminal)
         self._bar = None
         self.account = account                # engine.processes.privileges.Account the children become (root only)
         self.drop_privileges = drop_privileges  # the supervisor drops what it no longer needs (CLI runs)
         self.bpf_text = bpf_text
+        self.forward_to = list(forward_to or [])   # destinations (engine/processes/forwarder.py descriptions)
+        self.version = version
         self.reference = reference
         self.heuristics = heuristics          # workers.heuristics.HeuristicSettings (None: the defaults)
         self.controls = controls or {}        # engine/controls.py read_controls() output
@@ -127,7 +122,11 @@ class Engine:
         self.capture = self.writer = self.selector = None
         self.event_channels: list = []
         self.status_channels: list = []
-        self.capture_channel = self.writer_channel = ()
+        self.capture_channel = self.writer_channel = self.forwarder_channel = ()
+        self.forwarder = None
+        self.forwarder_stats: dict = {}   # destination name -> its statistics (events/forwarders/base.py)
+        self._forwarder_finish_sent = False
+        self._forwarder_deaths = 0
         self.wake_r = self.wake_w = None
         self._processed: list[int] = []
 
@@ -180,6 +179,11 @@ class Engine:
             parent_pid=os.getpid(), close=self._not_owned_by("capture"), **self.capture_args),))
         self.capture.start()
         self._wait_capture_ready()
+        if self.forward_to:
+            # Before the writer: a destination seen for the first time starts at the end of the
+            # log as it was before this run wrote anything.
+            self.forwarder_channel = ipc.channel()
+            self._start_forwarder()
         self.writer = self.ctx.Process(target=run_writer, name="mte-writer", args=(WriterSpec(
             self.log_dir, [w for _, w in self.event_channels], self.writer_channel[0], account=self.account,
             parent_pid=os.getpid(), close=self._not_owned_by("writer")),))
@@ -202,6 +206,9 @@ class Engine:
             self.selector.register(sup, selectors.EVENT_READ, ("status", k))
         self.selector.register(self.capture.sentinel, selectors.EVENT_READ, ("exit", "capture"))
         self.selector.register(self.writer.sentinel, selectors.EVENT_READ, ("exit", "writer"))
+        if self.forwarder is not None:
+            self.selector.register(self.forwarder_channel[1], selectors.EVENT_READ, ("forwarder", None))
+            self.selector.register(self.forwarder.sentinel, selectors.EVENT_READ, ("exit", "forwarder"))
         for k, proc in enumerate(self.workers):
             self.selector.register(proc.sentinel, selectors.EVENT_READ, ("exit", k))
         self._running = True
@@ -282,11 +289,66 @@ class Engine:
         elif who == "writer":
             mine.add(id(self.writer_channel[0]))
             mine.update(id(w) for _, w in self.event_channels)
+        elif who == "forwarder":
+            mine.add(id(self.forwarder_channel[0]))
         else:
             mine.update((id(self.event_channels[who][0]), id(self.status_channels[who][0])))
-        ends = [end for pair in self.event_channels + self.status_channels + [self.capture_channel, self.writer_channel]
-                for end in pair]
+        ends = [end for pair in self.event_channels + self.status_channels
+                + [self.capture_channel, self.writer_channel, self.forwarder_channel] for end in pair]
         return [end for end in ends if id(end) not in mine] + [self.wake_r, self.wake_w, self.selector]
+
+    def _start_forwarder(self) -> None:
+        from engine.processes.forwarder import ForwarderSpec, run_forwarder
+        spec = ForwarderSpec(self.log_dir, self.forward_to, self.forwarder_channel[0], self.version,
+                             time.strftime("%Y-%m-%d", time.localtime(self.trails.created_s or time.time())),
+                             account=self.account, parent_pid=os.getpid(), close=self._not_owned_by("forwarder"))
+        self.forwarder = self.ctx.Process(target=run_forwarder, name="mte-forwarder", args=(spec,))
+        self.forwarder.start()
+        sock = self.forwarder_channel[1]
+        waiter = selectors.DefaultSelector()
+        waiter.register(sock, selectors.EVENT_READ)
+        waiter.register(self.forwarder.sentinel, selectors.EVENT_READ)
+        try:
+            while True:
+                waiter.select(1.0)
+                ready = False
+                for message in ipc.receive_ready(sock):
+                    if message is None:
+                        continue
+                    if message[0] == "ready":
+                        ready = True
+                    elif message[0] == "done" and message[1].get("error"):
+                        self.forwarder.join()
+                        raise EngineError("forwarding: %s" % message[1]["error"], code=1)
+                    else:
+                        self._on_forwarder(message)
+                if ready:
+                    break
+                if not self.forwarder.is_alive():
+                    self.forwarder.join()
+                    raise EngineError("the forwarder died while starting (exit %s)" % self.forwarder.exitcode,
+                                      code=1)
+        finally:
+            waiter.close()
+        if self._running:  # a restart: registered with the others
+            self.selector.register(self.forwarder.sentinel, selectors.EVENT_READ, ("exit", "forwarder"))
+
+    def _forwarder_died(self, exitcode) -> bool:
+        """Restarts a forwarder that died (its destinations resume from their saved places);
+        False when it died too often to go on (the log still holds every event)."""
+        self._forwarder_deaths += 1
+        if self._forwarder_deaths > MAX_WORKER_DEATHS:
+            self._warn("the forwarder died %d times: forwarding stops; events stay in the log and are sent "
+                       "from where each destination stopped at the next start" % self._forwarder_deaths)
+            return False
+        self._warn("the forwarder died (exit %s); restarting it: each destination resumes where it was "
+                   "acknowledged" % exitcode)
+        try:
+            self._start_forwarder()
+        except EngineError as exc:
+            self._warn(str(exc))
+            return False
+        return True
 
     def _start_worker(self, k: int) -> None:
         trails = self._slot_trails[k]  # at start the first copy; after a death, what that slot last ran
@@ -344,7 +406,7 @@ class Engine:
         else:
             source = "replaying %d file(s)" % len(self.capture_args["paths"])
         self._notice("maltrail-engine %s: %s; trails %s (generation %d, %d trails); %d worker(s)%s; log %s"
-                     % (_version(), source, self.artifact_path, self.generation, self.trail_count, self.n,
+                     % (self.version or "(version unknown)", source, self.artifact_path, self.generation, self.trail_count, self.n,
                         " as %s" % self.account.name if self.account is not None else "", self.log_dir))
 
     def _signal(self, signum, _frame) -> None:
@@ -384,99 +446,129 @@ class Engine:
         return code
 
     def _loop(self) -> int:
-        code = 0
-        capture_done = False
-        workers_done = [False] * self.n
-        finish_sent = False
-        writer_done = False
-        stopping_since = None
+        """gunicorn's arbiter shape: wait for something to happen (a child's message or exit, a
+        queued signal, a timer), handle it, then see whether the stop sequence can advance."""
+        self._code = 0
+        self._capture_done = False
+        self._workers_done = [False] * self.n
+        self._finish_sent = False
+        self._writer_done = False
+        self._forwarder_done = self.forwarder is None
+        self._stopping_since = None
         next_stats = time.monotonic() + self.stats_interval_s if self.stats_interval_s else None
-
-        def begin_stop(reason: str | None = None) -> None:
-            nonlocal stopping_since
-            if stopping_since is None:
-                stopping_since = time.monotonic()
-                if reason:
-                    self.notes.append(reason)
-                try:
-                    ipc.send(self.capture_channel[1], ["stop"])
-                except OSError:
-                    pass
-
-        while not writer_done:
+        while not (self._writer_done and self._forwarder_done):
             timeout = 0.5
-            if stopping_since is not None:
-                left = STOP_BUDGET_S - (time.monotonic() - stopping_since)
+            if self._stopping_since is not None:
+                left = STOP_BUDGET_S - (time.monotonic() - self._stopping_since)
                 if left <= 0:
                     self._force_stop()
                     self.notes.append("stopped before everything drained (%.1f s budget)" % STOP_BUDGET_S)
                     return 1
                 timeout = min(timeout, left)
             for key, _ in self.selector.select(timeout):
-                kind, who = key.data
-                if kind == "wake":
-                    try:
-                        os.read(self.wake_r, 512)
-                    except BlockingIOError:
-                        pass
-                elif kind == "capture":
-                    for message in ipc.receive_ready(self.capture_channel[1]):
-                        if message is not None and self._on_capture(message):
-                            code = 1
-                elif kind == "writer":
-                    for message in ipc.receive_ready(self.writer_channel[1]):
-                        if message is not None:
-                            self._on_writer(message)
-                elif kind == "status":
-                    for message in ipc.receive_ready(key.fileobj):
-                        if message is not None:
-                            self._on_status(who, message)
-                elif kind == "exit":
-                    self.selector.unregister(key.fileobj)
-                    if who == "capture":
-                        self.capture.join()
-                        capture_done = True
-                        if self.capture.exitcode != 0:
-                            code = 1
-                            if not self.capture_stats.get("error"):
-                                self.notes.append("the capture process died (exit %s)" % self.capture.exitcode)
-                            for ring in self.rings:  # its rings will get no more: let workers drain them
-                                ring.close()
-                            begin_stop()
-                    elif who == "writer":
-                        self.writer.join()
-                        writer_done = True
-                        if not finish_sent or self.writer.exitcode != 0:
-                            self.notes.append("the log writer died (exit %s)" % self.writer.exitcode)
-                            begin_stop()
-                            self._force_stop()
-                            return 1
-                    else:
-                        proc = self.workers[who]
-                        proc.join()
-                        if proc.exitcode == 0:
-                            workers_done[who] = True
-                        else:
-                            if not self._worker_died(who, proc.exitcode):
-                                code = 1
-                                self._force_stop()
-                                return 1
-                            self._start_worker(who)
+                if not self._handle(*key.data, key.fileobj):
+                    self._force_stop()
+                    return 1
             while self._signals:
                 signum = self._signals.pop(0)
                 if signum == signal.SIGHUP:
                     self._reload()
                 else:
-                    begin_stop()
+                    self._begin_stop()
             self._check_artifact_on_disk()
-            if capture_done and all(workers_done) and not finish_sent:
-                ipc.send(self.writer_channel[1], ["finish"])
-                finish_sent = True
-            if next_stats is not None and time.monotonic() >= next_stats and not writer_done:
+            self._advance_stop()
+            if next_stats is not None and time.monotonic() >= next_stats and not self._writer_done:
                 self._notice(stats_line(merge_counters(self._carried + self._latest), self.capture_stats,
                                         self.engine_stats()))
                 next_stats = time.monotonic() + self.stats_interval_s
-        return code
+        return self._code
+
+    def _handle(self, kind: str, who, fileobj) -> bool:
+        """One ready channel or exited child; False when the run cannot go on."""
+        if kind == "wake":
+            try:
+                os.read(self.wake_r, 512)
+            except BlockingIOError:
+                pass
+        elif kind == "capture":
+            for message in ipc.receive_ready(self.capture_channel[1]):
+                if message is not None and self._on_capture(message):
+                    self._code = 1
+        elif kind == "writer":
+            for message in ipc.receive_ready(self.writer_channel[1]):
+                if message is not None:
+                    self._on_writer(message)
+        elif kind == "forwarder":
+            for message in ipc.receive_ready(self.forwarder_channel[1]):
+                if message is not None:
+                    self._on_forwarder(message)
+        elif kind == "status":
+            for message in ipc.receive_ready(fileobj):
+                if message is not None:
+                    self._on_status(who, message)
+        elif kind == "exit":
+            self.selector.unregister(fileobj)
+            return self._on_exit(who)
+        return True
+
+    def _on_exit(self, who) -> bool:
+        if who == "capture":
+            self.capture.join()
+            self._capture_done = True
+            if self.capture.exitcode != 0:
+                self._code = 1
+                if not self.capture_stats.get("error"):
+                    self.notes.append("the capture process died (exit %s)" % self.capture.exitcode)
+                for ring in self.rings:  # its rings will get no more: let workers drain them
+                    ring.close()
+                self._begin_stop()
+        elif who == "writer":
+            self.writer.join()
+            self._writer_done = True
+            if not self._finish_sent or self.writer.exitcode != 0:
+                self.notes.append("the log writer died (exit %s)" % self.writer.exitcode)
+                self._begin_stop()
+                return False
+        elif who == "forwarder":
+            self.forwarder.join()
+            if self._writer_done:
+                self._forwarder_done = True
+            elif not self._forwarder_died(self.forwarder.exitcode):
+                self._forwarder_done = True     # given up on: the log still holds every event
+        else:
+            proc = self.workers[who]
+            proc.join()
+            if proc.exitcode == 0:
+                self._workers_done[who] = True
+            else:
+                if not self._worker_died(who, proc.exitcode):
+                    self._code = 1
+                    return False
+                self._start_worker(who)
+        return True
+
+    def _begin_stop(self, reason: str | None = None) -> None:
+        if self._stopping_since is None:
+            self._stopping_since = time.monotonic()
+            if reason:
+                self.notes.append(reason)
+            try:
+                ipc.send(self.capture_channel[1], ["stop"])
+            except OSError:
+                pass
+
+    def _advance_stop(self) -> None:
+        """The stop sequence: capture done and every worker done -> the writer finishes; the
+        writer done -> the forwarder sends what the log holds and finishes."""
+        if self._capture_done and all(self._workers_done) and not self._finish_sent:
+            ipc.send(self.writer_channel[1], ["finish"])
+            self._finish_sent = True
+        if self._writer_done and not self._forwarder_done and not self._forwarder_finish_sent:
+            try:
+                ipc.send(self.forwarder_channel[1], ["finish"])
+            except OSError:
+                pass
+            self._forwarder_finish_sent = True
 
     # -- messages from the children -----------------------------------------------------------
     def _on_capture(self, message) -> bool:
@@ -491,6 +583,10 @@ class Engine:
                 self.notes.append("capture: %s" % message[1]["error"])
                 return True
         return False
+
+    def _on_forwarder(self, message) -> None:
+        if message[0] in ("stats", "done") and isinstance(message[1], dict) and "error" not in message[1]:
+            self.forwarder_stats = message[1]
 
     def _on_writer(self, message) -> None:
         if message[0] == "done":
@@ -532,6 +628,10 @@ class Engine:
         for message in ipc.receive_ready(self.writer_channel[1]):
             if message is not None:
                 self._on_writer(message)
+        if self.forwarder is not None:
+            for message in ipc.receive_ready(self.forwarder_channel[1]):
+                if message is not None:
+                    self._on_forwarder(message)
         for k, (_, sup) in enumerate(self.status_channels):
             for message in ipc.receive_ready(sup):
                 if message is not None:
@@ -633,6 +733,12 @@ class Engine:
             self._warn("reload: worker %d keeps generation %d: %s" % (slot, kept, why))
         if not failed:
             self._notice("reload done: every worker runs generation %d" % offer.generation)
+            if self.forwarder is not None:
+                try:
+                    ipc.send(self.forwarder_channel[1], ["trails_date", time.strftime(
+                        "%Y-%m-%d", time.localtime(offer.created_s or time.time()))])
+                except OSError:
+                    pass
         elif len(failed) == self.n:
             previous = self._offer_previous
             self.trails, self.trail_count, self.generation = previous, previous.trail_count, previous.generation
@@ -671,7 +777,7 @@ class Engine:
             "generation %d; send SIGHUP to check and load the file" % (self.artifact_path, what, self.generation))
 
     def _force_stop(self) -> None:
-        for proc in [self.capture, *self.workers]:
+        for proc in [self.capture, self.forwarder, *self.workers]:
             if proc is not None and proc.is_alive():
                 proc.kill()
         for ring in self.rings:
@@ -685,7 +791,7 @@ class Engine:
             self.writer.kill()
 
     def _cleanup(self) -> None:
-        for proc in [self.capture, self.writer, *self.workers]:
+        for proc in [self.capture, self.writer, self.forwarder, *self.workers]:
             if proc is not None:
                 proc.join(0.5)
                 if proc.is_alive():
@@ -699,7 +805,8 @@ class Engine:
                 m.close()
             except BufferError:
                 pass  # a view is still alive somewhere; the mapping goes with the process
-        for pair in self.event_channels + self.status_channels + [self.capture_channel, self.writer_channel]:
+        for pair in self.event_channels + self.status_channels + [self.capture_channel, self.writer_channel,
+                                                                  self.forwarder_channel]:
             for sock in pair:
                 sock.close()
         for fd in (self.wake_r, self.wake_w, self.lock_fd):
@@ -719,9 +826,15 @@ class Engine:
         return {"workers": self.n, "started_unix": self.started_unix, "elapsed_s": self.elapsed, "cpu_s": self.cpu,
                 "counters": self.counters, "capture": self.capture_stats, "writer": self.writer_stats,
                 "engine": {"processed": self._processed, "deaths": self.deaths, "lost_frames": self.lost_frames,
-                           "notes": self.notes}}
+                           "notes": self.notes},
+                "forwarders": self.forwarder_stats}
 
     def summary_lines(self) -> list[str]:
         engine = {"processed": self._processed, "deaths": self.deaths, "lost_frames": self.lost_frames,
                   "notes": self.notes}
-        return summary_lines(self.counters, self.elapsed, self.cpu, self.log_dir, self.capture_stats, engine)
+        lines = summary_lines(self.counters, self.elapsed, self.cpu, self.log_dir, self.capture_stats, engine)
+        for name, st in sorted(self.forwarder_stats.items()):
+            lines.append("forwarded to %s %s: sent %d, failed deliveries %d, dropped %d%s" % (
+                st["kind"], st["destination"], st["sent"], st["failed"], st["dropped"],
+                "" if not st.get("lag_s") else ", %.1f s behind" % st["lag_s"]))
+        return lines

@@ -115,6 +115,24 @@ def list_day_files(log_dir: str) -> list[tuple[datetime.date, str]]:
     return found
 
 
+def day_files_in(dir_fd: int) -> list[tuple[datetime.date, str]]:
+    """(date, name) of the day files in an open log directory, oldest first (see
+    list_day_files); for a reader that reached the directory by descriptor."""
+    found = []
+    for name in os.listdir(dir_fd):
+        day = file_date(name)
+        if day is None:
+            continue
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            found.append((day, name))
+    found.sort()
+    return found
+
+
 def encode_pair(frame: bytes, count: int, min_ts_us: int, max_ts_us: int) -> bytes:
     """The bytes appended for one closed frame: skippable index frame + the data frame."""
     return PAIR_HEADER.pack(SKIPPABLE_MAGIC, INDEX.size, len(frame), count, min_ts_us, max_ts_us) + frame
@@ -829,11 +847,12 @@ def _wait(stop, seconds: float) -> None:
         time.sleep(seconds)
 
 
-def _open_for_reading(path: str) -> int:
-    """A read descriptor of a day file: never through a symlink, never blocking on a FIFO;
-    FileNotFoundError for anything that is not a regular file (it is not a day file)."""
+def _open_for_reading(path: str, dir_fd: int | None = None) -> int:
+    """A read descriptor of a day file (a path, or a name in `dir_fd`): never through a symlink,
+    never blocking on a FIFO; FileNotFoundError for anything that is not a regular file (it is
+    not a day file)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise
@@ -842,6 +861,43 @@ def _open_for_reading(path: str) -> int:
         os.close(fd)
         raise FileNotFoundError(errno.ENOENT, "not a regular file", path)
     return fd
+
+
+def open_day_file(dir_fd: int, name: str) -> int:
+    """A read descriptor of the day file `name` in an open log directory (see _open_for_reading)."""
+    return _open_for_reading(name, dir_fd)
+
+
+class PairReader:
+    """The complete pairs of an open day file from a pair boundary on, decoded, for a reader that
+    keeps its own place (a forwarder): `pairs()` yields (PairInfo, events); damaged pairs are
+    skipped (counted in `corrupt`), and `resume` is where the next read should start (the end,
+    or a pair still being written)."""
+
+    def __init__(self, fd: int, start: int, decoder: "_Decoder | None" = None):
+        self._walk = _Walk(fd, start)
+        self._decoder = decoder or _Decoder()
+
+    def pairs(self) -> Iterator[tuple[PairInfo, list[Event]]]:
+        for info, events in self._walk.pairs(_always, self._decoder):
+            if events is not None:
+                yield info, events
+
+    @property
+    def resume(self) -> int:
+        return self._walk.resume
+
+    @property
+    def corrupt(self) -> int:
+        return self._walk.corrupt
+
+    @property
+    def size(self) -> int:
+        return self._walk.size
+
+
+def _always(_info: PairInfo) -> bool:
+    return True
 
 
 class FollowFrom(NamedTuple):

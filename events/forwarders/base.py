@@ -1,0 +1,183 @@
+"""One forwarding destination, and the loop that feeds it from the event log.
+
+Owns the contract every destination keeps (Maltrail's LOG_SERVER, syslog CEF, Logstash JSON,
+ECS JSON lines, webhooks, our server) and the loop around it:
+
+- A `Destination` turns an event into its message (`render`, None when the event is not for it:
+  below a severity, throttled), and delivers a batch (`deliver`): it returns how many of the
+  messages were accepted, in order, or raises `Unreachable` (nothing more can be sent now).
+  `reliable` destinations (TCP, TLS, HTTP) count as accepted only what the other side
+  acknowledged; best-effort ones (UDP) accept everything they tried and count what failed as
+  `dropped`.
+- `Forwarder` follows the log with a LogCursor (events/forwarders/cursor.py) from the
+  destination's saved place, hands out batches of FORWARD_BATCH events, moves the place past what
+  was accepted and saves it. A reliable destination that is unreachable keeps its place: the same
+  events are offered again after a backoff (1 s doubling to BACKOFF_MAX_S), however long the
+  outage, because the log is the queue (nothing is held in memory). A best-effort one moves on.
+- It runs in its own thread, reads the log from disk, and never touches capture, the workers or
+  the writer: a slow or dead collector costs its own thread and nothing else, and no memory
+  beyond one batch.
+- `stats()` says what it did: sent, failed (deliveries that failed), dropped (best effort: not
+  sent), skipped (not for this destination), lag_s (seconds since it last had nothing to send;
+  0 while caught up) and whether it is connected.
+
+Must not know how events are detected or how the log is written.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+from events.forwarders.cursor import LogCursor, PositionStore
+from events.record import Event
+
+FORWARD_BATCH = 256
+POLL_S = 0.2
+BACKOFF_MIN_S = 1.0
+BACKOFF_MAX_S = 30.0
+
+
+class Unreachable(Exception):
+    """The destination cannot take anything now (connection refused, reset, timed out, no answer,
+    a name that resolves to nothing); the message says which, for the operator."""
+
+
+class Destination:
+    """One place events go to. Subclasses set `kind` (the config key, e.g. "syslog_server"),
+    `address` (what the operator wrote) and `reliable`."""
+
+    kind = "destination"
+    reliable = True
+
+    def __init__(self, address: str):
+        self.address = address
+
+    @property
+    def name(self) -> str:
+        """A file-name-safe identity (the position file's name): kind and address."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.address.lower())
+        return "%s-%s" % (self.kind.replace("_", "-"), safe)[:120]
+
+    def render(self, event: Event) -> bytes | None:
+        raise NotImplementedError
+
+    def deliver(self, messages: list[bytes]) -> int:
+        raise NotImplementedError
+
+    def connected(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class Forwarder:
+    """Feeds one destination from the log, in a thread (see the module doc)."""
+
+    def __init__(self, destination: Destination, dir_fd: int, warn: Callable[[str], None] = print,
+                 clock: Callable[[], float] = time.monotonic, batch: int = FORWARD_BATCH):
+        self.destination = destination
+        self.store = PositionStore(dir_fd, destination.name, "%s %s" % (destination.kind, destination.address))
+        places = self.store.load()
+        self.cursor = LogCursor(dir_fd, places) if places is not None else LogCursor.at_end(dir_fd)
+        if places is None:
+            self.store.save(self.cursor.places)
+        self.warn = warn
+        self.clock = clock
+        self.batch = batch
+        self.sent = self.failed = self.dropped = self.skipped = 0
+        self.caught_up_at = clock()
+        self.behind = False
+        self._stop = threading.Event()
+        self._down_since = None
+        self._thread: threading.Thread | None = None
+
+    # -- the loop ------------------------------------------------------------------------------
+    def step(self) -> bool:
+        """Offers the next batch once; True when there was something to offer."""
+        events = self.cursor.read(self.batch)
+        if not events:
+            self.behind = False
+            self.caught_up_at = self.clock()
+            return False
+        self.behind = True
+        rendered = [self.destination.render(event) for event in events]
+        messages = [m for m in rendered if m is not None]
+        try:
+            accepted = self.destination.deliver(messages) if messages else 0
+        except Unreachable as exc:
+            self.failed += 1
+            if self._down_since is None:
+                self._down_since = self.clock()
+                self.warn("%s %s unreachable: %s; events wait in the log and are sent once it is back"
+                          % (self.destination.kind, self.destination.address, exc)
+                          if self.destination.reliable else
+                          "%s %s unreachable: %s; its events are dropped until it is back (best effort)"
+                          % (self.destination.kind, self.destination.address, exc))
+            if not self.destination.reliable:
+                self.dropped += len(messages)
+                self.skipped += len(events) - len(messages)
+                self.cursor.ack()
+                self.store.save(self.cursor.places)
+            raise
+        if self._down_since is not None:
+            self.warn("%s %s is reachable again after %.0f s" % (self.destination.kind, self.destination.address,
+                                                                self.clock() - self._down_since))
+            self._down_since = None
+        if not self.destination.reliable:
+            self.dropped += len(messages) - accepted
+            accepted = len(messages)
+        # How many events the accepted messages cover: events rendered to None ride along.
+        covered, seen = 0, 0
+        for message in rendered:
+            if message is not None:
+                if seen >= accepted:
+                    break
+                seen += 1
+            covered += 1
+        if accepted == len(messages):
+            covered = len(events)
+        self.sent += accepted
+        self.skipped += sum(1 for m in rendered[:covered] if m is None)
+        self.cursor.ack(covered)
+        self.store.save(self.cursor.places)
+        return True
+
+    def run(self) -> None:
+        backoff = BACKOFF_MIN_S
+        while not self._stop.is_set():
+            try:
+                busy = self.step()
+                backoff = BACKOFF_MIN_S
+            except Unreachable:
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            except Exception as exc:  # noqa: BLE001 (the log, the position file, a bug: never a silent stop)
+                self.failed += 1
+                self.warn("%s %s: %s: %s; trying again in %.0f s" % (
+                    self.destination.kind, self.destination.address, type(exc).__name__, exc, BACKOFF_MAX_S))
+                self._stop.wait(BACKOFF_MAX_S)
+                continue
+            if not busy:
+                self._stop.wait(POLL_S)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="forward-%s" % self.destination.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self.destination.close()
+
+    # -- reporting -----------------------------------------------------------------------------
+    def stats(self) -> dict:
+        return {"kind": self.destination.kind, "destination": self.destination.address,
+                "reliable": self.destination.reliable, "sent": self.sent, "failed": self.failed,
+                "dropped": self.dropped, "skipped": self.skipped,
+                "lag_s": round(self.clock() - self.caught_up_at, 3) if self.behind else 0.0,
+                "connected": self._down_since is None and self.destination.connected()}

@@ -1,0 +1,245 @@
+"""How forwarded messages travel: UDP datagrams, and TCP or TLS streams that know what arrived.
+
+Owns addresses (`Endpoint.parse`: `udp://host:port`, `tcp://`, `tls://`, or a bare `host:port`
+as Maltrail writes it, meaning UDP; IPv6 as `[addr]:port`), name resolution at connect time (a
+name that resolves to nothing is Unreachable and tried again, never fatal), and the two ways of
+sending:
+
+- `Datagram`: one sendto per message from one unconnected socket; what the kernel refuses is
+  counted, never retried (Maltrail's LOG_SERVER and UDP syslog are fire-and-forget, and a UDP
+  sender cannot know what arrived anyway). Never blocks.
+- `Stream`: one TCP connection (TLS on top for `tls://`, the collector's certificate verified
+  against the system store or `ca_file`, optionally presenting a client certificate). Messages
+  are framed by the caller (RFC 6587 octet counting for syslog, a newline for JSON lines) and
+  sent in one write; a batch counts as accepted only once the peer's TCP has acknowledged every
+  byte of it (the socket's send queue, SIOCOUTQ, is empty), so a collector that dies or is
+  killed never silently swallows a batch: the batch is sent again on a new connection. Before
+  each batch the connection is checked for an orderly close or a reset by the peer (a killed
+  collector's kernel closes its side), so the first batch after a collector's death goes to a
+  fresh connection, not into a dead one. Connect, write and acknowledgement have timeouts.
+
+Must not know what the messages say.
+"""
+
+from __future__ import annotations
+
+# getaddrinfo() encodes host names with the idna codec, imported on first use: imported here, at
+# start, so that a process that has since dropped its privileges (and may no longer read the
+# interpreter's library directory) never has to.
+import encodings.idna  # noqa: F401
+import fcntl
+import ipaddress
+import select
+import socket
+import ssl
+import struct
+import termios
+import time
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+from events.forwarders.base import Unreachable
+
+CONNECT_TIMEOUT_S = 5.0
+SEND_TIMEOUT_S = 10.0
+ACK_TIMEOUT_S = 10.0
+SIOCOUTQ = termios.TIOCOUTQ          # linux: bytes in the send queue not yet acknowledged by the peer
+SCHEMES = ("udp", "tcp", "tls")
+
+
+class Endpoint(NamedTuple):
+    scheme: str          # "udp", "tcp" or "tls"
+    host: str            # a name, or an address (IPv6 without brackets)
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, schemes=SCHEMES, default_scheme: str = "udp") -> "Endpoint":
+        """Raises ValueError saying what is wrong and what is accepted."""
+        raw = text.strip()
+        if "://" not in raw:
+            raw = "%s://%s" % (default_scheme, raw)
+        try:
+            parts = urlsplit(raw)
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError("%r: %s" % (text, exc)) from None
+        if parts.scheme not in schemes:
+            raise ValueError("%r: the scheme must be one of %s" % (text, ", ".join("%s://" % s for s in schemes)))
+        if not parts.hostname:
+            raise ValueError("%r: the host is missing" % text)
+        if port is None or not 0 < port < 65536:
+            raise ValueError("%r: a port from 1 to 65535 is needed (host:port)" % text)
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError("%r: only scheme://host:port is allowed" % text)
+        return cls(parts.scheme, parts.hostname, port)
+
+    def __str__(self) -> str:
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        return "%s://%s:%d" % (self.scheme, host, self.port)
+
+
+def _resolve(endpoint: Endpoint, kind: int) -> list[tuple]:
+    """(family, sockaddr) candidates; Unreachable when the name resolves to nothing."""
+    try:
+        ipaddress.ip_address(endpoint.host)
+        flags = socket.AI_NUMERICHOST
+    except ValueError:
+        flags = 0
+    try:
+        infos = socket.getaddrinfo(endpoint.host, endpoint.port, 0, kind, 0, flags)
+    except socket.gaierror as exc:
+        raise Unreachable("%s does not resolve: %s" % (endpoint.host, exc.strerror)) from None
+    return [(family, addr) for family, _, _, _, addr in infos]
+
+
+class Datagram:
+    """Best-effort UDP (see the module doc)."""
+
+    def __init__(self, endpoint: Endpoint):
+        self.endpoint = endpoint
+        self._sock: socket.socket | None = None
+        self._addr = None
+        self.errors = 0
+
+    def _open(self) -> None:
+        family, addr = _resolve(self.endpoint, socket.SOCK_DGRAM)[0]
+        self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+        self._addr = addr
+
+    def send(self, messages: list[bytes]) -> int:
+        """Sends each message once; returns how many the kernel took."""
+        if self._sock is None:
+            self._open()
+        taken = 0
+        for message in messages:
+            try:
+                self._sock.sendto(message, self._addr)
+                taken += 1
+            except (BlockingIOError, InterruptedError):
+                self.errors += 1            # the socket buffer is full: dropped, never waited for
+            except OSError:
+                # ICMP unreachable reported back, a route gone: counted; resolve again next time
+                self.errors += 1
+                self.close()
+                self._open()
+        return taken
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+class Stream:
+    """TCP or TLS with acknowledgement by the peer's TCP (see the module doc)."""
+
+    def __init__(self, endpoint: Endpoint, tls: ssl.SSLContext | None = None,
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S, ack_timeout_s: float = ACK_TIMEOUT_S):
+        self.endpoint = endpoint
+        self.tls = tls
+        self.connect_timeout_s = connect_timeout_s
+        self.ack_timeout_s = ack_timeout_s
+        self._sock: socket.socket | None = None
+        self._raw: socket.socket | None = None
+        self.connects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    def _connect(self) -> None:
+        last = None
+        for family, addr in _resolve(self.endpoint, socket.SOCK_STREAM):
+            raw = socket.socket(family, socket.SOCK_STREAM)
+            raw.settimeout(self.connect_timeout_s)
+            try:
+                raw.connect(addr)
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock = raw
+                if self.tls is not None:
+                    sock = self.tls.wrap_socket(raw, server_hostname=self.endpoint.host)
+                sock.settimeout(SEND_TIMEOUT_S)
+            except ssl.SSLError as exc:
+                raw.close()
+                last = "TLS handshake failed: %s" % (exc.reason or exc)
+                continue
+            except OSError as exc:
+                raw.close()
+                last = exc.strerror or str(exc)
+                continue
+            self._sock, self._raw = sock, raw
+            self.connects += 1
+            return
+        raise Unreachable("%s: %s" % (self.endpoint, last or "no address"))
+
+    def _peer_closed(self) -> bool:
+        """Whether the peer closed or reset the connection (a collector never sends us data)."""
+        readable, _, _ = select.select([self._raw], [], [], 0)
+        if not readable:
+            return False
+        if self.tls is None:
+            try:
+                return not self._raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                return True
+        # TLS: what is readable may be the server's session tickets (TLS 1.3), which the TLS
+        # layer takes in on a read; the end of the connection reads as b"" or an error.
+        self._sock.setblocking(False)
+        try:
+            return not self._sock.recv(1024)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return False
+        except (OSError, ssl.SSLError):
+            return True
+        finally:
+            if self._sock is not None:
+                self._sock.settimeout(SEND_TIMEOUT_S)
+
+    def send(self, payload: bytes) -> None:
+        """Writes `payload` and returns once the peer's TCP acknowledged all of it; Unreachable
+        (and the connection closed) otherwise."""
+        if self._sock is not None and self._peer_closed():
+            self.close()
+        if self._sock is None:
+            self._connect()
+        try:
+            self._sock.sendall(payload)
+        except (OSError, ssl.SSLError) as exc:
+            self.close()
+            raise Unreachable("%s: %s" % (self.endpoint, getattr(exc, "strerror", None) or exc)) from None
+        deadline = time.monotonic() + self.ack_timeout_s
+        wait_s = 0.0005
+        while True:
+            try:
+                queued = struct.unpack("i", fcntl.ioctl(self._raw.fileno(), SIOCOUTQ, b"\0" * 4))[0]
+            except OSError:
+                queued = 0
+            if queued == 0:
+                return
+            if self._peer_closed() or time.monotonic() > deadline:
+                self.close()
+                raise Unreachable("%s: %d bytes not acknowledged by the collector" % (self.endpoint, queued))
+            time.sleep(wait_s)
+            wait_s = min(wait_s * 2, 0.05)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        self._sock = self._raw = None
+
+
+def tls_context(ca_file: str = "", client_cert: str = "", client_key: str = "") -> ssl.SSLContext:
+    """A client context that verifies the collector's certificate and name (the system's CAs,
+    or `ca_file`), optionally presenting a client certificate. There is no switch to turn
+    verification off."""
+    context = ssl.create_default_context(cafile=ca_file or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if client_cert:
+        context.load_cert_chain(client_cert, client_key or None)
+    return context
