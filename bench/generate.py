@@ -12,7 +12,7 @@ Run `python -m bench.generate mix|hard --packets N --seed S -o PATH` (see bench/
   goes beside the pcap as PATH.truth.json: one entry per planted packet with the flow, the event
   type and a substring the event's trail text must contain.
 
-Every frame is laid out by engine/pcapgen.py: the `mix` templates are its frames as they are; for
+Every frame is laid out by engine/sources/synthetic.py: the `mix` templates are its frames as they are; for
 `hard`, the application payloads come from its builders (dns_query, http_request) and the
 Ethernet/IPv4/TCP/UDP/ICMP headers are packed here with the same layout and defaults as its
 tcp_frame/udp_frame/icmp_frame (tests/test_bench.py checks byte for byte), because building

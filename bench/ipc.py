@@ -1,7 +1,7 @@
 """Micro benchmark: moving event batches from a worker process to the log writer.
 
-The engine sends events over a SOCK_SEQPACKET socket pair (engine/ipc.py); the alternative was a
-second shared-memory ring (engine/ring.py). This measures both the same way: a forked producer
+The engine sends events over a SOCK_SEQPACKET socket pair (engine/transport/ipc.py); the alternative was a
+second shared-memory ring (engine/transport/ring.py). This measures both the same way: a forked producer
 sends N events as msgpack batches, the consumer decodes them into Event objects; the figure is
 events per second of wall time and the CPU each side spent, medians of --runs.
 

@@ -4,7 +4,7 @@ Run `python -m bench replay --pcap P [--pcap P2 ...] --trails T [--workers N] [-
 bench/README.md). Categories, each its own table:
 
 - packet path: `workers.pipeline.Worker.process` over the pcap's batches in one process (read
-  with engine/pcapfile.py, reading not timed), the C fast path against the plain-Python
+  with engine/sources/pcapfile.py, reading not timed), the C fast path against the plain-Python
   reference path (`Worker(fast=False)`);
 - replay: `maltrail-engine replay --stats-json` as a subprocess (capture, rings, workers, log
   writer), against `replay --reference` when the engine has it: wall and CPU time, packets/s,

@@ -2,10 +2,10 @@
 
 Owns the single-process replay loop (file -> batches -> worker -> event log). The engine's own
 replay (`maltrail-engine replay`) goes through the capture, worker and log-writer processes
-(engine/supervisor.py); this loop is the same judgement without processes, used where a test or a
+(engine/processes/supervisor.py); this loop is the same judgement without processes, used where a test or a
 benchmark wants the pipeline alone.
 
-Must not decode protocols (workers/ does) nor know the log's byte layout (engine/eventlog.py).
+Must not decode protocols (workers/ does) nor know the log's byte layout (events/log).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def replay_files(paths, worker: Worker, writer: EventLogWriter, snaplen_bytes=No
             continue
         capture["files"] += 1
         if starts_before(path, latest, snaplen_bytes, reader):
-            writer.write(worker.flush())    # a timeline break, as engine/capture.py makes them
+            writer.write(worker.flush())    # a timeline break, as engine/processes/capture.py makes them
         with source:
             while True:
                 batch = source.read_batch(BATCH_FRAMES)

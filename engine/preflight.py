@@ -253,7 +253,7 @@ def _controls_finding(cfg) -> Finding:
 def _sensor_account(cfg) -> tuple[tuple[int, ...], Finding | None]:
     """(uids the sensor's processes run as besides this one, a finding about that account):
     the account `[sensor] user` names, as a sensor started by this process would resolve it
-    (engine/privileges.py: only a root start changes account), trusted to own the log directory."""
+    (engine/processes/privileges.py: only a root start changes account), trusted to own the log directory."""
     from engine.processes import privileges
     notes = []
     try:

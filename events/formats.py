@@ -1,7 +1,7 @@
 """How an event is shown to people and other tools: Maltrail's event line, JSON lines and CSV.
 
 Owns the text forms of an event and the parser of Maltrail's line. Must not read or write files
-(engine/eventlog.py does) nor decide which events to show (engine/tail.py does). Every function
+(events/log does) nor decide which events to show (events/tail.py does). Every function
 returns one line without its line terminator.
 """
 

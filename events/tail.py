@@ -2,7 +2,7 @@
 
 Owns reading the user's time bounds (--since/--until) and count (-n), deciding what is printed
 first, and turning the event log into lines on a stream. Must not parse command-line arguments
-(the CLI does and calls run_tail) nor know the log's byte layout (engine/eventlog.py does).
+(the CLI does and calls run_tail) nor know the log's byte layout (events/log does).
 
 What is printed: the events --since/--until select, all of them (as `tail` always did, and as
 `--since` users rely on), or with -n N only the last N of them. `tail -f` prints the last 10 and

@@ -1,7 +1,7 @@
 """Smoke tests of the benchmark tooling: the mix/hard generators and `python -m bench replay`.
 
 No timing is asserted, only that the generators are deterministic, lay frames out as
-engine/pcapgen.py does, keep the protocol shares, plant what their truth file says, and that the
+engine/sources/synthetic.py does, keep the protocol shares, plant what their truth file says, and that the
 replay harness runs the real engine over a tiny pcap and finds every planted indicator.
 """
 

@@ -1,4 +1,4 @@
-"""engine/csrc/capture.c (engine.transport._capture) against its Python reference.
+"""engine/transport/csrc/capture.c (engine.transport._capture) against its Python reference.
 
 - the C dispatch key is engine.transport.dispatch.dispatch_key byte for byte: every frame of every capture
   (shared real and Maltrail corpora, the generated corpus) and hypothesis-mutated frames and DNS

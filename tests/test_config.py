@@ -1,4 +1,4 @@
-"""Tests for engine/config.py and the repository's maltrail.toml.
+"""Tests for config/ and the repository's maltrail.toml.
 
 Every test writes real files under tmp_path and loads them through the public API; nothing is
 mocked.  The checks on maltrail.toml are derived from SCHEMA, so a key added to the schema

@@ -64,7 +64,7 @@ def ev(ts_us: int, n: int = 0) -> Event:
 
 
 def pairs_of(data: bytes) -> list[tuple[int, int, tuple]]:
-    """(start, end, index) of each pair, parsed here independently of engine/eventlog.py."""
+    """(start, end, index) of each pair, parsed here independently of events/log."""
     spans = []
     pos = 0
     while pos < len(data):

@@ -2,7 +2,7 @@
 ClientHello reassembler, and fuzzing.
 
 Real captures are read from ../shared with dpkt (never copied here); tests needing them skip with a
-reason when ../shared is absent. Synthetic Initials are built by engine/pcapgen.py's protector,
+reason when ../shared is absent. Synthetic Initials are built by engine/sources/synthetic.py's protector,
 checked against the RFC packets byte for byte before anything relies on it.
 """
 
@@ -153,7 +153,7 @@ RFC9369_SERVER_INITIAL = bytes.fromhex(
 )
 
 
-# --- Initials built by engine/pcapgen.py's protector, checked against the RFC vectors above ---
+# --- Initials built by engine/sources/synthetic.py's protector, checked against the RFC vectors above ---
 
 _varint = g.varint
 _crypto = g.crypto_frame

@@ -1,4 +1,4 @@
-"""engine/ring.py: the SPSC shared-memory ring, in one process and across a real fork."""
+"""engine/transport/ring.py: the SPSC shared-memory ring, in one process and across a real fork."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ this host only), "ignored" (an ignore rule over addresses and ports matches, or 
 matches the event's text). Events dropped here are counted by the worker under that reason, so
 nothing disappears unseen.
 
-The rules arrive parsed (engine/controls.py reads the files named in maltrail.toml); this module
+The rules arrive parsed (engine/control_files.py reads the files named in maltrail.toml); this module
 must not read files, nor know about packets.
 """
 
@@ -79,7 +79,7 @@ class Controls:
 
     @classmethod
     def from_plain(cls, plain: dict | None) -> "Controls":
-        """From the plain form engine/controls.py reads the files into (strings and lists only,
+        """From the plain form engine/control_files.py reads the files into (strings and lists only,
         so it can cross to a worker process): addresses, "a.b.c.d/n" networks, domains,
         [network, indicator] pairs, [src, sport, dst, dport] rules ("" for any, ports "low-high")."""
         if not plain:

@@ -150,7 +150,7 @@ def client_is_src(p) -> bool:
 
 
 def dispatch_is_src(p) -> bool:
-    """Whose address a non-DNS packet is dispatched (engine/dispatch.py) and grouped by: the
+    """Whose address a non-DNS packet is dispatched (engine/transport/dispatch.py) and grouped by: the
     client's, except for UDP, where it is the sender's. A UDP exchange has no handshake, so port
     order cannot tell a scanner probing a port above its own source port from a server answering
     a client; the UDP scan counts what each address sends, and all it sends meets in one worker.
@@ -374,7 +374,7 @@ class Worker:
 
         # Noise control groups by source within what dispatch keeps together: a DNS packet is
         # dispatched by the registered domain of its (first) question, a UDP datagram by its
-        # sender, any other by its client (engine/dispatch.py dispatch_key), so a group never
+        # sender, any other by its client (engine/transport/dispatch.py dispatch_key), so a group never
         # spans two workers.
         if dns_messages and dns_messages[0].qname:
             self._source = (registered_domain(dns_messages[0].qname), p.version, p.src if c_is_src else p.dst)

@@ -6,7 +6,7 @@ waits for the worker. Live capture never blocks libpcap: a batch that does not f
 counted against that worker. Reports statistics to the supervisor and stops when told to (or when
 orphaned), closing every ring so the workers drain and finish.
 
-The per-frame work runs in C (engine/csrc/capture.c, `engine._capture.Stager`): classic pcap
+The per-frame work runs in C (engine/transport/csrc/capture.c, `engine.transport._capture.Stager`): classic pcap
 files are read in big chunks and walked, dispatched, staged and published in C; pcapng files,
 `--reader libpcap` and live capture hand their FrameBatches to the same stager. The plain-Python
 path (PcapFileReader batches, Dispatcher.worker_for, FrameBatchBuilders, Ring.put) is kept as the

@@ -5,7 +5,7 @@ systemd SIGTERM reaches the whole process group, and children that died on it wo
 they hold; the supervisor stops them in order instead), closing the inherited descriptors that
 belong to other processes (a child that kept the supervisor's end of a channel would never see
 that channel close, and would outlive a killed supervisor), CPU pinning, dropping privileges
-(engine/privileges.py) once the child holds what it needed them for, and the parent-death check
+(engine/processes/privileges.py) once the child holds what it needed them for, and the parent-death check
 a child runs in its loop.
 
 Must not know what the child does.

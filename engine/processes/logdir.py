@@ -1,8 +1,8 @@
 """The event log directory as a running sensor claims it.
 
 Owns the three things a sensor settles about its log directory before any child starts:
-- it is safe to write into (engine/fsafety.py: nobody else can plant files there), and exists
-  (engine/eventlog.py open_log_dir: the same check the log writer makes);
+- it is safe to write into (events/fsafety.py: nobody else can plant files there), and exists
+  (events/log open_log_dir: the same check the log writer makes);
 - the log writer's account can write into it: started as root, the sensor makes the directory
   (and the day files already in it) belong to the unprivileged account the log writer runs as,
   as systemd's LogsDirectory= does, and says so when it changes an existing directory;
@@ -11,7 +11,7 @@ Owns the three things a sensor settles about its log directory before any child 
   flushed and exited (even when the supervisor was killed), and a second sensor on the same
   directory is refused with the pid of the first.
 
-Must not read or write events (engine/eventlog.py does).
+Must not read or write events (events/log does).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The log-writer process: events from every worker in, the compressed event log out.
 
 Owns the one writer of the log directory. It opens the directory while it may still reach it,
-then runs as the unprivileged account with no capabilities (engine/privileges.py). It waits on
+then runs as the unprivileged account with no capabilities (engine/processes/privileges.py). It waits on
 every worker's event channel and on the supervisor's, writes each batch of events as it arrives
-(engine/eventlog.py closes a frame at least every second), and when the supervisor says
+(events/log closes a frame at least every second), and when the supervisor says
 `finish` (every worker is done) it takes whatever is still queued, closes the log and reports.
 
 When the supervisor dies (killed, so `finish` never comes), the writer does what `finish` would

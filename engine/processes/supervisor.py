@@ -7,7 +7,7 @@ that happens to them while they run:
 - Signals only queue (a wake-up pipe makes the loop notice); the loop does the work.
 - SIGTERM/SIGINT: the capture process stops reading and closes the rings, the workers drain them
   and flush, the writer takes what they sent and closes the log; all within STOP_BUDGET_S.
-- Trails: the workers map a verified, sealed private copy of the artifact (engine/trails.py
+- Trails: the workers map a verified, sealed private copy of the artifact (engine/trail_artifact.py
   TrailCopy), never the path: what happens to the file later cannot reach them. The path is
   watched; a change (a rebuild, an overwrite in place, a removal) is reported once and detection
   goes on with the loaded copy until a SIGHUP.
@@ -87,7 +87,7 @@ class Engine:
         self.version = version
         self.reference = reference
         self.heuristics = heuristics          # workers.heuristics.HeuristicSettings (None: the defaults)
-        self.controls = controls or {}        # engine/controls.py read_controls() output
+        self.controls = controls or {}        # engine/control_files.py read_controls() output
         self.controls_source = controls_source  # SIGHUP: re-reads the control files
         self.n = workers
         self.artifact_path = artifact_path
@@ -282,7 +282,7 @@ class Engine:
 
     def _not_owned_by(self, who) -> list:
         """Everything of the supervisor's a child must close: every channel end but its own,
-        the wake-up pipe and the selector (see engine/child.py)."""
+        the wake-up pipe and the selector (see engine/processes/child.py)."""
         mine = set()
         if who == "capture":
             mine.add(id(self.capture_channel[0]))

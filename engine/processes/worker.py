@@ -8,7 +8,7 @@ An empty batch marks a timeline break (a replayed file older than the ones befor
 condenser is flushed there. When the capture process has closed the ring and the ring is empty:
 flush the condenser, report, say goodbye, exit.
 
-Trails come as an open descriptor of the supervisor's verified, sealed copy (engine/trails.py
+Trails come as an open descriptor of the supervisor's verified, sealed copy (engine/trail_artifact.py
 TrailCopy): inherited at start, received over the status channel on a reload. The worker never
 opens the artifact's path. A reload that fails for any reason (the copy does not map, a section
 does not load, memory) is reported and the worker keeps the generation it runs.
@@ -58,7 +58,7 @@ class WorkerSpec:
         self.cpu = cpu
         self.reference = reference  # judge every frame in Python (benchmarks, differential runs)
         self.heuristics = heuristics  # workers.heuristics.HeuristicSettings, None for the defaults
-        self.controls = controls      # plain form (engine/controls.py), None for none
+        self.controls = controls      # plain form (engine/control_files.py), None for none
 
 
 class _WorkerProcess:
@@ -148,7 +148,7 @@ class _WorkerProcess:
             batch = decode_batch(payload)
             frames = len(batch)
             if not frames:
-                # a timeline break (engine/capture.py): the groups open so far end here
+                # a timeline break (engine/processes/capture.py): the groups open so far end here
                 self.send_events(worker.flush())
                 continue
             out: list = []

@@ -20,7 +20,7 @@ parent domain whoever asks. So:
 - Frames that do not decode carry no evidence; they are spread by their first bytes.
 
 The hash is keyed with a per-run seed (BLAKE2b here; SipHash-2-4 in the C capture path,
-engine/csrc/capture.c) so traffic cannot be crafted to pile onto one worker. Decodes only what the key needs (workers/decode.py, the DNS question).
+engine/transport/csrc/capture.c) so traffic cannot be crafted to pile onto one worker. Decodes only what the key needs (workers/decode.py, the DNS question).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Message channels between the engine's processes: SOCK_SEQPACKET socket pairs carrying msgpack.
 
-Owns the framing of everything but frames (frames go through engine/ring.py): events from workers
+Owns the framing of everything but frames (frames go through engine/transport/ring.py): events from workers
 to the log writer, statistics and acknowledgements to the supervisor, commands from it. A
 seqpacket socket keeps message boundaries and sends a message whole or not at all, so a process
 killed in the middle of a send never leaves half a message for the reader; a channel survives a

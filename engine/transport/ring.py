@@ -5,7 +5,7 @@ process is the only producer of a ring and one worker process its only consumer;
 lock. Positions are monotonic byte counters; the producer publishes `head` with a release store
 after the message bytes are written, the consumer reads `head` with an acquire load before
 reading them, and publishes `tail` (release) once it has copied a message out, so the producer
-never overwrites bytes still being read (engine/csrc/ring.c holds the atomics).
+never overwrites bytes still being read (engine/transport/csrc/ring.c holds the atomics).
 
 Layout (little-endian, hot fields on their own 64-byte lines):
 
@@ -189,7 +189,7 @@ class Ring:
 
 # -- batch messages ------------------------------------------------------------------------------
 # u32 n, i64 ts_ns[n], u32 caplen[n], u32 wirelen[n], u16 linktype[n], padding to 8, frame bytes.
-# An empty batch (n = 0) is the mark of a timeline break (engine/capture.py, break_timeline).
+# An empty batch (n = 0) is the mark of a timeline break (engine/processes/capture.py, break_timeline).
 
 def encode_batch(batch: FrameBatch) -> bytes:
     n = len(batch)

@@ -3,8 +3,8 @@
 Owns the file layout, the writer (buffering, frame closing, opening day files safely, torn-tail
 repair, noticing files and the directory removed under it, a few open handles) and the reader
 (whole files, a time range, the last N events, and following a directory as it grows). Must not
-know how events are produced or displayed: workers/events.py defines the record, engine/formats.py
-renders it; engine/fsafety.py holds the rules for a safe directory and a safe open.
+know how events are produced or displayed: events/record.py defines the record, events/formats.py
+renders it; events/fsafety.py holds the rules for a safe directory and a safe open.
 
 Layout. `LOG_DIR/YYYY-MM-DD.events.zst`, the date being the local date of the event's ts_us (as
 Maltrail names its daily logs). A file is a sequence of pairs, each appended with one os.write:
@@ -517,7 +517,7 @@ def _where_now(fd: int) -> str | None:
 
 def open_log_dir(log_dir: str, trusted_uids=()) -> int:
     """A descriptor of log_dir, created (mode 0755) if absent, after the safety check of
-    engine/fsafety.py on the path and again on what was opened; raises LogDirError saying why."""
+    events/fsafety.py on the path and again on what was opened; raises LogDirError saying why."""
     problem = directory_problem(log_dir, trusted_uids)
     if problem is None:
         try:
@@ -550,7 +550,7 @@ class EventLogWriter:
     created exclusively; what is found at a day file's name and is not a regular single-link
     event log is moved aside. Everything worth an operator's attention (a repair, a file moved
     aside, a file or the directory gone) is one line to `warn` (default: stderr, "[!]" and the
-    time). The log directory must pass engine/fsafety.py's check (LogDirError otherwise), at
+    time). The log directory must pass events/fsafety.py's check (LogDirError otherwise), at
     start and whenever it is re-created; `trusted_uids` are the accounts besides root and this
     process that may own it.
     """
@@ -566,7 +566,7 @@ class EventLogWriter:
         self.trusted_uids = tuple(trusted_uids)
         # Asked for a descriptor of the log directory (re-created and checked) when this process
         # cannot open it again itself: a writer that dropped its privileges may not be allowed to
-        # make the directory, or even to walk the path to it (engine/logwriter.py asks the
+        # make the directory, or even to walk the path to it (engine/processes/logwriter.py asks the
         # supervisor). Raises LogDirError.
         self._reopen_elsewhere = reopen_dir
         self._warn = warn if warn is not None else _stderr_warning

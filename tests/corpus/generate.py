@@ -1,7 +1,7 @@
 """The project's own scenario corpus: one small capture per scenario, generated, never committed.
 
 Each scenario is a function returning (linktype, [(ts_ns, frame), ...]) built with
-engine/pcapgen.py; `write_corpus(dir)` writes every scenario as DIR/<name>.pcap (or .pcapng for
+engine/sources/synthetic.py; `write_corpus(dir)` writes every scenario as DIR/<name>.pcap (or .pcapng for
 the mixed-link-type one). manifest.toml beside this file says, per scenario, exactly which events
 must come out (Maltrail lines without the timestamp). Timestamps are pinned (2026-03-01 UTC plus
 fixed steps); nothing depends on the wall clock.

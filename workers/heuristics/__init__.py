@@ -7,7 +7,7 @@ and UDP port scans, infection scans, web scans), `dns.py` (NXDOMAIN floods, DGA-
 names, DNS exhaustion), `http.py` (suspicious requests and responses).
 
 Every map fed by traffic has a cap, an eviction rule and a saturation counter; time is always
-packet time (microseconds), never the wall clock. Dispatch (engine/dispatch.py) sends all the
+packet time (microseconds), never the wall clock. Dispatch (engine/transport/dispatch.py) sends all the
 evidence of one heuristic to one worker, so a worker's state is complete on its own.
 
 Must not know how frames were captured, how trails are stored, or how events are written.
@@ -28,7 +28,7 @@ LOCAL_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/1
 
 @dataclass(frozen=True)
 class HeuristicSettings:
-    """What the `[heuristics]` section of maltrail.toml sets (engine/config.py declares the keys
+    """What the `[heuristics]` section of maltrail.toml sets (config/ declares the keys
     with the same names, documents them and validates them)."""
 
     enabled: bool = True                # [sensor] use_heuristics: the master switch
