@@ -1,6 +1,7 @@
 """`python -m bench COMMAND ...`: one entry point for the benchmarks (see bench/README.md).
 
-`replay` runs bench/replay.py, `generate` bench/generate.py and `floods` bench/floods.py; `trails`
+`replay` runs bench/replay.py, `generate` bench/generate.py, `floods` bench/floods.py and
+`forward` bench/forward.py; `trails`
 and `ipc` run the micro benchmarks, which also stay runnable as `python -m bench.trails` and
 `python -m bench.ipc`.
 """
@@ -16,6 +17,7 @@ COMMANDS = {
     "trails": ("bench.trails", "micro: trail database build, load and lookups"),
     "ipc": ("bench.ipc", "micro: worker -> log writer transport"),
     "floods": ("bench.floods", "the heuristics' bounded state filled to its caps: memory and time"),
+    "forward": ("bench.forward", "forwarding: events/s per destination kind, the sensor with forwarding on vs off"),
 }
 
 

@@ -33,6 +33,7 @@ from events.forwarders.transports import tls_context
 
 REPORT_S = 0.5
 FINISH_S = 3.0
+FINISH_POLL_S = 0.02
 
 
 class ForwarderSpec:
@@ -133,10 +134,13 @@ def run_forwarder(spec: ForwarderSpec) -> None:
     finishing_since = None
     last_report = 0.0
     while True:
-        selector.select(REPORT_S)
+        selector.select(REPORT_S if finishing_since is None else FINISH_POLL_S)
         for message in ipc.receive_ready(spec.status):
             if message is None or message[0] == "finish":
-                finishing_since = finishing_since or time.monotonic()
+                if finishing_since is None:
+                    finishing_since = time.monotonic()
+                    for forwarder in forwarders:
+                        forwarder.wake()    # the log is complete: read it now
             elif message[0] == "trails_date":
                 trails_date.text = message[1]
         if finishing_since is None and child.orphaned():

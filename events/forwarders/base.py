@@ -91,6 +91,7 @@ class Forwarder:
         self.caught_up_at = clock()
         self.behind = False
         self._stop = threading.Event()
+        self._wake = threading.Event()     # set: read the log now instead of at the next poll
         self._down_since = None
         self._thread: threading.Thread | None = None
 
@@ -162,17 +163,24 @@ class Forwarder:
                 self._stop.wait(BACKOFF_MAX_S)
                 continue
             if not busy:
-                self._stop.wait(POLL_S)
+                self._wake.wait(POLL_S)
+                self._wake.clear()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="forward-%s" % self.destination.name, daemon=True)
         self._thread.start()
 
+    def wake(self) -> None:
+        """Read the log now (it has just been closed, or written to)."""
+        self._wake.set()
+
     def stop(self, timeout_s: float = 2.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
         self.destination.close()
+        self.cursor.close()
 
     # -- reporting -----------------------------------------------------------------------------
     def stats(self) -> dict:

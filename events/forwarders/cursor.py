@@ -58,7 +58,10 @@ class LogCursor:
     """Reads events from an open log directory from per-file places on (see the module doc)."""
 
     def __init__(self, dir_fd: int, places: dict[str, Place] | None = None):
-        self.dir_fd = dir_fd
+        # A descriptor of its own for the directory: listing a directory moves the position of
+        # its open file description, which descriptors made by dup() share, so cursors of other
+        # threads listing the same description at once would see names twice or not at all.
+        self.dir_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
         self.places: dict[str, Place] = dict(places or {})
         # (the place after each event handed out, or after damage passed; is it an event)
         self._pending: list[tuple[Mark, bool]] = []
@@ -144,6 +147,11 @@ class LogCursor:
                 break
             self.places[mark.name] = mark.place
         self._pending = []
+
+    def close(self) -> None:
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
 
     def caught_up(self) -> bool:
         """Whether every day file has been read to its end (checked by size, nothing decoded)."""

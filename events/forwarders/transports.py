@@ -141,7 +141,6 @@ class Stream:
         self.connect_timeout_s = connect_timeout_s
         self.ack_timeout_s = ack_timeout_s
         self._sock: socket.socket | None = None
-        self._raw: socket.socket | None = None
         self.connects = 0
 
     @property
@@ -168,19 +167,19 @@ class Stream:
                 raw.close()
                 last = exc.strerror or str(exc)
                 continue
-            self._sock, self._raw = sock, raw
+            self._sock = sock   # for TLS the wrapped socket owns the descriptor now
             self.connects += 1
             return
         raise Unreachable("%s: %s" % (self.endpoint, last or "no address"))
 
     def _peer_closed(self) -> bool:
         """Whether the peer closed or reset the connection (a collector never sends us data)."""
-        readable, _, _ = select.select([self._raw], [], [], 0)
+        readable, _, _ = select.select([self._sock], [], [], 0)
         if not readable:
             return False
         if self.tls is None:
             try:
-                return not self._raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                return not self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError:
@@ -214,7 +213,7 @@ class Stream:
         wait_s = 0.0005
         while True:
             try:
-                queued = struct.unpack("i", fcntl.ioctl(self._raw.fileno(), SIOCOUTQ, b"\0" * 4))[0]
+                queued = struct.unpack("i", fcntl.ioctl(self._sock.fileno(), SIOCOUTQ, b"\0" * 4))[0]
             except OSError:
                 queued = 0
             if queued == 0:
@@ -231,7 +230,7 @@ class Stream:
                 self._sock.close()
             except OSError:
                 pass
-        self._sock = self._raw = None
+        self._sock = None
 
 
 def tls_context(ca_file: str = "", client_cert: str = "", client_key: str = "") -> ssl.SSLContext:

@@ -119,7 +119,7 @@ def day_files_in(dir_fd: int) -> list[tuple[datetime.date, str]]:
     """(date, name) of the day files in an open log directory, oldest first (see
     list_day_files); for a reader that reached the directory by descriptor."""
     found = []
-    for name in os.listdir(dir_fd):
+    for name in set(os.listdir(dir_fd)):
         day = file_date(name)
         if day is None:
             continue
