@@ -32,6 +32,7 @@ from events.forwarders.syslog import Syslog
 from events.forwarders.transports import tls_context
 
 REPORT_S = 0.5
+NICE = 10
 FINISH_S = 3.0
 FINISH_POLL_S = 0.02
 
@@ -106,6 +107,12 @@ def _warn(text: str) -> None:
 def run_forwarder(spec: ForwarderSpec) -> None:
     child = ChildProcess("mte-forwarder", parent_pid=spec.parent_pid, close=spec.close)
     spec.close = ()
+    # Forwarding can wait; capture and judgement cannot: on a busy machine the scheduler gives
+    # this process what the others leave (it catches up from the log afterwards).
+    try:
+        os.nice(NICE)
+    except OSError:
+        pass
     trails_date = _TrailsDate(spec.trails_date)
     try:
         dir_fd = os.open(spec.log_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

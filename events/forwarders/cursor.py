@@ -65,6 +65,8 @@ class LogCursor:
         self.places: dict[str, Place] = dict(places or {})
         # (the place after each event handed out, or after damage passed; is it an event)
         self._pending: list[tuple[Mark, bool]] = []
+        # ((name, inode, offset), PairInfo, events) of the pair the last read stopped inside
+        self._cached = None
         self.corrupt_frames = 0
 
     @classmethod
@@ -108,10 +110,17 @@ class LogCursor:
                     self.places[name] = place
                 if st.st_size == place.offset:
                     continue
-                reader = PairReader(fd, place.offset)
                 skip = place.done
                 last = place
-                for info, events in reader.pairs():
+                cached = self._cached
+                start = place.offset
+                pairs = []
+                if cached is not None and cached[0] == (name, st.st_ino, place.offset):
+                    # The pair the last read stopped in: decoded once, not again per batch.
+                    pairs.append((cached[1], cached[2]))
+                    start = cached[1].end
+                reader = PairReader(fd, start)
+                for info, events in _chain(pairs, reader.pairs()):
                     for i in range(skip, len(events)):
                         if len(out) >= limit:
                             break
@@ -121,6 +130,8 @@ class LogCursor:
                         self._pending.append((Mark(name, last), True))
                     skip = 0
                     if len(out) >= limit:
+                        if last.offset == info.offset:      # stopped inside this pair: keep it
+                            self._cached = ((name, st.st_ino, info.offset), info, events)
                         break
                 else:
                     # The file was read to its end: damaged pairs skipped on the way after the
@@ -164,6 +175,11 @@ class LogCursor:
             if place is None or place.inode != st.st_ino or place.offset < st.st_size:
                 return False
         return True
+
+
+def _chain(first, rest):
+    yield from first
+    yield from rest
 
 
 def _infos(reader: PairReader):
