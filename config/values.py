@@ -5,7 +5,9 @@ Owns one small class per value type named in `Key.type` ("int", "float", "bool",
 "ints"), the `VALUE_TYPES` table that maps the name to it, the string forms a str (or each list
 item) may be held to (`FORMS`: path, name, ifname, host, cidr, regex, proxy_url), and the TOML
 spelling of values (`toml_value`), which messages use to show what was found.  Adding a type means
-adding one class here and one line to `VALUE_TYPES`; nothing else switches on the type's name.
+adding one class here and one line to `VALUE_TYPES`: the loader, the overrides and the printer ask
+the key's class and never switch on the type's name.  (config/maltrail_conf.py still looks at the
+name to coerce Maltrail's looser values; a new type reaches it only if maltrail.conf can set it.)
 
 Must not: know the schema's keys or sections (a rule sees only the one `Key` it is handed), read
 files, resolve host names or look at the host at all: a value is checked for form only.
