@@ -511,3 +511,26 @@ def test_a_maltrail_conf_is_recognised_and_the_import_command_offered(tmp_path):
     # an ordinary TOML mistake is still reported as one, with its position
     message = load_error(write(tmp_path, "[sensor]\nsnaplen_bytes = \n"))
     assert "TOML syntax error" in message and "config import" not in message
+
+
+def test_a_secret_is_never_printed_and_the_printout_still_loads(tmp_path):
+    path = write(tmp_path, '[sensor]\nlog_server = "192.0.2.7:8337"\nlog_server_secret = "hunter2-shared"\n')
+    cfg = load_config(path)
+    assert cfg.sensor.log_server_secret == "hunter2-shared"
+    text = dump_config(cfg)
+    assert "hunter2" not in text
+    assert "# log_server_secret = (set, not shown)" in text
+    again = write(tmp_path, text, "printed.toml")
+    assert load_config(again).sensor.log_server == "192.0.2.7:8337"   # what is shown reads back
+
+
+@pytest.mark.parametrize("value, problem", [
+    ('"udp://h"', "the port is missing"), ('"ftp://h:1"', "the scheme must be"), ('"h:1/x"', "only scheme://host:port"),
+    ('"h :1"', "whitespace"), ('["tls://h:99999"]', "host:port")])
+def test_malformed_forwarding_destinations_name_the_key_and_the_fix(tmp_path, value, problem):
+    key = "syslog_server" if value.startswith("[") else "log_server"
+    path = write(tmp_path, "[sensor]\n%s = %s\n" % (key, value))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert key in text and problem in text and ":2" in text, text
