@@ -50,23 +50,25 @@ def open_stager(rings: list[Ring], seed: bytes, batch_frames: int, live: bool, r
 
 
 class _Staged:
-    """One worker's batch being filled. Its frames stay here until the ring takes the message:
-    `refused` keeps a batch the ring had no room for (replay), encoded, so that waiting on a full
-    ring costs no re-encoding."""
+    """One worker's batch being filled: `frames` frames of `nbytes` bytes in all, in the builder
+    or, once the ring had no room for them (replay), in `refused`, encoded, so that waiting on a
+    full ring costs no re-encoding. They stay staged until the ring takes the message."""
 
-    __slots__ = ("builder", "refused", "opened_at_s")
+    __slots__ = ("builder", "refused", "frames", "nbytes", "opened_at_s")
 
     def __init__(self):
         self.builder = FrameBatchBuilder()
         self.refused: tuple[FrameBatch, bytes] | None = None
+        self.frames = 0
+        self.nbytes = 0
         self.opened_at_s = 0.0
 
-    def __len__(self) -> int:
-        return len(self.refused[0]) if self.refused is not None else len(self.builder)
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.refused[0].buf) if self.refused is not None else self.builder.nbytes
+    def add(self, frame: bytes, ts_ns: int, linktype: int, wirelen: int) -> None:
+        if self.refused is not None:
+            self.reopen()
+        self.builder.add(frame, ts_ns, linktype, wirelen)
+        self.frames += 1
+        self.nbytes += len(frame)
 
     def reopen(self) -> None:
         """A refused batch takes another frame after all (a flush met a full ring, then a frame
@@ -75,6 +77,10 @@ class _Staged:
         self.refused = None
         for i in range(len(batch)):
             self.builder.add(batch.frame(i), batch.ts_ns[i], batch.linktypes[i], batch.wirelens[i])
+
+    def emptied(self) -> None:
+        self.refused = None
+        self.frames = self.nbytes = 0
 
 
 class PyStager:
@@ -88,6 +94,8 @@ class PyStager:
             raise ValueError("batch_frames must be between 1 and 1048576")
         self._rings = list(rings)
         self._staged = [_Staged() for _ in self._rings]
+        # the largest frame a message of each ring carries (alone in its batch)
+        self._max_frame_bytes = [r.max_payload - encoded_batch_bytes(1, 0) for r in self._rings]
         self._dispatcher = Dispatcher(len(self._rings), seed)
         self._batch_frames = batch_frames
         self._live = live
@@ -109,7 +117,7 @@ class PyStager:
 
     @property
     def staged(self) -> int:
-        return sum(len(s) for s in self._staged)
+        return sum(s.frames for s in self._staged)
 
     # -- frames in -----------------------------------------------------------------------------------
     def add_batch(self, buf, offsets, caplens, wirelens, ts_ns, linktypes, start: int = 0) -> tuple[int, int]:
@@ -145,24 +153,22 @@ class PyStager:
     def _stage(self, w: int, frame: bytes, wirelen: int, ts_ns: int, linktype: int) -> int:
         if self.latest_ns is None or ts_ns > self.latest_ns:
             self.latest_ns = ts_ns
-        ring, staged = self._rings[w], self._staged[w]
-        if encoded_batch_bytes(1, len(frame)) > ring.max_payload:
-            ring.count_drop(1)          # no message can carry it: that worker's drop
+        if len(frame) > self._max_frame_bytes[w]:
+            self._rings[w].count_drop(1)    # no message can carry it: that worker's drop
             self.oversize_frames += 1
             return OK
-        if len(staged) >= self._batch_frames or (
-                len(staged) and encoded_batch_bytes(len(staged) + 1, staged.nbytes + len(frame)) > ring.max_payload):
+        staged = self._staged[w]
+        if staged.frames >= self._batch_frames or (staged.frames and encoded_batch_bytes(
+                staged.frames + 1, staged.nbytes + len(frame)) > self._rings[w].max_payload):
             # a ring message must fit in half a ring: close the batch before this frame
             if not self._publish(w):
                 return RING_FULL
-        if staged.refused is not None:
-            staged.reopen()
-        if not len(staged) and self._live:
+        if not staged.frames and self._live:
             staged.opened_at_s = self._clock()
-        staged.builder.add(frame, ts_ns, linktype, wirelen)
+        staged.add(frame, ts_ns, linktype, wirelen)
         self._dispatched[w] += 1
-        if len(staged) >= self._batch_frames:
-            self._publish(w)            # replay: a full ring leaves it staged; the next frame waits
+        if staged.frames >= self._batch_frames:
+            self._publish(w)                # replay: a full ring leaves it staged; the next frame waits
         return OK
 
     # -- batches out ---------------------------------------------------------------------------------
@@ -170,19 +176,18 @@ class PyStager:
         """True when worker w's staged batch is gone (published, or dropped and counted in live
         capture); False (replay) when the ring has no room for it yet."""
         staged = self._staged[w]
+        if not staged.frames:
+            return True
         if staged.refused is None:
-            if not len(staged.builder):
-                return True
             batch = staged.builder.take()
             staged.refused = (batch, encode_batch(batch))
-        batch, payload = staged.refused
-        if self._rings[w].put(payload):
-            staged.refused = None
+        if self._rings[w].put(staged.refused[1]):
+            staged.emptied()
             return True
         if not self._live:
             return False
-        self._rings[w].count_drop(len(batch))
-        staged.refused = None
+        self._rings[w].count_drop(staged.frames)
+        staged.emptied()
         return True
 
     def flush(self, max_age_s: float = -1.0) -> int:
@@ -193,7 +198,7 @@ class PyStager:
         now_s = self._clock() if max_age_s >= 0 else 0.0
         status = OK
         for w, staged in enumerate(self._staged):
-            if not len(staged) or (max_age_s >= 0 and self._live and now_s - staged.opened_at_s < max_age_s):
+            if not staged.frames or (max_age_s >= 0 and self._live and now_s - staged.opened_at_s < max_age_s):
                 continue
             if not self._publish(w):
                 status = RING_FULL
@@ -205,7 +210,7 @@ class PyStager:
         """Publishes the mark of a timeline break (an empty batch) to ring w, which must hold no
         staged frames (flush first); False when the ring is full (call again later)."""
         self._usable()
-        if not 0 <= w < len(self._rings) or len(self._staged[w]):
+        if not 0 <= w < len(self._rings) or self._staged[w].frames:
             raise ValueError("no such ring, or it still holds staged frames")
         return self._rings[w].put(TIMELINE_BREAK)
 
