@@ -33,7 +33,8 @@ from engine.sources import synthetic as g
 from engine.processes.capture import CaptureSpec, run_capture, walk_pcap
 from engine.transport.dispatch import Dispatcher, dispatch_key
 from engine.sources.pcapfile import CaptureFileError, PcapFileReader, open_capture
-from engine.transport.ring import Ring, decode_batch, encode_batch, ring_bytes
+from engine.transport.ring import Ring, decode_batch, encode_batch, encoded_batch_bytes, ring_bytes
+from engine.transport.stager import PyStager
 from tests import traffic
 from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, need_shared
 from tests.corpus.generate import SCENARIOS, port_unreachable, reset_answer, write_corpus
@@ -446,6 +447,14 @@ def test_add_batch_stages_exactly_what_add_pcap_stages(generated_corpus, tmp_pat
 def _run_capture_process(paths, nrings, reference, capacity=65536, reader="native"):
     """Runs the real capture process (forked) over `paths` into small rings while this process
     drains them; returns (per-ring frames, the capture's final statistics)."""
+    frames, _payloads, done = _capture_process_rings(paths, nrings, reference, capacity, reader)
+    return frames, done
+
+
+def _capture_process_rings(paths, nrings, reference, capacity=65536, reader="native"):
+    """_run_capture_process, with the ring messages as they were published: (per-ring frames,
+    per-ring payloads, the capture's final statistics). A process that dies without saying
+    "done" fails the test rather than hanging it."""
     ctx = multiprocessing.get_context("fork")
     with Rings(nrings, capacity) as rings:
         mine, theirs = ipc.channel()
@@ -455,18 +464,20 @@ def _run_capture_process(paths, nrings, reference, capacity=65536, reader="nativ
         proc.start()
         done = None
         while done is None:
+            exited = not proc.is_alive()
             rings.drain()
             time.sleep(0.001)
             for message in ipc.receive_ready(mine):
                 if message and message[0] == "done":
                     done = message[1]
+            assert done is not None or not exited, "the capture process died (exit %s)" % proc.exitcode
         proc.join(30)
         assert proc.exitcode == 0
         rings.drain()
         assert all(ring.finished() for ring in rings.consumer)
         mine.close()
         theirs.close()
-        return rings.frames, done
+        return rings.frames, rings.payloads, done
 
 
 def test_capture_process_c_path_equals_reference(generated_corpus, tmp_path, monkeypatch):
@@ -494,6 +505,56 @@ def test_capture_process_c_path_equals_reference(generated_corpus, tmp_path, mon
     assert c_stats["truncated_records"] == 1 and len(c_stats["unreadable"]) == 1
 
 
+def _boundary_records(max_payload: int) -> list[tuple]:
+    """Frames whose batches fill a ring message to the byte: two frames whose encoded batch is
+    exactly `max_payload` bytes, then three, then a run of small frames (512 to a batch)."""
+    def frame(size, i):
+        return g.udp_frame("10.3.0.%d" % (i % 250), "10.0.0.9", 4000 + i, 9, bytes(size - 42))
+    out, i = [], 0
+    for count in (2, 3):
+        head = encoded_batch_bytes(count, 0)
+        sizes = [100] * (count - 1)
+        sizes.append(max_payload - head - sum(sizes))
+        for size in sizes:
+            out.append((traffic.T0 + i * 1000, frame(size, i)))
+            i += 1
+    for _ in range(1100):
+        out.append((traffic.T0 + i * 1000, frame(60 + i % 700, i)))
+        i += 1
+    return out
+
+
+def test_reference_capture_writes_the_c_paths_ring_messages(generated_corpus, tmp_path):
+    """With one ring (no dispatch choice), the plain-Python stager closes batches where the C
+    stager does, to the byte, including batches that fill a ring message exactly."""
+    capacity = 65536
+    boundary = tmp_path / "boundary.pcap"
+    boundary.write_bytes(pcap_bytes(_boundary_records(capacity // 2 - 16)))
+    mixed = tmp_path / "mixed.pcap"
+    mixed.write_bytes(pcap_bytes(mixed_records(900), order=">", nanosecond=True))
+    paths = [str(boundary), str(mixed)] + sorted(generated_corpus.values())[:6]
+    _, c_payloads, c_stats = _capture_process_rings(paths, 1, reference=False, capacity=capacity)
+    _, ref_payloads, ref_stats = _capture_process_rings(paths, 1, reference=True, capacity=capacity)
+    assert len(c_payloads[0][0]) == capacity // 2 - 16          # the first batch fills a message
+    assert ref_payloads == c_payloads
+    for key in ("frames", "dispatched", "files", "notes", "ring_drop_frames", "timeline_breaks"):
+        assert c_stats[key] == ref_stats[key], key
+
+
+def test_an_oversize_frame_is_dropped_and_counted_on_both_paths(tmp_path):
+    """A frame no ring message can hold (the supervisor sizes rings so that it cannot happen) is
+    a counted drop on the C path and the reference path alike, never a dead capture process."""
+    small = g.udp_frame("10.0.0.1", "10.0.0.2", 1, 2, b"s" * 100)
+    big = g.udp_frame("10.0.0.1", "10.0.0.2", 1, 2, os.urandom(3000))
+    path = tmp_path / "oversize.pcap"
+    path.write_bytes(pcap_bytes([(traffic.T0, small), (traffic.T0 + 1, big), (traffic.T0 + 2, small)]))
+    for reference in (False, True):
+        frames, stats = _run_capture_process([str(path)], 1, reference, capacity=4096)
+        assert [row[0] for row in frames[0]] == [small, small], reference
+        assert (stats["frames"], stats["dispatched"], stats["ring_drop_frames"], stats["oversize_frames"]) == \
+            (3, [2], [1], 1), reference
+
+
 def _readable_rows(path, reader):
     """The frames a reader hands out before the file ends or reading stops."""
     out = []
@@ -514,11 +575,10 @@ def _record_offsets(records, header_bytes=24, record_header_bytes=16):
     return offsets
 
 
-@pytest.mark.parametrize("reader", ["native", "libpcap"])
-def test_files_that_stop_mid_way_are_reported_and_the_next_ones_read(failing_file, tmp_path, reader):
-    """A read error in a classic pcap file (the C walker on the shipped path), one in a pcapng file
-    or libpcap's refusal of a pcapng file, an unreadable file: each is reported with the frames
-    before it kept, and the files after it are read, on the C path and the reference path alike."""
+def files_that_stop(failing_file, tmp_path, reader):
+    """A classic pcap with a read error after 200 frames, a pcapng file that stops (a read error
+    natively, libpcap's refusal of a second snap length with --reader libpcap), a text file and a
+    good pcap of 200 frames: (paths, the frames each readable file hands out before it stops)."""
     first = mixed_records(300)
     eio_pcap = failing_file("eio.pcap", pcap_bytes(first), _record_offsets(first)[200] + 5)
     ng_frames = [g.udp_frame("10.2.0.%d" % i, "10.0.0.53", 2000 + i, 53, g.dns_query("ng%d.x.org" % i))
@@ -527,20 +587,28 @@ def test_files_that_stop_mid_way_are_reported_and_the_next_ones_read(failing_fil
         head = ng_shb("<") + ng_idb("<")
         blocks = [ng_epb("<", 0, traffic.T0 // 1000 + i, f) for i, f in enumerate(ng_frames)]
         second = failing_file("eio.pcapng", head + b"".join(blocks), len(head) + sum(map(len, blocks[:50])) + 3)
-        second_kept = 50
     else:
         # libpcap stops where an interface with another snap length is described
         second = tmp_path / "mixed-snaplen.pcapng"
         second.write_bytes(ng_shb("<") + ng_idb("<")
                            + b"".join(ng_epb("<", 0, i, f) for i, f in enumerate(ng_frames[:3]))
                            + ng_idb("<", snaplen=8192) + ng_epb("<", 1, 9, ng_frames[3]))
-        second_kept = 3
     not_a_capture = tmp_path / "notes.txt"
     not_a_capture.write_text("not a capture\n")
     good = tmp_path / "good.pcap"
     good.write_bytes(pcap_bytes(mixed_records(200, seed=5)))
     paths = [str(eio_pcap), str(second), str(not_a_capture), str(good)]
-    kept = [_readable_rows(p, reader) for p in (eio_pcap, second, good)]
+    return paths, [_readable_rows(p, reader) for p in (eio_pcap, second, good)]
+
+
+@pytest.mark.parametrize("reader", ["native", "libpcap"])
+def test_files_that_stop_mid_way_are_reported_and_the_next_ones_read(failing_file, tmp_path, reader):
+    """A read error in a classic pcap file (the C walker on the shipped path), one in a pcapng file
+    or libpcap's refusal of a pcapng file, an unreadable file: each is reported with the frames
+    before it kept, and the files after it are read, on the C path and the reference path alike."""
+    paths, kept = files_that_stop(failing_file, tmp_path, reader)
+    second = paths[1]
+    second_kept = 50 if reader == "native" else 3
     assert [len(k) for k in kept] == [200, second_kept, 200]
     want = [row for rows_of_file in kept for row in rows_of_file]
     nrings = 3
@@ -684,6 +752,109 @@ def test_oversize_frame_is_dropped_and_counted():
         rings.drain()
         assert [r[0] for r in rings.frames[0]] == [small, small]
         assert rings.consumer[0].dropped_frames == 1
+
+
+# -- the plain-Python stager against the C stager ---------------------------------------------------
+
+def _batch_of(frames, ts0=0):
+    builder = FrameBatchBuilder()
+    for i, frame in enumerate(frames):
+        builder.add(frame, ts0 + i * 7, 1 + i % 2, len(frame) + i % 3)
+    return builder.take()
+
+
+def _run_ops(stager, rings, ops):
+    """Applies `ops` to a stager over `rings`; returns what every call answered, the counters
+    after each, and finally the ring messages and drop counters."""
+    seen = []
+    for op in ops:
+        try:
+            if op[0] == "add":
+                batch = _batch_of(op[1], op[2])
+                got = stager.add_batch(batch.buf, batch.offsets, batch.caplens, batch.wirelens, batch.ts_ns,
+                                       batch.linktypes, op[3] if op[3] <= len(batch) else 0)
+            elif op[0] == "flush":
+                got = stager.flush(*op[1:])
+            elif op[0] == "mark":
+                got = stager.mark(0)
+            else:
+                got = rings.drain()
+        except ValueError as exc:
+            got = ("ValueError", str(exc))
+        seen.append((op[0], got, stager.frames, stager.dispatched, stager.ring_waits, stager.oversize_frames,
+                     stager.staged, stager.latest_ns))
+    rings.drain()
+    seen.append((rings.payloads, [(r.dropped_frames, r.dropped_batches) for r in rings.consumer]))
+    return seen
+
+
+class PrivateRing(Rings):
+    """One ring in this process's memory (no shared memory to make and unlink per example)."""
+
+    def __init__(self, capacity: int):
+        self.blocks = []
+        self.buf = memoryview(bytearray(ring_bytes(capacity)))
+        self.producer = [Ring(self.buf, capacity, create=True)]
+        self.consumer = [Ring(self.buf)]
+        self.frames, self.payloads = [[]], [[]]
+
+    @property
+    def bufs(self):
+        return [self.buf]
+
+
+def _c_and_python(ops, capacity, batch_frames, live):
+    results = []
+    for make in (lambda rings: _capture.Stager(rings.bufs, SEED, batch_frames, live),
+                 lambda rings: PyStager(rings.producer, SEED, batch_frames, live)):
+        rings = PrivateRing(capacity)
+        stager = make(rings)
+        try:
+            results.append(_run_ops(stager, rings, ops))
+        finally:
+            stager.close()
+    return results
+
+
+_CAPACITIES = (4096, 6144, 16384)
+# sizes that fill a message to the byte (a frame alone, two or three of 100 bytes and one more),
+# or miss it by one, so that batches close exactly where the two stagers could disagree
+_EDGE_SIZES = sorted({size + d for c in _CAPACITIES for size in (
+    c // 2 - 16 - 24, c // 2 - 16 - 40 - 100, c // 2 - 16 - 64 - 200) for d in (-1, 0, 1)} | {100})
+_FRAMES = st.lists(st.one_of(st.integers(0, 2100), st.sampled_from(_EDGE_SIZES)), max_size=12).map(
+    lambda sizes: [bytes([i % 251]) * size for i, size in enumerate(sizes)])
+
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("add"), _FRAMES, st.integers(0, 2**40), st.integers(0, 3)),
+    st.tuples(st.just("flush")),
+    st.tuples(st.just("flush"), st.sampled_from([0.0, 3600.0])),
+    st.tuples(st.just("mark")),
+    st.tuples(st.just("drain"))), max_size=30)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=_OPS, capacity=st.sampled_from(_CAPACITIES), batch_frames=st.integers(1, 6), live=st.booleans())
+def test_python_stager_answers_and_publishes_as_the_c_stager(ops, capacity, batch_frames, live):
+    """One ring (the two dispatch hashes differ on purpose; with one ring there is no choice):
+    every call answers the same, the counters agree after every call, and the ring holds the
+    same messages byte for byte, through full rings (replay waits, live drops), oversize frames,
+    flushes by age, timeline marks and misuse."""
+    c, python = _c_and_python(ops, capacity, batch_frames, live)
+    assert python == c
+
+
+def test_a_batch_refused_by_a_full_ring_takes_a_later_frame_as_in_c():
+    """Replay: a flush meets a full ring, then a frame comes that still fits the staged batch: it
+    joins it (the C stager never took the batch out), and the batch is published once the
+    worker has made room."""
+    big = [os.urandom(2000)]                    # two such messages leave 32 bytes of a 4096-byte ring
+    ops = [("add", big, 0, 0), ("flush",), ("add", big, 1, 0), ("flush",),
+           ("add", [b"a" * 60], 10, 0), ("flush",), ("add", [b"b" * 70], 20, 0), ("drain",), ("flush",)]
+    c, python = _c_and_python(ops, 4096, 8, False)
+    assert [answer[1] for answer in c[:-1]] == [(1, 0), 0, (1, 0), 0, (1, 0), _capture.RING_FULL, (1, 0), True, 0]
+    payloads = c[-1][0][0]
+    assert len(payloads) == 3 and [r[0] for r in rows(decode_batch(payloads[2]))] == [b"a" * 60, b"b" * 70]
+    assert python == c
 
 
 # -- arguments and misuse --------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import pytest
 
 from engine.sources import synthetic as g
 from engine.transport.dispatch import Dispatcher, dispatch_key
+from engine.transport.ring import min_ring_bytes
 from engine.sources.live import expand_filter
 from tests import traffic
 from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS
@@ -446,6 +447,27 @@ def test_replay_waits_on_a_full_ring_and_loses_nothing(big_pcap, artifact, tmp_p
     assert small.returncode == 0, small.stderr
     assert summary_number(small.stderr, r"frames: (\d+) ") == 120_000
     assert records(tmp_path / "small") == records_of_default(big_pcap, artifact, tmp_path)
+
+
+def test_the_smallest_ring_the_snap_length_allows_carries_full_frames(artifact, tmp_path):
+    """[sensor] ring_bytes at min_ring_bytes(snaplen_bytes) replays frames cut to the snap length
+    without a drop; 8 bytes less is refused at start with the smallest size allowed."""
+    snaplen_bytes = 40_000
+    smallest = min_ring_bytes(snaplen_bytes)
+    pcap_path = tmp_path / "jumbo.pcap"
+    with g.PcapWriter(str(pcap_path)) as out:
+        for i in range(30):
+            out.write((1_700_000_000 + i) * 10**9, g.udp_frame("10.0.0.%d" % (i + 1), "10.9.0.1", 999, 9, bytes(50_000)))
+    ok = mte("replay", "-c", config(tmp_path, ring_bytes=smallest), "--trails", artifact, "--log-dir",
+             str(tmp_path / "ok"), "--workers", "2", "--snaplen", str(snaplen_bytes), str(pcap_path))
+    assert ok.returncode == 0, ok.stderr
+    assert summary_number(ok.stderr, r"frames: (\d+) ") == 30
+    assert "ring full" not in ok.stderr
+    refused = mte("replay", "-c", config(tmp_path, ring_bytes=smallest - 8), "--trails", artifact, "--log-dir",
+                  str(tmp_path / "refused"), "--snaplen", str(snaplen_bytes), str(pcap_path))
+    assert refused.returncode == 2
+    assert "ring_bytes = %d is too small for frames of up to %d bytes" % (smallest - 8, snaplen_bytes) in refused.stderr
+    assert "allowed at least %d" % smallest in refused.stderr
 
 
 def records_of_default(pcap_path, artifact, tmp_path):

@@ -25,8 +25,8 @@ ALLOWED = {
 }
 # Modules on the packet path: they may load compiled artifacts but never import the compiler.
 HOT_PATH = ("engine/inprocess.py", "engine/sources/live.py", "engine/sources/pcapfile.py", "events/log/__init__.py",
-            "engine/transport/ring.py", "engine/transport/dispatch.py", "engine/processes/capture.py",
-            "engine/processes/worker.py", "engine/processes/logwriter.py")
+            "engine/transport/ring.py", "engine/transport/dispatch.py", "engine/transport/stager.py",
+            "engine/processes/capture.py", "engine/processes/worker.py", "engine/processes/logwriter.py")
 
 
 def imported_parts(path: Path) -> set[str]:

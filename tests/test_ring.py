@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.transport import _ring
-from engine.transport.ring import HEADER_BYTES, KIND_PAD, Ring, decode_batch, encode_batch, ring_bytes
+from engine.transport.ring import (HEADER_BYTES, KIND_PAD, MIN_CAPACITY_BYTES, Ring, decode_batch, encode_batch,
+                                   encoded_batch_bytes, min_ring_bytes, ring_bytes)
 from workers.batch import FrameBatchBuilder
 
 
@@ -163,3 +164,56 @@ def test_header_layout_is_what_the_docs_say(shm):
     assert bytes(block.buf[:8]) == b"MTRING01"
     assert int.from_bytes(bytes(block.buf[8:16]), "little") == 8192
     assert HEADER_BYTES == 320 and block.size >= HEADER_BYTES + 8192
+
+
+# -- sizes derived from the layout ----------------------------------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=40))
+def test_encoded_batch_bytes_is_the_encoded_length(frames):
+    builder = FrameBatchBuilder()
+    for i, frame in enumerate(frames):
+        builder.add(frame, i, 1)
+    nbytes = builder.nbytes
+    assert encoded_batch_bytes(len(frames), nbytes) == len(encode_batch(builder.take()))
+
+
+def _positions(capacity: int, message_bytes: int) -> list[int]:
+    """Every head position (multiples of 8) in a small ring; in a big one those near where a
+    message starts to need a PAD, the middle and both ends."""
+    if capacity <= 8192:
+        return list(range(0, capacity, 8))
+    near = (0, capacity // 2, capacity - message_bytes, capacity)
+    return sorted({p for c in near for p in range(c // 8 * 8 - 128, c + 128, 8) if 0 <= p < capacity})
+
+
+@pytest.mark.parametrize("snaplen_bytes", [64, 65, 1514, 2000, 2001, 2003, 9000, 65535])
+def test_min_ring_bytes_carries_one_frame_of_snaplen_from_any_position(shm, snaplen_bytes):
+    """The smallest capacity the supervisor allows takes a one-frame batch of `snaplen_bytes`
+    wherever the head is once the worker has drained the ring (the message may need a PAD before
+    it); 8 bytes less cannot carry it at all."""
+    capacity = min_ring_bytes(snaplen_bytes)
+    assert capacity % 8 == 0 and capacity >= MIN_CAPACITY_BYTES
+    builder = FrameBatchBuilder()
+    builder.add(os.urandom(snaplen_bytes), 7, 1)
+    payload = encode_batch(builder.take())
+    block = shm(capacity)
+    for position in _positions(capacity, 8 + len(payload)):
+        producer = Ring(block.buf, capacity, create=True)
+        consumer = Ring(block.buf)
+        try:
+            moved = 0
+            while moved < position:                 # fillers, taken out again, move the head on
+                filler = min(position - moved, producer.max_payload // 8 * 8)
+                assert producer.put(bytes(filler - 8)) and consumer.get() == bytes(filler - 8)
+                moved += filler
+            assert producer.put(payload), position
+            assert consumer.get() == payload
+        finally:
+            producer.release()
+            consumer.release()
+    if capacity > MIN_CAPACITY_BYTES:
+        smaller = Ring(memoryview(bytearray(ring_bytes(capacity - 8))), capacity - 8, create=True)
+        with pytest.raises(ValueError):
+            smaller.put(payload)
+        smaller.release()

@@ -6,18 +6,18 @@ waits for the worker. Live capture never blocks libpcap: a batch that does not f
 counted against that worker. Reports statistics to the supervisor and stops when told to (or when
 orphaned), closing every ring so the workers drain and finish.
 
-The per-frame work runs in C (engine/transport/csrc/capture.c, `engine.transport._capture.Stager`): classic pcap
-files are read in big chunks and walked, dispatched, staged and published in C; pcapng files,
-`--reader libpcap` and live capture hand their FrameBatches to the same stager. The plain-Python
-path (PcapFileReader batches, Dispatcher.worker_for, FrameBatchBuilders, Ring.put) is kept as the
-reference: CaptureSpec(reference=True).
+The per-frame work (dispatch, staging, ring writes) is the stager's (engine/transport/stager.py),
+chosen once: the C `_capture.Stager`, or with CaptureSpec(reference=True) its plain-Python twin
+`PyStager`. Both take the FrameBatches that pcapng files, `--reader libpcap` and live capture
+produce; classic pcap files on the C path are read in big chunks and walked in C (`walk_pcap`),
+the reference reads them through PcapFileReader's batches. This module is the process around it:
+sources, control messages, waiting on full rings, statistics.
 
 Must not judge packets (workers/ does) beyond the dispatch key.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import select
 import stat
@@ -30,11 +30,10 @@ from engine.transport import ipc
 
 from engine.processes import privileges
 from engine.processes.child import ChildProcess
-from engine.transport.dispatch import Dispatcher
 from engine.sources.live import CaptureError, LiveCapture
 from engine.sources.pcapfile import CaptureFileError, PcapFileReader, open_capture, starts_before
-from engine.transport.ring import TIMELINE_BREAK, Ring, encode_batch
-from workers.batch import FrameBatchBuilder
+from engine.transport.ring import Ring
+from engine.transport.stager import RING_FULL, open_stager
 
 READ_FRAMES = 1024
 BATCH_FRAMES = 512          # frames per ring message (per worker)
@@ -76,15 +75,9 @@ class _Capture:
         spec.close = ()
         self.restrict()
         self.rings = [Ring(r.buf) for r in spec.rings]
-        self.stager = None
-        if spec.reference:
-            self.dispatcher = Dispatcher(len(self.rings), spec.seed)
-            self.builders = [FrameBatchBuilder() for _ in self.rings]
-            self.opened_at = [0.0] * len(self.rings)
-        else:
-            # SipHash takes a 16-byte key; the supervisor's seed is one (any other is condensed)
-            key = spec.seed if len(spec.seed) == 16 else hashlib.blake2b(spec.seed, digest_size=16).digest()
-            self.stager = _capture.Stager([r.buf for r in self.rings], key, BATCH_FRAMES, spec.mode == "live")
+        self.stager = open_stager(self.rings, spec.seed, BATCH_FRAMES, spec.mode == "live", spec.reference)
+        # only the C stager walks classic pcap records itself (add_pcap); the reference reads batches
+        self.walks_pcap = hasattr(self.stager, "add_pcap")
         self.stopping = False
         self.last_report = self.last_progress = time.monotonic()
         self.source_file = None     # the open file of the capture file being replayed (progress)
@@ -92,7 +85,6 @@ class _Capture:
         self.stats = {"frames": 0, "dispatched": [0] * len(self.rings), "ring_drop_frames": [0] * len(self.rings),
                       "ring_waits": 0, "files": 0, "unreadable": [], "notes": [], "truncated_records": 0,
                       "timeline_breaks": 0}
-        self.latest_ns = None       # the reference path's latest packet time (the stager keeps its own)
         self.captures: list[LiveCapture] = []
 
     # -- privileges ----------------------------------------------------------------------------
@@ -154,7 +146,7 @@ class _Capture:
                     pass
             self.stats["kernel"] = kernel
         stager = self.stager
-        if stager is not None and stager.rings:
+        if stager.rings:
             self.stats["frames"] = stager.frames
             self.stats["dispatched"] = stager.dispatched
             self.stats["ring_waits"] = stager.ring_waits
@@ -175,70 +167,22 @@ class _Capture:
         return True
 
     # -- batching ------------------------------------------------------------------------------
-    def add(self, batch, now: float) -> None:
-        if self.stager is not None:
-            i = 0
-            while True:
-                i, status = self.stager.add_batch(batch.buf, batch.offsets, batch.caplens, batch.wirelens,
-                                                  batch.ts_ns, batch.linktypes, i)
-                if status != _capture.RING_FULL or not self.wait_ring():
-                    return
-        buf, offsets, caplens = batch.buf, batch.offsets, batch.caplens
-        if len(batch.ts_ns):
-            latest = max(batch.ts_ns)
-            if self.latest_ns is None or latest > self.latest_ns:
-                self.latest_ns = latest
-        dispatched = self.stats["dispatched"]
-        for i in range(len(offsets)):
-            start = offsets[i]
-            frame = bytes(buf[start:start + caplens[i]])
-            w = self.dispatcher.worker_for(frame, batch.linktypes[i])
-            builder = self.builders[w]
-            if len(builder) and builder.nbytes + len(frame) + 18 * (len(builder) + 1) + 16 > self.rings[w].max_payload:
-                self.push(w)  # a ring message must fit in half a ring
-            if not len(builder):
-                self.opened_at[w] = now
-            builder.add(frame, batch.ts_ns[i], batch.linktypes[i], batch.wirelens[i])
-            dispatched[w] += 1
-            if len(builder) >= BATCH_FRAMES:
-                self.push(w)
-        self.stats["frames"] += len(offsets)
-
-    def push(self, w: int) -> None:
-        builder = self.builders[w]
-        frames = len(builder)
-        if not frames:
-            return
-        payload = encode_batch(builder.take())
-        ring = self.rings[w]
-        if self.spec.mode == "live":
-            if not ring.put(payload):
-                ring.count_drop(frames)
-            return
-        while not ring.put(payload):
-            self.stats["ring_waits"] += 1
-            time.sleep(RING_WAIT_S)
-            if self.child.orphaned():
+    def add(self, batch) -> None:
+        i = 0
+        while True:
+            i, status = self.stager.add_batch(batch.buf, batch.offsets, batch.caplens, batch.wirelens,
+                                              batch.ts_ns, batch.linktypes, i)
+            if status != RING_FULL or not self.wait_ring():
                 return
 
     def push_all(self) -> None:
-        if self.stager is not None:
-            if self.stager.rings:
-                while self.stager.flush() == _capture.RING_FULL and self.wait_ring():
-                    pass
-            return
-        for w in range(len(self.rings)):
-            self.push(w)
+        if self.stager.rings:
+            while self.stager.flush() == RING_FULL and self.wait_ring():
+                pass
 
     def push_old(self, max_age_s: float) -> None:
         """Live: a partly filled batch waits at most max_age_s."""
-        if self.stager is not None:
-            self.stager.flush(max_age_s)
-            return
-        now = time.monotonic()
-        for w, builder in enumerate(self.builders):
-            if len(builder) and now - self.opened_at[w] >= max_age_s:
-                self.push(w)
+        self.stager.flush(max_age_s)
 
     # -- sources -------------------------------------------------------------------------------
     def replay(self) -> None:
@@ -254,12 +198,11 @@ class _Capture:
                 self.stats["unreadable"].append(str(exc))
                 continue
             self.stats["files"] += 1
-            latest = self.stager.latest_ns if self.stager is not None else self.latest_ns
-            if starts_before(path, latest, self.spec.snaplen_bytes, self.spec.reader):
+            if starts_before(path, self.stager.latest_ns, self.spec.snaplen_bytes, self.spec.reader):
                 self.break_timeline()
             self.source_file = getattr(source, "_file", None)
             with source:
-                if self.stager is not None and isinstance(source, PcapFileReader) and source.format in _CLASSIC_PCAP:
+                if self.walks_pcap and isinstance(source, PcapFileReader) and source.format in _CLASSIC_PCAP:
                     frames, truncated, notes, stopped = self.walk_pcap(source)
                 else:
                     frames, truncated, notes, stopped = self.read_batches(source)
@@ -272,9 +215,7 @@ class _Capture:
             self.stats["notes"].extend("%s: %s" % (os.path.basename(path), n) for n in notes)
             if stopped is not None:
                 # the frames before the stop are already staged or published: they are judged
-                replayed = "its first %d frame(s) were replayed, not the rest" % frames if frames else \
-                    "none of it was replayed"
-                self.stats["unreadable"].append("%s; %s" % (stopped, replayed))
+                self.stats["unreadable"].append(stopped_part_way(stopped, frames))
 
     def break_timeline(self) -> None:
         """Every ring gets, after the frames before it, the mark of a new timeline (an empty
@@ -283,13 +224,11 @@ class _Capture:
         not, depending on what other traffic its worker happened to see in between."""
         self.stats["timeline_breaks"] += 1
         self.push_all()
-        for w, ring in enumerate(self.rings):
-            if self.stager is not None:
-                while not self.stager.mark(w) and self.wait_ring():
-                    pass
-            else:
-                while not ring.put(TIMELINE_BREAK) and self.wait_ring():
-                    pass
+        if self.stopping:
+            return      # orphaned while a ring was full: frames may still be staged, no mark fits
+        for w in range(len(self.rings)):
+            while not self.stager.mark(w) and self.wait_ring():
+                pass
 
     def read_batches(self, source) -> tuple[int, int, list, CaptureFileError | None]:
         """A file through its reader's batches: (frames, truncated records, notes, why reading
@@ -305,7 +244,7 @@ class _Capture:
             if batch is None:
                 break
             frames += len(batch)
-            self.add(batch, 0.0)
+            self.add(batch)
             self.poll_control()
             self.maybe_report()
         return frames, getattr(source, "truncated_records", 0), list(getattr(source, "notes", [])), stopped
@@ -338,7 +277,7 @@ class _Capture:
             for cap in self.captures:
                 batch = cap.read_batch(READ_FRAMES, max_wait_ms=wait_ms)
                 if len(batch):
-                    self.add(batch, time.monotonic())
+                    self.add(batch)
             self.push_old(LIVE_FLUSH_S)
             self.poll_control()
             self.maybe_report()
@@ -359,11 +298,17 @@ class _Capture:
             for ring in self.rings:
                 ring.close()
             self.report("done")
-            if self.stager is not None:
-                self.stager.close()
+            self.stager.close()
             for cap in self.captures:
                 cap.close()
         return code
+
+
+def stopped_part_way(stopped: CaptureFileError, frames: int) -> str:
+    """The `unreadable` entry of a file whose reading stopped before its end for a reason other
+    than damage in it (libpcap refusing to go on, a read error), after `frames` frames."""
+    replayed = "its first %d frame(s) were replayed, not the rest" % frames if frames else "none of it was replayed"
+    return "%s; %s" % (stopped, replayed)
 
 
 def walk_pcap(stager, source: PcapFileReader, wait, between_chunks, chunk_bytes: int | None = None, idle=None):

@@ -44,7 +44,7 @@ from engine.processes import privileges
 from engine.processes.capture import CaptureSpec, run_capture
 from engine.processes.child import pin_plan
 from engine.processes.logwriter import WriterSpec, run_writer
-from engine.transport.ring import Ring, ring_bytes
+from engine.transport.ring import Ring, min_ring_bytes, ring_bytes
 from engine.processes.stats import empty_counters, merge_counters, stats_line, summary_lines
 from engine.trail_artifact import TrailCopy, file_identity
 from engine.processes.worker import WorkerSpec, run_worker
@@ -132,10 +132,10 @@ class Engine:
 
     # -- set-up --------------------------------------------------------------------------------
     def _start(self) -> None:
-        largest = (self.capture_args["snaplen_bytes"] or 262144) + 64
-        if self.capacity // 2 - 16 < largest:
+        largest = self.capture_args["snaplen_bytes"] or 262144
+        if self.capacity < min_ring_bytes(largest):
             raise EngineError("[sensor] ring_bytes = %d is too small for frames of up to %d bytes "
-                              "(snaplen_bytes): allowed at least %d" % (self.capacity, largest - 64, 2 * largest + 32))
+                              "(snaplen_bytes): allowed at least %d" % (self.capacity, largest, min_ring_bytes(largest)))
         try:
             self.trails = TrailCopy.take(self.artifact_path)  # what every worker maps; verified whole
         except ArtifactError as exc:

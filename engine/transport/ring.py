@@ -49,12 +49,24 @@ _BATCH_COUNT = struct.Struct("<I")
 TIMELINE_BREAK = _BATCH_COUNT.pack(0) + bytes(4)   # an empty batch, as encode_batch writes it
 
 
+MIN_CAPACITY_BYTES = 4096
+
+
 def _align8(n: int) -> int:
     return (n + 7) & ~7
 
 
 def ring_bytes(capacity: int) -> int:
+    """Shared memory a ring of `capacity` data bytes needs (the header before the data area)."""
     return HEADER_BYTES + capacity
+
+
+def max_payload_bytes(capacity: int) -> int:
+    """The largest message a ring of `capacity` data bytes carries. A message that does not fit
+    before the end of the data area is preceded by a PAD filling it, so it takes less than twice
+    its own size (8-byte header, padding to 8 included); capping it at half the ring less those
+    16 bytes means a drained ring always takes it, wherever the head is."""
+    return capacity // 2 - 16
 
 
 class Ring:
@@ -63,8 +75,8 @@ class Ring:
     def __init__(self, buf, capacity: int | None = None, create: bool = False):
         self.buf = buf
         if create:
-            if capacity is None or capacity % 8 or capacity < 4096:
-                raise ValueError("ring capacity must be a multiple of 8 and at least 4096")
+            if capacity is None or capacity % 8 or capacity < MIN_CAPACITY_BYTES:
+                raise ValueError("ring capacity must be a multiple of 8 and at least %d" % MIN_CAPACITY_BYTES)
             buf[:HEADER_BYTES] = bytes(HEADER_BYTES)
             buf[0:8] = MAGIC
             buf[8:16] = _U64.pack(capacity)
@@ -72,7 +84,7 @@ class Ring:
             raise ValueError("not a ring")
         self.capacity = _U64.unpack_from(buf, 8)[0]
         self.data = buf[HEADER_BYTES:HEADER_BYTES + self.capacity]
-        self.max_payload = self.capacity // 2 - 16
+        self.max_payload = max_payload_bytes(self.capacity)
         # Each side keeps its own position locally; only the other side's is loaded atomically.
         self._head = _ring.load_acquire(buf, OFF_HEAD)
         self._tail = _ring.load_acquire(buf, OFF_TAIL)
@@ -189,13 +201,35 @@ class Ring:
 
 # -- batch messages ------------------------------------------------------------------------------
 # u32 n, i64 ts_ns[n], u32 caplen[n], u32 wirelen[n], u16 linktype[n], padding to 8, frame bytes.
-# An empty batch (n = 0) is the mark of a timeline break (engine/processes/capture.py, break_timeline).
+# An empty batch (n = 0) is the mark of a timeline break (engine/processes/capture.py,
+# break_timeline). engine/transport/csrc/capture.c writes the same bytes (payload_bytes there).
+
+FRAME_META_BYTES = 8 + 4 + 4 + 2    # ts_ns, caplen, wirelen, linktype
+
+
+def _batch_head_bytes(frames: int) -> int:
+    return 4 + FRAME_META_BYTES * frames
+
+
+def encoded_batch_bytes(frames: int, frame_bytes: int) -> int:
+    """len(encode_batch(b)) for a batch of `frames` frames holding `frame_bytes` bytes in all."""
+    return _align8(_batch_head_bytes(frames)) + frame_bytes
+
+
+def min_ring_bytes(snaplen_bytes: int) -> int:
+    """The smallest ring capacity (data bytes, a multiple of 8) that carries a batch of one frame
+    of `snaplen_bytes`: smaller, and a frame cut to the snap length would be too big for any
+    message (the capture process would have to drop it)."""
+    one_frame = encoded_batch_bytes(1, snaplen_bytes)
+    # the inverse of max_payload_bytes: capacity // 2 - 16 >= one_frame
+    return max(MIN_CAPACITY_BYTES, _align8(2 * (one_frame + 16)))
+
 
 def encode_batch(batch: FrameBatch) -> bytes:
     n = len(batch)
     parts = [_BATCH_COUNT.pack(n), batch.ts_ns.tobytes(), batch.caplens.tobytes(), batch.wirelens.tobytes(),
              batch.linktypes.tobytes()]
-    head = 4 + 8 * n + 4 * n + 4 * n + 2 * n
+    head = _batch_head_bytes(n)
     parts.append(bytes(_align8(head) - head))
     parts.append(bytes(batch.buf))
     return b"".join(parts)

@@ -8,16 +8,16 @@
  * same message header, PAD message, 8-byte alignment; the tail loaded with acquire, the head
  * published with a release store after the message bytes are written).
  *
- * The Python reference of all this is engine/capture.py with CaptureSpec(reference=True): the
- * PcapFileReader, Dispatcher.worker_for and FrameBatchBuilders. tests/test_capture_c.py holds
- * the two to the same frames, keys and ring messages.
+ * The Python reference of all this is engine/transport/stager.py PyStager (Dispatcher.worker_for,
+ * FrameBatchBuilders, Ring.put), fed PcapFileReader's batches. tests/test_capture_c.py holds the
+ * two to the same frames, keys and ring messages.
  *
  * Full rings: in replay a call returns RING_FULL at the first frame it could not stage (that
  * frame and the rest of the input are not consumed; staged frames stay staged) and the caller
  * sleeps and calls again; in live capture a batch that does not fit is dropped and counted in the
  * ring's drop counters (the fields Ring.count_drop updates). A frame too big for any message
- * (more than half the ring) is dropped and counted the same way in both modes (the Python
- * reference raises there; the supervisor sizes rings so that it cannot happen).
+ * (more than half the ring) is dropped and counted the same way in both modes, by the Python
+ * reference too (the supervisor sizes rings so that it cannot happen: ring.py min_ring_bytes).
  *
  * The hash is SipHash-2-4 (Aumasson & Bernstein, "SipHash: a fast short-input PRF", with the
  * reference test vectors checked in the tests) keyed by the run's 16-byte seed, so traffic cannot
