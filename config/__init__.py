@@ -197,6 +197,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "stats_interval_s": Key(
             "int", 60, unit="seconds", min=0, max=86400,
             doc="how often capture/worker statistics are logged; 0 = only at exit"),
+        "stats_address": Key(
+            "str", "", form="listen_address", empty_ok=True,
+            doc='address the Prometheus endpoint (/metrics, /healthz) listens on, e.g. "127.0.0.1:9114" '
+                'or "[::1]:9114" (port 0: any free port, named at start); "" = off',
+            maltrail="STATS_ADDRESS"),
         "user": Key(
             "str", "maltrail-engine", form="name",
             doc='unprivileged account the workers, the log writer and (once its capture handles are '
@@ -414,6 +419,30 @@ def _check_proxy_url(s: str) -> str | None:
     return None
 
 
+def _check_listen_address(s: str) -> str | None:
+    # An address to bind, so a literal IP: resolving a host name would make what the sensor
+    # exposes depend on DNS at start (and this module resolves nothing).
+    host, colon, port = s.rpartition(":")
+    if not colon or not host:
+        return 'the port is missing (write "127.0.0.1:9114", or "[::1]:9114" for IPv6)'
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        return "the port %r is not a number from 0 to 65535" % port
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])  # also takes a scope id (fe80::1%eth0)
+            return None
+        except ValueError:
+            return "%s is not an IPv6 address" % host
+    if ":" in host:
+        return "an IPv6 address is written in brackets, as in [::1]:9114"
+    try:
+        ipaddress.IPv4Address(host)
+        return None
+    except ValueError:
+        return ("%r is not an IP address (a host name is not resolved here: 127.0.0.1 or [::1] "
+                "for this host only)" % host)
+
+
 def _check_cidr(s: str) -> str | None:
     try:
         ipaddress.ip_network(s, strict=False)
@@ -437,6 +466,8 @@ _FORMS: dict[str, tuple[Any, str, str]] = {
              "names without whitespace, at most %d bytes each" % NAME_MAX_BYTES),
     "ifname": (_check_ifname, "an interface name", "interface names"),
     "host": (_check_host, "an IP address or host name", "IP addresses or host names"),
+    "listen_address": (_check_listen_address, 'an address to listen on, "IPv4:PORT" or "[IPv6]:PORT"',
+                       'addresses to listen on, "IPv4:PORT" or "[IPv6]:PORT"'),
     "cidr": (_check_cidr, "an IP address or CIDR range", "IP addresses or CIDR ranges"),
     "regex": (_check_regex, "a regular expression (Python syntax)", "regular expressions"),
     "proxy_url": (_check_proxy_url, 'a URL "http://host:port" or "https://host:port"',
