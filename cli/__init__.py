@@ -295,7 +295,8 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
                     buffer_bytes=s.capture_buffer_bytes, bpf_filter=s.capture_filter, reload_source=reload_source,
                     reference=reference, heuristics=heuristic_settings(cfg), controls=controls,
                     controls_source=lambda: read_controls(cfg), account=account, drop_privileges=True,
-                    bpf_text=bpf_text, progress=mode == "replay" and not quiet and sys.stderr.isatty())
+                    bpf_text=bpf_text, progress=mode == "replay" and not quiet and sys.stderr.isatty(),
+                    stats_address=s.stats_address)
     try:
         code = engine.run()
     except EngineError as exc:

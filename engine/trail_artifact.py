@@ -253,11 +253,12 @@ class TrailCopy:
 
     _sequence = itertools.count(1)
 
-    def __init__(self, fd: int, path: str, generation: int, trail_count: int, identity: tuple):
+    def __init__(self, fd: int, path: str, generation: int, trail_count: int, identity: tuple, created_s: int = 0):
         self.fd = fd
         self.path = path
         self.generation = generation
         self.trail_count = trail_count
+        self.created_s = created_s  # when the artifact was built (its header): the trails' age
         self.identity = identity  # of the file at `path` when it was copied
         self.sequence = next(self._sequence)  # tells copies apart (two builds may share a generation)
         _HELD.add(fd)
@@ -287,7 +288,7 @@ class TrailCopy:
                                         "try again when it is complete" % path)
                 fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
                 artifact = Artifact.from_fd(fd, path, verify=True)
-                generation, count = artifact.generation, artifact.trail_count
+                generation, count, created_s = artifact.generation, artifact.trail_count, artifact.created_s
                 artifact.close()
             except BaseException:
                 os.close(fd)
@@ -297,7 +298,7 @@ class TrailCopy:
                                 % (path, exc.strerror or exc)) from None
         finally:
             os.close(src)
-        return cls(fd, path, generation, count, _identity(before))
+        return cls(fd, path, generation, count, _identity(before), created_s)
 
     @contextmanager
     def inherited(self):
