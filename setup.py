@@ -51,6 +51,7 @@ setup(
         "zstandard>=0.22,<1",
         "cryptography>=42",
         "tqdm>=4.60",
+        "prometheus_client>=0.17,<1",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
     entry_points={"console_scripts": ["maltrail-engine=cli:main"]},

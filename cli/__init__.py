@@ -300,7 +300,8 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
                     reference=reference, heuristics=heuristic_settings(cfg), controls=controls,
                     controls_source=lambda: read_controls(cfg), account=account, drop_privileges=True,
                     bpf_text=bpf_text, progress=mode == "replay" and not quiet and sys.stderr.isatty(),
-                    forward_to=destinations_from_config(cfg), version=_package_version())
+                    forward_to=destinations_from_config(cfg), version=_package_version(),
+                    stats_address=s.stats_address)
     try:
         code = engine.run()
     except EngineError as exc:

@@ -172,6 +172,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                 'open) the capture process run as when the sensor is started as root; the log '
                 'directory is made to belong to it. "root" keeps root (not recommended). When the '
                 'default account does not exist, "nobody" is used and a notice says so'),
+        "stats_address": Key(
+            "str", "", form="listen_address", empty_ok=True,
+            doc='address the Prometheus endpoint (/metrics, /healthz) listens on, e.g. "127.0.0.1:9114" '
+                'or "[::1]:9114" (port 0: any free port, named at start); "" = off',
+            maltrail="STATS_ADDRESS"),
         "log_server": Key(
             "str", "", form="endpoint_udp", empty_ok=True,
             doc='a Maltrail server (or ours) to send every event to, one UDP datagram each '

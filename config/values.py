@@ -176,6 +176,30 @@ def _check_endpoint(s: str, schemes) -> str | None:
     return None
 
 
+def _check_listen_address(s: str) -> str | None:
+    # An address to bind, so a literal IP: resolving a host name would make what the sensor
+    # exposes depend on DNS at start (and this module resolves nothing).
+    host, colon, port = s.rpartition(":")
+    if not colon or not host:
+        return 'the port is missing (write "127.0.0.1:9114", or "[::1]:9114" for IPv6)'
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        return "the port %r is not a number from 0 to 65535" % port
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])  # also takes a scope id (fe80::1%eth0)
+            return None
+        except ValueError:
+            return "%s is not an IPv6 address" % host
+    if ":" in host:
+        return "an IPv6 address is written in brackets, as in [::1]:9114"
+    try:
+        ipaddress.IPv4Address(host)
+        return None
+    except ValueError:
+        return ("%r is not an IP address (a host name is not resolved here: 127.0.0.1 or [::1] "
+                "for this host only)" % host)
+
+
 def _check_cidr(s: str) -> str | None:
     try:
         ipaddress.ip_network(s, strict=False)
@@ -210,6 +234,8 @@ FORMS: dict[str, Form] = {
     "regex": Form(_check_regex, "a regular expression (Python syntax)", "regular expressions"),
     "proxy_url": Form(_check_proxy_url, 'a URL "http://host:port" or "https://host:port"',
                       'URLs "http://host:port" or "https://host:port"'),
+    "listen_address": Form(_check_listen_address, 'an address to listen on, "IPv4:PORT" or "[IPv6]:PORT"',
+                           'addresses to listen on, "IPv4:PORT" or "[IPv6]:PORT"'),
     "endpoint": Form(lambda s: _check_endpoint(s, ("udp", "tcp", "tls")),
                      'a destination "udp://host:port", "tcp://host:port", "tls://host:port" or "host:port" (UDP)',
                      'destinations "udp://host:port", "tcp://host:port", "tls://host:port" or "host:port" (UDP)'),

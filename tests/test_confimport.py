@@ -67,6 +67,7 @@ CHECK_HOST_DOMAINS false
 USER_WHITELIST /etc/maltrail/whitelist.txt
 USER_IGNORELIST misc/ignore_events.txt
 IGNORE_EVENTS_REGEX sql injection|long domain
+STATS_ADDRESS 127.0.0.1:9114
 
 # [All]
 SHOW_DEBUG false
@@ -120,6 +121,7 @@ def test_every_option_is_carried_over_or_named_not_applicable(tmp_path):
     assert cfg.all.proxy_url == "http://192.0.2.60:3128"
     assert cfg.all.trail_sources == ("/var/lib/maltrail/trails.csv",)
     assert cfg.sensor.snaplen_bytes == 1600
+    assert cfg.sensor.stats_address == "127.0.0.1:9114"  # Maltrail's Rust sensor's metrics endpoint
     # every option of the file is named in the written file and in the report, with where it went
     text = out.read_text()
     for name in _options(EVERY_OPTION):

@@ -20,7 +20,8 @@ that happens to them while they run:
   worker continues on the same ring, on the last generation that worker slot ran; more than
   MAX_WORKER_DEATHS deaths in a run is fatal. A dead capture process or log writer is fatal:
   non-zero exit.
-- Statistics every `stats_interval_s` and at exit.
+- Statistics every `stats_interval_s` and at exit; with `[sensor] stats_address`, /metrics and
+  /healthz from a thread (engine/processes/metrics.py) over a snapshot the loop publishes.
 
 Must not judge packets or write the log itself.
 """
@@ -76,7 +77,7 @@ class Engine:
                  buffer_bytes=None, bpf_filter="", reload_source=None, out=sys.stderr, seed: bytes | None = None,
                  reference: bool = False, heuristics=None, controls: dict | None = None, controls_source=None,
                  account=None, drop_privileges: bool = False, bpf_text: str = "", progress: bool = False,
-                 forward_to: list | None = None, version: str = ""):
+                 forward_to: list | None = None, version: str = "", stats_address: str = ""):
         self.mode = mode
         self.progress = progress and mode == "replay"   # a progress bar on self.out (a terminal)
         self._bar = None
@@ -129,6 +130,11 @@ class Engine:
         self._forwarder_deaths = 0
         self.wake_r = self.wake_w = None
         self._processed: list[int] = []
+        # The Prometheus endpoint (engine/processes/metrics.py): off unless stats_address is set.
+        self.stats_address = stats_address
+        self._metrics = None
+        self._heard = [0.0] * workers   # monotonic time of each slot's last statistics report
+        self._capture_heard = 0.0       # ... and of the capture process's last report
 
     # -- set-up --------------------------------------------------------------------------------
     def _start(self) -> None:
@@ -170,11 +176,12 @@ class Engine:
         self.workers = [None] * self.n
         self._running = False
 
+        self._start_metrics()
         # The capture process first: a capture that cannot open (interface, filter, privileges)
         # ends the start with its one message before a worker or the writer exists.
         self.capture = self.ctx.Process(target=run_capture, name="mte-capture", args=(CaptureSpec(
             self.mode, self.rings, self.capture_channel[0], self.seed, cpu=self.capture_cpu,
-            stats_interval_s=self.stats_interval_s, reference=self.reference, account=self.account,
+            stats_interval_s=self._capture_report_s(), reference=self.reference, account=self.account,
             progress_interval_s=0.25 if self.progress else 0.0,
             parent_pid=os.getpid(), close=self._not_owned_by("capture"), **self.capture_args),))
         self.capture.start()
@@ -477,6 +484,8 @@ class Engine:
                     self._begin_stop()
             self._check_artifact_on_disk()
             self._advance_stop()
+            if self._metrics is not None and self._metrics.due():
+                self._metrics.publish(self._metrics_view())
             if next_stats is not None and time.monotonic() >= next_stats and not self._writer_done:
                 self._notice(stats_line(merge_counters(self._carried + self._latest), self.capture_stats,
                                         self.engine_stats()))
@@ -573,6 +582,7 @@ class Engine:
     # -- messages from the children -----------------------------------------------------------
     def _on_capture(self, message) -> bool:
         """A capture process report; True when it says the capture failed."""
+        self._capture_heard = time.monotonic()
         if message[0] == "ready":
             self.capture_info = message[1]
         elif message[0] == "progress":
@@ -615,6 +625,7 @@ class Engine:
     def _on_status(self, k: int, message) -> None:
         if message[0] == "stats":
             self._latest[k] = message[2]
+            self._heard[k] = time.monotonic()
         elif message[0] == "crash":
             self._warn("worker %d crashed:\n%s" % (k, message[2].rstrip("\n")))
         elif message[0] == "reloaded":
@@ -791,6 +802,9 @@ class Engine:
             self.writer.kill()
 
     def _cleanup(self) -> None:
+        if self._metrics is not None:
+            self._metrics.stop()
+            self._metrics = None
         for proc in [self.capture, self.writer, self.forwarder, *self.workers]:
             if proc is not None:
                 proc.join(0.5)
@@ -815,6 +829,55 @@ class Engine:
         self.wake_r = self.wake_w = self.lock_fd = None
         if self.selector is not None:
             self.selector.close()
+
+    # -- metrics (engine/processes/metrics.py) -----------------------------------------------------
+    def _start_metrics(self) -> None:
+        """[sensor] stats_address: bound here, before any child exists and while the supervisor
+        still holds its privileges. An address that cannot be bound is reported and the sensor runs
+        without the endpoint: metrics must never cost detection (a scraper sees the target down)."""
+        if not self.stats_address:
+            return
+        from engine.processes import metrics  # prometheus_client is loaded only when metrics are on
+        try:
+            self._metrics = metrics.MetricsServer(self.stats_address, version=_version())
+        except metrics.MetricsError as exc:
+            self._warn("%s; running without the metrics endpoint" % exc)
+            return
+        self._metrics.start()
+        self._notice("metrics: %s/metrics, health: %s/healthz" % (self._metrics.url, self._metrics.url))
+
+    def _capture_report_s(self) -> float:
+        """How often the capture process reports: with the endpoint on, as often as workers do,
+        so its counters are fresh and its silence is noticed (metrics.STALL_S)."""
+        if self._metrics is None:
+            return self.stats_interval_s
+        from engine.processes.metrics import CAPTURE_REPORT_S
+        return CAPTURE_REPORT_S
+
+    def _metrics_view(self):
+        """What the endpoint serves, as an immutable snapshot of this moment (the HTTP thread
+        never reads the supervisor's own state)."""
+        from engine.processes.metrics import MetricsView, WorkerView
+        capture = self.capture_stats
+        workers = []
+        for k in range(self.n):
+            ring, proc = self.rings[k], self.workers[k]
+            workers.append(WorkerView(
+                k, proc is not None and proc.is_alive(), self.deaths[k], self._heard[k], ring.processed,
+                ring.used_bytes(), ring.in_progress, self.lost_frames[k], ring.dropped_frames,
+                self._latest[k].get("generation", self._slot_trails[k].generation)))
+        kernel = capture.get("kernel")
+        # Copied, so that a later report of the forwarder never reaches a published view.
+        forwarders = self.forwarder_stats
+        return MetricsView(
+            taken_monotonic=time.monotonic(), taken_unix=time.time(), started_unix=self.started_unix,
+            counters=merge_counters(self._carried + self._latest),
+            capture_frames=int(capture.get("frames", 0)), capture_kernel=dict(kernel) if kernel else None,
+            capture_alive=self.capture.is_alive(), capture_exitcode=self.capture.exitcode,
+            capture_heard_monotonic=self._capture_heard, mode=self.mode, workers=tuple(workers),
+            trail_generation=self.generation, trail_count=self.trail_count,
+            trails_built_unix=self.trails.created_s,
+            forwarders=tuple((name, dict(stats)) for name, stats in sorted(forwarders.items())))
 
     # -- reporting -----------------------------------------------------------------------------
     def engine_stats(self) -> dict:
