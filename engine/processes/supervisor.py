@@ -839,7 +839,7 @@ class Engine:
             return
         from engine.processes import metrics  # prometheus_client is loaded only when metrics are on
         try:
-            self._metrics = metrics.MetricsServer(self.stats_address, version=_version())
+            self._metrics = metrics.MetricsServer(self.stats_address, version=self.version or "(version unknown)")
         except metrics.MetricsError as exc:
             self._warn("%s; running without the metrics endpoint" % exc)
             return
