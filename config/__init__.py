@@ -98,6 +98,25 @@ class Key:
         return _describe_allowed(self)
 
 
+# The default severity rule, the same text as events/record.py DEFAULT_SEVERITY_REGEX (this
+# package imports nothing of ours; tests/test_outputs_severity.py holds the two equal): this
+# project's rule since its start, written as Maltrail's REMOTE_SEVERITY_REGEX would be.
+DEFAULT_SEVERITY_REGEX = (
+    r"(?is)\A(?:(?P<high>"
+    r"(?=.* \([^()]*\)\Z).*?(?:malware|ransomware|botnet|c&c|c2 |\(c2\)|sinkhole|backdoor|rat\)).* \([^()]*\)"
+    r"|(?!.* \([^()]*\)\Z).*?(?:malware|ransomware|botnet|c&c|c2 |\(c2\)|sinkhole|backdoor|rat\)).* .*"
+    r"|.* (?-i:\(custom\)))"
+    r"|(?P<low>"
+    r"(?=.* \([^()]*\)\Z).*?(?:"
+    r"reputation|attacker|scanner|crawler|spammer|abuser|bad history|compromised|parking|parked|tor exit|dynamic|free web|known"
+    r").* \([^()]*\)"
+    r"|(?!.* \([^()]*\)\Z).*?(?:"
+    r"reputation|attacker|scanner|crawler|spammer|abuser|bad history|compromised|parking|parked|tor exit|dynamic|free web|known"
+    r").* .*"
+    r"|.* (?-i:\(heuristic\)))"
+    r")\Z")
+
+
 SECTION_DOCS: dict[str, str] = {
     "all": "settings shared by every part (Maltrail's [All] section)",
     "sensor": "the capturing sensor (Maltrail's [Sensor] section)",
@@ -141,6 +160,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "str", "", form="proxy_url", empty_ok=True,
             doc='HTTP(S) proxy used when fetching trail sources; "" for a direct connection',
             maltrail="PROXY_ADDRESS"),
+        "severity_regex": Key(
+            "str", DEFAULT_SEVERITY_REGEX, form="severity_regex", empty_ok=True,
+            doc='how an event\'s severity is decided when it is made, for every output alike: a regular '
+                'expression searched in "<info> <reference>"; of its named groups low, medium and high, the '
+                'first in that order that matched names the severity; no match is medium. "" makes every '
+                'event medium. The default is this project\'s rule (COMPATIBILITY.md)',
+            maltrail="REMOTE_SEVERITY_REGEX"),
     },
     "sensor": {
         "sensor_name": Key(
@@ -238,6 +264,41 @@ SCHEMA: dict[str, dict[str, Key]] = {
             doc='Logstash inputs receiving every event as Maltrail\'s JSON object: "udp://host:5000" '
                 '(a datagram each, best effort) or "tcp://host:5000" (a line each, nothing lost); a bare '
                 '"host:port" is UDP', maltrail="LOGSTASH_SERVER"),
+        "json_output": Key(
+            "list", (), form="json_output", split=True,
+            doc='ECS-named JSON lines of every event, for Filebeat, Vector or Fluent Bit to ship without a '
+                'pipeline (README.md, "ECS JSON output"): "file:///path/events.json" (appended; reopened '
+                'when logrotate moves it) or "tcp://host:port" (a line each, nothing lost)'),
+        "alert_webhook_url": Key(
+            "str", "", form="webhook_url", empty_ok=True, secret=True,
+            doc='URL every event of alert_severity or above is POSTed to (chat, paging, a SIEM), '
+                '"http://..." or "https://..." (the certificate is always verified); "" for none. '
+                'Never printed: a webhook URL often holds its secret', maltrail="ALERT_WEBHOOK_URL"),
+        "alert_severity": Key(
+            "str", "high", form="severity",
+            doc='the lowest severity posted to alert_webhook_url', maltrail="ALERT_SEVERITY"),
+        "alert_format": Key(
+            "str", "%(json)s", form="alert_format",
+            doc='the body posted: %(name)s is replaced by the event\'s field (time, timestamp, sensor, '
+                'src_ip, src_port, dst_ip, dst_port, proto, type, trail, info, reference, severity, count; '
+                'JSON-escaped), %(json)s by the whole event as Logstash gets it, %% by %',
+            maltrail="ALERT_FORMAT"),
+        "alert_throttle_s": Key(
+            "int", 3600, unit="seconds", min=0, max=604800,
+            doc='at most one alert per source address and trail in this many seconds of event time; the '
+                'others are counted, not posted; 0 posts every one', maltrail="ALERT_THROTTLE"),
+        "alert_ca_file": Key(
+            "str", "", form="path", empty_ok=True,
+            doc='CA certificates (PEM) that verify an https:// alert_webhook_url; "" for the system\'s'),
+        "disable_local_log_storage": Key(
+            "bool", False,
+            doc='the log directory becomes a spool: a day file (not today\'s) is deleted once every '
+                'configured destination has taken all of it. Needs log_server, syslog_server, '
+                'logstash_server or json_output', maltrail="DISABLE_LOCAL_LOG_STORAGE"),
+        "console": Key(
+            "bool", False,
+            doc='also print every event to stderr as it is written, as Maltrail\'s line (coloured by '
+                'severity on a terminal unless NO_COLOR is set); the --console flag'),
     },
     "heuristics": {
         "scan_window_s": Key(
@@ -486,6 +547,78 @@ def _check_regex(s: str) -> str | None:
         return "it is not a valid regular expression (%s)" % exc
 
 
+def _check_severity_regex(s: str) -> str | None:
+    # Maltrail's REMOTE_SEVERITY_REGEX convention: the groups' names are the severities.
+    try:
+        groups = re.compile(s).groupindex
+    except re.error as exc:
+        return "it is not a valid regular expression (%s)" % exc
+    if not set(groups) & {"low", "medium", "high"}:
+        return ("it has no named group low, medium or high, so every event would be medium; name the groups, "
+                "e.g. (?P<high>malware)|(?P<low>scanner)")
+    return None
+
+
+def _check_webhook_url(s: str) -> str | None:
+    if any(c.isspace() for c in s):
+        return "it contains whitespace"
+    try:
+        parts = urlsplit(s)
+        parts.port
+    except ValueError as exc:
+        return "it is not a valid URL (%s)" % exc
+    if parts.scheme not in ("http", "https"):
+        return "the scheme must be http:// or https://"
+    if not parts.hostname:
+        return "the host is missing"
+    if parts.username is not None or parts.password is not None:
+        return "credentials in the URL are not supported (put a token in the path, as webhooks do)"
+    if parts.fragment:
+        return "a #fragment is never sent; leave it out"
+    return None
+
+
+def _check_json_output(s: str) -> str | None:
+    """file:///absolute/path, or tcp://host:port."""
+    if s.startswith("file:"):
+        if not s.startswith("file:///"):
+            return 'a file is written "file:///absolute/path" (three slashes, no host)'
+        path = s[len("file://"):]
+        if path.endswith("/") or os.path.basename(path) in (".", ".."):
+            return "the path names a directory, not a file"
+        if "?" in path or "#" in path:
+            return 'a file path may not hold "?" or "#"'
+        return _check_path(path)
+    problem = _check_endpoint(s, ("tcp",)) if "://" in s else 'it is neither "file:///path" nor "tcp://host:port"'
+    if problem and "://" in s and not s.startswith("tcp://"):
+        return 'the scheme must be file:// or tcp://'
+    return problem
+
+
+# The names ALERT_FORMAT may use (events/forwarders/webhook.py FIELDS; tests/test_outputs_webhook.py
+# holds the two lists equal).
+ALERT_FORMAT_FIELDS = ("time", "timestamp", "sensor", "src_ip", "src_port", "dst_ip", "dst_port", "proto",
+                       "type", "trail", "info", "reference", "severity", "count", "json")
+
+
+_PLACEHOLDER_RE = re.compile(r"%%|%\([^)]*\)[-#0 +]*\d*(?:\.\d+)?[sdirfa]")
+
+
+def _check_alert_format(s: str) -> str | None:
+    # Formatted once with every field, as the webhook will: an unknown name or a conversion that
+    # is not %(name)s is found now, not at the first alert. A bare "%" is refused even where Python
+    # would take it ("% s" formats the whole mapping).
+    if "%" in _PLACEHOLDER_RE.sub("", s):
+        return "a % that is neither %(name)s nor %%; write %% for a literal %"
+    try:
+        s % {name: 0 if name in ("timestamp", "count") else "x" for name in ALERT_FORMAT_FIELDS}
+    except KeyError as exc:
+        return "%%(%s)s is not a field; the fields are %s" % (exc.args[0], ", ".join(ALERT_FORMAT_FIELDS))
+    except (TypeError, ValueError) as exc:
+        return ("it is not a template of %%(name)s placeholders (%s); write %%%% for a literal %%" % exc)
+    return None
+
+
 # form name -> (check returning None or the reason, "allowed" text for one, for several)
 _FORMS: dict[str, tuple[Any, str, str]] = {
     "path": (_check_path, "a path", "paths"),
@@ -507,6 +640,15 @@ _FORMS: dict[str, tuple[Any, str, str]] = {
                      'destinations "host:port" or "[IPv6]:port"'),
     "syslog_format": (lambda s: None if s in ("maltrail", "rfc5424") else "it is neither maltrail nor rfc5424",
                       '"maltrail" or "rfc5424"', '"maltrail" or "rfc5424"'),
+    "severity_regex": (_check_severity_regex, "a regular expression with named groups low, medium and/or high",
+                       "regular expressions with named groups low, medium and/or high"),
+    "severity": (lambda s: None if s in ("low", "medium", "high") else "it is not low, medium or high",
+                 '"low", "medium" or "high"', '"low", "medium" or "high"'),
+    "webhook_url": (_check_webhook_url, 'a URL "http://host[:port]/path" or "https://host[:port]/path"',
+                    'URLs "http://host[:port]/path" or "https://host[:port]/path"'),
+    "json_output": (_check_json_output, 'a destination "file:///path" or "tcp://host:port"',
+                    'destinations "file:///path" or "tcp://host:port"'),
+    "alert_format": (_check_alert_format, "a template with %(field)s placeholders", "templates"),
 }
 
 
@@ -661,6 +803,12 @@ _CROSS_RULES = (
      lambda v: not (v[("server", "use_ssl")] and v[("server", "ssl_pem")] == ""),
      "needs [server] ssl_pem to name a PEM file",
      "set ssl_pem, or use_ssl = false"),
+    ("sensor", "disable_local_log_storage",
+     lambda v: not v[("sensor", "disable_local_log_storage")] or bool(
+         v[("sensor", "log_server")] or v[("sensor", "syslog_server")] or v[("sensor", "logstash_server")]
+         or v[("sensor", "json_output")]),
+     "turns the log directory into a spool, which needs a destination that takes every event",
+     "set log_server, syslog_server, logstash_server or json_output, or disable_local_log_storage = false"),
 )
 
 
