@@ -419,3 +419,23 @@ def test_config_import_carries_maltrails_alerting_and_keeps_the_log_without_a_de
     assert 'alert_severity = "medium"' in text and "alert_throttle_s = 60" in text
     assert "disable_local_log_storage = true" not in text
     assert "prints events on the console instead" in done.stdout
+
+
+def test_the_spool_asks_about_the_places_the_forwarder_keeps(tmp_path):
+    # The log writer deletes a day only when every destination's saved place is at its end: it must
+    # ask about the names the forwarder saves under, the webhook's secret-free one included.
+    from engine.processes.forwarder import build_destinations, destinations_from_config, position_names
+    from config import load_config
+    conf = write_conf(tmp_path / "maltrail.toml", sensor={
+        "log_server": "127.0.0.1:8337", "syslog_server": ["tcp://127.0.0.1:514"],
+        "logstash_server": ["udp://127.0.0.1:5000"], "json_output": ["tcp://127.0.0.1:5170"],
+        "alert_webhook_url": "https://hooks.example.org/services/T0/B0/s3cret"})
+    descriptions = destinations_from_config(load_config(conf))
+    built = build_destinations(descriptions, "0.1.0", lambda: "2026-03-01")
+    try:
+        assert position_names(descriptions) == [d.name for d in built]
+        assert len(set(position_names(descriptions))) == 5
+        assert not any("s3cret" in name for name in position_names(descriptions))
+    finally:
+        for destination in built:
+            destination.close()

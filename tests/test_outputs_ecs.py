@@ -39,7 +39,7 @@ ECS = {
     "ecs.version": ("keyword", None),
     "event.kind": ("keyword", {"alert", "asset", "enrichment", "event", "metric", "state", "pipeline_error",
                                "signal"}),
-    "event.category": ("keyword", {"api", "authentication", "configuration", "database", "driver", "email", "file",
+    "event.category": ("keyword", {"api", "authentication", "configuration", "database", "driver", "file",
                                    "host", "iam", "intrusion_detection", "library", "malware", "network",
                                    "package", "process", "registry", "session", "threat", "vulnerability", "web"}),
     "event.type": ("keyword", {"access", "admin", "allowed", "change", "connection", "creation", "deletion",
