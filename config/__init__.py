@@ -830,8 +830,10 @@ def _where(source: str, line: int | None) -> str:
 
 def _value_problem(where: str, section: str, key: str, value: Any, problem: str,
                    allowed: str) -> str:
-    return "%s: [%s] %s = %s %s; allowed: %s" % (
-        where, section, key, _render_found(value), problem, allowed)
+    spec = SCHEMA.get(section, {}).get(key)
+    # A secret (a webhook URL holds one) is not shown in a message either, even a wrong one.
+    found = "(the value, not shown)" if spec is not None and spec.secret else _render_found(value)
+    return "%s: [%s] %s = %s %s; allowed: %s" % (where, section, key, found, problem, allowed)
 
 
 def _render_found(value: Any) -> str:

@@ -385,6 +385,10 @@ def test_the_webhook_url_is_never_printed(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "s3cret" not in result.stdout + result.stderr
     assert "# alert_webhook_url = (set, not shown)" in result.stdout
+    wrong = write_conf(tmp_path / "wrong.toml", sensor={"alert_webhook_url": "htps://hooks.example.org/T0/s3cret"})
+    result = mte("check-config", "-c", wrong, "--config-only")
+    assert result.returncode == 2 and "[sensor] alert_webhook_url" in result.stderr
+    assert "s3cret" not in result.stderr
 
 
 @pytest.mark.parametrize("key, value, needles", [
