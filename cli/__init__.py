@@ -31,6 +31,7 @@ _OVERRIDES = {
     "promiscuous": ("sensor", "promiscuous"),
     "workers": ("sensor", "workers"),
     "capture_buffer": ("sensor", "capture_buffer_bytes"),
+    "console": ("sensor", "console"),
 }
 
 
@@ -67,10 +68,14 @@ _FLAGS = {
         help="kernel capture buffer per interface (default: [sensor] capture_buffer_bytes)")),
     "workers": (("--workers",), dict(
         metavar="N|auto", help="worker processes (default: [sensor] workers; auto = one per CPU but one)")),
+    "console": (("--console",), dict(
+        dest="console", action="store_const", const=True,
+        help="also print every event on stderr as it is detected, as Maltrail's line (coloured by severity on "
+             "a terminal unless NO_COLOR is set; default: [sensor] console)")),
 }
 _LIVE_FLAGS = ("config", "log_dir", "trails", "sensor_name", "allow_no_trails", "interface", "capture_filter",
-               "snaplen", "promiscuous", "capture_buffer", "workers")
-_REPLAY_FLAGS = ("config", "log_dir", "trails", "sensor_name", "allow_no_trails", "workers", "snaplen")
+               "snaplen", "promiscuous", "capture_buffer", "workers", "console")
+_REPLAY_FLAGS = ("config", "log_dir", "trails", "sensor_name", "allow_no_trails", "workers", "snaplen", "console")
 
 
 def _flags(parser: argparse.ArgumentParser, *names: str) -> None:
@@ -275,7 +280,9 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
         return _fail(str(exc), 2)
 
     from engine.processes import privileges
-    from engine.processes.forwarder import destinations_from_config
+    from engine.processes.forwarder import destinations_from_config, position_names
+    from events.record import SeverityRule
+    forward_to = destinations_from_config(cfg)
     try:
         account = privileges.resolve_account(s.user, notice=lambda text: _log("[i] " + text))
     except privileges.PrivilegeError as exc:
@@ -299,8 +306,11 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
                     buffer_bytes=s.capture_buffer_bytes, bpf_filter=s.capture_filter, reload_source=reload_source,
                     reference=reference, heuristics=heuristic_settings(cfg), controls=controls,
                     controls_source=lambda: read_controls(cfg), account=account, drop_privileges=True,
-                    bpf_text=bpf_text, progress=mode == "replay" and not quiet and sys.stderr.isatty(),
-                    forward_to=destinations_from_config(cfg), version=_package_version(),
+                    bpf_text=bpf_text,
+                    # The console's lines and a progress bar would share one terminal line: the console wins.
+                    progress=mode == "replay" and not quiet and sys.stderr.isatty() and not s.console,
+                    forward_to=forward_to, version=_package_version(), severity=SeverityRule(cfg.all.severity_regex),
+                    console=s.console, spool=position_names(forward_to) if s.disable_local_log_storage else [],
                     stats_address=s.stats_address)
     try:
         code = engine.run()

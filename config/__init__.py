@@ -23,10 +23,13 @@ from config.load import (
     apply_overrides, check_value, default_config_path, load_config, looks_like_maltrail_conf, parse_flag_value,
     resolved_sensor_name,
 )
-from config.schema import SCHEMA, SECTION_DOCS, Key, iter_keys
+from config.schema import DEFAULT_SEVERITY_REGEX, SCHEMA, SECTION_DOCS, Key, iter_keys
+from config.values import ALERT_FORMAT_FIELDS
 from config.values import NAME_MAX_BYTES, toml_value
 
 __all__ = [
+    "ALERT_FORMAT_FIELDS",
+    "DEFAULT_SEVERITY_REGEX",
     "SCHEMA",
     "SECTION_DOCS",
     "SYSTEM_CONFIG_PATH",

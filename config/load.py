@@ -62,8 +62,10 @@ def location(source: str, line: int | None) -> str:
 
 def _value_problem(at: str, section: str, key: str, value: Any, problem: str,
                    allowed: str) -> str:
-    return "%s: [%s] %s = %s %s; allowed: %s" % (
-        at, section, key, _render_found(value), problem, allowed)
+    spec = SCHEMA.get(section, {}).get(key)
+    # A secret (a webhook URL holds one) is not shown in a message either, even a wrong one.
+    found = "(the value, not shown)" if spec is not None and spec.secret else _render_found(value)
+    return "%s: [%s] %s = %s %s; allowed: %s" % (at, section, key, found, problem, allowed)
 
 
 def _render_found(value: Any) -> str:
@@ -192,6 +194,16 @@ def _cross_check(values: Values, origins: dict, lines: dict, source: str | None)
         problems.append(_value_problem(at, "server", "use_ssl", values[("server", "use_ssl")],
                                        "needs [server] ssl_pem to name a PEM file",
                                        "set ssl_pem, or use_ssl = false"))
+    # A spool needs somewhere for every event to go; reported at the switch.
+    if values[("sensor", "disable_local_log_storage")] and not (
+            values[("sensor", "log_server")] or values[("sensor", "syslog_server")]
+            or values[("sensor", "logstash_server")] or values[("sensor", "json_output")]):
+        key = ("sensor", "disable_local_log_storage")
+        at = COMMAND_LINE if origins[key] == ORIGIN_FLAG else (location(source, lines[key]) if source else "defaults")
+        problems.append(_value_problem(
+            at, "sensor", "disable_local_log_storage", True,
+            "turns the log directory into a spool, which needs a destination that takes every event",
+            "set log_server, syslog_server, logstash_server or json_output, or disable_local_log_storage = false"))
     return problems
 
 

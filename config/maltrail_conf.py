@@ -39,7 +39,6 @@ __all__ = ["ConfImportError", "ImportResult", "MALTRAIL_ONLY", "import_conf", "r
 _SERVER_LATER = "maltrail-engine's server (web interface) is a later release"
 _FEEDS_LATER = ("trail feeds and updates are a later release; compile trails with `maltrail-engine trails "
                 "build` (from Maltrail's trails.csv: [all] trail_sources)")
-_FORWARDING_LATER = "forwarding is a later release; events stay in the local log (`maltrail-engine tail`)"
 MALTRAIL_ONLY: dict[str, str] = {
     "USERS": "accounts of Maltrail's web server: " + _SERVER_LATER,
     "ENABLE_MASK_CUSTOM": "a setting of Maltrail's web interface: " + _SERVER_LATER,
@@ -55,9 +54,6 @@ MALTRAIL_ONLY: dict[str, str] = {
     "DISABLED_TRAILS_INFO_REGEX": _FEEDS_LATER,
     "CUSTOM_TRAILS_URL": _FEEDS_LATER,
     "DISABLE_CPU_AFFINITY": "maltrail-engine always pins its capture process to one CPU; there is no switch",
-    "REMOTE_SEVERITY_REGEX": "every event carries a severity computed from its labels (COMPATIBILITY.md, "
-                             "difference 16); " + _FORWARDING_LATER,
-    "DISABLE_LOCAL_LOG_STORAGE": "the local log is always written; " + _FORWARDING_LATER,
     "CHECK_HOST_DOMAINS": "always on here: the Host of every HTTP request is checked against domain trails "
                           "(COMPATIBILITY.md, difference 10)",
     "SHOW_DEBUG": "no debug switch; statistics are printed every [sensor] stats_interval_s",
@@ -213,6 +209,12 @@ def _convert(option: Option, section: str, key: str, conf_dir: str, notes: list[
     if name == "IGNORE_EVENTS_REGEX" and value:
         notes.append("(?i) added: Maltrail searches case-insensitively")
         value = "(?i)" + str(value)
+    if name == "ALERT_SEVERITY":
+        # Maltrail lower-cases it and takes anything else for "high" (core/alert.py wanted()).
+        value = str(value).strip().lower()
+        if value not in ("low", "medium", "high"):
+            notes.append("%r is none of low, medium, high: Maltrail alerts on high then, and so does this" % option.text)
+            value = "high"
     if spec.type == "bool":
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true"), None
     if spec.type == "int" and not isinstance(value, int):
@@ -284,6 +286,7 @@ def import_conf(path: str) -> ImportResult:
         if spec.type == "bool" and spec.default is True and maltrail_name not in options:
             result.carried.append(Carried(section, key, False, "%s (absent)" % maltrail_name,
                                           ["Maltrail leaves a switch that maltrail.conf does not set off"]))
+    _spool_without_destination(result)
     if not problems:
         # Values fine one by one may still not fit together (USE_SSL without SSL_PEM).
         try:
@@ -295,6 +298,22 @@ def import_conf(path: str) -> ImportResult:
         raise ConfImportError(problems)
     result.toml = _render(result)
     return result
+
+
+def _spool_without_destination(result: ImportResult) -> None:
+    """DISABLE_LOCAL_LOG_STORAGE without LOG_SERVER or SYSLOG_SERVER makes Maltrail print events on
+    the console instead of storing them; ours would refuse a spool nothing empties. The local log
+    is kept, and the note says so and what does the console's job."""
+    spool = [c for c in result.carried if (c.section, c.key) == ("sensor", "disable_local_log_storage")]
+    if not spool or not spool[0].value:
+        return
+    destinations = {"log_server", "syslog_server", "logstash_server", "json_output"}
+    if any(c.section == "sensor" and c.key in destinations and c.value for c in result.carried):
+        return
+    result.carried.remove(spool[0])
+    result.notes.append("%s: without LOG_SERVER or SYSLOG_SERVER Maltrail prints events on the console instead "
+                        "of storing them; here the local log is kept (disable_local_log_storage needs a "
+                        "destination), and `--console` or [sensor] console = true prints them too" % spool[0].source)
 
 
 def _render(result: ImportResult) -> str:

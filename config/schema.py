@@ -65,6 +65,25 @@ class Key:
         return self.rules.describe(self)
 
 
+# The default severity rule, the same text as events/record.py DEFAULT_SEVERITY_REGEX (this
+# package imports nothing of ours; tests/test_outputs_severity.py holds the two equal): this
+# project's rule since its start, written as Maltrail's REMOTE_SEVERITY_REGEX would be.
+DEFAULT_SEVERITY_REGEX = (
+    r"(?is)\A(?:(?P<high>"
+    r"(?=.* \([^()]*\)\Z).*?(?:malware|ransomware|botnet|c&c|c2 |\(c2\)|sinkhole|backdoor|rat\)).* \([^()]*\)"
+    r"|(?!.* \([^()]*\)\Z).*?(?:malware|ransomware|botnet|c&c|c2 |\(c2\)|sinkhole|backdoor|rat\)).* .*"
+    r"|.* (?-i:\(custom\)))"
+    r"|(?P<low>"
+    r"(?=.* \([^()]*\)\Z).*?(?:"
+    r"reputation|attacker|scanner|crawler|spammer|abuser|bad history|compromised|parking|parked|tor exit|dynamic|free web|known"
+    r").* \([^()]*\)"
+    r"|(?!.* \([^()]*\)\Z).*?(?:"
+    r"reputation|attacker|scanner|crawler|spammer|abuser|bad history|compromised|parking|parked|tor exit|dynamic|free web|known"
+    r").* .*"
+    r"|.* (?-i:\(heuristic\)))"
+    r")\Z")
+
+
 SECTION_DOCS: dict[str, str] = {
     "all": "settings shared by every part (Maltrail's [All] section)",
     "sensor": "the capturing sensor (Maltrail's [Sensor] section)",
@@ -108,6 +127,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "str", "", form="proxy_url", empty_ok=True,
             doc='HTTP(S) proxy used when fetching trail sources; "" for a direct connection',
             maltrail="PROXY_ADDRESS"),
+        "severity_regex": Key(
+            "str", DEFAULT_SEVERITY_REGEX, form="severity_regex", empty_ok=True,
+            doc='how an event\'s severity is decided when it is made, for every output alike: a regular '
+                'expression searched in "<info> <reference>"; of its named groups low, medium and high, the '
+                'first in that order that matched names the severity; no match is medium. "" makes every '
+                'event medium. The default is this project\'s rule (COMPATIBILITY.md)',
+            maltrail="REMOTE_SEVERITY_REGEX"),
     },
     "sensor": {
         "sensor_name": Key(
@@ -166,17 +192,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "stats_interval_s": Key(
             "int", 60, unit="seconds", min=0, max=86400,
             doc="how often capture/worker statistics are logged; 0 = only at exit"),
+        "stats_address": Key(
+            "str", "", form="listen_address", empty_ok=True,
+            doc='address the Prometheus endpoint (/metrics, /healthz) listens on, e.g. "127.0.0.1:9114" '
+                'or "[::1]:9114" (port 0: any free port, named at start); "" = off',
+            maltrail="STATS_ADDRESS"),
         "user": Key(
             "str", "maltrail-engine", form="name",
             doc='unprivileged account the workers, the log writer and (once its capture handles are '
                 'open) the capture process run as when the sensor is started as root; the log '
                 'directory is made to belong to it. "root" keeps root (not recommended). When the '
                 'default account does not exist, "nobody" is used and a notice says so'),
-        "stats_address": Key(
-            "str", "", form="listen_address", empty_ok=True,
-            doc='address the Prometheus endpoint (/metrics, /healthz) listens on, e.g. "127.0.0.1:9114" '
-                'or "[::1]:9114" (port 0: any free port, named at start); "" = off',
-            maltrail="STATS_ADDRESS"),
         "log_server": Key(
             "str", "", form="endpoint_udp", empty_ok=True,
             doc='a Maltrail server (or ours) to send every event to, one UDP datagram each '
@@ -210,6 +236,41 @@ SCHEMA: dict[str, dict[str, Key]] = {
             doc='Logstash inputs receiving every event as Maltrail\'s JSON object: "udp://host:5000" '
                 '(a datagram each, best effort) or "tcp://host:5000" (a line each, nothing lost); a bare '
                 '"host:port" is UDP', maltrail="LOGSTASH_SERVER"),
+        "json_output": Key(
+            "list", (), form="json_output", split=True,
+            doc='ECS-named JSON lines of every event, for Filebeat, Vector or Fluent Bit to ship without a '
+                'pipeline (README.md, "ECS JSON output"): "file:///path/events.json" (appended; reopened '
+                'when logrotate moves it) or "tcp://host:port" (a line each, nothing lost)'),
+        "alert_webhook_url": Key(
+            "str", "", form="webhook_url", empty_ok=True, secret=True,
+            doc='URL every event of alert_severity or above is POSTed to (chat, paging, a SIEM), '
+                '"http://..." or "https://..." (the certificate is always verified); "" for none. '
+                'Never printed: a webhook URL often holds its secret', maltrail="ALERT_WEBHOOK_URL"),
+        "alert_severity": Key(
+            "str", "high", form="severity",
+            doc='the lowest severity posted to alert_webhook_url', maltrail="ALERT_SEVERITY"),
+        "alert_format": Key(
+            "str", "%(json)s", form="alert_format",
+            doc='the body posted: %(name)s is replaced by the event\'s field (time, timestamp, sensor, '
+                'src_ip, src_port, dst_ip, dst_port, proto, type, trail, info, reference, severity, count; '
+                'JSON-escaped), %(json)s by the whole event as Logstash gets it, %% by %',
+            maltrail="ALERT_FORMAT"),
+        "alert_throttle_s": Key(
+            "int", 3600, unit="seconds", min=0, max=604800,
+            doc='at most one alert per source address and trail in this many seconds of event time; the '
+                'others are counted, not posted; 0 posts every one', maltrail="ALERT_THROTTLE"),
+        "alert_ca_file": Key(
+            "str", "", form="path", empty_ok=True,
+            doc='CA certificates (PEM) that verify an https:// alert_webhook_url; "" for the system\'s'),
+        "disable_local_log_storage": Key(
+            "bool", False,
+            doc='the log directory becomes a spool: a day file (not today\'s) is deleted once every '
+                'configured destination has taken all of it. Needs log_server, syslog_server, '
+                'logstash_server or json_output', maltrail="DISABLE_LOCAL_LOG_STORAGE"),
+        "console": Key(
+            "bool", False,
+            doc='also print every event to stderr as it is written, as Maltrail\'s line (coloured by '
+                'severity on a terminal unless NO_COLOR is set); the --console flag'),
     },
     "heuristics": {
         "scan_window_s": Key(

@@ -16,6 +16,7 @@ files, resolve host names or look at the host at all: a value is checked for for
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 from urllib.parse import urlsplit
@@ -200,6 +201,78 @@ def _check_listen_address(s: str) -> str | None:
                 "for this host only)" % host)
 
 
+def _check_severity_regex(s: str) -> str | None:
+    # Maltrail's REMOTE_SEVERITY_REGEX convention: the groups' names are the severities.
+    try:
+        groups = re.compile(s).groupindex
+    except re.error as exc:
+        return "it is not a valid regular expression (%s)" % exc
+    if not set(groups) & {"low", "medium", "high"}:
+        return ("it has no named group low, medium or high, so every event would be medium; name the groups, "
+                "e.g. (?P<high>malware)|(?P<low>scanner)")
+    return None
+
+
+def _check_webhook_url(s: str) -> str | None:
+    if any(c.isspace() for c in s):
+        return "it contains whitespace"
+    try:
+        parts = urlsplit(s)
+        parts.port
+    except ValueError as exc:
+        return "it is not a valid URL (%s)" % exc
+    if parts.scheme not in ("http", "https"):
+        return "the scheme must be http:// or https://"
+    if not parts.hostname:
+        return "the host is missing"
+    if parts.username is not None or parts.password is not None:
+        return "credentials in the URL are not supported (put a token in the path, as webhooks do)"
+    if parts.fragment:
+        return "a #fragment is never sent; leave it out"
+    return None
+
+
+def _check_json_output(s: str) -> str | None:
+    """file:///absolute/path, or tcp://host:port."""
+    if s.startswith("file:"):
+        if not s.startswith("file:///"):
+            return 'a file is written "file:///absolute/path" (three slashes, no host)'
+        path = s[len("file://"):]
+        if path.endswith("/") or os.path.basename(path) in (".", ".."):
+            return "the path names a directory, not a file"
+        if "?" in path or "#" in path:
+            return 'a file path may not hold "?" or "#"'
+        return _check_path(path)
+    problem = _check_endpoint(s, ("tcp",)) if "://" in s else 'it is neither "file:///path" nor "tcp://host:port"'
+    if problem and "://" in s and not s.startswith("tcp://"):
+        return 'the scheme must be file:// or tcp://'
+    return problem
+
+
+# The names ALERT_FORMAT may use (events/forwarders/webhook.py FIELDS; tests/test_outputs_webhook.py
+# holds the two lists equal).
+ALERT_FORMAT_FIELDS = ("time", "timestamp", "sensor", "src_ip", "src_port", "dst_ip", "dst_port", "proto",
+                       "type", "trail", "info", "reference", "severity", "count", "json")
+
+
+_PLACEHOLDER_RE = re.compile(r"%%|%\([^)]*\)[-#0 +]*\d*(?:\.\d+)?[sdirfa]")
+
+
+def _check_alert_format(s: str) -> str | None:
+    # Formatted once with every field, as the webhook will: an unknown name or a conversion that
+    # is not %(name)s is found now, not at the first alert. A bare "%" is refused even where Python
+    # would take it ("% s" formats the whole mapping).
+    if "%" in _PLACEHOLDER_RE.sub("", s):
+        return "a % that is neither %(name)s nor %%; write %% for a literal %"
+    try:
+        s % {name: 0 if name in ("timestamp", "count") else "x" for name in ALERT_FORMAT_FIELDS}
+    except KeyError as exc:
+        return "%%(%s)s is not a field; the fields are %s" % (exc.args[0], ", ".join(ALERT_FORMAT_FIELDS))
+    except (TypeError, ValueError) as exc:
+        return ("it is not a template of %%(name)s placeholders (%s); write %%%% for a literal %%" % exc)
+    return None
+
+
 def _check_cidr(s: str) -> str | None:
     try:
         ipaddress.ip_network(s, strict=False)
@@ -236,6 +309,15 @@ FORMS: dict[str, Form] = {
                       'URLs "http://host:port" or "https://host:port"'),
     "listen_address": Form(_check_listen_address, 'an address to listen on, "IPv4:PORT" or "[IPv6]:PORT"',
                            'addresses to listen on, "IPv4:PORT" or "[IPv6]:PORT"'),
+    "severity_regex": Form(_check_severity_regex, "a regular expression with named groups low, medium and/or high",
+                       "regular expressions with named groups low, medium and/or high"),
+    "severity": Form(lambda s: None if s in ("low", "medium", "high") else "it is not low, medium or high",
+                 '"low", "medium" or "high"', '"low", "medium" or "high"'),
+    "webhook_url": Form(_check_webhook_url, 'a URL "http://host[:port]/path" or "https://host[:port]/path"',
+                    'URLs "http://host[:port]/path" or "https://host[:port]/path"'),
+    "json_output": Form(_check_json_output, 'a destination "file:///path" or "tcp://host:port"',
+                    'destinations "file:///path" or "tcp://host:port"'),
+    "alert_format": Form(_check_alert_format, "a template with %(field)s placeholders", "templates"),
     "endpoint": Form(lambda s: _check_endpoint(s, ("udp", "tcp", "tls")),
                      'a destination "udp://host:port", "tcp://host:port", "tls://host:port" or "host:port" (UDP)',
                      'destinations "udp://host:port", "tcp://host:port", "tls://host:port" or "host:port" (UDP)'),

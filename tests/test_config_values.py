@@ -95,8 +95,11 @@ def test_every_value_type_reads_back_what_it_dumps(tmp_path, case, data):
     normalised, problem = spec.rules.check(spec, value)
     assume(problem is None)
     assert normalised == value
-    # A PEM file named, so that use_ssl = true passes the one rule between two keys.
+    # What the rules between keys need, so that any one value passes them: a PEM file for
+    # use_ssl = true, a destination for disable_local_log_storage = true.
     pem = {} if key == "ssl_pem" else {("server", "ssl_pem"): "/etc/ssl/sensor.pem"}
+    if key != "log_server":
+        pem[("sensor", "log_server")] = "192.0.2.1:8337"
     # The file: what the type's dump writes loads back as the same value.
     tables = {section: ["%s = %s" % (key, spec.rules.dump(value))]}
     for (s, k), v in pem.items():

@@ -60,6 +60,10 @@ SYSLOG_SERVER 192.0.2.50:514
 LOGSTASH_SERVER 192.0.2.50:5000
 REMOTE_SEVERITY_REGEX (?P<high>malware)|(?P<low>scanner)
 DISABLE_LOCAL_LOG_STORAGE false
+ALERT_WEBHOOK_URL https://hooks.example.org/services/T0/B0/secret
+ALERT_SEVERITY medium
+ALERT_FORMAT {"text": "%(severity)s %(info)s %(trail)s"}
+ALERT_THROTTLE 600
 UPDATE_SERVER http://192.0.2.50:8338/trails
 USE_HEURISTICS true
 CHECK_MISSING_HOST true
@@ -122,6 +126,11 @@ def test_every_option_is_carried_over_or_named_not_applicable(tmp_path):
     assert cfg.all.trail_sources == ("/var/lib/maltrail/trails.csv",)
     assert cfg.sensor.snaplen_bytes == 1600
     assert cfg.sensor.stats_address == "127.0.0.1:9114"  # Maltrail's Rust sensor's metrics endpoint
+    assert cfg.all.severity_regex == "(?P<high>malware)|(?P<low>scanner)"
+    assert cfg.sensor.disable_local_log_storage is False
+    assert cfg.sensor.alert_webhook_url == "https://hooks.example.org/services/T0/B0/secret"
+    assert cfg.sensor.alert_severity == "medium" and cfg.sensor.alert_throttle_s == 600
+    assert cfg.sensor.alert_format == '{"text": "%(severity)s %(info)s %(trail)s"}'
     # every option of the file is named in the written file and in the report, with where it went
     text = out.read_text()
     for name in _options(EVERY_OPTION):

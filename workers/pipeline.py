@@ -31,8 +31,8 @@ from workers.decode import (
 )
 from workers.dns import QCLASS_IN, RCODE_NXDOMAIN, parse_dns, parse_dns_tcp, registered_domain
 from events.record import (
-    TYPE_DNS, TYPE_HTTP, TYPE_IP, TYPE_IPORT, TYPE_PATH, TYPE_PORT, TYPE_SNI, TYPE_UA, TYPE_URL, Event,
-    severity_of,
+    DEFAULT_SEVERITY, TYPE_DNS, TYPE_HTTP, TYPE_IP, TYPE_IPORT, TYPE_PATH, TYPE_PORT, TYPE_SNI, TYPE_UA, TYPE_URL,
+    Event, SeverityRule,
 )
 from workers.heuristics import HeuristicSettings
 from workers.heuristics import dns as hdns
@@ -193,13 +193,16 @@ class WorkerCounters:
 
 class Worker:
     def __init__(self, matchers, sensor: str, condense_window_s: int = 60, fast: bool = True,
-                 heuristics: HeuristicSettings | None = None, controls=NO_CONTROLS):
+                 heuristics: HeuristicSettings | None = None, controls=NO_CONTROLS,
+                 severity: SeverityRule | None = None):
         """`fast`: the C scan picks the frames that can matter and only those are judged here;
         False judges every frame in Python (the reference path, for differential tests).
         `heuristics`: the heuristic settings (default: all of Maltrail's, on); `controls`: the
-        whitelists and ignore rules applied to every event."""
+        whitelists and ignore rules applied to every event; `severity`: the compiled severity rule
+        every event is classified by (default: events/record.py's default rule)."""
         self.matchers = matchers
         self.sensor = sensor
+        self.severity = severity if severity is not None else DEFAULT_SEVERITY
         self.counters = WorkerCounters()
         self.condenser = Condenser(condense_window_s * 1_000_000)
         self.quic = QuicSniAssembler()
@@ -416,7 +419,7 @@ class Worker:
             info, reference = self._artifact.meta_of(trail_id)
         proto = PROTO_NAMES.get(p.proto, str(p.proto))
         event = Event(ts, self.sensor, src_ip, src_port or None, dst_ip, dst_port or None, proto, type_,
-                      trail, info, reference, severity_of(info, reference), 1, ts)
+                      trail, info, reference, self.severity.of(info, reference), 1, ts)
         dropped = self.controls.verdict(event)
         if dropped is not None:
             self.counters.dropped[dropped] += 1

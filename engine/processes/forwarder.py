@@ -25,11 +25,14 @@ import time
 from engine.processes import privileges
 from engine.processes.child import ChildProcess
 from engine.transport import ipc
-from events.forwarders.base import Forwarder
+from events.forwarders import spool as spooling
+from events.forwarders.base import Destination, Forwarder
+from events.forwarders.ecs import EcsOutput
 from events.forwarders.logstash import Logstash
 from events.forwarders.maltrail_server import MaltrailServer
 from events.forwarders.syslog import Syslog
 from events.forwarders.transports import tls_context
+from events.forwarders.webhook import Webhook, display_url
 
 REPORT_S = 0.5
 NICE = 10
@@ -39,7 +42,8 @@ FINISH_POLL_S = 0.02
 
 class ForwarderSpec:
     def __init__(self, log_dir: str, destinations: list[dict], status, version: str, trails_date: str,
-                 account=None, parent_pid=None, close=()):
+                 account=None, parent_pid=None, close=(), spool: bool = False):
+        self.spool = spool                # disable_local_log_storage: sweep the passed day files at the end
         self.log_dir = log_dir
         self.destinations = destinations  # plain descriptions, see build_destinations
         self.status = status              # channel to the supervisor
@@ -63,7 +67,23 @@ def destinations_from_config(cfg) -> list[dict]:
                     "client_key": s.syslog_client_key})
     for address in s.logstash_server:
         out.append({"kind": "logstash_server", "address": address})
+    for address in s.json_output:
+        out.append({"kind": "json_output", "address": address})
+    if s.alert_webhook_url:
+        out.append({"kind": "alert_webhook_url", "address": s.alert_webhook_url, "severity": s.alert_severity,
+                    "format": s.alert_format, "throttle_s": s.alert_throttle_s, "ca_file": s.alert_ca_file})
     return out
+
+
+def position_names(descriptions: list[dict]) -> list[str]:
+    """The names of the destinations' saved places (LOG_DIR/.forward/NAME.json), as the forwarder
+    will call them: what the log writer's spool asks about (disable_local_log_storage)."""
+    names = []
+    for d in descriptions:
+        named = Destination(display_url(d["address"]) if d["kind"] == "alert_webhook_url" else d["address"])
+        named.kind = d["kind"]
+        names.append(named.name)
+    return names
 
 
 class _TrailsDate:
@@ -76,12 +96,16 @@ class _TrailsDate:
         return self.text
 
 
-def build_destinations(descriptions: list[dict], version: str, trails_date) -> list:
+def build_destinations(descriptions: list[dict], version: str, trails_date, warn=None, trusted_uids=()) -> list:
     """Destinations from their descriptions; ValueError or OSError (a TLS file that cannot be
-    read) naming the destination."""
+    read, a json_output directory that is missing or unsafe) naming the destination. `warn` is
+    how a destination says something once (a webhook's refusal); `trusted_uids` are the accounts
+    besides root that may own a json_output file's directory (the sensor's own)."""
     built = []
     for d in descriptions:
         kind, address = d["kind"], d["address"]
+        if kind == "alert_webhook_url":
+            address = display_url(address)     # the URL holds the webhook's secret: never in a message
         try:
             if kind == "log_server":
                 built.append(MaltrailServer(address, d.get("secret", "")))
@@ -92,6 +116,11 @@ def build_destinations(descriptions: list[dict], version: str, trails_date) -> l
                 built.append(Syslog(address, d.get("layout", "maltrail"), version, trails_date, tls))
             elif kind == "logstash_server":
                 built.append(Logstash(address))
+            elif kind == "json_output":
+                built.append(EcsOutput(address, version, trusted_uids))
+            elif kind == "alert_webhook_url":
+                built.append(Webhook(d["address"], d.get("severity", "high"), d.get("format", "%(json)s"),
+                                     d.get("throttle_s", 3600), d.get("ca_file", ""), version, warn))
             else:
                 raise ValueError("unknown destination kind %r" % kind)
         except (ValueError, OSError) as exc:
@@ -116,7 +145,8 @@ def run_forwarder(spec: ForwarderSpec) -> None:
     trails_date = _TrailsDate(spec.trails_date)
     try:
         dir_fd = os.open(spec.log_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        destinations = build_destinations(spec.destinations, spec.version, trails_date)
+        destinations = build_destinations(spec.destinations, spec.version, trails_date, warn=_warn,
+                                          trusted_uids=(spec.account.uid,) if spec.account is not None else ())
         child.drop_privileges(spec.account)
         forwarders = [Forwarder(d, dir_fd, warn=_warn) for d in destinations]
     except (OSError, ValueError, privileges.PrivilegeError) as exc:
@@ -139,6 +169,7 @@ def run_forwarder(spec: ForwarderSpec) -> None:
     selector = selectors.DefaultSelector()
     selector.register(spec.status, selectors.EVENT_READ)
     finishing_since = None
+    writer_done = False
     last_report = 0.0
     while True:
         selector.select(REPORT_S if finishing_since is None else FINISH_POLL_S)
@@ -148,6 +179,7 @@ def run_forwarder(spec: ForwarderSpec) -> None:
                     finishing_since = time.monotonic()
                     for forwarder in forwarders:
                         forwarder.wake()    # the log is complete: read it now
+                writer_done = writer_done or message is not None
             elif message[0] == "trails_date":
                 trails_date.text = message[1]
         if finishing_since is None and child.orphaned():
@@ -164,5 +196,12 @@ def run_forwarder(spec: ForwarderSpec) -> None:
                 break
     for forwarder in forwarders:
         forwarder.stop()
+    if spec.spool and writer_done:
+        # The log writer has closed the log (`finish` comes after it exited): nothing can append
+        # to a day file any more, so what every destination passed can go (events/forwarders/spool.py).
+        try:
+            spooling.sweep(dir_fd, [f.destination.name for f in forwarders])
+        except OSError as exc:
+            _warn("spool: %s; the day files stay until the next run" % exc)
     report("done")
     sys.exit(0)

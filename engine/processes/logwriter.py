@@ -9,7 +9,16 @@ every worker's event channel and on the supervisor's, writes each batch of event
 When the supervisor dies (killed, so `finish` never comes), the writer does what `finish` would
 have done: it keeps taking events until every worker has closed its channel (workers drain their
 rings and exit once orphaned), or ORPHAN_DRAIN_S has passed, then closes the log and exits. It
-never outlives its run. Must not judge or reorder events.
+never outlives its run.
+
+Two duties come with being the one process that sees every event first and the only one that
+appends to the log: `--console` (events/console.py: each record written is also shown on stderr,
+from a thread of its own, so a slow terminal never holds up the log), chosen here rather than as
+a forwarding destination because a destination reads the log back from disk, a frame (up to a
+second) later, and would need a saved place that means nothing for a screen; and the spool of
+`disable_local_log_storage` (events/forwarders/spool.py): every SPOOL_SWEEP_S, between two
+frames, the day files every destination has passed are deleted, which is safe only here, where
+nothing can append to a file between the check and the unlink. Must not judge or reorder events.
 """
 
 from __future__ import annotations
@@ -24,22 +33,28 @@ from engine.transport import ipc
 
 from engine.processes import privileges
 from engine.processes.child import ChildProcess
+from events.console import Console
+from events.forwarders import spool
 from events.log import EventLogWriter
 from events.record import Event
 
 TICK_S = 0.2
 ORPHAN_DRAIN_S = 4.5
 REOPEN_WAIT_S = 5.0
+SPOOL_SWEEP_S = 5.0
 
 
 class WriterSpec:
-    def __init__(self, log_dir: str, events, control, account=None, parent_pid=None, close=()):
+    def __init__(self, log_dir: str, events, control, account=None, parent_pid=None, close=(),
+                 console: bool = False, spool=()):
         self.log_dir = log_dir
         self.events = events          # one channel per worker slot
         self.control = control
         self.account = account        # engine.processes.privileges.Account to become, None to stay
         self.parent_pid = parent_pid
         self.close = close            # the supervisor's descriptors this process must not hold
+        self.console = console        # every event on stderr too (events/console.py)
+        self.spool = tuple(spool)     # position names of the destinations (disable_local_log_storage)
 
 
 def _warn(text: str) -> None:
@@ -106,6 +121,9 @@ def run_writer(spec: WriterSpec) -> None:
     finishing = False
     orphaned_at = None
     open_channels = set(spec.events)
+    console = Console(warn=_warn) if spec.console else None
+    spooled: list[str] = []
+    next_sweep = time.monotonic() + SPOOL_SWEEP_S
 
     def take(sock) -> None:
         nonlocal records
@@ -115,8 +133,18 @@ def run_writer(spec: WriterSpec) -> None:
                 open_channels.discard(sock)
                 return
             if message[0] == "events":
-                writer.write(Event.from_record(r) for r in message[2])
+                events = [Event.from_record(r) for r in message[2]]
+                writer.write(events)
+                if console is not None:
+                    console.show(events)
                 records += len(message[2])
+
+    def sweep() -> None:
+        # Between two frames: nothing else appends to a day file, so what was passed stays passed.
+        try:
+            spooled.extend(spool.sweep(writer.dir_fd, spec.spool, release=writer.release))
+        except OSError as exc:
+            _warn("spool: %s; the day files stay until the next try" % exc)
 
     code = 0
     try:
@@ -128,6 +156,9 @@ def run_writer(spec: WriterSpec) -> None:
                 control.read()
             finishing = finishing or control.finish
             writer.tick()
+            if spec.spool and time.monotonic() >= next_sweep:
+                sweep()
+                next_sweep = time.monotonic() + SPOOL_SWEEP_S
             if orphaned_at is None and child.orphaned():
                 orphaned_at = time.monotonic()
                 _warn("the supervisor is gone: writing what the workers still send, then exiting")
@@ -139,9 +170,16 @@ def run_writer(spec: WriterSpec) -> None:
     except OSError as exc:
         _warn(str(exc))
         code = 1
+    if console is not None:
+        console.close()
+        if console.not_shown:
+            _warn("console: %d event(s) were left off the console (stderr did not keep up or was closed); "
+                  "the log has every one" % console.not_shown)
     stats = {"records": records, "frames": writer.frames_written, "bytes": writer.bytes_written,
              "repaired": writer.repaired, "moved_aside": writer.moved_aside,
              "files_reopened": writer.files_reopened, "dirs_recreated": writer.dirs_recreated,
+             "spooled": spooled, "console_shown": console.shown if console is not None else 0,
+             "console_not_shown": console.not_shown if console is not None else 0,
              "finished_s": time.time()}
     try:
         ipc.send(spec.control, ["done", stats])

@@ -77,7 +77,8 @@ class Engine:
                  buffer_bytes=None, bpf_filter="", reload_source=None, out=sys.stderr, seed: bytes | None = None,
                  reference: bool = False, heuristics=None, controls: dict | None = None, controls_source=None,
                  account=None, drop_privileges: bool = False, bpf_text: str = "", progress: bool = False,
-                 forward_to: list | None = None, version: str = "", stats_address: str = ""):
+                 forward_to: list | None = None, version: str = "", stats_address: str = "", severity=None,
+                 console: bool = False, spool: list | None = None):
         self.mode = mode
         self.progress = progress and mode == "replay"   # a progress bar on self.out (a terminal)
         self._bar = None
@@ -86,6 +87,10 @@ class Engine:
         self.bpf_text = bpf_text
         self.forward_to = list(forward_to or [])   # destinations (engine/processes/forwarder.py descriptions)
         self.version = version
+        self.severity = severity              # events.record.SeverityRule the workers classify events by
+        self.console = console                # the log writer prints every event on stderr too
+        self.spool = list(spool or [])        # position names whose destinations must pass a day file
+                                              # before the log writer deletes it (disable_local_log_storage)
         self.reference = reference
         self.heuristics = heuristics          # workers.heuristics.HeuristicSettings (None: the defaults)
         self.controls = controls or {}        # engine/control_files.py read_controls() output
@@ -193,7 +198,8 @@ class Engine:
             self._start_forwarder()
         self.writer = self.ctx.Process(target=run_writer, name="mte-writer", args=(WriterSpec(
             self.log_dir, [w for _, w in self.event_channels], self.writer_channel[0], account=self.account,
-            parent_pid=os.getpid(), close=self._not_owned_by("writer")),))
+            parent_pid=os.getpid(), close=self._not_owned_by("writer"), console=self.console,
+            spool=self.spool),))
         self.writer.start()
         for k in range(self.n):
             self._start_worker(k)
@@ -308,7 +314,8 @@ class Engine:
         from engine.processes.forwarder import ForwarderSpec, run_forwarder
         spec = ForwarderSpec(self.log_dir, self.forward_to, self.forwarder_channel[0], self.version,
                              time.strftime("%Y-%m-%d", time.localtime(self.trails.created_s or time.time())),
-                             account=self.account, parent_pid=os.getpid(), close=self._not_owned_by("forwarder"))
+                             account=self.account, parent_pid=os.getpid(), close=self._not_owned_by("forwarder"),
+                             spool=bool(self.spool))
         self.forwarder = self.ctx.Process(target=run_forwarder, name="mte-forwarder", args=(spec,))
         self.forwarder.start()
         sock = self.forwarder_channel[1]
@@ -363,7 +370,7 @@ class Engine:
                           trails.fd, self.sensor, self.condense_window_s, self.mode == "live",
                           cpu=self.worker_cpus[k], reference=self.reference, heuristics=self.heuristics,
                           controls=self.controls, account=self.account, parent_pid=os.getpid(),
-                          close=self._not_owned_by(k))
+                          close=self._not_owned_by(k), severity=self.severity)
         proc = self.ctx.Process(target=run_worker, name="mte-worker-%d" % k, args=(spec,))
         with trails.inherited():  # the worker keeps this copy's descriptor across fork, no other
             proc.start()

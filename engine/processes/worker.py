@@ -43,8 +43,9 @@ REPORT_S = 0.5  # counters reach the supervisor this often: a death loses at mos
 class WorkerSpec:
     def __init__(self, slot: int, ring, events, status, artifact_fd: int, sensor: str, condense_window_s: int,
                  live: bool, cpu=None, reference: bool = False, heuristics=None, controls: dict | None = None,
-                 account=None, parent_pid=None, close=()):
+                 account=None, parent_pid=None, close=(), severity=None):
         self.slot = slot
+        self.severity = severity      # events.record.SeverityRule ([all] severity_regex), None for the default
         self.account = account        # engine.processes.privileges.Account to become, None to stay
         self.parent_pid = parent_pid
         self.close = close            # the supervisor's descriptors this process must not hold
@@ -72,7 +73,8 @@ class _WorkerProcess:
         finally:
             os.close(spec.artifact_fd)  # the mapping keeps the copy; the supervisor holds its own descriptor
         self.worker = Worker(matchers, spec.sensor, spec.condense_window_s, fast=not spec.reference,
-                             heuristics=spec.heuristics, controls=Controls.from_plain(spec.controls))
+                             heuristics=spec.heuristics, controls=Controls.from_plain(spec.controls),
+                             severity=spec.severity)
         # The trails are mapped; from here on this process reads attacker-controlled bytes, and
         # holds nothing worth taking: the unprivileged account, no capabilities.
         self.child.drop_privileges(spec.account)

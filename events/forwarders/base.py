@@ -66,6 +66,15 @@ class Destination:
     def deliver(self, messages: list[bytes]) -> int:
         raise NotImplementedError
 
+    def committed(self, count: int) -> None:
+        """The first `count` of the events rendered since the last call are past for good (sent,
+        refused or not for this destination); the others will be rendered again. A destination
+        whose rendering has side effects (a throttle, counts) makes them real here."""
+
+    def stats(self) -> dict:
+        """Counts of the destination's own, added to the forwarder's statistics."""
+        return {}
+
     def connected(self) -> bool:
         return True
 
@@ -122,6 +131,9 @@ class Forwarder:
                 self.skipped += len(events) - len(messages)
                 self.cursor.ack()
                 self.store.save(self.cursor.places)
+                self.destination.committed(len(events))
+            else:
+                self.destination.committed(0)
             raise
         if self._down_since is not None:
             self.warn("%s %s is reachable again after %.0f s" % (self.destination.kind, self.destination.address,
@@ -144,6 +156,7 @@ class Forwarder:
         self.skipped += sum(1 for m in rendered[:covered] if m is None)
         self.cursor.ack(covered)
         self.store.save(self.cursor.places)
+        self.destination.committed(covered)
         return True
 
     def run(self) -> None:
@@ -158,6 +171,7 @@ class Forwarder:
                 continue
             except Exception as exc:  # noqa: BLE001 (the log, the position file, a bug: never a silent stop)
                 self.failed += 1
+                self.destination.committed(0)
                 self.warn("%s %s: %s: %s; trying again in %.0f s" % (
                     self.destination.kind, self.destination.address, type(exc).__name__, exc, BACKOFF_MAX_S))
                 self._stop.wait(BACKOFF_MAX_S)
@@ -184,8 +198,10 @@ class Forwarder:
 
     # -- reporting -----------------------------------------------------------------------------
     def stats(self) -> dict:
-        return {"kind": self.destination.kind, "destination": self.destination.address,
-                "reliable": self.destination.reliable, "sent": self.sent, "failed": self.failed,
-                "dropped": self.dropped, "skipped": self.skipped,
-                "lag_s": round(self.clock() - self.caught_up_at, 3) if self.behind else 0.0,
-                "connected": self._down_since is None and self.destination.connected()}
+        stats = {"kind": self.destination.kind, "destination": self.destination.address,
+                 "reliable": self.destination.reliable, "sent": self.sent, "failed": self.failed,
+                 "dropped": self.dropped, "skipped": self.skipped,
+                 "lag_s": round(self.clock() - self.caught_up_at, 3) if self.behind else 0.0,
+                 "connected": self._down_since is None and self.destination.connected()}
+        stats.update(self.destination.stats())
+        return stats

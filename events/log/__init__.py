@@ -656,6 +656,24 @@ class EventLogWriter:
     def pending_records(self) -> int:
         return sum(len(p.records) for p in self._pending.values())
 
+    @property
+    def dir_fd(self) -> int:
+        """The log directory as this writer holds it open (it may be re-opened: ask each time)."""
+        return self._dir_fd
+
+    def release(self, name: str) -> bool:
+        """Lets go of the day file `name` so that it can be deleted (a spool, events/forwarders/
+        spool.py): False while a frame for it is waiting (the file is about to grow); otherwise its
+        handle is closed and forgotten, and a later event of that day starts a new file as any
+        first event of a day does, without a warning."""
+        if name in self._pending:
+            return False
+        fd = self._handles.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+        self._files.pop(name, None)
+        return True
+
     # -- frames and files ------------------------------------------------------------------
     def _path(self, name: str) -> str:
         return os.path.join(self.log_dir, name)
