@@ -9,8 +9,10 @@ destinations the date of the trails in use when a reload changes it (syslog's CE
 It is started before the log writer, so that a destination seen for the first time starts at the
 end of the log as it was before this run wrote anything. On `finish` (the log writer has closed
 the log) or when the supervisor is gone, it keeps sending until every destination has caught up
-with the log or FINISH_S has passed, saves every place and exits; what a destination had not
-taken by then it gets at the next start.
+with the log, or has made no progress for FINISH_IDLE_S (its collector is down), or the time the
+`finish` message allows has passed (a SIGTERM's stop budget; a replay that ended allows as long
+as destinations make progress, so a replayed capture is forwarded whole). Then it saves every
+place and exits; what a destination had not taken by then it gets at the next start.
 
 Must not judge packets or write the log.
 """
@@ -32,7 +34,7 @@ from events.forwarders.syslog import Syslog
 from events.forwarders.transports import tls_context
 
 REPORT_S = 0.5
-FINISH_S = 3.0
+FINISH_IDLE_S = 3.0
 
 
 class ForwarderSpec:
@@ -86,7 +88,8 @@ def build_destinations(descriptions: list[dict], version: str, trails_date) -> l
             elif kind == "syslog_server":
                 tls = None
                 if address.startswith("tls://"):
-                    tls = tls_context(d.get("ca_file", ""), d.get("client_cert", ""), d.get("client_key", ""))
+                    tls = tls_context(d.get("ca_file", ""), d.get("client_cert", ""), d.get("client_key", ""),
+                                      keys=("syslog_ca_file", "syslog_client_cert", "syslog_client_key"))
                 built.append(Syslog(address, d.get("layout", "maltrail"), version, trails_date, tls))
             elif kind == "logstash_server":
                 built.append(Logstash(address))
@@ -95,6 +98,19 @@ def build_destinations(descriptions: list[dict], version: str, trails_date) -> l
         except (ValueError, OSError) as exc:
             raise type(exc)("%s %s: %s" % (kind, address, exc)) from None
     return built
+
+
+def _once_each(destinations: list) -> list:
+    """A destination listed twice is fed once: two feeds would share one position file."""
+    seen, kept = set(), []
+    for d in destinations:
+        if d.name in seen:
+            _warn("%s %s is listed more than once; events are sent to it once" % (d.kind, d.address))
+            d.close()
+            continue
+        seen.add(d.name)
+        kept.append(d)
+    return kept
 
 
 def _warn(text: str) -> None:
@@ -108,7 +124,7 @@ def run_forwarder(spec: ForwarderSpec) -> None:
     trails_date = _TrailsDate(spec.trails_date)
     try:
         dir_fd = os.open(spec.log_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        destinations = build_destinations(spec.destinations, spec.version, trails_date)
+        destinations = _once_each(build_destinations(spec.destinations, spec.version, trails_date))
         child.drop_privileges(spec.account)
         forwarders = [Forwarder(d, dir_fd, warn=_warn) for d in destinations]
     except (OSError, ValueError, privileges.PrivilegeError) as exc:
@@ -131,25 +147,33 @@ def run_forwarder(spec: ForwarderSpec) -> None:
     selector = selectors.DefaultSelector()
     selector.register(spec.status, selectors.EVENT_READ)
     finishing_since = None
+    finish_by = None            # a hard limit on finishing (monotonic), when one was given
     last_report = 0.0
     while True:
         selector.select(REPORT_S)
         for message in ipc.receive_ready(spec.status):
             if message is None or message[0] == "finish":
-                finishing_since = finishing_since or time.monotonic()
+                if finishing_since is None:
+                    finishing_since = time.monotonic()
+                    within_s = message[1] if message is not None and len(message) > 1 else None
+                    if within_s is not None:
+                        finish_by = finishing_since + max(float(within_s), 0.0)
+                    elif message is None:
+                        finish_by = finishing_since + FINISH_IDLE_S   # the supervisor is gone
             elif message[0] == "trails_date":
                 trails_date.text = message[1]
         if finishing_since is None and child.orphaned():
             finishing_since = time.monotonic()
+            finish_by = finishing_since + FINISH_IDLE_S
         now = time.monotonic()
         if now - last_report >= REPORT_S:
             report()
             last_report = now
         if finishing_since is not None:
             # Caught up: an empty read that began after the log was closed (read by each thread
-            # itself; the cursors are theirs alone).
-            done = all(not f.behind and f.caught_up_at >= finishing_since for f in forwarders)
-            if done or now - finishing_since >= FINISH_S:
+            # itself; the cursors are theirs alone); or stuck: no progress for FINISH_IDLE_S.
+            if all(f.finished(finishing_since, FINISH_IDLE_S) for f in forwarders) or \
+                    (finish_by is not None and now >= finish_by):
                 break
     for forwarder in forwarders:
         forwarder.stop()
