@@ -273,11 +273,17 @@ class UdpCollector:
 
 
 class TcpLineCollector:
-    """A TCP listener on loopback keeping every line (newline-terminated) of every connection."""
+    """A TCP listener on loopback keeping every line (newline-terminated) of every connection.
+    `pause()` stops reading (the kernel then acknowledges only what fits in the receive buffer,
+    `rcvbuf_bytes` if given), `resume()` reads on."""
 
-    def __init__(self):
+    def __init__(self, rcvbuf_bytes: int | None = None):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if rcvbuf_bytes:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf_bytes)   # accepted sockets inherit it
+        self.reading = threading.Event()
+        self.reading.set()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
         self.sock.settimeout(0.2)
@@ -304,6 +310,8 @@ class TcpLineCollector:
         buf = b""
         with conn:
             while not self._stop.is_set():
+                if not self.reading.wait(0.2):
+                    continue
                 try:
                     data = conn.recv(65536)
                 except socket.timeout:
@@ -315,6 +323,12 @@ class TcpLineCollector:
                 buf += data
                 *complete, buf = buf.split(b"\n")
                 self.lines.extend(complete)
+
+    def pause(self) -> None:
+        self.reading.clear()
+
+    def resume(self) -> None:
+        self.reading.set()
 
     def wait(self, count: int, timeout_s: float = 60.0) -> list[bytes]:
         wait_until(lambda: len(self.lines) >= count, lambda: "%d lines (have %d)" % (count, len(self.lines)), timeout_s)
@@ -352,8 +366,10 @@ class Sensor:
         self.artifact = artifact
         self.log_dir = log_dir
         self.workers = workers
+        # Heuristics off: a test's thousands of f<i>.evil-parent.net queries would also be a DNS
+        # exhaustion, and each record here is to be one trail event.
         self.conf = write_config(directory / ("sensor-%s.toml" % os.urandom(3).hex()),
-                                 dict({"stats_interval_s": 1}, **sensor))
+                                 dict({"stats_interval_s": 1, "use_heuristics": False}, **sensor))
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
         self.stream = None

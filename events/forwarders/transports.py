@@ -249,15 +249,15 @@ class Stream:
 
     def send(self, payload: bytes) -> None:
         """Writes `payload` and returns once the peer's TCP acknowledged all of it; Unreachable
-        (and the connection closed) otherwise."""
+        (and the connection reset) otherwise."""
         if self._sock is not None and self._peer_closed():
-            self.close()
+            self.close(abort=True)
         if self._sock is None:
             self._connect()
         try:
             self._sock.sendall(payload)
         except (OSError, ssl.SSLError) as exc:
-            self.close()
+            self.close(abort=True)
             raise Unreachable("%s: %s" % (self.endpoint, getattr(exc, "strerror", None) or exc)) from None
         deadline = time.monotonic() + self.ack_timeout_s
         wait_s = 0.0005
@@ -269,14 +269,19 @@ class Stream:
             if queued == 0:
                 return
             if self._peer_closed() or time.monotonic() > deadline:
-                self.close()
+                self.close(abort=True)
                 raise Unreachable("%s: %d bytes not acknowledged by the collector" % (self.endpoint, queued))
             time.sleep(wait_s)
             wait_s = min(wait_s * 2, 0.05)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Closes the connection; `abort` (a delivery that failed) resets it instead, so that
+        what the collector has not acknowledged is thrown away here, never delivered late
+        beside the batch sent again on the next connection."""
         if self._sock is not None:
             try:
+                if abort:
+                    self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 self._sock.close()
             except OSError:
                 pass
