@@ -7,6 +7,7 @@ FIFO never waited on). The Forwarder around it is fed to a real TCP collector.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import stat
@@ -318,3 +319,45 @@ def test_the_forwarder_says_a_damaged_position_file_and_damaged_frames_once(log)
         forwarder.stop()
     finally:
         collector.close()
+
+
+def test_cursors_of_several_destinations_reading_at_once_each_see_every_event_once(log):
+    """The forwarder runs one thread per destination over one log directory: listing it through
+    a shared handle moved one read position for all, and a cursor that missed its day file in
+    a listing took it for removed and read it again from the start."""
+    directory, fd = log
+    for k in range(300):                       # a long listing: the threads' listings overlap
+        (directory / ("unrelated-%03d" % k)).touch()
+    total = 12_000
+    done = threading.Event()
+
+    def produce():
+        writer = EventLogWriter(str(directory), max_frame_age_s=3600, max_frame_records=512)
+        try:
+            for i in range(0, total, 100):
+                writer.write([event(j) for j in range(i, i + 100)])
+                writer.flush()
+        finally:
+            writer.close()
+            done.set()
+
+    seen = [collections.Counter() for _ in range(4)]
+
+    def follow(counter):
+        cursor = LogCursor(fd, {})
+        while True:
+            finished = done.is_set()
+            events = cursor.read(256)
+            cursor.ack()
+            counter.update(e.trail for e in events)
+            if not events and finished:
+                break
+        cursor.close()
+
+    threads = [threading.Thread(target=follow, args=(counter,)) for counter in seen] + [threading.Thread(target=produce)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for counter in seen:
+        assert len(counter) == total and max(counter.values()) == 1, (len(counter), sum(counter.values()))

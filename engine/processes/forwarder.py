@@ -35,6 +35,7 @@ from events.forwarders.transports import tls_context
 
 REPORT_S = 0.5
 FINISH_IDLE_S = 3.0
+NICE_INCREMENT = 10
 
 
 class ForwarderSpec:
@@ -121,6 +122,12 @@ def _warn(text: str) -> None:
 def run_forwarder(spec: ForwarderSpec) -> None:
     child = ChildProcess("mte-forwarder", parent_pid=spec.parent_pid, close=spec.close)
     spec.close = ()
+    # Below capture and the workers: when the CPUs are short, forwarding waits (the log holds
+    # what it has not sent yet), detection does not.
+    try:
+        os.nice(NICE_INCREMENT)
+    except OSError:
+        pass
     trails_date = _TrailsDate(spec.trails_date)
     try:
         dir_fd = os.open(spec.log_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

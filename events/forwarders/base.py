@@ -113,6 +113,7 @@ class Forwarder:
         self.sent = self.failed = self.dropped = self.skipped = 0
         self._refused_seen = 0
         self._damage_said = 0
+        self._dropping = False
         self.caught_up_at = clock()
         self.progress_at = clock()       # when a batch last went through (or it last caught up)
         self.behind = False
@@ -159,6 +160,7 @@ class Forwarder:
             self.warn("%s %s is reachable again after %.0f s" % (self.destination.kind, self.destination.address,
                                                                 self.clock() - self._down_since))
             self._down_since = None
+        dropped_before = self.dropped
         if not self.destination.reliable:
             # Best effort: what was not taken is dropped, and the place moves past all of it.
             self.dropped += len(messages) - accepted
@@ -167,6 +169,8 @@ class Forwarder:
         else:
             self.sent += accepted
         self._after_delivery()
+        if not self.destination.reliable and messages:
+            self._say_drops(self.dropped - dropped_before, len(messages))
         # How many events the accepted messages cover: events rendered to None ride along.
         covered, seen = 0, 0
         for message in rendered:
@@ -194,6 +198,18 @@ class Forwarder:
             self._refused_seen = refused
             self.dropped += late
             self.sent = max(self.sent - late, 0)
+
+    def _say_drops(self, dropped: int, offered: int) -> None:
+        """Best effort: says once when messages start being dropped, and once when a whole batch
+        goes through again (the counts are in the statistics)."""
+        if dropped and not self._dropping:
+            self._dropping = True
+            self.warn("%s %s: %d of %d message(s) dropped: refused by the destination's host (is anything "
+                      "listening there?) or not taken by the kernel; dropped messages are counted, never "
+                      "retried (best effort)" % (self.destination.kind, self.destination.address, dropped, offered))
+        elif not dropped and self._dropping:
+            self._dropping = False
+            self.warn("%s %s takes messages again" % (self.destination.kind, self.destination.address))
 
     def _say_damage(self) -> None:
         if self.cursor.damaged > self._damage_said:
@@ -232,6 +248,7 @@ class Forwarder:
         self.destination.close()
         if self._thread is None or not self._thread.is_alive():
             self._after_delivery()      # refusals that came in since the last batch
+            self.cursor.close()
 
     def finished(self, since: float, idle_s: float) -> bool:
         """Whether a finishing forwarder can stop: it read the log to its end after `since` (the

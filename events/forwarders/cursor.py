@@ -75,7 +75,11 @@ class LogCursor:
     """Reads events from an open log directory from per-file places on (see the module doc)."""
 
     def __init__(self, dir_fd: int, places: dict[str, Place] | None = None):
-        self.dir_fd = dir_fd
+        # A handle of its own on the directory (a new open file description, not a dup): listing
+        # a directory moves its read position, and cursors of several destinations reading in
+        # threads through one shared handle would each see part of the listing, and take the
+        # day files missing from theirs for removed (and then read them again from the start).
+        self.dir_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
         self.places: dict[str, Place] = dict(places or {})
         # (the place after each event handed out, or after damage passed; is it an event)
         self._pending: list[tuple[Mark, bool]] = []
@@ -88,9 +92,9 @@ class LogCursor:
         of each day file's last complete pair, found by the index (nothing decompressed but the
         last pair); a torn tail stays ahead, since the writer cuts it or completes it."""
         cursor = cls(dir_fd)
-        for _day, name in day_files_in(dir_fd):
+        for _day, name in day_files_in(cursor.dir_fd):
             try:
-                fd = open_day_file(dir_fd, name)
+                fd = open_day_file(cursor.dir_fd, name)
             except FileNotFoundError:
                 continue
             try:
@@ -106,12 +110,15 @@ class LogCursor:
         """The place to read `name` from: the saved one, or the file's start when the file is
         not the one the place was taken in (see the module doc)."""
         place = self.places.get(name)
+        head = _head(fd)
         if place is not None and place.inode == st.st_ino and place.offset <= st.st_size:
             if place.offset == 0 and place.done == 0:
-                return Place(st.st_ino, 0, 0, _head(fd))
-            if place.head == _head(fd):
-                return place
-        place = Place(st.st_ino, 0, 0, _head(fd))
+                return Place(st.st_ino, 0, 0, head)
+            # The head may have been taken while the first pair was still being written (a
+            # reader can see part of a write): what was seen must begin what is there now.
+            if head.startswith(place.head):
+                return place._replace(head=head)
+        place = Place(st.st_ino, 0, 0, head)
         self.places[name] = place
         return place
 
@@ -166,9 +173,19 @@ class LogCursor:
             finally:
                 os.close(fd)
         for name in [n for n in self.places if n not in present]:
+            try:
+                os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
+                continue                # listed late, not gone
+            except FileNotFoundError:
+                pass
             del self.places[name]       # removed (retention, a cleaner): nothing more to read
             self.moved = True
         return out
+
+    def close(self) -> None:
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
 
     def ack(self, count: int | None = None) -> None:
         """The first `count` events of the last read (all when None) reached the destination:
