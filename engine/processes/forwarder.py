@@ -1,7 +1,8 @@
 """The forwarder process: every configured destination fed from the event log.
 
 Owns the process around events/forwarders: it opens the log directory and loads what TLS needs
-while it may still reach them, becomes the unprivileged account with no capabilities, and runs one
+while it may still reach them, lowers its priority (nice 10: when CPUs are short, forwarding
+waits, detection does not), becomes the unprivileged account with no capabilities, and runs one
 thread per destination (events/forwarders/base.py Forwarder), each following the log from its own
 saved place. It reports their statistics to the supervisor every REPORT_S, and tells the
 destinations the date of the trails in use when a reload changes it (syslog's CEF carries it).

@@ -17,7 +17,8 @@ sending:
   are framed by the caller (RFC 6587 octet counting for syslog, a newline for JSON lines) and
   sent in one write; a batch counts as accepted only once the peer's TCP has acknowledged every
   byte of it (the socket's send queue, SIOCOUTQ, is empty), so a collector that dies or is
-  killed never silently swallows a batch: the batch is sent again on a new connection. Before
+  killed never silently swallows a batch: the batch is sent again on a new connection, and the
+  failed one is reset (not closed), so what it still held is never delivered late. Before
   each batch the connection is checked for an orderly close or a reset by the peer (a killed
   collector's kernel closes its side), so the first batch after a collector's death goes to a
   fresh connection, not into a dead one. Connect, write and acknowledgement have timeouts.
