@@ -164,3 +164,31 @@ def test_a_long_outage_loses_nothing_and_the_backlog_stays_on_disk(artifact, tmp
         before_kib, small, peak_kib, large))
     assert peak_kib - before_kib < 24 * 1024, (before_kib, peak_kib)
     assert re.search(r"is reachable again after \d+ s", sensor.text())
+
+
+def test_a_collector_that_stops_reading_gets_the_batch_again_and_not_its_tail_late(artifact, tmp_path):  # noqa: F811
+    """A collector that stops reading is given up on after ACK_TIMEOUT_S (its TCP took only what
+    fit in its receive buffer) and the batch goes out again on a new connection. The connection
+    given up is reset: the part of the batch its TCP never acknowledged is not delivered later by
+    the kernel beside the batch sent again, so only what it had acknowledged arrives twice."""
+    collector = TcpLineCollector(rcvbuf_bytes=4096)
+    address = "tcp://127.0.0.1:%d" % collector.port
+    sensor = Sensor(tmp_path / "sensor", artifact, tmp_path / "log", logstash_server=[address])
+    try:
+        collector.pause()
+        sensor.start()
+        sensor.feed(dns_frames(0, FORWARD_BATCH))           # one batch
+        sensor.wait_line(r"logstash_server %s unreachable: .* bytes not acknowledged by the collector"
+                         % re.escape(address), timeout_s=60)
+        collector.resume()
+        sensor.wait_line(r"is reachable again", timeout_s=60)
+        wait_until(lambda: len(set(collector.lines)) >= FORWARD_BATCH, "the batch at the collector")
+        time.sleep(1.0)       # anything the first connection still carried would have come by now
+    finally:
+        code = sensor.finish()
+        collector.close()
+    assert code == 0, sensor.text()
+    counts = collections.Counter(int(json.loads(line)["trail"][2:].split(")")[0]) for line in collector.lines)
+    assert set(counts) == set(range(FORWARD_BATCH))
+    twice = sum(n - 1 for n in counts.values())
+    assert 0 < twice < FORWARD_BATCH, twice
