@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import json
 import re
+import signal
 import time
 
 import pytest
@@ -192,3 +193,32 @@ def test_a_collector_that_stops_reading_gets_the_batch_again_and_not_its_tail_la
     assert set(counts) == set(range(FORWARD_BATCH))
     twice = sum(n - 1 for n in counts.values())
     assert 0 < twice < FORWARD_BATCH, twice
+
+
+def test_sigterm_with_a_collector_that_does_not_read_stops_in_order_and_loses_nothing(artifact, tmp_path):  # noqa: F811
+    """SIGTERM while a batch waits for a collector that stopped reading: the forwarder gives up
+    within what is left of the stop budget (status 0, nothing forced), and the events it had not
+    delivered are sent by the next start."""
+    collector = TcpLineCollector(rcvbuf_bytes=4096)
+    address = "tcp://127.0.0.1:%d" % collector.port
+    log = tmp_path / "log"
+    try:
+        collector.pause()
+        first = Sensor(tmp_path / "sensor", artifact, log, logstash_server=[address]).start()
+        first.feed(dns_frames(0, 2000))
+        first.wait_line(r"events: DNS 2000\b")
+        first.proc.send_signal(signal.SIGTERM)
+        code = first.finish()
+        assert code == 0, first.text()
+        assert "stopped before everything drained" not in first.text()
+        assert "unreachable" not in first.text()      # stopping is not the collector's failure
+        collector.resume()
+        second = Sensor(tmp_path / "sensor", artifact, log, logstash_server=[address]).start()
+        try:
+            wait_until(lambda: len(set(collector.lines)) >= 2000, "every event at the collector", timeout_s=60)
+        finally:
+            assert second.finish() == 0, second.text()
+        numbers = {int(json.loads(line)["trail"][2:].split(")")[0]) for line in collector.lines}
+    finally:
+        collector.close()
+    assert numbers == set(range(2000))

@@ -83,6 +83,13 @@ class Destination:
     def connected(self) -> bool:
         return True
 
+    def interrupt(self) -> None:
+        """Called from another thread when the sensor stops: a delivery in progress should give
+        up soon (raising Unreachable); what it had not delivered waits in the log."""
+        transport = getattr(self, "transport", None)
+        if transport is not None and hasattr(transport, "interrupt"):
+            transport.interrupt()
+
     def refused(self) -> int:
         """How many messages sent so far the other side refused afterwards (best effort only:
         a UDP datagram answered by an ICMP error); cumulative."""
@@ -140,6 +147,8 @@ class Forwarder:
         try:
             accepted = self.destination.deliver(messages) if messages else 0
         except Unreachable as exc:
+            if self._stop.is_set() and self.destination.reliable:
+                raise           # stopping: not a failure of the destination; the batch waits
             self.failed += 1
             if self._down_since is None:
                 self._down_since = self.clock()
@@ -243,6 +252,7 @@ class Forwarder:
 
     def stop(self, timeout_s: float = 2.0) -> None:
         self._stop.set()
+        self.destination.interrupt()
         if self._thread is not None:
             self._thread.join(timeout_s)
         self.destination.close()

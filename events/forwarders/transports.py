@@ -187,10 +187,22 @@ class Stream:
         self.ack_timeout_s = ack_timeout_s
         self._sock: socket.socket | None = None
         self.connects = 0
+        self._interrupted = False
 
     @property
     def connected(self) -> bool:
         return self._sock is not None
+
+    def interrupt(self) -> None:
+        """From another thread, when the sensor stops: a send waiting for the collector gives up
+        now (Unreachable; the batch waits in the log), instead of after its timeouts."""
+        self._interrupted = True
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)     # wakes a blocked write
+            except OSError:
+                pass
 
     def _connect(self) -> None:
         last = None
@@ -251,6 +263,8 @@ class Stream:
     def send(self, payload: bytes) -> None:
         """Writes `payload` and returns once the peer's TCP acknowledged all of it; Unreachable
         (and the connection reset) otherwise."""
+        if self._interrupted:
+            raise Unreachable("%s: the sensor is stopping" % self.endpoint)
         if self._sock is not None and self._peer_closed():
             self.close(abort=True)
         if self._sock is None:
@@ -269,7 +283,7 @@ class Stream:
                 queued = 0
             if queued == 0:
                 return
-            if self._peer_closed() or time.monotonic() > deadline:
+            if self._interrupted or self._peer_closed() or time.monotonic() > deadline:
                 self.close(abort=True)
                 raise Unreachable("%s: %d bytes not acknowledged by the collector" % (self.endpoint, queued))
             time.sleep(wait_s)
