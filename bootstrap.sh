@@ -11,7 +11,8 @@ step=0
 say() { step=$((step + 1)); printf 'bootstrap [%d/%d] %s\n' "$step" "$STEPS" "$*"; }
 trap 'printf "bootstrap: step %d failed (its output is above)\n" "$step" >&2' ERR
 
-APT_PACKAGES=(libpcap-dev gcc python3-dev python3-venv zstd iproute2 tcpdump systemd strace prometheus)
+# rsyslog and its TLS driver: the syslog collector the forwarding tests run (tests/test_forward_*.py).
+APT_PACKAGES=(libpcap-dev gcc python3-dev python3-venv zstd iproute2 tcpdump systemd strace rsyslog rsyslog-openssl prometheus)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -161,17 +161,24 @@ def _check_endpoint(s: str, schemes) -> str | None:
     if any(c.isspace() for c in s):
         return "it contains whitespace"
     raw = s if "://" in s else "%s://%s" % (schemes[0], s)
+    host_port = raw.split("://", 1)[1]
+    if host_port.count(":") > 1 and not host_port.startswith("["):
+        return "an IPv6 address goes in brackets: [%s]:PORT" % host_port.rsplit(":", 1)[0]
     try:
         parts = urlsplit(raw)
         port = parts.port
     except ValueError as exc:
+        if "out of range" in str(exc):
+            return "the port must be from 1 to 65535"
         return "it is not host:port (%s)" % exc
     if parts.scheme not in schemes:
         return "the scheme must be %s" % " or ".join("%s://" % x for x in schemes)
     if not parts.hostname:
         return "the host is missing"
-    if not port:
+    if port is None:
         return "the port is missing (host:port)"
+    if port == 0:
+        return "the port must be from 1 to 65535"
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
         return "only scheme://host:port is allowed"
     return None

@@ -1,7 +1,8 @@
 """The forwarder process: every configured destination fed from the event log.
 
 Owns the process around events/forwarders: it opens the log directory and loads what TLS needs
-while it may still reach them, becomes the unprivileged account with no capabilities, and runs one
+while it may still reach them, lowers its priority (nice 10: when CPUs are short, forwarding
+waits, detection does not), becomes the unprivileged account with no capabilities, and runs one
 thread per destination (events/forwarders/base.py Forwarder), each following the log from its own
 saved place. It reports their statistics to the supervisor every REPORT_S, and tells the
 destinations the date of the trails in use when a reload changes it (syslog's CEF carries it).
@@ -9,8 +10,10 @@ destinations the date of the trails in use when a reload changes it (syslog's CE
 It is started before the log writer, so that a destination seen for the first time starts at the
 end of the log as it was before this run wrote anything. On `finish` (the log writer has closed
 the log) or when the supervisor is gone, it keeps sending until every destination has caught up
-with the log or FINISH_S has passed, saves every place and exits; what a destination had not
-taken by then it gets at the next start.
+with the log, or has made no progress for FINISH_IDLE_S (its collector is down), or the time the
+`finish` message allows has passed (a SIGTERM's stop budget; a replay that ended allows as long
+as destinations make progress, so a replayed capture is forwarded whole). Then it saves every
+place and exits; what a destination had not taken by then it gets at the next start.
 
 Must not judge packets or write the log.
 """
@@ -35,9 +38,9 @@ from events.forwarders.transports import tls_context
 from events.forwarders.webhook import Webhook, display_url
 
 REPORT_S = 0.5
-NICE = 10
-FINISH_S = 3.0
+FINISH_IDLE_S = 3.0
 FINISH_POLL_S = 0.02
+NICE_INCREMENT = 10
 
 
 class ForwarderSpec:
@@ -112,7 +115,8 @@ def build_destinations(descriptions: list[dict], version: str, trails_date, warn
             elif kind == "syslog_server":
                 tls = None
                 if address.startswith("tls://"):
-                    tls = tls_context(d.get("ca_file", ""), d.get("client_cert", ""), d.get("client_key", ""))
+                    tls = tls_context(d.get("ca_file", ""), d.get("client_cert", ""), d.get("client_key", ""),
+                                      keys=("syslog_ca_file", "syslog_client_cert", "syslog_client_key"))
                 built.append(Syslog(address, d.get("layout", "maltrail"), version, trails_date, tls))
             elif kind == "logstash_server":
                 built.append(Logstash(address))
@@ -128,6 +132,19 @@ def build_destinations(descriptions: list[dict], version: str, trails_date, warn
     return built
 
 
+def _once_each(destinations: list) -> list:
+    """A destination listed twice is fed once: two feeds would share one position file."""
+    seen, kept = set(), []
+    for d in destinations:
+        if d.name in seen:
+            _warn("%s %s is listed more than once; events are sent to it once" % (d.kind, d.address))
+            d.close()
+            continue
+        seen.add(d.name)
+        kept.append(d)
+    return kept
+
+
 def _warn(text: str) -> None:
     sys.stderr.write("[!] %s forwarder: %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), text))
     sys.stderr.flush()
@@ -136,17 +153,18 @@ def _warn(text: str) -> None:
 def run_forwarder(spec: ForwarderSpec) -> None:
     child = ChildProcess("mte-forwarder", parent_pid=spec.parent_pid, close=spec.close)
     spec.close = ()
-    # Forwarding can wait; capture and judgement cannot: on a busy machine the scheduler gives
-    # this process what the others leave (it catches up from the log afterwards).
+    # Below capture and the workers: when the CPUs are short, forwarding waits (the log holds
+    # what it has not sent yet), detection does not.
     try:
-        os.nice(NICE)
+        os.nice(NICE_INCREMENT)
     except OSError:
         pass
     trails_date = _TrailsDate(spec.trails_date)
     try:
         dir_fd = os.open(spec.log_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        destinations = build_destinations(spec.destinations, spec.version, trails_date, warn=_warn,
-                                          trusted_uids=(spec.account.uid,) if spec.account is not None else ())
+        destinations = _once_each(build_destinations(
+            spec.destinations, spec.version, trails_date, warn=_warn,
+            trusted_uids=(spec.account.uid,) if spec.account is not None else ()))
         child.drop_privileges(spec.account)
         forwarders = [Forwarder(d, dir_fd, warn=_warn) for d in destinations]
     except (OSError, ValueError, privileges.PrivilegeError) as exc:
@@ -169,6 +187,7 @@ def run_forwarder(spec: ForwarderSpec) -> None:
     selector = selectors.DefaultSelector()
     selector.register(spec.status, selectors.EVENT_READ)
     finishing_since = None
+    finish_by = None            # a hard limit on finishing (monotonic), when one was given
     writer_done = False
     last_report = 0.0
     while True:
@@ -179,20 +198,26 @@ def run_forwarder(spec: ForwarderSpec) -> None:
                     finishing_since = time.monotonic()
                     for forwarder in forwarders:
                         forwarder.wake()    # the log is complete: read it now
+                    within_s = message[1] if message is not None and len(message) > 1 else None
+                    if within_s is not None:
+                        finish_by = finishing_since + max(float(within_s), 0.0)
+                    elif message is None:
+                        finish_by = finishing_since + FINISH_IDLE_S   # the supervisor is gone
                 writer_done = writer_done or message is not None
             elif message[0] == "trails_date":
                 trails_date.text = message[1]
         if finishing_since is None and child.orphaned():
             finishing_since = time.monotonic()
+            finish_by = finishing_since + FINISH_IDLE_S
         now = time.monotonic()
         if now - last_report >= REPORT_S:
             report()
             last_report = now
         if finishing_since is not None:
             # Caught up: an empty read that began after the log was closed (read by each thread
-            # itself; the cursors are theirs alone).
-            done = all(not f.behind and f.caught_up_at >= finishing_since for f in forwarders)
-            if done or now - finishing_since >= FINISH_S:
+            # itself; the cursors are theirs alone); or stuck: no progress for FINISH_IDLE_S.
+            if all(f.finished(finishing_since, FINISH_IDLE_S) for f in forwarders) or \
+                    (finish_by is not None and now >= finish_by):
                 break
     for forwarder in forwarders:
         forwarder.stop()

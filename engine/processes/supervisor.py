@@ -580,8 +580,12 @@ class Engine:
             ipc.send(self.writer_channel[1], ["finish"])
             self._finish_sent = True
         if self._writer_done and not self._forwarder_done and not self._forwarder_finish_sent:
+            # Stopping on a signal: what is left of the stop budget (the rest waits in the log
+            # for the next start); a replay that ended: as long as destinations make progress.
+            within_s = None if self._stopping_since is None else max(
+                STOP_BUDGET_S - 0.5 - (time.monotonic() - self._stopping_since), 0.0)
             try:
-                ipc.send(self.forwarder_channel[1], ["finish"])
+                ipc.send(self.forwarder_channel[1], ["finish", within_s])
             except OSError:
                 pass
             self._forwarder_finish_sent = True

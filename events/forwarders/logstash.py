@@ -53,5 +53,8 @@ class Logstash(Destination):
     def connected(self) -> bool:
         return not self.reliable or self.transport.connected
 
+    def refused(self) -> int:
+        return getattr(self.transport, "refused", 0)
+
     def close(self) -> None:
         self.transport.close()

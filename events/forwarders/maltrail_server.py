@@ -51,6 +51,9 @@ class MaltrailServer(Destination):
     def deliver(self, messages: list[bytes]) -> int:
         return self.transport.send(messages)
 
+    def refused(self) -> int:
+        return getattr(self.transport, "refused", 0)
+
     def close(self) -> None:
         self.transport.close()
 

@@ -119,6 +119,9 @@ class Syslog(Destination):
     def connected(self) -> bool:
         return self.endpoint.scheme == "udp" or self.transport.connected
 
+    def refused(self) -> int:
+        return getattr(self.transport, "refused", 0)
+
     def close(self) -> None:
         self.transport.close()
 

@@ -5,15 +5,20 @@ as Maltrail writes it, meaning UDP; IPv6 as `[addr]:port`), name resolution at c
 name that resolves to nothing is Unreachable and tried again, never fatal), and the two ways of
 sending:
 
-- `Datagram`: one sendto per message from one unconnected socket; what the kernel refuses is
-  counted, never retried (Maltrail's LOG_SERVER and UDP syslog are fire-and-forget, and a UDP
-  sender cannot know what arrived anyway). Never blocks.
+- `Datagram`: one sendto per message from one unconnected socket, never retried (Maltrail's
+  LOG_SERVER and UDP syslog are fire-and-forget). Never blocks. What is known not to have
+  arrived is counted: a datagram the kernel would not take (a full socket buffer, no route), and
+  one the destination's host refused afterwards with an ICMP error (port unreachable: nothing
+  listens there). The socket asks for those errors (IP_RECVERR), so each one is queued for us,
+  not only the last: a collector that is down shows as every datagram dropped, not as silence.
 - `Stream`: one TCP connection (TLS on top for `tls://`, the collector's certificate verified
-  against the system store or `ca_file`, optionally presenting a client certificate). Messages
+  against the system store or `ca_file`, optionally presenting a client certificate; TLS 1.2,
+  see tls_context for why not 1.3). Messages
   are framed by the caller (RFC 6587 octet counting for syslog, a newline for JSON lines) and
   sent in one write; a batch counts as accepted only once the peer's TCP has acknowledged every
   byte of it (the socket's send queue, SIOCOUTQ, is empty), so a collector that dies or is
-  killed never silently swallows a batch: the batch is sent again on a new connection. Before
+  killed never silently swallows a batch: the batch is sent again on a new connection, and the
+  failed one is reset (not closed), so what it still held is never delivered late. Before
   each batch the connection is checked for an orderly close or a reset by the peer (a killed
   collector's kernel closes its side), so the first batch after a collector's death goes to a
   fresh connection, not into a dead one. Connect, write and acknowledgement have timeouts.
@@ -27,6 +32,7 @@ from __future__ import annotations
 # start, so that a process that has since dropped its privileges (and may no longer read the
 # interpreter's library directory) never has to.
 import encodings.idna  # noqa: F401
+import errno
 import fcntl
 import ipaddress
 import select
@@ -45,6 +51,12 @@ SEND_TIMEOUT_S = 10.0
 ACK_TIMEOUT_S = 10.0
 SIOCOUTQ = termios.TIOCOUTQ          # linux: bytes in the send queue not yet acknowledged by the peer
 SCHEMES = ("udp", "tcp", "tls")
+# linux/in.h, linux/in6.h: queue every ICMP error of a datagram socket (the socket module lacks them).
+IP_RECVERR = 11
+IPV6_RECVERR = 25
+# Errors a send reports for an EARLIER datagram (from an ICMP message), not for the one it sends.
+_REPORTED = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN,
+                       errno.ENETDOWN, errno.EPROTO, errno.EMSGSIZE))
 
 
 class Endpoint(NamedTuple):
@@ -99,34 +111,67 @@ class Datagram:
         self.endpoint = endpoint
         self._sock: socket.socket | None = None
         self._addr = None
-        self.errors = 0
+        self.errors = 0        # datagrams the kernel would not take
+        self.refused = 0       # datagrams sent that the destination's host refused (ICMP)
 
     def _open(self) -> None:
         family, addr = _resolve(self.endpoint, socket.SOCK_DGRAM)[0]
-        self._sock = socket.socket(family, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)
-        self._addr = addr
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        except OSError:
+            pass                # then refusals go uncounted, as for any UDP sender
+        self._sock, self._addr = sock, addr
+
+    def _collect_refusals(self) -> int:
+        """Takes the queued ICMP errors off the socket, counting them; how many there were."""
+        found = 0
+        while self._sock is not None:
+            try:
+                self._sock.recvmsg(1, 1024, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            found += 1
+        self.refused += found
+        return found
 
     def send(self, messages: list[bytes]) -> int:
-        """Sends each message once; returns how many the kernel took."""
+        """Sends each message once; returns how many the kernel took. Refusals reported for
+        datagrams already sent are added to `refused`."""
         if self._sock is None:
             self._open()
         taken = 0
         for message in messages:
-            try:
-                self._sock.sendto(message, self._addr)
-                taken += 1
-            except (BlockingIOError, InterruptedError):
-                self.errors += 1            # the socket buffer is full: dropped, never waited for
-            except OSError:
-                # ICMP unreachable reported back, a route gone: counted; resolve again next time
-                self.errors += 1
-                self.close()
-                self._open()
+            for attempt in (1, 2):
+                try:
+                    self._sock.sendto(message, self._addr)
+                    taken += 1
+                    break
+                except (BlockingIOError, InterruptedError):
+                    self.errors += 1        # the socket buffer is full: dropped, never waited for
+                    break
+                except OSError as exc:
+                    # A pending ICMP error is reported by the next send, which then sends nothing:
+                    # it was about an earlier datagram, so this one is tried once more.
+                    if self._collect_refusals() and attempt == 1 and exc.errno in _REPORTED:
+                        continue
+                    self.errors += 1
+                    if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL):
+                        self.close()        # a route or an address gone: resolve again next time
+                        self._open()
+                    break
+        self._collect_refusals()
         return taken
 
     def close(self) -> None:
         if self._sock is not None:
+            self._collect_refusals()
             self._sock.close()
             self._sock = None
 
@@ -142,10 +187,22 @@ class Stream:
         self.ack_timeout_s = ack_timeout_s
         self._sock: socket.socket | None = None
         self.connects = 0
+        self._interrupted = False
 
     @property
     def connected(self) -> bool:
         return self._sock is not None
+
+    def interrupt(self) -> None:
+        """From another thread, when the sensor stops: a send waiting for the collector gives up
+        now (Unreachable; the batch waits in the log), instead of after its timeouts."""
+        self._interrupted = True
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)     # wakes a blocked write
+            except OSError:
+                pass
 
     def _connect(self) -> None:
         last = None
@@ -159,6 +216,10 @@ class Stream:
                 if self.tls is not None:
                     sock = self.tls.wrap_socket(raw, server_hostname=self.endpoint.host)
                 sock.settimeout(SEND_TIMEOUT_S)
+            except ssl.SSLCertVerificationError as exc:
+                raw.close()
+                last = "the collector's certificate is not trusted (%s)" % (exc.verify_message or exc.reason)
+                continue
             except ssl.SSLError as exc:
                 raw.close()
                 last = "TLS handshake failed: %s" % (exc.reason or exc)
@@ -167,7 +228,9 @@ class Stream:
                 raw.close()
                 last = exc.strerror or str(exc)
                 continue
-            self._sock = sock   # for TLS the wrapped socket owns the descriptor now
+            # Wrapping moved the descriptor into the TLS socket (`raw` is detached): every later
+            # look at the connection (readable? bytes unacknowledged?) goes through `sock`.
+            self._sock = sock
             self.connects += 1
             return
         raise Unreachable("%s: %s" % (self.endpoint, last or "no address"))
@@ -199,15 +262,17 @@ class Stream:
 
     def send(self, payload: bytes) -> None:
         """Writes `payload` and returns once the peer's TCP acknowledged all of it; Unreachable
-        (and the connection closed) otherwise."""
+        (and the connection reset) otherwise."""
+        if self._interrupted:
+            raise Unreachable("%s: the sensor is stopping" % self.endpoint)
         if self._sock is not None and self._peer_closed():
-            self.close()
+            self.close(abort=True)
         if self._sock is None:
             self._connect()
         try:
             self._sock.sendall(payload)
         except (OSError, ssl.SSLError) as exc:
-            self.close()
+            self.close(abort=True)
             raise Unreachable("%s: %s" % (self.endpoint, getattr(exc, "strerror", None) or exc)) from None
         deadline = time.monotonic() + self.ack_timeout_s
         wait_s = 0.0005
@@ -218,27 +283,57 @@ class Stream:
                 queued = 0
             if queued == 0:
                 return
-            if self._peer_closed() or time.monotonic() > deadline:
-                self.close()
+            if self._interrupted or self._peer_closed() or time.monotonic() > deadline:
+                self.close(abort=True)
                 raise Unreachable("%s: %d bytes not acknowledged by the collector" % (self.endpoint, queued))
             time.sleep(wait_s)
             wait_s = min(wait_s * 2, 0.05)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Closes the connection; `abort` (a delivery that failed) resets it instead, so that
+        what the collector has not acknowledged is thrown away here, never delivered late
+        beside the batch sent again on the next connection."""
         if self._sock is not None:
             try:
+                if abort:
+                    self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 self._sock.close()
             except OSError:
                 pass
         self._sock = None
 
 
-def tls_context(ca_file: str = "", client_cert: str = "", client_key: str = "") -> ssl.SSLContext:
+def tls_context(ca_file: str = "", client_cert: str = "", client_key: str = "",
+                keys=("ca_file", "client_cert", "client_key")) -> ssl.SSLContext:
     """A client context that verifies the collector's certificate and name (the system's CAs,
     or `ca_file`), optionally presenting a client certificate. There is no switch to turn
-    verification off."""
-    context = ssl.create_default_context(cafile=ca_file or None)
+    verification off. ValueError naming the setting (`keys`: what the operator calls the three)
+    and the file when one cannot be used.
+
+    TLS 1.2 exactly. In TLS 1.3 the client's handshake is over before the server has looked at
+    the client's certificate: a collector that demands one and refuses ours (or gets none) does
+    so after we have started sending, and its TCP may already have acknowledged the first batch,
+    which would then count as delivered and be lost. In TLS 1.2 the refusal ends the handshake,
+    before any event is sent: the destination is unreachable, said, and the events wait."""
+    try:
+        context = ssl.create_default_context(cafile=ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError("%s %r cannot be used: %s" % (keys[0], ca_file, _why(exc))) from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
     if client_cert:
-        context.load_cert_chain(client_cert, client_key or None)
+        try:
+            context.load_cert_chain(client_cert, client_key or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError("%s %r%s cannot be used: %s" % (
+                keys[1], client_cert, " with %s %r" % (keys[2], client_key) if client_key else "",
+                _why(exc))) from None
+    elif client_key:
+        raise ValueError("%s is set without %s: the key belongs to a certificate" % (keys[2], keys[1]))
     return context
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    return exc.strerror or str(exc)
