@@ -34,7 +34,7 @@ from events.forwarders.ecs import EcsOutput
 from events.forwarders.logstash import Logstash
 from events.forwarders.maltrail_server import MaltrailServer
 from events.forwarders.syslog import Syslog
-from events.forwarders.transports import tls_context
+from events.forwarders.transports import Endpoint, tls_context
 from events.forwarders.webhook import Webhook, display_url
 
 REPORT_S = 0.5
@@ -83,10 +83,20 @@ def position_names(descriptions: list[dict]) -> list[str]:
     will call them: what the log writer's spool asks about (disable_local_log_storage)."""
     names = []
     for d in descriptions:
-        named = Destination(display_url(d["address"]) if d["kind"] == "alert_webhook_url" else d["address"])
-        named.kind = d["kind"]
+        kind, address = d["kind"], d["address"]
+        named = Destination(display_url(address) if kind == "alert_webhook_url" else address)
+        named.kind = kind
+        schemes = _ENDPOINT_SCHEMES.get(kind)
+        if schemes and (kind != "json_output" or address.startswith("tcp://")):
+            # the normal form the destination itself names its place by (Destination.identity)
+            named.endpoint = Endpoint.parse(address, schemes=schemes)
         names.append(named.name)
     return names
+
+
+# The schemes each network destination accepts (its Endpoint.parse), for position_names.
+_ENDPOINT_SCHEMES = {"log_server": ("udp",), "syslog_server": ("udp", "tcp", "tls"),
+                     "logstash_server": ("udp", "tcp"), "json_output": ("tcp",)}
 
 
 class _TrailsDate:

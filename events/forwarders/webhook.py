@@ -125,7 +125,7 @@ class Webhook(Destination):
         self._tentative: dict = {}                  # the same for alerts rendered, not yet passed
         self._rendered: list[tuple] = []            # per event rendered since the last `committed`
         self._said: set[int] = set()
-        self.alerted = self.below = self.throttled = self.refused = 0
+        self.alerted = self.below = self.throttled = self.rejected = 0
 
     # -- which events, which body -----------------------------------------------------------
     def render(self, event: Event) -> bytes | None:
@@ -178,7 +178,7 @@ class Webhook(Destination):
                     return done
                 raise Unreachable("%s answered %d %s" % (self.address, status, reason))
             if not 200 <= status < 300:
-                self.refused += 1
+                self.rejected += 1
                 if status not in self._said:
                     self._said.add(status)
                     self.warn("%s %s refused an alert with %d %s%s; alerts it refuses so are counted and not sent "
@@ -246,7 +246,7 @@ class Webhook(Destination):
 
     def stats(self) -> dict:
         return {"alerted": self.alerted, "below_severity": self.below, "throttled": self.throttled,
-                "refused": self.refused}
+                "refused": self.rejected}
 
     def close(self) -> None:
         if self._conn is not None:
