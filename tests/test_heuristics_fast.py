@@ -27,7 +27,7 @@ from workers.pipeline import Worker
 
 
 def c_heuristics(matchers, settings=None):
-    return Worker(matchers, "h", heuristics=settings, fast=True)._fast_heuristics
+    return Worker(matchers, "h", heuristics=settings, fast=True).fast_heuristics
 
 
 def both(matchers, frames, settings=None, batch=256):
@@ -222,7 +222,7 @@ def test_the_prefilters_say_how_they_work(matchers):
 def test_a_flood_fills_the_c_state_to_its_cap_and_no_further(matchers, flood, held, counter, caps):
     settings_ = HeuristicSettings(**caps)
     _, worker = run(matchers, flood(8000), settings_, fast=True, batch=1024)
-    state = worker._fast_heuristics
+    state = worker.fast_heuristics
     assert 0 < state.held()[held] <= max(caps.values())
     assert worker.stats()["saturation"][counter] > 0
     # and the same verdicts and counters as the reference under the same flood
@@ -251,7 +251,7 @@ def test_a_batch_longer_than_the_frame_index_is_scanned_in_parts(matchers):
         worker = Worker(matchers, "h", fast=True)
         big = memoryview(bytes(8 * n))
         _fastpath.scan(worker._tables, b"", big.cast("Q"), memoryview(bytes(4 * n)).cast("I"),
-                       memoryview(bytes(2 * n)).cast("H"), memoryview(bytes(8 * n)).cast("q"), worker._fast_heuristics)
+                       memoryview(bytes(2 * n)).cast("H"), memoryview(bytes(8 * n)).cast("q"), worker.fast_heuristics)
 
 
 def test_switching_a_heuristic_off_switches_it_off_in_c(matchers):
