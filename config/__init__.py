@@ -204,6 +204,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                 'directory is made to belong to it. "root" keeps root (not recommended). When the '
                 'default account does not exist, "nobody" is used and a notice says so'),
     },
+    # [heuristics] is declared a second time, as workers.heuristics.HeuristicSettings (the workers
+    # run on it, and neither package may import the other): a key added, renamed or given a new
+    # default here is changed there too, and tests/test_heuristic_settings.py fails until both
+    # agree key for key.
     "heuristics": {
         "scan_window_s": Key(
             "int", 30, unit="seconds", min=1, max=3600,
