@@ -103,8 +103,8 @@ static void Tables_dealloc(Tables *self)
 
 /* ---- the heuristics' state ------------------------------------------------------------------ */
 
-/* Verdict bits: workers/heuristics/scan.py (the scans) and workers/pipeline.py (DNS_EXHAUSTION);
- * the module exports them and tests/test_heuristics_fast.py checks they agree. */
+/* Verdict bits: workers/heuristics/verdicts.py; the module exports them and
+ * tests/test_heuristics_fast.py checks they agree. */
 enum { V_PORT_SCAN = 0x01, V_UDP_SCAN = 0x02, V_INFECTION_SCAN = 0x04, V_WEB_SCAN = 0x08, V_DNS_EXHAUSTION = 0x10 };
 /* workers/heuristics/scan.py WELL_KNOWN_PORTS */
 #define MT_WELL_KNOWN_PORTS 1024
