@@ -84,7 +84,7 @@ class Controls:
 
     @classmethod
     def from_plain(cls, plain: dict | None) -> "Controls":
-        """From the plain form engine/controls.py reads the files into (strings and lists only,
+        """From the plain form engine/control_files.py reads the files into (strings and lists only,
         so it can cross to a worker process): addresses, "a.b.c.d/n" networks, domains,
         [network, indicator] pairs, [src, sport, dst, dport] rules ("" for any, ports "low-high")."""
         if not plain:

@@ -147,7 +147,7 @@ def registered_domain(name: str) -> str:
     """The domain a name belongs to, as dispatch and the DNS heuristics count it: its last two
     labels, three when the second-level label is at most three characters and there are more
     than three labels (co.uk, com.br). Not the public suffix list: one cheap rule shared by the
-    capture process (C, engine/csrc/capture.c) and the workers."""
+    capture process (C, engine/transport/csrc/capture.c) and the workers."""
     labels = name.split(".")
     if len(labels) > 3 and len(labels[-2]) <= 3:
         return ".".join(labels[-3:])
