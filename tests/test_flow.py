@@ -5,7 +5,8 @@
   and require that they name the same domain or owner;
 - the capture process's dispatch loads only what the key needs, never the judgement;
 - the flow record writes addresses exactly as Python's ipaddress does (every event holds them);
-- `client_to_server` turns a flow around only when the server sent the packet.
+- `client_to_server` turns a flow around only when the server sent the packet; `attributed_to`
+  names another source and keeps the packet's group and loopback rule.
 """
 
 from __future__ import annotations
@@ -90,6 +91,11 @@ def test_the_flow_record_of_a_packet_sent_by_the_server():
     back = flow.client_to_server()
     assert (back.src, back.sport, back.dst, back.dport, back.client_is_src) == (CLIENT, 40000, SERVER, 443, True)
     assert back.group == flow.group and back.ts_us == 123
+    # an event attributed to a forwarded client names it; the packet's rules stay the packet's
+    told = flow.attributed_to("203.0.113.77")
+    assert (told.src, told.sport, told.dst, told.group, told.loopback) == ("203.0.113.77", 443, CLIENT, flow.group, False)
+    local = flow_of(packet(g.tcp_frame("127.0.0.1", "127.0.0.1", 40000, 80, g.TCP_SYN)), 0)
+    assert local.attributed_to("203.0.113.77").loopback
     sent = flow_of(packet(FRAMES["syn"]), 5)
     assert sent.client_to_server() is sent
     assert flow_of(packet(g.udp_frame("127.0.0.1", CLIENT, 5000, 53, g.dns_query("a.example.org"))), 0).loopback

@@ -11,8 +11,9 @@ Owns three rules that every part splitting or grouping traffic must apply alike:
   `dispatch_is_src` end. Dispatch and noise control call this one function, so a group never
   spans two workers.
 
-And `Flow`, the record of one inspected packet that every judgement of it reads: both ends as
-text in the packet's direction, the packet time, the protocol's name, the orientation, the group.
+And `Flow`, the record of one inspected packet that every judgement of it reads: both ends (as
+text when read) with their ports in the packet's direction, the packet time, the protocol's name,
+the orientation, the group.
 
 The C twins are deliberate: `mt_client_is_src` and `mt_dispatch_is_src` (workers/csrc/decode.h)
 and the dispatch key (engine/transport/csrc/capture.c); tests/test_capture_c.py holds the keys
@@ -106,31 +107,55 @@ def is_loopback(version: int, addr: int) -> bool:
 
 class Flow(NamedTuple):
     """One inspected packet as its events describe it. `src`/`dst` go the packet's way; the
-    client is `src` when `client_is_src`. Built once per packet (`flow_of`), read by every
-    judgement of it, never changed (a judgement that reports another source, such as the client a
-    proxy names, makes its own copy with `_replace`)."""
+    client is the source when `client_is_src`. Built once per packet (`flow_of`), read by every
+    judgement of it, never changed: `client_to_server` and `attributed_to` make copies.
+
+    The addresses are kept as integers and written as text (`src`, `dst`) only when read: the
+    reference path builds a flow for every frame, and most frames produce no event."""
 
     ts_us: int              # packet time
-    src: str                # sender's address as text
+    version: int            # 4 or 6
+    src_addr: int           # the sender's address
     sport: int              # 0 when the protocol has no ports
-    dst: str
+    dst_addr: int
     dport: int
-    proto: str              # "TCP", "UDP", "ICMP", ... (the number as text when unnamed)
+    proto_number: int       # IP protocol number of the transport
     client_is_src: bool
     group: tuple            # group_key(): the noise-control group of its events
-    loopback: bool          # either end is a loopback address
+    attributed_src: str | None = None  # the source an event names instead of the sender (attributed_to)
+
+    @property
+    def src(self) -> str:
+        return self.attributed_src or ip_text(self.version, self.src_addr)
+
+    @property
+    def dst(self) -> str:
+        return ip_text(self.version, self.dst_addr)
+
+    @property
+    def proto(self) -> str:
+        """The protocol's name ("TCP", "UDP", "ICMP", ...), the number as text when unnamed."""
+        return PROTO_NAMES.get(self.proto_number) or str(self.proto_number)
+
+    @property
+    def loopback(self) -> bool:
+        """Either end is a loopback address (the packet's, whatever an event is attributed to)."""
+        return is_loopback(self.version, self.src_addr) or is_loopback(self.version, self.dst_addr)
 
     def client_to_server(self) -> "Flow":
         """The same flow written client -> server (how IP trail events are reported)."""
         if self.client_is_src:
             return self
-        return self._replace(src=self.dst, sport=self.dport, dst=self.src, dport=self.sport, client_is_src=True)
+        return self._replace(src_addr=self.dst_addr, sport=self.dport, dst_addr=self.src_addr, dport=self.sport,
+                             client_is_src=True)
+
+    def attributed_to(self, source: str) -> "Flow":
+        """The same flow with its events naming `source` as the source (the client a proxy names in
+        X-Forwarded-For); ports, group and the loopback rule stay the packet's."""
+        return self._replace(attributed_src=source)
 
 
 def flow_of(p, ts_us: int, first_qname: str | None = None) -> Flow:
     """The flow record of a decoded packet; `first_qname` as for `group_key`."""
-    version = p.version
     c_is_src = client_is_src(p)
-    return Flow(ts_us, ip_text(version, p.src), p.sport, ip_text(version, p.dst), p.dport,
-                PROTO_NAMES.get(p.proto) or str(p.proto), c_is_src, group_key(p, first_qname, c_is_src),
-                is_loopback(version, p.src) or is_loopback(version, p.dst))
+    return Flow(ts_us, p.version, p.src, p.sport, p.dst, p.dport, p.proto, c_is_src, group_key(p, first_qname, c_is_src))

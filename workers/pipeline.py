@@ -597,7 +597,7 @@ class Worker:
         if h.on("forwarded_for"):
             forwarded = hhttp.forwarded_source(req.headers)
             if forwarded:
-                flow = flow._replace(src=forwarded)
+                flow = flow.attributed_to(forwarded)
         if h.on("http_request") and not hhttp.WHITELIST_REQUEST_PATHS.search(unquote(path).lower()):
             found = hhttp.request_attack(*decoded_target(path))
             if found and not ("data leakage" in found and h.is_local(p.version, p.dst)):
