@@ -23,7 +23,7 @@ from engine.sources import synthetic as g
 from engine.transport.dispatch import dispatch_key, first_qname
 from tests.corpus.generate import reset_answer
 from workers.decode import decode_frame
-from workers.flow import flow_of, group_key, ip_text
+from workers.flow import Flow, flow_of, group_key, ip_text
 
 CLIENT, SERVER, RESOLVER = "10.0.0.1", "198.51.100.7", "10.0.0.53"
 
@@ -84,7 +84,10 @@ def test_the_group_rule():
 
 
 def test_the_flow_record_of_a_packet_sent_by_the_server():
-    flow = flow_of(packet(FRAMES["data back"]), 123)
+    p = packet(FRAMES["data back"])
+    flow = flow_of(p, 123)
+    # flow_of builds the tuple directly: field for field what the class would build
+    assert flow == Flow(123, 4, p.src, 443, p.dst, 40000, 6, False, group_key(p, None)) and type(flow) is Flow
     assert (flow.ts_us, flow.src, flow.sport, flow.dst, flow.dport, flow.proto) == (123, SERVER, 443, CLIENT, 40000,
                                                                                      "TCP")
     assert not flow.client_is_src and not flow.loopback

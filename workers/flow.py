@@ -155,7 +155,13 @@ class Flow(NamedTuple):
         return self._replace(attributed_src=source)
 
 
+_new_tuple = tuple.__new__
+
+
 def flow_of(p, ts_us: int, first_qname: str | None = None) -> Flow:
     """The flow record of a decoded packet; `first_qname` as for `group_key`."""
     c_is_src = client_is_src(p)
-    return Flow(ts_us, p.version, p.src, p.sport, p.dst, p.dport, p.proto, c_is_src, group_key(p, first_qname, c_is_src))
+    # tuple.__new__ rather than Flow(...): the NamedTuple's generated __new__ is one more Python
+    # call, and the reference path builds a flow for every frame. The fields in Flow's order.
+    return _new_tuple(Flow, (ts_us, p.version, p.src, p.sport, p.dst, p.dport, p.proto, c_is_src,
+                             group_key(p, first_qname, c_is_src), None))
