@@ -9,8 +9,8 @@ events are condensed (workers/condense.py).
 
 Per packet the steps are kept apart: observe (what the payload carries: DNS messages, an HTTP
 request and whom it is for, a TLS or QUIC server name, an HTTP response; the protocol modules
-parse, nothing is matched), then one `Flow` record (workers/flow.py: both ends as text, the
-orientation, the noise-control group), then for each observation match (matchers/) and judge
+parse, nothing is matched), then one `Flow` record (workers/flow.py: both ends and their ports,
+the orientation, the noise-control group), then for each observation match (matchers/) and judge
 (Maltrail's rules, the heuristics), then emit (`_emit`: the controls, then noise control).
 
 This is the plain-Python reference path; it must not know how frames were captured, how trails
