@@ -91,7 +91,7 @@ def child(kind: str, keys: int, artifact: str) -> dict:
     records += len(worker.flush())
     stats = worker.stats()
     return {"kind": kind, "keys": keys, "frames": stats["frames"], "rss_growth_mb": grown, "wall_s": wall,
-            "held": worker._fast_heuristics.held(), "saturation": {k: v for k, v in stats["saturation"].items() if v},
+            "held": worker.fast_heuristics.held(), "saturation": {k: v for k, v in stats["saturation"].items() if v},
             "events": sum(stats["events"].values()), "records": records}
 
 

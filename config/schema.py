@@ -272,6 +272,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
             doc='also print every event to stderr as it is written, as Maltrail\'s line (coloured by '
                 'severity on a terminal unless NO_COLOR is set); the --console flag'),
     },
+    # [heuristics] is declared a second time, as workers.heuristics.HeuristicSettings (the workers
+    # run on it, and neither package may import the other): a key added, renamed or given a new
+    # default here is changed there too, and tests/test_heuristic_settings.py fails until both
+    # agree key for key.
     "heuristics": {
         "scan_window_s": Key(
             "int", 30, unit="seconds", min=1, max=3600,

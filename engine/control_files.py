@@ -23,7 +23,8 @@ from workers.heuristics import HeuristicSettings
 
 
 class ControlsError(Exception):
-    pass
+    """A control file that cannot be read or holds a bad line: the message names the file, the
+    line and what is allowed."""
 
 
 def heuristic_settings(cfg) -> HeuristicSettings:

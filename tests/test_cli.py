@@ -20,6 +20,7 @@ import msgpack
 import pytest
 
 from engine.sources import synthetic as g
+from events.log import EventLogReader
 from tests.conftest import need_root
 from tests.netns import DST_MAC, send_frames, veth  # noqa: F401 (veth is a fixture)
 from tests.test_corpus import console_script
@@ -44,6 +45,18 @@ def artifact(tmp_path):
     result = mte("trails", "build", "--source", str(CORPUS / "trails.csv"), "-o", str(path))
     assert result.returncode == 0, result.stderr
     return path
+
+
+def wait_for_records(log_dir, count: int, timeout_s: float = 20.0) -> int:
+    """Polls the event log until it holds `count` records or the deadline passes (the deadline
+    bounds a failing test, it measures nothing); returns how many it holds, the assertions after
+    say what is missing."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held = sum(1 for _ in EventLogReader().iter_dir(str(log_dir))) if os.path.isdir(log_dir) else 0
+        if held >= count or time.monotonic() >= deadline:
+            return held
+        time.sleep(0.1)
 
 
 def _pcap(path, frames):
@@ -240,7 +253,7 @@ def test_live_sensor_on_a_veth_pair(veth, artifact, tmp_path):
                         g.http_request("GET", "/gate/panel.php", "innocent-blog.org", "Mozilla/5.0")),
             g.tcp_frame(client, server, 40003, 443, g.TCP_PSH | g.TCP_ACK, g.tls_client_hello("tls-evil.org")),
         )])
-        time.sleep(2.5)  # frames close within a second; leave room for a loaded machine
+        wait_for_records(log, 4)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -25,7 +25,8 @@ from workers.dns import (
     parse_dns, parse_dns_tcp, parse_name,
 )
 from workers.http import (
-    MAX_HEAD_BYTES, HttpRequest, decoded_form, decoded_target, looks_like_http_request, parse_http_request,
+    MAX_HEAD_BYTES, HttpRequest, RequestAuthority, decoded_form, decoded_target, looks_like_http_request,
+    parse_http_request, request_authority,
 )
 
 FUZZ = settings(max_examples=500, deadline=None, derandomize=True, database=None,
@@ -346,6 +347,40 @@ def test_connect_authority_form():
     assert (req.method, req.target, req.host) == ("CONNECT", "tunnel.example.org:443", "tunnel.example.org:443")
 
 
+@pytest.mark.parametrize("head, authority", [
+    # origin form: the Host header, stripped and in lower case, without the port HTTP implies
+    (b"GET /A/b?C=d HTTP/1.1\r\nHost: Www.Example.ORG:80\r\n",
+     RequestAuthority("www.example.org", "/a/b?c=d", "www.example.org/a/b?c=d", "/a/b?c=d", "www.example.org", None,
+                      False)),
+    # another port names another service: it stays
+    (b"GET / HTTP/1.1\r\nHost: a.example.org:8080\r\n",
+     RequestAuthority("a.example.org:8080", "/", "a.example.org:8080/", "/", "a.example.org:8080", None, False)),
+    # no Host header (or an empty one): the server's address
+    (b"GET /x HTTP/1.0\r\n", RequestAuthority("192.0.2.7", "/x", "192.0.2.7/x", "/x", None, None, False)),
+    (b"GET /x HTTP/1.1\r\nHost:\r\n", RequestAuthority("192.0.2.7", "/x", "192.0.2.7/x", "/x", None, None, False)),
+    # absolute form (a request to a proxy): the target names the host, ":80" dropped there too
+    (b"GET HTTP://Proxied.example.org:80/a//b HTTP/1.1\r\nHost: proxy.example.net\r\n",
+     RequestAuthority("proxied.example.org", "/a//b", "proxied.example.org/a//b", "http://proxied.example.org:80/a//b",
+                      "proxy.example.net", "proxied.example.org", True)),
+    (b"GET ftp://files.example.org HTTP/1.1\r\n",
+     RequestAuthority("files.example.org", "/", "files.example.org/", "ftp://files.example.org", None,
+                      "files.example.org", True)),
+    # "://" past the start is part of a path, not a scheme
+    (b"GET /r?u=http://a.example.org/ HTTP/1.1\r\nHost: b.example.org\r\n",
+     RequestAuthority("b.example.org", "/r?u=http://a.example.org/", "b.example.org/r?u=http://a.example.org/",
+                      "/r?u=http://a.example.org/", "b.example.org", None, False)),
+    # CONNECT: host:port (any case of the method)
+    (b"connect Tunnel.example.org:443 HTTP/1.1\r\nHost: tunnel.example.org:443\r\n",
+     RequestAuthority("tunnel.example.org:443", "/", "tunnel.example.org:443/", "tunnel.example.org:443",
+                      "tunnel.example.org:443", "tunnel.example.org:443", False)),
+    (b"CONNECT t.example.org:80/p HTTP/1.1\r\n",
+     RequestAuthority("t.example.org", "/p", "t.example.org/p", "t.example.org:80/p", None, "t.example.org", False)),
+])
+def test_request_authority_says_whom_a_request_is_for(head, authority):
+    req = parse_http_request(head + b"\r\n")
+    assert request_authority(req, "192.0.2.7") == authority
+
+
 def test_post_with_body():
     req = parse_http_request(g.http_request("POST", "/submit", host="forms.example.org", body=b"a=1&b=%20x"))
     assert req.method == "POST" and req.body == b"a=1&b=%20x" and req.headers["content-length"] == "10"
@@ -543,6 +578,9 @@ def _check_request(req):
         assert req.host is None or isinstance(req.host, str)
         assert req.user_agent is None or isinstance(req.user_agent, str)
         assert isinstance(req.body, bytes)
+        authority = request_authority(req, "192.0.2.1")
+        assert authority.url == authority.host + authority.path
+        assert authority.target_host is None or authority.host == authority.target_host
 
 
 @FUZZ

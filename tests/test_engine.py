@@ -31,6 +31,7 @@ from engine.sources.live import expand_filter
 from tests import traffic
 from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS
 from tests.netns import DST_MAC, send_frames, veth  # noqa: F401 (veth is a fixture)
+from tests.test_cli import wait_for_records
 from tests.test_corpus import console_script
 from trailsdb.compile import build
 
@@ -543,7 +544,7 @@ def test_live_capture_with_two_workers(veth, artifact, tmp_path):
         frames.append(DST_MAC + g.tcp_frame("10.99.0.2", "10.99.0.1", 41001, 443, g.TCP_PSH | g.TCP_ACK,
                                             b"\x17\x03\x03" + bytes(500))[6:])  # bulk TLS: filtered out
         send_frames(namespace, peer, frames)
-        time.sleep(2.5)
+        wait_for_records(log, 101)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)

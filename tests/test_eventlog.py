@@ -190,23 +190,41 @@ READ_COUNT = """
 """
 
 
+class Clock:
+    """A monotonic clock the test moves by hand (seconds, exact in binary)."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_tick_closes_a_frame_after_its_age(tmp_path):
-    writer = EventLogWriter(tmp_path, max_frame_age_s=0.2)
+    clock = Clock()
+    writer = EventLogWriter(tmp_path, max_frame_age_s=2, clock=clock)
     writer.write([ev(T0_US)])
     assert writer.tick() == 0
     assert run_py(READ_COUNT, str(tmp_path)).stdout.strip() == "0"
-    time.sleep(0.3)
-    assert writer.tick() == 1
+    clock.now += 1.5
+    assert writer.tick() == 0                     # younger than its age: still open
+    clock.now += 0.5
+    assert writer.tick() == 1                     # exactly its age: closed
     # Another process sees it, with the writer still open and never flushed.
     assert run_py(READ_COUNT, str(tmp_path)).stdout.strip() == "1"
+    assert writer.tick() == 0
     writer.close()
 
 
 def test_write_closes_aged_frames_too(tmp_path):
-    writer = EventLogWriter(tmp_path, max_frame_age_s=0.2)
+    clock = Clock()
+    writer = EventLogWriter(tmp_path, max_frame_age_s=2, clock=clock)
     writer.write([ev(T0_US, 1)])
-    time.sleep(0.3)
-    writer.write([ev(T0_US + 24 * HOUR_US, 2)])   # another file; the first frame is now due
+    clock.now += 1
+    writer.write([ev(T0_US + 24 * HOUR_US, 2)])   # another file, opened a second later
+    assert read_all(tmp_path) == [] and writer.pending_records == 2
+    clock.now += 1
+    writer.write([])                              # the first frame is now due, the second not yet
     assert read_all(tmp_path) == [ev(T0_US, 1)]
     assert writer.pending_records == 1
     writer.close()

@@ -3,8 +3,9 @@
 On the fast path the C scan keeps the stateful heuristics (scan windows, DNS exhaustion) for every
 frame and flags the frames a stateless heuristic could judge; these tests hold it to the reference:
 the same events, counters and saturation on generated traffic aimed at the thresholds, windows and
-caps; prefilters that never hide what a pattern judges; bounded state under floods; batches longer
-than the scan's 16-bit frame index.
+caps; prefilters that never hide what a pattern judges (each property run against both the C
+prefilter and its Python twin, as one suite over two backends); bounded state under floods; batches
+longer than the scan's 16-bit frame index.
 """
 
 from __future__ import annotations
@@ -20,14 +21,38 @@ from tests.corpus.generate import reset_answer
 from tests.test_heuristics import (_ALPHABET, ATTACK_SAMPLES, _dns_flood, _infection_flood, _nx_name_flood,
                                    _scan_flood, _udp_flood, _web_flood, matchers, run)  # noqa: F401 (fixture)
 from workers import _fastpath
-from workers.heuristics import HeuristicSettings
+from workers.heuristics import HeuristicSettings, verdicts
 from workers.heuristics import http as hhttp
 from workers.http import decoded_form, decoded_target
-from workers.pipeline import Worker
+from workers.pipeline import fast_heuristics, fast_tables
 
 
-def c_heuristics(matchers, settings=None):
-    return Worker(matchers, "h", heuristics=settings, fast=True)._fast_heuristics
+@pytest.fixture(scope="module")
+def c_heuristics():
+    """The C scan's heuristics with the default settings, built once for the module: deriving the
+    request patterns' literal formulas is the costly part of a worker's start, and the prefilters
+    hold no state between checks."""
+    return fast_heuristics(HeuristicSettings())
+
+
+def python_prefilter(kind: str, text: str) -> bool:
+    """The Python twins of the C prefilters (workers/heuristics/http.py needs_*)."""
+    if kind == "request":
+        return hhttp.needs_request_check(text, None)
+    if kind == "body":
+        return hhttp.needs_request_check("/", text)
+    if kind == "response":
+        return hhttp.needs_response_check(text.encode("latin-1"))
+    raise ValueError(kind)
+
+
+@pytest.fixture(scope="module", params=["python", "c"])
+def prefilter(request):
+    """One prefilter suite, two backends: check(kind, text) -> may the judgement find something."""
+    if request.param == "python":
+        return python_prefilter
+    c = request.getfixturevalue("c_heuristics")
+    return lambda kind, text: c.check(kind, text.encode("latin-1"))
 
 
 def both(matchers, frames, settings=None, batch=256):
@@ -152,61 +177,69 @@ def test_the_generated_traffic_reaches_every_heuristic(matchers):
 # --- prefilters never hide a verdict --------------------------------------------------------------------
 
 @pytest.mark.parametrize("family", sorted(ATTACK_SAMPLES))
-def test_every_pattern_family_passes_the_c_request_prefilter(matchers, family):
-    h = c_heuristics(matchers)
+def test_every_pattern_family_passes_the_request_prefilter(prefilter, family):
     for sample in ATTACK_SAMPLES[family]:
-        assert h.check("request", sample.encode()), sample
+        assert prefilter("request", sample), sample
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=500, deadline=None)
 @given(st.lists(st.one_of(_ALPHABET, st.sampled_from(["%25", "%252e", "%2E", "%5c", "%2b", "+"])),
                 max_size=30).map("".join))
 @example("/i?id=1+union+select+1,2")
 @example("/n?id=7+and+1%3D1%23")
 @example("/a+b?q=a+or+1=1")
-def test_the_c_request_prefilter_is_a_superset_of_the_patterns(matchers, text):
+def test_the_request_prefilter_is_a_superset_of_the_patterns(prefilter, text):
     # `text` as sent; the pipeline judges each reading of it decoded once (a double-encoded "%252e"
     # is "%2e" then): as a path (the query form-decoded too) and as a body (form-decoded throughout)
-    h = c_heuristics(matchers)
     if any(p.search(t) for t in decoded_target(text) for _, p in hhttp._REQUEST):
-        assert h.check("request", text.encode())
+        assert prefilter("request", text)
     if any(p.search(t) for t in decoded_form(text) for _, p in hhttp._REQUEST):
-        assert h.check("body", text.encode())
+        assert prefilter("body", text)
 
 
-def test_the_c_request_prefilter_reads_plus_as_a_space_in_the_query_only(matchers):
-    h = c_heuristics(matchers)
-    assert h.check("request", b"/i?id=1+union+select+1,2")
-    assert h.check("body", b"id=1+union+select+1,2")
-    # no needle in either reading: '+' is literal in the path, and "%2b" is a '+' wherever it is
-    assert not h.check("request", b"/union+select+x/")
-    assert not h.check("request", b"/i?id=1%2bunion%2bselect%2b1")
+def test_the_request_prefilter_reads_plus_as_a_space_in_the_query_only(prefilter):
+    assert prefilter("request", "/i?id=1+union+select+1,2")
+    assert prefilter("body", "id=1+union+select+1,2")
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_the_c_request_prefilter_needs_the_patterns_literals(c_heuristics):
+    # no literal of a pattern in either reading: '+' is literal in the path, and "%2b" is a '+'
+    # wherever it is (C only: the Python twin stops at the needles, and " " is one of them)
+    assert not c_heuristics.check("request", b"/union+select+x/")
+    assert not c_heuristics.check("request", b"/i?id=1%2bunion%2bselect%2b1")
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(["Server: ", "sinkhole", "X-Sinkhole:", "\r\n", "<title>", "</title>", "seized",
                                  "Content-Type: ", "text/x-sh", "application/hta", "snkz=", " by ", "a", " ", "SEIZ"]),
                 max_size=20).map("".join))
-def test_the_c_response_prefilter_is_a_superset_of_the_verdicts(matchers, text):
-    payload = ("HTTP/1.1 200 OK\r\n" + text).encode()
-    if hhttp.response_verdicts(payload):
-        assert c_heuristics(matchers).check("response", payload)
+def test_the_response_prefilter_is_a_superset_of_the_verdicts(prefilter, text):
+    payload = "HTTP/1.1 200 OK\r\n" + text
+    if hhttp.response_verdicts(payload.encode("latin-1")):
+        assert prefilter("response", payload)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(["sqlmap", "nikto", "Mozilla/5.0", "%20", "%73", "qlmap", "curl", " ", "(", ")",
                                  "compatible;", "zmeu", "sophos", "masscan", "a", "/1.0", "python", "go-http"]),
                 max_size=8).map("".join))
-def test_the_c_user_agent_prefilter_is_a_superset_of_the_verdicts(matchers, text):
+def test_the_c_user_agent_prefilter_is_a_superset_of_the_verdicts(c_heuristics, text):
+    # C only: the reference path judges every user agent (user_agent_pattern); it has no prefilter
     if hhttp.user_agent_pattern(text):
-        assert c_heuristics(matchers).check("user_agent", text.encode())
+        assert c_heuristics.check("user_agent", text.encode())
 
 
-def test_the_prefilters_say_how_they_work(matchers):
-    p = c_heuristics(matchers).prefilters()
+def test_the_prefilters_say_how_they_work(c_heuristics):
+    p = c_heuristics.prefilters()
     # every request pattern is covered by literals (none needs the regexes on every request)
     assert p["request"] == "formula" and p["untriggered"] == 0 and p["request literals"]
-    assert not c_heuristics(matchers).check("request", b"/index.html?page=2")
+    assert not c_heuristics.check("request", b"/index.html?page=2")
+
+
+def test_the_verdict_bits_are_the_c_scans():
+    for name in ("PORT_SCAN", "UDP_SCAN", "INFECTION_SCAN", "WEB_SCAN", "DNS_EXHAUSTION"):
+        assert getattr(verdicts, name) == getattr(_fastpath, name), name
+    assert verdicts.SCANS == verdicts.PORT_SCAN | verdicts.UDP_SCAN | verdicts.INFECTION_SCAN
 
 
 # --- bounded state --------------------------------------------------------------------------------------
@@ -222,7 +255,7 @@ def test_the_prefilters_say_how_they_work(matchers):
 def test_a_flood_fills_the_c_state_to_its_cap_and_no_further(matchers, flood, held, counter, caps):
     settings_ = HeuristicSettings(**caps)
     _, worker = run(matchers, flood(8000), settings_, fast=True, batch=1024)
-    state = worker._fast_heuristics
+    state = worker.fast_heuristics
     assert 0 < state.held()[held] <= max(caps.values())
     assert worker.stats()["saturation"][counter] > 0
     # and the same verdicts and counters as the reference under the same flood
@@ -247,11 +280,11 @@ def test_a_batch_longer_than_the_frame_index_is_scanned_in_parts(matchers):
     (fast_events, fast_stats), (ref_events, ref_stats) = both(matchers, frames, batch=n)
     assert {e.info for e in fast_events if e.reference == "(heuristic)"} == {"potential port scanning"}
     assert fast_events == ref_events and fast_stats == ref_stats
+    tables, state = fast_tables(matchers.artifact), fast_heuristics(HeuristicSettings())
     with pytest.raises(ValueError):
-        worker = Worker(matchers, "h", fast=True)
         big = memoryview(bytes(8 * n))
-        _fastpath.scan(worker._tables, b"", big.cast("Q"), memoryview(bytes(4 * n)).cast("I"),
-                       memoryview(bytes(2 * n)).cast("H"), memoryview(bytes(8 * n)).cast("q"), worker._fast_heuristics)
+        _fastpath.scan(tables, b"", big.cast("Q"), memoryview(bytes(4 * n)).cast("I"),
+                       memoryview(bytes(2 * n)).cast("H"), memoryview(bytes(8 * n)).cast("q"), state)
 
 
 def test_switching_a_heuristic_off_switches_it_off_in_c(matchers):

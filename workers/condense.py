@@ -1,8 +1,9 @@
 """Noise control: repeated events per (source, trail) become one record; nothing is dropped.
 
-Owns the rule. Two events belong together when they come from the same source (the client of
-the conversation, or a UDP datagram's sender: what dispatch keeps in one worker) and carry the same trail: the same sensor,
-type, trail, info, reference and severity; addresses, ports and protocol may differ (one scanner
+Owns the rule. Two events belong together when they come from the same source (the worker passes
+its packet's group, workers/flow.py group_key: the client of the conversation, a UDP datagram's
+sender, a DNS packet's client and registered domain; what dispatch keeps in one worker) and carry
+the same trail: the same sensor, type, trail, info, reference and severity; addresses, ports and protocol may differ (one scanner
 probing many ports, one client fetching one bad URL from many servers). The first event of a group
 is emitted at once (live users see it without delay); later ones within `window_us` of packet time
 are only counted, and when the window closes a single record carries their count, the first and
@@ -133,6 +134,9 @@ def _order(value):
 
 
 class Condenser:
+    """Noise control for one worker: the open groups, bounded in number and in values kept, and
+    the counters of what the bounds cost (the rule is the module docstring's)."""
+
     def __init__(self, window_us: int, max_entries: int = 65536, max_values: int = 262144):
         self.window_us = window_us
         self.max_entries = max_entries
@@ -153,8 +157,8 @@ class Condenser:
 
     def offer(self, event: Event, out: list, source=None) -> None:
         """Appends to `out` what must be emitted now because of `event`. `source` identifies the
-        source the event belongs to (the worker passes its client and dispatch class); without
-        it, the event's source address."""
+        source the event belongs to (the worker passes its packet's group, workers/flow.py
+        group_key); without it, the event's source address."""
         key = self.key(event, source)
         group = self._open.get(key)
         if group is not None:

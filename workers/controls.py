@@ -23,6 +23,8 @@ from events.record import TYPE_DNS
 
 
 class IgnoreRule(NamedTuple):
+    """One ignore rule: an event matches when each of its four parts does (None matches any)."""
+
     src: object = None        # ipaddress network, or None for any
     src_ports: object = None  # (low, high) inclusive, or None for any
     dst: object = None
@@ -65,6 +67,9 @@ def event_names(event) -> tuple[str, str]:
 
 
 class Controls:
+    """The whitelists and ignore rules one worker applies to every event (`verdict`), built from
+    the plain data the supervisor sends (`from_plain`)."""
+
     def __init__(self, whitelist_ips=(), whitelist_networks=(), whitelist_domains=(), host_trails=(),
                  ignore_rules=(), ignore_regex: str = ""):
         self.whitelist_ips = frozenset(whitelist_ips)

@@ -5,9 +5,11 @@ uses (Host, User-Agent, and the forwarded-for family) and the body bytes that fo
 the same segment. Header names match case-insensitively (RFC 9110); only complete header lines
 count, since a line cut by the snap length or the segment end is not the value that was sent.
 
-Also owns how a request's text reads once decoded: the target percent-decoded, and as an HTML
-form submits it (application/x-www-form-urlencoded, where '+' stands for a space in the query and
-in a form body; `decoded_target`, `decoded_form`).
+Also owns whom a request is for (`request_authority`: the Host header, or the host an absolute-form
+or CONNECT target names, and the path, as Maltrail reads them; the C scan's `split_authority` in
+workers/csrc/fastpath.c is its twin) and how a request's text reads once decoded: the target
+percent-decoded, and as an HTML form submits it (application/x-www-form-urlencoded, where '+'
+stands for a space in the query and in a form body; `decoded_target`, `decoded_form`).
 
 Must not know about trails or events; never raises.
 """
@@ -20,6 +22,9 @@ from urllib.parse import unquote
 
 MAX_HEAD_BYTES = 16384
 _TOKEN = re.compile(rb"\A[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}\Z")
+# An absolute-form request target (a request to a proxy) starts with a scheme (RFC 3986); "://"
+# further along is part of a path or query.
+_ABSOLUTE = re.compile(r"\A[a-z][a-z0-9+.-]*://")
 
 
 class HttpRequest(NamedTuple):
@@ -89,3 +94,45 @@ def decoded_form(body: str) -> tuple[str, ...]:
     if "+" not in body:
         return (plain,)
     return (plain, unquote(body.replace("+", " ")))
+
+
+class RequestAuthority(NamedTuple):
+    """Whom a request is for, in lower case, as Maltrail reads it."""
+
+    host: str               # the target's host (absolute form, CONNECT), else the Host header's, else the server
+    path: str               # the path on that host ("/..." for absolute form and CONNECT)
+    url: str                # host + path: what URL trails are matched and written against
+    target: str             # the request target as sent, in lower case
+    header_host: str | None  # the Host header (None when absent or empty)
+    target_host: str | None  # the host an absolute-form or CONNECT target names (None in origin form)
+    absolute: bool          # the target is in absolute form (a request to a proxy)
+
+
+def without_default_port(host: str) -> str:
+    """A host without the port HTTP implies (":80"): "a.example:80" and "a.example" name the same
+    site, and Maltrail writes it bare. Other ports stay: they name another service."""
+    return host[:-3] if host.endswith(":80") else host
+
+
+def request_authority(req: HttpRequest, server: str) -> RequestAuthority:
+    """Whom `req` is for. `server`: the address it was sent to, as text, the host when the
+    request names none. The Host header is taken as sent (stripped, lower case, without ":80");
+    an absolute-form target ("http://host[:port]/path") or a CONNECT target ("host:port") names
+    the real host, up to the first "/", and the rest is the path. Pure: never raises."""
+    target = req.target.lower()
+    header_host = without_default_port(req.host.strip().lower()) if req.host else None
+    absolute = _ABSOLUTE.match(target) is not None
+    if absolute:
+        target_host, path = _split_authority(target.split("://", 1)[1])
+    elif req.method.upper() == "CONNECT":
+        target_host, path = _split_authority(target)
+    else:
+        target_host, path = None, target
+    host = target_host if target_host is not None else header_host if header_host is not None else server
+    return RequestAuthority(host, path, host + path, target, header_host, target_host, absolute)
+
+
+def _split_authority(rest: str) -> tuple[str, str]:
+    """"host[:port][/path]" -> (host without ":80", "/path")."""
+    host, _, path = rest.partition("/")
+    return without_default_port(host), "/" + path

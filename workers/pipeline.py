@@ -7,13 +7,18 @@ answers; Maltrail's trail text for each (e.g. "(www).evil-parent.com", "203.0.11
 and its false-positive rules. Every frame is counted as decoded or skipped by reason; identical
 events are condensed (workers/condense.py).
 
+Per packet the steps are kept apart: observe (what the payload carries: DNS messages, an HTTP
+request and whom it is for, a TLS or QUIC server name, an HTTP response; the protocol modules
+parse, nothing is matched), then one `Flow` record (workers/flow.py: both ends and their ports,
+the orientation, the noise-control group), then for each observation match (matchers/) and judge
+(Maltrail's rules, the heuristics), then emit (`_emit`: the controls, then noise control).
+
 This is the plain-Python reference path; it must not know how frames were captured, how trails
 are stored on disk, or how events are written.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections import Counter
 from urllib.parse import unquote
@@ -26,20 +31,22 @@ from matchers.regextrails import prefilter_literals
 from workers import _fastpath
 from workers.condense import Condenser
 from workers.controls import NO_CONTROLS
-from workers.decode import (
-    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, PROTO_NAMES, SKIP_REASONS, decode_frame,
-)
-from workers.dns import QCLASS_IN, RCODE_NXDOMAIN, parse_dns, parse_dns_tcp, registered_domain
+from workers.decode import IPPROTO_TCP, IPPROTO_UDP, SKIP_REASONS, decode_frame
+from workers.dns import QCLASS_IN, RCODE_NXDOMAIN, parse_dns, parse_dns_tcp
 from events.record import (
     DEFAULT_SEVERITY, TYPE_DNS, TYPE_HTTP, TYPE_IP, TYPE_IPORT, TYPE_PATH, TYPE_PORT, TYPE_SNI, TYPE_UA, TYPE_URL,
     Event, SeverityRule,
 )
+from workers.flow import Flow, flow_of
 from workers.heuristics import HeuristicSettings
 from workers.heuristics import dns as hdns
 from workers.heuristics import http as hhttp
 from workers.heuristics.dns import DnsHeuristics
-from workers.heuristics.scan import INFECTION_SCAN, PORT_SCAN, UDP_SCAN, WEB_SCAN, ScanHeuristics
-from workers.http import decoded_form, decoded_target, looks_like_http_request, parse_http_request
+from workers.heuristics.scan import TRACEROUTE_PORTS, ScanHeuristics
+from workers.heuristics.verdicts import DNS_EXHAUSTION, INFECTION_SCAN, PORT_SCAN, SCANS, UDP_SCAN, WEB_SCAN
+from workers.http import (
+    decoded_form, decoded_target, looks_like_http_request, parse_http_request, request_authority,
+)
 from workers.quic import QuicSniAssembler
 from workers.tls import looks_like_tls_client_hello, parse_tls_client_hello_sni
 
@@ -53,23 +60,11 @@ IGNORE_DNS_QUERY_SUFFIXES = frozenset((
 # last label after a dot. The C scan's name_checkable() is its twin.
 _VALID_NAME = re.compile(r"\A[!-~]*\.[!-\-/-~]+\Z")
 _NUMERIC_NAME = re.compile(r"\A[0-9.]+\Z")
-# An absolute-form request target (a request to a proxy) starts with a scheme (RFC 3986); "://"
-# further along is part of a path or query.
-_ABSOLUTE = re.compile(r"\A[a-z][a-z0-9+.-]*://")
-# ICMP messages that answer something their receiver sent, so the receiver started the exchange:
-# echo, timestamp, information and address-mask replies, and the errors (destination unreachable,
-# source quench, redirect, time exceeded, parameter problem; ICMPv6's packet too big). A victim's
-# port-unreachable answer to a UDP probe is oriented from the prober.
-_ICMP_ANSWERS = {IPPROTO_ICMP: frozenset((0, 3, 4, 5, 11, 12, 14, 16, 18)),
-                 IPPROTO_ICMPV6: frozenset((1, 2, 3, 4, 129))}
-_TCP_SYN, _TCP_RST, _TCP_ACK = 0x02, 0x04, 0x10
 # Labels saying the listed address is the attacking side (Maltrail's "attacker" rule, and the mass
 # scanner lists: "mass scanner", "mass scanner cidr"); "scanner" only as a word, so a malware
 # family such as "camscanner" is not one of them.
 _ATTACKER_LABEL = re.compile(r"attacker|\bscanner\b")
 HEURISTIC = "(heuristic)"
-# Verdict bit of the DNS exhaustion heuristic (the scan bits are workers/heuristics/scan.py's).
-DNS_EXHAUSTION = 0x10
 
 
 def _escape_parens(value: str) -> str:
@@ -90,10 +85,6 @@ def render_user_agent(user_agent: str, pattern: str) -> str:
                        "(%s)" % _escape_parens(after) if after else "")
 
 
-def _ip_text(version: int, addr: int) -> str:
-    return str(ipaddress.IPv4Address(addr) if version == 4 else ipaddress.IPv6Address(addr))
-
-
 def _addr_port(ip: str, port: int) -> str:
     return "[%s]:%d" % (ip, port) if ":" in ip else "%s:%d" % (ip, port)
 
@@ -109,74 +100,57 @@ def normalize_host(value: str) -> str:
     return name.rstrip(".")
 
 
-def _loopback(version: int, addr: int) -> bool:
-    """127.0.0.0/8 or ::1. Loopback traffic never crosses a wire: a sensor sees it only when it
-    captures its own host (the default interface "any" includes lo), and there it is mostly a copy
-    of what the real interfaces carry (a stub resolver's forwarded queries, a reverse proxy's
-    forwarded requests) under addresses that name no host; the proxy's copies would make 127.0.0.1
-    a web scanner. So its events are dropped and counted, as Maltrail's default whitelist
-    (localhost, 127.0.0.1, ::1) drops them, except DNS events: whitelisted addresses never hide a
-    name (workers/controls.py), and a query a cache answered is seen on loopback only."""
-    return addr >> 24 == 127 if version == 4 else addr == 1
-
-
 def _ignored_name(name: str) -> bool:
     """A name under an intranet or special-use suffix: never looked up, never counted."""
     return ".intranet." in name or name.rsplit(".", 1)[-1] in IGNORE_DNS_QUERY_SUFFIXES
 
 
-def client_is_src(p) -> bool:
-    """Which end of a packet started the conversation: the SYN's sender, the SYN-ACK's receiver,
-    the sender of a TCP segment with neither ACK nor RST (a probe), the receiver of a reset that
-    answers a probe, otherwise the side with the higher (ephemeral) port, and for ICMP the sender
-    of a request (the receiver of a reply or an error). Every packet of a flow answers the same,
-    so a flow is judged (and dispatched) as one."""
-    if p.proto == IPPROTO_TCP:
-        flags = p.tcp_flags
-        if flags & _TCP_SYN:
-            return not flags & _TCP_ACK
-        if not flags & (_TCP_ACK | _TCP_RST):
-            # Every segment of an open connection carries ACK, and a reset answers something: a
-            # segment with neither (NULL, FIN, XMAS probes) is sent by the side that starts.
-            return True
-        if flags & _TCP_RST and flags & _TCP_ACK and p.tcp_seq == 0:
-            # A reset answering a segment without ACK (a SYN or a stealth probe to a closed port)
-            # takes sequence number 0 and acknowledges it (RFC 9293 3.10.7.1); a reset inside a
-            # connection carries that connection's sequence number. Its receiver is the prober.
-            return False
-    if p.sport or p.dport:
-        return p.sport >= p.dport  # the well-known (lower) port is the server's
-    return p.icmp_type not in _ICMP_ANSWERS.get(p.proto, ())
-
-
-def dispatch_is_src(p) -> bool:
-    """Whose address a non-DNS packet is dispatched (engine/transport/dispatch.py) and grouped by: the
-    client's, except for UDP, where it is the sender's. A UDP exchange has no handshake, so port
-    order cannot tell a scanner probing a port above its own source port from a server answering
-    a client; the UDP scan counts what each address sends, and all it sends meets in one worker.
-    The two directions of a UDP flow may then be judged in two workers, so their events are
-    grouped apart (by sender) on every worker count."""
-    return p.proto == IPPROTO_UDP or client_is_src(p)
-
-
 # The counters _fastpath.scan() returns after `decoded` and the skip reasons, in its order.
 _FAST_EXTRACTED = ("dns queries", "dns responses", "http requests", "tls server names")
-# Artifact sections the C scan reads (its names for them).
-_FAST_SECTIONS = {"ip4": "ip4", "cidr4": "cidr4", "ipport4": "ipport4", "ip6": "ip6", "ipport6": "ipport6",
-                  "cidr6_list": "cidr6_list", "domains": "domains", "urls": "urls", "trails": "trails",
-                  "strings": "strings", "ip4_p24": "ip4_p24"}
+# Artifact sections the C scan reads (the C scan knows them by the same names).
+_FAST_SECTIONS = ("ip4", "cidr4", "ipport4", "ip6", "ipport6", "cidr6_list", "domains", "urls", "trails",
+                  "strings", "ip4_p24")
 
 
 def fast_tables(artifact):
     """The C scan's view of an artifact: its sections in place, the regex trails' literals (a name
     holding none of them cannot match a regex trail) and the user-agent patterns."""
-    sections = {name: artifact.section(section) for name, section in _FAST_SECTIONS.items() if artifact.has(section)}
+    sections = {name: artifact.section(name) for name in _FAST_SECTIONS if artifact.has(name)}
     literals, always = prefilter_literals(artifact.pairs(S_REGEX))
     patterns = [p.lower().encode("utf-8") for _, p in artifact.pairs(S_UA)]
     return _fastpath.Tables(sections, [lit.encode("utf-8") for lit in literals], always, patterns)
 
 
+def fast_heuristics(settings: HeuristicSettings):
+    """The C scan's heuristic state for `settings`: the stateful heuristics' windows and tables,
+    and the stateless ones' prefilters built from the lists in workers/heuristics/http.py (the
+    request patterns' literal formulas are derived here, once: this is the costly part)."""
+
+    def encoded(items):
+        return [item.encode("utf-8") for item in items]
+
+    h = settings
+    return _fastpath.Heuristics(
+        {name: getattr(h, name) for name in h.names()},
+        [(net.version, net.network_address.packed, net.prefixlen) for net in h.networks()],
+        {"suspicious_user_agents": encoded(hhttp.SUSPICIOUS_USER_AGENTS),
+         "whitelist_user_agents": encoded(hhttp.WHITELIST_USER_AGENTS),
+         "request_needles": encoded(hhttp.REQUEST_NEEDLES),
+         "request_patterns": encoded(pattern for _, pattern in hhttp.REQUEST_PATTERNS),
+         "download_extensions": encoded(hhttp.DOWNLOAD_EXTENSIONS),
+         "whitelist_download_paths": encoded(hhttp.WHITELIST_DOWNLOAD_PATHS),
+         "filename_patterns": encoded(regex.pattern for _, regex in hhttp.SUSPICIOUS_FILENAMES),
+         "proxy_probe_words": encoded(hhttp.PROXY_PROBE_WORDS),
+         "response_needles": encoded(hhttp.RESPONSE_NEEDLES),
+         "response_head_bytes": hhttp.RESPONSE_HEAD_BYTES,
+         "traceroute_ports": (TRACEROUTE_PORTS.start, TRACEROUTE_PORTS.stop)})
+
+
 class WorkerCounters:
+    """What a worker has seen and done, as the statistics report it: frames, decoded, skipped by
+    reason, names extracted by kind, events by type, events the controls dropped by reason.
+    `frames == decoded + sum(skipped)` always holds."""
+
     def __init__(self):
         self.frames = 0
         self.decoded = 0
@@ -192,6 +166,12 @@ class WorkerCounters:
 
 
 class Worker:
+    """Judges batches of frames into events for one worker: on the fast path the C scan decodes
+    and counts every frame and hands over the few that can produce an event, with the verdicts of
+    the stateful heuristics it keeps; on the reference path every frame is decoded and judged
+    here. Holds everything a worker keeps between batches: the trails in use (`adopt` swaps
+    them), the heuristics' state, QUIC reassembly, noise control, the controls and the counters."""
+
     def __init__(self, matchers, sensor: str, condense_window_s: int = 60, fast: bool = True,
                  heuristics: HeuristicSettings | None = None, controls=NO_CONTROLS,
                  severity: SeverityRule | None = None):
@@ -216,28 +196,8 @@ class Worker:
         # On the fast path the C scan sees every frame, so it keeps the stateful heuristics (the
         # scan windows, DNS exhaustion) and flags what the stateless ones could judge; the Python
         # trackers above then only count NXDOMAIN answers. Its state is the worker's, not the
-        # trails': it outlives reloads (adopt).
-        self._fast_heuristics = None
-        if fast:
-            from workers.heuristics.scan import TRACEROUTE_PORTS
-
-            def encoded(items):
-                return [item.encode("utf-8") for item in items]
-
-            self._fast_heuristics = _fastpath.Heuristics(
-                {name: getattr(h, name) for name in h.names()},
-                [(net.version, net.network_address.packed, net.prefixlen) for net in h.networks()],
-                {"suspicious_user_agents": encoded(hhttp.SUSPICIOUS_USER_AGENTS),
-                 "whitelist_user_agents": encoded(hhttp.WHITELIST_USER_AGENTS),
-                 "request_needles": encoded(hhttp.REQUEST_NEEDLES),
-                 "request_patterns": encoded(pattern for _, pattern in hhttp.REQUEST_PATTERNS),
-                 "download_extensions": encoded(hhttp.DOWNLOAD_EXTENSIONS),
-                 "whitelist_download_paths": encoded(hhttp.WHITELIST_DOWNLOAD_PATHS),
-                 "filename_patterns": encoded(regex.pattern for _, regex in hhttp.SUSPICIOUS_FILENAMES),
-                 "proxy_probe_words": encoded(hhttp.PROXY_PROBE_WORDS),
-                 "response_needles": encoded(hhttp.RESPONSE_NEEDLES),
-                 "response_head_bytes": hhttp.RESPONSE_HEAD_BYTES,
-                 "traceroute_ports": (TRACEROUTE_PORTS.start, TRACEROUTE_PORTS.stop)})
+        # trails': it outlives reloads (adopt). None on the reference path.
+        self.fast_heuristics = fast_heuristics(h) if fast else None
 
     # -- batch interface --------------------------------------------------------------------
 
@@ -290,7 +250,7 @@ class Worker:
             arrays = (offsets, caplens, linktypes, ts_ns)
             if total > step:
                 arrays = tuple(memoryview(a)[first:first + step] for a in arrays)
-            flagged, counts, part_now = _fastpath.scan(self._tables, buf, *arrays, self._fast_heuristics)
+            flagged, counts, part_now = _fastpath.scan(self._tables, buf, *arrays, self.fast_heuristics)
             now = max(now, part_now)
             counters.decoded += counts[0]
             for k, reason in enumerate(SKIP_REASONS):
@@ -309,7 +269,7 @@ class Worker:
 
     def adopt(self, matchers) -> None:
         """Switches to another trail generation between batches (a reload). The heuristics' state
-        (the Python trackers and the C scan's `_fast_heuristics`) belongs to the worker, not to the
+        (the Python trackers and the C scan's `fast_heuristics`) belongs to the worker, not to the
         trails, and carries over."""
         tables = fast_tables(matchers.artifact) if self._tables is not None else None
         self.matchers = matchers
@@ -334,10 +294,10 @@ class Worker:
     def stats(self) -> dict:
         saturation = dict(self.scans.saturation())
         saturation.update(self.dnsh.saturation())
-        if self._fast_heuristics is not None:
+        if self.fast_heuristics is not None:
             # the C scan's windows and exhaustion state, under the same names (NXDOMAIN counting
             # stays with self.dnsh on both paths)
-            saturation.update(self._fast_heuristics.stats())
+            saturation.update(self.fast_heuristics.stats())
         saturation["noise control groups closed early"] = self.condenser.early_closes
         saturation["noise control values not counted"] = self.condenser.uncounted
         return self.counters.as_dict(self.condenser.suppressed, saturation)
@@ -346,17 +306,47 @@ class Worker:
         for e in events:
             self.counters.events[e.type] += e.count
 
-    # -- per packet ----------------------------------------------------------------------------
+    # -- per packet: observe, flow, match and judge, emit --------------------------------------
 
     def _inspect(self, p, ts: int, out: list, bits: int | None = None) -> None:
         """Judges one decoded packet. `bits`: the heuristic verdicts the C scan reached for it
         (fast path); None on the reference path, where the Python trackers observe it here."""
+        if bits is None:
+            bits = self.scans.observe(p, ts) if self.heuristics.enabled else 0
+        dns_messages, dns_udp, http, sni, quic_sni, response = self._observe(p, ts)
+        first_qname = dns_messages[0].qname if dns_messages else None
+        flow = flow_of(p, ts, first_qname)
+
+        annotation = None
+        if first_qname:
+            annotation = first_qname
+        elif http is not None and http.host and http.host[0].isalpha():
+            annotation = normalize_host(http.host)
+        self._ip_trails(p, flow, annotation, bool(dns_messages), out)
+        if response:
+            self._http_response(flow, p.payload, out)
+        if bits & SCANS:
+            self._scan_events(flow, bits, out)
+
+        for message in dns_messages:
+            self._dns(flow, message, bits, dns_udp, out)
+        if http is not None:
+            self.counters.extracted["http requests"] += 1
+            self._http(p, flow, http, bits, out)
+        if sni:
+            self.counters.extracted["tls server names"] += 1
+            self._match_domain(flow, normalize_host(sni), TYPE_SNI, out)
+        if quic_sni:
+            self.counters.extracted["quic server names"] += 1
+            self._match_domain(flow, normalize_host(quic_sni), TYPE_SNI, out)
+
+    def _observe(self, p, ts: int) -> tuple:
+        """What the payload carries, parsed and nothing matched: (DNS messages, whether over UDP,
+        an HTTP request, a TLS server name, a QUIC server name (once its ClientHello is whole),
+        whether an HTTP response worth the response heuristics)."""
         payload = p.payload
         dns_messages = ()
         http = sni = quic_sni = None
-        c_is_src = client_is_src(p)
-        if bits is None:
-            bits = self.scans.observe(p, ts) if self.heuristics.enabled else 0
         dns_udp = response = False
         if p.proto == IPPROTO_UDP:
             if p.sport == 53 or p.dport == 53:
@@ -374,89 +364,64 @@ class Worker:
                 http = parse_http_request(payload)
             elif self.heuristics.on("http_response") and payload.startswith(b"HTTP/"):
                 response = True
+        return dns_messages, dns_udp, http, sni, quic_sni, response
 
-        # Noise control groups by source within what dispatch keeps together: a DNS packet is
-        # dispatched by the registered domain of its (first) question, a UDP datagram by its
-        # sender, any other by its client (engine/transport/dispatch.py dispatch_key), so a group never
-        # spans two workers.
-        if dns_messages and dns_messages[0].qname:
-            self._source = (registered_domain(dns_messages[0].qname), p.version, p.src if c_is_src else p.dst)
-        else:
-            self._source = ("", p.version, p.src if dispatch_is_src(p) else p.dst)
+    def _emit(self, flow: Flow, type_: str, trail: str, trail_id, out: list, info=None, reference=None) -> None:
+        """One event, `flow.src` -> `flow.dst`, through the controls into noise control (grouped by
+        `flow.group`). The info and reference are the trail's (`trail_id`), or a heuristic's.
 
-        annotation = None
-        if dns_messages and dns_messages[0].qname:
-            annotation = dns_messages[0].qname
-        elif http is not None and http.host and http.host[0].isalpha():
-            annotation = normalize_host(http.host)
-        self._ip_trails(p, ts, c_is_src, annotation, bool(dns_messages), out)
-        if response:
-            self._http_response(p, ts, payload, out)
-        if bits & (PORT_SCAN | UDP_SCAN | INFECTION_SCAN):
-            self._scan_events(p, ts, bits, out)
-
-        for message in dns_messages:
-            self._dns(p, ts, message, out, bits, dns_udp)
-        if http is not None:
-            self.counters.extracted["http requests"] += 1
-            self._http(p, ts, http, out, bits, c_is_src)
-        if sni:
-            self.counters.extracted["tls server names"] += 1
-            self._name(p, ts, normalize_host(sni), TYPE_SNI, out)
-        if quic_sni:
-            self.counters.extracted["quic server names"] += 1
-            self._name(p, ts, normalize_host(quic_sni), TYPE_SNI, out)
-
-    def _emit(self, p, ts, src_ip, src_port, dst_ip, dst_port, type_, trail, trail_id, out,
-              info=None, reference=None):
-        """One event through the controls into noise control (grouped by `self._source`, set per
-        packet in `_inspect`). An event of loopback traffic is dropped first, except a DNS event
-        (`_loopback`)."""
-        if type_ != TYPE_DNS and (_loopback(p.version, p.src) or _loopback(p.version, p.dst)):
+        An event of loopback traffic is dropped first and counted, except a DNS event. Loopback
+        traffic never crosses a wire: a sensor sees it only when it captures its own host (the
+        default interface "any" includes lo), and there it is mostly a copy of what the real
+        interfaces carry (a stub resolver's forwarded queries, a reverse proxy's forwarded
+        requests) under addresses that name no host; the proxy's copies would make 127.0.0.1 a web
+        scanner. Maltrail's default whitelist (localhost, 127.0.0.1, ::1) drops them too. DNS
+        events stay: whitelisted addresses never hide a name (workers/controls.py), and a query a
+        cache answered is seen on loopback only."""
+        if flow.loopback and type_ != TYPE_DNS:
             self.counters.dropped["loopback"] += 1
             return
         if trail_id is not None:
             info, reference = self._artifact.meta_of(trail_id)
-        proto = PROTO_NAMES.get(p.proto, str(p.proto))
-        event = Event(ts, self.sensor, src_ip, src_port or None, dst_ip, dst_port or None, proto, type_,
+        ts = flow.ts_us
+        event = Event(ts, self.sensor, flow.src, flow.sport or None, flow.dst, flow.dport or None, flow.proto, type_,
                       trail, info, reference, self.severity.of(info, reference), 1, ts)
         dropped = self.controls.verdict(event)
         if dropped is not None:
             self.counters.dropped[dropped] += 1
             return
-        self.condenser.offer(event, out, self._source)
+        self.condenser.offer(event, out, flow.group)
 
-    def _heuristic(self, p, ts, src_ip, src_port, dst_ip, dst_port, type_, trail, info, out):
-        self._emit(p, ts, src_ip, src_port, dst_ip, dst_port, type_, trail, None, out, info, HEURISTIC)
+    def _heuristic(self, flow: Flow, type_: str, trail: str, info: str, out: list) -> None:
+        self._emit(flow, type_, trail, None, out, info, HEURISTIC)
 
-    def _scan_events(self, p, ts, bits, out) -> None:
+    def _scan_events(self, flow: Flow, bits: int, out: list) -> None:
         """Scan verdicts name the prober: the sender of the probe that holds the verdict (TCP
         probes carry no ACK or RST, UDP probes are counted by sender, workers/heuristics/scan.py)."""
-        src, dst = _ip_text(p.version, p.src), _ip_text(p.version, p.dst)
         if bits & PORT_SCAN:
-            self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_IP, src, "potential port scanning", out)
+            self._heuristic(flow, TYPE_IP, flow.src, "potential port scanning", out)
         if bits & INFECTION_SCAN:
-            self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_PORT, str(p.dport), "potential infection", out)
+            self._heuristic(flow, TYPE_PORT, str(flow.dport), "potential infection", out)
         if bits & UDP_SCAN:
-            self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_IP, src, "potential udp scanning", out)
+            self._heuristic(flow, TYPE_IP, flow.src, "potential udp scanning", out)
 
-    def _ip_trails(self, p, ts, c_is_src, annotation, is_dns, out) -> None:
+    def _ip_trails(self, p, flow: Flow, annotation: str | None, is_dns: bool, out: list) -> None:
         """IP and IP:port trails on both endpoints, reported client -> server."""
         ips = self.matchers.ips
         version = p.version
-        if c_is_src:
+        if flow.client_is_src:
             c_addr, c_port, s_addr, s_port = p.src, p.sport, p.dst, p.dport
         else:
             c_addr, c_port, s_addr, s_port = p.dst, p.dport, p.src, p.sport
 
-        side, trail_id, addr, port = None, None, None, None
+        side, trail_id, port = None, None, None
         for side_name, a, pt in (("server", s_addr, s_port), ("client", c_addr, c_port)):
             if pt:
                 trail_id = ips.lookup_ip_port(version, a, pt)
             if trail_id is None:
                 trail_id = ips.lookup_ip(version, a)
             if trail_id is not None:
-                side, addr, port = side_name, a, pt
+                side, port = side_name, pt
                 break
         if trail_id is None:
             return
@@ -472,7 +437,8 @@ class Worker:
             if p.proto in (IPPROTO_TCP, IPPROTO_UDP) and side == "client" and "malware" in info:
                 return
         kind = self._artifact.kind(trail_id)
-        ip = _ip_text(version, addr)
+        oriented = flow.client_to_server()
+        ip = oriented.dst if side == "server" else oriented.src
         if kind in (KIND_IPPORT4, KIND_IPPORT6):
             type_, trail = TYPE_IPORT, _addr_port(ip, port)
         else:
@@ -481,21 +447,19 @@ class Worker:
                 trail = "%s (%s)" % (ip, annotation)
             elif kind in (KIND_CIDR4, KIND_CIDR6):
                 trail = "%s (%s)" % (ip, self._artifact.key(trail_id))
-        self._emit(p, ts, _ip_text(version, c_addr), c_port, _ip_text(version, s_addr), s_port,
-                   type_, trail, trail_id, out)
+        self._emit(oriented, type_, trail, trail_id, out)
 
-    def _name(self, p, ts, name, type_, out) -> bool:
+    def _match_domain(self, flow: Flow, name: str, type_: str, out: list) -> bool:
         """Domain trails on a name seen in DNS/HTTP/TLS/QUIC; True when an event was emitted."""
         if not name or _NUMERIC_NAME.match(name) or not _VALID_NAME.match(name):
             return False
         hit = self.matchers.domains.match(name)
         if hit is None:
             return False
-        self._emit(p, ts, _ip_text(p.version, p.src), p.sport, _ip_text(p.version, p.dst), p.dport,
-                   type_, render_span(name, hit.start, hit.end), hit.trail_id, out)
+        self._emit(flow, type_, render_span(name, hit.start, hit.end), hit.trail_id, out)
         return True
 
-    def _dns(self, p, ts, m, out, bits: int = 0, over_udp: bool = False) -> None:
+    def _dns(self, flow: Flow, m, bits: int, over_udp: bool, out: list) -> None:
         name = m.qname
         if not name:
             return
@@ -507,20 +471,18 @@ class Worker:
             if _ignored_name(name):
                 return
             if over_udp and h.on("dns_exhaustion"):
-                if (self.dnsh.observe_query(name, ts) if self._reference else bits & DNS_EXHAUSTION):
-                    self._heuristic(p, ts, _ip_text(p.version, p.src), p.sport, _ip_text(p.version, p.dst), p.dport,
-                                    TYPE_DNS, "*." + hdns.subdomain_of(name)[1], hdns.INFO_EXHAUSTION, out)
-            if self._name(p, ts, name, TYPE_DNS, out):
+                if (self.dnsh.observe_query(name, flow.ts_us) if self._reference else bits & DNS_EXHAUSTION):
+                    self._heuristic(flow, TYPE_DNS, "*." + hdns.subdomain_of(name)[1], hdns.INFO_EXHAUSTION, out)
+            if self._match_domain(flow, name, TYPE_DNS, out):
                 return
             if h.on("long_domain") and hdns.judged(name):
                 trail = hdns.long_name_trail(name, h)
                 if trail:
-                    self._heuristic(p, ts, _ip_text(p.version, p.src), p.sport, _ip_text(p.version, p.dst), p.dport,
-                                    TYPE_DNS, trail, hdns.INFO_LONG, out)
+                    self._heuristic(flow, TYPE_DNS, trail, hdns.INFO_LONG, out)
             return
         self.counters.extracted["dns responses"] += 1
         if m.rcode == RCODE_NXDOMAIN and m.opcode == 0 and (h.on("nxdomain") or h.on("dga")):
-            self._nxdomain(p, ts, name, out)
+            self._nxdomain(flow, name, out)
             return
         if m.rcode != 0 or not m.answers or m.qclass != QCLASS_IN or not h.on("dns_answers"):
             return
@@ -533,108 +495,84 @@ class Worker:
             trail = "(%s).%s" % (head, tld) if head else name
             if "sinkhole" in info:
                 owner = info.split(" ")[1] if " " in info else info
-                self._heuristic(p, ts, _ip_text(p.version, p.src), p.sport, _ip_text(p.version, p.dst), p.dport,
-                                TYPE_DNS, trail, "sinkholed by %s (malware)" % owner, out)
+                self._heuristic(flow, TYPE_DNS, trail, "sinkholed by %s (malware)" % owner, out)
                 return
             if "parking" in info:
-                self._heuristic(p, ts, _ip_text(p.version, p.src), p.sport, _ip_text(p.version, p.dst), p.dport,
-                                TYPE_DNS, trail, "parked site (suspicious)", out)
+                self._heuristic(flow, TYPE_DNS, trail, "parked site (suspicious)", out)
                 return
 
-    def _nxdomain(self, p, ts, name, out) -> None:
+    def _nxdomain(self, flow: Flow, name: str, out: list) -> None:
         """An NXDOMAIN answer: flood counters and the DGA check (Maltrail's order)."""
         if not hdns.judged(name) or _ignored_name(name):
             return
         if self.matchers.domains.match(name) is not None:
             return  # a trail names it: its query was the event
         h = self.heuristics
-        src, dst = _ip_text(p.version, p.src), _ip_text(p.version, p.dst)
         if h.on("nxdomain"):
-            trail = self.dnsh.observe_nxdomain(name, ts)
+            trail = self.dnsh.observe_nxdomain(name, flow.ts_us)
             if trail:
-                self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_DNS, trail, hdns.INFO_NXDOMAIN, out)
+                self._heuristic(flow, TYPE_DNS, trail, hdns.INFO_NXDOMAIN, out)
         if h.on("dga"):
             info = hdns.dga_info(name, h)
             if info:
                 label, _, rest = name.partition(".")
-                self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_DNS, "(%s).%s" % (label, rest), info, out)
+                self._heuristic(flow, TYPE_DNS, "(%s).%s" % (label, rest), info, out)
 
-    def _http_response(self, p, ts, payload, out) -> None:
+    def _http_response(self, flow: Flow, payload: bytes, out: list) -> None:
         if not hhttp.needs_response_check(payload):
             return
-        src, dst = _ip_text(p.version, p.src), _ip_text(p.version, p.dst)
         for trail, info in hhttp.response_verdicts(payload):
-            self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_HTTP, trail, info, out)
+            self._heuristic(flow, TYPE_HTTP, trail, info, out)
 
-    def _http(self, p, ts, req, out, bits: int, c_is_src: bool) -> None:
+    def _http(self, p, flow: Flow, req, bits: int, out: list) -> None:
+        """An HTTP request: whom it is for (workers/http.py request_authority), then the web scan,
+        the names it carries, its user agent, its URL against the trails, and the request
+        heuristics, in Maltrail's order; a verdict that ends the judgement returns."""
         h = self.heuristics
-        src, dst = _ip_text(p.version, p.src), _ip_text(p.version, p.dst)
         if self._reference and h.enabled:
-            bits |= self.scans.observe_request(p, ts, req.target, c_is_src)
+            bits |= self.scans.observe_request(p, flow.ts_us, req.target, flow.client_is_src)
         if bits & WEB_SCAN:
-            self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_PATH, dst, "potential web scanning", out)
-        path = req.target.lower()
-        host = dst
-        checked = set()  # a name is judged once per request (Host header and target may repeat it)
+            self._heuristic(flow, TYPE_PATH, flow.dst, "potential web scanning", out)
+        a = request_authority(req, flow.dst)
+        target = a.target
 
-        def check_name(name):
-            name = normalize_host(name)
-            if name not in checked:
-                checked.add(name)
-                self._name(p, ts, name, TYPE_DNS, out)
-
-        if req.host:
-            host = req.host.strip().lower()
-            if host.endswith(":80"):
-                host = host[:-3]
-            if (h.on("iot_download") and hhttp.is_bare_ipv4(host) and hhttp.IOT_PATH.match(host + path)
+        # The names the request carries, each judged once (the Host header and the target often
+        # name the same host).
+        header_name = None
+        if a.header_host is not None:
+            host = a.header_host
+            if (h.on("iot_download") and hhttp.is_bare_ipv4(host) and hhttp.IOT_PATH.match(host + target)
                     and not h.is_local(p.version, p.dst)):
-                self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_HTTP, "(%s)%s" % (host, path),
+                self._heuristic(flow, TYPE_HTTP, "(%s)%s" % (host, target),
                                 "potential iot-malware download (suspicious)", out)
                 return
-            check_name(host)
+            header_name = normalize_host(host)
+            self._match_domain(flow, header_name, TYPE_DNS, out)
         elif h.on("missing_host"):
-            self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_HTTP, "%s%s" % (dst, path),
-                            "missing host header (suspicious)", out)
-        url = None
-        if _ABSOLUTE.match(path):
-            if (h.on("proxy_probe") and p.dport == 80 and path.startswith("http://")
-                    and any(w in path for w in hhttp.PROXY_PROBE_WORDS)):
-                self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_HTTP, _proxy_trail(path),
-                                "potential proxy probe (suspicious)", out)
+            self._heuristic(flow, TYPE_HTTP, "%s%s" % (flow.dst, target), "missing host header (suspicious)", out)
+        if a.target_host is not None:
+            if (a.absolute and h.on("proxy_probe") and p.dport == 80 and target.startswith("http://")
+                    and any(w in target for w in hhttp.PROXY_PROBE_WORDS)):
+                self._heuristic(flow, TYPE_HTTP, _proxy_trail(target), "potential proxy probe (suspicious)", out)
                 return
-            # Absolute-form target (a request to a proxy): the real host is in the URI.
-            rest = path.split("://", 1)[1]
-            if "/" not in rest:
-                rest += "/"
-            host, path = rest.split("/", 1)
-            if host.endswith(":80"):
-                host = host[:-3]
-            path = "/" + path
-            check_name(host)
-        elif req.method.upper() == "CONNECT":
-            host, sep, rest = path.partition("/")
-            path = "/" + rest if sep else "/"
-            if host.endswith(":80"):
-                host = host[:-3]
-            url = host + path
-            check_name(host)
-        if url is None:
-            url = host + path
+            # Absolute-form or CONNECT target (a request to a proxy): the real host is in the target.
+            target_name = normalize_host(a.target_host)
+            if target_name != header_name:
+                self._match_domain(flow, target_name, TYPE_DNS, out)
 
         if req.user_agent:
             trail_id = self.matchers.user_agents.match(req.user_agent)
             if trail_id is not None:
                 trail = render_user_agent(req.user_agent, self._artifact.key(trail_id))
-                self._emit(p, ts, src, p.sport, dst, p.dport, TYPE_UA, trail, trail_id, out)
+                self._emit(flow, TYPE_UA, trail, trail_id, out)
             elif h.on("user_agent"):
                 user_agent = unquote(req.user_agent).strip()
                 pattern = hhttp.user_agent_pattern(user_agent)
                 if pattern:
-                    self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_UA,
-                                    render_user_agent(user_agent, pattern), "user agent (suspicious)", out)
+                    self._heuristic(flow, TYPE_UA, render_user_agent(user_agent, pattern), "user agent (suspicious)", out)
 
-        path = path.replace("//", "/")
+        host, url = a.host, a.url
+        path = a.path.replace("//", "/")
         post = None
         if req.body and req.method.upper() == "POST":
             post = unquote(req.body.decode("latin-1")).lower()
@@ -642,7 +580,7 @@ class Worker:
         if hit is not None:
             if hit.post_form:
                 trail = "%s(%s \\(%s %s\\))" % (host, path, req.method, req.body.decode("latin-1").strip())
-                self._emit(p, ts, src, p.sport, dst, p.dport, TYPE_HTTP, trail, hit.trail_id, out)
+                self._emit(flow, TYPE_HTTP, trail, hit.trail_id, out)
             else:
                 # Maltrail's text: the matched candidate bare, the rest of the URL in parentheses;
                 # a whole-host trail ("host/") is written alone, whatever path was requested, so every
@@ -650,28 +588,30 @@ class Worker:
                 parts = url.split(hit.check)
                 trail = hit.check if hit.whole_host else hit.check.join("(%s)" % part if part else part
                                                                         for part in parts)
-                self._emit(p, ts, src, p.sport, dst, p.dport, TYPE_URL, trail, hit.trail_id, out)
+                self._emit(flow, TYPE_URL, trail, hit.trail_id, out)
             return
         if h.enabled:
-            self._request_heuristics(p, ts, req, host, path, url, src, dst, out)
+            self._request_heuristics(p, flow, req, host, path, out)
 
-    def _request_heuristics(self, p, ts, req, host, path, url, src, dst, out) -> None:
+    def _request_heuristics(self, p, flow: Flow, req, host: str, path: str, out: list) -> None:
         """Attack patterns in the path or body, direct downloads, suspicious file names; the event
         is attributed to the client a proxy names in X-Forwarded-For and kin."""
         h = self.heuristics
         if h.on("forwarded_for"):
-            src = hhttp.forwarded_source(req.headers) or src
+            forwarded = hhttp.forwarded_source(req.headers)
+            if forwarded:
+                flow = flow.attributed_to(forwarded)
         if h.on("http_request") and not hhttp.WHITELIST_REQUEST_PATHS.search(unquote(path).lower()):
             found = hhttp.request_attack(*decoded_target(path))
             if found and not ("data leakage" in found and h.is_local(p.version, p.dst)):
-                self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_URL,
-                                "%s(%s)" % (host, hhttp.force_encode(path)), "%s (suspicious)" % found, out)
+                self._heuristic(flow, TYPE_URL, "%s(%s)" % (host, hhttp.force_encode(path)), "%s (suspicious)" % found,
+                                out)
                 return
             if req.body:
                 body = req.body.decode("latin-1")
                 found = hhttp.request_attack(*decoded_form(body))
                 if found:
-                    self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_HTTP, "%s(%s \\(%s %s\\))" % (
+                    self._heuristic(flow, TYPE_HTTP, "%s(%s \\(%s %s\\))" % (
                         host, hhttp.force_encode(path), req.method, hhttp.force_encode(body.strip())),
                         "%s (suspicious)" % found, out)
                     return
@@ -686,12 +626,11 @@ class Worker:
             query = target[1] if len(target) > 1 else ""
             if (not h.is_local(p.version, p.dst) and not any(w in path for w in hhttp.WHITELIST_DOWNLOAD_PATHS)
                     and "=" not in query and len(name) < 10):
-                self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_URL, trail,
-                                "direct %s download (suspicious)" % ext, out)
+                self._heuristic(flow, TYPE_URL, trail, "direct %s download (suspicious)" % ext, out)
             return
         for desc, pattern in hhttp.SUSPICIOUS_FILENAMES:
             if pattern.search(filename):
-                self._heuristic(p, ts, src, p.sport, dst, p.dport, TYPE_URL, trail, "%s (suspicious)" % desc, out)
+                self._heuristic(flow, TYPE_URL, trail, "%s (suspicious)" % desc, out)
                 return
 
 

@@ -19,8 +19,11 @@ parent domain whoever asks. So:
   or error), so all flows of one client, in both directions, meet in one worker.
 - Frames that do not decode carry no evidence; they are spread by their first bytes.
 
-The hash is keyed with a per-run seed (BLAKE2b here; SipHash-2-4 in the C capture path,
-engine/transport/csrc/capture.c) so traffic cannot be crafted to pile onto one worker. Decodes only what the key needs (workers/decode.py, the DNS question).
+The rule itself (which end is the client, the sender, the DNS domain) is workers/flow.py's
+`group_key`, the one noise control groups events by; this module only decodes what it needs
+(workers/decode.py, the DNS question) and hashes. The hash is keyed with a per-run seed (BLAKE2b
+here; SipHash-2-4 in the C capture path, engine/transport/csrc/capture.c, the deliberate twin) so
+traffic cannot be crafted to pile onto one worker.
 """
 
 from __future__ import annotations
@@ -29,24 +32,34 @@ import hashlib
 import os
 
 from workers.decode import IPPROTO_TCP, IPPROTO_UDP, decode_frame
-from workers.dns import parse_dns, parse_dns_tcp, registered_domain
-from workers.pipeline import dispatch_is_src
+from workers.dns import parse_dns, parse_dns_tcp
+from workers.flow import group_key
 
 
-def dispatch_key(data: bytes, linktype: int) -> bytes:
-    p = decode_frame(data, linktype)
-    if type(p) is str:
-        return data[:48]
+def first_qname(p) -> str | None:
+    """The name of the first question of a DNS packet (UDP or TCP port 53), else None."""
     if p.proto in (IPPROTO_UDP, IPPROTO_TCP) and (p.sport == 53 or p.dport == 53) and p.payload:
         if p.proto == IPPROTO_UDP:
             message = parse_dns(p.payload)
         else:
             messages = parse_dns_tcp(p.payload)
             message = messages[0] if messages else None
-        if message is not None and message.qname:
-            return b"d:" + registered_domain(message.qname).encode("latin-1")
-    owner = p.src if dispatch_is_src(p) else p.dst
-    return bytes((p.version,)) + owner.to_bytes(16, "big")
+        if message is not None:
+            return message.qname
+    return None
+
+
+def dispatch_key(data: bytes, linktype: int) -> bytes:
+    """The bytes hashed to choose a frame's worker: b"d:" and the registered domain for DNS, the
+    IP version and the owner's 16-byte address otherwise (workers/flow.py group_key, the rule
+    noise control groups by too), the first 48 bytes of a frame that does not decode."""
+    p = decode_frame(data, linktype)
+    if type(p) is str:
+        return data[:48]
+    domain, version, owner = group_key(p, first_qname(p))
+    if domain:
+        return b"d:" + domain.encode("latin-1")
+    return bytes((version,)) + owner.to_bytes(16, "big")
 
 
 class Dispatcher:

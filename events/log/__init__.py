@@ -544,7 +544,9 @@ class EventLogWriter:
 
     A frame per target file collects records and is closed (compressed and appended with one
     os.write) when it holds max_frame_records, when its oldest record has waited max_frame_age_s
-    of wall time (checked on every write() and tick()), or on flush()/close().
+    on `clock` (checked on every write() and tick()), or on flush()/close(). `clock` is
+    time.monotonic unless a caller (a test) drives the age itself: packet time has nothing to
+    do with how long a record has waited to be written.
 
     Files are opened relative to the log directory's descriptor, never through a symlink, and
     created exclusively; what is found at a day file's name and is not a regular single-link
@@ -557,12 +559,13 @@ class EventLogWriter:
 
     def __init__(self, log_dir: str, max_frame_age_s: float = 1.0, max_frame_records: int = 4096,
                  level: int = 3, warn: Callable[[str], None] | None = None, trusted_uids=(),
-                 reopen_dir: Callable[[], int] | None = None):
+                 reopen_dir: Callable[[], int] | None = None, clock: Callable[[], float] = time.monotonic):
         if max_frame_records < 1:
             raise ValueError("max_frame_records must be at least 1")
         self.log_dir = os.fspath(log_dir)
         self.max_frame_age_s = max_frame_age_s
         self.max_frame_records = max_frame_records
+        self._clock = clock
         self.trusted_uids = tuple(trusted_uids)
         # Asked for a descriptor of the log directory (re-created and checked) when this process
         # cannot open it again itself: a writer that dropped its privileges may not be allowed to
@@ -593,7 +596,7 @@ class EventLogWriter:
     def write(self, events: Iterable[Event]) -> None:
         if self._closed:
             raise ValueError("write to a closed EventLogWriter")
-        now = time.monotonic()
+        now = self._clock()
         for event in events:
             record = event.to_record()
             try:
@@ -619,9 +622,10 @@ class EventLogWriter:
         self.tick(now)
 
     def tick(self, now: float | None = None) -> int:
-        """Close every frame whose oldest record has waited max_frame_age_s; returns how many."""
+        """Close every frame whose oldest record has waited max_frame_age_s; returns how many.
+        `now`: the writer's clock when not given."""
         if now is None:
-            now = time.monotonic()
+            now = self._clock()
         due = [name for name, p in self._pending.items() if now - p.opened_at >= self.max_frame_age_s]
         for name in due:
             self._close_frame(name)

@@ -312,7 +312,7 @@ static inline int mt_icmp_answer(int proto, int type)
     return 0;
 }
 
-/* workers/pipeline.py client_is_src: 1 when the packet's source started the conversation */
+/* workers/flow.py client_is_src: 1 when the packet's source started the conversation */
 static inline int mt_client_is_src(const mt_packet *pk)
 {
     if (pk->proto == 6) {
@@ -328,7 +328,7 @@ static inline int mt_client_is_src(const mt_packet *pk)
     return !mt_icmp_answer(pk->proto, pk->icmp_type);
 }
 
-/* workers/pipeline.py dispatch_is_src: whose address keys a non-DNS packet's worker (the client's;
+/* workers/flow.py dispatch_is_src: whose address keys a non-DNS packet's worker (the client's;
  * for UDP the sender's) */
 static inline int mt_dispatch_is_src(const mt_packet *pk)
 {

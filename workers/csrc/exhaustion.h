@@ -1,7 +1,7 @@
 /*
  * exhaustion.h: the C twin of the DNS exhaustion heuristic (DnsHeuristics.observe_query in
  * workers/heuristics/dns.py) and of the name rules it uses: `judged` (_JUDGED_NAME), the
- * registered domain (workers.dns.registered_domain, the rule engine/csrc/capture.c dispatches
+ * registered domain (workers.dns.registered_domain, the rule engine/transport/csrc/capture.c dispatches
  * by) and the numeric first label (_NUMERIC_LABEL).
  *
  * Step for step as the reference: per registered domain, the distinct subdomains queried in a

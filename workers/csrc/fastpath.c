@@ -103,8 +103,8 @@ static void Tables_dealloc(Tables *self)
 
 /* ---- the heuristics' state ------------------------------------------------------------------ */
 
-/* Verdict bits: workers/heuristics/scan.py (the scans) and workers/pipeline.py (DNS_EXHAUSTION);
- * the module exports them and tests/test_heuristics_fast.py checks they agree. */
+/* Verdict bits: workers/heuristics/verdicts.py; the module exports them and
+ * tests/test_heuristics_fast.py checks they agree. */
 enum { V_PORT_SCAN = 0x01, V_UDP_SCAN = 0x02, V_INFECTION_SCAN = 0x04, V_WEB_SCAN = 0x08, V_DNS_EXHAUSTION = 0x10 };
 /* workers/heuristics/scan.py WELL_KNOWN_PORTS */
 #define MT_WELL_KNOWN_PORTS 1024
@@ -1411,6 +1411,32 @@ static int bare_ipv4(const uint8_t *s, uint32_t n)
     return 1;
 }
 
+/* workers/http.py without_default_port: the length of `host` without a trailing ":80". */
+static uint32_t without_default_port(const uint8_t *host, uint32_t hn)
+{
+    return hn >= 3 && memcmp(host + hn - 3, ":80", 3) == 0 ? hn - 3 : hn;
+}
+
+/* workers/http.py _split_authority: "host[:port][/path]" (src, n bytes) -> the host without ":80"
+ * and "/path". src may lie inside `path` (a CONNECT target is the path itself): the new path is
+ * built in `work` first, and `host` is a region of its own. */
+static void split_authority(const uint8_t *src, uint32_t n, uint8_t *host, uint32_t *hn, uint8_t *path, uint32_t *pn,
+                            uint8_t *work)
+{
+    const uint8_t *slash = memchr(src, '/', n);
+    uint32_t h = slash ? (uint32_t)(slash - src) : n;
+    uint32_t np = 1;
+    work[0] = '/';
+    if (slash) {
+        memcpy(work + 1, slash + 1, n - h - 1);
+        np += n - h - 1;
+    }
+    memmove(host, src, h);
+    *hn = without_default_port(host, h);
+    memcpy(path, work, np);
+    *pn = np;
+}
+
 /* An HTTP request (already parsed). 1 to hand the frame to Python, 0 not, -1 out of memory. */
 static int scan_http(Tables *t, Heuristics *H, const mt_packet *pk, const http_req *r)
 {
@@ -1436,8 +1462,7 @@ static int scan_http(Tables *t, Heuristics *H, const mt_packet *pk, const http_r
         memcpy(host, hv, hl);
         hn = hl;
         lower_ascii(host, hn);
-        if (hn >= 3 && memcmp(host + hn - 3, ":80", 3) == 0)
-            hn -= 3;
+        hn = without_default_port(host, hn);
         if (H && H->iot_on && bare_ipv4(host, hn) && !is_local(H, pk->version, pk->dst))
             return 1;
         uint32_t nn = normalize_host(host, hn, name);
@@ -1452,43 +1477,11 @@ static int scan_http(Tables *t, Heuristics *H, const mt_packet *pk, const http_r
     const uint8_t *scheme = find_bytes(path, pn, "://", 3);
     if (scheme && !is_scheme(path, (uint32_t)(scheme - path)))
         scheme = NULL;                           /* "://" later in a path is not absolute form */
-    if (scheme) {
-        const uint8_t *rest = scheme + 3;
-        uint32_t rn = pn - (uint32_t)(rest - path);
-        const uint8_t *slash = memchr(rest, '/', rn);
-        uint32_t h2 = slash ? (uint32_t)(slash - rest) : rn;
-        uint8_t *newpath = work;
-        newpath[0] = '/';
-        uint32_t np = 1;
-        if (slash) {
-            memcpy(newpath + 1, slash + 1, rn - h2 - 1);
-            np += rn - h2 - 1;
-        }
-        memmove(host, rest, h2);
-        hn = h2;
-        if (hn >= 3 && memcmp(host + hn - 3, ":80", 3) == 0)
-            hn -= 3;
-        memcpy(path, newpath, np);
-        pn = np;
-        uint32_t nn = normalize_host(host, hn, name);
-        if (domain_candidate(t, name, nn))
-            return 1;
-    } else if (connect) {
-        const uint8_t *slash = memchr(path, '/', pn);
-        uint32_t h2 = slash ? (uint32_t)(slash - path) : pn;
-        uint8_t *newpath = work;
-        newpath[0] = '/';
-        uint32_t np = 1;
-        if (slash) {
-            memcpy(newpath + 1, slash + 1, pn - h2 - 1);
-            np += pn - h2 - 1;
-        }
-        memmove(host, path, h2);
-        hn = h2;
-        if (hn >= 3 && memcmp(host + hn - 3, ":80", 3) == 0)
-            hn -= 3;
-        memcpy(path, newpath, np);
-        pn = np;
+    if (scheme || connect) {
+        /* absolute form ("scheme://authority/path") or CONNECT ("authority/path"): the target
+         * names the real host */
+        const uint8_t *authority = scheme ? scheme + 3 : path;
+        split_authority(authority, pn - (uint32_t)(authority - path), host, &hn, path, &pn, work);
         uint32_t nn = normalize_host(host, hn, name);
         if (domain_candidate(t, name, nn))
             return 1;

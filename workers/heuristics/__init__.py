@@ -7,8 +7,9 @@ and UDP port scans, infection scans, web scans), `dns.py` (NXDOMAIN floods, DGA-
 names, DNS exhaustion), `http.py` (suspicious requests and responses).
 
 Every map fed by traffic has a cap, an eviction rule and a saturation counter; time is always
-packet time (microseconds), never the wall clock. Dispatch (engine/transport/dispatch.py) sends all the
-evidence of one heuristic to one worker, so a worker's state is complete on its own.
+packet time (microseconds), never the wall clock. Dispatch (engine/transport/dispatch.py, by
+workers/flow.py's group rule) sends all the evidence of one heuristic to one worker, so a worker's
+state is complete on its own. The verdict bits the stateful ones return are `verdicts.py`'s.
 
 Must not know how frames were captured, how trails are stored, or how events are written.
 """
@@ -28,8 +29,11 @@ LOCAL_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/1
 
 @dataclass(frozen=True)
 class HeuristicSettings:
-    """What the `[heuristics]` section of maltrail.toml sets (config/ declares the keys
-    with the same names, documents them and validates them)."""
+    """What the `[heuristics]` section of maltrail.toml sets, with `enabled` for `[sensor]
+    use_heuristics`. config/__init__.py's SCHEMA declares the same keys again (documents them,
+    checks them, reads them from the file; engine/control_files.py builds this from it): neither
+    package may import the other, so tests/test_heuristic_settings.py holds the two declarations
+    to the same names, types and defaults."""
 
     enabled: bool = True                # [sensor] use_heuristics: the master switch
     # scans (sliding windows of packet time)

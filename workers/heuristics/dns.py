@@ -93,6 +93,10 @@ def dnsbl_lookup(labels: list[str]) -> bool:
 
 
 class DnsHeuristics:
+    """One worker's DNS state: the exhaustion windows per registered domain and the NXDOMAIN
+    counters per name and parent, each bounded (the reference path's; on the fast path the C scan
+    keeps the exhaustion state and this keeps the NXDOMAIN counters)."""
+
     def __init__(self, settings):
         self.settings = settings
         self.window_us = settings.dns_exhaustion_window_s * 1_000_000

@@ -19,7 +19,8 @@ Owns which packets count as evidence and how they are keyed; the counting itself
 
 A heuristic holds when more than its threshold of distinct values fall in the window; every probe
 that finds it holding is reported (noise control folds the repeats into one record per source and
-trail). The verdicts are bit flags, the same the C scan returns for the frames it flags.
+trail). The verdicts are bit flags (verdicts.py), the same the C scan returns for the frames it
+flags.
 
 Must not build events (workers/pipeline.py does) nor know how frames were captured.
 """
@@ -27,13 +28,8 @@ Must not build events (workers/pipeline.py does) nor know how frames were captur
 from __future__ import annotations
 
 from workers.decode import IPPROTO_TCP, IPPROTO_UDP
+from workers.heuristics.verdicts import INFECTION_SCAN, PORT_SCAN, UDP_SCAN, WEB_SCAN
 from workers.heuristics.window import DistinctWindow
-
-# Verdict bits (workers/csrc/fastpath.c uses the same values).
-PORT_SCAN = 0x01
-UDP_SCAN = 0x02
-INFECTION_SCAN = 0x04
-WEB_SCAN = 0x08
 
 _ACK_OR_RST = 0x14
 TRACEROUTE_PORTS = range(33434, 33535)
@@ -48,6 +44,8 @@ def web_segment(path: str) -> str:
 
 
 class ScanHeuristics:
+    """The four scan windows of one worker (the reference path's; the C scan keeps its own)."""
+
     def __init__(self, settings):
         self.settings = s = settings
         window_us = s.scan_window_s * 1_000_000

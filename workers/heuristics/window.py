@@ -10,8 +10,10 @@ again only moves its time forward. A new value first drops the values that left 
 threshold + 1 are still kept, the least recently seen one (the first of them on a tie) makes room.
 Keys are evicted least recently used once `max_keys` are held; `evicted_keys` counts them.
 
-The C scan (workers/csrc/fastpath.c) implements the same rule, step for step, so that both paths
-reach the same verdicts; tests/test_heuristics.py holds them to it.
+The C scan's window (workers/csrc/window.h, used by workers/csrc/fastpath.c) implements the same
+rule, step for step, so that both paths reach the same verdicts; tests/test_heuristics_fast.py
+holds them to it (generated traffic at the thresholds, window edges and caps, compared event for
+event, counters and saturation included). tests/test_heuristics.py tests this one alone.
 
 Must not know what the keys and values mean.
 """
@@ -22,6 +24,9 @@ from collections import OrderedDict
 
 
 class DistinctWindow:
+    """The rule above for at most `max_keys` keys: more than `threshold` distinct values per key
+    within `window_us` of packet time."""
+
     def __init__(self, threshold: int, window_us: int, max_keys: int):
         self.keep = threshold + 1
         self.window_us = window_us
