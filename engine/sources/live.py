@@ -23,7 +23,7 @@ import time
 
 import pcap
 
-from engine.sources.pcapfile import CaptureFileError
+from engine.sources.pcapfile import CaptureFileError, start_reader_counters
 from workers.batch import LINKTYPE_ETHERNET, LINKTYPE_RAW, FrameBatch, FrameBatchBuilder
 
 __all__ = [
@@ -132,17 +132,7 @@ class LibpcapFileReader:
     """
 
     def __init__(self, path, snaplen_bytes: int | None = None):
-        if snaplen_bytes is not None and snaplen_bytes <= 0:
-            raise ValueError("snaplen_bytes must be positive, got %r" % (snaplen_bytes,))
-        self.path = os.fspath(path)
-        self.name = os.path.basename(self.path)
-        self.format = "libpcap"
-        self.frames = 0
-        self.truncated_records = 0
-        self.bad_blocks = 0
-        self.skipped_blocks = 0
-        self.notes: list[str] = []
-        self._snaplen_bytes = snaplen_bytes
+        start_reader_counters(self, path, snaplen_bytes, "libpcap")
         self._done = False
         self._pending_error: CaptureFileError | None = None
         self._pcap = None

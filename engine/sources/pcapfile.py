@@ -115,6 +115,22 @@ def _tsresol_scale(tsresol: int) -> tuple[int, int]:
     return 1, 10 ** (exponent - 9)
 
 
+def start_reader_counters(reader, path, snaplen_bytes: int | None, format_name: str) -> None:
+    """The attributes every capture file reader reports (this one and engine.sources.live's
+    LibpcapFileReader), zeroed, with the snap length checked."""
+    if snaplen_bytes is not None and snaplen_bytes <= 0:
+        raise ValueError("snaplen_bytes must be positive, got %r" % (snaplen_bytes,))
+    reader.path = os.fspath(path)
+    reader.name = os.path.basename(reader.path)
+    reader.format = format_name
+    reader.frames = 0
+    reader.truncated_records = 0
+    reader.bad_blocks = 0
+    reader.skipped_blocks = 0
+    reader.notes = []
+    reader._snaplen_bytes = snaplen_bytes
+
+
 class PcapFileReader:
     """Reads a pcap or pcapng file as FrameBatch objects, `max_frames` at a time.
 
@@ -125,17 +141,7 @@ class PcapFileReader:
     """
 
     def __init__(self, path, snaplen_bytes: int | None = None):
-        if snaplen_bytes is not None and snaplen_bytes <= 0:
-            raise ValueError("snaplen_bytes must be positive, got %r" % (snaplen_bytes,))
-        self.path = os.fspath(path)
-        self.name = os.path.basename(self.path)
-        self.format = ""
-        self.frames = 0
-        self.truncated_records = 0
-        self.bad_blocks = 0
-        self.skipped_blocks = 0
-        self.notes: list[str] = []
-        self._snaplen_bytes = snaplen_bytes
+        start_reader_counters(self, path, snaplen_bytes, "")
         self._noted: set = set()
         self._buf = b""
         self._pos = 0
