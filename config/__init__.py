@@ -141,6 +141,20 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "str", "", form="proxy_url", empty_ok=True,
             doc='HTTP(S) proxy used when fetching trail sources; "" for a direct connection',
             maltrail="PROXY_ADDRESS"),
+        "custom_trails_url": Key(
+            "list", (), form="feed_url", split=True,
+            doc="URLs of your own trail lists (one trail per line), fetched with the feeds and kept as "
+                "they are (reference \"(remote custom)\")", maltrail="CUSTOM_TRAILS_URL"),
+        "disabled_feeds": Key(
+            "list", ("turris", "ciarmy", "policeman", "myip", "alienvault"), form="feed_name", split=True,
+            doc="trail feeds not fetched, by name (COMPATIBILITY.md lists them); [] fetches every feed",
+            maltrail="DISABLED_FEEDS"),
+        "feeds_dir": Key(
+            "str", "/var/lib/maltrail-engine/feeds", form="path",
+            doc="directory holding each feed's last good copy and their status (status.json)"),
+        "feeds_ca_file": Key(
+            "str", "", form="path", empty_ok=True,
+            doc='CA certificates (PEM) that verify https:// feeds; "" for the system\'s'),
     },
     "sensor": {
         "sensor_name": Key(
@@ -449,6 +463,28 @@ def _check_proxy_url(s: str) -> str | None:
     return None
 
 
+def _check_feed_url(s: str) -> str | None:
+    if any(c.isspace() for c in s):
+        return "it contains whitespace"
+    try:
+        parts = urlsplit(s)
+        parts.port
+    except ValueError as exc:
+        return "it is not a valid URL (%s)" % exc
+    if parts.scheme not in ("http", "https"):
+        return "the scheme must be http:// or https://"
+    if not parts.hostname:
+        return "the host is missing"
+    if parts.username is not None or parts.password is not None:
+        return "credentials in the URL are not supported"
+    return None
+
+
+def _check_feed_name(s: str) -> str | None:
+    # Maltrail's feed names are module names: DISABLED_FEEDS is split at anything else.
+    return None if re.fullmatch(r"[a-z0-9_]+", s) else "a feed name is lower-case letters, digits and _"
+
+
 def _check_endpoint(s: str, schemes) -> str | None:
     """A forwarding destination: scheme://host:port, or host:port meaning the first scheme."""
     if any(c.isspace() for c in s):
@@ -497,6 +533,8 @@ _FORMS: dict[str, tuple[Any, str, str]] = {
     "regex": (_check_regex, "a regular expression (Python syntax)", "regular expressions"),
     "proxy_url": (_check_proxy_url, 'a URL "http://host:port" or "https://host:port"',
                   'URLs "http://host:port" or "https://host:port"'),
+    "feed_url": (_check_feed_url, 'a URL "http://..." or "https://..."', 'URLs "http://..." or "https://..."'),
+    "feed_name": (_check_feed_name, "a feed name", "feed names"),
     "endpoint": (lambda s: _check_endpoint(s, ("udp", "tcp", "tls")),
                  'a destination "udp://host:port", "tcp://host:port", "tls://host:port" or "host:port" (UDP)',
                  'destinations "udp://host:port", "tcp://host:port", "tls://host:port" or "host:port" (UDP)'),
