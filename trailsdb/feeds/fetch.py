@@ -277,7 +277,10 @@ def _attempt(url: str, sink: BinaryIO, settings: FetchSettings, validators: Mapp
                 where = ("the proxy %s" % proxy) if proxy else parts.hostname
                 raise FetchError("could not connect to %s: %s" % (where, exc.strerror or exc),
                                  retry=True, connection=True) from None
-            connection.sock.settimeout(deadline.left())
+            # Kept apart: http.client lets go of the socket once it has a response that closes
+            # the connection, and the body is still read through it.
+            sock = connection.sock
+            sock.settimeout(deadline.left())
             try:
                 connection.putrequest("GET", target, skip_accept_encoding=True)
                 connection.putheader("User-Agent", settings.user_agent)
@@ -292,7 +295,7 @@ def _attempt(url: str, sink: BinaryIO, settings: FetchSettings, validators: Mapp
             except socket.timeout:
                 raise FetchError("timed out waiting for %s to answer (total timeout %g s)"
                                  % (parts.hostname, settings.total_timeout_s)) from None
-            except (http.client.HTTPException, OSError) as exc:
+            except (http.client.HTTPException, OSError, ValueError) as exc:
                 raise FetchError("the connection to %s failed before an answer: %s"
                                  % (parts.hostname, getattr(exc, "strerror", None) or exc or type(exc).__name__),
                                  retry=True, connection=True) from None
@@ -319,7 +322,7 @@ def _attempt(url: str, sink: BinaryIO, settings: FetchSettings, validators: Mapp
                 raise FetchError("HTTP %d %s" % (response.status, response.reason), status=response.status)
             result.etag = response.getheader("ETag", "") or ""
             result.last_modified = response.getheader("Last-Modified", "") or ""
-            result.bytes = _body(response, connection, sink, max_bytes, deadline, settings)
+            result.bytes = _body(response, sock, sink, max_bytes, deadline, settings)
             result.url = url
             result.ok = True
             return result
@@ -328,7 +331,7 @@ def _attempt(url: str, sink: BinaryIO, settings: FetchSettings, validators: Mapp
     raise FetchError("more than %d redirects" % MAX_REDIRECTS)
 
 
-def _body(response, connection, sink: BinaryIO, max_bytes: int, deadline: _Deadline,
+def _body(response, sock, sink: BinaryIO, max_bytes: int, deadline: _Deadline,
           settings: FetchSettings) -> int:
     """Streams the body into `sink`; returns the bytes written (decompressed)."""
     length_header = response.getheader("Content-Length")
@@ -346,7 +349,7 @@ def _body(response, connection, sink: BinaryIO, max_bytes: int, deadline: _Deadl
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding != "identity" else None
     received = written = 0
     while True:
-        connection.sock.settimeout(deadline.left())
+        sock.settimeout(deadline.left())
         try:
             chunk = response.read1(READ_CHUNK_BYTES)
         except socket.timeout:
@@ -354,7 +357,7 @@ def _body(response, connection, sink: BinaryIO, max_bytes: int, deadline: _Deadl
                              % (received, settings.total_timeout_s)) from None
         except http.client.IncompleteRead as exc:
             raise FetchError("truncated: the body ended inside a chunk after %d bytes" % (received + len(exc.partial)))
-        except (http.client.HTTPException, OSError) as exc:
+        except (http.client.HTTPException, OSError, ValueError) as exc:
             raise FetchError("truncated: the connection failed after %d bytes of the body (%s)"
                              % (received, getattr(exc, "strerror", None) or exc or type(exc).__name__)) from None
         if not chunk:

@@ -118,6 +118,7 @@ class _Outcome:
     url: str = ""
     route: str = ""
     connection_failed: bool = False
+    last_rows: int = 0               # rows of the last good copy (counted again without a record)
 
 
 def enabled_feeds(disabled: Iterable[str] | None, custom_urls: Iterable[str] = (),
@@ -218,7 +219,7 @@ def _update_one(store: FeedStore, feed: Feed, record: dict | None, settings: Fet
         if handle is not None:
             with handle:
                 last_rows = sum(1 for _ in parse(feed, handle, Counter(), now_s))
-    outcome = _Outcome(feed)
+    outcome = _Outcome(feed, last_rows=last_rows)
     reasons = []
     connection_failed = True
     for url in filter(None, (feed.url, feed.backup_url)):
@@ -302,7 +303,8 @@ def refresh(feeds_dir: str, settings: FetchSettings = FetchSettings(), *, disabl
         for outcome in outcomes:
             feed = outcome.feed
             record = dict(records.get(feed.name) or {})
-            status = FeedStatus(feed.name, record.get("url") or feed.url, "", None, int(record.get("rows") or 0),
+            status = FeedStatus(feed.name, record.get("url") or feed.url, "", None,
+                                int(record.get("rows") or outcome.last_rows or 0),
                                 store.body_size(feed.name) or 0, now_s, record.get("last_success"),
                                 record.get("last_failure"), record.get("last_failure_reason"),
                                 record.get("skipped") or {}, record.get("etag") or "",
