@@ -382,7 +382,10 @@ def _body(response, sock, sink: BinaryIO, max_bytes: int, deadline: _Deadline,
             written += len(piece)
             if written > max_bytes:
                 raise FetchError("larger than its cap of %d bytes" % max_bytes)
-            sink.write(piece)
+            try:
+                sink.write(piece)
+            except OSError as exc:
+                raise FetchError("cannot store the body: %s" % (exc.strerror or exc)) from None
     if expected is not None and received < expected:
         raise FetchError("truncated: the body ended after %d of its %d bytes" % (received, expected))
     if inflater is not None and not inflater.eof:

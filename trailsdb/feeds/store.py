@@ -162,15 +162,21 @@ class FeedStore:
                              FILE_MODE, dir_fd=self.fd)
             except FileExistsError:
                 continue
+            except OSError as exc:
+                raise StoreError("%s: cannot create a file: %s" % (self.path, exc.strerror or exc)) from None
             return os.fdopen(fd, "w+b"), part
         raise StoreError("%s: cannot create a download file" % self.path)
 
     def commit(self, part: str, handle: BinaryIO, name: str) -> None:
         """Makes the download `part` the feed's last good body (fsync, then rename over it)."""
-        handle.flush()
-        os.fsync(handle.fileno())
-        os.rename(part, self._body_name(name), src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        os.fsync(self.fd)
+        try:
+            handle.flush()
+            os.fsync(handle.fileno())
+            os.rename(part, self._body_name(name), src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            os.fsync(self.fd)
+        except OSError as exc:
+            self._unlink(part)
+            raise StoreError("%s: cannot store the body of %s: %s" % (self.path, name, exc.strerror or exc)) from None
 
     def discard(self, part: str) -> None:
         self._unlink(part)
@@ -215,6 +221,8 @@ class FeedStore:
                 os.fsync(handle.fileno())
             os.rename(part, STATUS_FILE, src_dir_fd=self.fd, dst_dir_fd=self.fd)
             os.fsync(self.fd)
+        except OSError as exc:
+            raise StoreError("%s: cannot write %s: %s" % (self.path, STATUS_FILE, exc.strerror or exc)) from None
         finally:
             self._unlink(part)
 
