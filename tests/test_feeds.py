@@ -543,3 +543,21 @@ def test_feed_entries_are_values():
     # a test copy pointing elsewhere (as the fetch tests make) keeps everything else
     copy = dataclasses.replace(BY_NAME["urlhaus"], url="http://127.0.0.1:1/x")
     assert copy.format == "urls" and copy.option("require_scheme") is True and BY_NAME["urlhaus"].url != copy.url
+
+
+def _reference_address(token: str):
+    import ipaddress as ip
+    if not token or len(token) > 64 or not token.isascii():
+        return None
+    try:
+        return str(ip.ip_network(token, strict=False)) if "/" in token else str(ip.ip_address(token))
+    except ValueError:
+        return None
+
+
+@FUZZ
+@given(token=st.one_of(st.text(alphabet="0123456789./:", max_size=20),
+                       st.from_regex(r"\A\d{1,4}\.\d{1,4}\.\d{1,4}\.\d{1,4}(/\d{1,3})?\Z")))
+def test_the_fast_address_check_agrees_with_ipaddress(token):
+    from trailsdb.feeds.parsers import _address
+    assert _address(token) == _reference_address(token)

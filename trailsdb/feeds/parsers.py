@@ -49,6 +49,7 @@ _CERT_REASON_TAIL = re.compile(r"(?i)\s*(C&C|malware distribution)\s*\Z")
 _PANEL_TAIL = re.compile(r"/(web)?panel.*")
 _ADDRESS_ONLY = re.compile(r"\A\d[\d.]*\d\Z")
 _DIGITS_AND_DOTS = re.compile(r"\A[\d.]+\Z")
+_IPV4_QUAD = re.compile(r"\A(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\Z")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,6 +91,12 @@ def _address(token: str) -> str | None:
     """`token` as an IPv4/IPv6 address or CIDR range in canonical text, else None."""
     if not token or len(token) > 64 or not token.isascii():
         return None
+    quad = _IPV4_QUAD.match(token)
+    if quad:
+        # The common case, without ipaddress's cost: four octets up to 255, no leading zeros
+        # (ipaddress refuses those too: they read as octal elsewhere).
+        ok = all(int(o) <= 255 and (len(o) == 1 or o[0] != "0") for o in quad.groups())
+        return token if ok else None
     try:
         if "/" in token:
             return str(ipaddress.ip_network(token, strict=False))
