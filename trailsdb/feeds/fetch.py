@@ -108,6 +108,12 @@ class Proxy:
         return "%s://%s:%d" % (self.scheme, self.host if ":" not in self.host else "[%s]" % self.host, self.port)
 
 
+def _clean(text: str, limit: int = 120) -> str:
+    """Text a server chose (a reason phrase, a Location), fit for a log line: printable, short."""
+    text = "".join(c if c.isprintable() else "?" for c in str(text))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 # ----------------------------------------------------------------------------------------------
 # Which proxy
 # ----------------------------------------------------------------------------------------------
@@ -306,8 +312,9 @@ def _attempt(url: str, sink: BinaryIO, settings: FetchSettings, validators: Mapp
                     raise FetchError("HTTP %d without a Location" % response.status, status=response.status)
                 new_url = urljoin(url, location)
                 if parts.scheme == "https" and urlsplit(new_url).scheme != "https":
-                    raise FetchError("redirected from https:// to %s: refused" % new_url, status=response.status)
-                result.notes.append("redirected to %s" % new_url)
+                    raise FetchError("redirected from https:// to %s: refused" % _clean(new_url),
+                                     status=response.status)
+                result.notes.append("redirected to %s" % _clean(new_url))
                 url = new_url
                 continue
             if response.status == 304:
@@ -317,9 +324,10 @@ def _attempt(url: str, sink: BinaryIO, settings: FetchSettings, validators: Mapp
                 result.url = url
                 return result
             if response.status >= 500:
-                raise FetchError("HTTP %d %s" % (response.status, response.reason), retry=True, status=response.status)
+                raise FetchError("HTTP %d %s" % (response.status, _clean(response.reason)), retry=True,
+                                 status=response.status)
             if response.status != 200:
-                raise FetchError("HTTP %d %s" % (response.status, response.reason), status=response.status)
+                raise FetchError("HTTP %d %s" % (response.status, _clean(response.reason)), status=response.status)
             result.etag = response.getheader("ETag", "") or ""
             result.last_modified = response.getheader("Last-Modified", "") or ""
             result.bytes = _body(response, sock, sink, max_bytes, deadline, settings)
@@ -340,10 +348,10 @@ def _body(response, sock, sink: BinaryIO, max_bytes: int, deadline: _Deadline,
         try:
             expected = int(length_header)
         except ValueError:
-            raise FetchError("Content-Length %r is not a number" % length_header) from None
+            raise FetchError("Content-Length %r is not a number" % _clean(length_header)) from None
     encoding = (response.getheader("Content-Encoding", "") or "identity").strip().lower()
     if encoding not in ("identity", "gzip", "x-gzip"):
-        raise FetchError("unsupported Content-Encoding %r" % encoding)
+        raise FetchError("unsupported Content-Encoding %r" % _clean(encoding))
     if encoding == "identity" and expected is not None and expected > max_bytes:
         raise FetchError("larger than its cap: Content-Length %d > %d bytes" % (expected, max_bytes))
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding != "identity" else None
