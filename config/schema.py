@@ -127,6 +127,20 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "str", "", form="proxy_url", empty_ok=True,
             doc='HTTP(S) proxy used when fetching trail sources; "" for a direct connection',
             maltrail="PROXY_ADDRESS"),
+        "custom_trails_url": Key(
+            "list", (), form="feed_url", split=True,
+            doc="URLs of your own trail lists (one trail per line), fetched with the feeds and kept as "
+                "they are (reference \"(remote custom)\")", maltrail="CUSTOM_TRAILS_URL"),
+        "disabled_feeds": Key(
+            "list", ("turris", "ciarmy", "policeman", "myip", "alienvault"), form="feed_name", split=True,
+            doc="trail feeds not fetched, by name (COMPATIBILITY.md lists them); [] fetches every feed",
+            maltrail="DISABLED_FEEDS"),
+        "feeds_dir": Key(
+            "str", "/var/lib/maltrail-engine/feeds", form="path",
+            doc="directory holding each feed's last good copy and their status (status.json)"),
+        "feeds_ca_file": Key(
+            "str", "", form="path", empty_ok=True,
+            doc='CA certificates (PEM) that verify https:// feeds; "" for the system\'s'),
         "severity_regex": Key(
             "str", DEFAULT_SEVERITY_REGEX, form="severity_regex", empty_ok=True,
             doc='how an event\'s severity is decided when it is made, for every output alike: a regular '
