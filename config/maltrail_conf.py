@@ -51,7 +51,6 @@ MALTRAIL_ONLY: dict[str, str] = {
     "UPDATE_SERVER": "Maltrail's sensors pulling trails from its server: " + _FEEDS_LATER,
     "USE_FEED_UPDATES": _FEEDS_LATER,
     "DISABLED_FEEDS": _FEEDS_LATER,
-    "IP_MINIMUM_FEEDS": _FEEDS_LATER,
     "DISABLED_TRAILS_INFO_REGEX": _FEEDS_LATER,
     "CUSTOM_TRAILS_URL": _FEEDS_LATER,
     "DISABLE_CPU_AFFINITY": "maltrail-engine always pins its capture process to one CPU; there is no switch",
