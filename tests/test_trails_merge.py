@@ -16,11 +16,15 @@ spill files, the real CLI where it says so):
 from __future__ import annotations
 
 import csv
+import ipaddress
 import os
 import struct
 import subprocess
+import sys
 import time
 import zlib
+
+import pytest
 
 import trailsdb.merge
 from matchers import Artifact, TrailMatchers
@@ -32,6 +36,7 @@ from trailsdb.check import explain
 from trailsdb.compile import build, layout
 from trailsdb.merge import DROP_BOGON, DROP_CDN, DROP_MIN_FEEDS
 from trailsdb.provenance import Provenance, SourceSeen, source_lines
+from trailsdb.ranges import BOGONS_V4, BOGONS_V6, CDN_RANGE_LISTS, RangeError, RangeSet, bogon_ranges, parse_ranges
 from trailsdb.sources import EMPTY_WHITELIST, RawTrail
 from tests.test_corpus import console_script
 
@@ -163,6 +168,51 @@ def test_bogon_and_cdn_addresses_from_feeds_go_unless_sinkhole_or_parking(tmp_pa
     plain = build([static], str(tmp_path / "plain.mtdb"), custom_dir=custom, feeds=feeds)
     assert {"104.16.1.1", "104.16.5.5/gate.php"} <= set(records(Artifact.open(str(tmp_path / "plain.mtdb"))))
     assert not any("CDN" in reason for reason in plain.dropped)
+
+
+def test_cdn_range_lists_in_each_published_format():
+    cdn = {entry.name: entry for entry in CDN_RANGE_LISTS}
+    assert [str(n) for n in parse_ranges(b"# Cloudflare\n173.245.48.0/20\n\n103.21.244.0/22\n", "lines")] == [
+        "173.245.48.0/20", "103.21.244.0/22"]
+    fastly = cdn["fastly"]
+    body = b'{"addresses": ["23.235.32.0/20", "43.249.72.0/22"], "ipv6_addresses": ["2a04:4e40::/32"]}'
+    assert [str(n) for n in parse_ranges(body, fastly.format, fastly.fields)] == [
+        "23.235.32.0/20", "43.249.72.0/22", "2a04:4e40::/32"]
+    cloudfront = cdn["cloudfront"]
+    body = (b'{"prefixes": [{"ip_prefix": "13.32.0.0/15", "service": "CLOUDFRONT"},'
+            b' {"ip_prefix": "3.5.140.0/22", "service": "AMAZON"}],'
+            b' "ipv6_prefixes": [{"ipv6_prefix": "2600:9000::/28", "service": "CLOUDFRONT"}]}')
+    assert [str(n) for n in parse_ranges(body, cloudfront.format, cloudfront.fields)] == [
+        "13.32.0.0/15", "2600:9000::/28"]
+    # a list that changed its format is refused, not half read
+    with pytest.raises(RangeError, match=r"cloudflare-v4:2: '<html>' is not an address range"):
+        parse_ranges(b"173.245.48.0/20\n<html>\n", "lines", name="cloudflare-v4")
+    with pytest.raises(RangeError, match="fastly: not JSON"):
+        parse_ranges(b"<html>error</html>", fastly.format, fastly.fields, name="fastly")
+    with pytest.raises(RangeError, match="no list 'addresses'"):
+        parse_ranges(b'{"error": "rate limited"}', fastly.format, fastly.fields, name="fastly")
+
+
+def test_range_set_lookups_and_the_bogon_list():
+    ranges = RangeSet([("10.0.0.0/8", "a"), ("10.1.0.0/16", "inner"), ("10.0.0.0/7", "wider"),
+                       (ipaddress.ip_network("2001:db8::/32"), "doc")])
+    assert ranges.label(4, int(ipaddress.ip_address("9.255.255.255"))) is None
+    assert ranges.label(4, int(ipaddress.ip_address("10.0.0.0"))) == "wider"      # merged: the first range's label
+    assert ranges.label(4, int(ipaddress.ip_address("11.255.255.255"))) == "wider"
+    assert ranges.label(4, int(ipaddress.ip_address("12.0.0.0"))) is None
+    assert ranges.label(6, int(ipaddress.ip_address("2001:db8::1"))) == "doc"
+    assert ranges.label(6, int(ipaddress.ip_address("2001:db9::"))) is None
+    for net, label in BOGONS_V4 + BOGONS_V6:
+        network = ipaddress.ip_network(net)               # every entry is a network as written
+        assert str(network) == net and "RFC" in label
+    bogons = bogon_ranges()
+    for address in ("0.1.2.3", "127.0.0.53", "169.254.1.1", "192.0.2.1", "198.19.255.255", "239.1.1.1",
+                    "255.255.255.255", "::1", "fd00::1", "ff02::1", "2001:db8::5"):
+        a = ipaddress.ip_address(address)
+        assert bogons.label(a.version, int(a)) is not None, address
+    for address in ("1.1.1.1", "8.8.8.8", "100.128.0.1", "172.32.0.1", "192.169.0.1", "2a00:1450::1"):
+        a = ipaddress.ip_address(address)
+        assert bogons.label(a.version, int(a)) is None, address
 
 
 def test_labels_are_cleaned_up_as_maltrail_does(tmp_path):
@@ -391,3 +441,21 @@ def test_stats_show_each_feeds_status_when_the_feeds_left_one(tmp_path):
             "2023-11-14 22:13:20 (the page lacks the feed's marker)") in lines
     (feeds_dir / "status.json").write_text("not json")
     assert not any("f9" in line for line in source_lines(artifact, str(feeds_dir)))
+
+
+def test_the_build_benchmark_runs_and_reports_memory(tmp_path):
+    """`python -m bench.trails --build-only` over a small set: the three runs, their peak RSS
+    against the target, the spilled runs and the carried provenance (figures are not asserted)."""
+    from tests.conftest import REPO
+    source = write_csv(tmp_path / "rows.csv", _mixed_rows(300))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)])))
+    done = subprocess.run([sys.executable, "-m", "bench.trails", "--trails", source, "--build-only", "--runs", "1"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "target: peak RSS <= 250 MB" in out
+    for label in ("baseline: read + normalise only", "first build (nothing to replace)",
+                  "rebuild over it (an update: provenance carried)"):
+        assert label in out
+    trails = build([source], str(tmp_path / "check.mtdb")).trails
+    assert "rebuild: carried over for %d of %d trails" % (trails, trails) in out

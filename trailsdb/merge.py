@@ -333,8 +333,9 @@ def merge(sources: list[Source], rules: Rules, report, min_prefix: tuple[int, in
     runs = _Runs(spill_dir, run_rows or RUN_ROWS)
     try:
         pairs = _read(sources, runs, report, min_prefix, progress)
+        streams = runs.streams()
         report.spilled_runs = runs.spilled
-        yield from _merged(runs.streams(), pairs, [s.kind == FEED for s in sources], rules, report)
+        yield from _merged(streams, pairs, [s.kind == FEED for s in sources], rules, report)
     finally:
         runs.close()
 

@@ -143,7 +143,9 @@ class RangeSet:
             spans[net.version].append((int(net.network_address), int(net.broadcast_address), label))
         self._starts, self._ends, self._labels = {}, {}, {}
         for version, items in spans.items():
-            items.sort()
+            # Overlapping ranges merge into one, labelled as the one that starts first (of those
+            # starting together, the widest): the label says why, not which of several lists.
+            items.sort(key=lambda item: (item[0], -item[1]))
             merged = []
             for first, last, label in items:
                 if merged and first <= merged[-1][1] + 1:
