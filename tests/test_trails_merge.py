@@ -368,6 +368,17 @@ def test_carry_over_of_a_large_set_walks_the_previous_artifact_in_step(tmp_path,
                                           SourceSeen("bulk", "feed", T1, T1)]
 
 
+def test_a_clock_that_went_back_does_not_make_a_source_current(tmp_path):
+    output = str(tmp_path / "trails.mtdb")
+    _update(tmp_path, output, T2, [feed("f1", "r1.example", ["evil-one.example"])], [])
+    _, artifact = _update(tmp_path, output, T1, [feed("f2", "r2.example", ["evil-one.example"])], [])
+    assert _seen(artifact, "evil-one.example") == [SourceSeen("f1", "feed", T1 - 1, T1 - 1),
+                                                   SourceSeen("f2", "feed", T1, T1)]
+    lines = explain(TrailMatchers.load(artifact), "evil-one.example", with_provenance=True)[1]
+    assert [line.split(" (")[0].split(" since")[0] for line in lines[-2:]] == [
+        "    listed by feed f2", "    no longer listed by feed f1"]
+
+
 def _format_2(path, rows, tmp_path):
     """A format-2 artifact (what the previous release wrote): no provenance sections."""
     source = write_csv(tmp_path / "v2.csv", rows)
@@ -459,3 +470,36 @@ def test_the_build_benchmark_runs_and_reports_memory(tmp_path):
         assert label in out
     trails = build([source], str(tmp_path / "check.mtdb")).trails
     assert "rebuild: carried over for %d of %d trails" % (trails, trails) in out
+
+
+def test_the_sensor_never_reads_provenance(tmp_path):
+    """Provenance that does not decode (but whose checksum holds, as a broken builder would write
+    it) fails `trails check`, and the sensor replays with the artifact all the same: its load
+    never touches the provenance sections."""
+    from engine.sources import synthetic as g
+    output = tmp_path / "trails.mtdb"
+    _update(tmp_path, str(output), T1, [], [("evil-dns.com", "c2 (malware)", "(static)")])
+    data = bytearray(output.read_bytes())
+    count, = struct.unpack_from("<I", data, 32)
+    for i in range(count):
+        at = _HEADER.size + i * _SECTION.size
+        name, offset, length, _, _ = _SECTION.unpack_from(data, at)
+        if name.rstrip(b"\0") == S_PROV_IDS.encode():
+            data[offset:offset + length] = b"\x55" * length
+            _SECTION.pack_into(data, at, name, offset, length, zlib.crc32(b"\x55" * length), 0)
+    at = _HEADER.size - 8
+    data[at:at + 4] = bytes(4)
+    struct.pack_into("<I", data, at, zlib.crc32(bytes(data[:_HEADER.size + _SECTION.size * count])))
+    output.write_bytes(bytes(data))
+
+    check = subprocess.run([console_script(), "trails", "check", "--trails", str(output), "evil-dns.com"],
+                           capture_output=True, text=True)
+    assert check.returncode == 1 and "provenance unreadable" in check.stderr, check.stderr
+    pcap = tmp_path / "dns.pcap"
+    with g.PcapWriter(str(pcap)) as w:
+        w.write(1_772_323_200_000_000_000, g.udp_frame("10.0.0.5", "8.8.8.8", 40000, 53,
+                                                        g.dns_query("evil-dns.com")))
+    replay = subprocess.run([console_script(), "replay", "--trails", str(output), "--log-dir", str(tmp_path / "log"),
+                             "--workers", "1", str(pcap)], capture_output=True, text=True, timeout=120)
+    assert replay.returncode == 0, replay.stderr
+    assert "events: 1" in replay.stderr, replay.stderr

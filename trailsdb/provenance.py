@@ -239,7 +239,10 @@ class ProvenanceWriter:
         seen: dict[int, tuple[int, int]] = {}
         if prev >= 0:
             for source, first_s, last_s in self._previous.classes[prev]:
-                seen[self._from_previous(source)] = (first_s, last_s)
+                # "Last seen at this build" means "listed now" (lines_for): a clock that went back
+                # since an earlier build must not make a source that stopped look current.
+                last_s = min(last_s, self.now_s - 1)
+                seen[self._from_previous(source)] = (min(first_s, last_s), last_s)
         for source in sources:
             first_s = seen[source][0] if source in seen else self.now_s
             seen[source] = (min(first_s, self.now_s), self.now_s)
