@@ -16,11 +16,11 @@ in memory at once. Per trail, Maltrail's rules (core/update.py):
   directory lists is always kept;
 - a trail only feeds list whose address (an IP, ip:port, range or URL host) is a bogon or a CDN
   address (trailsdb/ranges.py) is dropped, unless its label says sinkhole or parking;
-- feed labels "malware" (on an IPv4 trail) and "ransomware" get Maltrail's longer forms;
+- the labels "malware" (on an IPv4 trail) and "ransomware" get Maltrail's longer forms;
 - whitelisted trails go.
 Every drop is counted by reason. The merged trails come out in the artifact's order: regex and
-user-agent trails first, in the order their sources listed them (the first listed wins a tie in
-matching), then every other trail by its key's bytes (a sorted order the next build can walk its
+user-agent trails first, in the order their sources listed them (their order decides which is
+reported when several match), then every other trail by its key's bytes (a sorted order the next build can walk its
 predecessor in, to carry provenance over: trailsdb/provenance.py).
 
 Must not know the artifact's layout or how provenance is stored; reads no file but its sources
