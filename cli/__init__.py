@@ -437,9 +437,12 @@ def _trails_build(args) -> int:
 
 def _trails_stats(args) -> int:
     from matchers import Artifact, ArtifactError
-    path = args.artifact or load_config(getattr(args, "config", None) or default_config_path()).all.trails_artifact
+    from trailsdb.provenance import source_lines
+    cfg = load_config(getattr(args, "config", None) or default_config_path())
+    path = args.artifact or cfg.all.trails_artifact
     try:
         artifact = Artifact.open(path)
+        sources = source_lines(artifact, getattr(cfg.all, "feeds_dir", ""))
     except ArtifactError as exc:
         return _fail(str(exc), 1)
     import time as _time
@@ -449,9 +452,11 @@ def _trails_stats(args) -> int:
            "trails: %d" % artifact.trail_count]
     for kind, n in sorted(info.get("by_kind", {}).items(), key=lambda kv: -kv[1]):
         out.append("  %-12s %9d" % (kind, n))
-    out.append("sources: %s" % (", ".join(info.get("sources", [])) or "none"))
+    out += sources
     for reason, n in sorted(info.get("rejected", {}).items()):
         out.append("rejected at build: %d %s" % (n, reason))
+    for reason, n in sorted(info.get("dropped", {}).items()):
+        out.append("dropped at build: %d %s" % (n, reason))
     if info.get("whitelisted"):
         out.append("removed by whitelist: %d" % info["whitelisted"])
     out.append("file size: %.1f MB; sections: %s" % (
@@ -467,7 +472,11 @@ def _trails_check(args) -> int:
     matchers = _load_matchers(cfg)
     if matchers is None:
         return 1
-    matched, lines = explain(matchers, args.indicator)
+    from matchers import ArtifactError
+    try:
+        matched, lines = explain(matchers, args.indicator, with_provenance=True)
+    except ArtifactError as exc:
+        return _fail(str(exc), 1)
     sys.stdout.write("\n".join(lines) + "\n")
     return 0 if matched else 3
 

@@ -49,7 +49,6 @@ MALTRAIL_ONLY: dict[str, str] = {
     "USE_SERVER_UPDATE_TRAILS": "Maltrail's server handing trails to sensors: " + _FEEDS_LATER,
     "UPDATE_SERVER": "Maltrail's sensors pulling trails from its server: " + _FEEDS_LATER,
     "USE_FEED_UPDATES": _FEEDS_LATER,
-    "IP_MINIMUM_FEEDS": _FEEDS_LATER,
     "DISABLED_TRAILS_INFO_REGEX": _FEEDS_LATER,
     "DISABLE_CPU_AFFINITY": "maltrail-engine always pins its capture process to one CPU; there is no switch",
     "CHECK_HOST_DOMAINS": "always on here: the Host of every HTTP request is checked against domain trails "

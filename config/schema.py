@@ -120,6 +120,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "int", 12, unit="bits", min=1, max=128,
             doc="IPv6 range trails wider than this prefix (::/0, 2000::/3) are rejected when trails "
                 "are built, with the reason: they would match (nearly) every address"),
+        "ip_minimum_feeds": Key(
+            "int", 3, min=1, max=100,
+            doc="an IP address that only feeds list is kept when at least this many feeds (distinct "
+                "references) list it; what static or custom trails list is always kept; 1 keeps every "
+                "feed address", maltrail="IP_MINIMUM_FEEDS"),
         "update_period_s": Key(
             "int", 86400, unit="seconds", min=600, max=604800,
             doc="how often trails are rebuilt from their sources", maltrail="UPDATE_PERIOD"),
