@@ -65,11 +65,13 @@ KIND_REGEX = 8
 KIND_URL = 9        # host/path
 KIND_PATH = 10      # /path (any host)
 KIND_UA = 11        # user-agent substring
+KIND_UA_REGEX = 13  # user-agent regular expression (Maltrail's misc/ua.txt)
 
 KIND_NAMES = {
     KIND_IPV4: "ipv4", KIND_IPV6: "ipv6", KIND_CIDR4: "cidr4", KIND_CIDR6: "cidr6",
     KIND_IPPORT4: "ipv4:port", KIND_IPPORT6: "[ipv6]:port", KIND_DOMAIN: "domain",
     KIND_REGEX: "regex", KIND_URL: "url", KIND_PATH: "path", KIND_UA: "user-agent",
+    KIND_UA_REGEX: "user-agent regex",
 }
 
 # A trail record: u32 offset of its key in the string blob, u16 key length, u8 kind, u8 flags,
@@ -99,7 +101,7 @@ S_IPPORT6_IDS = "ipport6_ids"
 S_DOMAINS = "domains"        # hash table (csrc/artifact.h) over domain trail keys
 S_URLS = "urls"              # hash table over URL and path trail keys
 S_REGEX = "regex"            # msgpack [[id, pattern], ...] of regex domain trails, source order
-S_UA = "ua"                  # msgpack [[id, pattern], ...] of user-agent trails
+S_UA = "ua"                  # msgpack [[id, pattern], ...] of user-agent trails (both kinds)
 # (their own small sections: reading the keys out of `strings` would page in whole folios of the
 # blob at load for a few dozen patterns)
 S_WHITELIST = "whitelist"    # msgpack {"domains": [...], "ips": [...], "cidrs": [...]}

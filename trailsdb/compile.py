@@ -41,7 +41,7 @@ import pyroaring
 from matchers import TrailMatchers, _native
 from matchers.artifact import (
     KIND_CIDR4, KIND_CIDR6, KIND_DOMAIN, KIND_IPPORT4, KIND_IPPORT6, KIND_IPV4, KIND_IPV6,
-    KIND_NAMES, KIND_PATH, KIND_REGEX, KIND_UA, KIND_URL, S_CIDR4, S_CIDR4_LIST, S_CIDR6_LIST,
+    KIND_NAMES, KIND_PATH, KIND_REGEX, KIND_UA, KIND_UA_REGEX, KIND_URL, S_CIDR4, S_CIDR4_LIST, S_CIDR6_LIST,
     S_DOMAINS, S_INFO, S_IP4, S_IP4_IDS, S_IP4_KEYS, S_IP4_P24, S_IP6, S_IP6_IDS, S_IPPORT4, S_IPPORT4_IDS,
     S_IPPORT4_KEYS, S_IPPORT6, S_IPPORT6_IDS, S_META, S_PROV_CLASSES, S_PROV_IDS, S_PROV_SOURCES, S_REGEX,
     S_STRINGS, S_TRAILS, S_UA, S_URLS, S_WHITELIST, TRAIL_RECORD, Artifact, ArtifactError, ArtifactWriter,
@@ -244,7 +244,7 @@ class _Layout:
             self.cidr6.append((int(net.network_address), int(net.broadcast_address), trail_id, net.prefixlen))
         elif kind == KIND_REGEX:
             self.regex.append([trail_id, raw.decode("utf-8", "surrogateescape")])
-        elif kind == KIND_UA:
+        elif kind in (KIND_UA, KIND_UA_REGEX):
             self.uas.append([trail_id, raw.decode("utf-8", "surrogateescape")])
         return trail_id
 

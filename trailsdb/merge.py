@@ -42,7 +42,7 @@ import msgpack
 
 from matchers.artifact import (
     KIND_CIDR4, KIND_CIDR6, KIND_DOMAIN, KIND_IPPORT4, KIND_IPPORT6, KIND_IPV4, KIND_IPV6, KIND_REGEX,
-    KIND_UA, KIND_URL,
+    KIND_UA, KIND_UA_REGEX, KIND_URL,
 )
 from matchers.ips import parse_ipport
 from trailsdb.normalize import DEFAULT_MIN_PREFIX, normalize_trail
@@ -81,7 +81,7 @@ DROP_CDN = "feed address in a CDN range (%s)"
 # they were listed; then their kind byte) before every other trail, whose order is its key's bytes.
 _SPECIAL = b"\x01"
 _ORDINARY = b"\x02"
-_SPECIAL_KINDS = (KIND_REGEX, KIND_UA)
+_SPECIAL_KINDS = (KIND_REGEX, KIND_UA, KIND_UA_REGEX)
 _END = b"\x00\x00"
 _TAIL = struct.Struct(">IBIH")
 _TAIL_BYTES = _TAIL.size

@@ -1,7 +1,8 @@
 """Turning one raw trail into (kind, normalised key), the way Maltrail normalises its trails.
 
 Owns the shape rules: which text is an IPv4/IPv6 address, a CIDR range, an address:port, a
-domain, a regex/wildcard domain, a host/path URL, a path-only URL or a user agent, and the
+domain, a regex/wildcard domain, a host/path URL, a path-only URL or a user agent (`ua:TEXT`, or
+`ua-re:PATTERN` for a regular expression), and the
 normalisation Maltrail applies (lower case, IDNA for non-ASCII names, no leading "www.", no
 trailing dots, no query string on non-path trails, "//" collapsed, no trailing '/' on a URL with
 more than one). A domain is any name DNS can carry in text form (matchers/domains.py
@@ -19,11 +20,14 @@ import re
 
 from matchers.artifact import (
     KIND_CIDR4, KIND_CIDR6, KIND_DOMAIN, KIND_IPPORT4, KIND_IPPORT6, KIND_IPV4, KIND_IPV6,
-    KIND_PATH, KIND_REGEX, KIND_UA, KIND_URL, MAX_KEY_BYTES,
+    KIND_PATH, KIND_REGEX, KIND_UA, KIND_UA_REGEX, KIND_URL, MAX_KEY_BYTES,
 )
 from matchers.domains import MAX_LABEL_CHARS, MAX_NAME_CHARS
 
 UA_PREFIX = "ua:"
+# A user agent matched by a regular expression (case-insensitive, searched anywhere in the
+# header), the form Maltrail's misc/ua.txt list is read in (trailsdb/sources.py read_ua_list).
+UA_REGEX_PREFIX = "ua-re:"
 
 _IPV4 = re.compile(r"\A(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\Z")
 _IPV4_PORT = re.compile(r"\A(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}):(\d{1,5})\Z")
@@ -67,6 +71,22 @@ def _too_wide(version: int, minimum: int) -> str:
         minimum, version)
 
 
+def ua_regex_problem(pattern: str) -> str | None:
+    """Why a user-agent regular expression cannot be a trail, or None. The patterns are joined
+    into one alternation of named groups (matchers/useragents.py), so the constructs that change
+    meaning there are refused, as for regex domain trails."""
+    if _UNSUPPORTED_REGEX.search(pattern):
+        return "regex uses backreferences, inline flags or a reserved group name"
+    try:
+        re.compile(pattern, re.IGNORECASE)
+        re.compile("(?P<g0>%s)|(?P<g1>x)" % pattern, re.IGNORECASE)
+    except (re.error, RecursionError, OverflowError):
+        return "regex does not compile"
+    if re.compile(pattern, re.IGNORECASE).search(""):
+        return "regex matches an empty user agent (it would match every one)"
+    return None
+
+
 def normalize_trail(trail: str, reference: str = "",
                     min_prefix: tuple[int, int] = DEFAULT_MIN_PREFIX) -> tuple[int | None, str]:
     """Returns (kind, key), or (None, reason) when the trail is unusable. `min_prefix`: the
@@ -74,6 +94,14 @@ def normalize_trail(trail: str, reference: str = "",
     t = trail.strip()
     if not t:
         return None, "empty"
+    if t[:len(UA_REGEX_PREFIX)].lower() == UA_REGEX_PREFIX:
+        pattern = t[len(UA_REGEX_PREFIX):].strip()
+        if not pattern:
+            return None, "empty user agent"
+        problem = ua_regex_problem(pattern)
+        if problem:
+            return None, problem
+        return _checked(KIND_UA_REGEX, pattern)
     if t[:len(UA_PREFIX)].lower() == UA_PREFIX:
         pattern = t[len(UA_PREFIX):].strip().lower()
         if not pattern:

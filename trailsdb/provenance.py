@@ -28,13 +28,13 @@ import msgpack
 import zstandard
 
 from matchers.artifact import (
-    KIND_REGEX, KIND_UA, S_PROV_CLASSES, S_PROV_IDS, S_PROV_SOURCES, S_STRINGS, S_TRAILS, TRAIL_RECORD,
+    KIND_REGEX, KIND_UA, KIND_UA_REGEX, S_PROV_CLASSES, S_PROV_IDS, S_PROV_SOURCES, S_STRINGS, S_TRAILS, TRAIL_RECORD,
     ArtifactError, parse_layout, verify_sections,
 )
 
 # prov_sources "order": trail ids follow the builder's order (trailsdb/merge.py).
 BUILDER_ORDER = 1
-_SPECIAL_KINDS = (KIND_REGEX, KIND_UA)
+_SPECIAL_KINDS = (KIND_REGEX, KIND_UA, KIND_UA_REGEX)
 _READ_RECORDS = 1 << 16
 _WINDOW_BYTES = 1 << 20
 _HEAD_BYTES = 1 << 16

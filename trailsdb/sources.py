@@ -211,12 +211,74 @@ def read_custom_dir(root: str, stats: Counter) -> Iterator[RawTrail]:
                                         "(custom)", stats, custom=True)
 
 
+# Maltrail's suspicious user-agent list (misc/ua.txt): regular expressions its sensor joins into
+# one case-insensitive alternation; a line holding " (compatible" is taken literally, and so is
+# one that does not compile. Its events read "user agent (suspicious)", "(heuristic)".
+UA_LIST_NAME = "ua.txt"
+UA_LIST_INFO = "user agent (suspicious)"
+UA_LIST_REFERENCE = "(heuristic)"
+_REGEX_SPECIALS = re.compile(r"[.^$*+?{}\[\]\\|()]")
+
+
+def ua_list_trail(line: str) -> str:
+    """One misc/ua.txt line as a trail: `ua:TEXT` where Maltrail's sensor would match it as plain
+    text, `ua-re:PATTERN` where it is a regular expression."""
+    literal = " (compatible" in line
+    if not literal:
+        try:
+            re.compile(line)
+        except (re.error, RecursionError, OverflowError):
+            literal = True
+    if literal or not _REGEX_SPECIALS.search(line):
+        return "ua:" + line
+    return "ua-re:" + line
+
+
+def read_ua_list(path: str, stats: Counter) -> Iterator[RawTrail]:
+    """Maltrail's misc/ua.txt as user-agent trails (see ua_list_trail)."""
+    name = os.path.basename(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise SourceError("%s: cannot read: %s" % (path, exc.strerror or exc)) from None
+    for lineno, raw in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        line = raw.strip()  # a '#' inside a pattern is part of it: only whole comment lines go
+        if not line or line.startswith("#"):
+            continue
+        stats["rows read"] += 1
+        yield RawTrail(ua_list_trail(line), UA_LIST_INFO, UA_LIST_REFERENCE, "%s:%d" % (name, lineno))
+
+
+def maltrail_checkout(path: str) -> tuple[str, str] | None:
+    """(static trail tree, misc/ua.txt or "") when `path` is a Maltrail checkout, its trails/ or
+    its trails/static/ directory; None for any other directory."""
+    path = os.path.abspath(path)
+    for root, static in ((path, os.path.join(path, "trails", "static")),
+                         (os.path.dirname(path), os.path.join(path, "static")),
+                         (os.path.dirname(os.path.dirname(path)), path)):
+        if (os.path.isdir(static) and os.path.normpath(static).endswith(os.path.join("trails", "static"))
+                and os.path.isdir(os.path.join(root, "misc"))):
+            ua = os.path.join(root, "misc", UA_LIST_NAME)
+            return static, ua if os.path.isfile(ua) else ""
+    return None
+
+
 def read_source(path: str, stats: Counter) -> Iterator[RawTrail]:
-    """Dispatch on what `path` is: a directory (static tree), a .txt file, or a trails.csv."""
+    """Dispatch on what `path` is: a Maltrail checkout (its static tree and its user-agent
+    list), another directory (a static tree), misc/ua.txt, a .txt file, or a trails.csv."""
     if os.path.isdir(path):
-        yield from read_static_tree(path, stats)
+        checkout = maltrail_checkout(path)
+        if checkout is None:
+            yield from read_static_tree(path, stats)
+        else:
+            yield from read_static_tree(checkout[0], stats)
+            if checkout[1]:
+                yield from read_ua_list(checkout[1], stats)
     elif not os.path.exists(path):
         raise SourceError("%s: trail source does not exist" % path)
+    elif os.path.basename(path) == UA_LIST_NAME:
+        yield from read_ua_list(path, stats)
     elif path.endswith(".txt"):
         yield from read_static_file(path, _info_from_filename(path), "(static)", stats)
     else:

@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 from array import array
 
-from matchers.artifact import KIND_CIDR4, KIND_CIDR6, KIND_IPPORT4, KIND_IPPORT6, S_REGEX, S_UA
+from matchers.artifact import KIND_CIDR4, KIND_CIDR6, KIND_IPPORT4, KIND_IPPORT6, KIND_UA_REGEX, S_REGEX, S_UA
 from matchers.domains import render_span
 from matchers.regextrails import prefilter_literals
 from workers import _fastpath
@@ -73,12 +73,18 @@ def _escape_parens(value: str) -> str:
 
 def render_user_agent(user_agent: str, pattern: str) -> str:
     """Maltrail's user-agent trail text: the matched part, and the rest in parentheses."""
-    low = user_agent.lower()
-    i = low.find(pattern)
+    i = user_agent.lower().find(pattern)
     if i < 0:
         return _escape_parens(user_agent)
-    match = user_agent[i:i + len(pattern)]
-    before, after = user_agent[:i], user_agent[i + len(pattern):]
+    return render_user_agent_span(user_agent, i, i + len(pattern))
+
+
+def render_user_agent_span(user_agent: str, start: int, end: int) -> str:
+    """The same for the part user_agent[start:end] a pattern matched."""
+    if start >= end:
+        return _escape_parens(user_agent)
+    match = user_agent[start:end]
+    before, after = user_agent[:start], user_agent[end:]
     if before and after:
         return "%s (%s)" % (_escape_parens(match), _escape_parens(user_agent))
     return "%s%s%s" % ("(%s)" % _escape_parens(before) if before else "", _escape_parens(match),
@@ -117,7 +123,12 @@ def fast_tables(artifact):
     holding none of them cannot match a regex trail) and the user-agent patterns."""
     sections = {name: artifact.section(name) for name in _FAST_SECTIONS if artifact.has(name)}
     literals, always = prefilter_literals(artifact.pairs(S_REGEX))
-    patterns = [p.lower().encode("utf-8") for _, p in artifact.pairs(S_UA)]
+    uas = artifact.pairs(S_UA)
+    patterns = [p.lower().encode("utf-8") for i, p in uas if artifact.kind(i) != KIND_UA_REGEX]
+    # A user-agent regular expression passes a user agent holding a literal it requires; one that
+    # requires none passes every user agent (the empty pattern, see ua_hit in fastpath.c).
+    ua_literals, ua_always = prefilter_literals([(i, p) for i, p in uas if artifact.kind(i) == KIND_UA_REGEX])
+    patterns += [lit.lower().encode("utf-8") for lit in ua_literals] + ([b""] if ua_always else [])
     return _fastpath.Tables(sections, [lit.encode("utf-8") for lit in literals], always, patterns)
 
 
@@ -561,10 +572,10 @@ class Worker:
                 self._match_domain(flow, target_name, TYPE_DNS, out)
 
         if req.user_agent:
-            trail_id = self.matchers.user_agents.match(req.user_agent)
-            if trail_id is not None:
-                trail = render_user_agent(req.user_agent, self._artifact.key(trail_id))
-                self._emit(flow, TYPE_UA, trail, trail_id, out)
+            found = self.matchers.user_agents.match_span(req.user_agent)
+            if found is not None:
+                trail_id, start, end = found
+                self._emit(flow, TYPE_UA, render_user_agent_span(req.user_agent, start, end), trail_id, out)
             elif h.on("user_agent"):
                 user_agent = unquote(req.user_agent).strip()
                 pattern = hhttp.user_agent_pattern(user_agent)

@@ -1007,12 +1007,15 @@ static int unquote_lower(const uint8_t *s, uint32_t n, uint8_t *out)
     return (int)o;
 }
 
+/* Whether a user agent may match a user-agent trail (workers/pipeline.py fast_tables: the
+ * lower-case substrings, the literals a regular expression requires, and an empty pattern for a
+ * regular expression that requires none, which every user agent may match). */
 static int ua_hit(const Tables *t, const uint8_t *ua, uint32_t n, uint8_t *buf)
 {
     memcpy(buf, ua, n);
     lower_ascii(buf, n);
     for (uint32_t i = 0; i < t->n_uas; i++)
-        if (t->ua_len[i] && t->ua_len[i] <= n && memmem(buf, n, t->ua_blob + t->ua_off[i], t->ua_len[i]))
+        if (!t->ua_len[i] || (t->ua_len[i] <= n && memmem(buf, n, t->ua_blob + t->ua_off[i], t->ua_len[i])))
             return 1;
     return 0;
 }
