@@ -606,3 +606,54 @@ def test_real_captures_server_certificates_are_reported(tmp_path):
     events, _ = replay(tmp_path, artifact, *sorted(set(pcaps)))
     got = sorted((e["type"], e["trail"], e["src_ip"], e["src_port"], e["dst_ip"], e["dst_port"]) for e in events)
     assert got == sorted(expected)
+
+
+# --- outputs ---------------------------------------------------------------------------------------
+
+def test_a_cert_event_through_every_output_form():
+    """CEF, Logstash JSON, ECS, the webhook fields and the Maltrail-server datagram each carry a
+    CERT event through their ordinary path; ECS names the fingerprint in tls.server.hash.sha1."""
+    import json
+
+    from events.forwarders.ecs import ecs_document
+    from events.forwarders.logstash import logstash_json
+    from events.forwarders.maltrail_server import datagram
+    from events.forwarders.syslog import maltrail_record
+    from events.forwarders.webhook import alert_fields
+    from events.record import TYPE_CERT, Event
+    fp = "1fe9decfd5b48302ff8156b6a7e551c85d7a9647"
+    event = Event(T0_S * 1_000_000, "s1", CLIENT4, CLIENT_PORT, SERVER4, SERVER_PORT, "TCP", TYPE_CERT, fp,
+                  "dridex c2 certificate (suspicious)", "abuse.ch", "high", 1, T0_S * 1_000_000)
+    record = maltrail_record(event, "host", "0.1", "2024-01-01")
+    assert "|dridex c2 certificate (suspicious)|2|" in record and "trail=%s ref=abuse.ch" % fp in record
+    assert json.loads(logstash_json(event))["type"] == "CERT"
+    assert alert_fields(event)["type"] == "CERT"
+    assert b" CERT %s " % fp.encode() in datagram(event)
+    doc = ecs_document(event)
+    assert doc["tls"] == {"server": {"hash": {"sha1": fp.upper()}}}
+    assert doc["threat"]["indicator"]["type"] == "x509-certificate"
+    assert doc["network"]["protocol"] == "tls" and doc["maltrail"]["type"] == "CERT"
+
+
+def test_the_sslbl_certificate_feed_becomes_certificate_trails(tmp_path):
+    """abuse.ch's SSL certificate blacklist (trailsdb/feeds: sslblcert) parsed and built: each
+    listed fingerprint is a certificate trail with the feed's label and reference."""
+    from trailsdb.feeds.catalog import FEEDS
+    from trailsdb.feeds.parsers import parse
+    feed = next(f for f in FEEDS if f.name == "sslblcert")
+    leaf = fingerprint(chain()[0])
+    body = ("################################################################\n"
+            "# abuse.ch SSL Certificate Blacklist (SHA1 Fingerprints)       #\n"
+            "# Listingdate,SHA1,Listingreason\n"
+            "2024-05-01 10:00:00,%s,Dridex C&C\n"
+            "2024-05-02 11:00:00,%s,AsyncRAT C&C\n"
+            "2024-05-03 12:00:00,not-a-fingerprint,Broken C&C\n" % (leaf.upper(), "ab" * 20)).encode()
+    rows = list(parse(feed, body))
+    out = tmp_path / "feed.mtdb"
+    report = build([], str(out), feeds=[(feed.name, rows)])
+    assert report.by_kind["certificate"] == 2
+    artifact = Artifact.open(str(out))
+    matchers = TrailMatchers.load(artifact)
+    record = artifact.record(matchers.certs.lookup(bytes.fromhex(leaf)))
+    assert (record.key, record.info, record.reference) == (leaf, "dridex c2 certificate (suspicious)", "abuse.ch")
+    assert artifact.record(matchers.certs.lookup(b"\xab" * 20)).info == "asyncrat c2 certificate (suspicious)"
