@@ -14,7 +14,6 @@ import csv
 import datetime
 import functools
 import hashlib
-import os
 import random
 import shutil
 import socket
