@@ -65,12 +65,13 @@ KIND_REGEX = 8
 KIND_URL = 9        # host/path
 KIND_PATH = 10      # /path (any host)
 KIND_UA = 11        # user-agent substring
+KIND_CERT = 12      # SHA-1 fingerprint of a server certificate (40 lower-case hex digits)
 KIND_UA_REGEX = 13  # user-agent regular expression (Maltrail's misc/ua.txt)
 
 KIND_NAMES = {
     KIND_IPV4: "ipv4", KIND_IPV6: "ipv6", KIND_CIDR4: "cidr4", KIND_CIDR6: "cidr6",
     KIND_IPPORT4: "ipv4:port", KIND_IPPORT6: "[ipv6]:port", KIND_DOMAIN: "domain",
-    KIND_REGEX: "regex", KIND_URL: "url", KIND_PATH: "path", KIND_UA: "user-agent",
+    KIND_REGEX: "regex", KIND_URL: "url", KIND_PATH: "path", KIND_UA: "user-agent", KIND_CERT: "certificate",
     KIND_UA_REGEX: "user-agent regex",
 }
 
@@ -104,6 +105,9 @@ S_REGEX = "regex"            # msgpack [[id, pattern], ...] of regex domain trai
 S_UA = "ua"                  # msgpack [[id, pattern], ...] of user-agent trails (both kinds)
 # (their own small sections: reading the keys out of `strings` would page in whole folios of the
 # blob at load for a few dozen patterns)
+S_CERTS = "certs"            # sorted 20-byte SHA-1 digests of certificate trails (matchers/certs.py)
+S_CERT_IDS = "cert_ids"      # u32 trail ids, parallel to S_CERTS; a file without the two sections
+                             # (built before certificate trails) loads with no certificate trails
 S_WHITELIST = "whitelist"    # msgpack {"domains": [...], "ips": [...], "cidrs": [...]}
 S_INFO = "info"              # msgpack build information (sources, counts, rejections)
 # Provenance (trailsdb/provenance.py reads and writes them; no lookup ever maps them):

@@ -1,7 +1,7 @@
 """`trails check INDICATOR`: which trails would match an indicator, and why.
 
 Owns the explanation: what shape the indicator has (address, address:port, domain, URL, user
-agent), every lookup the sensor would make for it, and the verdict, in plain lines. Uses the same
+agent, certificate SHA-1 fingerprint), every lookup the sensor would make for it, and the verdict, in plain lines. Uses the same
 matchers the sensor uses, so the answer is the sensor's answer. Also owns the rules for what an
 indicator may be (`parse_indicator`): text that is none of the shapes (an empty string, an
 address with an octet over 255, a port over 65535, a name DNS cannot carry) is refused with the
@@ -22,10 +22,11 @@ import re
 from matchers.artifact import KIND_CIDR4, KIND_CIDR6, KIND_NAMES
 from matchers.domains import render_span
 from matchers.urls import url_checks
-from trailsdb.normalize import UA_PREFIX
+from trailsdb.normalize import UA_PREFIX, fingerprint_key
 from trailsdb.provenance import Provenance, lines_for
 
-SHAPES = "an IP address, IP:port, [IPv6]:port, domain, host/path URL, or ua:USER-AGENT"
+SHAPES = ("an IP address, IP:port, [IPv6]:port, domain, host/path URL, ua:USER-AGENT, or a certificate's SHA-1 "
+          "fingerprint")
 
 # DNS limits (RFC 1035 2.3.4): a label is 1-63 octets, a name at most 253 characters as text
 # (255 octets on the wire).
@@ -118,9 +119,9 @@ def _endpoint(text: str, indicator: str) -> tuple:
 
 
 def parse_indicator(indicator: str) -> tuple:
-    """What `indicator` is, as one of ("ua", agent), ("ip", address, port or None),
-    ("url", host, path) (host "" for a path alone), ("domain", name); raises IndicatorError
-    naming what is wrong when it is none of them."""
+    """What `indicator` is, as one of ("ua", agent), ("cert", 40 lower-case hex digits),
+    ("ip", address, port or None), ("url", host, path) (host "" for a path alone), ("domain",
+    name); raises IndicatorError naming what is wrong when it is none of them."""
     text = indicator.strip()
     if not text:
         raise IndicatorError("the indicator is empty; give %s" % SHAPES)
@@ -131,6 +132,14 @@ def parse_indicator(indicator: str) -> tuple:
         if not agent:
             raise IndicatorError("%s: give the user agent after %s" % (indicator, UA_PREFIX))
         return ("ua", agent)
+    fingerprint = fingerprint_key(text)
+    if fingerprint is not None:
+        # 40 hex digits, bare, in colon-separated pairs or after "sha1:": what a sensor matches a
+        # server certificate by (a one-label name of 40 hex digits is not worth the ambiguity).
+        return ("cert", fingerprint)
+    if text[:5].lower() == "sha1:":
+        raise IndicatorError("%s: a certificate fingerprint is 40 hex digits (SHA-1), with or without ':' "
+                             "between the pairs" % indicator)
     if any(c.isspace() or not c.isprintable() for c in text):
         raise IndicatorError("%s: an address, name or URL has no spaces or control characters; give %s"
                              % (indicator, SHAPES))
@@ -174,6 +183,8 @@ def explain(matchers, indicator: str, with_provenance: bool = False) -> tuple[bo
         if trail_id is None:
             return False, ["user agent %r: no user-agent trail occurs in it" % ua]
         return True, ["user agent %r: MATCH %s" % (ua, _describe(matchers, trail_id))] + _from(sources, trail_id, "  ")
+    if shape == "cert":
+        return _explain_cert(matchers, value[0], sources=sources)
     if shape == "ip":
         return _explain_ip(matchers, *value, sources=sources)
     if shape == "url":
@@ -183,6 +194,16 @@ def explain(matchers, indicator: str, with_provenance: bool = False) -> tuple[bo
 
 def _from(sources: _Sources | None, trail_id: int, indent: str) -> list[str]:
     return sources.lines(trail_id, indent) if sources is not None else []
+
+
+def _explain_cert(matchers, fingerprint: str, sources=None) -> tuple[bool, list[str]]:
+    lines = ["%s: certificate SHA-1 fingerprint" % fingerprint]
+    trail_id = matchers.certs.lookup(bytes.fromhex(fingerprint))
+    if trail_id is None:
+        lines.append("  no certificate trail")
+        return False, lines
+    lines.append("  MATCH %s" % _describe(matchers, trail_id))
+    return True, lines + _from(sources, trail_id, "    ")
 
 
 def _explain_ip(matchers, addr, port, sources=None) -> tuple[bool, list[str]]:

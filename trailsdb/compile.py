@@ -40,12 +40,12 @@ import pyroaring
 
 from matchers import TrailMatchers, _native
 from matchers.artifact import (
-    KIND_CIDR4, KIND_CIDR6, KIND_DOMAIN, KIND_IPPORT4, KIND_IPPORT6, KIND_IPV4, KIND_IPV6,
+    KIND_CERT, KIND_CIDR4, KIND_CIDR6, KIND_DOMAIN, KIND_IPPORT4, KIND_IPPORT6, KIND_IPV4, KIND_IPV6,
     KIND_NAMES, KIND_PATH, KIND_REGEX, KIND_UA, KIND_UA_REGEX, KIND_URL, S_CIDR4, S_CIDR4_LIST, S_CIDR6_LIST,
     S_DOMAINS, S_INFO, S_IP4, S_IP4_IDS, S_IP4_KEYS, S_IP4_P24, S_IP6, S_IP6_IDS, S_IPPORT4, S_IPPORT4_IDS,
     S_IPPORT4_KEYS, S_IPPORT6, S_IPPORT6_IDS, S_META, S_PROV_CLASSES, S_PROV_IDS, S_PROV_SOURCES, S_REGEX,
     S_STRINGS, S_TRAILS, S_UA, S_URLS, S_WHITELIST, TRAIL_RECORD, Artifact, ArtifactError, ArtifactWriter,
-    existing_summary,
+    S_CERT_IDS, S_CERTS, existing_summary,
 )
 from matchers.ips import ipport4_key, ipport6_key, parse_ipport
 from trailsdb.merge import (
@@ -185,7 +185,8 @@ def _sorted_pairs(keys: array, ids: array, code: str) -> tuple[array, array]:
 # Every section of a build, in the order they are written (the table lists them in this order).
 SECTION_ORDER = [S_STRINGS, S_TRAILS, S_META, S_IP4, S_IP4_KEYS, S_IP4_IDS, S_CIDR4, S_CIDR4_LIST,
                  S_IPPORT4, S_IPPORT4_KEYS, S_IPPORT4_IDS, S_IP4_P24, S_IP6, S_IP6_IDS, S_IPPORT6,
-                 S_IPPORT6_IDS, S_CIDR6_LIST, S_DOMAINS, S_URLS, S_REGEX, S_UA, S_WHITELIST, S_INFO]
+                 S_IPPORT6_IDS, S_CIDR6_LIST, S_DOMAINS, S_URLS, S_REGEX, S_UA, S_CERTS, S_CERT_IDS, S_WHITELIST,
+                 S_INFO]
 PROVENANCE_SECTIONS = [S_PROV_SOURCES, S_PROV_CLASSES, S_PROV_IDS]
 
 
@@ -204,6 +205,7 @@ class _Layout:
         self.cidr4, self.ip6, self.ipport6, self.cidr6 = [], [], [], []
         self.domains, self.urls = array("I"), array("I")
         self.regex, self.uas = [], []
+        self.certs: list[tuple[bytes, int]] = []   # (SHA-1 digest, trail id)
         self.by_kind = Counter()
         self.count = 0
 
@@ -246,12 +248,15 @@ class _Layout:
             self.regex.append([trail_id, raw.decode("utf-8", "surrogateescape")])
         elif kind in (KIND_UA, KIND_UA_REGEX):
             self.uas.append([trail_id, raw.decode("utf-8", "surrogateescape")])
+        elif kind == KIND_CERT:
+            self.certs.append((bytes.fromhex(raw.decode("ascii")), trail_id))
         return trail_id
 
     def samples(self, rng: random.Random, per_kind: int) -> list[int]:
         """Trail ids to self-check: up to `per_kind` of every kind."""
         groups = [self.ip4_ids, self.ipport4_ids, self.domains, self.urls, [c[2] for c in self.cidr4],
-                  [i for _, i in self.ip6], [i for _, i in self.ipport6], [c[2] for c in self.cidr6]]
+                  [i for _, i in self.ip6], [i for _, i in self.ipport6], [c[2] for c in self.cidr6],
+                  [i for _, i in self.certs]]
         out = []
         for ids in groups:
             out += [ids[i] for i in rng.sample(range(len(ids)), min(per_kind, len(ids)))]
@@ -310,6 +315,11 @@ class _Layout:
         yield S_URLS, _native.build_hash_table(self.trails, self.strings, self.urls)
         yield S_REGEX, msgpack.packb(self.regex, use_bin_type=True)
         yield S_UA, msgpack.packb(self.uas, use_bin_type=True)
+        # Trail ids follow key order, so the digests usually arrive sorted; sorted anyway (bisect).
+        self.certs.sort()
+        yield S_CERTS, b"".join(d for d, _ in self.certs)
+        yield S_CERT_IDS, array("I", (i for _, i in self.certs))
+        self.certs = []
         yield S_WHITELIST, msgpack.packb({
             "domains": sorted(whitelist.domains),
             "ips": sorted(str(a) for a in whitelist.ips),
@@ -354,6 +364,8 @@ def _found(m: TrailMatchers, kind: int, key: str, trail_id: int) -> bool:
         return m.domains.table.find(key) == trail_id
     if kind in (KIND_URL, KIND_PATH):
         return m.urls.table.find(key) == trail_id
+    if kind == KIND_CERT:
+        return m.certs.lookup(bytes.fromhex(key)) == trail_id
     return True  # regex and user-agent trails are compiled at load; load itself is the check
 
 

@@ -1,8 +1,10 @@
 """Turning one raw trail into (kind, normalised key), the way Maltrail normalises its trails.
 
 Owns the shape rules: which text is an IPv4/IPv6 address, a CIDR range, an address:port, a
-domain, a regex/wildcard domain, a host/path URL, a path-only URL or a user agent (`ua:TEXT`, or
-`ua-re:PATTERN` for a regular expression), and the
+domain, a regex/wildcard domain, a host/path URL, a path-only URL, a user agent (`ua:TEXT`, or
+`ua-re:PATTERN` for a regular expression) or a certificate's SHA-1 fingerprint (40 hex digits, any
+case, bare, colon-separated in pairs as `openssl x509 -fingerprint` writes them, or after "sha1:"
+as the abuse.ch feed's rows carry them), and the
 normalisation Maltrail applies (lower case, IDNA for non-ASCII names, no leading "www.", no
 trailing dots, no query string on non-path trails, "//" collapsed, no trailing '/' on a URL with
 more than one). A domain is any name DNS can carry in text form (matchers/domains.py
@@ -19,7 +21,7 @@ import ipaddress
 import re
 
 from matchers.artifact import (
-    KIND_CIDR4, KIND_CIDR6, KIND_DOMAIN, KIND_IPPORT4, KIND_IPPORT6, KIND_IPV4, KIND_IPV6,
+    KIND_CERT, KIND_CIDR4, KIND_CIDR6, KIND_DOMAIN, KIND_IPPORT4, KIND_IPPORT6, KIND_IPV4, KIND_IPV6,
     KIND_PATH, KIND_REGEX, KIND_UA, KIND_UA_REGEX, KIND_URL, MAX_KEY_BYTES,
 )
 from matchers.domains import MAX_LABEL_CHARS, MAX_NAME_CHARS
@@ -28,6 +30,10 @@ UA_PREFIX = "ua:"
 # A user agent matched by a regular expression (case-insensitive, searched anywhere in the
 # header), the form Maltrail's misc/ua.txt list is read in (trailsdb/sources.py read_ua_list).
 UA_REGEX_PREFIX = "ua-re:"
+CERT_PREFIX = "sha1:"
+
+# A SHA-1 fingerprint: 20 bytes as hex, bare or as colon-separated pairs ("AB:CD:...").
+_FINGERPRINT = re.compile(r"\A(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){19})\Z")
 
 _IPV4 = re.compile(r"\A(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\Z")
 _IPV4_PORT = re.compile(r"\A(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}):(\d{1,5})\Z")
@@ -85,6 +91,15 @@ def ua_regex_problem(pattern: str) -> str | None:
     if re.compile(pattern, re.IGNORECASE).search(""):
         return "regex matches an empty user agent (it would match every one)"
     return None
+def fingerprint_key(text: str) -> str | None:
+    """The certificate trail key (40 lower-case hex digits) `text` is, or None: a SHA-1
+    fingerprint bare, colon-separated, or after "sha1:"."""
+    t = text.strip()
+    if t[:len(CERT_PREFIX)].lower() == CERT_PREFIX:
+        t = t[len(CERT_PREFIX):].strip()
+    if len(t) not in (40, 59) or not _FINGERPRINT.match(t):
+        return None
+    return t.replace(":", "").lower()
 
 
 def normalize_trail(trail: str, reference: str = "",
@@ -107,6 +122,13 @@ def normalize_trail(trail: str, reference: str = "",
         if not pattern:
             return None, "empty user agent"
         return _checked(KIND_UA, pattern)
+    if len(t) >= 40 or t[:len(CERT_PREFIX)].lower() == CERT_PREFIX:
+        # Before the name rules: 40 hex digits would otherwise be a one-label domain trail.
+        fingerprint = fingerprint_key(t)
+        if fingerprint is not None:
+            return KIND_CERT, fingerprint
+        if t[:len(CERT_PREFIX)].lower() == CERT_PREFIX:
+            return None, "not a SHA-1 fingerprint (40 hex digits) after %s" % CERT_PREFIX
 
     if "/" not in t and _REGEX_HINT.search(t) and re.escape(t) != t:
         if _UNSUPPORTED_REGEX.search(t):
