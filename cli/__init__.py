@@ -222,7 +222,7 @@ def main(argv=None) -> int:
             return 0 if args.config_only else _check_host(cfg)
         if args.command == "replay":
             return _replay(args, cfg)
-        return _live(cfg)
+        return _live(cfg, getattr(args, "config", None) or default_config_path(), getattr(args, "trails", None))
     except ConfigError as exc:
         return _fail(str(exc), 2)
     except KeyboardInterrupt:
@@ -251,7 +251,7 @@ def _load_matchers(cfg):
 
 
 def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = False,
-                stats_json: str | None = None, reference: bool = False) -> int:
+                stats_json: str | None = None, reference: bool = False, update=None) -> int:
     """Replay or live capture through the capture, worker and log-writer processes."""
     from engine.processes.child import auto_workers
     from engine.processes.supervisor import Engine, EngineError
@@ -311,7 +311,8 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
                     progress=mode == "replay" and not quiet and sys.stderr.isatty() and not s.console,
                     forward_to=forward_to, version=_package_version(), severity=SeverityRule(cfg.all.severity_regex),
                     console=s.console, spool=position_names(forward_to) if s.disable_local_log_storage else [],
-                    stats_address=s.stats_address)
+                    stats_address=s.stats_address,
+                    update=update(artifact, account) if update is not None else None)
     try:
         code = engine.run()
     except EngineError as exc:
@@ -348,8 +349,26 @@ def _replay(args, cfg) -> int:
                        stats_json=args.stats_json, reference=args.reference)
 
 
-def _live(cfg) -> int:
-    return _run_engine(cfg, "live")
+def _live(cfg, config_path: str | None, trails_flag: str | None) -> int:
+    def update(artifact: str, account):
+        return _update_spec(cfg, config_path, trails_flag, artifact, account)
+    return _run_engine(cfg, "live", update=update)
+
+
+def _update_spec(cfg, config_path: str | None, trails_flag: str | None, artifact: str, account):
+    """What the running sensor's trail updates run (engine/processes/updater.py), or None when
+    this run cannot update itself: the update publishes [all] trails_artifact of the config file,
+    so a sensor running other trails (--trails, a trails.csv compiled into the cache) is not
+    updated, and says why."""
+    from engine.processes.updater import UpdateSpec
+    if trails_flag is not None or os.path.abspath(artifact) != os.path.abspath(cfg.all.trails_artifact):
+        _log("[i] trail updates are off in this run: the sensor runs %s, not the artifact [all] trails_artifact "
+             "names, which an update publishes" % artifact)
+        return None
+    args = ("trails", "build") + (("--config", os.path.abspath(config_path)) if config_path else ())
+    period = cfg.all.update_period_s
+    return UpdateSpec(main, args, offline_args=(), period_s=0 if period == "off" else period,
+                      timeout_s=cfg.all.update_timeout_s, custom_dir=cfg.all.custom_trails_dir, account=account)
 
 
 def _check_host(cfg) -> int:

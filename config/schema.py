@@ -126,8 +126,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
                 "references) list it; what static or custom trails list is always kept; 1 keeps every "
                 "feed address", maltrail="IP_MINIMUM_FEEDS"),
         "update_period_s": Key(
-            "int", 86400, unit="seconds", min=600, max=604800,
-            doc="how often trails are rebuilt from their sources", maltrail="UPDATE_PERIOD"),
+            "int", 86400, unit="seconds", min=600, max=604800, words=("off",),
+            doc='how often the running sensor updates its trails (fetch the feeds, build, reload) in a '
+                'child process; "off" for never on a schedule (SIGUSR1 still asks for one, and an edited '
+                'custom trail file is still picked up offline)', maltrail="UPDATE_PERIOD"),
+        "update_timeout_s": Key(
+            "int", 3600, unit="seconds", min=10, max=86400,
+            doc="the longest one trail update of the running sensor may take; past it, its process is killed, "
+                "the failure reported and the trails in use kept"),
         "proxy_url": Key(
             "str", "", form="proxy_url", empty_ok=True,
             doc='HTTP(S) proxy used when fetching trail sources; "" for a direct connection',
