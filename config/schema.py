@@ -144,8 +144,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
                 "they are (reference \"(remote custom)\")", maltrail="CUSTOM_TRAILS_URL"),
         "disabled_feeds": Key(
             "list", ("turris", "ciarmy", "policeman", "myip", "alienvault"), form="feed_name", split=True,
-            doc="trail feeds not fetched, by name (COMPATIBILITY.md lists them); [] fetches every feed",
+            doc='trail feeds not fetched, by name (COMPATIBILITY.md lists them); "all" (or "*") leaves out '
+                'every feed (custom_trails_url lists are still fetched); [] fetches every feed',
             maltrail="DISABLED_FEEDS"),
+        "feed_updates": Key(
+            "bool", True,
+            doc="`trails update` (and the sensor's periodic update) fetches the trail feeds; false builds from "
+                "trail_sources, custom_trails_dir and custom_trails_url only", maltrail="USE_FEED_UPDATES"),
+        "disabled_trails_info_regex": Key(
+            "str", "", form="regex", empty_ok=True,
+            doc='trails whose label (info) this regular expression matches are left out when trails are built, '
+                'whatever lists them; "" for none', maltrail="DISABLED_TRAILS_INFO_REGEX"),
         "feeds_dir": Key(
             "str", "/var/lib/maltrail-engine/feeds", form="path",
             doc="directory holding each feed's last good copy and their status (status.json)"),
