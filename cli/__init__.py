@@ -377,10 +377,12 @@ def _update_spec(cfg, config_path: str | None, trails_flag: str | None, artifact
         _log("[i] trail updates are off in this run: the sensor runs %s, not the artifact [all] trails_artifact "
              "names, which an update publishes" % artifact)
         return None
-    args = ("trails", "build") + (("--config", os.path.abspath(config_path)) if config_path else ())
+    args = ("trails", "update") + (("--config", os.path.abspath(config_path)) if config_path else ())
     period = cfg.all.update_period_s
-    return UpdateSpec(main, args, offline_args=(), period_s=0 if period == "off" else period,
-                      timeout_s=cfg.all.update_timeout_s, custom_dir=cfg.all.custom_trails_dir, account=account)
+    return UpdateSpec(main, args, offline_args=("--offline",), period_s=0 if period == "off" else period,
+                      timeout_s=cfg.all.update_timeout_s, custom_dir=cfg.all.custom_trails_dir, account=account,
+                      # what `trails update` imports; "idna": the codec host names are looked up with
+                      preload=("trailsdb.update", "trailsdb.feeds.refresh", "events.fsafety", "encodings.idna"))
 
 
 def _check_host(cfg) -> int:

@@ -38,6 +38,8 @@ from tests.netns import DST_MAC, send_frames, veth  # noqa: F401 (veth is a fixt
 from tests.test_cli import wait_for_records
 from tests.test_corpus import console_script
 from tests.test_engine import records
+from tests.test_feeds_fetch import FeedServer
+from tests.test_metrics import _get, _sample
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
@@ -111,8 +113,11 @@ class Place:
     """The update's files in a directory its account owns: config, sources, custom trails,
     feeds and the artifact."""
 
-    def __init__(self, root: Path, log_dir: Path, interface: str, **all_keys):
+    def __init__(self, root: Path, log_dir: Path, interface: str, server: FeedServer, **all_keys):
         self.root = root
+        self.server = server
+        # the user's own remote list ([all] custom_trails_url), served on loopback
+        server.route("/mine.txt", body=b"# my list\nremote-first.org\n")
         self.user = account()
         self.source = root / "src" / "trails.csv"
         self.custom = root / "custom"
@@ -123,10 +128,12 @@ class Place:
         self.source.write_text((CORPUS / "trails.csv").read_text())
         (self.custom / "mine.txt").write_text("custom-first.org\n")
         keys = dict(log_dir=str(log_dir), trails_artifact=str(self.artifact), trail_sources=[str(self.source)],
-                    custom_trails_dir=str(self.custom), feeds_dir=str(root / "feeds"), update_period_s="off")
+                    custom_trails_dir=str(self.custom), feeds_dir=str(root / "feeds"), update_period_s="off",
+                    # no catalog feed: the tests do not reach the Internet
+                    disabled_feeds=["all"], custom_trails_url=[server.url("/mine.txt")])
         keys.update(all_keys)
         self.write_config(keys, interface)
-        out = subprocess.run([console_script(), "trails", "build", "--config", str(self.config)],
+        out = subprocess.run([console_script(), "trails", "update", "--config", str(self.config)],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         self.give()
@@ -135,7 +142,8 @@ class Place:
         self.keys, self.interface = keys, interface
         self.config.write_text(
             "[all]\n" + "".join("%s = %s\n" % (k, json.dumps(v)) for k, v in keys.items())
-            + "[sensor]\n" + "interface = %s\nworkers = 2\nsensor_name = \"upd\"\n" % json.dumps([interface]))
+            + "[sensor]\n" + "interface = %s\nworkers = 2\nsensor_name = \"upd\"\n" % json.dumps([interface])
+            + "stats_address = \"127.0.0.1:0\"\n")
 
     def give(self) -> None:
         """Everything under the place belongs to the update's account (what an installation
@@ -155,9 +163,11 @@ class Place:
 def place(veth, tmp_path):
     root = Path(tempfile.mkdtemp(prefix="mte-live-update-", dir="/tmp"))
     os.chmod(root, 0o755)
+    server = FeedServer()
     try:
-        yield Place(root, tmp_path / "log", veth[1])
+        yield Place(root, tmp_path / "log", veth[1], server)
     finally:
+        server.close()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -178,10 +188,11 @@ def test_an_update_asked_for_by_sigusr1_is_adopted_with_no_frame_lost(place, vet
     try:
         sensor.wait_line(r"capturing on %s" % host)
         sensor.wait_line(r"trail updates: not on a schedule .*; SIGUSR1 updates now")
-        send_frames(namespace, peer, [dns("before.added-later.org", 40001)])
-        # a trail added to a source the update reads
-        with open(place.source, "a") as f:
-            f.write("added-later.org,added by the update (malware),(test)\n")
+        metrics = sensor.wait_line(r"metrics: (http://\S+)/metrics").group(1)
+        send_frames(namespace, peer, [dns("before.added-later.org", 40001), dns("www.remote-first.org", 40003)])
+        assert wait_for_records(place.keys["log_dir"], 1) == 1, sensor.text()
+        # a trail added to the list the server serves
+        place.server.route("/mine.txt", body=b"# my list\nremote-first.org\nadded-later.org\n")
         # frames flow from before the update until after the reload
         filler = DST_MAC + g.udp_frame("10.99.0.3", "10.99.0.1", 20000, 5000, b"filler" * 4)[6:]
         streamer = subprocess.Popen(["ip", "netns", "exec", namespace, sys.executable, "-c", STREAMER, peer,
@@ -198,7 +209,13 @@ def test_an_update_asked_for_by_sigusr1_is_adopted_with_no_frame_lost(place, vet
         assert streamer.wait(timeout=30) == 0
         streamer = None
         send_frames(namespace, peer, [dns("after.added-later.org", 40002)])
-        assert wait_for_records(place.keys["log_dir"], 1) == 1, sensor.text()
+        assert wait_for_records(place.keys["log_dir"], 2) == 2, sensor.text()
+        _status, text, _headers = _get(metrics + "/metrics")
+        assert _sample(text, "maltrail_trail_updates_total") == 1
+        assert _sample(text, "maltrail_trail_update_failures_total") == 0
+        assert _sample(text, "maltrail_trail_update_running") == 0
+        assert _sample(text, "maltrail_trail_update_last_success_timestamp_seconds") > 0
+        assert _sample(text, "maltrail_trail_generation") == 2
     finally:
         if streamer is not None:
             streamer.kill()
@@ -206,8 +223,8 @@ def test_an_update_asked_for_by_sigusr1_is_adopted_with_no_frame_lost(place, vet
     err = sensor.text()
     assert code == 0, err
     print("supervisor RSS across the update: %s MB -> %s MB" % done.groups())
-    assert [r[9] for r in records(place.keys["log_dir"])] == ["(after).added-later.org"]
-    sent = streamed + 2
+    assert sorted(r[9] for r in records(place.keys["log_dir"])) == ["(after).added-later.org", "(www).remote-first.org"]
+    sent = streamed + 3
     assert streamed > 100, err  # the stream really ran across the update and reload
     assert summary(err, r"kernel: received (\d+), dropped 0, interface dropped 0") == sent, err
     assert summary(err, r"(?m)^frames: (\d+) ") == sent, err
@@ -243,6 +260,14 @@ def test_a_failed_update_keeps_the_trails_in_use_and_says_why(place, veth):
     sensor = Sensor(place.config)
     try:
         sensor.wait_line(r"capturing on %s" % host)
+        # the feed server is down: the list's last good copy is used, the sources are unchanged
+        place.server.close()
+        mark = len(sensor.lines)
+        sensor.proc.send_signal(signal.SIGUSR1)
+        sensor.wait_line(r"\[!\] .* trail update: feed \S+: could not connect to 127\.0\.0\.1: .*its last good copy "
+                         r".* is used", 120, after=mark)
+        sensor.wait_line(r"trail update \(requested\) done in [\d.]+ s: the artifact is unchanged, generation 1 stays",
+                         120, after=mark)
         # the source comes back short: 3 rows of 34, the build refuses to replace the artifact
         rows = (CORPUS / "trails.csv").read_text().splitlines()
         place.source.write_text("\n".join(rows[:3]) + "\n")
@@ -252,13 +277,15 @@ def test_a_failed_update_keeps_the_trails_in_use_and_says_why(place, veth):
                          r".*less than half", 120, after=mark)
         send_frames(namespace, peer, [dns("www.evil-parent.net", 40020)])  # row 2: in both sets
         send_frames(namespace, peer, [dns("www.host-evil.info", 40021)])   # row 5: only in the set in use
-        assert wait_for_records(place.keys["log_dir"], 2) == 2, sensor.text()
+        send_frames(namespace, peer, [dns("www.remote-first.org", 40022)])  # the remote list's last good copy
+        assert wait_for_records(place.keys["log_dir"], 3) == 3, sensor.text()
     finally:
         code = sensor.stop()
     err = sensor.text()
     assert code == 0, err
     assert "reloading trails" not in err
-    assert sorted(r[9] for r in records(place.keys["log_dir"])) == ["(www).evil-parent.net", "(www).host-evil.info"]
+    assert sorted(r[9] for r in records(place.keys["log_dir"])) == ["(www).evil-parent.net", "(www).host-evil.info",
+                                                                      "(www).remote-first.org"]
     assert place.generation() == 1
 
 
@@ -296,14 +323,15 @@ def test_sigterm_during_an_update_kills_it_and_the_sensor_stops_cleanly(place, v
         sensor.wait_line(r"capturing on %s" % host)
         sensor.proc.send_signal(signal.SIGUSR1)
         pid = int(sensor.wait_line(r"trail update \(requested\) started: pid (\d+)").group(1))
-        # the child is the account, holds no capability, and is named as the sensor's children are
-        status = _status(pid)
-        assert status["Uid"].split()[0] == str(place.user.pw_uid), status
-        assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0, status
+        # the child becomes the account (once it has imported what the update needs), holds no
+        # capability, and is named as the sensor's children are
         deadline = time.monotonic() + 30
-        while _status(pid)["Name"] != "mte-update" and time.monotonic() < deadline:
+        while _status(pid)["Uid"].split()[0] != str(place.user.pw_uid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _status(pid)["Name"] == "mte-update"
+        status = _status(pid)
+        assert status["Uid"].split() == [str(place.user.pw_uid)] * 4, status
+        assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0, status
+        assert status["NoNewPrivs"] == "1" and status["Name"] == "mte-update", status
         # a second request while one runs waits for it
         sensor.proc.send_signal(signal.SIGUSR1)
         sensor.wait_line(r"trail update \(requested\) queued: an update is running")

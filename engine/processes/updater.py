@@ -31,6 +31,7 @@ to the workers.
 from __future__ import annotations
 
 import errno
+import importlib
 import multiprocessing
 import os
 import random
@@ -66,6 +67,9 @@ class UpdateSpec:
     run: Callable                       # the command line's entry point: run(argv) -> exit status
     args: tuple                         # its argv for one online update ("trails", "update", ...)
     offline_args: tuple = ("--offline",)  # appended for an offline update
+    preload: tuple = ()                 # modules the update imports, imported before the child drops
+                                        # its privileges (the account may not read the interpreter's
+                                        # library: a Python under root's home)
     period_s: int = 0                   # between scheduled updates; 0: none (update_period_s = "off")
     timeout_s: float = 3600.0           # a child running longer is killed
     custom_dir: str = ""                # watched for edits; "" for none
@@ -201,7 +205,8 @@ class Updater:
         read_fd, write_fd = os.pipe()
         try:
             proc = self._ctx.Process(target=_run_child, name="mte-update", args=(
-                self.spec.run, argv, account, write_fd, [read_fd] + list(self._not_owned()), os.getpid()))
+                self.spec.run, argv, account, write_fd, [read_fd] + list(self._not_owned()), os.getpid(),
+                self.spec.preload))
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()   # what the supervisor buffered must not be written twice
             proc.start()
@@ -254,7 +259,7 @@ class Updater:
                 continue
             m = _PROCESS_LINE.match(text)
             level, body = (m.group(1), m.group(2)) if m else ("i", text)
-            if level == "!" or body.startswith("maltrail-engine: "):
+            if level == "!" or body.startswith(("maltrail-engine: ", "update FAILED")):
                 self._last_complaint = body
             self._relayed += 1
             if self._relayed <= MAX_RELAYED_LINES:
@@ -361,7 +366,8 @@ class Updater:
         self.child, self._read_fd = None, None
 
 
-def _run_child(run: Callable, argv: list, account, write_fd: int, close: list, parent_pid: int) -> None:
+def _run_child(run: Callable, argv: list, account, write_fd: int, close: list, parent_pid: int,
+               preload: tuple = ()) -> None:
     """The update's process: a session of its own (the supervisor signals the whole of it), the
     supervisor's descriptors closed, its output into the pipe the supervisor reads, the
     workers' account with no capability, then the command line's update."""
@@ -375,6 +381,8 @@ def _run_child(run: Callable, argv: list, account, write_fd: int, close: list, p
     os.dup2(write_fd, 2)
     os.close(write_fd)
     try:
+        for name in preload:
+            importlib.import_module(name)
         child.drop_privileges(account)
         privileges.set_parent_death_signal(signal.SIGKILL)
     except privileges.PrivilegeError as exc:
