@@ -169,13 +169,13 @@ class Updater:
         return self.child is not None
 
     # -- what asks for an update ------------------------------------------------------------------
-    def request(self, trigger: str = REQUESTED, offline: bool = False) -> None:
+    def request(self, trigger: str = REQUESTED, offline: bool = False, now: float | None = None) -> None:
         """An update as soon as none runs. A request while one runs is queued (an online one wins
         over an offline one: it reads the custom trails too)."""
         if self.stopping:
             return
         if self.child is None:
-            self._start(trigger, offline, time.monotonic())
+            self._start(trigger, offline, time.monotonic() if now is None else now)
         elif self._queued is None or (self._queued[1] and not offline):
             self._queued = (trigger, offline)
             self._notice("trail update (%s) queued: an update is running" % trigger)
@@ -196,7 +196,7 @@ class Updater:
             self._custom_seen, self._custom_candidate = state, None
             self._next_custom_check = now + self.spec.custom_check_s
             self._notice("custom trails changed in %s: an offline update picks them up" % self.spec.custom_dir)
-            self.request(CUSTOM, offline=True)
+            self.request(CUSTOM, offline=True, now=now)
 
     # -- the child --------------------------------------------------------------------------------
     def _start(self, trigger: str, offline: bool, now: float) -> None:
@@ -380,6 +380,10 @@ def _run_child(run: Callable, argv: list, account, write_fd: int, close: list, p
     os.dup2(write_fd, 1)
     os.dup2(write_fd, 2)
     os.close(write_fd)
+    # Whatever sys.stdout and sys.stderr were in the supervisor (a terminal's, a test harness's
+    # capture), the update writes into the pipe.
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
     try:
         for name in preload:
             importlib.import_module(name)
