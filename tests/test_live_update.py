@@ -37,7 +37,7 @@ from tests.conftest import need_root
 from tests.netns import DST_MAC, send_frames, veth  # noqa: F401 (veth is a fixture)
 from tests.test_cli import wait_for_records
 from tests.test_corpus import console_script
-from tests.test_engine import records
+from tests.test_engine import children_named, records
 from tests.test_feeds_fetch import FeedServer
 from tests.test_metrics import _get, _sample
 
@@ -187,7 +187,7 @@ def test_an_update_asked_for_by_sigusr1_is_adopted_with_no_frame_lost(place, vet
     streamer = None
     try:
         sensor.wait_line(r"capturing on %s" % host)
-        sensor.wait_line(r"trail updates: not on a schedule .*; SIGUSR1 updates now")
+        sensor.wait_line(r"trail updates: not on a schedule .*, offline when .* changes; SIGUSR1 updates now")
         metrics = sensor.wait_line(r"metrics: (http://\S+)/metrics").group(1)
         send_frames(namespace, peer, [dns("before.added-later.org", 40001), dns("www.remote-first.org", 40003)])
         assert wait_for_records(place.keys["log_dir"], 1) == 1, sensor.text()
@@ -237,6 +237,7 @@ def test_an_edited_custom_trail_file_is_picked_up_within_a_minute(place, veth):
     sensor = Sensor(place.config)
     try:
         sensor.wait_line(r"capturing on %s" % host)
+        sensor.wait_line(r"SIGUSR1 updates now")  # the handler is in place
         mark = len(sensor.lines)
         with open(place.custom / "mine.txt", "a") as f:
             f.write("custom-edited.org\n")
@@ -260,6 +261,7 @@ def test_a_failed_update_keeps_the_trails_in_use_and_says_why(place, veth):
     sensor = Sensor(place.config)
     try:
         sensor.wait_line(r"capturing on %s" % host)
+        sensor.wait_line(r"SIGUSR1 updates now")  # the handler is in place
         # the feed server is down: the list's last good copy is used, the sources are unchanged
         place.server.close()
         mark = len(sensor.lines)
@@ -321,6 +323,7 @@ def test_sigterm_during_an_update_kills_it_and_the_sensor_stops_cleanly(place, v
     sensor = Sensor(place.config)
     try:
         sensor.wait_line(r"capturing on %s" % host)
+        sensor.wait_line(r"SIGUSR1 updates now")  # the handler is in place
         sensor.proc.send_signal(signal.SIGUSR1)
         pid = int(sensor.wait_line(r"trail update \(requested\) started: pid (\d+)").group(1))
         # the child becomes the account (once it has imported what the update needs), holds no
@@ -335,6 +338,13 @@ def test_sigterm_during_an_update_kills_it_and_the_sensor_stops_cleanly(place, v
         # a second request while one runs waits for it
         sensor.proc.send_signal(signal.SIGUSR1)
         sensor.wait_line(r"trail update \(requested\) queued: an update is running")
+        # SIGUSR1 sent to every process of the sensor (`systemctl kill -s USR1` does) is the
+        # supervisor's alone: the other processes ignore it
+        others = [p for p in children_named(sensor.proc.pid, "mte-") if p != pid]
+        assert len(others) == 4, others   # capture, two workers, log writer
+        for other in others:
+            os.kill(other, signal.SIGUSR1)
+        sensor.wait_line(r"trail update \(requested\) queued")
     finally:
         code = sensor.stop()
     err = sensor.text()
@@ -342,6 +352,7 @@ def test_sigterm_during_an_update_kills_it_and_the_sensor_stops_cleanly(place, v
     assert "stopping: the running trail update is killed; the trails in use stay" in err
     assert _gone(pid)
     assert err.count("trail update (requested) started") == 1  # the queued one never ran
+    assert "died" not in err and "worker deaths" not in err
     assert place.generation() == 1
 
 
@@ -351,6 +362,7 @@ def test_an_update_past_its_timeout_is_killed_and_capture_goes_on(place, veth):
     sensor = Sensor(place.config)
     try:
         sensor.wait_line(r"capturing on %s" % host)
+        sensor.wait_line(r"SIGUSR1 updates now")  # the handler is in place
         sensor.proc.send_signal(signal.SIGUSR1)
         pid = int(sensor.wait_line(r"trail update \(requested\) started: pid (\d+)").group(1))
         send_frames(namespace, peer, [dns("during.evil-parent.net", 40030)])

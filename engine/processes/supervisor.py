@@ -242,7 +242,6 @@ class Engine:
             self.selector.register(proc.sentinel, selectors.EVENT_READ, ("exit", k))
         self._running = True
         self._banner()
-        self._start_updater()
         if self.progress:
             self._open_bar()
 
@@ -454,14 +453,19 @@ class Engine:
         children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.started_unix = time.time()
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)}
+        # SIGUSR1 (an update now) would end the process by default: ignored until the loop can
+        # take it, and by every child forked meanwhile (child.py keeps it ignored).
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         try:
             self._start()
         except BaseException:
+            signal.signal(signal.SIGUSR1, previous[signal.SIGUSR1])
             self._cleanup()
             raise
         old_wakeup = signal.set_wakeup_fd(self.wake_w)
         for s in previous:
             signal.signal(s, self._signal)
+        self._start_updater()  # after the handlers: its line says SIGUSR1 is taken
         try:
             code = self._loop()
             self._drain_reports()
