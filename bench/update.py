@@ -137,7 +137,10 @@ def main(argv=None) -> int:
         print("bench.update: skipped: " + MISSING_TRAILS % args.trails)
         return 0
     work = tempfile.mkdtemp(prefix="bench-update-")
-    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    # The installed command is what is measured: no PYTHONPATH (which would put a checkout's
+    # packages before the installed ones), and no proxy between it and the local server.
+    env = {k: v for k, v in os.environ.items()
+           if k.lower() not in ("http_proxy", "https_proxy", "all_proxy") and k != "PYTHONPATH"}
     env["no_proxy"] = "127.0.0.1"
     results = {"machine": machine(), "feeds": args.feeds, "trails_file": args.trails,
                "build": [], "update": [], "update_again": [], "update_unchanged": []}

@@ -332,3 +332,25 @@ def test_a_feed_address_in_a_cdn_range_is_dropped_from_the_update(tmp_path):
     assert "dropped 1: feed address in a CDN range (cloudflare-v4)" in done.stdout, done.stdout
     assert check(conf, "185.220.101.7").returncode == 0
     assert check(conf, "104.16.1.1").returncode == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. The benchmark runs (its figures are measured, never asserted)
+# ----------------------------------------------------------------------------------------------
+
+def test_bench_update_smoke(tmp_path):
+    import json
+    import sys
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path / "update.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "update", "--trails", str(repo / "tests" / "corpus" / "trails.csv"),
+                           "--feeds", "3", "--json", str(out)], cwd=repo, env=dict(_ENV, PYTHONPATH=str(repo)), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr + done.stdout
+    results = json.loads(out.read_text())
+    for key in ("build", "update", "update_unchanged", "update_again"):
+        assert len(results[key]) == 1 and results[key][0]["peak_rss"] > 0, key
+    assert "sources unchanged" in results["update_unchanged"][0]["last"]
+    assert "published" in results["update_again"][0]["last"] and "generation 2" in results["update_again"][0]["last"]
+    assert results["update"][0]["trails"] == results["update_again"][0]["trails"] > 0
+    assert "peak RSS MB" in done.stdout and "250 MB target" in done.stdout
