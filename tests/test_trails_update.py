@@ -277,3 +277,80 @@ def test_config_import_carries_the_update_options(tmp_path):
     assert mte("config", "import", str(absent), "-o", str(out2)).returncode == 0
     # Maltrail leaves an unset switch off: without USE_FEED_UPDATES it fetches no feed.
     assert load_config(str(out2)).all.feed_updates is False
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. CDN range lists: fetched with a last good copy, applied to feed addresses
+# ----------------------------------------------------------------------------------------------
+
+def test_cdn_range_lists_are_fetched_and_keep_their_last_good_copy(tmp_path, server):
+    import ipaddress
+
+    from tests.test_feeds_fetch import Log
+    from trailsdb.feeds import FetchSettings
+    from trailsdb.ranges import RangeList
+    from trailsdb.update import refresh_cdn_ranges
+
+    lists = (RangeList("cdn-a", server.url("/a.txt"), "lines"),
+             RangeList("cdn-b", server.url("/b.json"), "json", ("addresses",)))
+    server.route("/a.txt", body=b"# edge\n93.184.216.0/24\n")
+    server.route("/b.json", body=b'{"addresses": ["151.101.0.0/16"]}')
+    settings = FetchSettings(retries=0, environ={})
+    feeds_dir = str(tmp_path / "feeds")
+
+    def label(ranges, address):
+        return ranges.label(4, int(ipaddress.ip_address(address)))
+
+    ranges, states = refresh_cdn_ranges(feeds_dir, settings, False, Log(), lists)
+    assert states == [("cdn-a", "fresh", None), ("cdn-b", "fresh", None)]
+    assert (label(ranges, "93.184.216.34"), label(ranges, "151.101.1.1"), label(ranges, "8.8.8.8")) == \
+        ("cdn-a", "cdn-b", None)
+    # A list that changed its format, and one that is gone: both keep their last good copy.
+    server.route("/a.txt", body=b"<html><body>moved</body></html>\n")
+    server.route("/b.json", status=404)
+    log = Log()
+    ranges, states = refresh_cdn_ranges(feeds_dir, settings, False, log, lists)
+    assert [(name, state) for name, state, _ in states] == [("cdn-a", "kept"), ("cdn-b", "kept")]
+    assert "not an address range" in states[0][2] and "404" in states[1][2]
+    assert len(log.lines("!")) == 2
+    assert (label(ranges, "93.184.216.34"), label(ranges, "151.101.1.1")) == ("cdn-a", "cdn-b")
+    served = len(server.requests)
+    ranges, states = refresh_cdn_ranges(feeds_dir, settings, True, Log(), lists)
+    assert len(server.requests) == served and [s for _, s, _ in states] == ["offline", "offline"]
+    assert label(ranges, "93.184.216.34") == "cdn-a"
+
+
+def test_a_feed_address_in_a_cdn_range_is_dropped_from_the_update(tmp_path):
+    feeds_dir = tmp_path / "feeds"
+    feeds_dir.mkdir(mode=0o750)
+    # Last good copies an earlier update left: an address feed, and Cloudflare's published ranges.
+    (feeds_dir / "greensnow.body").write_text("104.16.1.1\n185.220.101.7\n")
+    (feeds_dir / "cdn_cloudflare_v4.body").write_text("104.16.0.0/13\n")
+    conf = write_config(tmp_path / "m.toml", disabled_feeds=[], ip_minimum_feeds=1)
+    done = mte("trails", "update", "-c", conf, "--offline")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "dropped 1: feed address in a CDN range (cloudflare-v4)" in done.stdout, done.stdout
+    assert check(conf, "185.220.101.7").returncode == 0
+    assert check(conf, "104.16.1.1").returncode == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. The benchmark runs (its figures are measured, never asserted)
+# ----------------------------------------------------------------------------------------------
+
+def test_bench_update_smoke(tmp_path):
+    import json
+    import sys
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path / "update.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "update", "--trails", str(repo / "tests" / "corpus" / "trails.csv"),
+                           "--feeds", "3", "--json", str(out)], cwd=repo, env=dict(_ENV, PYTHONPATH=str(repo)), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr + done.stdout
+    results = json.loads(out.read_text())
+    for key in ("build", "update", "update_unchanged", "update_again"):
+        assert len(results[key]) == 1 and results[key][0]["peak_rss"] > 0, key
+    assert "sources unchanged" in results["update_unchanged"][0]["last"]
+    assert "published" in results["update_again"][0]["last"] and "generation 2" in results["update_again"][0]["last"]
+    assert results["update"][0]["trails"] == results["update_again"][0]["trails"] > 0
+    assert "peak RSS MB" in done.stdout and "250 MB target" in done.stdout

@@ -261,7 +261,7 @@ def _current(output: str) -> tuple[int, int, str]:
     there is none or it cannot be read."""
     try:
         artifact = Artifact.open(output, verify=False)
-    except (ArtifactError, OSError):
+    except (ArtifactError, OSError, ValueError):  # ValueError: msgpack's, for a damaged section
         return 0, 0, ""
     try:
         return artifact.generation, artifact.trail_count, str(artifact.info.get(INPUTS_KEY) or "")
