@@ -52,6 +52,7 @@ KILL_GRACE_S = 1.0           # SIGTERM to SIGKILL when a child is stopped
 MAX_RELAYED_LINES = 200      # of one update's output; the rest is counted, not printed
 MAX_LINE_CHARS = 1000
 OUTPUT_READ_BYTES = 65536
+MAX_READS_PER_TICK = 16      # a child that writes without pause cannot hold the loop
 
 SCHEDULED = "scheduled"
 REQUESTED = "requested"
@@ -125,8 +126,9 @@ def directory_state(path: str) -> tuple | None:
 
 class Updater:
     """Decides when an update runs, runs it in a child process, and says how it ended. The
-    supervisor calls tick() from its loop (never blocking) and acts on the Outcome it returns;
-    `close()` names what of the supervisor's a new child must close (channels, pipes, locks)."""
+    supervisor calls tick() from its loop (never blocking) and acts on the Outcome it returns.
+    `close`, given by the supervisor, names what of its own a new child must close (channels,
+    pipes, the log directory's lock)."""
 
     def __init__(self, spec: UpdateSpec, notice, warn, close: Callable = list, now: float | None = None,
                  rng=None):
@@ -151,8 +153,7 @@ class Updater:
         self.stopping = False
         # custom trails directory
         self._custom_seen = directory_state(spec.custom_dir) if spec.custom_dir else None
-        self._custom_candidate = None
-        self._custom_changed_at = None
+        self._custom_candidate = None        # a changed state waiting to hold still
         self._next_custom_check = now + spec.custom_check_s
         # what metrics and reports show
         self.successes = 0
@@ -185,11 +186,11 @@ class Updater:
             return
         state = directory_state(self.spec.custom_dir)
         if state == self._custom_seen:
-            self._custom_candidate = self._custom_changed_at = None
+            self._custom_candidate = None
             self._next_custom_check = now + self.spec.custom_check_s
         elif state != self._custom_candidate:
             # Something changed (or is still changing): look again once it may have settled.
-            self._custom_candidate, self._custom_changed_at = state, now
+            self._custom_candidate = state
             self._next_custom_check = now + self.spec.custom_settle_s
         else:
             # Unchanged for custom_settle_s: the edit is complete.
@@ -235,7 +236,7 @@ class Updater:
         if self.child is None:
             return
         fd = self._read_fd
-        while True:
+        for _ in range(MAX_READS_PER_TICK):
             try:
                 chunk = os.read(fd, OUTPUT_READ_BYTES)
             except BlockingIOError:
@@ -249,6 +250,9 @@ class Updater:
                 break
             self._output += chunk
         *lines, self._output = self._output.split(b"\n")
+        if len(self._output) > MAX_LINE_CHARS * 4:
+            lines.append(self._output)   # no line end in sight: what came so far, as a line
+            self._output = b""
         if final and self._output:
             lines.append(self._output)
             self._output = b""
