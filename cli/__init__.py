@@ -374,8 +374,9 @@ def _update_spec(cfg, config_path: str | None, trails_flag: str | None, artifact
     updated, and says why."""
     from engine.processes.updater import UpdateSpec
     if trails_flag is not None or os.path.abspath(artifact) != os.path.abspath(cfg.all.trails_artifact):
-        _log("[i] trail updates are off in this run: the sensor runs %s, not the artifact [all] trails_artifact "
-             "names, which an update publishes" % artifact)
+        import time
+        _log("[i] %s trail updates are off in this run: the sensor runs %s, not the artifact [all] trails_artifact "
+             "names, which an update publishes" % (time.strftime("%Y-%m-%d %H:%M:%S"), artifact))
         return None
     args = ("trails", "update") + (("--config", os.path.abspath(config_path)) if config_path else ())
     period = cfg.all.update_period_s

@@ -9,7 +9,9 @@ unprivileged account, the reload that follows, and the faults.
 - an update that fails (a source that shrank below half) keeps the trails in use, and says why;
 - an update that runs past [all] update_timeout_s is killed and reported; capture goes on;
 - SIGTERM during an update: the update's process is killed, the sensor stops cleanly;
-- the update runs as the workers' account, with no capability.
+- the update runs as the workers' account, with no capability; SIGUSR1 sent to every process of
+  the sensor is the supervisor's alone;
+- a sensor running other trails than [all] trails_artifact (--trails) does not update, and says so.
 
 The update's account must reach its files: pytest's tmp dirs are 0700 root, so the config,
 sources and artifact live in a directory of their own under /tmp, given to that account.
@@ -76,8 +78,8 @@ def account():
 class Sensor:
     """A live sensor started with a config file; its stderr lines collected by a thread."""
 
-    def __init__(self, config: Path):
-        self.proc = subprocess.Popen([console_script(), "-c", str(config)], stderr=subprocess.PIPE, text=True)
+    def __init__(self, config: Path, *flags: str):
+        self.proc = subprocess.Popen([console_script(), "-c", str(config), *flags], stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stderr.readline, "")), daemon=True).start()
 
@@ -376,3 +378,22 @@ def test_an_update_past_its_timeout_is_killed_and_capture_goes_on(place, veth):
     assert code == 0, sensor.text()
     assert sorted(r[9] for r in records(place.keys["log_dir"])) == ["(after).evil-parent.net",
                                                                       "(during).evil-parent.net"]
+
+
+def test_a_sensor_running_other_trails_does_not_update_them_and_says_so(place, veth):
+    namespace, host, peer = veth
+    other = place.root / "other.mtdb"
+    shutil.copyfile(place.artifact, other)
+    sensor = Sensor(place.config, "--trails", str(other))
+    try:
+        sensor.wait_line(r"capturing on %s" % host)
+        sensor.wait_line(r"trail updates are off in this run: the sensor runs %s, not the artifact "
+                         r"\[all\] trails_artifact names" % re.escape(str(other)))
+        sensor.proc.send_signal(signal.SIGUSR1)
+        sensor.wait_line(r"\[!\] .* SIGUSR1: trail updates are not available in this run \(not configured\)")
+        send_frames(namespace, peer, [dns("www.evil-parent.net", 40040)])
+        assert wait_for_records(place.keys["log_dir"], 1) == 1, sensor.text()
+    finally:
+        code = sensor.stop()
+    assert code == 0, sensor.text()
+    assert "trail update (" not in sensor.text()
