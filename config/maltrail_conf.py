@@ -37,8 +37,9 @@ __all__ = ["ConfImportError", "ImportResult", "MALTRAIL_ONLY", "import_conf", "r
 # Maltrail's options that no key of ours stands for, with the reason (every option of Maltrail's
 # maltrail.conf and core/settings.py; the others are the `maltrail=` names in SCHEMA).
 _SERVER_LATER = "maltrail-engine's server (web interface) is a later release"
-_FEEDS_LATER = ("trail feeds and updates are a later release; compile trails with `maltrail-engine trails "
-                "build` (from Maltrail's trails.csv: [all] trail_sources)")
+_OWN_FEEDS = ("each maltrail-engine sensor fetches the feeds itself (`maltrail-engine trails update`, "
+              "[all] feed_updates); to hand one host's trails to others, copy its [all] trails_artifact, "
+              "or point their [all] custom_trails_url at a list you publish")
 MALTRAIL_ONLY: dict[str, str] = {
     "USERS": "accounts of Maltrail's web server: " + _SERVER_LATER,
     "ENABLE_MASK_CUSTOM": "a setting of Maltrail's web interface: " + _SERVER_LATER,
@@ -46,10 +47,8 @@ MALTRAIL_ONLY: dict[str, str] = {
     "HEADER_LOGO": "a setting of Maltrail's web interface: " + _SERVER_LATER,
     "FAIL2BAN_REGEX": "served by Maltrail's web server (/fail2ban): " + _SERVER_LATER,
     "BLACKLIST": "served by Maltrail's web server (blacklists): " + _SERVER_LATER,
-    "USE_SERVER_UPDATE_TRAILS": "Maltrail's server handing trails to sensors: " + _FEEDS_LATER,
-    "UPDATE_SERVER": "Maltrail's sensors pulling trails from its server: " + _FEEDS_LATER,
-    "USE_FEED_UPDATES": _FEEDS_LATER,
-    "DISABLED_TRAILS_INFO_REGEX": _FEEDS_LATER,
+    "USE_SERVER_UPDATE_TRAILS": "Maltrail's server handing trails to sensors: " + _SERVER_LATER + "; " + _OWN_FEEDS,
+    "UPDATE_SERVER": "Maltrail's sensors pulling a trails.csv from its server: " + _OWN_FEEDS,
     "DISABLE_CPU_AFFINITY": "maltrail-engine always pins its capture process to one CPU; there is no switch",
     "CHECK_HOST_DOMAINS": "always on here: the Host of every HTTP request is checked against domain trails "
                           "(COMPATIBILITY.md, difference 10)",

@@ -175,7 +175,8 @@ def _check_feed_url(s: str) -> str | None:
 
 def _check_feed_name(s: str) -> str | None:
     # Maltrail's feed names are module names: DISABLED_FEEDS is split at anything else.
-    return None if re.fullmatch(r"[a-z0-9_]+", s) else "a feed name is lower-case letters, digits and _"
+    # "*" is also "all": every catalog feed (trailsdb/update.py).
+    return None if s == "*" or re.fullmatch(r"[a-z0-9_]+", s) else "a feed name is lower-case letters, digits and _"
 
 
 def _check_endpoint(s: str, schemes) -> str | None:

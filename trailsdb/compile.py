@@ -26,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import random
+import re
 import socket
 import struct
 import sys
@@ -372,7 +373,7 @@ def _found(m: TrailMatchers, kind: int, key: str, trail_id: int) -> bool:
 def build(sources, output: str, custom_dir: str = "", whitelist_file: str = "",
           min_prefix: tuple[int, int] = DEFAULT_MIN_PREFIX, force: bool = False, progress: bool = False,
           feeds=(), ip_minimum_feeds: int = DEFAULT_IP_MINIMUM_FEEDS, cdn_ranges=(),
-          now_s: int | None = None) -> BuildReport:
+          now_s: int | None = None, disabled_info_regex: str = "", extra_info: dict | None = None) -> BuildReport:
     """Builds and atomically publishes an artifact at `output`. Raises SourceError, ArtifactError
     (ShrinkRefused when the build holds less than half the trails of the artifact at `output`
     and `force` is not set) or OSError.
@@ -382,13 +383,16 @@ def build(sources, output: str, custom_dir: str = "", whitelist_file: str = "",
     to which the feed rules apply ([all] ip_minimum_feeds, and bogon and CDN addresses dropped:
     `cdn_ranges`, networks or a RangeSet); min_prefix: the shortest (IPv4, IPv6) CIDR prefixes
     kept; progress: the rows read per source on stderr; now_s: the build's time (provenance,
-    header), default now."""
+    header), default now; disabled_info_regex: trails whose label it matches are dropped ([all]
+    disabled_trails_info_regex); extra_info: more entries for the artifact's build information
+    (trailsdb/update.py records what the build was made from)."""
     started = time.monotonic()
     now_s = int(time.time()) if now_s is None else int(now_s)
     report = BuildReport(output=output)
     whitelist = read_whitelist(whitelist_file) if whitelist_file else EMPTY_WHITELIST
     cdn = cdn_ranges if isinstance(cdn_ranges, RangeSet) else RangeSet(cdn_ranges)
-    rules = Rules(ip_minimum_feeds=ip_minimum_feeds, cdn=cdn, whitelist=whitelist)
+    rules = Rules(ip_minimum_feeds=ip_minimum_feeds, cdn=cdn, whitelist=whitelist,
+                  drop_info=re.compile(disabled_info_regex) if disabled_info_regex else None)
     srcs = _sources(sources, custom_dir, feeds, report.rows)
     report.sources = [s.name for s in srcs]
     report.source_kinds = [s.kind for s in srcs]
@@ -427,6 +431,7 @@ def build(sources, output: str, custom_dir: str = "", whitelist_file: str = "",
             "dropped": dict(report.dropped), "ip_minimum_feeds": ip_minimum_feeds,
             "by_source": [[name, kind, rows, listed] for name, kind, rows, listed in
                           zip(report.sources, report.source_kinds, report.source_rows, report.source_trails)]}
+    info.update(extra_info or {})
     samples = lay.samples(random.Random(0), VERIFY_SAMPLE)
 
     # mkstemp: O_CREAT | O_EXCL (a symlink or any file already at the name is never opened) under a

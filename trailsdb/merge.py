@@ -17,6 +17,9 @@ in memory at once. Per trail, Maltrail's rules (core/update.py):
 - a trail only feeds list whose address (an IP, ip:port, range or URL host) is a bogon or a CDN
   address (trailsdb/ranges.py) is dropped, unless its label says sinkhole or parking;
 - the labels "malware" (on an IPv4 trail) and "ransomware" get Maltrail's longer forms;
+- a trail whose label matches [all] disabled_trails_info_regex (Maltrail's
+  DISABLED_TRAILS_INFO_REGEX) goes, whatever lists it (the winning label is tested, before the
+  clean-up below, as Maltrail does);
 - whitelisted trails go.
 Every drop is counted by reason. The merged trails come out in the artifact's order: regex and
 user-agent trails first, in the order their sources listed them (their order decides which is
@@ -32,6 +35,7 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import os
+import re
 import socket
 import struct
 import sys
@@ -71,6 +75,7 @@ REJECT_EXAMPLES = 5
 DROP_MIN_FEEDS = "address listed by fewer than %d feeds ([all] ip_minimum_feeds)"
 DROP_BOGON = "feed address in a bogon range (%s)"
 DROP_CDN = "feed address in a CDN range (%s)"
+DROP_INFO = "label matches [all] disabled_trails_info_regex"
 
 # A row is one bytes record: its slot, escaped and terminated so that records sort as their
 # slots' bytes do, then the row's number, kind, label and source, big-endian (so rows of one slot
@@ -95,6 +100,7 @@ class Rules(NamedTuple):
     bogons: RangeSet | None = None       # None: trailsdb/ranges.py's list
     cdn: RangeSet | None = None          # None: no CDN ranges known
     whitelist: Whitelist = EMPTY_WHITELIST
+    drop_info: re.Pattern | None = None  # labels whose trails are dropped; None: none
 
 
 class Trail(NamedTuple):
@@ -345,6 +351,7 @@ def _merged(streams, pairs, from_feed: list[bool], rules: Rules, report) -> Iter
     cdn = rules.cdn
     minimum = rules.ip_minimum_feeds
     wl = rules.whitelist
+    drop_info = rules.drop_info
     dropped = report.dropped
     listed = report.source_trails
     specials: list[Trail] | None = []
@@ -369,6 +376,9 @@ def _merged(streams, pairs, from_feed: list[bool], rules: Rules, report) -> Iter
         if b"\x00" in raw_key:
             raw_key = raw_key.replace(b"\x00\x01", b"\x00")
         key = raw_key.decode("utf-8", "surrogateescape")
+        if drop_info is not None and drop_info.search(info):
+            dropped[DROP_INFO] += 1
+            continue
         if all(from_feed[i] for i in sources):
             reason = _feed_rule(kind, key, info, len(references) if references else 1, minimum, bogons, cdn)
             if reason is not None:

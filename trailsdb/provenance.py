@@ -392,7 +392,7 @@ def source_lines(artifact, feeds_dir: str = "") -> list[str]:
         out = ["sources (in merge order): %d" % len(by_source)]
         for name, kind, rows, listed in by_source:
             line = "  %-6s %s: %d rows read, listed in %d trails" % (kind, name, rows, listed)
-            if kind == "feed" and name in statuses:
+            if name in statuses:  # a feed, or a custom_trails_url list (merged as custom)
                 line += "; " + _status_text(statuses.pop(name))
             out.append(line)
         if info.get("ip_minimum_feeds") is not None and any(kind == "feed" for _, kind, _, _ in by_source):
