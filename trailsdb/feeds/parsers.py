@@ -106,6 +106,11 @@ _NAME_LABEL = r"[!-\-/-9;-\[\]-~]{1,%d}" % MAX_LABEL_CHARS
 _NAME_SHAPE = re.compile(r"(?:%s\.)+%s\Z" % (_NAME_LABEL, _NAME_LABEL))
 # What an IPv6 address or range can be made of (a scope id, after '%', is left to ipaddress).
 _IPV6_CHARS = re.compile(r"[0-9A-Fa-f:./]+\Z")
+# The usual line of a list, taken as it is: an IPv4 address (_IPV4_EXACT) or a lower-case host
+# name that is not digits and dots only (what _domain would return unchanged: no dots around
+# it, labels of 1 to 63 characters; its length is checked beside it).
+_PLAIN_TRAIL = re.compile(r"(?:%s\.%s\.%s\.%s|(?![0-9.]+\Z)(?:[a-z0-9_-]{1,%d}\.)+[a-z0-9_-]{1,%d})\Z"
+                          % ((_OCTET,) * 4 + (MAX_LABEL_CHARS, MAX_LABEL_CHARS)))
 # Printable ASCII without whitespace: a URL trail's characters in the common (ASCII) case.
 _VISIBLE_ASCII = re.compile(r"[!-~]*\Z")
 
@@ -634,11 +639,16 @@ def parse_custom(feed: Feed, data, stats: Counter, now_s: float | None = None) -
     # The rules of _parse_custom_reference, in the order that costs least for the usual line
     # (an address or a name): each shape tried once, the row made inline.
     info, reference, origin = feed.info, feed.reference, feed.name
+    plain = _PLAIN_TRAIL.match
     rows = bad = 0
     try:
         for line in _lines(data, stats):
             text = line.strip()
             if not text or text[0] == "#":
+                continue
+            if len(text) <= MAX_NAME_CHARS and plain(text):
+                rows += 1
+                yield RawTrail(text, info, reference, origin)
                 continue
             if "#" in text:
                 text = _COMMENT_TAIL.sub("", text)
