@@ -10,7 +10,8 @@ rusage; the update fetches in threads of that one process):
 2. update: `maltrail-engine trails update` with the same set split into `--feeds` lists served
    over HTTP on 127.0.0.1 (with Last-Modified) (one trail per line, the [all] custom_trails_url format; the catalog
    off with disabled_feeds = ["all"]), into an empty feeds directory and no artifact: every list
-   fetched, judged (parsed once for its row count), stored, then parsed again into the build;
+   fetched, judged (parsed once, its rows counted and kept in a row file), stored, and its rows
+   read back from that file into the build;
 3. update, unchanged: the server answers 304 for every list, and the artifact is kept;
 4. update again: the lists re-fetched (the server now ignores the validators and sends none, so
    every body is new), a rebuild over the artifact of 2 (its provenance carried over).

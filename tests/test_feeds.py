@@ -624,3 +624,26 @@ def test_the_fast_custom_parser_agrees_with_its_reference(data):
     stats = Counter()
     rows = list(parse(_CUSTOM, body, stats, NOW_S))
     assert (rows, stats) == _custom_reference_rows(_CUSTOM, body)
+
+
+@FUZZ
+@given(parts=st.lists(st.one_of(
+    st.binary(max_size=64),
+    st.sampled_from((b"\n", b"\r\n", b"\r", b"\xff", b"\xe2\x82", b"\xe2\x82\xac", b"\xf0\x9f\x98\x80", b"#", b"\0")),
+    st.builds(lambda n, c: c * n, st.sampled_from((65535, 65536, 65537, 65538, 32767, 32768, 32769, 98304, 140000)),
+              st.sampled_from((b"a", b"9", b"\xff")))), max_size=12),
+    buffered=st.booleans())
+def test_the_block_reader_agrees_with_the_line_reader(parts, buffered):
+    # _lines (blocks of READ_BYTES, decoded and split at once) against _lines_reference (readline):
+    # the same lines and the same count of over-long lines, with lines just under, at and over
+    # the 64 KiB limit and across block boundaries, line ends split from their \r, multi-byte
+    # characters cut, and with or without a final line end.
+    from trailsdb.feeds.parsers import MAX_LINE_BYTES, _lines, _lines_reference
+    assert MAX_LINE_BYTES == 65536
+    body = b"".join(parts)
+
+    def source():
+        return io.BufferedReader(io.BytesIO(body), 1000) if buffered else body
+    fast, slow = Counter(), Counter()
+    assert list(_lines(source(), fast)) == list(_lines_reference(source(), slow))
+    assert fast == slow

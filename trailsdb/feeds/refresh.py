@@ -11,6 +11,12 @@ detection; `force` accepts it). Each refusal is reported with its reason, and re
 status file (trailsdb/feeds/store.py) with the time of the last success and the last failure.
 Offline (no fetch at all), every feed's last good copy is used, and one line says so.
 
+A body is parsed once: the parse that judges it (its rows counted for the rules above) also
+writes its rows to an unnamed file in the state directory (ParsedRows), and the build reads those
+back. So the rows built are exactly the rows judged, and parsing, most of an update's CPU, is not
+paid twice. A feed whose copy was not replaced now (unchanged, kept, offline) is parsed from its
+stored copy as the build reads it.
+
 Must not merge rows across feeds, normalise trails or build the artifact: it hands each feed's
 rows, as parsed, to the caller (trailsdb/feeds/__init__.py says how).
 """
