@@ -557,7 +557,93 @@ def _reference_address(token: str):
 
 @FUZZ
 @given(token=st.one_of(st.text(alphabet="0123456789./:", max_size=20),
-                       st.from_regex(r"\A\d{1,4}\.\d{1,4}\.\d{1,4}\.\d{1,4}(/\d{1,3})?\Z")))
+                       st.text(alphabet="0123456789abcdefABCDEFx./:%[] -", max_size=24),
+                       st.from_regex(r"\A\d{1,4}\.\d{1,4}\.\d{1,4}\.\d{1,4}(/\d{1,3})?(:\d{1,5})?\Z"),
+                       st.from_regex(r"\A[0-9a-f:]{2,30}(/\d{1,3})?(%[a-z0-9]{1,4})?\Z"),
+                       st.ip_addresses().map(str),
+                       st.builds(lambda a, n: "%s/%d" % (a, n), st.ip_addresses(), st.integers(0, 140)),
+                       st.builds(lambda a, n: "%s/0%d" % (a, n), st.ip_addresses(v=4), st.integers(0, 40)),
+                       st.sampled_from(("1.2.3.4/33", "1.2.3.4/32", "1.2.3.4/0", "255.255.255.255/31", "01.2.3.4",
+                                        "1.2.3.4/255.255.0.0", "1.2.3.4:80", "::", "::1:2", "1:2", "fe80::1%eth0",
+                                        "1.2.3", "1.2.3.4.5", "256.1.1.1", "1.2.3.4/", "/24", "..."))))
 def test_the_fast_address_check_agrees_with_ipaddress(token):
-    from trailsdb.feeds.parsers import _address
-    assert _address(token) == _reference_address(token)
+    from trailsdb.feeds.parsers import _address, _address_reference
+    assert _address(token) == _reference_address(token) == _address_reference(token)
+
+
+# The fast shape checks of trailsdb/feeds/parsers.py against the reference twins kept beside them
+# (the plain rules: ipaddress, is_dns_name, a per-character check): the same answer for any text.
+_SHAPE_TEXT = st.one_of(
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40),
+    st.text(alphabet="abz09.-_:/\\[]% #\t\u212a\u00e9\u00a0\u0130\ufffd", max_size=40),
+    st.from_regex(r"\A\.?([a-z0-9_-]{1,70}\.){1,4}[a-zA-Z]{2,6}\.?\Z"),
+    st.from_regex(r"\A[a-z0-9.-]{1,30}(:\d{1,6})?/[!-~ ]{0,30}\Z"),
+    st.from_regex(r"\A\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}:\d{1,6}\Z"),
+    st.from_regex(r"\A[\d.]{1,20}\Z"),
+    st.sampled_from(("1.2.3.256", "1.2.3.4", "a.b", "a..b", ".a.b.", "a:b.c", "a\\b.c", "A.COM", "\u212a.com", "x.-",
+                     "a." + "b" * 63, "a." + "b" * 64, "[::1]/x", "[::1]:80/x", "1.2.3.4:99999/x", "h\u00e9.com/x",
+                     "evil.com/a b", "evil.com/\x7f")),
+    st.builds(lambda n: "a" * n + ".com", st.integers(60, 260)),
+    st.builds(lambda n: "x.com/" + "p" * n, st.integers(1000, 1100)))
+
+
+@FUZZ
+@given(text=_SHAPE_TEXT)
+def test_the_fast_shape_checks_agree_with_their_references(text):
+    from trailsdb.feeds import parsers as p
+    assert p._domain(text) == p._domain_reference(text)
+    assert p._url(text) == p._url_reference(text)
+    assert p._trail_shape(text) == p._trail_shape_reference(text)
+
+
+def _custom_reference_rows(feed, body):
+    from trailsdb.feeds.parsers import _parse_custom_reference
+    stats = Counter()
+    return list(_parse_custom_reference(feed, body, stats, NOW_S)), stats
+
+
+_CUSTOM = custom_url_feeds(["http://127.0.0.1/custom.txt"])[0]
+
+
+@FUZZ
+@given(data=st.data())
+def test_the_fast_custom_parser_agrees_with_its_reference(data):
+    # parse_custom (one shape check per line, rows made inline) against _parse_custom_reference
+    # (the rules one by one): the same rows in the same order and the same counts, on generated
+    # lists, lists with comments, schemes, dots and slashes, and random and mutated bodies.
+    lines = data.draw(st.lists(st.one_of(
+        _SHAPE_TEXT, st.sampled_from(("# a comment", "  ", "1.2.3.4 # why", "http://evil.com/", ".evil.com.",
+                                      "https://1.2.3.4/x/", "10.0.0.0/8", "[2001:db8::1]:443", "bad..name",
+                                      "evil.com#x", "ftp://a.b/c#d", "...", "1.2.3.4/", "::1", "evil.com.:80"))),
+        max_size=30))
+    body = "\n".join(lines).encode("utf-8", "surrogatepass") if lines else b""
+    if data.draw(st.booleans()):
+        body = bytes(fixture(_CUSTOM, seed=data.draw(st.integers(1, 5)), rows=8)[0]) + b"\n" + body
+    if data.draw(st.booleans()):
+        body = data.draw(st.binary(max_size=256)) + body
+    stats = Counter()
+    rows = list(parse(_CUSTOM, body, stats, NOW_S))
+    assert (rows, stats) == _custom_reference_rows(_CUSTOM, body)
+
+
+@FUZZ
+@given(parts=st.lists(st.one_of(
+    st.binary(max_size=64),
+    st.sampled_from((b"\n", b"\r\n", b"\r", b"\xff", b"\xe2\x82", b"\xe2\x82\xac", b"\xf0\x9f\x98\x80", b"#", b"\0")),
+    st.builds(lambda n, c: c * n, st.sampled_from((65535, 65536, 65537, 65538, 32767, 32768, 32769, 98304, 140000)),
+              st.sampled_from((b"a", b"9", b"\xff")))), max_size=12),
+    buffered=st.booleans())
+def test_the_block_reader_agrees_with_the_line_reader(parts, buffered):
+    # _lines (blocks of READ_BYTES, decoded and split at once) against _lines_reference (readline):
+    # the same lines and the same count of over-long lines, with lines just under, at and over
+    # the 64 KiB limit and across block boundaries, line ends split from their \r, multi-byte
+    # characters cut, and with or without a final line end.
+    from trailsdb.feeds.parsers import MAX_LINE_BYTES, _lines, _lines_reference
+    assert MAX_LINE_BYTES == 65536
+    body = b"".join(parts)
+
+    def source():
+        return io.BufferedReader(io.BytesIO(body), 1000) if buffered else body
+    fast, slow = Counter(), Counter()
+    assert list(_lines(source(), fast)) == list(_lines_reference(source(), slow))
+    assert fast == slow

@@ -33,7 +33,9 @@ For the merge, the update command and the sensor's periodic update:
         result.status.rows, result.status.last_success, result.status.last_failure
         for row in result.rows():                  # trailsdb.sources.RawTrail(trail, info, reference, origin)
             ...                                    # origin is the feed's name; rows are streamed
-                                                   # from the stored body, so each call is a new pass
+                                                   # (from the rows a body accepted now was judged
+                                                   # by, else from the stored body), so each call
+                                                   # is a new pass
 
 `rows()` yields rows from the body accepted in this update or, when the fetch or its checks
 failed ("kept"), from the last good copy; nothing for "missing". A row's trail is raw text in

@@ -11,12 +11,19 @@ detection; `force` accepts it). Each refusal is reported with its reason, and re
 status file (trailsdb/feeds/store.py) with the time of the last success and the last failure.
 Offline (no fetch at all), every feed's last good copy is used, and one line says so.
 
+A body is parsed once: the parse that judges it (its rows counted for the rules above) also
+writes its rows to an unnamed file in the state directory (ParsedRows), and the build reads those
+back. So the rows built are exactly the rows judged, and parsing, most of an update's CPU, is not
+paid twice. A feed whose copy was not replaced now (unchanged, kept, offline) is parsed from its
+stored copy as the build reads it.
+
 Must not merge rows across feeds, normalise trails or build the artifact: it hands each feed's
 rows, as parsed, to the caller (trailsdb/feeds/__init__.py says how).
 """
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 from collections import Counter
@@ -86,11 +93,17 @@ class FeedResult:
     status: FeedStatus
     _store_path: str
     _now_s: float | None
+    _parsed: "ParsedRows | None" = None
 
     def rows(self, stats: Counter | None = None) -> Iterator[RawTrail]:
-        """The feed's rows, parsed as they are read from its stored body (call again for
-        another pass; each pass reads the file anew)."""
+        """The feed's rows (call again for another pass; each pass reads its file anew). A body
+        accepted in this update was parsed once, to judge it, and its rows kept (ParsedRows):
+        they are read back instead of parsing it again. Otherwise the stored body is parsed as
+        it is read."""
         if not self.status.has_copy:
+            return
+        if self._parsed is not None:
+            yield from self._parsed.rows(self.feed, stats)
             return
         with FeedStore(self._store_path, create=False) as store:
             handle = store.open_body(self.feed.name)
@@ -98,6 +111,48 @@ class FeedResult:
             return
         with handle:
             yield from parse(self.feed, handle, stats if stats is not None else Counter(), self._now_s)
+
+
+class ParsedRows:
+    """The rows a body was parsed to, as the judging parse made them, in an unnamed file in the
+    state directory (removed from it at once; gone when closed): parsing is most of an update's
+    CPU, so the build reads these back rather than parse the body a second time (read back,
+    a row costs a fraction of its parse). One line a row: the trail, then a tab and the info
+    when it is not the feed's own. Holds nothing in memory but a write buffer."""
+
+    def __init__(self, handle: BinaryIO):
+        self._handle = handle
+        self._text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape", newline="\n",
+                                      write_through=False)
+        self.stats: Counter = Counter()
+        self.usable = True
+
+    def add(self, row: RawTrail, default_info: str) -> None:
+        if not self.usable:
+            return
+        line = row.trail + "\n" if row.info == default_info else row.trail + "\t" + row.info + "\n"
+        if line.count("\n") != 1 or line.count("\t") > (row.info != default_info):
+            # A tab or line end inside a trail or a label (a scraped page's label could hold
+            # one): the line form cannot carry it, so this body is parsed again instead.
+            self.usable = False
+            return
+        self._text.write(line)
+
+    def finish(self, stats: Counter) -> None:
+        self._text.flush()
+        self.stats = Counter(stats)
+
+    def rows(self, feed: Feed, stats: Counter | None) -> Iterator[RawTrail]:
+        info, reference, origin = feed.info, feed.reference, feed.name
+        self._text.seek(0)
+        for line in self._text:
+            trail, tab, label = line[:-1].partition("\t")
+            yield RawTrail(trail, label if tab else info, reference, origin)
+        if stats is not None:
+            stats.update(self.stats)
+
+    def close(self) -> None:
+        self._text.close()
 
 
 @dataclass
@@ -119,6 +174,7 @@ class _Outcome:
     route: str = ""
     connection_failed: bool = False
     last_rows: int = 0               # rows of the last good copy (counted again without a record)
+    parsed: ParsedRows | None = None  # the accepted body's rows, as judged
 
 
 def enabled_feeds(disabled: Iterable[str] | None, custom_urls: Iterable[str] = (),
@@ -171,8 +227,10 @@ def _has_marker(handle: BinaryIO, marker: str) -> bool:
         tail = chunk[-(len(needle) - 1):] if len(needle) > 1 else b""
 
 
-def _judge(feed: Feed, handle: BinaryIO, last_rows: int, force: bool, now_s: float) -> tuple[str | None, int, Counter]:
-    """(why the body is refused or None, its rows, what its parser skipped)."""
+def _judge(feed: Feed, handle: BinaryIO, last_rows: int, force: bool, now_s: float,
+           parsed: ParsedRows | None = None) -> tuple[str | None, int, Counter]:
+    """(why the body is refused or None, its rows, what its parser skipped). Each row parsed is
+    also added to `parsed` when one is given (the rows the build reads back)."""
     size = handle.seek(0, 2)
     if size == 0:
         return "the body is empty", 0, Counter()
@@ -185,7 +243,16 @@ def _judge(feed: Feed, handle: BinaryIO, last_rows: int, force: bool, now_s: flo
         return "the marker %r is missing: the page is not the feed" % feed.marker, 0, Counter()
     stats: Counter = Counter()
     handle.seek(0)
-    rows = sum(1 for _ in parse(feed, handle, stats, now_s))
+    rows = 0
+    if parsed is None:
+        for _ in parse(feed, handle, stats, now_s):
+            rows += 1
+    else:
+        add, info = parsed.add, feed.info
+        for row in parse(feed, handle, stats, now_s):
+            rows += 1
+            add(row, info)
+        parsed.finish(stats)
     skipped = Counter({k: v for k, v in stats.items() if k != "rows"})
     if rows == 0:
         detail = ", ".join("%d %s" % (n, reason) for reason, n in skipped.most_common(3))
@@ -194,6 +261,14 @@ def _judge(feed: Feed, handle: BinaryIO, last_rows: int, force: bool, now_s: flo
         return ("it shrank to %d rows from %d (less than half of the last good copy)" % (rows, last_rows),
                 rows, skipped)
     return None, rows, skipped
+
+
+def _parsed_rows(store: FeedStore, feed: Feed) -> ParsedRows:
+    """A new ParsedRows in an unnamed file of the state directory (created as a download part,
+    exclusively and without following links, then unlinked at once: a crash leaves nothing)."""
+    handle, part = store.new_part(feed.name)
+    store.discard(part)
+    return ParsedRows(handle)
 
 
 def _validators(record: dict | None, url: str, have_copy: bool) -> dict:
@@ -210,7 +285,7 @@ def _validators(record: dict | None, url: str, have_copy: bool) -> dict:
 
 
 def _update_one(store: FeedStore, feed: Feed, record: dict | None, settings: FetchSettings,
-                force: bool, now_s: float, sleep) -> _Outcome:
+                force: bool, now_s: float, sleep, keep_parsed: bool = True) -> _Outcome:
     have_copy = store.body_size(feed.name) is not None
     last_rows = int((record or {}).get("rows") or 0) if have_copy else 0
     if have_copy and not last_rows and record is None:
@@ -237,15 +312,22 @@ def _update_one(store: FeedStore, feed: Feed, record: dict | None, settings: Fet
             store.discard(part)
             reasons.append(result.reason if not feed.backup_url else "%s: %s" % (url, result.reason))
             continue
-        reason, rows, skipped = _judge(feed, handle, last_rows, force, now_s)
+        parsed = _parsed_rows(store, feed) if keep_parsed else None
+        reason, rows, skipped = _judge(feed, handle, last_rows, force, now_s, parsed)
         outcome.skipped = skipped
         if reason:
             handle.close()
             store.discard(part)
+            if parsed is not None:
+                parsed.close()
             reasons.append(reason if not feed.backup_url else "%s: %s" % (url, reason))
             connection_failed = False
             continue
         outcome.accepted, outcome.part, outcome.handle = True, part, handle
+        if parsed is not None and parsed.usable:
+            outcome.parsed = parsed
+        elif parsed is not None:
+            parsed.close()
         outcome.rows, outcome.bytes, outcome.url = rows, result.bytes, url
         outcome.etag, outcome.last_modified = result.etag, result.last_modified
         return outcome
@@ -263,10 +345,13 @@ def _age(seconds: float | None, now_s: float) -> str:
 def refresh(feeds_dir: str, settings: FetchSettings = FetchSettings(), *, disabled: Iterable[str] | None = None,
             custom_urls: Iterable[str] = (), offline: bool = False, force: bool = False,
             log: Log = stderr_log, now: Callable[[], float] = time.time,
-            sleep: Callable[[float], None] = time.sleep, feeds: Iterable[Feed] = FEEDS) -> list[FeedResult]:
+            sleep: Callable[[float], None] = time.sleep, feeds: Iterable[Feed] = FEEDS,
+            keep_parsed: bool = True) -> list[FeedResult]:
     """Update every enabled feed in the state directory `feeds_dir` (created if missing) and
     return one FeedResult per enabled feed, in catalog order (custom URLs last). See the
-    package docstring (trailsdb/feeds/__init__.py) for the whole contract."""
+    package docstring (trailsdb/feeds/__init__.py) for the whole contract. `keep_parsed`: a
+    body accepted now hands out the rows its judging parse made (ParsedRows) rather than be
+    parsed again from its stored copy (False: parsed again, the reference path)."""
     chosen, unknown = enabled_feeds(disabled, custom_urls, feeds)
     if unknown:
         log("!", "disabled_feeds names no feed: %s (known: see COMPATIBILITY.md, Trail feeds)" % ", ".join(unknown))
@@ -295,8 +380,8 @@ def refresh(feeds_dir: str, settings: FetchSettings = FetchSettings(), *, disabl
             return results
 
         with ThreadPoolExecutor(max_workers=max(1, settings.concurrency), thread_name_prefix="feed") as pool:
-            futures = [pool.submit(_update_one, store, feed, records.get(feed.name), settings, force, now_s, sleep)
-                       for feed in chosen]
+            futures = [pool.submit(_update_one, store, feed, records.get(feed.name), settings, force, now_s, sleep,
+                                   keep_parsed) for feed in chosen]
             outcomes = [f.result() for f in futures]
 
         unreachable = 0
@@ -330,7 +415,8 @@ def refresh(feeds_dir: str, settings: FetchSettings = FetchSettings(), *, disabl
                     log("!", "feed %s: %s; there is no last good copy, so it adds no trails"
                         % (feed.name, outcome.reason))
             records[feed.name] = status.record()
-            results.append(FeedResult(feed, status, store.path, now_s))
+            results.append(FeedResult(feed, status, store.path, now_s,
+                                      outcome.parsed if outcome.accepted else None))
         store.write_status(records)
     if chosen and unreachable == len(chosen):
         log("!", "no feed could be reached (no network, or the proxy is down?): the trails are the static and "
