@@ -11,8 +11,9 @@ step=0
 say() { step=$((step + 1)); printf 'bootstrap [%d/%d] %s\n' "$step" "$STEPS" "$*"; }
 trap 'printf "bootstrap: step %d failed (its output is above)\n" "$step" >&2' ERR
 
-# rsyslog and its TLS driver: the syslog collector the forwarding tests run (tests/test_forward_*.py).
-APT_PACKAGES=(libpcap-dev gcc python3-dev python3-venv zstd iproute2 tcpdump systemd strace rsyslog rsyslog-openssl prometheus)
+# rsyslog and its TLS driver: the syslog collector the forwarding tests run (tests/test_forward_*.py);
+# tinyproxy: the proxy in front of the feed tests' local feed server (tests/test_feeds_fetch.py).
+APT_PACKAGES=(libpcap-dev gcc python3-dev python3-venv zstd iproute2 tcpdump systemd strace rsyslog rsyslog-openssl prometheus tinyproxy)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -23,6 +24,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # The feed tests start their own tinyproxy on loopback; Debian's package also enables a
+    # system-wide one, which nothing here needs.
+    if [[ " ${missing[*]} " == *" tinyproxy "* ]] && [ -d /run/systemd/system ]; then
+        $SUDO systemctl disable --now tinyproxy >/dev/null 2>&1 || true
+    fi
 else
     say "system packages: all present (${APT_PACKAGES[*]})"
 fi

@@ -1,7 +1,7 @@
 """`python -m bench COMMAND ...`: one entry point for the benchmarks (see bench/README.md).
 
-`replay` runs bench/replay.py, `generate` bench/generate.py, `floods` bench/floods.py and
-`forward` bench/forward.py; `trails`
+`replay` runs bench/replay.py, `generate` bench/generate.py, `floods` bench/floods.py,
+`forward` bench/forward.py and `update` bench/update.py; `trails`
 and `ipc` run the micro benchmarks, which also stay runnable as `python -m bench.trails` and
 `python -m bench.ipc`.
 """
@@ -15,6 +15,7 @@ COMMANDS = {
     "replay": ("bench.replay", "replay benchmark: the engine over pcaps, with its baselines"),
     "generate": ("bench.generate", "write the mix / hard benchmark pcaps"),
     "trails": ("bench.trails", "micro: trail database build, load and lookups"),
+    "update": ("bench.update", "micro: a whole trail update (fetch + merge + build) against the build alone"),
     "ipc": ("bench.ipc", "micro: worker -> log writer transport"),
     "floods": ("bench.floods", "the heuristics' bounded state filled to its caps: memory and time"),
     "forward": ("bench.forward", "forwarding: events/s per destination kind, the sensor with forwarding on vs off"),

@@ -3,7 +3,10 @@
 Run `python -m bench.trails` (see bench/README.md). Category: micro (one build, one load, one
 lookup at a time; no packets). It measures:
 
-1. build: `trailsdb.compile.build` over the trail set (wall, CPU, artifact size, trails by kind);
+1. build: `trailsdb.compile.build` over the trail set, each run in a fresh process: a first build
+   (no artifact to replace) and a rebuild over it (an update: the previous artifact read for its
+   provenance), against a baseline that only reads and normalises the rows: wall, CPU, peak RSS
+   (target 250 MB), artifact size, the merge's spilled runs, trails by kind;
 2. load: `Artifact.open` (every section checked against its checksum) to a ready
    `TrailMatchers.load`, and the memory (PSS, RSS) after load and after a warm-up of mixed
    lookups, against a process that only imported the packages;
@@ -51,6 +54,7 @@ MISSING_TRAILS = ("no trail set at %s; pass --trails PATH: a Maltrail trails.csv
 
 LOAD_TARGET_S = 1.0
 LOADED_TARGET_MB = 200.0
+BUILD_TARGET_MB = 250.0   # peak RSS of a build (an update of the trails on a 512 MB machine)
 MB = 1e6  # all sizes are printed in MB = 10^6 bytes
 
 # The domain candidates, in table order. "floor" is no lookup at all: the cost of the Python loop
@@ -193,14 +197,34 @@ def _read_workloads(path: str, names=None) -> dict:
 
 
 def child_build(args) -> dict:
+    """One build into args.output (a first build when nothing is there, else a rebuild that
+    reads the artifact it replaces for provenance). Peak RSS is the whole process's, imports
+    included."""
     from trailsdb.compile import build
     start = _clock()
-    report = build([args.trails], args.output)
+    report = build([args.trails], args.output, force=True)
     wall, cpu = _since(start)
     return {"wall_s": wall, "cpu_s": cpu, "bytes": report.bytes, "trails": report.trails,
             "by_kind": dict(report.by_kind), "rows_read": report.rows["rows read"],
             "rejected": sum(report.rejected.values()), "duplicates": report.duplicates,
+            "spilled_runs": report.spilled_runs, "carried": report.carried, "provenance": report.provenance,
             "peak_rss": _peak_rss()}
+
+
+def child_read(args) -> dict:
+    """The build's floor: read and normalise every row of the source, keep nothing."""
+    from collections import Counter
+
+    from trailsdb.normalize import normalize_trail
+    from trailsdb.sources import read_source
+    import trailsdb.compile  # noqa: F401  (the same imports as a build, for the memory figure)
+    start = _clock()
+    stats, kept = Counter(), 0
+    for raw in read_source(args.trails, stats):
+        if normalize_trail(raw.trail, raw.reference)[0] is not None:
+            kept += 1
+    wall, cpu = _since(start)
+    return {"wall_s": wall, "cpu_s": cpu, "rows_read": stats["rows read"], "kept": kept, "peak_rss": _peak_rss()}
 
 
 def child_baseline(args) -> dict:
@@ -518,7 +542,7 @@ def child_copy(args) -> dict:
 
 COPY_CANDIDATES = [("memfd", "sealed memfd (shipped)"), ("tmpfile", "O_TMPFILE beside the artifact")]
 
-CHILDREN = {"build": child_build, "baseline": child_baseline, "matchers": child_matchers,
+CHILDREN = {"build": child_build, "read": child_read, "baseline": child_baseline, "matchers": child_matchers,
             "domains": child_domains, "copy": child_copy}
 
 
@@ -672,6 +696,38 @@ def _table(headers, rows, aligns=None) -> list[str]:
     return lines
 
 
+BUILD_RUNS = [("read", "baseline: read + normalise only"), ("first", "first build (nothing to replace)"),
+              ("rebuild", "rebuild over it (an update: provenance carried)")]
+
+
+def _build_table(results: dict, args, context: str) -> list[str]:
+    out = ["1. Build: trailsdb.compile.build, each run in a fresh process (target: peak RSS <= %.0f MB)"
+           % BUILD_TARGET_MB, "  " + context.rsplit(" | ", 1)[0] + " | median of %d runs each]" % args.runs]
+    if not results.get("build"):
+        out.append("  skipped (--artifact %s); trails by kind from the artifact's build info" % args.artifact)
+        return out
+    read = results["build_runs"]["read"]
+    base_cpu = _median([r["cpu_s"] for r in read])
+    rows = []
+    for key, label in BUILD_RUNS:
+        runs = results["build_runs"][key]
+        wall, cpu = _median([r["wall_s"] for r in runs]), _median([r["cpu_s"] for r in runs])
+        peak = _median([r["peak_rss"] for r in runs])
+        rows.append([label, "%.1f" % wall, "%.1f" % cpu, _ratio(cpu, base_cpu) if key != "read" else "1.00x",
+                     format(int(runs[0]["rows_read"] / wall), ","), _mb(peak),
+                     "%.2f" % (peak / MB / BUILD_TARGET_MB),
+                     _mb(runs[0]["bytes"]) if "bytes" in runs[0] else "-",
+                     str(runs[0].get("spilled_runs", "-")),
+                     format(runs[0]["trails"], ",") if "trails" in runs[0] else "-",
+                     format(runs[0]["carried"], ",") if "carried" in runs[0] else "-"])
+    out += _table(["run", "wall s", "cpu s", "cpu x base", "rows/s", "peak RSS MB", "x target", "artifact MB",
+                   "spilled runs", "trails", "carried"], rows, aligns=["<"] + [">"] * 10)
+    first = results["build_runs"]["first"][0]
+    out.append("  rejected %d rows; %d duplicates merged; rebuild: %s"
+               % (first["rejected"], first["duplicates"], results["build_runs"]["rebuild"][0]["provenance"]))
+    return out
+
+
 def report(results: dict, args) -> list[str]:
     info, mach = results["info"], results["machine"]
     context = ("[%s trails from %s rows | %s | %s, %d CPUs, %s | median of %d fresh-process runs]"
@@ -681,23 +737,13 @@ def report(results: dict, args) -> list[str]:
            "kernel %s; MB = 10^6 bytes; PSS/RSS from /proc/self/smaps_rollup; every process fresh" % mach["kernel"],
            ""]
 
-    build = results.get("build")
-    out.append("1. Build: trailsdb.compile.build (one fresh process, one run)")
-    out.append("  " + context.rsplit(" | ", 1)[0] + "]")
-    if build is None:
-        out.append("  skipped (--artifact %s); trails by kind from the artifact's build info" % args.artifact)
-        by_kind = info["by_kind_artifact"]
-    else:
-        by_kind = build["by_kind"]
-        out += _table(["wall s", "cpu s", "cpu/wall", "rows/s", "artifact MB", "peak RSS MB", "trails",
-                       "rejected", "dup merged"],
-                      [["%.1f" % build["wall_s"], "%.1f" % build["cpu_s"], _ratio(build["cpu_s"], build["wall_s"]),
-                        format(int(build["rows_read"] / build["wall_s"]), ","), _mb(build["bytes"]),
-                        _mb(build["peak_rss"]), format(build["trails"], ","), build["rejected"],
-                        build["duplicates"]]], aligns=[">"] * 9)
+    out += _build_table(results, args, context)
+    by_kind = results["build"][0]["by_kind"] if results.get("build") else info["by_kind_artifact"]
     out.append("  trails by kind: " + ", ".join("%s %s" % (k, format(v, ","))
                                                for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])))
     out.append("")
+    if args.build_only:
+        return out
 
     base = results["baseline"]
     loads = results["matchers"]
@@ -853,6 +899,7 @@ def main(argv=None) -> int:
     p.add_argument("--lookups", type=int, default=200000, help="names per lookup workload (default 200000)")
     p.add_argument("--warmup", type=int, default=100000, help="mixed lookups before the warm memory figure")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 run, 20k lookups, 20k warm-up")
+    p.add_argument("--build-only", action="store_true", help="table 1 only (the build and its memory)")
     p.add_argument("--only", help="comma-separated domain candidates to run (default: all)")
     p.add_argument("--json", help="also write the raw numbers here")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -881,39 +928,53 @@ def main(argv=None) -> int:
     try:
         if not args.artifact:
             args.output = args.output or os.path.join(workdir, "trails.mtdb")
-            _progress("build from %s" % args.trails)
-            results["build"] = run_child("build", args)
+            runs = {key: [] for key, _ in BUILD_RUNS}
+            for _ in _runs(args, "build from %s (read, first build, rebuild)" % args.trails):
+                runs["read"].append(run_child("read", args))
+                if os.path.exists(args.output):
+                    os.unlink(args.output)
+                runs["first"].append(run_child("build", args))
+                runs["rebuild"].append(run_child("build", args))
+            results["build_runs"] = runs
+            results["build"] = runs["first"]
             args.artifact = args.output
-        _progress("preparing %d-name workloads" % args.lookups)
         results["info"] = {}
-        prepare_workloads(args, results["info"])
+        if args.build_only:
+            from matchers import Artifact
+            artifact = Artifact.open(args.artifact)
+            results["info"].update(trails=artifact.trail_count, rows_read=artifact.info.get("rows", {}).get("rows read"),
+                                   by_kind_artifact=artifact.info.get("by_kind", {}))
+            lines = report(results, args)
+        else:
+            _progress("preparing %d-name workloads" % args.lookups)
+            prepare_workloads(args, results["info"])
 
-        results["baseline"] = [run_child("baseline", args) for _ in _runs(args, "baseline")]
-        results["matchers"] = [run_child("matchers", args) for _ in _runs(args, "load + matchers")]
-        results["copies"] = {}
-        for cand, _label in COPY_CANDIDATES:
-            if cand == "tmpfile" and not _tmpfile_supported(args.artifact):
-                results["skipped"]["copy tmpfile"] = "O_TMPFILE not possible beside %s" % args.artifact
-                continue
-            results["copies"][cand] = [run_child("copy", args, candidate=cand) for _ in _runs(args, "copy " + cand)]
-        wanted = set(args.only.split(",")) if args.only else {c for c, _ in CANDIDATES}
-        results["domains"] = {}
-        for cand, _label in CANDIDATES:
-            if cand not in wanted:
-                results["skipped"][cand] = "not selected (--only)"
-                continue
-            if cand == "marisa" and importlib.util.find_spec("marisa_trie") is None:
-                results["skipped"][cand] = "marisa-trie not installed (pip install marisa-trie)"
-                _progress("marisa-trie: skipped, not installed (pip install marisa-trie)")
-                continue
-            results["domains"][cand] = [run_child("domains", args, candidate=cand)
-                                        for _ in _runs(args, "domains " + cand)]
-        if SHIPPED not in results["domains"]:
-            raise SystemExit("bench.trails: the shipped candidate %r must be part of the run" % SHIPPED)
+            results["baseline"] = [run_child("baseline", args) for _ in _runs(args, "baseline")]
+            results["matchers"] = [run_child("matchers", args) for _ in _runs(args, "load + matchers")]
+            results["copies"] = {}
+            for cand, _label in COPY_CANDIDATES:
+                if cand == "tmpfile" and not _tmpfile_supported(args.artifact):
+                    results["skipped"]["copy tmpfile"] = "O_TMPFILE not possible beside %s" % args.artifact
+                    continue
+                results["copies"][cand] = [run_child("copy", args, candidate=cand) for _ in _runs(args, "copy " + cand)]
+            wanted = set(args.only.split(",")) if args.only else {c for c, _ in CANDIDATES}
+            results["domains"] = {}
+            for cand, _label in CANDIDATES:
+                if cand not in wanted:
+                    results["skipped"][cand] = "not selected (--only)"
+                    continue
+                if cand == "marisa" and importlib.util.find_spec("marisa_trie") is None:
+                    results["skipped"][cand] = "marisa-trie not installed (pip install marisa-trie)"
+                    _progress("marisa-trie: skipped, not installed (pip install marisa-trie)")
+                    continue
+                results["domains"][cand] = [run_child("domains", args, candidate=cand)
+                                            for _ in _runs(args, "domains " + cand)]
+            if SHIPPED not in results["domains"]:
+                raise SystemExit("bench.trails: the shipped candidate %r must be part of the run" % SHIPPED)
+            lines = report(results, args)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    lines = report(results, args)
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:

@@ -2,7 +2,7 @@
 
 Owns argument parsing, turning flags into configuration overrides, and dispatching to the
 subcommands: (none) run the sensor on the configured interfaces, `replay`, `tail`,
-`trails build|stats|check`, `check-config` and `demo`. Exit status: 0 success, 1 a runtime
+`trails build|update|stats|check`, `check-config` and `demo`. Exit status: 0 success, 1 a runtime
 failure (capture, trails), 2 a usage or configuration error. Errors are one clear line on stderr.
 
 Must not decode packets or know file layouts; it wires the parts together.
@@ -151,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE", help="artifact to write (default: [all] trails_artifact)")
     p.add_argument("--force", action="store_true",
                    help="replace the artifact even when the new build holds less than half its trails")
+    p = tsub.add_parser("update", help="one trail update: fetch the feeds, merge, build, publish",
+                        description="Fetch every enabled feed (keeping the last good copy of one that fails) and "
+                                    "the custom_trails_url lists, merge them with [all] trail_sources and "
+                                    "custom_trails_dir, build and publish [all] trails_artifact atomically. Exit 0 "
+                                    "when an artifact was published or the sources were unchanged, 1 when the "
+                                    "update failed and the current artifact was kept.")
+    _flags(p, "config")
+    p.add_argument("--offline", action="store_true",
+                   help="fetch nothing: static and custom trails plus each feed's last good copy")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild even when nothing changed, accept a feed or a build that shrank by more than half")
     p = tsub.add_parser("stats", help="describe an artifact")
     _flags(p, "config")
     p.add_argument("artifact", nargs="?", help="the artifact to describe (default: [all] trails_artifact)")
@@ -208,7 +219,8 @@ def main(argv=None) -> int:
         if args.command == "trails":
             if args.trails_command is None:
                 parser.parse_args(["trails", "--help"])
-            return {"build": _trails_build, "stats": _trails_stats, "check": _trails_check}[args.trails_command](args)
+            return {"build": _trails_build, "update": _trails_update, "stats": _trails_stats,
+                    "check": _trails_check}[args.trails_command](args)
         if args.command == "demo":
             from cli.demo import run_demo
             return run_demo(args.out)
@@ -222,7 +234,7 @@ def main(argv=None) -> int:
             return 0 if args.config_only else _check_host(cfg)
         if args.command == "replay":
             return _replay(args, cfg)
-        return _live(cfg)
+        return _live(cfg, getattr(args, "config", None) or default_config_path(), getattr(args, "trails", None))
     except ConfigError as exc:
         return _fail(str(exc), 2)
     except KeyboardInterrupt:
@@ -251,7 +263,7 @@ def _load_matchers(cfg):
 
 
 def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = False,
-                stats_json: str | None = None, reference: bool = False) -> int:
+                stats_json: str | None = None, reference: bool = False, update=None) -> int:
     """Replay or live capture through the capture, worker and log-writer processes."""
     from engine.processes.child import auto_workers
     from engine.processes.supervisor import Engine, EngineError
@@ -311,7 +323,8 @@ def _run_engine(cfg, mode: str, paths=(), reader: str = "native", quiet: bool = 
                     progress=mode == "replay" and not quiet and sys.stderr.isatty() and not s.console,
                     forward_to=forward_to, version=_package_version(), severity=SeverityRule(cfg.all.severity_regex),
                     console=s.console, spool=position_names(forward_to) if s.disable_local_log_storage else [],
-                    stats_address=s.stats_address)
+                    stats_address=s.stats_address,
+                    update=update(artifact, account) if update is not None else None)
     try:
         code = engine.run()
     except EngineError as exc:
@@ -348,8 +361,29 @@ def _replay(args, cfg) -> int:
                        stats_json=args.stats_json, reference=args.reference)
 
 
-def _live(cfg) -> int:
-    return _run_engine(cfg, "live")
+def _live(cfg, config_path: str | None, trails_flag: str | None) -> int:
+    def update(artifact: str, account):
+        return _update_spec(cfg, config_path, trails_flag, artifact, account)
+    return _run_engine(cfg, "live", update=update)
+
+
+def _update_spec(cfg, config_path: str | None, trails_flag: str | None, artifact: str, account):
+    """What the running sensor's trail updates run (engine/processes/updater.py), or None when
+    this run cannot update itself: the update publishes [all] trails_artifact of the config file,
+    so a sensor running other trails (--trails, a trails.csv compiled into the cache) is not
+    updated, and says why."""
+    from engine.processes.updater import UpdateSpec
+    if trails_flag is not None or os.path.abspath(artifact) != os.path.abspath(cfg.all.trails_artifact):
+        import time
+        _log("[i] %s trail updates are off in this run: the sensor runs %s, not the artifact [all] trails_artifact "
+             "names, which an update publishes" % (time.strftime("%Y-%m-%d %H:%M:%S"), artifact))
+        return None
+    args = ("trails", "update") + (("--config", os.path.abspath(config_path)) if config_path else ())
+    period = cfg.all.update_period_s
+    return UpdateSpec(main, args, offline_args=("--offline",), period_s=0 if period == "off" else period,
+                      timeout_s=cfg.all.update_timeout_s, custom_dir=cfg.all.custom_trails_dir, account=account,
+                      # what `trails update` imports; "idna": the codec host names are looked up with
+                      preload=("trailsdb.update", "trailsdb.feeds.refresh", "events.fsafety", "encodings.idna"))
 
 
 def _check_host(cfg) -> int:
@@ -411,13 +445,13 @@ def _tail(args) -> int:
 def _trails_build(args) -> int:
     from trailsdb.compile import build
     from trailsdb.sources import SourceError
+    from trailsdb.update import build_inputs
     from matchers import ArtifactError
     cfg = load_config(getattr(args, "config", None) or default_config_path())
-    sources = args.source or list(cfg.all.trail_sources)
-    custom = args.custom_dir if args.custom_dir is not None else cfg.all.custom_trails_dir
-    whitelist = args.whitelist if args.whitelist is not None else cfg.all.whitelist_file
-    output = args.output or cfg.all.trails_artifact
-    if not sources and not custom:
+    inputs = build_inputs(cfg, sources=args.source, custom_dir=args.custom_dir, whitelist_file=args.whitelist,
+                          output=args.output)
+    output = inputs.output
+    if not inputs.sources and not inputs.custom_dir:
         return _fail("no trail sources: pass --source PATH (a Maltrail trails.csv or static trail "
                      "directory) or set [all] trail_sources in maltrail.toml", 2)
     from events.fsafety import directory_problem
@@ -425,8 +459,9 @@ def _trails_build(args) -> int:
     if problem:
         return _fail("refusing to write %s: %s" % (output, problem), 1)
     try:
-        report = build(sources, output, custom_dir=custom, whitelist_file=whitelist,
-                       min_prefix=_min_prefix(cfg), force=args.force, progress=sys.stderr.isatty())
+        report = build(inputs.sources, output, custom_dir=inputs.custom_dir, whitelist_file=inputs.whitelist_file,
+                       min_prefix=inputs.min_prefix, force=args.force, progress=sys.stderr.isatty(),
+                       disabled_info_regex=inputs.disabled_info_regex)
     except (SourceError, ArtifactError) as exc:
         return _fail(str(exc), 1)
     except OSError as exc:
@@ -435,11 +470,29 @@ def _trails_build(args) -> int:
     return 0
 
 
+def _trails_update(args) -> int:
+    """`trails update`: the failed feeds (and the offline / no network line) as process lines on
+    stderr as they happen, then the build report and a one-line summary on stdout."""
+    from events.fsafety import directory_problem
+    from trailsdb.feeds.refresh import stderr_log
+    from trailsdb.update import run_update
+    cfg = load_config(getattr(args, "config", None) or default_config_path())
+    report = run_update(cfg, offline=args.offline, force=args.force, log=stderr_log,
+                        directory_problem=directory_problem)
+    lines = report.build.lines() if report.build is not None else []
+    lines.append(("update: " if report.ok else "update FAILED: ") + report.summary())
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0 if report.ok else 1
+
+
 def _trails_stats(args) -> int:
     from matchers import Artifact, ArtifactError
-    path = args.artifact or load_config(getattr(args, "config", None) or default_config_path()).all.trails_artifact
+    from trailsdb.provenance import source_lines
+    cfg = load_config(getattr(args, "config", None) or default_config_path())
+    path = args.artifact or cfg.all.trails_artifact
     try:
         artifact = Artifact.open(path)
+        sources = source_lines(artifact, getattr(cfg.all, "feeds_dir", ""))
     except ArtifactError as exc:
         return _fail(str(exc), 1)
     import time as _time
@@ -449,9 +502,11 @@ def _trails_stats(args) -> int:
            "trails: %d" % artifact.trail_count]
     for kind, n in sorted(info.get("by_kind", {}).items(), key=lambda kv: -kv[1]):
         out.append("  %-12s %9d" % (kind, n))
-    out.append("sources: %s" % (", ".join(info.get("sources", [])) or "none"))
+    out += sources
     for reason, n in sorted(info.get("rejected", {}).items()):
         out.append("rejected at build: %d %s" % (n, reason))
+    for reason, n in sorted(info.get("dropped", {}).items()):
+        out.append("dropped at build: %d %s" % (n, reason))
     if info.get("whitelisted"):
         out.append("removed by whitelist: %d" % info["whitelisted"])
     out.append("file size: %.1f MB; sections: %s" % (
@@ -467,7 +522,11 @@ def _trails_check(args) -> int:
     matchers = _load_matchers(cfg)
     if matchers is None:
         return 1
-    matched, lines = explain(matchers, args.indicator)
+    from matchers import ArtifactError
+    try:
+        matched, lines = explain(matchers, args.indicator, with_provenance=True)
+    except ArtifactError as exc:
+        return _fail(str(exc), 1)
     sys.stdout.write("\n".join(lines) + "\n")
     return 0 if matched else 3
 

@@ -37,8 +37,9 @@ __all__ = ["ConfImportError", "ImportResult", "MALTRAIL_ONLY", "import_conf", "r
 # Maltrail's options that no key of ours stands for, with the reason (every option of Maltrail's
 # maltrail.conf and core/settings.py; the others are the `maltrail=` names in SCHEMA).
 _SERVER_LATER = "maltrail-engine's server (web interface) is a later release"
-_FEEDS_LATER = ("trail feeds and updates are a later release; compile trails with `maltrail-engine trails "
-                "build` (from Maltrail's trails.csv: [all] trail_sources)")
+_OWN_FEEDS = ("each maltrail-engine sensor fetches the feeds itself (`maltrail-engine trails update`, "
+              "[all] feed_updates); to hand one host's trails to others, copy its [all] trails_artifact, "
+              "or point their [all] custom_trails_url at a list you publish")
 MALTRAIL_ONLY: dict[str, str] = {
     "USERS": "accounts of Maltrail's web server: " + _SERVER_LATER,
     "ENABLE_MASK_CUSTOM": "a setting of Maltrail's web interface: " + _SERVER_LATER,
@@ -46,13 +47,8 @@ MALTRAIL_ONLY: dict[str, str] = {
     "HEADER_LOGO": "a setting of Maltrail's web interface: " + _SERVER_LATER,
     "FAIL2BAN_REGEX": "served by Maltrail's web server (/fail2ban): " + _SERVER_LATER,
     "BLACKLIST": "served by Maltrail's web server (blacklists): " + _SERVER_LATER,
-    "USE_SERVER_UPDATE_TRAILS": "Maltrail's server handing trails to sensors: " + _FEEDS_LATER,
-    "UPDATE_SERVER": "Maltrail's sensors pulling trails from its server: " + _FEEDS_LATER,
-    "USE_FEED_UPDATES": _FEEDS_LATER,
-    "DISABLED_FEEDS": _FEEDS_LATER,
-    "IP_MINIMUM_FEEDS": _FEEDS_LATER,
-    "DISABLED_TRAILS_INFO_REGEX": _FEEDS_LATER,
-    "CUSTOM_TRAILS_URL": _FEEDS_LATER,
+    "USE_SERVER_UPDATE_TRAILS": "Maltrail's server handing trails to sensors: " + _SERVER_LATER + "; " + _OWN_FEEDS,
+    "UPDATE_SERVER": "Maltrail's sensors pulling a trails.csv from its server: " + _OWN_FEEDS,
     "DISABLE_CPU_AFFINITY": "maltrail-engine always pins its capture process to one CPU; there is no switch",
     "CHECK_HOST_DOMAINS": "always on here: the Host of every HTTP request is checked against domain trails "
                           "(COMPATIBILITY.md, difference 10)",
@@ -200,6 +196,15 @@ def _convert(option: Option, section: str, key: str, conf_dir: str, notes: list[
         return "", None
     if name == "CAPTURE_BUFFER":
         return _capture_buffer(option, notes)
+    if name == "DISABLED_FEEDS":
+        # Maltrail splits the value at anything but word characters ("turris, ciarmy").
+        return [part.lower() for part in re.split(r"[^\w]+", str(value)) if part], None
+    if name == "CUSTOM_TRAILS_URL":
+        # Maltrail splits at ';' and ',' and takes a URL without a scheme as http://.
+        urls = [part.strip() for part in re.split(r"[;,]", str(value)) if part.strip()]
+        if any("//" not in url for url in urls):
+            notes.append("a URL without a scheme is taken as http://, as Maltrail does")
+        return [url if "//" in url else "http://" + url for url in urls], None
     if isinstance(value, str):
         value = _substitute(value, conf_dir, notes)
     if name == "CAPTURE_FILTER" and " ".join(str(value).split()) == _MALTRAIL_DEFAULT_FILTER:
@@ -279,6 +284,11 @@ def import_conf(path: str) -> ImportResult:
             result.notes.extend("%s (line %d): %s" % (option.name, option.line, n) for n in option_notes)
             continue
         result.carried.append(carried)
+    # Without DISABLED_FEEDS Maltrail fetches every feed; our default disables the ones its shipped
+    # maltrail.conf lists.
+    if "DISABLED_FEEDS" not in options:
+        result.carried.append(Carried("all", "disabled_feeds", [], "DISABLED_FEEDS (absent)",
+                                      ["Maltrail fetches every feed when maltrail.conf does not set DISABLED_FEEDS"]))
     # A switch missing from maltrail.conf is off for Maltrail; where ours defaults to on, the
     # equivalent file turns it off.
     for maltrail_name, (section, key) in ours.items():

@@ -120,13 +120,47 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "int", 12, unit="bits", min=1, max=128,
             doc="IPv6 range trails wider than this prefix (::/0, 2000::/3) are rejected when trails "
                 "are built, with the reason: they would match (nearly) every address"),
+        "ip_minimum_feeds": Key(
+            "int", 3, min=1, max=100,
+            doc="an IP address that only feeds list is kept when at least this many feeds (distinct "
+                "references) list it; what static or custom trails list is always kept; 1 keeps every "
+                "feed address", maltrail="IP_MINIMUM_FEEDS"),
         "update_period_s": Key(
-            "int", 86400, unit="seconds", min=600, max=604800,
-            doc="how often trails are rebuilt from their sources", maltrail="UPDATE_PERIOD"),
+            "int", 86400, unit="seconds", min=600, max=604800, words=("off",),
+            doc='how often the running sensor updates its trails (fetch the feeds, build, reload) in a '
+                'child process; "off" for never on a schedule (SIGUSR1 still asks for one, and an edited '
+                'custom trail file is still picked up offline)', maltrail="UPDATE_PERIOD"),
+        "update_timeout_s": Key(
+            "int", 3600, unit="seconds", min=10, max=86400,
+            doc="the longest one trail update of the running sensor may take; past it, its process is killed, "
+                "the failure reported and the trails in use kept"),
         "proxy_url": Key(
             "str", "", form="proxy_url", empty_ok=True,
             doc='HTTP(S) proxy used when fetching trail sources; "" for a direct connection',
             maltrail="PROXY_ADDRESS"),
+        "custom_trails_url": Key(
+            "list", (), form="feed_url", split=True,
+            doc="URLs of your own trail lists (one trail per line), fetched with the feeds and kept as "
+                "they are (reference \"(remote custom)\")", maltrail="CUSTOM_TRAILS_URL"),
+        "disabled_feeds": Key(
+            "list", ("turris", "ciarmy", "policeman", "myip", "alienvault"), form="feed_name", split=True,
+            doc='trail feeds not fetched, by name (COMPATIBILITY.md lists them); "all" (or "*") leaves out '
+                'every feed (custom_trails_url lists are still fetched); [] fetches every feed',
+            maltrail="DISABLED_FEEDS"),
+        "feed_updates": Key(
+            "bool", True,
+            doc="`trails update` (and the sensor's periodic update) fetches the trail feeds; false builds from "
+                "trail_sources, custom_trails_dir and custom_trails_url only", maltrail="USE_FEED_UPDATES"),
+        "disabled_trails_info_regex": Key(
+            "str", "", form="regex", empty_ok=True,
+            doc='trails whose label (info) this regular expression matches are left out when trails are built, '
+                'whatever lists them; "" for none', maltrail="DISABLED_TRAILS_INFO_REGEX"),
+        "feeds_dir": Key(
+            "str", "/var/lib/maltrail-engine/feeds", form="path",
+            doc="directory holding each feed's last good copy and their status (status.json)"),
+        "feeds_ca_file": Key(
+            "str", "", form="path", empty_ok=True,
+            doc='CA certificates (PEM) that verify https:// feeds; "" for the system\'s'),
         "severity_regex": Key(
             "str", DEFAULT_SEVERITY_REGEX, form="severity_regex", empty_ok=True,
             doc='how an event\'s severity is decided when it is made, for every output alike: a regular '

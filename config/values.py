@@ -156,6 +156,29 @@ def _check_proxy_url(s: str) -> str | None:
     return None
 
 
+def _check_feed_url(s: str) -> str | None:
+    if any(c.isspace() for c in s):
+        return "it contains whitespace"
+    try:
+        parts = urlsplit(s)
+        parts.port
+    except ValueError as exc:
+        return "it is not a valid URL (%s)" % exc
+    if parts.scheme not in ("http", "https"):
+        return "the scheme must be http:// or https://"
+    if not parts.hostname:
+        return "the host is missing"
+    if parts.username is not None or parts.password is not None:
+        return "credentials in the URL are not supported"
+    return None
+
+
+def _check_feed_name(s: str) -> str | None:
+    # Maltrail's feed names are module names: DISABLED_FEEDS is split at anything else.
+    # "*" is also "all": every catalog feed (trailsdb/update.py).
+    return None if s == "*" or re.fullmatch(r"[a-z0-9_]+", s) else "a feed name is lower-case letters, digits and _"
+
+
 def _check_endpoint(s: str, schemes) -> str | None:
     """A forwarding destination: scheme://host:port, or host:port meaning the first scheme."""
     if any(c.isspace() for c in s):
@@ -325,6 +348,8 @@ FORMS: dict[str, Form] = {
     "json_output": Form(_check_json_output, 'a destination "file:///path" or "tcp://host:port"',
                     'destinations "file:///path" or "tcp://host:port"'),
     "alert_format": Form(_check_alert_format, "a template with %(field)s placeholders", "templates"),
+    "feed_url": Form(_check_feed_url, 'a URL "http://..." or "https://..."', 'URLs "http://..." or "https://..."'),
+    "feed_name": Form(_check_feed_name, "a feed name", "feed names"),
     "endpoint": Form(lambda s: _check_endpoint(s, ("udp", "tcp", "tls")),
                      'a destination "udp://host:port", "tcp://host:port", "tls://host:port" or "host:port" (UDP)',
                      'destinations "udp://host:port", "tcp://host:port", "tls://host:port" or "host:port" (UDP)'),

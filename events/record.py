@@ -22,6 +22,9 @@ TYPE_HTTP = "HTTP"
 TYPE_SNI = "SNI"
 TYPE_PORT = "PORT"
 TYPE_PATH = "PATH"
+# CERT is ours too: the SHA-1 of a TLS server certificate matched against a certificate trail
+# (Maltrail's Python sensor has no certificate trails; the Maltrail line writes CERT as is).
+TYPE_CERT = "CERT"
 
 SEVERITIES = ("low", "medium", "high")
 

@@ -24,7 +24,11 @@ import msgpack
 
 MAGIC = b"MTRAILDB"
 # 2: checksums of the header, the section table and every section, and the file's length.
-FORMAT_VERSION = 2
+# 3: provenance sections (which sources list each trail, since when), and trail ids in the
+#    builder's order (see S_PROV_SOURCES): a format-2 file loads the same but has no provenance.
+FORMAT_VERSION = 3
+# Versions whose header and section table read like this one's (generation, trail count).
+_SAME_HEADER_VERSIONS = (2, 3)
 
 # Every version starts with the magic and the format version, so any version's file is recognised
 # and an old one gets "rebuild it" rather than a misreading.
@@ -46,6 +50,7 @@ MAX_SECTIONS = 64  # the builder writes about twenty; a count beyond this is dam
 _HEADER_V1 = struct.Struct("<8sIIQQII")
 _SECTION_V1 = struct.Struct("<16sQQ")
 _VERIFY_CHUNK_BYTES = 1 << 20
+_WRITE_SLICE_BYTES = 1 << 20
 
 
 # Trail kinds (one byte in the trail record).
@@ -60,11 +65,14 @@ KIND_REGEX = 8
 KIND_URL = 9        # host/path
 KIND_PATH = 10      # /path (any host)
 KIND_UA = 11        # user-agent substring
+KIND_CERT = 12      # SHA-1 fingerprint of a server certificate (40 lower-case hex digits)
+KIND_UA_REGEX = 13  # user-agent regular expression (Maltrail's misc/ua.txt)
 
 KIND_NAMES = {
     KIND_IPV4: "ipv4", KIND_IPV6: "ipv6", KIND_CIDR4: "cidr4", KIND_CIDR6: "cidr6",
     KIND_IPPORT4: "ipv4:port", KIND_IPPORT6: "[ipv6]:port", KIND_DOMAIN: "domain",
-    KIND_REGEX: "regex", KIND_URL: "url", KIND_PATH: "path", KIND_UA: "user-agent",
+    KIND_REGEX: "regex", KIND_URL: "url", KIND_PATH: "path", KIND_UA: "user-agent", KIND_CERT: "certificate",
+    KIND_UA_REGEX: "user-agent regex",
 }
 
 # A trail record: u32 offset of its key in the string blob, u16 key length, u8 kind, u8 flags,
@@ -94,11 +102,22 @@ S_IPPORT6_IDS = "ipport6_ids"
 S_DOMAINS = "domains"        # hash table (csrc/artifact.h) over domain trail keys
 S_URLS = "urls"              # hash table over URL and path trail keys
 S_REGEX = "regex"            # msgpack [[id, pattern], ...] of regex domain trails, source order
-S_UA = "ua"                  # msgpack [[id, pattern], ...] of user-agent trails
+S_UA = "ua"                  # msgpack [[id, pattern], ...] of user-agent trails (both kinds)
 # (their own small sections: reading the keys out of `strings` would page in whole folios of the
 # blob at load for a few dozen patterns)
+S_CERTS = "certs"            # sorted 20-byte SHA-1 digests of certificate trails (matchers/certs.py)
+S_CERT_IDS = "cert_ids"      # u32 trail ids, parallel to S_CERTS; a file without the two sections
+                             # (built before certificate trails) loads with no certificate trails
 S_WHITELIST = "whitelist"    # msgpack {"domains": [...], "ips": [...], "cidrs": [...]}
 S_INFO = "info"              # msgpack build information (sources, counts, rejections)
+# Provenance (trailsdb/provenance.py reads and writes them; no lookup ever maps them):
+S_PROV_SOURCES = "prov_sources"  # msgpack {"order": 1, "sources": [[name, kind], ...]}: every source
+                                 # a trail's provenance may name; "order" 1 says trail ids follow
+                                 # the builder's order (regex and user-agent trails first, in the
+                                 # order their sources listed them, then the rest by key bytes)
+S_PROV_CLASSES = "prov_classes"  # msgpack [[source, first_s, last_s, source, ...], ...]: the distinct
+                                 # provenances (source index, first and last build that listed it)
+S_PROV_IDS = "prov_ids"          # zstd frame of u32 per trail id: its index in prov_classes
 
 
 class ArtifactError(Exception):
@@ -120,19 +139,21 @@ class Layout:
     created_s: int
     file_bytes: int
     sections: dict  # name -> (offset, length, CRC-32)
+    version: int = FORMAT_VERSION
 
 
-def parse_layout(buf, size: int, name: str) -> Layout:
+def parse_layout(buf, size: int, name: str, any_version: bool = False) -> Layout:
     """Reads and checks the header and section table at the start of `buf` (a file of `size`
     bytes; `buf` must hold at least its header and table). Raises ArtifactError naming `name` and
-    the problem. Sections are not read: `verify_sections` checks them."""
+    the problem. Sections are not read: `verify_sections` checks them. `any_version` also accepts
+    an older format whose header is this one's (a build reads the file it replaces)."""
     if size < _PREFIX.size:
         raise ArtifactError("%s: too short to be a trail artifact (%d bytes)" % (name, size))
     magic, version = _PREFIX.unpack_from(buf, 0)
     if magic != MAGIC:
         raise ArtifactError("%s: not a trail artifact (bad magic); build one with "
                             "`maltrail-engine trails build`" % name)
-    if version != FORMAT_VERSION:
+    if version != FORMAT_VERSION and not (any_version and version in _SAME_HEADER_VERSIONS):
         raise ArtifactError("%s: artifact format %d, this version reads %d; %s"
                             % (name, version, FORMAT_VERSION, _REBUILD))
     if size < _HEADER.size:
@@ -165,7 +186,7 @@ def parse_layout(buf, size: int, name: str) -> Layout:
     for required in (S_STRINGS, S_TRAILS, S_META):
         if required not in sections:
             raise ArtifactError("%s: missing section %r" % (name, required))
-    return Layout(generation, created_s, file_bytes, sections)
+    return Layout(generation, created_s, file_bytes, sections, version)
 
 
 def _table_checksum(header, table) -> int:
@@ -221,6 +242,7 @@ class Artifact:
     def __init__(self, path: str, mapping, generation: int, created_s: int, sections: dict):
         self.path = path
         self._map = mapping
+        self.format_version = FORMAT_VERSION   # from_fd sets what the file says (2 or 3)
         self.generation = generation
         self.created_s = created_s
         self._sections = sections
@@ -267,11 +289,15 @@ class Artifact:
         except (OSError, ValueError) as exc:
             raise ArtifactError("%s: cannot map trail artifact: %s" % (name, exc)) from None
         try:
-            layout = parse_layout(mapping, size, name)
+            # Format 2 lays out every section the lookups use as format 3 does: it loads (its
+            # trails simply have no provenance), so an upgrade does not stop a sensor.
+            layout = parse_layout(mapping, size, name, any_version=True)
             if verify:
                 verify_sections(fd, layout, name)
             sections = {sname: (offset, length) for sname, (offset, length, _) in layout.sections.items()}
-            return cls(name, mapping, layout.generation, layout.created_s, sections)
+            artifact = cls(name, mapping, layout.generation, layout.created_s, sections)
+            artifact.format_version = layout.version
+            return artifact
         except ArtifactError:
             _close_mapping(mapping)
             raise
@@ -332,43 +358,69 @@ def _aligned(offset: int) -> int:
     return (offset + 7) & ~7
 
 
+class ArtifactWriter:
+    """Writes an artifact section by section to a binary file object open for writing at offset
+    0, so that a builder can let each section go once written (a build need not hold the whole
+    artifact in memory). The section names are given first: the table's size fixes where the
+    first section starts. `finish` writes the header and table; the caller handles atomic
+    publication."""
+
+    def __init__(self, f, names: list[str]):
+        if len(names) > MAX_SECTIONS or len(set(names)) != len(names):
+            raise ValueError("section names must be distinct and at most %d" % MAX_SECTIONS)
+        self._f = f
+        self._names = list(names)
+        self._table: list[tuple[str, int, int, int]] = []
+        self._offset = _aligned(_HEADER.size + len(names) * _SECTION.size)
+
+    def add(self, name: str, data) -> None:
+        """Writes the next section (in the order the names were given): bytes or any buffer."""
+        if len(self._table) >= len(self._names) or self._names[len(self._table)] != name:
+            raise ValueError("section %r out of order" % name)
+        view = memoryview(data).cast("B")
+        self._f.seek(self._offset)
+        # In slices: a buffered file copies what it is handed, and a section can be tens of MB.
+        for at in range(0, len(view), _WRITE_SLICE_BYTES):
+            self._f.write(view[at:at + _WRITE_SLICE_BYTES])
+        self._table.append((name, self._offset, len(view), zlib.crc32(view)))
+        self._offset = _aligned(self._offset + len(view))
+
+    def finish(self, generation: int, created_s: int) -> int:
+        """Writes the header and section table; returns the file's length in bytes."""
+        if len(self._table) != len(self._names):
+            raise ValueError("sections missing: %s" % ", ".join(self._names[len(self._table):]))
+        file_bytes = self._offset
+        table_bytes = b"".join(_SECTION.pack(name.encode("ascii"), off, length, checksum, 0)
+                               for name, off, length, checksum in self._table)
+        count = len(self._table)
+        header = _HEADER.pack(MAGIC, FORMAT_VERSION, _HEADER.size, generation, created_s, count, _BOM,
+                              file_bytes, 0, 0)
+        header = _HEADER.pack(MAGIC, FORMAT_VERSION, _HEADER.size, generation, created_s, count, _BOM,
+                              file_bytes, _table_checksum(header, table_bytes), 0)
+        self._f.seek(0)
+        self._f.write(header)
+        self._f.write(table_bytes)
+        self._f.truncate(file_bytes)
+        self._f.flush()
+        return file_bytes
+
+
 def write_artifact(target, generation: int, created_s: int, sections: list[tuple[str, bytes]]) -> None:
     """Writes sections, 8-byte aligned, with their checksums, to `target`: a binary file object
-    open for writing at offset 0, or a path (tests; the builder hands a file it created itself).
-    The caller handles atomic publication."""
-    count = len(sections)
-    offset = _aligned(_HEADER.size + count * _SECTION.size)
-    table = []
-    for name, data in sections:
-        table.append((name, offset, len(data), zlib.crc32(data)))
-        offset = _aligned(offset + len(data))
-    file_bytes = offset
-    table_bytes = b"".join(_SECTION.pack(name.encode("ascii"), off, length, checksum, 0)
-                           for name, off, length, checksum in table)
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, _HEADER.size, generation, created_s, count, _BOM, file_bytes,
-                          0, 0)
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, _HEADER.size, generation, created_s, count, _BOM, file_bytes,
-                          _table_checksum(header, table_bytes), 0)
+    open for writing at offset 0, or a path (tests). The caller handles atomic publication."""
     if isinstance(target, (str, os.PathLike)):
         with open(target, "wb") as f:
-            _write(f, header, table_bytes, table, sections, file_bytes)
-    else:
-        _write(target, header, table_bytes, table, sections, file_bytes)
-
-
-def _write(f, header: bytes, table_bytes: bytes, table: list, sections: list, file_bytes: int) -> None:
-    f.write(header)
-    f.write(table_bytes)
-    for (_, off, _, _), (_, data) in zip(table, sections):
-        f.seek(off)
-        f.write(data)
-    f.truncate(file_bytes)
-    f.flush()
+            write_artifact(f, generation, created_s, sections)
+        return
+    writer = ArtifactWriter(target, [name for name, _ in sections])
+    for name, data in sections:
+        writer.add(name, data)
+    writer.finish(generation, created_s)
 
 
 def existing_summary(path: str) -> tuple[int, int | None] | None:
-    """(generation, trail count) of the artifact already at `path`, of this format or the one
-    before, from its header and section table alone: what a new build continues counting from and
+    """(generation, trail count) of the artifact already at `path`, of this format or an older
+    one, from its header and section table alone: what a new build continues counting from and
     is compared with. None when there is no artifact there, or a damaged one; the count is None
     when a format-1 table does not list the trails."""
     try:
@@ -380,9 +432,9 @@ def existing_summary(path: str) -> tuple[int, int | None] | None:
     if len(head) < _HEADER_V1.size or head[:len(MAGIC)] != MAGIC:
         return None
     _, version, header_size, generation, _, count, _ = _HEADER_V1.unpack_from(head, 0)
-    if version == FORMAT_VERSION:
+    if version in _SAME_HEADER_VERSIONS:
         try:
-            layout = parse_layout(head, size, path)
+            layout = parse_layout(head, size, path, any_version=True)
         except ArtifactError:
             return None  # damaged: nothing in it can be trusted, its generation included
         return generation, layout.sections[S_TRAILS][1] // TRAIL_RECORD.size

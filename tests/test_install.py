@@ -268,9 +268,11 @@ def test_unit_matches_what_the_installer_made():
     assert shlex.split(s["ExecStart"][0]) == [VENV + "/bin/maltrail-engine", "-c", CONF]
     assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert s["LogsDirectory"] == [os.path.basename(LOG_DIR)] and s["LogsDirectoryMode"] == ["0750"]
-    # The trail artifact's directory is root's and read-only to the sensor: no StateDirectory=
-    # (it would hand the directory to the account) and no ReadWritePaths= for it.
-    assert "StateDirectory" not in s and "ReadWritePaths" not in s
+    # The trail update writes the feeds' copies and the artifact into the state directory, which
+    # systemd hands to the account (StateDirectory=); nothing else is made writable.
+    assert s["StateDirectory"] == [os.path.basename(STATE_DIR)] and "ReadWritePaths" not in s
+    assert "IPAddressDeny" not in s and "PrivateNetwork" not in s
+    assert {"AF_INET", "AF_INET6"} <= set(" ".join(s["RestrictAddressFamilies"]).split())
     assert s["ProtectSystem"] == ["strict"]
 
 
@@ -471,7 +473,7 @@ def test_installed_sensor_runs_inside_the_units_sandbox(staged, veth, tmp_path):
     # and /dev/shm (the rings) and /dev/null, which PrivateDevices keeps.
     assert s["ProtectSystem"] == ["strict"] and s["PrivateTmp"] == ["yes"]
     writable = ["/var/log/" + s["LogsDirectory"][0], "/var/cache/" + s["CacheDirectory"][0],
-                "/tmp", "/var/tmp", "/dev/shm", "/dev/null"]
+                "/var/lib/" + s["StateDirectory"][0], "/tmp", "/var/tmp", "/dev/shm", "/dev/null"]
     assert {p for p in found["written"] if not _under(p, writable)} == set()
     # ProtectHome=yes, ProcSubset=pid, PrivateDevices=yes: nothing opened that they hide.
     assert s["ProtectHome"] == ["yes"] and s["ProcSubset"] == ["pid"] and s["PrivateDevices"] == ["yes"]

@@ -112,6 +112,10 @@ REGEX_TEMPLATES = [
 SEGMENTS = ["bad", "gate.php", "panel", "login.php", "admin", "x", "api"]
 UA_TOKENS = ["BadBot", "zgrab", "Mozilla/4.0 (compatible; evil)", "curl/7.", "python-requests",
              "bot"]
+# User-agent regular expressions in the shapes Maltrail's misc/ua.txt uses: anchors, optional
+# versions, word boundaries, one-character classes.
+UA_REGEXES = [r"\Azgrab\Z", r"\Acurl( [\d.]+)?\Z", r"\bbot\b", r"bad.ot", r"python-requests/\d",
+              r"\A\w{1,2}\Z", r"Mozilla/4\.0 \(compatible"]
 INFOS = ["malware", "botnet c2 (malware)", "suspicious domain (suspicious)", "sinkhole x (malware)",
          "dynamic domain (suspicious)", "free web hosting (suspicious)", "reputation",
          "parking site (suspicious)"]
@@ -163,6 +167,7 @@ def trail_rows(draw):
         _texts(paths, 4),
         _texts(hosts.map(lambda h: h + "/"), 2),
         _texts(st.sampled_from(UA_TOKENS).map(lambda t: "ua:" + t), 3),
+        _texts(st.sampled_from(UA_REGEXES).map(lambda t: "ua-re:" + t), 3),
     ]
     texts = [t for group in groups for t in draw(group)]
     texts = draw(st.permutations(texts))
@@ -285,8 +290,9 @@ def test_fast_matchers_agree_with_reference(rows, data):
 
         agents = data.draw(st.lists(st.lists(st.sampled_from(UA_TOKENS + ["Mozilla/5.0", " ", "x"]),
                                              max_size=4).map("".join), max_size=10), label="agents")
-        for ua in agents + [t.upper() for t in UA_TOKENS] + ["", "nothing here"]:
-            assert fast.user_agents.match(ua) == ref.user_agents.match(ua), ua
+        for ua in agents + [t.upper() for t in UA_TOKENS] + ["", "nothing here", "x", "zgrab", "curl 7.1",
+                                                             "a bot b", "python-requests/2"]:
+            assert fast.user_agents.match_span(ua) == ref.user_agents.match_span(ua), ua
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -29,6 +29,8 @@ from collections import Counter
 
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from matchers import Artifact, ArtifactError, TrailMatchers
 from matchers.artifact import (
@@ -38,7 +40,8 @@ from matchers.artifact import (
 from tests.conftest import MALTRAIL_CORPUS, need_shared
 from trailsdb.check import explain
 from trailsdb.compile import build
-from trailsdb.normalize import normalize_trail
+from matchers.domains import is_dns_name
+from trailsdb.normalize import _not_a_dns_name, normalize_trail
 from trailsdb.sources import (
     SourceError, read_custom_dir, read_source, read_static_tree, read_trails_csv, read_whitelist,
 )
@@ -186,6 +189,15 @@ def test_normalize_bare_words_only_from_curated_lists():
         assert normalize_trail(word, "(custom)") == (KIND_DOMAIN, word.strip("."))
     assert normalize_trail("evil-name", "feed.example") == (KIND_DOMAIN, "evil-name")   # not alpha only
     assert normalize_trail("x1", "feed.example") == (KIND_DOMAIN, "x1")
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab-_.=\\ \t\x00\x7f\u00e9\u3000\u200bZ9"), max_size=70)
+       | st.builds(lambda a, b: a + "." + b, st.text("ab", min_size=60, max_size=66), st.text("c", max_size=200)))
+def test_domain_rule_is_the_matchers_rule(name):
+    """normalize's whole-string checks accept exactly what matchers/domains.py is_dns_name calls a
+    name (less a backslash, which a zone file uses for escapes)."""
+    assert (_not_a_dns_name(name) is None) == (is_dns_name(name) and "\\" not in name), repr(name)
 
 
 def test_normalize_refuses_overlong_keys():
@@ -407,12 +419,13 @@ def test_merge_priority_maltrails_rule(tmp_path):
     ]
     report, artifact = build_and_load(tmp_path, rows)
     got = records(artifact)
-    assert got["feed-then-static.com"][1:] == ("zeus (malware)", "(static)")
-    assert got["static-then-feed.com"][1:] == ("zeus (malware)", "(static)")
-    assert got["custom-then-feed.com"][1:] == ("my list", "(custom)")
-    assert got["feed-then-feed.com"][1:] == ("new label", "feed-b.example")
-    assert got["keep-first.com"][1:] == ("botnet (malware)", "feed-a.example")
-    assert got["scanner.com"][1:] == ("mass scanner", "feed-d.example")
+    # the winner's label; its reference, then the others' (Maltrail's "first (+second,third)")
+    assert got["feed-then-static.com"][1:] == ("zeus (malware)", "(static) (+feed-a.example)")
+    assert got["static-then-feed.com"][1:] == ("zeus (malware)", "(static) (+feed-a.example)")
+    assert got["custom-then-feed.com"][1:] == ("my list", "(custom) (+feed-b.example)")
+    assert got["feed-then-feed.com"][1:] == ("new label", "feed-b.example (+feed-a.example)")
+    assert got["keep-first.com"][1:] == ("botnet (malware)", "feed-a.example (+feed-b.example,feed-c.example)")
+    assert got["scanner.com"][1:] == ("mass scanner", "feed-d.example (+(static))")
     assert report.duplicates == 7
     assert report.trails == artifact.trail_count == 6
 
@@ -656,7 +669,7 @@ def test_explain_verdicts_and_lines(explained):
     matched, lines = explain(m, "6.6.6.6:8443")
     assert matched
     assert lines == ["6.6.6.6: IPv4 address with port 8443",
-                     "  MATCH address:port ipv4:port trail '6.6.6.6:8443' (id 2): 'c2 port (malware)' (static)",
+                     "  MATCH address:port ipv4:port trail '6.6.6.6:8443' (id 4): 'c2 port (malware)' (static)",
                      "  no address or range trail"]
     matched, lines = explain(m, "6.6.6.6:8444")
     assert not matched and "  no address:port trail" in lines
@@ -676,7 +689,7 @@ def test_explain_verdicts_and_lines(explained):
     matched, lines = explain(m, "ua:Mozilla/5.0 (X11) badbot/2.0")
     assert matched
     assert lines == ["user agent 'Mozilla/5.0 (X11) badbot/2.0': MATCH user-agent trail 'badbot/2.0' "
-                     "(id 5): 'bad bot (malware)' (static)"]
+                     "(id 0): 'bad bot (malware)' (static)"]
 
     for clean in ("clean.example", "8.8.8.8", "somehost.test/index.html", "ua:curl/8.0", "[::2]:443"):
         matched, lines = explain(m, clean)

@@ -1,11 +1,15 @@
 """`trails check INDICATOR`: which trails would match an indicator, and why.
 
 Owns the explanation: what shape the indicator has (address, address:port, domain, URL, user
-agent), every lookup the sensor would make for it, and the verdict, in plain lines. Uses the same
+agent, certificate SHA-1 fingerprint), every lookup the sensor would make for it, and the verdict, in plain lines. Uses the same
 matchers the sensor uses, so the answer is the sensor's answer. Also owns the rules for what an
 indicator may be (`parse_indicator`): text that is none of the shapes (an empty string, an
 address with an octet over 255, a port over 65535, a name DNS cannot carry) is refused with the
 reason, so that a typo is not answered with "no trail matches".
+
+With provenance asked for (`trails check` does), every matching trail is followed by where it
+comes from: each source that lists it and since when, or that listed it until when
+(trailsdb/provenance.py).
 
 Must not be imported by the packet path.
 """
@@ -18,9 +22,11 @@ import re
 from matchers.artifact import KIND_CIDR4, KIND_CIDR6, KIND_NAMES
 from matchers.domains import render_span
 from matchers.urls import url_checks
-from trailsdb.normalize import UA_PREFIX
+from trailsdb.normalize import UA_PREFIX, fingerprint_key
+from trailsdb.provenance import Provenance, lines_for
 
-SHAPES = "an IP address, IP:port, [IPv6]:port, domain, host/path URL, or ua:USER-AGENT"
+SHAPES = ("an IP address, IP:port, [IPv6]:port, domain, host/path URL, ua:USER-AGENT, or a certificate's SHA-1 "
+          "fingerprint")
 
 # DNS limits (RFC 1035 2.3.4): a label is 1-63 octets, a name at most 253 characters as text
 # (255 octets on the wire).
@@ -113,9 +119,9 @@ def _endpoint(text: str, indicator: str) -> tuple:
 
 
 def parse_indicator(indicator: str) -> tuple:
-    """What `indicator` is, as one of ("ua", agent), ("ip", address, port or None),
-    ("url", host, path) (host "" for a path alone), ("domain", name); raises IndicatorError
-    naming what is wrong when it is none of them."""
+    """What `indicator` is, as one of ("ua", agent), ("cert", 40 lower-case hex digits),
+    ("ip", address, port or None), ("url", host, path) (host "" for a path alone), ("domain",
+    name); raises IndicatorError naming what is wrong when it is none of them."""
     text = indicator.strip()
     if not text:
         raise IndicatorError("the indicator is empty; give %s" % SHAPES)
@@ -126,6 +132,14 @@ def parse_indicator(indicator: str) -> tuple:
         if not agent:
             raise IndicatorError("%s: give the user agent after %s" % (indicator, UA_PREFIX))
         return ("ua", agent)
+    fingerprint = fingerprint_key(text)
+    if fingerprint is not None:
+        # 40 hex digits, bare, in colon-separated pairs or after "sha1:": what a sensor matches a
+        # server certificate by (a one-label name of 40 hex digits is not worth the ambiguity).
+        return ("cert", fingerprint)
+    if text[:5].lower() == "sha1:":
+        raise IndicatorError("%s: a certificate fingerprint is 40 hex digits (SHA-1), with or without ':' "
+                             "between the pairs" % indicator)
     if any(c.isspace() or not c.isprintable() for c in text):
         raise IndicatorError("%s: an address, name or URL has no spaces or control characters; give %s"
                              % (indicator, SHAPES))
@@ -143,23 +157,56 @@ def parse_indicator(indicator: str) -> tuple:
     return ("ip", value, port)
 
 
-def explain(matchers, indicator: str) -> tuple[bool, list[str]]:
-    """(matched, lines); raises IndicatorError when `indicator` is not one (parse_indicator)."""
+class _Sources:
+    """Provenance lines for matched trails, the artifact's provenance decoded at the first one."""
+
+    def __init__(self, artifact):
+        self._artifact = artifact
+        self._loaded = False
+        self._provenance: Provenance | None = None
+
+    def lines(self, trail_id: int, indent: str) -> list[str]:
+        if not self._loaded:
+            self._provenance, self._loaded = Provenance.load(self._artifact), True
+        return lines_for(self._provenance, trail_id, indent)
+
+
+def explain(matchers, indicator: str, with_provenance: bool = False) -> tuple[bool, list[str]]:
+    """(matched, lines); raises IndicatorError when `indicator` is not one (parse_indicator).
+    `with_provenance` follows each match with its sources (ArtifactError when the artifact's
+    provenance does not decode)."""
     shape, *value = parse_indicator(indicator)
+    sources = _Sources(matchers.artifact) if with_provenance else None
     if shape == "ua":
         ua = value[0]
         trail_id = matchers.user_agents.match(ua)
         if trail_id is None:
             return False, ["user agent %r: no user-agent trail occurs in it" % ua]
-        return True, ["user agent %r: MATCH %s" % (ua, _describe(matchers, trail_id))]
+        return True, ["user agent %r: MATCH %s" % (ua, _describe(matchers, trail_id))] + _from(sources, trail_id, "  ")
+    if shape == "cert":
+        return _explain_cert(matchers, value[0], sources=sources)
     if shape == "ip":
-        return _explain_ip(matchers, *value)
+        return _explain_ip(matchers, *value, sources=sources)
     if shape == "url":
-        return _explain_url(matchers, *value)
-    return _explain_domain(matchers, value[0])
+        return _explain_url(matchers, *value, sources=sources)
+    return _explain_domain(matchers, value[0], sources=sources)
 
 
-def _explain_ip(matchers, addr, port) -> tuple[bool, list[str]]:
+def _from(sources: _Sources | None, trail_id: int, indent: str) -> list[str]:
+    return sources.lines(trail_id, indent) if sources is not None else []
+
+
+def _explain_cert(matchers, fingerprint: str, sources=None) -> tuple[bool, list[str]]:
+    lines = ["%s: certificate SHA-1 fingerprint" % fingerprint]
+    trail_id = matchers.certs.lookup(bytes.fromhex(fingerprint))
+    if trail_id is None:
+        lines.append("  no certificate trail")
+        return False, lines
+    lines.append("  MATCH %s" % _describe(matchers, trail_id))
+    return True, lines + _from(sources, trail_id, "    ")
+
+
+def _explain_ip(matchers, addr, port, sources=None) -> tuple[bool, list[str]]:
     lines = ["%s: IPv%d address%s" % (addr, addr.version, " with port %d" % port if port is not None else "")]
     matched = False
     if port is not None:
@@ -167,6 +214,7 @@ def _explain_ip(matchers, addr, port) -> tuple[bool, list[str]]:
         if trail_id is not None:
             matched = True
             lines.append("  MATCH address:port %s" % _describe(matchers, trail_id))
+            lines += _from(sources, trail_id, "    ")
         else:
             lines.append("  no address:port trail")
     trail_id = matchers.ips.lookup_ip(addr.version, int(addr))
@@ -175,12 +223,13 @@ def _explain_ip(matchers, addr, port) -> tuple[bool, list[str]]:
         kind = matchers.artifact.kind(trail_id)
         how = "inside range" if kind in (KIND_CIDR4, KIND_CIDR6) else "exact address"
         lines.append("  MATCH %s: %s" % (how, _describe(matchers, trail_id)))
+        lines += _from(sources, trail_id, "    ")
     else:
         lines.append("  no address or range trail")
     return matched, lines
 
 
-def _explain_domain(matchers, name: str) -> tuple[bool, list[str]]:
+def _explain_domain(matchers, name: str, sources=None) -> tuple[bool, list[str]]:
     lines = ["%s: domain name" % name]
     for trail_id, start in matchers.domains.table.suffixes(name):
         what = "exact" if start == 0 else "parent %s of %s" % (name[start:], name)
@@ -190,10 +239,11 @@ def _explain_domain(matchers, name: str) -> tuple[bool, list[str]]:
         lines.append("  no domain trail matches (exact, parent, regex, .onion gateway, ip-adress.com)")
         return False, lines
     lines.append("  MATCH as %r: %s" % (render_span(name, hit.start, hit.end), _describe(matchers, hit.trail_id)))
+    lines += _from(sources, hit.trail_id, "    ")
     return True, lines
 
 
-def _explain_url(matchers, host: str, path: str) -> tuple[bool, list[str]]:
+def _explain_url(matchers, host: str, path: str, sources=None) -> tuple[bool, list[str]]:
     lines = ["%s%s: URL (host %s, path %s)" % (host, path, host or "any", path)]
     for check, post in url_checks(path, None):
         for candidate in (check, host + check):
@@ -203,9 +253,10 @@ def _explain_url(matchers, host: str, path: str) -> tuple[bool, list[str]]:
     hit = matchers.urls.match(host, path)
     matched = False
     if host:
-        matched, domain_lines = _explain_domain(matchers, host.split(":")[0])
+        matched, domain_lines = _explain_domain(matchers, host.split(":")[0], sources)
         lines.extend("  " + line for line in domain_lines)
     if hit is not None:
         lines.append("  MATCH URL via %r: %s" % (hit.check, _describe(matchers, hit.trail_id)))
+        lines += _from(sources, hit.trail_id, "    ")
         return True, lines
     return matched, lines

@@ -20,7 +20,7 @@ import os
 import re
 import zlib
 from collections import Counter
-from typing import Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 import zstandard
 
@@ -35,6 +35,24 @@ class RawTrail(NamedTuple):
     info: str
     reference: str
     origin: str          # "file:line", for error messages and `trails check`
+
+
+# What kind of source a row came from; the merge rules depend on it (trailsdb/merge.py): a feed's
+# addresses need agreement ([all] ip_minimum_feeds) and may not be bogon or CDN addresses, what a
+# file or the custom directory lists is always kept.
+FEED = "feed"        # a public feed (trailsdb/feeds/)
+FILE = "file"        # a trails.csv, a static trail tree or a .txt file (--source, [all] trail_sources)
+CUSTOM = "custom"    # the custom trails directory ([all] custom_trails_dir)
+SOURCE_KINDS = (FEED, FILE, CUSTOM)
+
+
+class Source(NamedTuple):
+    """One source of a build: its name (a feed's name, a file's path; what provenance and
+    `trails stats` call it, and how a later build recognises it), its kind, and its rows (read
+    lazily, once)."""
+    name: str
+    kind: str
+    rows: Iterable[RawTrail]
 
 
 class SourceError(Exception):
@@ -54,26 +72,32 @@ class _ZstdFrames(io.RawIOBase):
         self._raw = raw
         self._dctx = zstandard.ZstdDecompressor()
         self._obj = None
-        self._pending = b""
+        self._pending = memoryview(b"")
+        self._pos = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        while not self._pending:
+        while self._pos >= len(self._pending):
             data = self._raw.read(self.CHUNK)
             if not data:
                 if self._obj is not None and not self._obj.eof:
                     raise zstandard.ZstdError("the file ends inside a zstd frame (truncated)")
                 return 0
+            out = []
             while data:
                 if self._obj is None or self._obj.eof:
                     self._obj = self._dctx.decompressobj()
-                self._pending += self._obj.decompress(data)
+                out.append(self._obj.decompress(data))
                 data = self._obj.unused_data if self._obj.eof else b""
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
+            self._pending, self._pos = memoryview(b"".join(out)), 0
+        # Handed out from a position, never by cutting the front off: one chunk decompresses to
+        # megabytes and the reader asks for 8 KiB at a time, so re-slicing the rest each time
+        # copied it over and over (half the time of reading the shared 1.6M-row set).
+        n = min(len(buffer), len(self._pending) - self._pos)
+        buffer[:n] = self._pending[self._pos:self._pos + n]
+        self._pos += n
         return n
 
     def close(self) -> None:
@@ -187,16 +211,89 @@ def read_custom_dir(root: str, stats: Counter) -> Iterator[RawTrail]:
                                         "(custom)", stats, custom=True)
 
 
+# Maltrail's suspicious user-agent list (misc/ua.txt): regular expressions its sensor joins into
+# one case-insensitive alternation; a line holding " (compatible" is taken literally, and so is
+# one that does not compile. Its events read "user agent (suspicious)", "(heuristic)".
+UA_LIST_NAME = "ua.txt"
+UA_LIST_INFO = "user agent (suspicious)"
+UA_LIST_REFERENCE = "(heuristic)"
+_REGEX_SPECIALS = re.compile(r"[.^$*+?{}\[\]\\|()]")
+
+
+def ua_list_trail(line: str) -> str:
+    """One misc/ua.txt line as a trail: `ua:TEXT` where Maltrail's sensor would match it as plain
+    text, `ua-re:PATTERN` where it is a regular expression."""
+    literal = " (compatible" in line
+    if not literal:
+        try:
+            re.compile(line)
+        except (re.error, RecursionError, OverflowError):
+            literal = True
+    if literal or not _REGEX_SPECIALS.search(line):
+        return "ua:" + line
+    return "ua-re:" + line
+
+
+def read_ua_list(path: str, stats: Counter) -> Iterator[RawTrail]:
+    """Maltrail's misc/ua.txt as user-agent trails (see ua_list_trail)."""
+    name = os.path.basename(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise SourceError("%s: cannot read: %s" % (path, exc.strerror or exc)) from None
+    for lineno, raw in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        line = raw.strip()  # a '#' inside a pattern is part of it: only whole comment lines go
+        if not line or line.startswith("#"):
+            continue
+        stats["rows read"] += 1
+        yield RawTrail(ua_list_trail(line), UA_LIST_INFO, UA_LIST_REFERENCE, "%s:%d" % (name, lineno))
+
+
+def maltrail_checkout(path: str) -> tuple[str, str] | None:
+    """(static trail tree, misc/ua.txt or "") when `path` is a Maltrail checkout, its trails/ or
+    its trails/static/ directory; None for any other directory."""
+    path = os.path.abspath(path)
+    for root, static in ((path, os.path.join(path, "trails", "static")),
+                         (os.path.dirname(path), os.path.join(path, "static")),
+                         (os.path.dirname(os.path.dirname(path)), path)):
+        if (os.path.isdir(static) and os.path.normpath(static).endswith(os.path.join("trails", "static"))
+                and os.path.isdir(os.path.join(root, "misc"))):
+            ua = os.path.join(root, "misc", UA_LIST_NAME)
+            return static, ua if os.path.isfile(ua) else ""
+    return None
+
+
 def read_source(path: str, stats: Counter) -> Iterator[RawTrail]:
-    """Dispatch on what `path` is: a directory (static tree), a .txt file, or a trails.csv."""
+    """Dispatch on what `path` is: a Maltrail checkout (its static tree and its user-agent
+    list), another directory (a static tree), misc/ua.txt, a .txt file, or a trails.csv."""
     if os.path.isdir(path):
-        yield from read_static_tree(path, stats)
+        checkout = maltrail_checkout(path)
+        if checkout is None:
+            yield from read_static_tree(path, stats)
+        else:
+            yield from read_static_tree(checkout[0], stats)
+            if checkout[1]:
+                yield from read_ua_list(checkout[1], stats)
     elif not os.path.exists(path):
         raise SourceError("%s: trail source does not exist" % path)
+    elif os.path.basename(path) == UA_LIST_NAME:
+        yield from read_ua_list(path, stats)
     elif path.endswith(".txt"):
         yield from read_static_file(path, _info_from_filename(path), "(static)", stats)
     else:
         yield from read_trails_csv(path, stats)
+
+
+def path_source(path: str, stats: Counter) -> Source:
+    """A trails.csv, static trail tree or .txt file as a build source, named by its absolute path
+    (the same file given as a relative path later is still the same source)."""
+    return Source(os.path.abspath(path), FILE, read_source(path, stats))
+
+
+def custom_source(root: str, stats: Counter) -> Source:
+    """The custom trails directory as a build source."""
+    return Source(os.path.abspath(root), CUSTOM, read_custom_dir(root, stats))
 
 
 class Whitelist(NamedTuple):

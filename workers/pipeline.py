@@ -2,13 +2,13 @@
 
 Owns the per-packet judgement that turns decoded packets and extracted names into events: IP
 trails on every packet in both directions, domain trails on DNS query names, HTTP hosts and
-TLS/QUIC server names, URL and user-agent trails on HTTP requests, sinkhole/parking trails on DNS
-answers; Maltrail's trail text for each (e.g. "(www).evil-parent.com", "203.0.113.44 (host)"),
+TLS/QUIC server names, URL and user-agent trails on HTTP requests, certificate trails on the
+server certificate of TLS 1.2 and older handshakes, sinkhole/parking trails on DNS answers; Maltrail's trail text for each (e.g. "(www).evil-parent.com", "203.0.113.44 (host)"),
 and its false-positive rules. Every frame is counted as decoded or skipped by reason; identical
 events are condensed (workers/condense.py).
 
 Per packet the steps are kept apart: observe (what the payload carries: DNS messages, an HTTP
-request and whom it is for, a TLS or QUIC server name, an HTTP response; the protocol modules
+request and whom it is for, a TLS or QUIC server name, a TLS server certificate, an HTTP response; the protocol modules
 parse, nothing is matched), then one `Flow` record (workers/flow.py: both ends and their ports,
 the orientation, the noise-control group), then for each observation match (matchers/) and judge
 (Maltrail's rules, the heuristics), then emit (`_emit`: the controls, then noise control).
@@ -19,13 +19,14 @@ are stored on disk, or how events are written.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from urllib.parse import unquote
 
 from array import array
 
-from matchers.artifact import KIND_CIDR4, KIND_CIDR6, KIND_IPPORT4, KIND_IPPORT6, S_REGEX, S_UA
+from matchers.artifact import KIND_CIDR4, KIND_CIDR6, KIND_IPPORT4, KIND_IPPORT6, KIND_UA_REGEX, S_REGEX, S_UA
 from matchers.domains import render_span
 from matchers.regextrails import prefilter_literals
 from workers import _fastpath
@@ -34,10 +35,11 @@ from workers.controls import NO_CONTROLS
 from workers.decode import IPPROTO_TCP, IPPROTO_UDP, SKIP_REASONS, decode_frame
 from workers.dns import QCLASS_IN, RCODE_NXDOMAIN, parse_dns, parse_dns_tcp
 from events.record import (
-    DEFAULT_SEVERITY, TYPE_DNS, TYPE_HTTP, TYPE_IP, TYPE_IPORT, TYPE_PATH, TYPE_PORT, TYPE_SNI, TYPE_UA, TYPE_URL,
+    DEFAULT_SEVERITY, TYPE_CERT, TYPE_DNS, TYPE_HTTP, TYPE_IP, TYPE_IPORT, TYPE_PATH, TYPE_PORT, TYPE_SNI, TYPE_UA, TYPE_URL,
     Event, SeverityRule,
 )
-from workers.flow import Flow, flow_of
+from workers.certs import ServerCertAssembler, starts_server_hello
+from workers.flow import Flow, client_is_src, flow_of
 from workers.heuristics import HeuristicSettings
 from workers.heuristics import dns as hdns
 from workers.heuristics import http as hhttp
@@ -73,12 +75,18 @@ def _escape_parens(value: str) -> str:
 
 def render_user_agent(user_agent: str, pattern: str) -> str:
     """Maltrail's user-agent trail text: the matched part, and the rest in parentheses."""
-    low = user_agent.lower()
-    i = low.find(pattern)
+    i = user_agent.lower().find(pattern)
     if i < 0:
         return _escape_parens(user_agent)
-    match = user_agent[i:i + len(pattern)]
-    before, after = user_agent[:i], user_agent[i + len(pattern):]
+    return render_user_agent_span(user_agent, i, i + len(pattern))
+
+
+def render_user_agent_span(user_agent: str, start: int, end: int) -> str:
+    """The same for the part user_agent[start:end] a pattern matched."""
+    if start >= end:
+        return _escape_parens(user_agent)
+    match = user_agent[start:end]
+    before, after = user_agent[:start], user_agent[end:]
     if before and after:
         return "%s (%s)" % (_escape_parens(match), _escape_parens(user_agent))
     return "%s%s%s" % ("(%s)" % _escape_parens(before) if before else "", _escape_parens(match),
@@ -109,7 +117,7 @@ def _ignored_name(name: str) -> bool:
 _FAST_EXTRACTED = ("dns queries", "dns responses", "http requests", "tls server names")
 # Artifact sections the C scan reads (the C scan knows them by the same names).
 _FAST_SECTIONS = ("ip4", "cidr4", "ipport4", "ip6", "ipport6", "cidr6_list", "domains", "urls", "trails",
-                  "strings", "ip4_p24")
+                  "strings", "ip4_p24", "certs")
 
 
 def fast_tables(artifact):
@@ -117,7 +125,12 @@ def fast_tables(artifact):
     holding none of them cannot match a regex trail) and the user-agent patterns."""
     sections = {name: artifact.section(name) for name in _FAST_SECTIONS if artifact.has(name)}
     literals, always = prefilter_literals(artifact.pairs(S_REGEX))
-    patterns = [p.lower().encode("utf-8") for _, p in artifact.pairs(S_UA)]
+    uas = artifact.pairs(S_UA)
+    patterns = [p.lower().encode("utf-8") for i, p in uas if artifact.kind(i) != KIND_UA_REGEX]
+    # A user-agent regular expression passes a user agent holding a literal it requires; one that
+    # requires none passes every user agent (the empty pattern, see ua_hit in fastpath.c).
+    ua_literals, ua_always = prefilter_literals([(i, p) for i, p in uas if artifact.kind(i) == KIND_UA_REGEX])
+    patterns += [lit.lower().encode("utf-8") for lit in ua_literals] + ([b""] if ua_always else [])
     return _fastpath.Tables(sections, [lit.encode("utf-8") for lit in literals], always, patterns)
 
 
@@ -186,6 +199,10 @@ class Worker:
         self.counters = WorkerCounters()
         self.condenser = Condenser(condense_window_s * 1_000_000)
         self.quic = QuicSniAssembler()
+        self.certs = ServerCertAssembler()
+        # The certificate path runs only when the trails hold certificates: without them no TCP
+        # segment takes it, on either path (the C scan is told by the certs section's presence).
+        self._certs_on = len(matchers.certs) > 0
         self.heuristics = h = heuristics if heuristics is not None else HeuristicSettings()
         self.controls = controls
         self.scans = ScanHeuristics(h)
@@ -275,6 +292,7 @@ class Worker:
         self.matchers = matchers
         self._artifact = matchers.artifact
         self._tables = tables
+        self._certs_on = len(matchers.certs) > 0
 
     def expire(self, now_us: int) -> list[Event]:
         """Closes condensing windows that ended before `now_us` (live capture calls this with the
@@ -300,6 +318,11 @@ class Worker:
             saturation.update(self.fast_heuristics.stats())
         saturation["noise control groups closed early"] = self.condenser.early_closes
         saturation["noise control values not counted"] = self.condenser.uncounted
+        # The certificate assembler's give-ups (evictions at its caps, gaps, malformed lengths):
+        # counted here, where the statistics line shows state that reached a limit.
+        for reason, n in self.certs.counts.items():
+            if reason != "certificates":
+                saturation["tls certificate handshakes: " + reason] = n
         return self.counters.as_dict(self.condenser.suppressed, saturation)
 
     def _count(self, events) -> None:
@@ -313,7 +336,7 @@ class Worker:
         (fast path); None on the reference path, where the Python trackers observe it here."""
         if bits is None:
             bits = self.scans.observe(p, ts) if self.heuristics.enabled else 0
-        dns_messages, dns_udp, http, sni, quic_sni, response = self._observe(p, ts)
+        dns_messages, dns_udp, http, sni, quic_sni, response, cert = self._observe(p, ts)
         first_qname = dns_messages[0].qname if dns_messages else None
         flow = flow_of(p, ts, first_qname)
 
@@ -339,14 +362,18 @@ class Worker:
         if quic_sni:
             self.counters.extracted["quic server names"] += 1
             self._match_domain(flow, normalize_host(quic_sni), TYPE_SNI, out)
+        if cert is not None:
+            self.counters.extracted["tls certificates"] += 1
+            self._match_cert(flow, cert, out)
 
     def _observe(self, p, ts: int) -> tuple:
         """What the payload carries, parsed and nothing matched: (DNS messages, whether over UDP,
         an HTTP request, a TLS server name, a QUIC server name (once its ClientHello is whole),
-        whether an HTTP response worth the response heuristics)."""
+        whether an HTTP response worth the response heuristics, the DER bytes of a TLS server
+        certificate (once it is whole))."""
         payload = p.payload
         dns_messages = ()
-        http = sni = quic_sni = None
+        http = sni = quic_sni = cert = None
         dns_udp = response = False
         if p.proto == IPPROTO_UDP:
             if p.sport == 53 or p.dport == 53:
@@ -364,7 +391,27 @@ class Worker:
                 http = parse_http_request(payload)
             elif self.heuristics.on("http_response") and payload.startswith(b"HTTP/"):
                 response = True
-        return dns_messages, dns_udp, http, sni, quic_sni, response
+            if self._certs_on:
+                cert = self._server_certificate(p, payload)
+        return dns_messages, dns_udp, http, sni, quic_sni, response, cert
+
+    def _server_certificate(self, p, payload: bytes) -> bytes | None:
+        """A server's TCP segment into the certificate assembler (workers/certs.py): one that opens
+        a ServerHello record, or one of a flight already being joined. Keyed server -> client, so
+        the client's segments of the same connection never meet the server's flight."""
+        key = (p.version, p.src, p.sport, p.dst, p.dport)
+        if not self.certs.active(key):
+            if not starts_server_hello(payload) or client_is_src(p):
+                return None
+        return self.certs.feed(key, p.tcp_seq, payload)
+
+    def _match_cert(self, flow: Flow, der: bytes, out: list) -> None:
+        """Certificate trails on the SHA-1 of a server's certificate; the event goes client ->
+        server like every other, its trail the fingerprint in lower-case hex."""
+        digest = hashlib.sha1(der, usedforsecurity=False).digest()  # the fingerprint feeds list, not a MAC
+        trail_id = self.matchers.certs.lookup(digest)
+        if trail_id is not None:
+            self._emit(flow.client_to_server(), TYPE_CERT, digest.hex(), trail_id, out)
 
     def _emit(self, flow: Flow, type_: str, trail: str, trail_id, out: list, info=None, reference=None) -> None:
         """One event, `flow.src` -> `flow.dst`, through the controls into noise control (grouped by
@@ -561,10 +608,10 @@ class Worker:
                 self._match_domain(flow, target_name, TYPE_DNS, out)
 
         if req.user_agent:
-            trail_id = self.matchers.user_agents.match(req.user_agent)
-            if trail_id is not None:
-                trail = render_user_agent(req.user_agent, self._artifact.key(trail_id))
-                self._emit(flow, TYPE_UA, trail, trail_id, out)
+            found = self.matchers.user_agents.match_span(req.user_agent)
+            if found is not None:
+                trail_id, start, end = found
+                self._emit(flow, TYPE_UA, render_user_agent_span(req.user_agent, start, end), trail_id, out)
             elif h.on("user_agent"):
                 user_agent = unquote(req.user_agent).strip()
                 pattern = hhttp.user_agent_pattern(user_agent)

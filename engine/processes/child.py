@@ -1,8 +1,8 @@
 """What every engine child process does first, and how it notices it has been orphaned.
 
-Owns the child side of the process contract: signals belong to the supervisor (a Ctrl-C or a
-systemd SIGTERM reaches the whole process group, and children that died on it would lose what
-they hold; the supervisor stops them in order instead), closing the inherited descriptors that
+Owns the child side of the process contract: signals (INT, TERM, HUP, USR1) belong to the
+supervisor (a Ctrl-C or a systemd SIGTERM reaches the whole process group, and children that
+died on it would lose what they hold; the supervisor stops them in order instead), closing the inherited descriptors that
 belong to other processes (a child that kept the supervisor's end of a channel would never see
 that channel close, and would outlive a killed supervisor), CPU pinning, dropping privileges
 (engine/processes/privileges.py) once the child holds what it needed them for, and the parent-death check
@@ -53,7 +53,9 @@ def close_inherited(objects) -> None:
 class ChildProcess:
     def __init__(self, name: str, cpu: int | None = None, parent_pid: int | None = None, close=()):
         set_process_name(name)
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        # SIGUSR1 (a trail update now) is the supervisor's too: `systemctl kill -s USR1` without
+        # --kill-whom=main reaches every process of the unit.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(signum, signal.SIG_IGN)
         try:
             signal.set_wakeup_fd(-1)  # the supervisor's wake-up pipe is not ours

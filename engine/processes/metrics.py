@@ -94,6 +94,8 @@ class MetricsView:
     trails_built_unix: int = 0      # the artifact's build time
     forwarders: tuple = ()          # (name, {"kind", "destination", "sent", "failed", "dropped", "lag_s",
                                     #  "connected"}) per forwarder
+    updates: tuple | None = None    # trail updates (engine/processes/updater.py): (running, successes,
+                                    # failures, last success unix, last failure unix); None: updates off
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,18 @@ class SensorCollector:
                     "built.", view.trails_built_unix)
         yield gauge("maltrail_trail_age_seconds", "Seconds since the running trail artifact was built.",
                     max(0.0, now_unix - view.trails_built_unix) if view.trails_built_unix else 0.0)
+        if view.updates is not None:
+            running, successes, failures, last_success, last_failure = view.updates
+            yield gauge("maltrail_trail_update_running", "1 while a trail update's child process runs.",
+                        1 if running else 0)
+            yield counter("maltrail_trail_updates", "Trail updates that ended with an artifact published or "
+                          "kept unchanged.", successes)
+            yield counter("maltrail_trail_update_failures", "Trail updates that failed (the sensor's log says "
+                          "why); the trails in use stayed.", failures)
+            yield gauge("maltrail_trail_update_last_success_timestamp_seconds", "Unix time the last trail update "
+                        "succeeded (0: none in this run).", last_success)
+            yield gauge("maltrail_trail_update_last_failure_timestamp_seconds", "Unix time the last trail update "
+                        "failed (0: none in this run).", last_failure)
         labels = ["forwarder", "kind", "destination"]
         rows = [([name, str(s.get("kind", "")), str(s.get("destination", ""))], s) for name, s in view.forwarders]
         yield counter("maltrail_forwarder_sent", "Events this forwarder delivered.", labels=labels,

@@ -20,6 +20,11 @@ that happens to them while they run:
   worker continues on the same ring, on the last generation that worker slot ran; more than
   MAX_WORKER_DEATHS deaths in a run is fatal. A dead capture process or log writer is fatal:
   non-zero exit.
+- Trail updates (engine/processes/updater.py): every `[all] update_period_s` (plus jitter), on
+  SIGUSR1, and offline when the custom trails directory changed, one at a time in a child process
+  of its own (a fresh interpreter as the workers' account), polled from the loop; when it
+  published, the reload path below adopts the new artifact; a failure keeps the current trails.
+  While an update runs, the artifact's path is not watched: its replacement is expected.
 - Statistics every `stats_interval_s` and at exit; with `[sensor] stats_address`, /metrics and
   /healthz from a thread (engine/processes/metrics.py) over a snapshot the loop publishes.
 
@@ -70,6 +75,15 @@ def _stamp() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _duration(seconds: float) -> str:
+    """A period in words: 86400 -> "24 h", 900 -> "15 min"."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return "%d h" % (seconds // 3600)
+    if seconds >= 60 and seconds % 60 == 0:
+        return "%d min" % (seconds // 60)
+    return "%g s" % seconds
+
+
 class Engine:
     def __init__(self, *, mode: str, workers: int, artifact_path: str, sensor: str, log_dir: str,
                  condense_window_s: int, ring_bytes_per_worker: int, stats_interval_s: int = 60,
@@ -78,7 +92,7 @@ class Engine:
                  reference: bool = False, heuristics=None, controls: dict | None = None, controls_source=None,
                  account=None, drop_privileges: bool = False, bpf_text: str = "", progress: bool = False,
                  forward_to: list | None = None, version: str = "", stats_address: str = "", severity=None,
-                 console: bool = False, spool: list | None = None):
+                 console: bool = False, spool: list | None = None, update=None):
         self.mode = mode
         self.progress = progress and mode == "replay"   # a progress bar on self.out (a terminal)
         self._bar = None
@@ -140,6 +154,8 @@ class Engine:
         self._metrics = None
         self._heard = [0.0] * workers   # monotonic time of each slot's last statistics report
         self._capture_heard = 0.0       # ... and of the capture process's last report
+        self.update_spec = update       # engine.processes.updater.UpdateSpec (None: no updates; replay)
+        self._updater = None
 
     # -- set-up --------------------------------------------------------------------------------
     def _start(self) -> None:
@@ -304,11 +320,14 @@ class Engine:
             mine.update(id(w) for _, w in self.event_channels)
         elif who == "forwarder":
             mine.add(id(self.forwarder_channel[0]))
+        elif who == "update":
+            pass  # a trail update owns no channel; nor the log directory's lock
         else:
             mine.update((id(self.event_channels[who][0]), id(self.status_channels[who][0])))
         ends = [end for pair in self.event_channels + self.status_channels
                 + [self.capture_channel, self.writer_channel, self.forwarder_channel] for end in pair]
-        return [end for end in ends if id(end) not in mine] + [self.wake_r, self.wake_w, self.selector]
+        extra = [self.lock_fd] if who == "update" else []
+        return [end for end in ends if id(end) not in mine] + [self.wake_r, self.wake_w, self.selector] + extra
 
     def _start_forwarder(self) -> None:
         from engine.processes.forwarder import ForwarderSpec, run_forwarder
@@ -433,15 +452,20 @@ class Engine:
         # run's own CPU is the difference across it.
         children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.started_unix = time.time()
-        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)}
+        # SIGUSR1 (an update now) would end the process by default: ignored until the loop can
+        # take it, and by every child forked meanwhile (child.py keeps it ignored).
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         try:
             self._start()
         except BaseException:
+            signal.signal(signal.SIGUSR1, previous[signal.SIGUSR1])
             self._cleanup()
             raise
         old_wakeup = signal.set_wakeup_fd(self.wake_w)
         for s in previous:
             signal.signal(s, self._signal)
+        self._start_updater()  # after the handlers: its line says SIGUSR1 is taken
         try:
             code = self._loop()
             self._drain_reports()
@@ -487,8 +511,11 @@ class Engine:
                 signum = self._signals.pop(0)
                 if signum == signal.SIGHUP:
                     self._reload()
+                elif signum == signal.SIGUSR1:
+                    self._update_requested()
                 else:
                     self._begin_stop()
+            self._tick_updater()
             self._check_artifact_on_disk()
             self._advance_stop()
             if self._metrics is not None and self._metrics.due():
@@ -572,6 +599,8 @@ class Engine:
                 ipc.send(self.capture_channel[1], ["stop"])
             except OSError:
                 pass
+            if self._updater is not None and self._updater.stop():
+                self._notice("stopping: the running trail update is killed; the trails in use stay")
 
     def _advance_stop(self) -> None:
         """The stop sequence: capture done and every worker done -> the writer finishes; the
@@ -776,13 +805,69 @@ class Engine:
             self._reload_again = False
             self._reload_trails()
 
+    # -- trail updates (engine/processes/updater.py) ---------------------------------------------------
+    def _start_updater(self) -> None:
+        spec = self.update_spec
+        if spec is None or self.mode != "live":
+            return
+        from engine.processes.updater import Updater
+        self._updater = Updater(spec, self._notice, self._warn, close=lambda: self._not_owned_by("update"))
+        what = []
+        if spec.period_s:
+            what.append("every %s (plus up to %d %%)" % (_duration(spec.period_s), round(spec.jitter_fraction * 100)))
+        else:
+            what.append("not on a schedule ([all] update_period_s = \"off\")")
+        if spec.custom_dir:
+            what.append("offline when %s changes" % spec.custom_dir)
+        self._notice("trail updates: %s; SIGUSR1 updates now" % ", ".join(what))
+
+    def _update_requested(self) -> None:
+        if self._updater is None:
+            self._warn("SIGUSR1: trail updates are not available in this run (%s)"
+                       % ("a replay" if self.mode != "live" else "not configured"))
+        elif self._stopping_since is None:
+            self._updater.request()
+
+    def _tick_updater(self) -> None:
+        """Polls the update child (never waits for it); on its end, the reload path or the
+        reason it failed. The supervisor's memory is measured across the update: the child's
+        build never adds to it."""
+        updater = self._updater
+        if updater is None:
+            return
+        outcome = updater.tick()
+        if outcome is None:
+            return
+        from engine.processes.updater import rss_bytes
+        memory = "supervisor RSS %.1f MB when it started, %.1f MB now" % (outcome.rss_before_bytes / 1e6,
+                                                                          rss_bytes() / 1e6)
+        what = "trail update (%s%s)" % (outcome.trigger, ", offline" if outcome.offline else "")
+        if not outcome.ok:
+            say = self._notice if updater.stopping else self._warn
+            say("%s failed after %.1f s, keeping generation %d: %s; %s"
+                % (what, outcome.duration_s, self.generation, outcome.why, memory))
+            return
+        identity = file_identity(self.artifact_path)
+        if identity is not None and identity == self._on_disk:
+            self._notice("%s done in %.1f s: the artifact is unchanged, generation %d stays; %s"
+                         % (what, outcome.duration_s, self.generation, memory))
+            return
+        self._notice("%s done in %.1f s: loading the new artifact; %s" % (what, outcome.duration_s, memory))
+        if updater.stopping or self._stopping_since is not None:
+            return
+        if self._offer is not None:
+            self._reload_again = True   # read once the workers finished switching
+            self._on_disk_reported = identity
+            return
+        self._reload_trails()
+
     def _check_artifact_on_disk(self) -> None:
         """Says once per change when the artifact's file is no longer the one last read (rebuilt,
         overwritten in place, truncated, removed). The workers are not affected: they map the
         private copy; a SIGHUP adopts the file through the same checks as any reload."""
         now = time.monotonic()
-        if now < self._next_disk_check:
-            return
+        if now < self._next_disk_check or (self._updater is not None and self._updater.running):
+            return  # an update is expected to replace the file; its end says what it did
         self._next_disk_check = now + ARTIFACT_CHECK_S
         identity = file_identity(self.artifact_path)
         if identity == self._on_disk or identity == self._on_disk_reported:
@@ -813,6 +898,8 @@ class Engine:
             self.writer.kill()
 
     def _cleanup(self) -> None:
+        if self._updater is not None:
+            self._updater.close()
         if self._metrics is not None:
             self._metrics.stop()
             self._metrics = None
@@ -888,7 +975,10 @@ class Engine:
             capture_heard_monotonic=self._capture_heard, mode=self.mode, workers=tuple(workers),
             trail_generation=self.generation, trail_count=self.trail_count,
             trails_built_unix=self.trails.created_s,
-            forwarders=tuple((name, dict(stats)) for name, stats in sorted(forwarders.items())))
+            forwarders=tuple((name, dict(stats)) for name, stats in sorted(forwarders.items())),
+            updates=None if self._updater is None else (
+                self._updater.running, self._updater.successes, self._updater.failures,
+                self._updater.last_success_unix, self._updater.last_failure_unix))
 
     # -- reporting -----------------------------------------------------------------------------
     def engine_stats(self) -> dict:

@@ -38,7 +38,7 @@ from events.fsafety import (
     UnsafeFile, create_in_dir, directory_fd_problem, directory_problem, open_dir, open_regular_in_dir,
 )
 from events.record import (
-    TYPE_DNS, TYPE_HTTP, TYPE_IP, TYPE_IPORT, TYPE_PATH, TYPE_SNI, TYPE_UA, TYPE_URL, Event,
+    TYPE_CERT, TYPE_DNS, TYPE_HTTP, TYPE_IP, TYPE_IPORT, TYPE_PATH, TYPE_SNI, TYPE_UA, TYPE_URL, Event,
 )
 
 ECS_VERSION = "8.11.0"
@@ -50,7 +50,9 @@ HEURISTIC = "(heuristic)"
 # network.transport: IANA's keyword names, lower case, as ECS asks ("ipv6-icmp", not "icmpv6").
 _TRANSPORT = {"ICMPV6": "ipv6-icmp"}
 # network.protocol (the application layer) by our event type.
-_PROTOCOL = {TYPE_DNS: "dns", TYPE_HTTP: "http", TYPE_URL: "http", TYPE_UA: "http", TYPE_PATH: "http"}
+_PROTOCOL = {TYPE_DNS: "dns", TYPE_HTTP: "http", TYPE_URL: "http", TYPE_UA: "http", TYPE_PATH: "http",
+             TYPE_CERT: "tls"}
+_SHA1_HEX = re.compile(r"\A[0-9a-f]{40}\Z")
 _PARENTHESISED = re.compile(r"\([^()]*\)")
 _DOMAIN = re.compile(r"\A[!-~]+\.[!-~]+\Z")
 _IPPORT = re.compile(r"\A\[?([0-9A-Fa-f:.]+)\]?:(\d{1,5})\Z")
@@ -138,6 +140,8 @@ def _indicator(event: Event) -> dict:
             indicator["url"] = {"domain": domain}
     elif event.type in (TYPE_URL, TYPE_HTTP):
         indicator["type"] = "url"
+    elif event.type == TYPE_CERT:
+        indicator["type"] = "x509-certificate"
     return indicator
 
 
@@ -194,6 +198,9 @@ def ecs_document(event: Event, version: str = "") -> dict:
         doc["observer"]["version"] = version
     if not heuristic:
         doc["threat"] = {"indicator": _indicator(event)}
+    if event.type == TYPE_CERT and _SHA1_HEX.match(event.trail or ""):
+        # ECS tls.server.hash.sha1: the server certificate's DER SHA-1, upper-case hex as ECS shows it
+        doc["tls"] = {"server": {"hash": {"sha1": event.trail.upper()}}}
     for name in ("source", "destination", "network", "related"):
         if not doc[name] or doc[name] == {"ip": []}:
             del doc[name]

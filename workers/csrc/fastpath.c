@@ -5,7 +5,8 @@
  * and decide whether it can produce an event: an IP or IP:port trail on either end, a domain
  * trail on a DNS question, an HTTP host or a TLS server name, a URL or user-agent trail on an
  * HTTP request, a trail address in a DNS answer, or a QUIC long-header packet (whose Initial
- * needs the Python reassembler). Only those frames are returned; the Python reference
+ * needs the Python reassembler), or, when the trails hold certificates, a server's TCP segment
+ * of a TLS first flight (workers/certs.py joins it). Only those frames are returned; the Python reference
  * (workers/pipeline.py) judges them, so events are the reference's by construction. Whatever C
  * cannot decide exactly as the reference would (non-ASCII names, a ClientHello split over
  * records, DNS over TCP, an IPv6 request without Host...) is returned too.
@@ -59,9 +60,21 @@ enum {
 #define MAX_LITERALS 65536
 
 enum { S_IP4, S_CIDR4, S_IPPORT4, S_IP6, S_IPPORT6, S_CIDR6, S_DOMAINS, S_URLS, S_TRAILS, S_STRINGS, S_P24,
-       S_NSECTIONS };
+       S_CERTS, S_NSECTIONS };
 static const char *SECTION_NAMES[S_NSECTIONS] = {"ip4", "cidr4", "ipport4", "ip6", "ipport6", "cidr6_list",
-                                                  "domains", "urls", "trails", "strings", "ip4_p24"};
+                                                  "domains", "urls", "trails", "strings", "ip4_p24", "certs"};
+
+/* Server flights of TLS handshakes being followed for workers/certs.py: a direct-mapped table of
+ * flow hashes (server -> client direction), each with the payload bytes it may still flag. A
+ * collision replaces the older flight (its later segments then reach Python with a gap, which
+ * the assembler counts as a give-up). The budget is twice the assembler's 64 KiB cap
+ * (workers/certs.py MAX_FLIGHT_BYTES), so retransmissions cannot starve it before Python stops. */
+#define CERT_WATCH_SLOTS 4096
+#define CERT_WATCH_BUDGET_BYTES (2u * 64u * 1024u)
+typedef struct {
+    uint64_t key;           /* 0: free */
+    uint32_t budget;
+} cert_watch;
 
 typedef struct {
     PyObject_HEAD
@@ -80,6 +93,9 @@ typedef struct {
     uint8_t *ua_blob;
     uint32_t *ua_off, *ua_len, n_uas;
     uint8_t *scratch;
+    int certs_on;           /* the artifact holds certificate trails */
+    cert_watch *watch;      /* CERT_WATCH_SLOTS entries when certs_on */
+    uint32_t watching;      /* slots in use: none, and only a ServerHello segment costs a hash */
 } Tables;
 
 static void Tables_dealloc(Tables *self)
@@ -98,6 +114,7 @@ static void Tables_dealloc(Tables *self)
     PyMem_Free(self->ua_off);
     PyMem_Free(self->ua_len);
     PyMem_Free(self->scratch);
+    PyMem_Free(self->watch);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -317,6 +334,14 @@ static int Tables_init(Tables *self, PyObject *args, PyObject *kwds)
     }
     if (take_patterns(uas, &self->ua_blob, &self->ua_off, &self->ua_len, &self->n_uas) < 0)
         return -1;
+    self->certs_on = self->have[S_CERTS] && SECLEN(S_CERTS) >= 20;
+    if (self->certs_on) {
+        self->watch = PyMem_Calloc(CERT_WATCH_SLOTS, sizeof(cert_watch));
+        if (!self->watch) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -563,6 +588,80 @@ static int scan_dns(const Tables *t, Heuristics *H, const uint8_t *m, uint32_t n
 }
 
 /* ---- TLS --------------------------------------------------------------------------------- */
+
+/* workers.certs starts_server_hello: a handshake record of SSL 3.0-TLS 1.2 opening with a
+ * ServerHello. */
+static inline int cert_start(const uint8_t *p, uint32_t n)
+{
+    return n > 5 && p[0] == 22 && p[1] == 3 && p[2] <= 3 && p[5] == 2;
+}
+
+/* The flow hash of a packet in its own direction (FNV-1a over version, addresses, ports). */
+static uint64_t cert_flow_hash(const mt_packet *pk)
+{
+    size_t alen = pk->version == 4 ? 4 : 16;
+    uint64_t h = 1469598103934665603ULL;
+    uint8_t ports[5] = {(uint8_t)pk->version, (uint8_t)(pk->sport >> 8), (uint8_t)pk->sport,
+                        (uint8_t)(pk->dport >> 8), (uint8_t)pk->dport};
+    for (size_t i = 0; i < alen; i++)
+        h = (h ^ pk->src[i]) * 1099511628211ULL;
+    for (size_t i = 0; i < alen; i++)
+        h = (h ^ pk->dst[i]) * 1099511628211ULL;
+    for (size_t i = 0; i < sizeof(ports); i++)
+        h = (h ^ ports[i]) * 1099511628211ULL;
+    return h ? h : 1;
+}
+
+/* Whether the records a flight's first segment holds leave the handshake open: every record
+ * header in it is a handshake record's (a ChangeCipherSpec or application-data record after the
+ * ServerHello is TLS 1.3 or a resumed session: no plaintext certificate follows). */
+static int cert_flight_open(const uint8_t *p, uint32_t n)
+{
+    uint32_t pos = 0;
+    while (pos < n) {
+        if (p[pos] != 22)
+            return 0;
+        if (n - pos < 5)
+            return 1;
+        pos += 5 + mt_be16(p + pos + 3);
+    }
+    return 1;
+}
+
+/* Whether a TCP segment with payload goes to workers/certs.py: one from a server opening a
+ * ServerHello record, or one of a flight followed here. The flight stops being followed when a
+ * segment opens with another record type at a record boundary (the server's next flight), when
+ * its budget is spent, or when its first segment already closed the handshake. */
+static int cert_segment(Tables *t, const mt_packet *pk, const uint8_t *pl, uint32_t pn)
+{
+    if (!t->watching && !cert_start(pl, pn))
+        return 0;
+    uint64_t h = cert_flow_hash(pk);
+    cert_watch *w = &t->watch[h & (CERT_WATCH_SLOTS - 1)];
+    if (w->key == h) {
+        if (cert_start(pl, pn)) {
+            w->budget = CERT_WATCH_BUDGET_BYTES;     /* a new handshake on the same port pair */
+            return 1;
+        }
+        if ((pn >= 3 && pl[0] >= 20 && pl[0] <= 23 && pl[0] != 22 && pl[1] == 3 && pl[2] <= 3) ||
+            pn >= w->budget) {
+            w->key = 0;
+            t->watching--;
+        } else {
+            w->budget -= pn;
+        }
+        return 1;
+    }
+    if (!cert_start(pl, pn) || mt_client_is_src(pk))
+        return 0;
+    if (cert_flight_open(pl, pn)) {
+        if (!w->key)
+            t->watching++;
+        w->key = h;
+        w->budget = CERT_WATCH_BUDGET_BYTES;
+    }
+    return 1;
+}
 
 /* workers.tls: returns the server name length (written to out), 0 for none, -1 when Python must
  * decide (a ClientHello continued in further records). */
@@ -1007,12 +1106,15 @@ static int unquote_lower(const uint8_t *s, uint32_t n, uint8_t *out)
     return (int)o;
 }
 
+/* Whether a user agent may match a user-agent trail (workers/pipeline.py fast_tables: the
+ * lower-case substrings, the literals a regular expression requires, and an empty pattern for a
+ * regular expression that requires none, which every user agent may match). */
 static int ua_hit(const Tables *t, const uint8_t *ua, uint32_t n, uint8_t *buf)
 {
     memcpy(buf, ua, n);
     lower_ascii(buf, n);
     for (uint32_t i = 0; i < t->n_uas; i++)
-        if (t->ua_len[i] && t->ua_len[i] <= n && memmem(buf, n, t->ua_blob + t->ua_off[i], t->ua_len[i]))
+        if (!t->ua_len[i] || (t->ua_len[i] <= n && memmem(buf, n, t->ua_blob + t->ua_off[i], t->ua_len[i])))
             return 1;
     return 0;
 }
@@ -1667,6 +1769,10 @@ static PyObject *scan(PyObject *self, PyObject *args)
             } else if (H && H->response_on && !flag && pn >= 5 && memcmp(pl, "HTTP/", 5) == 0) {
                 flag = heuristic_response(H, pl, pn);
             }
+            /* every server segment of a followed flight, whatever else flagged it, so the
+             * flight's budget and end are tracked */
+            if (t->certs_on && cert_segment(t, &pk, pl, pn))
+                flag = 1;
         }
         if (flag || bits) {
             flagged[nflagged++] = (uint32_t)i | bits << 16;
