@@ -189,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write (default: ./maltrail.toml; - for standard output)")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
 
+    p = sub.add_parser("server", help="run the event server (UDP intake, store, HTTP)",
+                       description="Run the event server: receive Maltrail sensors' UDP events, store them "
+                                   "in [server] log_dir with an index, and answer over HTTP.")
+    _flags(p, "config")
+    ssub = p.add_subparsers(dest="server_command", metavar="ACTION")
+    ssub.add_parser("reindex", help="rebuild the index of [server] log_dir from its event logs "
+                                    "(the server must be stopped)")
+
     p = sub.add_parser("demo", help="generate a demo capture and trail set, replay it, show the events")
     p.add_argument("--out", default="demo-out", metavar="DIR", help="where to write (default: ./demo-out)")
     return parser
@@ -229,6 +237,9 @@ def main(argv=None) -> int:
                 parser.parse_args(["config", "--help"])
             return _config_import(args)
         cfg = _config(args)
+        if args.command == "server":
+            from server.process import run_reindex, run_server
+            return run_reindex(cfg) if args.server_command == "reindex" else run_server(cfg)
         if args.command == "check-config":
             sys.stdout.write(dump_config(cfg))
             return 0 if args.config_only else _check_host(cfg)

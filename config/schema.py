@@ -89,7 +89,7 @@ SECTION_DOCS: dict[str, str] = {
     "sensor": "the capturing sensor (Maltrail's [Sensor] section)",
     "heuristics": "the heuristic detections (all off when [sensor] use_heuristics = false): a switch "
                   "and a threshold each, and the caps on their state",
-    "server": "the event server; a later release reads these, they are validated now",
+    "server": "the event server (`maltrail-engine server`): Maltrail's [Server] section",
 }
 
 SCHEMA: dict[str, dict[str, Key]] = {
@@ -437,6 +437,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "udp_port": Key(
             "int", 8337, min=0, max=65535,
             doc="port the UDP event collector listens on; 0 = off", maltrail="UDP_PORT"),
+        "udp_buffer_bytes": Key(
+            "int", 64 << 20, unit="bytes", min=65536, max=1 << 30,
+            doc="receive buffer of the UDP collector's socket: what absorbs a burst while the store "
+                "commits"),
+        "udp_backlog_datagrams": Key(
+            "int", 1_000_000, min=1000, max=100_000_000,
+            doc="most received datagrams waiting for the store; beyond it they are dropped and counted"),
+        "log_dir": Key(
+            "str", "/var/log/maltrail-engine-server", form="path",
+            doc="directory of the server's store: the daily event logs and their index (index/)",
+            maltrail="LOG_DIR"),
     },
 }
 

@@ -100,18 +100,31 @@ def parse_maltrail(line: str) -> dict | None:
     is not one. '-' becomes None; decimal ports become ints (a condensed list such as
     '50000,50001' stays text); ts_us is the time read as local time (in the repeated hour when
     clocks go back, the first of the two readings)."""
+    return parse_maltrail_why(line)[0]
+
+
+# Why parse_maltrail_why refused a line: short words, used as counter labels by the server.
+WHY_QUOTING = "quoting"          # an unterminated quote, text glued to one, an empty field
+WHY_FIELD_COUNT = "field_count"  # not the 11 fields of MALTRAIL_FIELDS
+WHY_TIME = "time"                # the first field is not 'YYYY-MM-DD HH:MM:SS.ffffff', or no such time
+
+
+def parse_maltrail_why(line: str) -> tuple[dict | None, str | None]:
+    """parse_maltrail, and when the line is refused, why: (fields, None) or (None, WHY_*)."""
     fields = _split_maltrail(line.rstrip("\r\n"))
-    if fields is None or len(fields) != len(MALTRAIL_FIELDS):
-        return None
+    if fields is None:
+        return None, WHY_QUOTING
+    if len(fields) != len(MALTRAIL_FIELDS):
+        return None, WHY_FIELD_COUNT
     m = _MALTRAIL_TIME.match(fields[0])
     if m is None:
-        return None
+        return None, WHY_TIME
     year, month, day, hour, minute, second, micros = (int(g) for g in m.groups())
     try:
         datetime.datetime(year, month, day, hour, minute, second)
         seconds = int(time.mktime((year, month, day, hour, minute, second, 0, 0, -1)))
     except (ValueError, OverflowError):
-        return None
+        return None, WHY_TIME
     parsed: dict = {"time": fields[0], "ts_us": seconds * 1_000_000 + micros}
     for name, value in zip(MALTRAIL_FIELDS[1:], fields[1:]):
         if value == "-":
@@ -120,7 +133,7 @@ def parse_maltrail(line: str) -> dict | None:
             parsed[name] = int(value)
         else:
             parsed[name] = value
-    return parsed
+    return parsed, None
 
 
 def iso_time(ts_us: int) -> str:

@@ -1,0 +1,133 @@
+"""The UDP intake: Maltrail sensors' datagrams turned into events, and the counters that say
+what became of each datagram.
+
+Owns the datagram's grammar (`parse_datagram`) and `IntakeCounters`. Must not store anything
+(server/store does) nor touch sockets (server/process.py owns the receive loop).
+
+A datagram is what Maltrail's sensors send to LOG_SERVER (and events/forwarders/maltrail_server.py
+sends): `"<epoch seconds> <event line>"`, or the event line alone (it starts with '"', the quoted
+time), with or without a final newline. The event line is Maltrail's (events/formats.py
+parse_maltrail). Rules, each refusal counted by its reason (REASONS):
+- the time: with an epoch prefix, ts_us is the prefix's seconds plus the line's microseconds
+  (the prefix is UTC; the line's clock text is the sensor's local time, unknown here); without
+  one, the line's time read as this server's local time.
+- addresses must be IPv4 or IPv6 addresses; ports decimal 0..65535 or '-' (none); a condensed
+  port list ("80,443", as Maltrail writes when it condenses events) becomes one event per port,
+  pairing the lists position by position when both sides are lists of one length.
+- type, trail and proto must be present ('-' is refused for them); info and reference may be '-'
+  (stored as "").
+- severity is decided here, with the same SeverityRule the sensor uses ([all] severity_regex).
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+
+from events.formats import parse_maltrail_why
+from events.record import Event, SeverityRule
+from server.addresses import ip_key
+
+MAX_PORTS_PER_LINE = 1024
+
+# Why a datagram was refused (counter labels; also events/formats.py WHY_* for the line itself).
+R_NOT_UTF8 = "not_utf8"
+R_NO_EVENT_LINE = "no_event_line"       # neither "<digits> <line>" nor a line starting with '"'
+R_SIGNED = "signed"                     # "MTS1 <mac> ..." (LOG_SERVER_SECRET): not verified here yet
+R_EPOCH = "epoch"                       # an epoch prefix out of range
+R_ADDRESS = "address"
+R_PORT = "port"
+R_MISSING = "missing_field"             # type, trail or proto given as '-'
+R_EMPTY = "empty"
+REASONS = (R_EMPTY, R_NOT_UTF8, R_NO_EVENT_LINE, R_SIGNED, R_EPOCH, "quoting", "field_count", "time",
+           R_ADDRESS, R_PORT, R_MISSING)
+
+_EPOCH = re.compile(r"\A([0-9]{1,12}) ")
+_MAX_EPOCH_S = 253402300799             # 9999-12-31T23:59:59Z
+
+
+def _ports(value) -> list | None:
+    """[port] or [None] or the list of a condensed field; None when malformed."""
+    if value is None:
+        return [None]
+    if isinstance(value, int):
+        return [value] if value <= 65535 else None
+    parts = value.split(",")
+    if len(parts) > MAX_PORTS_PER_LINE:
+        return None
+    found = []
+    for part in parts:
+        if not part.isascii() or not part.isdigit() or int(part) > 65535:
+            return None
+        found.append(int(part))
+    return found
+
+
+def parse_datagram(data: bytes, rule: SeverityRule) -> tuple[list[Event], str | None]:
+    """The events of one datagram, or ([], reason) when it is refused. Never raises."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return [], R_NOT_UTF8
+    text = text.rstrip("\r\n")
+    if not text.strip():
+        return [], R_EMPTY
+    epoch_s = None
+    m = _EPOCH.match(text)
+    if m is not None:
+        epoch_s = int(m.group(1))
+        if epoch_s > _MAX_EPOCH_S:
+            return [], R_EPOCH
+        text = text[m.end():]
+    elif text.startswith("MTS1 "):
+        return [], R_SIGNED
+    if not text.startswith('"'):
+        return [], R_NO_EVENT_LINE
+    fields, why = parse_maltrail_why(text)
+    if fields is None:
+        return [], why
+    if epoch_s is not None:
+        ts_us = epoch_s * 1_000_000 + int(fields["time"][-6:])
+    else:
+        ts_us = fields["ts_us"]
+    src_ip, dst_ip = fields["src_ip"], fields["dst_ip"]
+    if ip_key(src_ip) is None or ip_key(dst_ip) is None:
+        return [], R_ADDRESS
+    if fields["type"] is None or fields["trail"] is None or fields["proto"] is None:
+        return [], R_MISSING
+    src_ports, dst_ports = _ports(fields["src_port"]), _ports(fields["dst_port"])
+    if src_ports is None or dst_ports is None:
+        return [], R_PORT
+    if len(src_ports) == len(dst_ports):
+        pairs = list(zip(src_ports, dst_ports))
+    elif len(src_ports) == 1:
+        pairs = [(src_ports[0], p) for p in dst_ports]
+    elif len(dst_ports) == 1:
+        pairs = [(p, dst_ports[0]) for p in src_ports]
+    else:
+        return [], R_PORT
+    info = fields["info"] or ""
+    reference = fields["reference"] or ""
+    severity = rule.of(info, reference)
+    sensor = fields["sensor"] or ""
+    return [Event(ts_us, sensor, src_ip, sp, dst_ip, dp, fields["proto"], fields["type"], fields["trail"],
+                  info, reference, severity, 1, ts_us) for sp, dp in pairs], None
+
+
+class IntakeCounters:
+    """What became of every datagram: received = parsed + refused (by reason) + dropped (by
+    reason: the store's backlog full, the store failing). Written by one thread at a time."""
+
+    def __init__(self):
+        self.datagrams = 0          # received from the socket
+        self.parsed = 0             # datagrams that became events
+        self.events = 0             # events they became (a condensed line is several)
+        self.stored = 0             # events the store has made durable
+        self.refused: collections.Counter = collections.Counter()
+        self.dropped: collections.Counter = collections.Counter()
+        self.batches = 0
+
+    def as_dict(self) -> dict:
+        return {"datagrams": self.datagrams, "parsed": self.parsed, "events": self.events,
+                "stored": self.stored, "refused": dict(self.refused), "dropped": dict(self.dropped),
+                "batches": self.batches}

@@ -1,0 +1,278 @@
+"""The server process: one asyncio loop serving HTTP (aiohttp) and receiving UDP, and one store
+thread that parses datagrams and makes their events durable.
+
+Owns start-up (the listening rules, opening the store, which repairs the index), the UDP receive
+loop, batching to the store, the HTTP endpoints served so far (`/ping`, `/api/v1/health`) and the
+orderly stop on SIGTERM/SIGINT (stop intake, store what was received, close, exit 0). Must not
+parse datagrams (server/intake.py) nor know how events are stored (server/store/).
+
+The receive loop is an add_reader callback on a non-blocking socket that drains up to
+_DRAIN_DATAGRAMS datagrams per wake-up and only appends bytes to a list: the loop's work per
+datagram is one recv. Every _HANDOFF_S (or _BATCH_DATAGRAMS datagrams) the list goes to the store
+thread, which parses and ingests one batch at a time; while it waits for fsync and SQLite (both
+release the GIL), the loop keeps receiving. A backlog beyond [server] udp_backlog_datagrams is
+dropped and counted (dropped.store_backlog), so memory stays bounded when the disk cannot keep up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+
+from events.record import SeverityRule
+from server.intake import IntakeCounters, parse_datagram
+from server.store import EventStore, StoreError
+
+_DRAIN_DATAGRAMS = 4096
+_BATCH_DATAGRAMS = 20_000
+_HANDOFF_S = 0.05
+_RECV_BYTES = 65535
+
+
+class ServerError(Exception):
+    """The server cannot start as configured; the message names the key and the fix."""
+
+
+def log(kind: str, text: str) -> None:
+    sys.stderr.write("[%s] %s %s\n" % (kind, time.strftime("%Y-%m-%d %H:%M:%S"), text))
+    sys.stderr.flush()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listening(cfg) -> None:
+    """With no users configured, nobody can log in, so the HTTP side must not be reachable from
+    other machines: refuse anything but loopback."""
+    s = cfg.server
+    users = getattr(s, "users", ())
+    if not users and not is_loopback(s.http_address):
+        raise ServerError(
+            '[server] http_address = "%s" but no users are configured ([server] users): the server '
+            'would answer anyone who can reach it. Set http_address = "127.0.0.1" (this host only) '
+            'or add a user first' % s.http_address)
+
+
+def _udp_socket(address: str, port: int, buffer_bytes: int) -> tuple[socket.socket, int]:
+    host = address.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        # SO_RCVBUFFORCE passes net.core.rmem_max when we may (CAP_NET_ADMIN); else the kernel
+        # caps SO_RCVBUF there and the figure in /api/v1/health says what we got.
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), buffer_bytes)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+class Server:
+    def __init__(self, cfg, store: EventStore):
+        self.cfg = cfg
+        self.store = store
+        self.rule = SeverityRule(cfg.all.severity_regex)
+        self.counters = IntakeCounters()
+        self.started = time.monotonic()
+        self.started_unix = time.time()
+        self._pending: list[bytes] = []
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._backlog = 0                     # datagrams handed to the store thread, not yet done
+        self._backlog_max = cfg.server.udp_backlog_datagrams
+        self._sock: socket.socket | None = None
+        self.udp_buffer_bytes = 0
+        self._thread = threading.Thread(target=self._store_loop, name="store", daemon=True)
+        self._store_error = ""
+
+    # -- the store thread ------------------------------------------------------------------
+    def _store_loop(self) -> None:
+        c = self.counters
+        while True:
+            item = self._queue.get()
+            stop = item is None
+            batch = [] if stop else item
+            while not stop and len(batch) < _BATCH_DATAGRAMS * 4:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                else:
+                    batch.extend(more)
+            if batch:
+                self._store_batch(batch)
+                c.batches += 1
+            if stop:
+                return
+
+    def _store_batch(self, datagrams: list[bytes]) -> None:
+        c = self.counters
+        events = []
+        parsed = 0
+        for data in datagrams:
+            found, why = parse_datagram(data, self.rule)
+            if why is not None:
+                c.refused[why] += 1
+            else:
+                parsed += 1
+                events.extend(found)
+        c.parsed += parsed
+        c.events += len(events)
+        try:
+            c.stored += self.store.ingest(events)
+            self._store_error = ""
+        except StoreError as exc:
+            c.dropped["store_failed"] += len(events)
+            if str(exc) != self._store_error:
+                log("!", "events not stored: %s" % exc)
+            self._store_error = str(exc)
+        finally:
+            self._backlog -= len(datagrams)
+
+    # -- the loop -------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        sock, pending = self._sock, self._pending
+        n = 0
+        try:
+            while n < _DRAIN_DATAGRAMS:
+                pending.append(sock.recv(_RECV_BYTES))
+                n += 1
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:      # ICMP errors surface here on some stacks; never stop the loop
+            self.counters.refused["socket_error"] += 1
+            log("!", "UDP receive: %s" % exc)
+        self.counters.datagrams += n
+        if len(pending) >= _BATCH_DATAGRAMS:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        if self._backlog + len(batch) > self._backlog_max:
+            self.counters.dropped["store_backlog"] += len(batch)
+            return
+        self._backlog += len(batch)
+        self._queue.put(batch)
+
+    async def _ticker(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._hand_off()
+            try:
+                await asyncio.wait_for(stop.wait(), _HANDOFF_S)
+            except asyncio.TimeoutError:
+                pass
+
+    def health(self) -> dict:
+        st = self.store.status()
+        return {
+            "status": "ok" if st.ready and not self._store_error else "degraded",
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "started_unix": self.started_unix,
+            "intake": {"udp": dict(self.counters.as_dict(), backlog=self._backlog,
+                                   receive_buffer_bytes=self.udp_buffer_bytes)},
+            "store": {"backend": st.backend, "ready": st.ready, "days": st.days,
+                      "events_indexed": st.events_indexed, "repaired_events": st.repaired_events,
+                      "last_commit_unix": st.last_commit_unix, "error": self._store_error, **st.details},
+        }
+
+    async def run(self) -> None:
+        from aiohttp import web
+        s = self.cfg.server
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+        async def ping(_request):
+            return web.Response(text="pong")
+
+        async def health(_request):
+            return web.Response(text=json.dumps(self.health()), content_type="application/json")
+
+        app = web.Application(client_max_size=64 * 1024)
+        app.router.add_get("/ping", ping)
+        app.router.add_get("/api/v1/health", health)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._thread.start()
+        try:
+            site = web.TCPSite(runner, s.http_address.strip("[]"), s.http_port, reuse_address=True)
+            await site.start()
+            log("i", "HTTP on %s port %d" % (s.http_address, s.http_port))
+            if s.udp_port:
+                self._sock, self.udp_buffer_bytes = _udp_socket(s.udp_address, s.udp_port, s.udp_buffer_bytes)
+                loop.add_reader(self._sock.fileno(), self._on_readable)
+                log("i", "UDP intake on %s port %d (receive buffer %d bytes)"
+                    % (s.udp_address, s.udp_port, self.udp_buffer_bytes))
+            log("i", "server ready; store in %s" % s.log_dir)
+            await self._ticker(stop)
+            log("i", "stopping: intake closed, storing what was received")
+        finally:
+            if self._sock is not None:
+                loop.remove_reader(self._sock.fileno())
+                # What the kernel already accepted is ours to keep: one last drain.
+                self._on_readable()
+                self._sock.close()
+            self._hand_off()
+            self._queue.put(None)
+            await loop.run_in_executor(None, self._thread.join)
+            await runner.cleanup()
+
+
+def run_server(cfg) -> int:
+    """`maltrail-engine server`: returns the exit status."""
+    from server.store import open_store
+    try:
+        check_listening(cfg)
+        store = open_store(cfg)
+    except (ServerError, StoreError) as exc:
+        log("!", str(exc))
+        return 1
+    try:
+        server = Server(cfg, store)
+        asyncio.run(server.run())
+        c = server.counters
+        log("i", "stopped: %d datagrams received, %d events stored, %d refused, %d dropped"
+            % (c.datagrams, c.stored, sum(c.refused.values()), sum(c.dropped.values())))
+    except OSError as exc:
+        log("!", "cannot serve: %s" % exc)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def run_reindex(cfg) -> int:
+    """`maltrail-engine server reindex`: rebuild the index of [server] log_dir from its log."""
+    from server.store.sqlite import reindex
+    try:
+        n = reindex(cfg.server.log_dir, warn=lambda text: log("!", text))
+    except StoreError as exc:
+        log("!", str(exc))
+        return 1
+    log("i", "reindexed %s: %d events" % (cfg.server.log_dir, n))
+    return 0
+
+
+__all__ = ["Server", "ServerError", "check_listening", "run_server", "run_reindex"]

@@ -1,0 +1,676 @@
+"""The embedded event store: the daily event log as the source of truth, SQLite as its index.
+
+Owns the server's log directory: `LOG_DIR/YYYY-MM-DD.events.zst`, written by the shared writer
+(events/log EventLogWriter, so `maltrail-engine tail --log-dir LOG_DIR` reads it), and
+`LOG_DIR/index/YYYY-MM-DD.sqlite`, one SQLite database per day file (stdlib sqlite3, WAL,
+synchronous=FULL). Must not know about HTTP, users or datagrams (server/store/__init__.py holds
+the interface and its contract).
+
+A day's database holds:
+    events        one row per event record: typed columns, plus src_key/dst_key, the 16-byte
+                  sortable form of each address (server/addresses.py), so a CIDR (IPv4 or IPv6)
+                  is one index range; indexes on ts_us, src_key, dst_key, trail, dst_port.
+    counts_hour   (hour_us, dim, value) -> events, dim one of type, severity, sensor.
+    top_hour      (field, hour_us, value) -> events, field one of src_ip, dst_ip, trail.
+    threats_hour  (src_ip, trail, hour_us) -> events, first/last ts_us, highest severity;
+    threat_sensors (src_ip, trail, hour_us, sensor): which sensors saw a threat in an hour.
+    log_position  the day file's inode and the byte offset up to which its pairs are indexed.
+The roll-ups and log_position change in the same transaction as the rows they count, so the
+index is always "the log up to log_position", never half a batch. Hours are UTC hours
+(hour_us = ts_us - ts_us mod 3600 s).
+
+Durability (ingest): the batch is appended to the day files and every frame closed (the writer's
+flush), each day file touched is fsync'd (and the directory, when a file is new), and only then
+is each day's index transaction committed (with synchronous=FULL, durable at commit). An event
+counts as stored when both are done. A crash between the two leaves pairs in the log beyond
+log_position: at start (SqliteStore.__init__) every day file's pairs after log_position are
+read back (events/log PairReader) and indexed; a day file without a database, or whose inode or
+size no longer fits its log_position (replaced, or cut shorter), is indexed again whole; a
+database whose day file is gone (retention deleted the day) is removed. One process owns a log
+directory: an exclusive flock on LOG_DIR/index/.lock, also taken by `reindex`.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import errno
+import fcntl
+import os
+import sqlite3
+import threading
+import time
+from typing import Iterable
+
+from events.fsafety import directory_problem
+from events.log import EventLogWriter, LogDirError, PairReader, file_date, file_name_for, list_day_files, open_day_file
+from events.record import Event
+from server.addresses import AddressError, ip_key, key_range
+from server.store import (
+    BUCKETS, COUNT_BY, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts, EventQuery, EventStore, Page, QueryError,
+    StoreError, StoreStatus, Threat, Threats, Top,
+)
+
+HOUR_US = 3_600_000_000
+INDEX_DIR = "index"
+DB_SUFFIX = ".sqlite"
+LOCK_NAME = ".lock"
+SCHEMA_VERSION = 1
+_SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2}
+_RANK_SEVERITY = {v: k for k, v in _SEVERITY_RANK.items()}
+_PROGRESS_STEPS = 20_000        # SQLite VM steps between two looks at the query's deadline
+_MAX_OPEN_DAYS = 16
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    ts_us INTEGER NOT NULL, last_ts_us INTEGER NOT NULL, sensor TEXT NOT NULL,
+    src_ip TEXT NOT NULL, src_key BLOB, src_port INTEGER,
+    dst_ip TEXT NOT NULL, dst_key BLOB, dst_port INTEGER,
+    proto TEXT NOT NULL, type TEXT NOT NULL, trail TEXT NOT NULL, info TEXT NOT NULL,
+    reference TEXT NOT NULL, severity TEXT NOT NULL, count INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts_us);
+CREATE INDEX IF NOT EXISTS events_src ON events (src_key, ts_us);
+CREATE INDEX IF NOT EXISTS events_dst ON events (dst_key, ts_us);
+CREATE INDEX IF NOT EXISTS events_trail ON events (trail, ts_us);
+CREATE INDEX IF NOT EXISTS events_dport ON events (dst_port, ts_us);
+CREATE TABLE IF NOT EXISTS counts_hour (
+    hour_us INTEGER NOT NULL, dim TEXT NOT NULL, value TEXT NOT NULL, events INTEGER NOT NULL,
+    PRIMARY KEY (dim, hour_us, value)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS top_hour (
+    field TEXT NOT NULL, hour_us INTEGER NOT NULL, value TEXT NOT NULL, events INTEGER NOT NULL,
+    PRIMARY KEY (field, hour_us, value)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS threats_hour (
+    src_ip TEXT NOT NULL, trail TEXT NOT NULL, hour_us INTEGER NOT NULL, events INTEGER NOT NULL,
+    first_ts_us INTEGER NOT NULL, last_ts_us INTEGER NOT NULL, severity INTEGER NOT NULL,
+    PRIMARY KEY (src_ip, trail, hour_us)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS threats_hour_by_hour ON threats_hour (hour_us);
+CREATE TABLE IF NOT EXISTS threat_sensors (
+    src_ip TEXT NOT NULL, trail TEXT NOT NULL, hour_us INTEGER NOT NULL, sensor TEXT NOT NULL,
+    PRIMARY KEY (src_ip, trail, hour_us, sensor)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log_position (
+    one INTEGER PRIMARY KEY CHECK (one = 1), inode INTEGER NOT NULL, offset INTEGER NOT NULL);
+"""
+
+_INSERT_EVENT = ("INSERT INTO events (ts_us, last_ts_us, sensor, src_ip, src_key, src_port, dst_ip, dst_key, dst_port,"
+                 " proto, type, trail, info, reference, severity, count) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+_UPSERT_COUNT = ("INSERT INTO counts_hour VALUES (?,?,?,?) ON CONFLICT (dim, hour_us, value)"
+                 " DO UPDATE SET events = events + excluded.events")
+_UPSERT_TOP = ("INSERT INTO top_hour VALUES (?,?,?,?) ON CONFLICT (field, hour_us, value)"
+               " DO UPDATE SET events = events + excluded.events")
+_UPSERT_THREAT = ("INSERT INTO threats_hour VALUES (?,?,?,?,?,?,?) ON CONFLICT (src_ip, trail, hour_us) DO UPDATE SET"
+                  " events = events + excluded.events, first_ts_us = min(first_ts_us, excluded.first_ts_us),"
+                  " last_ts_us = max(last_ts_us, excluded.last_ts_us), severity = max(severity, excluded.severity)")
+_INSERT_SENSOR = "INSERT OR IGNORE INTO threat_sensors VALUES (?,?,?,?)"
+_SET_POSITION = ("INSERT INTO log_position VALUES (1, ?, ?) ON CONFLICT (one)"
+                 " DO UPDATE SET inode = excluded.inode, offset = excluded.offset")
+
+_EVENT_COLUMNS = ("id, ts_us, sensor, src_ip, src_port, dst_ip, dst_port, proto, type, trail, info, reference,"
+                  " severity, count, last_ts_us")
+
+
+def _row_to_event(row) -> Event:
+    return Event(*row[1:])
+
+
+def _day_of(name: str) -> datetime.date:
+    return datetime.date.fromisoformat(name[:10])
+
+
+def _db_name(day: datetime.date) -> str:
+    return day.isoformat() + DB_SUFFIX
+
+
+def _local_date(ts_us: int) -> datetime.date:
+    t = time.localtime(ts_us // 1_000_000)
+    return datetime.date(t.tm_year, t.tm_mon, t.tm_mday)
+
+
+class _Deadline:
+    """A query's time budget as an SQLite progress handler: returning true interrupts the statement."""
+
+    def __init__(self, budget_ms: int):
+        self.at = time.monotonic() + budget_ms / 1000.0
+        self.hit = False
+
+    def __call__(self) -> int:
+        if time.monotonic() >= self.at:
+            self.hit = True
+            return 1
+        return 0
+
+
+class _Day:
+    """One day's database (see the module docstring)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.executescript(_SCHEMA)
+        self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+
+    def position(self) -> tuple[int, int] | None:
+        row = self.conn.execute("SELECT inode, offset FROM log_position").fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def index(self, events: list[Event], inode: int, offset: int) -> None:
+        """Insert the events, update the roll-ups and the log position: one transaction."""
+        rows = []
+        counts: collections.Counter = collections.Counter()
+        tops: collections.Counter = collections.Counter()
+        threats: dict[tuple[str, str, int], list[int]] = {}
+        sensors: set[tuple[str, str, int, str]] = set()
+        for e in events:
+            rows.append((e.ts_us, e.last_ts_us or e.ts_us, e.sensor or "", e.src_ip or "", ip_key(e.src_ip),
+                         e.src_port, e.dst_ip or "", ip_key(e.dst_ip), e.dst_port, e.proto or "", e.type or "",
+                         e.trail or "", e.info or "", e.reference or "", e.severity or "medium", e.count or 1))
+            hour = e.ts_us - e.ts_us % HOUR_US
+            counts[(hour, "type", e.type or "")] += 1
+            counts[(hour, "severity", e.severity or "medium")] += 1
+            counts[(hour, "sensor", e.sensor or "")] += 1
+            tops[("src_ip", hour, e.src_ip or "")] += 1
+            tops[("dst_ip", hour, e.dst_ip or "")] += 1
+            tops[("trail", hour, e.trail or "")] += 1
+            key = (e.src_ip or "", e.trail or "", hour)
+            rank = _SEVERITY_RANK.get(e.severity, 1)
+            last = e.last_ts_us or e.ts_us
+            t = threats.get(key)
+            if t is None:
+                threats[key] = [1, e.ts_us, last, rank]
+            else:
+                t[0] += 1
+                t[1] = min(t[1], e.ts_us)
+                t[2] = max(t[2], last)
+                t[3] = max(t[3], rank)
+            sensors.add((key[0], key[1], hour, e.sensor or ""))
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.executemany(_INSERT_EVENT, rows)
+            c.executemany(_UPSERT_COUNT, [(h, d, v, n) for (h, d, v), n in counts.items()])
+            c.executemany(_UPSERT_TOP, [(f, h, v, n) for (f, h, v), n in tops.items()])
+            c.executemany(_UPSERT_THREAT, [(s, tr, h, *t) for (s, tr, h), t in threats.items()])
+            c.executemany(_INSERT_SENSOR, sensors)
+            c.execute(_SET_POSITION, (inode, offset))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class SqliteStore(EventStore):
+    """The embedded backend (see the module docstring). Thread-safe: one lock around the files."""
+
+    backend = "sqlite"
+
+    def __init__(self, log_dir: str, warn=None, repair: bool = True):
+        self.log_dir = os.path.abspath(log_dir)
+        self._warn = warn or (lambda text: None)
+        self._lock = threading.RLock()
+        self._days: collections.OrderedDict[str, _Day] = collections.OrderedDict()
+        self._events_indexed = 0
+        self._repaired_events = 0
+        self._last_commit = 0.0
+        self._closed = False
+        try:
+            self._writer = EventLogWriter(self.log_dir, max_frame_age_s=3600.0, warn=self._warn)
+        except LogDirError as exc:
+            raise StoreError(str(exc)) from None
+        self._synced_names: set[str] = set()
+        try:
+            self.index_dir = os.path.join(self.log_dir, INDEX_DIR)
+            self._lock_fd = _lock_index_dir(self.index_dir)
+        except BaseException:
+            self._writer.close()
+            raise
+        if repair:
+            self._repair()
+
+    # -- the log and the index -----------------------------------------------------------
+    def _day(self, name: str) -> _Day:
+        """The database of the day file `name` (YYYY-MM-DD.events.zst), opened or created."""
+        db = _db_name(_day_of(name))
+        day = self._days.get(db)
+        if day is None:
+            day = _Day(os.path.join(self.index_dir, db))
+            self._days[db] = day
+            while len(self._days) > _MAX_OPEN_DAYS:
+                _, old = self._days.popitem(last=False)
+                old.close()
+        else:
+            self._days.move_to_end(db)
+        return day
+
+    def _forget(self, db: str) -> None:
+        day = self._days.pop(db, None)
+        if day is not None:
+            day.close()
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.unlink(os.path.join(self.index_dir, db + suffix))
+            except FileNotFoundError:
+                pass
+
+    def ingest(self, events: Iterable[Event]) -> int:
+        batch = list(events)
+        if not batch:
+            return 0
+        with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            by_day: dict[str, list[Event]] = {}
+            for e in batch:
+                by_day.setdefault(file_name_for(e.ts_us), []).append(e)
+            try:
+                self._writer.write(batch)
+                self._writer.flush()
+                positions = {name: self._sync_day_file(name) for name in by_day}
+            except OSError as exc:
+                raise StoreError("cannot append to the event log in %s: %s" % (self.log_dir, exc)) from None
+            try:
+                for name, evs in by_day.items():
+                    inode, offset = positions[name]
+                    self._day(name).index(evs, inode, offset)
+            except sqlite3.Error as exc:
+                # The log holds the batch; the next start indexes it from there (see the docstring).
+                raise StoreError("cannot index events in %s: %s" % (self.index_dir, exc)) from None
+            self._events_indexed += len(batch)
+            self._last_commit = time.time()
+        return len(batch)
+
+    def _sync_day_file(self, name: str) -> tuple[int, int]:
+        """fsync a day file the writer just flushed (and the directory, the first time); returns
+        its (inode, size): every pair in it up to that size is complete and durable."""
+        dir_fd = self._writer.dir_fd
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if name not in self._synced_names:
+            os.fsync(dir_fd)        # a new file's directory entry must be durable too
+            self._synced_names.add(name)
+        return st.st_ino, st.st_size
+
+    def _repair(self) -> None:
+        """At start: index what the log holds beyond each day's log_position (module docstring)."""
+        with self._lock:
+            present = set()
+            for _day, path in list_day_files(self.log_dir):
+                name = os.path.basename(path)
+                present.add(_db_name(_day_of(name)))
+                self._repaired_events += self._index_tail(name)
+            for entry in os.listdir(self.index_dir):
+                if entry.endswith(DB_SUFFIX) and entry not in present:
+                    self._warn("%s: its day file is gone (retention); removing its index" % entry)
+                    self._forget(entry)
+
+    def _index_tail(self, name: str, whole: bool = False) -> int:
+        """Index the pairs of day file `name` beyond its database's log_position (all of them when
+        `whole`, or when the position does not fit the file); returns how many events."""
+        try:
+            fd = open_day_file(self._writer.dir_fd, name)
+        except FileNotFoundError:
+            return 0
+        try:
+            st = os.fstat(fd)
+            db = _db_name(_day_of(name))
+            known = None if whole else self._day(name).position()
+            if known is not None and (known[0] != st.st_ino or known[1] > st.st_size):
+                self._warn("%s changed under its index (replaced or cut); indexing it again" % name)
+                known = None
+            if known is None:
+                self._forget(db)
+                start = 0
+            else:
+                start = known[1]
+            day = self._day(name)
+            if known is not None and start == st.st_size:
+                return 0
+            reader = PairReader(fd, start)
+            count = 0
+            batch: list[Event] = []
+            for info, events in reader.pairs():
+                batch.extend(events)
+                if len(batch) >= 50_000:
+                    day.index(batch, st.st_ino, info.end)
+                    count += len(batch)
+                    batch = []
+            day.index(batch, st.st_ino, reader.resume)
+            count += len(batch)
+            if reader.corrupt:
+                self._warn("%s: %d damaged frame(s) skipped while indexing" % (name, reader.corrupt))
+            if count and known is not None:
+                self._warn("%s: indexed %d event(s) the log held beyond the index (repair after a stop)"
+                           % (name, count))
+            self._events_indexed += count
+            return count
+        finally:
+            os.close(fd)
+
+    def reindex(self) -> int:
+        """Rebuild every day's database from the log; returns how many events were indexed."""
+        with self._lock:
+            total = 0
+            for entry in os.listdir(self.index_dir):
+                if entry.endswith(DB_SUFFIX):
+                    self._forget(entry)
+            for _day, path in list_day_files(self.log_dir):
+                total += self._index_tail(os.path.basename(path), whole=True)
+            return total
+
+    # -- queries --------------------------------------------------------------------------
+    def _days_for(self, since_us: int, until_us: int, newest_first: bool = False) -> list[_Day]:
+        """The databases of the day files that may hold events in [since_us, until_us): a day's
+        margin each side, as events/log does, since a file is named by the local date."""
+        first = _local_date(since_us) - datetime.timedelta(days=1)
+        last = _local_date(max(until_us - 1, since_us)) + datetime.timedelta(days=1)
+        names = []
+        for entry in os.listdir(self.index_dir):
+            if not entry.endswith(DB_SUFFIX):
+                continue
+            day = file_date(entry[:-len(DB_SUFFIX)] + ".events.zst")
+            if day is not None and first <= day <= last:
+                names.append(entry)
+        names.sort(reverse=newest_first)
+        return [self._day(n[:-len(DB_SUFFIX)] + ".events.zst") for n in names]
+
+    def events(self, query: EventQuery) -> Page:
+        if not 1 <= query.limit <= MAX_PAGE_EVENTS:
+            raise QueryError("limit must be from 1 to %d" % MAX_PAGE_EVENTS)
+        where, args = _event_filters(query)
+        cursor = _parse_cursor(query.cursor)
+        deadline = _Deadline(query.budget_ms)
+        found: list[Event] = []
+        partial = False
+        want = query.limit + 1
+        with self._lock:
+            for day in self._days_for(query.range.since_us, query.range.until_us, newest_first=True):
+                clauses, params = list(where), list(args)
+                if cursor is not None:
+                    clauses.append("(ts_us < ? OR (ts_us = ? AND id < ?))")
+                    params += [cursor[0], cursor[0], cursor[1]]
+                sql = ("SELECT %s FROM events WHERE %s ORDER BY ts_us DESC, id DESC LIMIT ?"
+                       % (_EVENT_COLUMNS, " AND ".join(clauses)))
+                params.append(want - len(found))
+                rows = _run(day, sql, params, deadline)
+                if rows is None:
+                    partial = True
+                    break
+                # The cursor's id orders arrival within its own day's database only; days hold
+                # disjoint ts_us ranges (a day file is the local date of ts_us), so in any other
+                # day the ts_us comparison alone decides, and the condition holds for all days.
+                for row in rows:
+                    found.append((day, row))
+                if len(found) >= want:
+                    break
+        more = len(found) > query.limit
+        found = found[:query.limit]
+        next_cursor = None
+        if found and (more or partial):
+            last_row = found[-1][1]
+            next_cursor = "%d.%d" % (last_row[1], last_row[0])
+        elif partial:
+            next_cursor = query.cursor
+        return Page([_row_to_event(row) for _day, row in found], next_cursor, partial)
+
+    def counts(self, query: AggregateQuery, by: str, bucket: str = "hour") -> Counts:
+        if by not in COUNT_BY:
+            raise QueryError("counts by %r: one of %s" % (by, ", ".join(COUNT_BY)))
+        if bucket not in BUCKETS:
+            raise QueryError("bucket %r: one of %s" % (bucket, ", ".join(BUCKETS)))
+        lo, hi = _hours(query)
+        scope_sql, scope_args = _scope_filter(query.scope)
+        deadline = _Deadline(query.budget_ms)
+        merged: collections.Counter = collections.Counter()
+        partial = False
+        with self._lock:
+            for day in self._days_for(lo, hi):
+                if scope_sql:
+                    sql = ("SELECT ts_us - ts_us %% %d, %s, count(*) FROM (SELECT ts_us, %s FROM events"
+                           " WHERE ts_us >= ? AND ts_us < ? AND %s LIMIT ?) GROUP BY 1, 2"
+                           % (HOUR_US, by, by, scope_sql))
+                    params = [lo, hi, *scope_args, query.row_cap]
+                else:
+                    sql = ("SELECT hour_us, value, sum(events) FROM counts_hour WHERE dim = ? AND hour_us >= ?"
+                           " AND hour_us < ? GROUP BY 1, 2")
+                    params = [by, lo, hi]
+                rows = _run(day, sql, params, deadline)
+                if rows is None:
+                    partial = True
+                    break
+                if scope_sql and sum(r[2] for r in rows) >= query.row_cap:
+                    partial = True
+                for hour, value, n in rows:
+                    start = hour if bucket == "hour" else _day_start_us(hour)
+                    merged[(start, value)] += n
+        rows = sorted((start, value, n) for (start, value), n in merged.items())
+        return Counts(lo, hi, by, bucket, rows, partial)
+
+    def top(self, query: AggregateQuery, field: str, n: int = 10) -> Top:
+        if field not in TOP_FIELDS:
+            raise QueryError("top of %r: one of %s" % (field, ", ".join(TOP_FIELDS)))
+        if n < 1:
+            raise QueryError("n must be at least 1")
+        lo, hi = _hours(query)
+        scope_sql, scope_args = _scope_filter(query.scope)
+        deadline = _Deadline(query.budget_ms)
+        merged: collections.Counter = collections.Counter()
+        partial = False
+        with self._lock:
+            days = self._days_for(lo, hi)
+            for day in days:
+                if scope_sql:
+                    sql = ("SELECT %s, count(*) FROM (SELECT %s FROM events WHERE ts_us >= ? AND ts_us < ? AND %s"
+                           " LIMIT ?) GROUP BY 1" % (field, field, scope_sql))
+                    params = [lo, hi, *scope_args, query.row_cap]
+                else:
+                    # Within one day the database ranks; summing days needs every value's total.
+                    limit = n if len(days) == 1 else -1
+                    sql = ("SELECT value, sum(events) AS c FROM top_hour WHERE field = ? AND hour_us >= ?"
+                           " AND hour_us < ? GROUP BY value ORDER BY c DESC, value LIMIT ?")
+                    params = [field, lo, hi, limit]
+                rows = _run(day, sql, params, deadline)
+                if rows is None:
+                    partial = True
+                    break
+                if scope_sql and sum(r[1] for r in rows) >= query.row_cap:
+                    partial = True
+                for value, count in rows:
+                    merged[value] += count
+        ranked = sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+        return Top(lo, hi, field, ranked, partial)
+
+    def threats(self, query: AggregateQuery, n: int = 100) -> Threats:
+        if n < 1:
+            raise QueryError("n must be at least 1")
+        lo, hi = _hours(query)
+        scope_sql, scope_args = _scope_filter(query.scope)
+        deadline = _Deadline(query.budget_ms)
+        merged: dict[tuple[str, str], list] = {}
+        partial = False
+        with self._lock:
+            for day in self._days_for(lo, hi):
+                if scope_sql:
+                    sql = ("SELECT src_ip, trail, count(*), min(ts_us), max(last_ts_us),"
+                           " max(CASE severity WHEN 'high' THEN 2 WHEN 'low' THEN 0 ELSE 1 END),"
+                           " group_concat(DISTINCT sensor) FROM (SELECT * FROM events WHERE ts_us >= ? AND ts_us < ?"
+                           " AND %s LIMIT ?) GROUP BY 1, 2" % scope_sql)
+                    params = [lo, hi, *scope_args, query.row_cap]
+                else:
+                    sql = ("SELECT t.src_ip, t.trail, sum(t.events), min(t.first_ts_us), max(t.last_ts_us),"
+                           " max(t.severity), (SELECT group_concat(DISTINCT s.sensor) FROM threat_sensors s"
+                           " WHERE s.src_ip = t.src_ip AND s.trail = t.trail AND s.hour_us >= ? AND s.hour_us < ?)"
+                           " FROM threats_hour t WHERE t.hour_us >= ? AND t.hour_us < ? GROUP BY 1, 2")
+                    params = [lo, hi, lo, hi]
+                rows = _run(day, sql, params, deadline)
+                if rows is None:
+                    partial = True
+                    break
+                if scope_sql and sum(r[2] for r in rows) >= query.row_cap:
+                    partial = True
+                for src, trail, count, first, last, rank, sensors in rows:
+                    names = set(sensors.split(",")) if sensors else set()
+                    m = merged.get((src, trail))
+                    if m is None:
+                        merged[(src, trail)] = [count, first, last, rank, names]
+                    else:
+                        m[0] += count
+                        m[1] = min(m[1], first)
+                        m[2] = max(m[2], last)
+                        m[3] = max(m[3], rank)
+                        m[4] |= names
+        ranked = sorted(merged.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]
+        rows = [Threat(src, trail, m[0], m[1], m[2], tuple(sorted(m[4])), _RANK_SEVERITY[m[3]])
+                for (src, trail), m in ranked]
+        return Threats(lo, hi, rows, partial)
+
+    def status(self) -> StoreStatus:
+        with self._lock:
+            days = sum(1 for e in os.listdir(self.index_dir) if e.endswith(DB_SUFFIX)) if not self._closed else 0
+            return StoreStatus(self.backend, not self._closed, days, self._events_indexed, self._repaired_events,
+                               self._last_commit, {"log_dir": self.log_dir,
+                                                   "frames_written": self._writer.frames_written})
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._writer.close()
+            finally:
+                for day in self._days.values():
+                    day.close()
+                self._days.clear()
+                os.close(self._lock_fd)
+
+
+def _lock_index_dir(index_dir: str) -> int:
+    problem = directory_problem(index_dir)
+    if problem is None:
+        try:
+            os.makedirs(index_dir, mode=0o755, exist_ok=True)
+        except OSError as exc:
+            raise StoreError("cannot create the index directory %s: %s" % (index_dir, exc.strerror or exc)) from None
+        problem = directory_problem(index_dir)
+    if problem is not None:
+        raise StoreError("refusing the index directory: %s" % problem)
+    fd = os.open(os.path.join(index_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StoreError("%s is in use by another maltrail-engine server (or a reindex): one process "
+                             "owns a log directory" % os.path.dirname(index_dir)) from None
+        raise
+    return fd
+
+
+def _run(day: _Day, sql: str, params, deadline: _Deadline):
+    """The rows of a query, or None when its deadline interrupted it."""
+    if time.monotonic() >= deadline.at:
+        return None
+    day.conn.set_progress_handler(deadline, _PROGRESS_STEPS)
+    try:
+        return day.conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if deadline.hit or "interrupt" in str(exc):
+            return None
+        raise
+    finally:
+        day.conn.set_progress_handler(None, 0)
+
+
+def _hours(query: AggregateQuery) -> tuple[int, int]:
+    lo = query.range.since_us - query.range.since_us % HOUR_US
+    hi = -(-query.range.until_us // HOUR_US) * HOUR_US
+    return lo, hi
+
+
+def _day_start_us(hour_us: int) -> int:
+    """The local midnight starting the day of hour_us (day buckets group whole UTC hours by the
+    local date the hour starts in)."""
+    d = _local_date(hour_us)
+    return int(time.mktime((d.year, d.month, d.day, 0, 0, 0, 0, 0, -1))) * 1_000_000
+
+
+def _ranges(text: str) -> tuple[bytes, bytes]:
+    try:
+        return key_range(text)
+    except AddressError as exc:
+        raise QueryError(str(exc)) from None
+
+
+def _scope_filter(scope) -> tuple[str, list]:
+    if not scope:
+        return "", []
+    parts, args = [], []
+    for item in scope:
+        lo, hi = _ranges(item)
+        parts.append("(src_key BETWEEN ? AND ?) OR (dst_key BETWEEN ? AND ?)")
+        args += [lo, hi, lo, hi]
+    return "(%s)" % " OR ".join(parts), args
+
+
+def _event_filters(q: EventQuery) -> tuple[list[str], list]:
+    clauses = ["ts_us >= ?", "ts_us < ?"]
+    args: list = [q.range.since_us, q.range.until_us]
+    for column, value in (("src_key", q.src), ("dst_key", q.dst)):
+        if value:
+            lo, hi = _ranges(value)
+            clauses.append("%s BETWEEN ? AND ?" % column)
+            args += [lo, hi]
+    if q.address:
+        lo, hi = _ranges(q.address)
+        clauses.append("(src_key BETWEEN ? AND ? OR dst_key BETWEEN ? AND ?)")
+        args += [lo, hi, lo, hi]
+    for column, value in (("src_port", q.src_port), ("dst_port", q.dst_port), ("proto", q.proto),
+                          ("type", q.type), ("trail", q.trail), ("sensor", q.sensor)):
+        if value is not None:
+            clauses.append("%s = ?" % column)
+            args.append(value)
+    if q.port is not None:
+        clauses.append("(src_port = ? OR dst_port = ?)")
+        args += [q.port, q.port]
+    if q.info:
+        clauses.append("instr(lower(info), ?) > 0")
+        args.append(q.info.lower())
+    if q.severity:
+        clauses.append("severity IN (%s)" % ",".join("?" * len(q.severity)))
+        args += list(q.severity)
+    scope_sql, scope_args = _scope_filter(q.scope)
+    if scope_sql:
+        clauses.append(scope_sql)
+        args += scope_args
+    return clauses, args
+
+
+def _parse_cursor(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    ts, dot, rowid = text.partition(".")
+    try:
+        if not dot:
+            raise ValueError
+        return int(ts), int(rowid)
+    except ValueError:
+        raise QueryError("not a cursor from this store: %r" % text) from None
+
+
+def reindex(log_dir: str, warn=None) -> int:
+    """`maltrail-engine server reindex`: rebuild the index of log_dir from its day files (the
+    server must not be running: the store's lock says so)."""
+    store = SqliteStore(log_dir, warn=warn, repair=False)
+    try:
+        return store.reindex()
+    finally:
+        store.close()
