@@ -194,8 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "in [server] log_dir with an index, and answer over HTTP.")
     _flags(p, "config")
     ssub = p.add_subparsers(dest="server_command", metavar="ACTION")
-    ssub.add_parser("reindex", help="rebuild the index of [server] log_dir from its event logs "
-                                    "(the server must be stopped)")
+    p = ssub.add_parser("reindex", help="rebuild the index of [server] log_dir from its event logs "
+                                        "(the server must be stopped)")
+    # Also after the action; SUPPRESS keeps an absent flag here from hiding one given before it.
+    p.add_argument("-c", "--config", dest="config", metavar="FILE", default=argparse.SUPPRESS,
+                   help="configuration file (as before the action)")
 
     p = sub.add_parser("demo", help="generate a demo capture and trail set, replay it, show the events")
     p.add_argument("--out", default="demo-out", metavar="DIR", help="where to write (default: ./demo-out)")

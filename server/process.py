@@ -245,7 +245,7 @@ def run_server(cfg) -> int:
     from server.store import open_store
     try:
         check_listening(cfg)
-        store = open_store(cfg)
+        store = open_store(cfg, warn=lambda text: log("!", text))
     except (ServerError, StoreError) as exc:
         log("!", str(exc))
         return 1

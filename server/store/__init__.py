@@ -177,7 +177,8 @@ class EventStore(abc.ABC):
         self.close()
 
 
-def open_store(cfg) -> EventStore:
-    """The store the configuration selects (today: SQLite under [server] log_dir)."""
+def open_store(cfg, warn=None) -> EventStore:
+    """The store the configuration selects (today: SQLite under [server] log_dir). `warn(text)`
+    hears what the store had to repair or refuse at start and later."""
     from server.store.sqlite import SqliteStore
-    return SqliteStore(cfg.server.log_dir)
+    return SqliteStore(cfg.server.log_dir, warn=warn)

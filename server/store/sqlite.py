@@ -122,9 +122,14 @@ def _db_name(day: datetime.date) -> str:
     return day.isoformat() + DB_SUFFIX
 
 
-def _local_date(ts_us: int) -> datetime.date:
-    t = time.localtime(ts_us // 1_000_000)
-    return datetime.date(t.tm_year, t.tm_mon, t.tm_mday)
+def _local_date(ts_us: int, margin_days: int = 0) -> datetime.date:
+    """The local date of ts_us moved by margin_days, saturating at the ends of the calendar (a
+    query may ask for any range)."""
+    try:
+        t = time.localtime(ts_us // 1_000_000)
+        return datetime.date(t.tm_year, t.tm_mon, t.tm_mday) + datetime.timedelta(days=margin_days)
+    except (OverflowError, OSError, ValueError):
+        return datetime.date.min if ts_us < 0 else datetime.date.max
 
 
 class _Deadline:
@@ -370,8 +375,8 @@ class SqliteStore(EventStore):
     def _days_for(self, since_us: int, until_us: int, newest_first: bool = False) -> list[_Day]:
         """The databases of the day files that may hold events in [since_us, until_us): a day's
         margin each side, as events/log does, since a file is named by the local date."""
-        first = _local_date(since_us) - datetime.timedelta(days=1)
-        last = _local_date(max(until_us - 1, since_us)) + datetime.timedelta(days=1)
+        first = _local_date(since_us, -1)
+        last = _local_date(max(until_us - 1, since_us), +1)
         names = []
         for entry in os.listdir(self.index_dir):
             if not entry.endswith(DB_SUFFIX):
