@@ -1,7 +1,7 @@
 """`python -m bench COMMAND ...`: one entry point for the benchmarks (see bench/README.md).
 
 `replay` runs bench/replay.py, `generate` bench/generate.py, `floods` bench/floods.py,
-`forward` bench/forward.py and `update` bench/update.py; `trails`
+`forward` bench/forward.py, `update` bench/update.py and `server-udp` bench/server_udp.py; `trails`
 and `ipc` run the micro benchmarks, which also stay runnable as `python -m bench.trails` and
 `python -m bench.ipc`.
 """
@@ -19,6 +19,7 @@ COMMANDS = {
     "ipc": ("bench.ipc", "micro: worker -> log writer transport"),
     "floods": ("bench.floods", "the heuristics' bounded state filled to its caps: memory and time"),
     "forward": ("bench.forward", "forwarding: events/s per destination kind, the sensor with forwarding on vs off"),
+    "server-udp": ("bench.server_udp", "the server's UDP intake: the highest rate held with zero loss"),
 }
 
 

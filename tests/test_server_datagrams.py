@@ -52,3 +52,30 @@ def test_any_info_text_round_trips_through_the_quoting(info):
     events, why = parse_datagram((LINE % ("1", "2")).replace('"port scan"', quoted).encode(), RULE)
     assert why is None
     assert events[0].info == ("" if info in ("", "-") else info)
+
+
+_PIECES = st.sampled_from(['"', '""', " ", "-", "a", "10.0.0.1", "2001:db8::1", "80", "1,2", "\u00e9", "9" * 13,
+                           '"2026-11-24 10:00:00.250000"', '"2026-13-01 00:00:00.000000"', "1795514400 ",
+                           "TCP", "IP", "x y", '""""'])
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(_PIECES, min_size=0, max_size=30), st.booleans())
+def test_the_fast_path_and_the_reference_path_agree(pieces, well_formed_start):
+    from server.intake import parse_datagram_reference
+    text = "".join(pieces)
+    if well_formed_start:
+        text = (LINE % ("1", "2"))[:40] + text
+    assert parse_datagram(text.encode(), RULE) == parse_datagram_reference(text.rstrip("\r\n"), RULE)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(['a', 'b c', '"q"', '-', '', ' ', '""', 'x"y']), min_size=10, max_size=10),
+       st.booleans())
+def test_fast_and_reference_agree_on_lines_of_eleven_fields(values, prefixed):
+    from server.intake import parse_datagram_reference
+    quoted = ['"%s"' % v.replace('"', '""') if (" " in v or '"' in v or not v) else v for v in values]
+    text = '"2026-11-24 10:00:00.250000" ' + " ".join(quoted)
+    if prefixed:
+        text = "1795514400 " + text
+    assert parse_datagram(text.encode(), RULE) == parse_datagram_reference(text, RULE)

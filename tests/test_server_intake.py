@@ -286,7 +286,7 @@ def index_content(log_dir: Path) -> dict:
     for db in sorted((log_dir / "index").glob("*.sqlite")):
         conn = sqlite3.connect(db)
         try:
-            for table in ("events", "counts_hour", "top_hour", "threats_hour", "threat_sensors", "log_position"):
+            for table in ("events", "counts_hour", "top_hour", "threats_hour", "log_position"):
                 rows = conn.execute("SELECT * FROM %s" % table).fetchall()
                 if table == "events":
                     rows = [r[1:] for r in rows]

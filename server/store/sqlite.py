@@ -9,13 +9,17 @@ the interface and its contract).
 A day's database holds:
     events        one row per event record: typed columns, plus src_key/dst_key, the 16-byte
                   sortable form of each address (server/addresses.py), so a CIDR (IPv4 or IPv6)
-                  is one index range; indexes on ts_us, src_key, dst_key, trail, dst_port.
-    counts_hour   (hour_us, dim, value) -> events, dim one of type, severity, sensor.
+                  is one index range; indexes on ts_us, src_key, dst_key and trail (each with
+                  ts_us). Port, type, severity, sensor and info filters are applied while
+                  walking the ts_us index newest first (each index costs every insert).
+    counts_hour   (hour_us, type, severity, sensor) -> events: one row per combination seen in
+                  an hour (few), summed over the other two when counting by one.
     top_hour      (field, hour_us, value) -> events, field one of src_ip, dst_ip, trail.
-    threats_hour  (src_ip, trail, hour_us) -> events, first/last ts_us, highest severity;
-    threat_sensors (src_ip, trail, hour_us, sensor): which sensors saw a threat in an hour.
+    threats_hour  (src_ip, trail, hour_us) -> events, first/last ts_us, highest severity (the
+                  sensors that saw a ranked threat are read from events at query time).
     log_position  the day file's inode and the byte offset up to which its pairs are indexed.
-The roll-ups and log_position change in the same transaction as the rows they count, so the
+The roll-ups are computed by SQLite over the batch's rows (GROUP BY on the ids just inserted) and
+change, with log_position, in the same transaction as the rows they count, so the
 index is always "the log up to log_position", never half a batch. Hours are UTC hours
 (hour_us = ts_us - ts_us mod 3600 s).
 
@@ -74,10 +78,9 @@ CREATE INDEX IF NOT EXISTS events_ts ON events (ts_us);
 CREATE INDEX IF NOT EXISTS events_src ON events (src_key, ts_us);
 CREATE INDEX IF NOT EXISTS events_dst ON events (dst_key, ts_us);
 CREATE INDEX IF NOT EXISTS events_trail ON events (trail, ts_us);
-CREATE INDEX IF NOT EXISTS events_dport ON events (dst_port, ts_us);
 CREATE TABLE IF NOT EXISTS counts_hour (
-    hour_us INTEGER NOT NULL, dim TEXT NOT NULL, value TEXT NOT NULL, events INTEGER NOT NULL,
-    PRIMARY KEY (dim, hour_us, value)) WITHOUT ROWID;
+    hour_us INTEGER NOT NULL, type TEXT NOT NULL, severity TEXT NOT NULL, sensor TEXT NOT NULL,
+    events INTEGER NOT NULL, PRIMARY KEY (hour_us, type, severity, sensor)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS top_hour (
     field TEXT NOT NULL, hour_us INTEGER NOT NULL, value TEXT NOT NULL, events INTEGER NOT NULL,
     PRIMARY KEY (field, hour_us, value)) WITHOUT ROWID;
@@ -86,23 +89,28 @@ CREATE TABLE IF NOT EXISTS threats_hour (
     first_ts_us INTEGER NOT NULL, last_ts_us INTEGER NOT NULL, severity INTEGER NOT NULL,
     PRIMARY KEY (src_ip, trail, hour_us)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS threats_hour_by_hour ON threats_hour (hour_us);
-CREATE TABLE IF NOT EXISTS threat_sensors (
-    src_ip TEXT NOT NULL, trail TEXT NOT NULL, hour_us INTEGER NOT NULL, sensor TEXT NOT NULL,
-    PRIMARY KEY (src_ip, trail, hour_us, sensor)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS log_position (
     one INTEGER PRIMARY KEY CHECK (one = 1), inode INTEGER NOT NULL, offset INTEGER NOT NULL);
 """
 
 _INSERT_EVENT = ("INSERT INTO events (ts_us, last_ts_us, sensor, src_ip, src_key, src_port, dst_ip, dst_key, dst_port,"
                  " proto, type, trail, info, reference, severity, count) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
-_UPSERT_COUNT = ("INSERT INTO counts_hour VALUES (?,?,?,?) ON CONFLICT (dim, hour_us, value)"
-                 " DO UPDATE SET events = events + excluded.events")
-_UPSERT_TOP = ("INSERT INTO top_hour VALUES (?,?,?,?) ON CONFLICT (field, hour_us, value)"
-               " DO UPDATE SET events = events + excluded.events")
-_UPSERT_THREAT = ("INSERT INTO threats_hour VALUES (?,?,?,?,?,?,?) ON CONFLICT (src_ip, trail, hour_us) DO UPDATE SET"
-                  " events = events + excluded.events, first_ts_us = min(first_ts_us, excluded.first_ts_us),"
-                  " last_ts_us = max(last_ts_us, excluded.last_ts_us), severity = max(severity, excluded.severity)")
-_INSERT_SENSOR = "INSERT OR IGNORE INTO threat_sensors VALUES (?,?,?,?)"
+# The roll-ups of a batch, computed by SQLite over the rows just inserted (id > ?): one GROUP BY
+# each, in C, rather than a dictionary update per event in Python. ("WHERE" before "ON CONFLICT"
+# is what SQLite's upsert grammar needs after a SELECT.)
+_HOUR = "ts_us - ts_us %% %d" % 3_600_000_000
+_ROLLUPS = tuple(
+    ["INSERT INTO counts_hour SELECT %s, type, severity, sensor, count(*) FROM events WHERE id > ?"
+     " GROUP BY 1, 2, 3, 4 ON CONFLICT (hour_us, type, severity, sensor) DO UPDATE SET"
+     " events = events + excluded.events" % _HOUR]
+    + ["INSERT INTO top_hour SELECT '%s', %s, %s, count(*) FROM events WHERE id > ? GROUP BY 2, 3"
+       " ON CONFLICT (field, hour_us, value) DO UPDATE SET events = events + excluded.events" % (f, _HOUR, f)
+       for f in ("src_ip", "dst_ip", "trail")]
+    + ["INSERT INTO threats_hour SELECT src_ip, trail, %s, count(*), min(ts_us), max(last_ts_us),"
+       " max(CASE severity WHEN 'high' THEN 2 WHEN 'low' THEN 0 ELSE 1 END) FROM events WHERE id > ?"
+       " GROUP BY 1, 2, 3 ON CONFLICT (src_ip, trail, hour_us) DO UPDATE SET events = events + excluded.events,"
+       " first_ts_us = min(first_ts_us, excluded.first_ts_us), last_ts_us = max(last_ts_us, excluded.last_ts_us),"
+       " severity = max(severity, excluded.severity)" % _HOUR])
 _SET_POSITION = ("INSERT INTO log_position VALUES (1, ?, ?) ON CONFLICT (one)"
                  " DO UPDATE SET inode = excluded.inode, offset = excluded.offset")
 
@@ -154,6 +162,7 @@ class _Day:
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("PRAGMA cache_size=-32768")     # KiB: a day's hot index pages stay cached
         self.conn.executescript(_SCHEMA)
         self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
 
@@ -163,42 +172,17 @@ class _Day:
 
     def index(self, events: list[Event], inode: int, offset: int) -> None:
         """Insert the events, update the roll-ups and the log position: one transaction."""
-        rows = []
-        counts: collections.Counter = collections.Counter()
-        tops: collections.Counter = collections.Counter()
-        threats: dict[tuple[str, str, int], list[int]] = {}
-        sensors: set[tuple[str, str, int, str]] = set()
-        for e in events:
-            rows.append((e.ts_us, e.last_ts_us or e.ts_us, e.sensor or "", e.src_ip or "", ip_key(e.src_ip),
-                         e.src_port, e.dst_ip or "", ip_key(e.dst_ip), e.dst_port, e.proto or "", e.type or "",
-                         e.trail or "", e.info or "", e.reference or "", e.severity or "medium", e.count or 1))
-            hour = e.ts_us - e.ts_us % HOUR_US
-            counts[(hour, "type", e.type or "")] += 1
-            counts[(hour, "severity", e.severity or "medium")] += 1
-            counts[(hour, "sensor", e.sensor or "")] += 1
-            tops[("src_ip", hour, e.src_ip or "")] += 1
-            tops[("dst_ip", hour, e.dst_ip or "")] += 1
-            tops[("trail", hour, e.trail or "")] += 1
-            key = (e.src_ip or "", e.trail or "", hour)
-            rank = _SEVERITY_RANK.get(e.severity, 1)
-            last = e.last_ts_us or e.ts_us
-            t = threats.get(key)
-            if t is None:
-                threats[key] = [1, e.ts_us, last, rank]
-            else:
-                t[0] += 1
-                t[1] = min(t[1], e.ts_us)
-                t[2] = max(t[2], last)
-                t[3] = max(t[3], rank)
-            sensors.add((key[0], key[1], hour, e.sensor or ""))
+        rows = [(e.ts_us, e.last_ts_us or e.ts_us, e.sensor or "", e.src_ip or "", ip_key(e.src_ip), e.src_port,
+                 e.dst_ip or "", ip_key(e.dst_ip), e.dst_port, e.proto or "", e.type or "", e.trail or "",
+                 e.info or "", e.reference or "", e.severity or "medium", e.count or 1) for e in events]
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
-            c.executemany(_INSERT_EVENT, rows)
-            c.executemany(_UPSERT_COUNT, [(h, d, v, n) for (h, d, v), n in counts.items()])
-            c.executemany(_UPSERT_TOP, [(f, h, v, n) for (f, h, v), n in tops.items()])
-            c.executemany(_UPSERT_THREAT, [(s, tr, h, *t) for (s, tr, h), t in threats.items()])
-            c.executemany(_INSERT_SENSOR, sensors)
+            last_id = c.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+            if rows:
+                c.executemany(_INSERT_EVENT, rows)
+                for sql in _ROLLUPS:
+                    c.execute(sql, (last_id,))
             c.execute(_SET_POSITION, (inode, offset))
             c.execute("COMMIT")
         except BaseException:
@@ -269,9 +253,7 @@ class SqliteStore(EventStore):
         with self._lock:
             if self._closed:
                 raise StoreError("the store is closed")
-            by_day: dict[str, list[Event]] = {}
-            for e in batch:
-                by_day.setdefault(file_name_for(e.ts_us), []).append(e)
+            by_day = _by_day(batch)
             try:
                 self._writer.write(batch)
                 self._writer.flush()
@@ -444,9 +426,9 @@ class SqliteStore(EventStore):
                            % (HOUR_US, by, by, scope_sql))
                     params = [lo, hi, *scope_args, query.row_cap]
                 else:
-                    sql = ("SELECT hour_us, value, sum(events) FROM counts_hour WHERE dim = ? AND hour_us >= ?"
-                           " AND hour_us < ? GROUP BY 1, 2")
-                    params = [by, lo, hi]
+                    sql = ("SELECT hour_us, %s, sum(events) FROM counts_hour WHERE hour_us >= ? AND hour_us < ?"
+                           " GROUP BY 1, 2" % by)
+                    params = [lo, hi]
                 rows = _run(day, sql, params, deadline)
                 if rows is None:
                     partial = True
@@ -510,11 +492,9 @@ class SqliteStore(EventStore):
                            " AND %s LIMIT ?) GROUP BY 1, 2" % scope_sql)
                     params = [lo, hi, *scope_args, query.row_cap]
                 else:
-                    sql = ("SELECT t.src_ip, t.trail, sum(t.events), min(t.first_ts_us), max(t.last_ts_us),"
-                           " max(t.severity), (SELECT group_concat(DISTINCT s.sensor) FROM threat_sensors s"
-                           " WHERE s.src_ip = t.src_ip AND s.trail = t.trail AND s.hour_us >= ? AND s.hour_us < ?)"
-                           " FROM threats_hour t WHERE t.hour_us >= ? AND t.hour_us < ? GROUP BY 1, 2")
-                    params = [lo, hi, lo, hi]
+                    sql = ("SELECT src_ip, trail, sum(events), min(first_ts_us), max(last_ts_us), max(severity),"
+                           " NULL FROM threats_hour WHERE hour_us >= ? AND hour_us < ? GROUP BY 1, 2")
+                    params = [lo, hi]
                 rows = _run(day, sql, params, deadline)
                 if rows is None:
                     partial = True
@@ -533,6 +513,20 @@ class SqliteStore(EventStore):
                         m[3] = max(m[3], rank)
                         m[4] |= names
         ranked = sorted(merged.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]
+        if not scope_sql and not partial:
+            # Which sensors saw each threat: from the events (source key and time indexed), for
+            # the n ranked only, rather than a roll-up row per sensor at ingest.
+            with self._lock:
+                days = self._days_for(lo, hi)
+                for (src, trail), m in ranked:
+                    for day in days:
+                        rows = _run(day, "SELECT DISTINCT sensor FROM events WHERE src_key = ? AND ts_us >= ?"
+                                         " AND ts_us < ? AND trail = ? AND src_ip = ?",
+                                    [ip_key(src), lo, hi, trail, src], deadline)
+                        if rows is None:
+                            partial = True
+                            break
+                        m[4].update(r[0] for r in rows)
         rows = [Threat(src, trail, m[0], m[1], m[2], tuple(sorted(m[4])), _RANK_SEVERITY[m[3]])
                 for (src, trail), m in ranked]
         return Threats(lo, hi, rows, partial)
@@ -556,6 +550,17 @@ class SqliteStore(EventStore):
                     day.close()
                 self._days.clear()
                 os.close(self._lock_fd)
+
+
+def _by_day(batch: list[Event]) -> dict[str, list[Event]]:
+    """The batch split by day file; a batch is nearly always one day: then by two look-ups."""
+    first = file_name_for(min(e.ts_us for e in batch))
+    if first == file_name_for(max(e.ts_us for e in batch)):
+        return {first: batch}
+    by_day: dict[str, list[Event]] = {}
+    for e in batch:
+        by_day.setdefault(file_name_for(e.ts_us), []).append(e)
+    return by_day
 
 
 def _lock_index_dir(index_dir: str) -> int:

@@ -1,0 +1,171 @@
+"""Server UDP intake benchmark: the highest rate of Maltrail datagrams the server holds with zero loss.
+
+`python -m bench server-udp [--duration-s S] [--rates R1,R2,...] [--drain-limit-s S]`
+
+The real `maltrail-engine server` (installed console script) runs on loopback with a fresh store
+in a temporary directory. For each rate, ascending, a sender process (its own core's worth of
+Python, so the sender's work is not counted against the server's GIL) sends Maltrail LOG_SERVER
+datagrams ("<epoch> <event line>", each line a distinct event: sources and ports vary) paced in
+1 ms slices for `--duration-s`; then the server's own counters (/api/v1/health) are read until
+every datagram is accounted for or nothing moves for 2 s. A rate is HELD when the server received
+and stored every datagram sent (zero loss by its counters) and had stored them all within
+`--drain-limit-s` after the sender finished (so a rate is not held by buffering alone). The run
+stops at the first rate not held. Printed per rate: sent, received, stored, lost, the send rate
+achieved, the drain time, the server's CPU seconds and peak backlog; then the highest rate held,
+with the machine and Python version. Speed is measured here, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Info texts as trails carry them: a few labels (the severity rule's answers are remembered per
+# label, as with real trail sets); sources, ports and trails vary per event.
+_LABELS = ("malware", "known attacker", "mass scanner", "generic (malware)", "c2 server (malware)",
+           "phishing (suspicious)", "tor exit node", "potential web scan")
+
+
+def _datagrams(n: int, now_s: int) -> list[bytes]:
+    clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now_s))
+    return [('%d "%s.%06d" bench-%d 10.%d.%d.%d %d 192.0.2.%d 80 TCP IP 192.0.2.%d "%s" (static)\n'
+             % (now_s, clock, i % 1_000_000, i % 4, i >> 16 & 255, i >> 8 & 255, i & 255, 1024 + i % 60000,
+                i % 200, i % 200, _LABELS[i % len(_LABELS)])).encode() for i in range(n)]
+
+
+def _send(port: int, rate: int, duration_s: float, result) -> None:
+    pool = _datagrams(50_000, int(time.time()))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    total = int(rate * duration_s)
+    sent = 0
+    start = time.monotonic()
+    address = ("127.0.0.1", port)
+    while sent < total:
+        due = min(total, int((time.monotonic() - start) * rate) + max(rate // 1000, 1))
+        while sent < due:
+            sock.sendto(pool[sent % len(pool)], address)
+            sent += 1
+        ahead = sent / rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)
+    result.put((sent, time.monotonic() - start))
+
+
+def _health(port: int) -> dict:
+    with urllib.request.urlopen("http://127.0.0.1:%d/api/v1/health" % port, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _cpu_s(pid: int) -> float:
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _server_command() -> str:
+    script = os.path.join(os.path.dirname(sys.executable), "maltrail-engine")
+    return script if os.path.exists(script) else shutil.which("maltrail-engine") or "maltrail-engine"
+
+
+def run_rate(http_port: int, udp_port: int, pid: int, rate: int, duration_s: float, drain_limit_s: float) -> dict:
+    before = _health(http_port)["intake"]["udp"]
+    cpu0 = _cpu_s(pid)
+    result = multiprocessing.Queue()
+    sender = multiprocessing.Process(target=_send, args=(udp_port, rate, duration_s, result))
+    sender.start()
+    peak_backlog = 0
+    while sender.is_alive():
+        peak_backlog = max(peak_backlog, _health(http_port)["intake"]["udp"]["backlog"])
+        time.sleep(0.25)
+    sent, send_s = result.get()
+    sender.join()
+    sent_done = time.monotonic()
+    last, still_since = None, time.monotonic()
+    while True:
+        now = _health(http_port)["intake"]["udp"]
+        peak_backlog = max(peak_backlog, now["backlog"])
+        done = now["stored"] - before["stored"]
+        if done >= sent or (last == now["datagrams"] + now["stored"] and time.monotonic() - still_since > 2.0):
+            break
+        if last != now["datagrams"] + now["stored"]:
+            last, still_since = now["datagrams"] + now["stored"], time.monotonic()
+        time.sleep(0.05)
+    drain_s = time.monotonic() - sent_done
+    received = now["datagrams"] - before["datagrams"]
+    stored = now["stored"] - before["stored"]
+    lost = sent - stored
+    return {"rate": rate, "sent": sent, "send_rate": round(sent / send_s), "received": received, "stored": stored,
+            "lost": lost, "drain_s": round(drain_s, 2), "server_cpu_s": round(_cpu_s(pid) - cpu0, 2),
+            "peak_backlog": peak_backlog, "held": lost == 0 and drain_s <= drain_limit_s}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench server-udp", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration-s", type=float, default=10.0, help="seconds each rate is sent (60 for the figure)")
+    ap.add_argument("--rates", default="10000,25000,50000,75000,100000,150000",
+                    help="events per second to try, ascending (comma-separated)")
+    ap.add_argument("--drain-limit-s", type=float, default=2.0,
+                    help="most seconds after the sender stops for the server to have stored everything")
+    args = ap.parse_args(argv)
+    rates = [int(r) for r in args.rates.split(",") if r]
+    work = tempfile.mkdtemp(prefix="bench-server-udp-")
+    http_port, udp_port = _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_DGRAM)
+    config = os.path.join(work, "server.toml")
+    with open(config, "w") as f:
+        f.write('[server]\nhttp_address = "127.0.0.1"\nhttp_port = %d\nudp_address = "127.0.0.1"\n'
+                'udp_port = %d\nlog_dir = "%s"\n' % (http_port, udp_port, os.path.join(work, "store")))
+    err = open(os.path.join(work, "server.err"), "wb")
+    server = subprocess.Popen([_server_command(), "server", "-c", config], stderr=err)
+    results = []
+    try:
+        for _ in range(600):
+            try:
+                _health(http_port)
+                break
+            except OSError:
+                time.sleep(0.05)
+        print("server-udp: %s, Python %s, %d CPUs; %.0f s per rate; pid %d"
+              % (platform.machine(), platform.python_version(), os.cpu_count() or 0, args.duration_s, server.pid))
+        print("%8s %9s %9s %9s %9s %7s %8s %8s %9s %s" % ("rate", "sent", "send/s", "received", "stored", "lost",
+                                                       "drain_s", "cpu_s", "backlog", "held"))
+        for rate in rates:
+            r = run_rate(http_port, udp_port, server.pid, rate, args.duration_s, args.drain_limit_s)
+            results.append(r)
+            print("%8d %9d %9d %9d %9d %7d %8.2f %8.2f %9d %s" % (
+                r["rate"], r["sent"], r["send_rate"], r["received"], r["stored"], r["lost"], r["drain_s"],
+                r["server_cpu_s"], r["peak_backlog"], "yes" if r["held"] else "NO"), flush=True)
+            if not r["held"]:
+                break
+        held = [r["rate"] for r in results if r["held"]]
+        h = _health(http_port)
+        print("highest rate held: %s events/s (receive buffer %d bytes; refused %s; dropped %s)"
+              % (max(held) if held else "none", h["intake"]["udp"]["receive_buffer_bytes"],
+                 h["intake"]["udp"]["refused"], h["intake"]["udp"]["dropped"]))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=300)
+        err.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
