@@ -114,7 +114,11 @@ def run_rate(http_port: int, udp_port: int, pid: int, rate: int, duration_s: flo
     lost = sent - stored
     return {"rate": rate, "sent": sent, "send_rate": round(sent / send_s), "received": received, "stored": stored,
             "lost": lost, "drain_s": round(drain_s, 2), "server_cpu_s": round(_cpu_s(pid) - cpu0, 2),
-            "peak_backlog": peak_backlog, "held": lost == 0 and drain_s <= drain_limit_s}
+            "peak_backlog": peak_backlog, "held": lost == 0 and drain_s <= drain_limit_s,
+            "parse_cpu_s": round(now["parse_cpu_s"] - before["parse_cpu_s"], 2),
+            "store_cpu_s": round(now["store_cpu_s"] - before["store_cpu_s"], 2),
+            "store_wall_s": round(now["store_wall_s"] - before["store_wall_s"], 2),
+            "batches": now["batches"] - before["batches"]}
 
 
 def main(argv=None) -> int:
@@ -144,14 +148,16 @@ def main(argv=None) -> int:
                 time.sleep(0.05)
         print("server-udp: %s, Python %s, %d CPUs; %.0f s per rate; pid %d"
               % (platform.machine(), platform.python_version(), os.cpu_count() or 0, args.duration_s, server.pid))
-        print("%8s %9s %9s %9s %9s %7s %8s %8s %9s %s" % ("rate", "sent", "send/s", "received", "stored", "lost",
-                                                       "drain_s", "cpu_s", "backlog", "held"))
+        print("%8s %9s %9s %9s %9s %7s %8s %8s %9s %5s  %s" % (
+            "rate", "sent", "send/s", "received", "stored", "lost", "drain_s", "cpu_s", "backlog", "held",
+            "parse cpu / store cpu / store wall s, batches"))
         for rate in rates:
             r = run_rate(http_port, udp_port, server.pid, rate, args.duration_s, args.drain_limit_s)
             results.append(r)
-            print("%8d %9d %9d %9d %9d %7d %8.2f %8.2f %9d %s" % (
+            print("%8d %9d %9d %9d %9d %7d %8.2f %8.2f %9d %5s  %.2f / %.2f / %.2f, %d" % (
                 r["rate"], r["sent"], r["send_rate"], r["received"], r["stored"], r["lost"], r["drain_s"],
-                r["server_cpu_s"], r["peak_backlog"], "yes" if r["held"] else "NO"), flush=True)
+                r["server_cpu_s"], r["peak_backlog"], "yes" if r["held"] else "NO", r["parse_cpu_s"],
+                r["store_cpu_s"], r["store_wall_s"], r["batches"]), flush=True)
             if not r["held"]:
                 break
         held = [r["rate"] for r in results if r["held"]]

@@ -69,13 +69,33 @@ def test_the_fast_path_and_the_reference_path_agree(pieces, well_formed_start):
     assert parse_datagram(text.encode(), RULE) == parse_datagram_reference(text.rstrip("\r\n"), RULE)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(['a', 'b c', '"q"', '-', '', ' ', '""', 'x"y']), min_size=10, max_size=10),
-       st.booleans())
-def test_fast_and_reference_agree_on_lines_of_eleven_fields(values, prefixed):
+_ANY = ['a', 'b c', '"q"', '-', '', ' ', '""', 'x"y', '%', '\u00e9t\u00e9']
+_AT = {
+    "sensor": _ANY,
+    "src_ip": ["10.0.0.1", "2001:db8::1", "::ffff:10.0.0.1", "-", "10.0.0.256", "fe80::1%eth0", "x y"],
+    "src_port": ["80", "-", "0", "65535", "65536", "70000", "1,2", "1,2,3", "080", "", "a"],
+    "dst_ip": ["192.0.2.1", "::", "-", "1.2.3"],
+    "dst_port": ["443", "-", "99999", "3,4", "7"],
+    "proto": ["TCP", "-", "UDP", "two words", ""],
+    "type": ["IP", "DNS", "-", '"q"'],
+    "trail": ["evil.example", "-", "a b", '"x"', ""],
+    "info": _ANY + ["malware", "known attacker"],
+    "reference": _ANY + ["(static)", "(custom)", "(heuristic)"],
+}
+_CLOCKS = ["2026-11-24 10:00:00.250000", "2026-02-30 10:00:00.000000", "2026-11-24 24:00:00.000000"]
+
+
+def _q(v: str) -> str:
+    return '"%s"' % v.replace('"', '""') if (" " in v or '"' in v or not v) else v
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.fixed_dictionaries({k: st.sampled_from(v) for k, v in _AT.items()}), st.sampled_from(_CLOCKS),
+       st.sampled_from(["", "1795514400 ", "999999999999 ", "1 "]), st.booleans())
+def test_fast_and_reference_agree_on_lines_of_eleven_fields(values, clock, prefix, raw_quotes):
+    """Every position drawn from values that are and are not what it should hold, written by the
+    documented rule (or, with raw_quotes, quoted where the rule would not quote)."""
     from server.intake import parse_datagram_reference
-    quoted = ['"%s"' % v.replace('"', '""') if (" " in v or '"' in v or not v) else v for v in values]
-    text = '"2026-11-24 10:00:00.250000" ' + " ".join(quoted)
-    if prefixed:
-        text = "1795514400 " + text
+    quote = (lambda v: '"%s"' % v.replace('"', '""')) if raw_quotes else _q
+    text = prefix + '"%s" ' % clock + " ".join(quote(values[k]) for k in _AT)
     assert parse_datagram(text.encode(), RULE) == parse_datagram_reference(text, RULE)

@@ -172,9 +172,10 @@ class _Day:
 
     def index(self, events: list[Event], inode: int, offset: int) -> None:
         """Insert the events, update the roll-ups and the log position: one transaction."""
-        rows = [(e.ts_us, e.last_ts_us or e.ts_us, e.sensor or "", e.src_ip or "", ip_key(e.src_ip), e.src_port,
-                 e.dst_ip or "", ip_key(e.dst_ip), e.dst_port, e.proto or "", e.type or "", e.trail or "",
-                 e.info or "", e.reference or "", e.severity or "medium", e.count or 1) for e in events]
+        key = ip_key
+        rows = [(ts, last or ts, sensor or "", src or "", key(src), sport, dst or "", key(dst), dport, proto or "",
+                 typ or "", trail or "", info or "", ref or "", sev or "medium", count or 1)
+                for ts, sensor, src, sport, dst, dport, proto, typ, trail, info, ref, sev, count, last in events]
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
