@@ -39,7 +39,8 @@ R_ADDRESS = "address"
 R_PORT = "port"
 R_MISSING = "missing_field"             # type, trail or proto given as '-'
 R_EMPTY = "empty"
-REASONS = (R_EMPTY, R_NOT_UTF8, R_NO_EVENT_LINE, R_SIGNED, R_EPOCH, "quoting", "field_count", "time",
+R_TOO_LONG = "too_long"                 # longer than the receive buffer (server/recv.py): cut by the kernel
+REASONS = (R_EMPTY, R_TOO_LONG, R_NOT_UTF8, R_NO_EVENT_LINE, R_SIGNED, R_EPOCH, "quoting", "field_count", "time",
            R_ADDRESS, R_PORT, R_MISSING)
 
 _EPOCH = re.compile(r"\A([0-9]{1,12}) ")
@@ -199,7 +200,11 @@ class IntakeCounters:
         self.parsed = 0             # datagrams that became events
         self.events = 0             # events they became (a condensed line is several)
         self.stored = 0             # events the store has made durable
-        self.refused: collections.Counter = collections.Counter()
+        self.refused: collections.Counter = collections.Counter()    # written by the parse thread
+        # Written by the receive loop (one writer per field): datagrams longer than the receive
+        # buffer (refused as too_long), and receive errors (not datagrams: counted apart).
+        self.too_long = 0
+        self.socket_errors = 0
         self.dropped: collections.Counter = collections.Counter()
         self.batches = 0
         # Where the intake's time goes (CPU of the parse and store threads; the store's wall
@@ -208,8 +213,15 @@ class IntakeCounters:
         self.store_cpu_s = 0.0
         self.store_wall_s = 0.0
 
+    def refused_by_reason(self) -> dict:
+        found = dict(self.refused)
+        if self.too_long:
+            found[R_TOO_LONG] = self.too_long
+        return found
+
     def as_dict(self) -> dict:
         return {"datagrams": self.datagrams, "parsed": self.parsed, "events": self.events,
-                "stored": self.stored, "refused": dict(self.refused), "dropped": dict(self.dropped),
+                "stored": self.stored, "refused": self.refused_by_reason(), "dropped": dict(self.dropped),
+                "socket_errors": self.socket_errors,
                 "batches": self.batches, "parse_cpu_s": round(self.parse_cpu_s, 3),
                 "store_cpu_s": round(self.store_cpu_s, 3), "store_wall_s": round(self.store_wall_s, 3)}

@@ -7,8 +7,8 @@ orderly stop on SIGTERM/SIGINT (stop intake, store what was received, close, exi
 parse datagrams (server/intake.py) nor know how events are stored (server/store/).
 
 The receive loop is an add_reader callback on a non-blocking socket that drains up to
-_DRAIN_DATAGRAMS datagrams per wake-up and only appends bytes to a list: the loop's work per
-datagram is one recv. Every _HANDOFF_S (or _BATCH_DATAGRAMS datagrams) the list goes to the parse
+_DRAIN_DATAGRAMS datagrams per wake-up (server/recv.py: up to 256 per recvmmsg call, keeping the
+GIL) and only appends bytes to a list. Every _HANDOFF_S (or _BATCH_DATAGRAMS datagrams) the list goes to the parse
 thread, which turns it into events for the store thread, which ingests what has accumulated as
 one batch; while the store waits for fsync and SQLite (both release the GIL), the loop receives
 and the parse thread parses. A backlog beyond [server] udp_backlog_datagrams is
@@ -29,13 +29,15 @@ import time
 
 from events.record import SeverityRule
 from server.intake import IntakeCounters, parse_datagram
+from server.recv import Receiver
 from server.store import EventStore, StoreError
 
 _DRAIN_DATAGRAMS = 4096
 _BATCH_DATAGRAMS = 20_000
 _HANDOFF_S = 0.05
-_RECV_BYTES = 65535
 _SWITCH_INTERVAL_S = 0.0005
+_STORE_INTERVAL_S = 0.5
+_STORE_BATCH_EVENTS = 100_000
 
 
 class ServerError(Exception):
@@ -104,6 +106,7 @@ class Server:
         self._done = 0
         self._backlog_max = cfg.server.udp_backlog_datagrams
         self._sock: socket.socket | None = None
+        self._receiver: Receiver | None = None
         self.udp_buffer_bytes = 0
         self._threads = (threading.Thread(target=self._parse_loop, name="parse", daemon=True),
                          threading.Thread(target=self._store_loop, name="store", daemon=True))
@@ -155,8 +158,27 @@ class Server:
 
     def _store_loop(self) -> None:
         c = self.counters
+        last = time.monotonic()
         while True:
-            items, stop = self._take(self._events_queue, 8)
+            items, stop = self._take(self._events_queue, 64)
+            # Gather for up to _STORE_INTERVAL_S since the last batch: a commit's cost is mostly
+            # per page touched, so fewer, larger batches store more events per second (measured:
+            # about a quarter less time per event at 50,000 than at 6,500 per batch).
+            count = sum(len(batch) for batch, _n in items)
+            while not stop and count < _STORE_BATCH_EVENTS:
+                wait_s = last + _STORE_INTERVAL_S - time.monotonic()
+                if wait_s <= 0:
+                    break
+                try:
+                    more = self._events_queue.get(timeout=wait_s)
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                else:
+                    items.extend(more)
+                    count += sum(len(batch) for batch, _n in more)
+            last = time.monotonic()
             if items:
                 events = [e for batch, _n in items for e in batch]
                 t0, w0 = time.thread_time(), time.monotonic()
@@ -178,18 +200,23 @@ class Server:
 
     # -- the loop -------------------------------------------------------------------------
     def _on_readable(self) -> None:
-        sock, pending = self._sock, self._pending
+        pending = self._pending
         n = 0
         try:
             while n < _DRAIN_DATAGRAMS:
-                pending.append(sock.recv(_RECV_BYTES))
-                n += 1
-        except (BlockingIOError, InterruptedError):
-            pass
+                got = self._receiver.receive()
+                if not got:
+                    break
+                pending.extend(got)
+                n += len(got)
         except OSError as exc:      # ICMP errors surface here on some stacks; never stop the loop
-            self.counters.refused["socket_error"] += 1
+            self.counters.socket_errors += 1
             log("!", "UDP receive: %s" % exc)
         self.counters.datagrams += n
+        if self._receiver.truncated:
+            self.counters.datagrams += self._receiver.truncated
+            self.counters.too_long += self._receiver.truncated
+            self._receiver.truncated = 0
         if len(pending) >= _BATCH_DATAGRAMS:
             self._hand_off()
 
@@ -251,9 +278,10 @@ class Server:
             log("i", "HTTP on %s port %d" % (s.http_address, s.http_port))
             if s.udp_port:
                 self._sock, self.udp_buffer_bytes = _udp_socket(s.udp_address, s.udp_port, s.udp_buffer_bytes)
+                self._receiver = Receiver(self._sock)
                 loop.add_reader(self._sock.fileno(), self._on_readable)
-                log("i", "UDP intake on %s port %d (receive buffer %d bytes)"
-                    % (s.udp_address, s.udp_port, self.udp_buffer_bytes))
+                log("i", "UDP intake on %s port %d (receive buffer %d bytes, %s)"
+                    % (s.udp_address, s.udp_port, self.udp_buffer_bytes, self._receiver.mode))
             log("i", "server ready; store in %s" % s.log_dir)
             await self._ticker(stop)
             log("i", "stopping: intake closed, storing what was received")
@@ -287,7 +315,7 @@ def run_server(cfg) -> int:
         asyncio.run(server.run())
         c = server.counters
         log("i", "stopped: %d datagrams received, %d events stored, %d refused, %d dropped"
-            % (c.datagrams, c.stored, sum(c.refused.values()), sum(c.dropped.values())))
+            % (c.datagrams, c.stored, sum(c.refused_by_reason().values()), sum(c.dropped.values())))
     except OSError as exc:
         log("!", "cannot serve: %s" % exc)
         return 1
