@@ -446,8 +446,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
             doc="most received datagrams waiting for the store; beyond it they are dropped and counted"),
         "log_dir": Key(
             "str", "/var/log/maltrail-engine-server", form="path",
-            doc="directory of the server's store: the daily event logs and their index (index/)",
-            maltrail="LOG_DIR"),
+            doc="directory of the server's store: the daily event logs and their index (index/); "
+                "Maltrail's server writes to LOG_DIR, which `config import` carries to [all] log_dir"),
     },
 }
 
