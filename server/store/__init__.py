@@ -17,6 +17,8 @@ Contract, for every backend:
   hours, and the answer's `since_us`/`until_us` say what it covers.
 - `events()` pages newest first (ts_us, then arrival); `cursor` is opaque text from the previous
   Page's `next_cursor` (None: no more).
+- Threads: methods may block (disk, a running batch); an asyncio caller runs queries in an
+  executor, never on the loop. `status()` alone must answer at once (the loop calls it).
 - `scope`: addresses, CIDRs (IPv4, IPv6) or `a-b` ranges; an event is in scope when its source or
   destination address is in one of them (Maltrail's netfilter); empty means every event.
 """
