@@ -103,7 +103,10 @@ def run_rate(http_port: int, udp_port: int, pid: int, rate: int, duration_s: flo
         now = _health(http_port)["intake"]["udp"]
         peak_backlog = max(peak_backlog, now["backlog"])
         done = now["stored"] - before["stored"]
-        if done >= sent or (last == now["datagrams"] + now["stored"] and time.monotonic() - still_since > 2.0):
+        # Done when all is stored, or when the server has nothing left to store (backlog 0) and
+        # its counters stood still for 2 s; a batch in progress can take longer than that.
+        steady = last == now["datagrams"] + now["stored"] and time.monotonic() - still_since > 2.0
+        if done >= sent or (steady and now["backlog"] == 0):
             break
         if last != now["datagrams"] + now["stored"]:
             last, still_since = now["datagrams"] + now["stored"], time.monotonic()
