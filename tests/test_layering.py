@@ -13,15 +13,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PARTS = ("cli", "config", "events", "engine", "workers", "matchers", "trailsdb")
+PARTS = ("cli", "config", "events", "engine", "workers", "matchers", "trailsdb", "server")
 ALLOWED = {
-    "cli": {"cli", "config", "events", "engine", "trailsdb", "matchers"},
+    "cli": {"cli", "config", "events", "engine", "trailsdb", "matchers", "server"},
     "config": {"config"},
     "events": {"events"},
     "engine": {"engine", "workers", "matchers", "trailsdb", "events", "config"},
     "workers": {"workers", "matchers", "events"},
     "matchers": {"matchers"},
     "trailsdb": {"trailsdb", "matchers"},
+    # The server uses the shared event and config packages and the trail matchers, never the
+    # sensor's process model or packet path.
+    "server": {"server", "events", "config", "trailsdb", "matchers"},
 }
 # Modules on the packet path: they may load compiled artifacts but never import the compiler.
 HOT_PATH = ("engine/inprocess.py", "engine/sources/live.py", "engine/sources/pcapfile.py", "events/log/__init__.py",
