@@ -11,7 +11,7 @@ Owns `AuthWeb`, which adds to an aiohttp Application:
 and three middlewares, in order: body limit (413 JSON before reading a body declared larger
 than `max_body_bytes`, and for one that turns out larger), session (401 JSON without a live
 session on every route under `prefix` except login and the `public` paths; the session is put
-in request["session"]), CSRF (403 JSON for a state-changing method without the right
+in request[SESSION_KEY]), CSRF (403 JSON for a state-changing method without the right
 `X-CSRF-Token` header). Security headers go on every response, errors included (a
 response-prepare signal): a strict CSP, nosniff, frame denial, no referrer, no caching of API
 answers, HSTS under TLS.
@@ -43,7 +43,14 @@ from aiohttp import web
 
 from server.auth.login import Authenticator, csrf_matches, is_loopback
 
-__all__ = ["AuthWeb", "COOKIE_NAME", "CSRF_HEADER", "SECURITY_HEADERS", "CSP"]
+__all__ = ["AuthWeb", "COOKIE_NAME", "CSRF_HEADER", "SECURITY_HEADERS", "CSP", "SESSION_KEY"]
+
+# Where a handler finds the request's login.Session: request[SESSION_KEY].
+if hasattr(web, "RequestKey"):
+    SESSION_KEY = web.RequestKey("session", object)
+    _SESSION_ID_KEY = web.RequestKey("session_id", str)
+else:  # aiohttp before 3.10
+    SESSION_KEY, _SESSION_ID_KEY = "session", "session_id"
 
 COOKIE_NAME = "mt_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -134,15 +141,15 @@ class AuthWeb:
             if cookie:
                 return self._refuse("expired session", 401, "the session has expired or ended; log in again")
             return self._refuse("no session", 401, "not logged in")
-        request["session"] = session
-        request["session_id"] = cookie
+        request[SESSION_KEY] = session
+        request[_SESSION_ID_KEY] = cookie
         return await handler(request)
 
     @web.middleware
     async def csrf_middleware(self, request: web.Request, handler):
-        if request.method in SAFE_METHODS or "session_id" not in request:
+        if request.method in SAFE_METHODS or _SESSION_ID_KEY not in request:
             return await handler(request)
-        if not csrf_matches(request["session_id"], request.headers.get(CSRF_HEADER)):
+        if not csrf_matches(request[_SESSION_ID_KEY], request.headers.get(CSRF_HEADER)):
             return self._refuse("missing csrf token", 403,
                                 "a state-changing request needs the %s header from login or %s/session"
                                 % (CSRF_HEADER, self.prefix))
@@ -191,12 +198,12 @@ class AuthWeb:
         return response
 
     async def logout(self, request: web.Request) -> web.Response:
-        self.auth.logout(request["session_id"])
+        self.auth.logout(request[_SESSION_ID_KEY])
         response = web.json_response({"logged_out": True})
         self._cookie(response, "", 0)
         return response
 
     async def whoami(self, request: web.Request) -> web.Response:
-        session = request["session"]
+        session = request[SESSION_KEY]
         return web.json_response({"username": session.user.name, "uid": session.user.uid,
                                   "netfilter": session.user.netfilter, "csrf_token": session.csrf_token})
