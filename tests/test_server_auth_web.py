@@ -286,11 +286,12 @@ def test_parse_users_warns_about_legacy_hashes_naming_the_user_never_the_hash(li
 
 
 AGENT = r"""
-import json, sys, urllib.request, urllib.error
+import json, ssl, sys, urllib.request, urllib.error
+context = ssl._create_unverified_context()  # the test's self-signed certificate
 req = urllib.request.Request(sys.argv[1], data=json.dumps({"username": sys.argv[2], "password": sys.argv[3]}).encode(),
                              headers={"Content-Type": "application/json"})
 try:
-    print(urllib.request.urlopen(req, timeout=30).status)
+    print(urllib.request.urlopen(req, timeout=30, context=context).status)
 except urllib.error.HTTPError as exc:
     print(exc.code)
 """
@@ -318,6 +319,19 @@ def test_a_legacy_hash_is_refused_from_a_non_loopback_address(tmp_path, lines, v
         assert state.upgraded_hash("legacy", LEGACY_HASH) is None
         # An argon2id user logs in from there: only the legacy hash needs a safe channel.
         assert from_namespace("admin", PASSWORD) == 200
+    finally:
+        server.close()
+    # Over TLS the same address may use the legacy hash, and the login upgrades it.
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(_self_signed(tmp_path))
+    server = Server(auth, host="10.77.0.1", tls_context=server_ctx)
+    try:
+        status = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", AGENT,
+                                 "https://10.77.0.1:%d/api/v1/login" % server.port, "legacy", LEGACY_PASSWORD],
+                                capture_output=True, text=True, timeout=60)
+        assert status.stdout.strip() == "200", status.stderr
+        assert events[-1].src_ip == "10.77.0.2" and events[-1].success
+        assert state.upgraded_hash("legacy", LEGACY_HASH).startswith("$argon2id$")
     finally:
         server.close()
         state.close()
