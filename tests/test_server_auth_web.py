@@ -255,6 +255,15 @@ def test_oversized_and_malformed_bodies_are_refused_with_reasons(world):
     response = conn.getresponse()
     assert response.status == 413 and "4096" in json.loads(response.read())["error"]
     conn.close()
+    # A body within the limit that arrives in pieces is read whole (and checked as usual).
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    pieces = [b'{"username": "admin", ', b' ' * 1500, b'"password": "wrong"', b' ' * 1500, b'}']
+    conn.request("POST", "/api/v1/login", body=iter(pieces), headers={"Content-Type": "application/json"},
+                 encode_chunked=True)
+    response = conn.getresponse()
+    assert response.status == 401 and json.loads(response.read()) == {"error": "login failed"}
+    conn.close()
+    assert events.pop().reason == "wrong password"
     assert request(server, "POST", "/api/v1/login", raw=b"not json", headers={"Content-Type": "application/json"})[0] == 400
     assert request(server, "POST", "/api/v1/login", raw=b"username=admin", headers={
         "Content-Type": "application/x-www-form-urlencoded"})[0] == 415

@@ -175,7 +175,14 @@ class AuthWeb:
         origin = request.headers.get("Origin")
         if origin is not None and urlsplit(origin).netloc != request.host:
             return self._refuse("foreign origin", 403, "login from another site's page is refused")
-        data = await request.content.read(self.max_body_bytes + 1)
+        # read(n) returns what has arrived, up to n: a body sent in pieces needs a loop, which
+        # stops as soon as the limit is passed (the rest is never buffered).
+        data = b""
+        while len(data) <= self.max_body_bytes:
+            piece = await request.content.read(self.max_body_bytes + 1 - len(data))
+            if not piece:
+                break
+            data += piece
         if len(data) > self.max_body_bytes:
             return self._refuse("oversized body", 413, "the request body is larger than %d bytes" % self.max_body_bytes)
         try:
