@@ -14,7 +14,8 @@ setup(
     description="Network sensor that matches traffic against Maltrail trails and heuristics",
     python_requires=">=3.11",
     packages=["cli", "config", "events", "events.log", "events.forwarders", "engine", "engine.processes", "engine.transport",
-              "engine.sources", "server", "server.store", "workers", "workers.heuristics", "matchers", "trailsdb", "trailsdb.feeds"],
+              "engine.sources", "server", "server.auth", "server.store", "workers", "workers.heuristics", "matchers",
+              "trailsdb", "trailsdb.feeds"],
     package_data={"matchers": ["csrc/*.h"], "engine.transport": ["csrc/*.c"], "workers": ["csrc/*.h", "csrc/*.c"]},
     ext_modules=[
         Extension(
@@ -53,6 +54,7 @@ setup(
         "tqdm>=4.60",
         "prometheus_client>=0.17,<1",
         "aiohttp>=3.9,<4",
+        "argon2-cffi>=21.3",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
     entry_points={"console_scripts": ["maltrail-engine=cli:main"]},

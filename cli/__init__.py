@@ -2,7 +2,7 @@
 
 Owns argument parsing, turning flags into configuration overrides, and dispatching to the
 subcommands: (none) run the sensor on the configured interfaces, `replay`, `tail`,
-`trails build|update|stats|check`, `check-config` and `demo`. Exit status: 0 success, 1 a runtime
+`trails build|update|stats|check`, `check-config`, `server user add`, `server sensor add` and `demo`. Exit status: 0 success, 1 a runtime
 failure (capture, trails), 2 a usage or configuration error. Errors are one clear line on stderr.
 
 Must not decode packets or know file layouts; it wires the parts together.
@@ -199,6 +199,23 @@ def build_parser() -> argparse.ArgumentParser:
     # Also after the action; SUPPRESS keeps an absent flag here from hiding one given before it.
     p.add_argument("-c", "--config", dest="config", metavar="FILE", default=argparse.SUPPRESS,
                    help="configuration file (as before the action)")
+    users = ssub.add_parser("user", help="users of the web interface and API")
+    usub = users.add_subparsers(dest="user_command", metavar="ACTION")
+    p = usub.add_parser("add", help="make a [server] users line with a new argon2id password hash",
+                        description="Ask for the password twice (no echo) and print the line to add to "
+                                    "[server] users in maltrail.toml. When standard input is not a terminal, "
+                                    "one line is read from it as the password (for scripts). An empty "
+                                    "password is refused.")
+    p.add_argument("name", metavar="NAME", help="user name: letters, digits, _ . @ + - (at most 64)")
+    p.add_argument("--uid", type=int, default=0, metavar="N",
+                   help="0-999 administer, 1000 and above only view (default: 0)")
+    p.add_argument("--netfilter", default="", metavar="NETS",
+                   help='addresses, CIDRs and a-b ranges the user may see, comma separated (default: "", everything)')
+    sensors = ssub.add_parser("sensor", help="keys of our sensors sending to this server")
+    sesub = sensors.add_subparsers(dest="sensor_command", metavar="ACTION")
+    p = sesub.add_parser("add", help="issue a key for a sensor; printed once, stored hashed in [server] state_db")
+    _flags(p, "config")
+    p.add_argument("name", metavar="NAME", help="the sensor's name ([sensor] sensor_name)")
 
     p = sub.add_parser("demo", help="generate a demo capture and trail set, replay it, show the events")
     p.add_argument("--out", default="demo-out", metavar="DIR", help="where to write (default: ./demo-out)")
@@ -235,6 +252,14 @@ def main(argv=None) -> int:
         if args.command == "demo":
             from cli.demo import run_demo
             return run_demo(args.out)
+        if args.command == "server":
+            from cli import server_auth
+            if args.server_command == "user" and getattr(args, "user_command", None) == "add":
+                return server_auth.user_add(args)
+            if args.server_command == "sensor" and getattr(args, "sensor_command", None) == "add":
+                return server_auth.sensor_add(args, _config(args))
+            if args.server_command in ("user", "sensor"):
+                parser.parse_args(["server", args.server_command, "--help"])
         if args.command == "config":
             if args.config_command is None:
                 parser.parse_args(["config", "--help"])

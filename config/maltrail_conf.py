@@ -41,8 +41,6 @@ _OWN_FEEDS = ("each maltrail-engine sensor fetches the feeds itself (`maltrail-e
               "[all] feed_updates); to hand one host's trails to others, copy its [all] trails_artifact, "
               "or point their [all] custom_trails_url at a list you publish")
 MALTRAIL_ONLY: dict[str, str] = {
-    "USERS": "accounts of Maltrail's web server: " + _SERVER_LATER,
-    "ENABLE_MASK_CUSTOM": "a setting of Maltrail's web interface: " + _SERVER_LATER,
     "IP_ALIASES": "a setting of Maltrail's web interface: " + _SERVER_LATER,
     "HEADER_LOGO": "a setting of Maltrail's web interface: " + _SERVER_LATER,
     "FAIL2BAN_REGEX": "served by Maltrail's web server (/fail2ban): " + _SERVER_LATER,
@@ -185,6 +183,15 @@ def _convert(option: Option, section: str, key: str, conf_dir: str, notes: list[
     what was interpreted."""
     name, value = option.name, option.value
     spec = SCHEMA[section][key]
+    if name == "USERS":
+        if not isinstance(value, list):
+            return None, "is not a list of user lines"
+        # Maltrail removes every space from a line before reading it.
+        if any(len(line.split(":", 3)) > 1 and re.fullmatch(r"[0-9a-fA-F]{64}", line.split(":", 3)[1].strip())
+               for line in value):
+            notes.append("SHA-256 hashes are accepted only over TLS or from loopback, and replaced by argon2id at "
+                         "the first login (README, \"Server users\")")
+        return ["".join(line.split()) for line in value], None
     if isinstance(value, list):
         return None, "is a list of lines; a single value is expected"
     if name == "PROCESS_COUNT":

@@ -448,6 +448,36 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "str", "/var/log/maltrail-engine-server", form="path",
             doc="directory of the server's store: the daily event logs and their index (index/); "
                 "Maltrail's server writes to LOG_DIR, which `config import` carries to [all] log_dir"),
+        "users": Key(
+            "list", (), form="user_line", secret=True,
+            doc='users of the web interface and API, one "name:hash:uid:netfilter" line each (make one with '
+                '`maltrail-engine server user add NAME`); hash argon2id, or Maltrail\'s SHA-256 to migrate; '
+                'uid >= 1000 only views; netfilter: addresses, CIDRs, a-b ranges, empty for all',
+            maltrail="USERS"),
+        "enable_mask_custom": Key(
+            "bool", True,
+            doc='users with uid >= 1000 see "-" for the info of events whose trail is custom',
+            maltrail="ENABLE_MASK_CUSTOM"),
+        "state_db": Key(
+            "str", "/var/lib/maltrail-engine/server-state.sqlite", form="path",
+            doc="the server's own database: sessions, upgraded password hashes, login throttling, sensor keys"),
+        "session_idle_timeout_s": Key(
+            "int", 3600, unit="seconds", min=60, max=604800,
+            doc="a session unused for this long ends"),
+        "session_lifetime_s": Key(
+            "int", 86400, unit="seconds", min=60, max=2592000,
+            doc="a session ends this long after its login, used or not (Maltrail: 24 hours, fixed)"),
+        "login_max_failures": Key(
+            "int", 5, min=1, max=1000,
+            doc="consecutive failed logins from one address, or for one user name, before attempts are refused "
+                "unevaluated (Maltrail: 5 per address, fixed)"),
+        "login_lockout_s": Key(
+            "int", 60, unit="seconds", min=1, max=3600,
+            doc="how long attempts are refused after login_max_failures; doubled for each further failure, "
+                "at most an hour"),
+        "max_request_bytes": Key(
+            "int", 1048576, unit="bytes", min=1024, max=1073741824,
+            doc="largest body the API accepts in one request (login, changes); larger ones get 413"),
     },
 }
 

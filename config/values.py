@@ -319,6 +319,42 @@ def _check_regex(s: str) -> str | None:
         return "it is not a valid regular expression (%s)" % exc
 
 
+_USER_NAME_RE = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
+_USER_HASH_RE = re.compile(r"\$argon2id\$\S+|[0-9a-fA-F]{64}")
+
+
+def _check_netfilter_item(item: str) -> bool:
+    try:
+        if "-" in item and "/" not in item:
+            left, right = (ipaddress.ip_address(x.strip()) for x in item.split("-", 1))
+            return left.version == right.version and left <= right
+        ipaddress.ip_network(item, strict=False)
+        return True
+    except ValueError:
+        return False
+
+
+def _check_user_line(s: str) -> str | None:
+    # The form of server/auth/users.py's line, checked here so check-config catches it; the
+    # server parses it again with its own (identical) rules.
+    parts = s.strip().split(":", 3)
+    if len(parts) != 4:
+        return "it has %d field(s), not the 4 of name:hash:uid:netfilter" % len(parts)
+    name, stored, uid, netfilter = (p.strip() for p in parts)
+    if not _USER_NAME_RE.fullmatch(name):
+        return "the user name must be 1-64 letters, digits or _ . @ + -"
+    if not _USER_HASH_RE.fullmatch(stored):
+        return ("user %s: the hash is neither argon2id nor Maltrail's 64-hex SHA-256 (make a new line with "
+                "`maltrail-engine server user add %s`)" % (name, name))
+    if not uid.isdigit():
+        return "user %s: the uid is not a whole number" % name
+    if netfilter not in ("", "*", "::"):
+        for item in re.split(r"[\s,;]+", netfilter):
+            if item and not _check_netfilter_item(item):
+                return "user %s: netfilter item %r is not an address, CIDR or range a-b" % (name, item)
+    return None
+
+
 class Form(NamedTuple):
     """A rule a string must satisfy, and how what it allows is said for one and for several."""
 
@@ -358,6 +394,8 @@ FORMS: dict[str, Form] = {
                              'destinations "udp://host:port", "tcp://host:port" or "host:port" (UDP)'),
     "endpoint_udp": Form(lambda s: _check_endpoint(s, ("udp",)), 'a destination "host:port" or "[IPv6]:port"',
                          'destinations "host:port" or "[IPv6]:port"'),
+    "user_line": Form(_check_user_line, 'a user line "name:hash:uid:netfilter"',
+                      'user lines "name:hash:uid:netfilter"'),
     "syslog_format": Form(lambda s: None if s in ("maltrail", "rfc5424") else "it is neither maltrail nor rfc5424",
                           '"maltrail" or "rfc5424"', '"maltrail" or "rfc5424"'),
 }
