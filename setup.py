@@ -14,7 +14,7 @@ setup(
     description="Network sensor that matches traffic against Maltrail trails and heuristics",
     python_requires=">=3.11",
     packages=["cli", "config", "events", "events.log", "events.forwarders", "engine", "engine.processes", "engine.transport",
-              "engine.sources", "workers", "workers.heuristics", "matchers", "trailsdb", "trailsdb.feeds"],
+              "engine.sources", "server", "server.store", "workers", "workers.heuristics", "matchers", "trailsdb", "trailsdb.feeds"],
     package_data={"matchers": ["csrc/*.h"], "engine.transport": ["csrc/*.c"], "workers": ["csrc/*.h", "csrc/*.c"]},
     ext_modules=[
         Extension(
@@ -52,6 +52,7 @@ setup(
         "cryptography>=42",
         "tqdm>=4.60",
         "prometheus_client>=0.17,<1",
+        "aiohttp>=3.9,<4",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
     entry_points={"console_scripts": ["maltrail-engine=cli:main"]},

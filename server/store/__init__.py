@@ -1,0 +1,1 @@
+"""The event store. Placeholder on this branch: i11-core owns this file (the interface)."""
