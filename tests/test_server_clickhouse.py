@@ -198,7 +198,7 @@ def _spread_events():
         t = DAY0 - 3 * H_US + (i * 7919 % (40 * H_US // 1_000_000)) * 1_000_000 + i
         out.append(ev(t, src=srcs[i * 31 % len(srcs)], dst=srcs[(i * 17 + 1) % len(srcs)],
                       type_=("IP", "DNS", "URL", "UA")[i % 4], severity=("low", "medium", "high")[i * 5 % 3],
-                      sensor=("a", "b'c", "d\nx")[i % 3], trail=("t1", "t2", "t'3")[i * 11 % 3], count=1 + i % 4))
+                      sensor=("a", "b'c", "d\nx")[i % 3], trail=("t1", "t2", "t'3")[i * 11 % 3], count=1 + i % 4, last=t + i % 3 * 1000))
     return out
 
 
