@@ -16,6 +16,7 @@ the client's authentication is exercised. Skips, saying why, only when the binar
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -99,10 +100,15 @@ def _ask(url: str) -> str | None:
         return None
 
 
-@pytest.fixture(scope="session")
-def clickhouse_server():
-    if not os.access(CLICKHOUSE_SERVER, os.X_OK):
-        pytest.skip("needs Debian's clickhouse-server (bootstrap.sh installs it: apt-get install clickhouse-server)")
+class ClickHouseStartError(RuntimeError):
+    """clickhouse-server exited or did not answer; the message holds the end of its output."""
+
+
+@contextlib.contextmanager
+def running_clickhouse():
+    """A clickhouse-server on a free loopback port with its data in a new temporary directory,
+    answering `SELECT version()` over HTTP; stopped (SIGTERM, then SIGKILL) and removed on exit.
+    Also used by bench/clickhouse_store.py."""
     directory = tempfile.mkdtemp(prefix="clickhouse-test-")
     port = _free_port()
     config = _write_config(directory, port)
@@ -118,7 +124,8 @@ def clickhouse_server():
                 log.flush()
                 with open(log.name, "rb") as f:
                     tail = f.read()[-3000:].decode("utf-8", "replace")
-                pytest.fail("clickhouse-server did not answer on %s (exit %s):\n%s" % (url, proc.poll(), tail))
+                raise ClickHouseStartError("clickhouse-server did not answer on %s (exit %s):\n%s"
+                                           % (url, proc.poll(), tail))
             version = _ask(url)
             if version is None:
                 time.sleep(0.05)
@@ -133,3 +140,14 @@ def clickhouse_server():
                 proc.wait()
         log.close()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server():
+    if not os.access(CLICKHOUSE_SERVER, os.X_OK):
+        pytest.skip("needs Debian's clickhouse-server (bootstrap.sh installs it: apt-get install clickhouse-server)")
+    try:
+        with running_clickhouse() as server:
+            yield server
+    except ClickHouseStartError as exc:
+        pytest.fail(str(exc))

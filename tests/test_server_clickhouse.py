@@ -160,6 +160,10 @@ def test_filters_by_cidr_for_both_families_ranges_and_scope(store):
     assert srcs(dst=("198.51.100.0/30",)) == ["10.1.2.3", "10.1.255.255", "10.2.0.0", "192.168.1.1"]
     assert srcs(port=4) == ["2001:db8::1"]
     assert srcs(trail="t1", sensor="s1") == ["10.1.255.255", "::1"]
+    assert len(everything(store, info="MALWARE (Stat")) == len(sent)           # ASCII case-insensitive
+    assert everything(store, info="trojan") == []
+    assert everything(store, severity=("low", "medium")) == []
+    assert len(everything(store, severity=("high",))) == len(sent)
     assert srcs(scope=("2001:db8::/32", "192.168.0.0/16")) == ["192.168.1.1", "2001:db8:0:ffff::2", "2001:db8::1"]
     assert srcs(scope=()) == sorted(addrs)            # empty scope: every event (Maltrail's netfilter)
     for bad in ("10.0.0.1/8", "300.1.1.1", "10.0.0.9-10.0.0.1", "::1%eth0", "a'b"):

@@ -44,6 +44,7 @@ import asyncio
 import base64
 import datetime
 import ipaddress
+import os
 import random
 import re
 import time
@@ -226,6 +227,14 @@ _TSV_IN = {"b": "\b", "f": "\f", "r": "\r", "n": "\n", "t": "\t", "0": "\0", "'"
 _TSV_IN_RE = re.compile(r"\\(x[0-9A-Fa-f]{2}|.)", re.S)
 
 
+_BYTE_ESCAPES = ["\\x%02x" % b for b in range(256)]
+
+
+def _tsv_bytes(raw: bytes) -> str:
+    """Binary bytes (a FixedString) as a TabSeparated field: every byte as \\xHH."""
+    return "".join([_BYTE_ESCAPES[b] for b in raw])
+
+
 def tsv_field(value: str) -> str:
     return _TSV_OUT_RE.sub(lambda m: _TSV_OUT[m.group(0)], value)
 
@@ -405,8 +414,8 @@ class EventQuery(NamedTuple):
     proto: str | None = None
     type: str | None = None
     trail: str | None = None
-    info: str | None = None
-    severity: str | None = None
+    info: str | None = None           # a substring, ASCII case-insensitive
+    severity: str | tuple[str, ...] | None = None    # one severity, or any of several
     sensor: str | None = None
     scope: tuple[str, ...] | None = None
     cursor: str | None = None
@@ -502,7 +511,8 @@ class ClickHouseStore:
         self.timezone = timezone
         self.client = ClickHouseClient(url, database, user, password, timeout_s)
         self.db = database
-        self._ids = random.SystemRandom()
+        # Row ids need to be distinct, not secret: a fast generator seeded from the OS.
+        self._ids = random.Random(os.urandom(16))
 
     async def close(self) -> None:
         await self.client.close()
@@ -540,8 +550,7 @@ class ClickHouseStore:
                 texts.append(tsv_field(v))
             src, dst = addr_bytes(ev.src_ip), addr_bytes(ev.dst_ip)
             return [str(ev.ts_us), str(last or ev.ts_us), str(self._ids.getrandbits(64)), texts[0],
-                    "".join("\\x%02x" % b for b in src), _port_field(ev.src_port),
-                    "".join("\\x%02x" % b for b in dst), _port_field(ev.dst_port),
+                    _tsv_bytes(src), _port_field(ev.src_port), _tsv_bytes(dst), _port_field(ev.dst_port),
                     texts[1], texts[2], texts[3], texts[4], texts[5], ev.severity, str(ev.count)]
         except UnicodeEncodeError:
             raise StoreInputError("event %d: text holds a lone surrogate" % i) from None
@@ -578,12 +587,14 @@ class ClickHouseStore:
             v = getattr(q, name)
             if v is not None:
                 where.append(bind("%s = {v}" % name, v=v))
-        if q.severity is not None:
-            if q.severity not in SEVERITIES:
+        if q.severity:
+            wanted = (q.severity,) if isinstance(q.severity, str) else tuple(q.severity)
+            if not all(isinstance(v, str) and v in SEVERITIES for v in wanted):
                 raise StoreInputError("severity must be one of %s" % "/".join(SEVERITIES))
-            where.append(bind("severity = {v}", v=q.severity))
+            where.append(bind("severity IN {v}", v=list(wanted)))
         if q.info is not None:
-            where.append(bind("position(info, {v}) > 0", v=q.info))
+            # ASCII case-insensitive, as the SQLite backend's LIKE is.
+            where.append(bind("positionCaseInsensitive(info, {v}) > 0", v=q.info))
         where += _scope_condition(q.scope)
         return where
 
