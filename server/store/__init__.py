@@ -1,1 +1,184 @@
-"""The event store. Placeholder on this branch: i11-core owns this file (the interface)."""
+"""The event store's interface: what the server's intake and API ask of any backend.
+
+Owns the query and answer types and `EventStore`, the one interface every backend implements
+(server/store/sqlite.py, the embedded default; a ClickHouse backend follows the same contract).
+Must not hold any backend's SQL, nor know about HTTP, users or datagrams: a caller passes a
+user's networks as `scope`, and the backend applies it inside its query, so counts and pages
+never include an event outside it.
+
+Contract, for every backend:
+- `ingest(events)`: when it returns, the events are durable (in the daily event log, the source
+  of truth, and in the index); it raises StoreError when they are not, and then nothing of the
+  batch is acknowledged (a later repair may still index what reached the log).
+- Time ranges are half-open, [since_us, until_us), in microseconds since the epoch.
+- Every query carries a time budget (`budget_ms`) and a row cap (`row_cap`: the most event rows
+  it may examine); an answer cut by either has `partial = True` and is otherwise correct for the
+  rows it did see. Aggregates are read from per-hour roll-ups: their range is widened to whole
+  hours, and the answer's `since_us`/`until_us` say what it covers.
+- `events()` pages newest first (ts_us, then arrival); `cursor` is opaque text from the previous
+  Page's `next_cursor` (None: no more).
+- `scope`: addresses, CIDRs (IPv4, IPv6) or `a-b` ranges; an event is in scope when its source or
+  destination address is in one of them (Maltrail's netfilter); empty means every event.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Iterable, NamedTuple
+
+from events.record import Event
+
+DEFAULT_BUDGET_MS = 2000
+DEFAULT_ROW_CAP = 1_000_000
+MAX_PAGE_EVENTS = 10_000
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (a disk full, a damaged index); the message says why."""
+
+
+class QueryError(ValueError):
+    """A query that cannot be answered as written (a bad CIDR, an unknown field, a bad cursor)."""
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    since_us: int
+    until_us: int       # exclusive
+
+    def __post_init__(self):
+        if self.until_us <= self.since_us:
+            raise QueryError("the range ends before it starts")
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """Which events, and how many. Every filter given must hold (AND); None/empty = any."""
+    range: TimeRange
+    src: str | None = None          # an address, CIDR or a-b range
+    dst: str | None = None
+    address: str | None = None      # source OR destination
+    src_port: int | None = None
+    dst_port: int | None = None
+    port: int | None = None         # source OR destination port
+    proto: str | None = None
+    type: str | None = None
+    trail: str | None = None        # exact trail
+    info: str | None = None         # substring of info, case-insensitive (ASCII)
+    severity: tuple[str, ...] = ()  # any of these
+    sensor: str | None = None
+    scope: tuple[str, ...] = ()
+    limit: int = 100
+    cursor: str | None = None
+    budget_ms: int = DEFAULT_BUDGET_MS
+    row_cap: int = DEFAULT_ROW_CAP
+
+
+class Page(NamedTuple):
+    events: list[Event]
+    next_cursor: str | None      # None: nothing older matches
+    partial: bool                # cut by the time budget or row cap: there may be more in between
+
+
+COUNT_BY = ("type", "severity", "sensor")
+BUCKETS = ("hour", "day")
+TOP_FIELDS = ("src_ip", "dst_ip", "trail")
+
+
+class Counts(NamedTuple):
+    since_us: int
+    until_us: int
+    by: str
+    bucket: str
+    rows: list[tuple[int, str, int]]    # (bucket start us, value, events), bucket then value order
+    partial: bool
+
+
+class Top(NamedTuple):
+    since_us: int
+    until_us: int
+    field: str
+    rows: list[tuple[str, int]]         # (value, events), most first, then by value
+    partial: bool
+
+
+class Threat(NamedTuple):
+    src_ip: str
+    trail: str
+    events: int
+    first_ts_us: int
+    last_ts_us: int
+    sensors: tuple[str, ...]
+    severity: str                       # the highest seen
+
+
+class Threats(NamedTuple):
+    since_us: int
+    until_us: int
+    rows: list[Threat]                  # most events first
+    partial: bool
+
+
+@dataclass(frozen=True)
+class AggregateQuery:
+    range: TimeRange
+    scope: tuple[str, ...] = ()
+    budget_ms: int = DEFAULT_BUDGET_MS
+    row_cap: int = DEFAULT_ROW_CAP
+
+
+@dataclass
+class StoreStatus:
+    backend: str
+    ready: bool
+    days: int = 0
+    events_indexed: int = 0             # since this process started (ingest and repair)
+    repaired_events: int = 0            # indexed at start from the log's tail (see the backend)
+    last_commit_unix: float = 0.0
+    details: dict = field(default_factory=dict)
+
+
+class EventStore(abc.ABC):
+    """One backend of the event store (see the module's contract)."""
+
+    @abc.abstractmethod
+    def ingest(self, events: Iterable[Event]) -> int:
+        """Store a batch durably; returns how many events were stored."""
+
+    @abc.abstractmethod
+    def events(self, query: EventQuery) -> Page:
+        ...
+
+    @abc.abstractmethod
+    def counts(self, query: AggregateQuery, by: str, bucket: str = "hour") -> Counts:
+        ...
+
+    @abc.abstractmethod
+    def top(self, query: AggregateQuery, field: str, n: int = 10) -> Top:
+        ...
+
+    @abc.abstractmethod
+    def threats(self, query: AggregateQuery, n: int = 100) -> Threats:
+        ...
+
+    @abc.abstractmethod
+    def status(self) -> StoreStatus:
+        ...
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Flush and release everything; the store is unusable afterwards."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_store(cfg, warn=None) -> EventStore:
+    """The store the configuration selects (today: SQLite under [server] log_dir). `warn(text)`
+    hears what the store had to repair or refuse at start and later."""
+    from server.store.sqlite import SqliteStore
+    return SqliteStore(cfg.server.log_dir, warn=warn)

@@ -25,7 +25,8 @@ Written for the ClickHouse Debian ships (18.16), so:
 Rows travel as TabSeparated both ways: it is byte-exact for any string (quotes, backslashes,
 newlines, NUL), where 18.16's JSON formats are not for every byte sequence.
 
-The interface (the shape the backend-neutral store interface asks for; methods are coroutines):
+`ClickHouseEventStore` implements the backend-neutral interface (server/store/__init__.py
+EventStore, synchronous) over the async store below, whose own interface (coroutines) is:
     store = ClickHouseStore(url, database="maltrail", user="default", password="", timezone="UTC")
     await store.create()                      # database, tables, views (idempotent)
     await store.ingest(events)                # events.record.Event list; all or none on error
@@ -47,6 +48,7 @@ import ipaddress
 import os
 import random
 import re
+import threading
 import time
 import zoneinfo
 from typing import Iterable, NamedTuple, Sequence
@@ -54,10 +56,14 @@ from typing import Iterable, NamedTuple, Sequence
 import aiohttp
 
 from events.record import SEVERITIES, Event
+from server.store import (BUCKETS, COUNT_BY, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts, EventStore,
+                          QueryError, StoreError, StoreStatus, Threats, Top)
+from server.store import EventQuery as StoreEventQuery
+from server.store import Threat as StoreThreat
 
 __all__ = [
     "ClickHouseError", "ClickHouseUnavailable", "QueryTimeout", "StoreInputError", "ClickHouseClient",
-    "ClickHouseStore", "EventQuery", "Page", "Threat", "bind", "quote_str", "quote_int", "quote_addr",
+    "ClickHouseStore", "ClickHouseEventStore", "EventQuery", "Page", "Threat", "bind", "quote_str", "quote_int", "quote_addr",
     "addr_bytes", "addr_text", "network_range",
 ]
 
@@ -440,6 +446,14 @@ class Threat(NamedTuple):
 
 
 _MAX_LIMIT = 10_000
+
+
+def _addr_text_sql(col: str) -> str:
+    """SQL for an address column's text (IPv4-mapped ones as IPv4), used only to ORDER ties the
+    way the SQLite backend does (by the address text); answers are rendered in Python."""
+    return ("if(substring(%(c)s, 1, 12) = unhex('00000000000000000000FFFF'), "
+            "IPv4NumToString(reinterpretAsUInt32(reverse(substring(%(c)s, 13, 4)))), IPv6NumToString(%(c)s))"
+            % {"c": col})
 _COUNT_KEYS = {"type": "type", "severity": "severity", "sensor": "sensor"}
 _TOP_FIELDS = {"src_ip": "s", "dst_ip": "d", "trail": "t"}
 
@@ -620,7 +634,7 @@ class ClickHouseStore:
                 proto=_text(r[8]), type=_text(r[9]), trail=_text(r[10]), info=_text(r[11]),
                 reference=_text(r[12]), severity=_text(r[13]), count=int(r[14]), last_ts_us=int(r[1]))))
         nxt = None
-        if len(rows) > q.limit and out:
+        if out and (len(rows) > q.limit or partial):
             nxt = "%d.%d" % (out[-1][1].ts_us, out[-1][0])
         return Page([ev for _, ev in out], nxt, partial)
 
@@ -654,7 +668,7 @@ class ClickHouseStore:
     async def counts(self, start_us: int, end_us: int, by: str = "type", bucket: str = "hour",
                      scope: Sequence[str] | None = None) -> list[tuple[int, str, int]]:
         """(bucket start in µs, key, events) for each bucket and value of `by` (type, severity or
-        sensor), oldest bucket first; buckets are hours or days of the store's time zone."""
+        sensor), oldest bucket first, then by key; buckets are hours or days of the store's zone."""
         _check_range(start_us, end_us)
         if by not in _COUNT_KEYS:
             raise StoreInputError("counts by type, severity or sensor, not %r" % (by,))
@@ -670,26 +684,29 @@ class ClickHouseStore:
             where = _range_condition(start_us, end_us, self.timezone) + _scope_condition(scope)
             sql = ("SELECT toUnixTimestamp(%s) AS b, %s AS k, count() FROM %s.events WHERE %s "
                    "GROUP BY b, k ORDER BY b, k" % (b, key, self.db, " AND ".join(where)))
-        return [(int(r[0]) * 1_000_000, _text(r[1]), int(r[2])) for r in await self.client.select(sql)]
+        # Sorted here by the key's text (ClickHouse orders the severity Enum by its rank).
+        return sorted((int(r[0]) * 1_000_000, _text(r[1]), int(r[2])) for r in await self.client.select(sql))
 
     async def top(self, start_us: int, end_us: int, field: str = "src_ip", n: int = 10,
                   scope: Sequence[str] | None = None) -> list[tuple[str, int]]:
         """The n commonest values of `field` (src_ip, dst_ip or trail) with their event counts,
-        most first (ties by value)."""
+        most first (ties by the value's text)."""
         _check_range(start_us, end_us)
         if field not in _TOP_FIELDS:
             raise StoreInputError("top of src_ip, dst_ip or trail, not %r" % (field,))
         if type(n) is not int or not 1 <= n <= _MAX_LIMIT:
             raise StoreInputError("n must be 1..%d" % _MAX_LIMIT)
         if self._use_rollups(start_us, end_us, scope):
-            sql = bind("SELECT value, sum(events) AS c FROM %s.top_hourly WHERE %s AND kind = {k} "
-                       "GROUP BY value ORDER BY c DESC, value LIMIT {n}"
-                       % (self.db, self._hour_range(start_us, end_us)), k=_TOP_FIELDS[field], n=n)
+            text = "value" if field == "trail" else _addr_text_sql("toFixedString(unhex(value), 16)")
+            sql = bind("SELECT value, sum(events) AS c, %s AS v FROM %s.top_hourly WHERE %s AND kind = {k} "
+                       "GROUP BY value ORDER BY c DESC, v LIMIT {n}"
+                       % (text, self.db, self._hour_range(start_us, end_us)), k=_TOP_FIELDS[field], n=n)
         else:
             col = "hex(%s)" % field if field != "trail" else "trail"
+            text = "trail" if field == "trail" else _addr_text_sql(field)
             where = _range_condition(start_us, end_us, self.timezone) + _scope_condition(scope)
-            sql = bind("SELECT %s AS value, count() AS c FROM %s.events WHERE %s GROUP BY value "
-                       "ORDER BY c DESC, value LIMIT {n}" % (col, self.db, " AND ".join(where)), n=n)
+            sql = bind("SELECT %s AS value, count() AS c, any(%s) AS v FROM %s.events WHERE %s GROUP BY value "
+                       "ORDER BY c DESC, v LIMIT {n}" % (col, text, self.db, " AND ".join(where)), n=n)
         out = []
         for r in await self.client.select(sql):
             value = _text(r[0])
@@ -698,12 +715,13 @@ class ClickHouseStore:
 
     async def threats(self, start_us: int, end_us: int, n: int = 100,
                       scope: Sequence[str] | None = None) -> list[Threat]:
-        """Events grouped by source and trail, most events first (then newest last seen); sensor
-    names travel hex-encoded so no byte of a name can split the list."""
+        """Events grouped by source and trail, most events first, ties by the source's text, then
+        the trail; sensors sorted. Sensor names travel hex-encoded so no byte of a name can split
+        the list."""
         _check_range(start_us, end_us)
         if type(n) is not int or not 1 <= n <= _MAX_LIMIT:
             raise StoreInputError("n must be 1..%d" % _MAX_LIMIT)
-        tail = " ORDER BY c DESC, l DESC, s, trail LIMIT %d" % n
+        tail = " ORDER BY c DESC, %s, trail LIMIT %d" % (_addr_text_sql("src_ip"), n)
         if self._use_rollups(start_us, end_us, scope):
             sql = ("SELECT hex(src_ip) AS s, trail, countMerge(events) AS c, minMerge(first_us), maxMerge(last_us) AS l,"
                    " arrayStringConcat(arrayMap(x -> hex(x), arraySort(groupUniqArrayMerge(sensors))), ','),"
@@ -753,3 +771,144 @@ def _partition_date(text: str) -> datetime.date:
     if not re.fullmatch(r"\d{8}", text):
         raise ClickHouseError(-1, "a partition id that is not YYYYMMDD: %r" % text[:40])
     return datetime.date(int(text[:4]), int(text[4:6]), int(text[6:]))
+
+
+# ----------------------------------------------------------------------------------------------
+# The backend-neutral interface (server/store/__init__.py EventStore), over the async store.
+
+
+class ClickHouseEventStore(EventStore):
+    """`EventStore` on ClickHouse: the synchronous interface the server's intake and API call,
+    over ClickHouseStore, whose coroutines run on an event loop of this object's own, in one
+    thread (an aiohttp session belongs to one loop; callers may be in any thread or loop).
+
+    What it answers as the SQLite backend does: half-open ranges; aggregates widened to whole
+    hours (of the store's time zone: UTC by default, the SQLite backend's hours) and read from
+    the roll-ups unless a scope is given; ties ordered by the value's text; `row_cap` bounds the
+    rows a scoped aggregate may count (the answer is partial when it is reached); a page's
+    `partial` when the time budget ran out. Day buckets are midnights of the store's time zone.
+
+    What it does not do: write the daily event log. Here `ingest` is durable once ClickHouse has
+    acknowledged the INSERT; the log, the source of truth, is the caller's (see ARCHITECTURE.md,
+    "The server's ClickHouse store")."""
+
+    backend = "clickhouse"
+
+    def __init__(self, url: str, database: str = "maltrail", user: str = "default", password: str = "",
+                 timezone: str = "UTC", timeout_s: float = 60.0, create: bool = True):
+        try:
+            self._store = ClickHouseStore(url, database, user, password, timezone, timeout_s)
+        except StoreInputError as exc:
+            raise StoreError(str(exc)) from None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="clickhouse-store", daemon=True)
+        self._thread.start()
+        self._closed = False
+        self._events_indexed = 0
+        self._last_commit = 0.0
+        self._lock = threading.Lock()
+        if create:
+            try:
+                self._call(self._store.create())
+            except BaseException:
+                self.close()
+                raise
+
+    def _call(self, coro):
+        if self._closed:
+            coro.close()
+            raise StoreError("the store is closed")
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        except StoreInputError as exc:
+            raise QueryError(str(exc)) from None
+        except ClickHouseError as exc:
+            raise StoreError(str(exc)) from None
+
+    def ingest(self, events: Iterable[Event]) -> int:
+        batch = list(events)
+        if not batch:
+            return 0
+        try:
+            self._call(self._store.ingest(batch))
+        except QueryError as exc:     # a bad event: the batch is refused whole
+            raise StoreError(str(exc)) from None
+        with self._lock:
+            self._events_indexed += len(batch)
+            self._last_commit = time.time()
+        return len(batch)
+
+    def events(self, query: StoreEventQuery) -> Page:
+        if not 1 <= query.limit <= MAX_PAGE_EVENTS:
+            raise QueryError("limit must be from 1 to %d" % MAX_PAGE_EVENTS)
+        q = EventQuery(
+            query.range.since_us, query.range.until_us,
+            src=(query.src,) if query.src else (), dst=(query.dst,) if query.dst else (),
+            addr=(query.address,) if query.address else (), port=query.port, src_port=query.src_port,
+            dst_port=query.dst_port, proto=query.proto, type=query.type, trail=query.trail,
+            info=query.info or None, severity=tuple(query.severity) or None, sensor=query.sensor,
+            scope=tuple(query.scope), cursor=query.cursor, limit=query.limit, budget_ms=query.budget_ms)
+        page = self._call(self._store.events(q))
+        if page.partial and not page.events:
+            page = page._replace(next_cursor=query.cursor)    # nothing seen yet: ask again from here
+        return page
+
+    def _hours(self, query: AggregateQuery) -> tuple[int, int]:
+        """The query's range widened to whole hours of the store's zone."""
+        zone = self._store._zone
+
+        def floor(us: int) -> int:
+            t = datetime.datetime.fromtimestamp(us // 1_000_000, zone).replace(minute=0, second=0)
+            return int(t.timestamp()) * 1_000_000
+
+        lo = floor(query.range.since_us)
+        hi = floor(query.range.until_us)
+        if hi < query.range.until_us:
+            hi = floor(hi + 3_600_000_000 + 1)   # the next hour's start (zones may shift by 30 min)
+        return lo, hi
+
+    def counts(self, query: AggregateQuery, by: str, bucket: str = "hour") -> Counts:
+        if by not in COUNT_BY or bucket not in BUCKETS:
+            raise QueryError("counts by one of %s per one of %s" % (", ".join(COUNT_BY), ", ".join(BUCKETS)))
+        lo, hi = self._hours(query)
+        rows = self._call(self._store.counts(lo, hi, by, bucket, scope=tuple(query.scope) or None))
+        partial = bool(query.scope) and sum(r[2] for r in rows) >= query.row_cap
+        return Counts(lo, hi, by, bucket, rows, partial)
+
+    def top(self, query: AggregateQuery, field: str, n: int = 10) -> Top:
+        if field not in TOP_FIELDS:
+            raise QueryError("top of %r: one of %s" % (field, ", ".join(TOP_FIELDS)))
+        lo, hi = self._hours(query)
+        rows = self._call(self._store.top(lo, hi, field, n, scope=tuple(query.scope) or None))
+        return Top(lo, hi, field, rows, bool(query.scope) and sum(r[1] for r in rows) >= query.row_cap)
+
+    def threats(self, query: AggregateQuery, n: int = 100) -> Threats:
+        lo, hi = self._hours(query)
+        found = self._call(self._store.threats(lo, hi, n, scope=tuple(query.scope) or None))
+        rows = [StoreThreat(t.src_ip, t.trail, t.events, t.first_us, t.last_us, t.sensors, t.severity) for t in found]
+        return Threats(lo, hi, rows, bool(query.scope) and sum(t.events for t in rows) >= query.row_cap)
+
+    def status(self) -> StoreStatus:
+        with self._lock:
+            indexed, last = self._events_indexed, self._last_commit
+        try:
+            days = len(self._call(self._store.days()))
+            ready, details = True, {"url": self._store.client.url, "database": self._store.db}
+        except StoreError as exc:
+            days, ready, details = 0, False, {"url": self._store.client.url, "error": str(exc)}
+        return StoreStatus(self.backend, ready, days, indexed, 0, last, details)
+
+    def drop_days_before(self, day: datetime.date) -> list[datetime.date]:
+        """Retention: whole days before `day`, from the events and every roll-up."""
+        return self._call(self._store.drop_days_before(day))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._store.close(), self._loop).result()
+        finally:
+            self._closed = True
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
