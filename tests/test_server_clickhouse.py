@@ -16,6 +16,8 @@ import itertools
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from events.record import Event
 from server.store.clickhouse import (ClickHouseClient, ClickHouseError, ClickHouseStore, ClickHouseUnavailable,
@@ -91,6 +93,18 @@ def test_quote_str_round_trips_hostile_text_through_the_real_server(clickhouse_s
         finally:
             await c.close()
     run(go())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(st.characters(blacklist_categories=("Cs",)), max_size=40))
+def test_quote_str_round_trips_any_text(clickhouse_server, text):
+    async def go():
+        c = ClickHouseClient(clickhouse_server.url)
+        try:
+            return await c.select("SELECT %s" % quote_str(text))
+        finally:
+            await c.close()
+    assert run(go()) == [[text.encode()]]
 
 
 def test_quoting_refuses_what_it_cannot_render():
