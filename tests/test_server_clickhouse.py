@@ -260,6 +260,7 @@ def test_rollups_equal_counts_made_from_the_events(store):
             assert t.sensors == tuple(sorted({e.sensor for e in g}, key=lambda s: s.encode()))
             assert t.severity == max((e.severity for e in g), key=("low", "medium", "high").index)
         assert await st.threats(start, end, n=1000, scope=("0.0.0.0/0", "::/0")) == got
+        assert await st.threats(start, end, n=1) == got[:1]
     run(_with_store(store, check))
 
 

@@ -721,23 +721,42 @@ class ClickHouseStore:
         _check_range(start_us, end_us)
         if type(n) is not int or not 1 <= n <= _MAX_LIMIT:
             raise StoreInputError("n must be 1..%d" % _MAX_LIMIT)
-        tail = " ORDER BY c DESC, %s, trail LIMIT %d" % (_addr_text_sql("src_ip"), n)
-        if self._use_rollups(start_us, end_us, scope):
-            sql = ("SELECT hex(src_ip) AS s, trail, countMerge(events) AS c, minMerge(first_us), maxMerge(last_us) AS l,"
-                   " arrayStringConcat(arrayMap(x -> hex(x), arraySort(groupUniqArrayMerge(sensors))), ','),"
-                   " maxMerge(severity)"
-                   " FROM %s.threats_hourly WHERE %s GROUP BY src_ip, trail" % (self.db, self._hour_range(start_us, end_us)))
+        # Two passes: rank the (source, trail) pairs by count alone, then compute first/last seen,
+        # sensors and severity for the n winners only (a day can hold a million pairs, and the
+        # per-pair arrays are what costs).
+        rollup = self._use_rollups(start_us, end_us, scope)
+        if rollup:
+            table, where, count = "threats_hourly", [self._hour_range(start_us, end_us)], "countMerge(events)"
         else:
+            table = "events"
             where = _range_condition(start_us, end_us, self.timezone) + _scope_condition(scope)
-            sql = ("SELECT hex(src_ip) AS s, trail, count() AS c, min(ts_us), max(greatest(ts_us, last_ts_us)) AS l,"
-                   " arrayStringConcat(arrayMap(x -> hex(x), arraySort(groupUniqArray(sensor))), ','), max(severity)"
-                   " FROM %s.events WHERE %s GROUP BY src_ip, trail" % (self.db, " AND ".join(where)))
+            count = "count()"
+        ranked = await self.client.select(
+            "SELECT hex(src_ip), trail, %s AS c FROM %s.%s WHERE %s GROUP BY src_ip, trail "
+            "ORDER BY c DESC, %s, trail LIMIT %d" % (count, self.db, table, " AND ".join(where),
+                                                    _addr_text_sql("src_ip"), n))
+        if not ranked:
+            return []
+        pairs = [(_Addr(bytes.fromhex(_text(r[0]))), _text(r[1])) for r in ranked]
+        if rollup:
+            details = ("minMerge(first_us), maxMerge(last_us), arrayStringConcat(arrayMap(x -> hex(x), "
+                       "arraySort(groupUniqArrayMerge(sensors))), ','), maxMerge(severity)")
+        else:
+            details = ("min(ts_us), max(greatest(ts_us, last_ts_us)), arrayStringConcat(arrayMap(x -> hex(x), "
+                       "arraySort(groupUniqArray(sensor))), ','), max(severity)")
+        rows = await self.client.select(bind(
+            "SELECT hex(src_ip), trail, %s FROM %s.%s WHERE %s AND (src_ip, trail) IN {pairs} GROUP BY src_ip, trail"
+            % (details, self.db, table, " AND ".join(where)), pairs=pairs))
+        found = {(_text(r[0]), _text(r[1])): r for r in rows}
         out = []
-        for r in await self.client.select(sql + tail):
-            sensors = _text(r[5])
-            out.append(Threat(addr_text(bytes.fromhex(_text(r[0]))), _text(r[1]), int(r[2]), int(r[3]), int(r[4]),
+        for r in ranked:
+            d = found.get((_text(r[0]), _text(r[1])))
+            if d is None:
+                continue    # its day was dropped between the two passes (retention)
+            sensors = _text(d[4])
+            out.append(Threat(addr_text(bytes.fromhex(_text(r[0]))), _text(r[1]), int(r[2]), int(d[2]), int(d[3]),
                               tuple(bytes.fromhex(x).decode("utf-8") for x in sensors.split(",")) if sensors else (),
-                              _text(r[6])))
+                              _text(d[5])))
         return out
 
     # -- retention -----------------------------------------------------------------------------
