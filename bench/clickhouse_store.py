@@ -28,7 +28,10 @@ DAY0_S = 1_772_323_200            # 2026-03-01 00:00:00 UTC
 H_US = 3_600_000_000
 
 
-def synthetic(n: int, days: int, seed: int) -> list[Event]:
+def synthetic(n: int, days: int, seed: int, skewed: bool = True) -> list[Event]:
+    """Seeded events. Skewed (the default): sources and trails drawn with a heavy head (index =
+    N * u**3), as real traffic repeats a few scanners and trails; uniform: every (source, trail)
+    pair about equally likely, the worst case for the threats roll-up (nearly one pair per event)."""
     rnd = random.Random(seed)
     srcs = ["10.%d.%d.%d" % (i >> 16 & 255, i >> 8 & 255, i & 255) for i in range(3000)]
     srcs += ["2001:db8::%x" % i for i in range(1, 1001)]
@@ -37,9 +40,13 @@ def synthetic(n: int, days: int, seed: int) -> list[Event]:
     out = []
     for i in range(n):
         t = DAY0_S * 1_000_000 + rnd.randrange(span_us)
-        out.append(Event(t, "sensor%d" % (i % 3), rnd.choice(srcs), rnd.randrange(1024, 65536),
+        if skewed:
+            src, trail = srcs[int(len(srcs) * rnd.random() ** 3)], trails[int(len(trails) * rnd.random() ** 3)]
+        else:
+            src, trail = rnd.choice(srcs), rnd.choice(trails)
+        out.append(Event(t, "sensor%d" % (i % 3), src, rnd.randrange(1024, 65536),
                          "192.0.2.%d" % rnd.randrange(256), rnd.choice((53, 80, 443)), "TCP",
-                         rnd.choice((TYPE_IP, TYPE_DNS, TYPE_URL)), rnd.choice(trails), "malware (static)",
+                         rnd.choice((TYPE_IP, TYPE_DNS, TYPE_URL)), trail, "malware (static)",
                          "feed", rnd.choice(SEVERITIES), 1, t))
     return out
 
@@ -53,7 +60,7 @@ async def timed(repeat: int, fn) -> tuple[float, float]:
     return statistics.median(took), max(took)
 
 
-async def run(url: str, user: str, password: str, n: int, days: int, repeat: int, seed: int) -> None:
+async def run(url: str, user: str, password: str, n: int, days: int, repeat: int, seed: int, skewed: bool) -> None:
     db = "bench_" + uuid.uuid4().hex[:8]
     st = ClickHouseStore(url, db, user, password)
     try:
@@ -61,7 +68,8 @@ async def run(url: str, user: str, password: str, n: int, days: int, repeat: int
         version = (await st.client.select("SELECT version()"))[0][0].decode()
         print("ClickHouse %s, Python %s, %s, %d CPUs" % (version, platform.python_version(), platform.machine(),
                                                          os.cpu_count() or 0))
-        events = synthetic(n, days, seed)
+        events = synthetic(n, days, seed, skewed)
+        print("events: %d over %d day(s), %s" % (n, days, "skewed" if skewed else "uniform"))
         t0, c0 = time.perf_counter(), time.process_time()
         for i in range(0, n, 50_000):
             await st.ingest(events[i:i + 50_000])
@@ -102,13 +110,16 @@ def main(argv=None) -> int:
     ap.add_argument("--days", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--uniform", action="store_true", help="every (source, trail) pair equally likely")
     args = ap.parse_args(argv)
     if args.url:
-        asyncio.run(run(args.url, args.user, args.password, args.events, args.days, args.repeat, args.seed))
+        asyncio.run(run(args.url, args.user, args.password, args.events, args.days, args.repeat, args.seed,
+                        not args.uniform))
         return 0
     from tests.clickhouse import running_clickhouse
     with running_clickhouse() as server:
-        asyncio.run(run(server.url, server.user, server.password, args.events, args.days, args.repeat, args.seed))
+        asyncio.run(run(server.url, server.user, server.password, args.events, args.days, args.repeat, args.seed,
+                        not args.uniform))
     return 0
 
 
