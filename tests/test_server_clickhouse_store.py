@@ -166,3 +166,24 @@ def test_an_unreachable_clickhouse_is_a_store_error(clickhouse_server):
         ClickHouseEventStore("http://127.0.0.1:%d/" % (port + 1 if port < 65535 else port - 1))
     with pytest.raises(StoreError, match="clickhouse_url"):
         ClickHouseEventStore("http://user:pw@127.0.0.1:1/")
+
+
+def test_aggregates_widen_to_the_hours_of_the_stores_zone(clickhouse_server):
+    db = "c_" + uuid.uuid4().hex[:12]
+    store = ClickHouseEventStore(clickhouse_server.url, db, timezone="Asia/Kolkata")     # UTC+05:30
+    try:
+        store.ingest([make_events()[0]._replace(ts_us=DAY0 + 10 * 60 * 1_000_000)])     # 05:40 Kolkata
+        c = store.counts(AggregateQuery(TimeRange(DAY0, DAY0 + 1)), "type")
+        assert (c.since_us, c.until_us) == (DAY0 - H_US // 2, DAY0 + H_US // 2)        # 05:00-06:00 Kolkata
+        assert [(b, n) for b, _v, n in c.rows] == [(DAY0 - H_US // 2, 1)]
+        d = store.counts(AggregateQuery(TimeRange(DAY0, DAY0 + 1)), "type", "day")
+        assert [(b, n) for b, _v, n in d.rows] == [(DAY0 - 5 * H_US - H_US // 2, 1)]    # Kolkata midnight
+    finally:
+        store.close()
+
+        async def drop():
+            cl = ClickHouseClient(clickhouse_server.url)
+            await cl.execute("DROP DATABASE IF EXISTS " + db)
+            await cl.close()
+        import asyncio
+        asyncio.run(drop())
