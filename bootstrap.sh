@@ -12,8 +12,11 @@ say() { step=$((step + 1)); printf 'bootstrap [%d/%d] %s\n' "$step" "$STEPS" "$*
 trap 'printf "bootstrap: step %d failed (its output is above)\n" "$step" >&2' ERR
 
 # rsyslog and its TLS driver: the syslog collector the forwarding tests run (tests/test_forward_*.py);
-# tinyproxy: the proxy in front of the feed tests' local feed server (tests/test_feeds_fetch.py).
-APT_PACKAGES=(libpcap-dev gcc python3-dev python3-venv zstd iproute2 tcpdump systemd strace rsyslog rsyslog-openssl prometheus tinyproxy)
+# tinyproxy: the proxy in front of the feed tests' local feed server (tests/test_feeds_fetch.py);
+# clickhouse-server (and its separate client): the server's scale-out store, which the store tests
+# start on loopback (tests/clickhouse.py). Debian ships 18.16: keep its SQL to what that supports.
+APT_PACKAGES=(libpcap-dev gcc python3-dev python3-venv zstd iproute2 tcpdump systemd strace rsyslog rsyslog-openssl prometheus tinyproxy
+              clickhouse-server clickhouse-client)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,6 +31,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     # system-wide one, which nothing here needs.
     if [[ " ${missing[*]} " == *" tinyproxy "* ]] && [ -d /run/systemd/system ]; then
         $SUDO systemctl disable --now tinyproxy >/dev/null 2>&1 || true
+    fi
+    # Likewise the store tests start their own ClickHouse on loopback ports; the system service
+    # Debian enables would hold 8123/9000 and a data directory nothing here uses.
+    if [[ " ${missing[*]} " == *" clickhouse-server "* ]] && [ -d /run/systemd/system ]; then
+        $SUDO systemctl disable --now clickhouse-server >/dev/null 2>&1 || true
     fi
 else
     say "system packages: all present (${APT_PACKAGES[*]})"

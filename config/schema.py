@@ -478,6 +478,26 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_request_bytes": Key(
             "int", 1048576, unit="bytes", min=1024, max=1073741824,
             doc="largest body the API accepts in one request (login, changes); larger ones get 413"),
+        "store": Key(
+            "str", "sqlite", form="store",
+            doc="where the server indexes events: sqlite (embedded, one file per day) or clickhouse "
+                "(a shared ClickHouse, for several servers)"),
+        "clickhouse_url": Key(
+            "str", "http://127.0.0.1:8123", form="clickhouse_url",
+            doc="ClickHouse's HTTP interface, when store = clickhouse"),
+        "clickhouse_database": Key(
+            "str", "maltrail", form="sql_name",
+            doc="ClickHouse database holding the events and roll-ups (created if missing)"),
+        "clickhouse_user": Key(
+            "str", "default", form="sql_name",
+            doc="ClickHouse user the server logs in as"),
+        "clickhouse_password": Key(
+            "str", "", empty_ok=True, secret=True,
+            doc='that user\'s password; "" for none. Never printed'),
+        "clickhouse_timezone": Key(
+            "str", "UTC", form="timezone",
+            doc="time zone whose days partition the ClickHouse store (retention drops whole days) "
+                "and whose hours and days bucket its counts"),
     },
 }
 

@@ -363,6 +363,22 @@ class Form(NamedTuple):
     several: str
 
 
+def _check_clickhouse_url(s: str) -> str | None:
+    # The user and password have keys of their own (the password is a secret): never in the URL.
+    if not re.fullmatch(r"https?://[^/?#@\s]+/?", s):
+        return 'it is not "http://host:port" or "https://host:port" (no path, user or query)'
+    return None
+
+
+def _check_timezone(s: str) -> str | None:
+    import zoneinfo
+    try:
+        zoneinfo.ZoneInfo(s)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return "it is not a time zone name this machine knows"
+    return None
+
+
 FORMS: dict[str, Form] = {
     "path": Form(_check_path, "a path", "paths"),
     "name": Form(_check_name, "a name without whitespace, at most %d bytes" % NAME_MAX_BYTES,
@@ -396,6 +412,14 @@ FORMS: dict[str, Form] = {
                          'destinations "host:port" or "[IPv6]:port"'),
     "user_line": Form(_check_user_line, 'a user line "name:hash:uid:netfilter"',
                       'user lines "name:hash:uid:netfilter"'),
+    "store": Form(lambda s: None if s in ("sqlite", "clickhouse") else "it is neither sqlite nor clickhouse",
+                  '"sqlite" or "clickhouse"', '"sqlite" or "clickhouse"'),
+    "clickhouse_url": Form(_check_clickhouse_url, 'a URL "http://host:port" or "https://host:port"',
+                           'URLs "http://host:port" or "https://host:port"'),
+    "sql_name": Form(lambda s: None if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", s) else
+                     "it is not letters, digits and _ (not starting with a digit, at most 63)",
+                     "a database name", "database names"),
+    "timezone": Form(_check_timezone, 'a time zone name ("UTC", "Europe/Berlin")', "time zone names"),
     "syslog_format": Form(lambda s: None if s in ("maltrail", "rfc5424") else "it is neither maltrail nor rfc5424",
                           '"maltrail" or "rfc5424"', '"maltrail" or "rfc5424"'),
 }

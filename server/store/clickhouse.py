@@ -1,0 +1,946 @@
+"""The ClickHouse backend of the server's event store: the scale-out index beside the daily logs.
+
+Owns: a small async client for ClickHouse's HTTP interface (aiohttp; no native driver), the strict
+quoting every value in our SQL goes through, the schema (the events table, its roll-ups kept by
+materialized views, all partitioned by day), ingest, the queries the API asks (events newest first
+with a cursor; counts per hour or day; top sources, destinations, trails; threats) and retention
+by whole day partitions.
+
+Must not: know about HTTP requests, users or intake (the caller passes a scope, a list of
+networks, already decided), import engine/ or workers/, or trust what comes back from the network
+(every answer is parsed strictly and a malformed one is an error).
+
+Written for the ClickHouse Debian ships (18.16), so:
+- no query parameters on the HTTP interface (they came in 19.x): every value is rendered into the
+  SQL by `bind` and the `quote_*` functions below, which accept only typed values (str, int,
+  addresses, networks) and escape every byte a ClickHouse string literal treats specially;
+- no IPv4/IPv6 column types (19.x): an address is a FixedString(16), the IPv6 address or the
+  IPv4-mapped IPv6 form of an IPv4 one (::ffff:a.b.c.d), so one column holds both families and a
+  network is one byte range (`col BETWEEN lo AND hi`: FixedString compares as bytes, which is
+  network order);
+- no DateTime64: times are microseconds in UInt64 (`ts_us`) with a DateTime column computed from
+  them for the partition key, the sort key and the hour buckets;
+- one statement per HTTP request.
+
+Rows travel as TabSeparated both ways: it is byte-exact for any string (quotes, backslashes,
+newlines, NUL), where 18.16's JSON formats are not for every byte sequence.
+
+`ClickHouseEventStore` implements the backend-neutral interface (server/store/__init__.py
+EventStore, synchronous) over the async store below, whose own interface (coroutines) is:
+    store = ClickHouseStore(url, database="maltrail", user="default", password="", timezone="UTC")
+    await store.create()                      # database, tables, views (idempotent)
+    await store.ingest(events)                # events.record.Event list; all or none on error
+    page = await store.events(EventQuery(...))        # Page(events, next_cursor, partial)
+    await store.counts(start_us, end_us, by="type", bucket="hour", scope=None)
+    await store.top(start_us, end_us, field="src_ip", n=10, scope=None)
+    await store.threats(start_us, end_us, n=100, scope=None)
+    await store.days()                        # the day partitions held, as dates
+    await store.drop_days_before(date)        # retention: whole days, every table
+    await store.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import ipaddress
+import os
+import random
+import re
+import threading
+import time
+import zoneinfo
+from typing import Iterable, NamedTuple, Sequence
+
+import aiohttp
+
+from events.record import SEVERITIES, Event
+from server.store import (BUCKETS, COUNT_BY, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts, EventStore,
+                          QueryError, StoreError, StoreStatus, Threats, Top)
+from server.store import EventQuery as StoreEventQuery
+from server.store import Threat as StoreThreat
+
+__all__ = [
+    "ClickHouseError", "ClickHouseUnavailable", "QueryTimeout", "StoreInputError", "ClickHouseClient",
+    "ClickHouseStore", "ClickHouseEventStore", "EventQuery", "Page", "Threat", "bind", "quote_str", "quote_int", "quote_addr",
+    "addr_bytes", "addr_text", "network_range",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors
+
+
+class ClickHouseError(Exception):
+    """ClickHouse refused a statement. `code` is its error code (62 syntax, 60 unknown table,
+    81 unknown database, 159 timeout, 192/193/516 authentication ...), -1 when the answer held none;
+    `status` the HTTP status; the message is ClickHouse's own text, shortened."""
+
+    def __init__(self, code: int, message: str, status: int = 0, sql: str = ""):
+        self.code = code
+        self.status = status
+        self.sql = sql
+        where = (" in: %s" % _shorten(sql, 200)) if sql else ""
+        super().__init__("ClickHouse error %d (HTTP %d): %s%s" % (code, status, message, where))
+        self.message = message
+
+
+class ClickHouseUnavailable(ClickHouseError):
+    """The server could not be reached, or it broke the connection: nothing is known to be stored."""
+
+
+class QueryTimeout(ClickHouseError):
+    """A statement ran past its time budget (ClickHouse code 159)."""
+
+
+class StoreInputError(ValueError):
+    """An event or a query the store cannot take, with the field and the reason; nothing was sent."""
+
+
+_ERROR_RE = re.compile(r"Code:\s*(\d+),\s*e\.displayText\(\)\s*=\s*(?:DB::Exception:\s*)?(.*?)(?:,\s*e\.what\(\)\s*=.*)?\s*\Z",
+                       re.S)
+
+
+def parse_error(status: int, body: str, sql: str = "") -> ClickHouseError:
+    """The exception for an error answer: ClickHouse 18.16 writes
+    'Code: N, e.displayText() = DB::Exception: TEXT, e.what() = DB::Exception'."""
+    m = _ERROR_RE.match(body.strip())
+    if m is None:
+        return ClickHouseError(-1, _shorten(body.strip() or "(empty answer)", 500), status, sql)
+    code = int(m.group(1))
+    cls = QueryTimeout if code == 159 else ClickHouseError
+    return cls(code, _shorten(m.group(2).strip(), 500), status, sql)
+
+
+def _shorten(text: str, n: int) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= n else text[:n] + "..."
+
+
+# ----------------------------------------------------------------------------------------------
+# Quoting. ClickHouse's string literal: 'text' where a backslash starts an escape (\\ \' \n \t \0
+# \xHH ...) and a quote ends it. Rather than rely on which other bytes its lexer tolerates, every
+# control character and DEL is written as \xHH; the rest of UTF-8 passes through.
+
+_ESCAPE_RE = re.compile(r"[\x00-\x1f\x7f\\']")
+
+
+def _escape_char(m: re.Match) -> str:
+    c = m.group(0)
+    return "\\" + c if c in "\\'" else "\\x%02x" % ord(c)
+
+
+def quote_str(value: str) -> str:
+    """A ClickHouse string literal holding exactly `value`'s UTF-8 bytes."""
+    if not isinstance(value, str):
+        raise StoreInputError("a string value is needed, not %s" % type(value).__name__)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StoreInputError("text holds a lone surrogate: not UTF-8") from None
+    return "'" + _ESCAPE_RE.sub(_escape_char, value) + "'"
+
+
+def quote_int(value: int) -> str:
+    """A decimal integer literal; bools and anything else are refused (True is not 1 here)."""
+    if type(value) is not int:
+        raise StoreInputError("an integer value is needed, not %s" % type(value).__name__)
+    return str(value)
+
+
+def addr_bytes(text: str) -> bytes:
+    """The 16 bytes stored for an address: IPv6 as is, IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d)."""
+    if not isinstance(text, str):
+        raise StoreInputError("an address must be text, not %s" % type(text).__name__)
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise StoreInputError("not an IPv4 or IPv6 address: %r" % text[:80]) from None
+    if addr.version == 4:
+        return b"\0" * 10 + b"\xff\xff" + addr.packed
+    if addr.scope_id:
+        raise StoreInputError("an address with a zone (%r) cannot be stored" % text[:80])
+    return addr.packed
+
+
+def addr_text(raw: bytes) -> str:
+    """The address text for 16 stored bytes: IPv4-mapped ones are written as IPv4."""
+    if len(raw) != 16:
+        raise ClickHouseError(-1, "an address column held %d bytes, not 16" % len(raw))
+    if raw[:12] == b"\0" * 10 + b"\xff\xff":
+        return str(ipaddress.IPv4Address(raw[12:]))
+    return str(ipaddress.IPv6Address(raw))
+
+
+def quote_addr(raw: bytes) -> str:
+    """A FixedString(16) literal of 16 address bytes (hex inside unhex: only [0-9a-f] reach SQL)."""
+    if not isinstance(raw, bytes) or len(raw) != 16:
+        raise StoreInputError("an address literal needs 16 bytes")
+    return "toFixedString(unhex('%s'), 16)" % raw.hex()
+
+
+def network_range(text: str) -> tuple[bytes, bytes]:
+    """The first and last stored address (16 bytes each) of a network ("10.0.0.0/8",
+    "2001:db8::/32"), an `a-b` range (Maltrail's netfilter form) or one address; a network with
+    host bits set is refused."""
+    if not isinstance(text, str):
+        raise StoreInputError("a network must be text")
+    if "-" in text:
+        first, _, last = text.partition("-")
+        lo, hi = addr_bytes(first.strip()), addr_bytes(last.strip())
+        if lo > hi:
+            raise StoreInputError("the range %r ends before it starts" % text[:80])
+        return lo, hi
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise StoreInputError("not a network or address: %r (%s)" % (text[:80], exc)) from None
+    return addr_bytes(str(net.network_address)), addr_bytes(str(net.broadcast_address))
+
+
+class _Addr(NamedTuple):
+    raw: bytes
+
+
+def bind(template: str, **values) -> str:
+    """`template` with each {name} replaced by `values[name]` rendered as a literal: str → quoted
+    string, int → decimal, _Addr → FixedString(16), a list/tuple → (a, b, ...). Anything else is
+    refused, so no value reaches the SQL unquoted."""
+
+    def render(v) -> str:
+        if isinstance(v, _Addr):
+            return quote_addr(v.raw)
+        if isinstance(v, str):
+            return quote_str(v)
+        if isinstance(v, (list, tuple)):
+            if not v:
+                raise StoreInputError("an empty list cannot be bound")
+            return "(" + ", ".join(render(x) for x in v) + ")"
+        return quote_int(v)
+
+    return template.format_map({k: render(v) for k, v in values.items()})
+
+
+# ----------------------------------------------------------------------------------------------
+# TabSeparated rows. ClickHouse escapes \b \f \r \n \t \0 \' \\ in what it writes and reads those
+# (and \xHH) back; we write the few that must be escaped.
+
+_TSV_OUT = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0", "\b": "\\b", "\f": "\\f"}
+_TSV_OUT_RE = re.compile(r"[\\\t\n\r\0\b\f]")
+_TSV_IN = {"b": "\b", "f": "\f", "r": "\r", "n": "\n", "t": "\t", "0": "\0", "'": "'", "\\": "\\",
+           "a": "\a", "v": "\v", "e": "\x1b", "N": None}
+_TSV_IN_RE = re.compile(r"\\(x[0-9A-Fa-f]{2}|.)", re.S)
+
+
+_BYTE_ESCAPES = ["\\x%02x" % b for b in range(256)]
+
+
+def _tsv_bytes(raw: bytes) -> str:
+    """Binary bytes (a FixedString) as a TabSeparated field: every byte as \\xHH."""
+    return "".join([_BYTE_ESCAPES[b] for b in raw])
+
+
+def tsv_field(value: str) -> str:
+    return _TSV_OUT_RE.sub(lambda m: _TSV_OUT[m.group(0)], value)
+
+
+def _tsv_unescape(field: bytes) -> bytes:
+    def one(m: re.Match) -> bytes:
+        seq = m.group(1)
+        if seq[:1] == b"x" and len(seq) == 3:
+            return bytes([int(seq[1:], 16)])
+        out = _TSV_IN.get(seq.decode("latin-1"))
+        if out is None:
+            return seq  # ClickHouse drops the backslash of an escape it does not know
+        return out.encode("latin-1")
+    return re.sub(rb"\\(x[0-9A-Fa-f]{2}|.)", one, field, flags=re.S) if b"\\" in field else field
+
+
+def parse_tsv(body: bytes) -> list[list[bytes]]:
+    """Rows of a TabSeparated answer, each field unescaped to its bytes."""
+    if not body:
+        return []
+    if not body.endswith(b"\n"):
+        raise ClickHouseError(-1, "a TabSeparated answer did not end in a newline (cut short?)")
+    return [[_tsv_unescape(f) for f in line.split(b"\t")] for line in body[:-1].split(b"\n")]
+
+
+# ----------------------------------------------------------------------------------------------
+# The client
+
+
+class ClickHouseClient:
+    """One ClickHouse server's HTTP interface. Statements are POSTed (the body is the SQL, or the
+    INSERT's rows after the statement in the `query` parameter); settings go as URL parameters;
+    the user and password travel as HTTP basic authentication, never in the URL."""
+
+    def __init__(self, url: str, database: str = "default", user: str = "default", password: str = "",
+                 timeout_s: float = 60.0):
+        if not re.fullmatch(r"https?://[^/?#@\s]+/?", url):
+            raise StoreInputError("clickhouse_url must be http(s)://host:port with no path, user or query: %r"
+                                  % url[:100])
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", database):
+            raise StoreInputError("a database name is letters, digits and _ (not starting with a digit): %r"
+                                  % database[:100])
+        self.url = url.rstrip("/") + "/"
+        self.database = database
+        # HTTP basic authentication, built here (aiohttp deprecates its helper for this).
+        token = base64.b64encode(("%s:%s" % (user, password)).encode("utf-8")).decode("ascii")
+        self._headers = {"Authorization": "Basic " + token}
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        return self._session
+
+    async def _post(self, params: dict, body: bytes, sql: str) -> bytes:
+        try:
+            async with self._http().post(self.url, params=params, data=body) as resp:
+                answer = await resp.read()
+                if resp.status != 200:
+                    raise parse_error(resp.status, answer.decode("utf-8", "replace"), sql)
+                # An error after the first bytes of an answer arrives inside a 200 body.
+                if b"e.displayText() = DB::Exception" in answer[-2048:] and b"\nCode: " in b"\n" + answer[-2048:]:
+                    tail = answer[answer.rfind(b"Code: "):].decode("utf-8", "replace")
+                    raise parse_error(resp.status, tail, sql)
+                return answer
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            raise ClickHouseUnavailable(-1, "%s: %s" % (type(exc).__name__, exc), 0, sql) from None
+
+    async def execute(self, sql: str, database: str | None = None, **settings) -> bytes:
+        """Run one statement (DDL, ALTER, or a SELECT whose raw answer the caller reads)."""
+        params = {"database": database or self.database}
+        params.update({k: str(v) for k, v in settings.items()})
+        return await self._post(params, sql.encode("utf-8"), sql)
+
+    async def select(self, sql: str, **settings) -> list[list[bytes]]:
+        """Rows of a SELECT (FORMAT TabSeparated is added), each field's bytes."""
+        return parse_tsv(await self.execute(sql + "\nFORMAT TabSeparated", **settings))
+
+    async def insert(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+        """INSERT rows (each a sequence of field texts already in TabSeparated form: ints as
+        decimals, strings through tsv_field) into `table` (a name of ours, never user input)."""
+        sql = "INSERT INTO %s (%s) FORMAT TabSeparated" % (table, ", ".join(columns))
+        body = "".join("\t".join(r) + "\n" for r in rows).encode("utf-8")
+        await self._post({"database": self.database, "query": sql}, body, sql)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+# ----------------------------------------------------------------------------------------------
+# The schema. Each statement is one request; {db} and {tz} are filled in by the store (both
+# checked names), the rest is fixed text.
+#
+# events: one row per Event. PARTITION BY the day (in the store's time zone) so retention drops
+# whole days; ORDER BY (hour, src_ip, ts_us) because every query is a time range (whole hours are
+# skipped by the sparse primary index) and, within an hour, the commonest filter is a source
+# address or network (threats, fail2ban, a scope), which the index then narrows too.
+# Ports: -1 stands for none ('-' in Maltrail lines). id: a random 64-bit number, the tiebreak of
+# the newest-first order that a paging cursor needs (two events may share a microsecond).
+
+_SEVERITY_ENUM = "Enum8(%s)" % ", ".join("'%s' = %d" % (s, i + 1) for i, s in enumerate(SEVERITIES))
+
+SCHEMA = [
+    "CREATE DATABASE IF NOT EXISTS {db}",
+    """CREATE TABLE IF NOT EXISTS {db}.events (
+        ts_us UInt64, last_ts_us UInt64, id UInt64,
+        ts DateTime('{tz}') MATERIALIZED toDateTime(intDiv(ts_us, 1000000), '{tz}'),
+        sensor String, src_ip FixedString(16), src_port Int32, dst_ip FixedString(16), dst_port Int32,
+        proto String, type String, trail String, info String, reference String,
+        severity %s, count UInt32
+    ) ENGINE = MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY (toStartOfHour(ts), src_ip, ts_us)""" % _SEVERITY_ENUM,
+    # Per-hour counts by type, severity and sensor together: any of the three (or a pair) is a
+    # GROUP BY over this table, a few hundred rows a day.
+    """CREATE TABLE IF NOT EXISTS {db}.hourly (
+        hour DateTime('{tz}'), type String, severity %s, sensor String, events UInt64, hits UInt64
+    ) ENGINE = SummingMergeTree((events, hits)) PARTITION BY toYYYYMMDD(hour)
+      ORDER BY (hour, type, severity, sensor)""" % _SEVERITY_ENUM,
+    """CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.hourly_mv TO {db}.hourly AS
+       SELECT toStartOfHour(ts) AS hour, type, severity, sensor, count() AS events, sum(count) AS hits
+       FROM {db}.events GROUP BY hour, type, severity, sensor""",
+    # Top-N: per hour, per value. (kind 's' source, 'd' destination, 't' trail; addresses as hex.)
+    """CREATE TABLE IF NOT EXISTS {db}.top_hourly (
+        hour DateTime('{tz}'), kind FixedString(1), value String, events UInt64
+    ) ENGINE = SummingMergeTree(events) PARTITION BY toYYYYMMDD(hour) ORDER BY (hour, kind, value)""",
+    """CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.top_src_mv TO {db}.top_hourly AS
+       SELECT toStartOfHour(ts) AS hour, toFixedString('s', 1) AS kind, hex(src_ip) AS value, count() AS events
+       FROM {db}.events GROUP BY hour, value""",
+    """CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.top_dst_mv TO {db}.top_hourly AS
+       SELECT toStartOfHour(ts) AS hour, toFixedString('d', 1) AS kind, hex(dst_ip) AS value, count() AS events
+       FROM {db}.events GROUP BY hour, value""",
+    """CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.top_trail_mv TO {db}.top_hourly AS
+       SELECT toStartOfHour(ts) AS hour, toFixedString('t', 1) AS kind, trail AS value, count() AS events
+       FROM {db}.events GROUP BY hour, value""",
+    # Threats: events grouped by source and trail, with first/last seen, sensors and the highest
+    # severity; partial aggregates merged at query time (AggregatingMergeTree).
+    """CREATE TABLE IF NOT EXISTS {db}.threats_hourly (
+        hour DateTime('{tz}'), src_ip FixedString(16), trail String,
+        events AggregateFunction(count), first_us AggregateFunction(min, UInt64),
+        last_us AggregateFunction(max, UInt64), sensors AggregateFunction(groupUniqArray, String),
+        severity AggregateFunction(max, %s)
+    ) ENGINE = AggregatingMergeTree PARTITION BY toYYYYMMDD(hour) ORDER BY (hour, src_ip, trail)""" % _SEVERITY_ENUM,
+    """CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.threats_mv TO {db}.threats_hourly AS
+       SELECT toStartOfHour(ts) AS hour, src_ip, trail, countState() AS events, minState(ts_us) AS first_us,
+              maxState(greatest(ts_us, last_ts_us)) AS last_us, groupUniqArrayState(sensor) AS sensors,
+              maxState(severity) AS severity
+       FROM {db}.events GROUP BY hour, src_ip, trail""",
+]
+
+TABLES = ("events", "hourly", "top_hourly", "threats_hourly")
+EVENT_COLUMNS = ("ts_us", "last_ts_us", "id", "sensor", "src_ip", "src_port", "dst_ip", "dst_port", "proto",
+                 "type", "trail", "info", "reference", "severity", "count")
+_SELECT_EVENT = ("ts_us, last_ts_us, id, sensor, hex(src_ip), src_port, hex(dst_ip), dst_port, proto, type, "
+                 "trail, info, reference, severity, count")
+INSERT_BATCH_ROWS = 100_000
+
+
+# ----------------------------------------------------------------------------------------------
+# Queries and answers
+
+
+class EventQuery(NamedTuple):
+    """What `events` is asked: [start_us, end_us) newest first, every given filter ANDed.
+    src/dst/addr: networks or addresses (any of the list; `addr` matches either side); port
+    matches either side; info: a substring; scope: the user's networks (an event is visible when
+    its source or destination is in one; None means all); cursor: from the previous Page."""
+    start_us: int
+    end_us: int
+    src: tuple[str, ...] = ()
+    dst: tuple[str, ...] = ()
+    addr: tuple[str, ...] = ()
+    port: int | None = None
+    src_port: int | None = None
+    dst_port: int | None = None
+    proto: str | None = None
+    type: str | None = None
+    trail: str | None = None
+    info: str | None = None           # a substring, ASCII case-insensitive
+    severity: str | tuple[str, ...] | None = None    # one severity, or any of several
+    sensor: str | None = None
+    scope: tuple[str, ...] | None = None
+    cursor: str | None = None
+    limit: int = 100
+    budget_ms: int = 5000
+
+
+class Page(NamedTuple):
+    events: list          # list[Event], newest first
+    next_cursor: str | None   # None on the last page
+    partial: bool         # the time budget ran out: rows may be missing from this page
+
+
+class Threat(NamedTuple):
+    src_ip: str
+    trail: str
+    events: int
+    first_us: int
+    last_us: int
+    sensors: tuple[str, ...]
+    severity: str
+
+
+_MAX_LIMIT = 10_000
+
+
+def _addr_text_sql(col: str) -> str:
+    """SQL for an address column's text (IPv4-mapped ones as IPv4), used only to ORDER ties the
+    way the SQLite backend does (by the address text); answers are rendered in Python."""
+    return ("if(substring(%(c)s, 1, 12) = unhex('00000000000000000000FFFF'), "
+            "IPv4NumToString(reinterpretAsUInt32(reverse(substring(%(c)s, 13, 4)))), IPv6NumToString(%(c)s))"
+            % {"c": col})
+_COUNT_KEYS = {"type": "type", "severity": "severity", "sensor": "sensor"}
+_TOP_FIELDS = {"src_ip": "s", "dst_ip": "d", "trail": "t"}
+
+
+def _net_condition(column: str, networks: Sequence[str]) -> str:
+    parts = []
+    for text in networks:
+        lo, hi = network_range(text)
+        parts.append(bind("%s BETWEEN {lo} AND {hi}" % column, lo=_Addr(lo), hi=_Addr(hi)))
+    return "(" + " OR ".join(parts) + ")"
+
+
+def _scope_condition(scope: Sequence[str] | None) -> list[str]:
+    if not scope:
+        return []      # None or empty: every event (Maltrail's empty netfilter)
+    return ["(%s OR %s)" % (_net_condition("src_ip", scope), _net_condition("dst_ip", scope))]
+
+
+def _range_condition(start_us: int, end_us: int, tz: str) -> list[str]:
+    # ts (seconds) narrows by the primary key; ts_us is the exact bound.
+    return [bind("ts >= toDateTime({s}, '%s') AND ts <= toDateTime({e}, '%s')" % (tz, tz),
+                 s=start_us // 1_000_000, e=max(0, (end_us - 1)) // 1_000_000),
+            bind("ts_us >= {s} AND ts_us < {e}", s=start_us, e=end_us)]
+
+
+def _check_range(start_us, end_us) -> None:
+    for v in (start_us, end_us):
+        if type(v) is not int or v < 0 or v >= 1 << 63:
+            raise StoreInputError("a time bound must be microseconds since the epoch, not %r" % (v,))
+    if end_us < start_us:
+        raise StoreInputError("the range ends before it starts")
+
+
+def _cursor_parse(cursor: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d{1,20})\.(\d{1,20})", cursor or "")
+    if m is None or int(m.group(1)) >= 1 << 64 or int(m.group(2)) >= 1 << 64:
+        raise StoreInputError("not a cursor of this store: %r" % (cursor or "")[:80])
+    return int(m.group(1)), int(m.group(2))
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "strict")
+
+
+def _port(raw: bytes) -> int | None:
+    v = int(raw)
+    return None if v < 0 else v
+
+
+def _port_field(port) -> str:
+    if port is None:
+        return "-1"
+    if type(port) is not int or not 0 <= port <= 65535:
+        raise StoreInputError("a port is 0..65535 or None, not %r" % (port,))
+    return str(port)
+
+
+class ClickHouseStore:
+    """The event store on ClickHouse (see the module docstring for the interface)."""
+
+    def __init__(self, url: str, database: str = "maltrail", user: str = "default", password: str = "",
+                 timezone: str = "UTC", timeout_s: float = 60.0):
+        try:
+            self._zone = zoneinfo.ZoneInfo(timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise StoreInputError("not a time zone name: %r" % timezone[:80]) from None
+        if not re.fullmatch(r"[A-Za-z0-9_+\-/]+", timezone):
+            raise StoreInputError("not a time zone name: %r" % timezone[:80])
+        self.timezone = timezone
+        self.client = ClickHouseClient(url, database, user, password, timeout_s)
+        self.db = database
+        # Row ids need to be distinct, not secret: a fast generator seeded from the OS.
+        self._ids = random.Random(os.urandom(16))
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def create(self) -> None:
+        """The database, tables and views (IF NOT EXISTS: safe on every start, and from several
+        servers sharing one ClickHouse)."""
+        for stmt in SCHEMA:
+            await self.client.execute(stmt.replace("{db}", self.db).replace("{tz}", self.timezone),
+                                      database="default")
+
+    # -- ingest --------------------------------------------------------------------------------
+
+    def _row(self, i: int, ev: Event) -> list[str]:
+        if not isinstance(ev, Event):
+            raise StoreInputError("item %d is not an Event" % i)
+        try:
+            for name in ("ts_us", "count"):
+                v = getattr(ev, name)
+                if type(v) is not int or v < 0 or v >= 1 << 63:
+                    raise StoreInputError("%s must be a non-negative integer, not %r" % (name, v))
+            if ev.count >= 1 << 32:
+                raise StoreInputError("count too large: %r" % ev.count)
+            last = ev.last_ts_us
+            if type(last) is not int or last < 0 or last >= 1 << 63:
+                raise StoreInputError("last_ts_us must be a non-negative integer, not %r" % (last,))
+            if ev.severity not in SEVERITIES:
+                raise StoreInputError("severity must be one of %s, not %r" % ("/".join(SEVERITIES), ev.severity))
+            texts = []
+            for name in ("sensor", "proto", "type", "trail", "info", "reference"):
+                v = getattr(ev, name)
+                if not isinstance(v, str):
+                    raise StoreInputError("%s must be text, not %s" % (name, type(v).__name__))
+                v.encode("utf-8")
+                texts.append(tsv_field(v))
+            src, dst = addr_bytes(ev.src_ip), addr_bytes(ev.dst_ip)
+            return [str(ev.ts_us), str(last or ev.ts_us), str(self._ids.getrandbits(64)), texts[0],
+                    _tsv_bytes(src), _port_field(ev.src_port), _tsv_bytes(dst), _port_field(ev.dst_port),
+                    texts[1], texts[2], texts[3], texts[4], texts[5], ev.severity, str(ev.count)]
+        except UnicodeEncodeError:
+            raise StoreInputError("event %d: text holds a lone surrogate" % i) from None
+        except StoreInputError as exc:
+            raise StoreInputError("event %d: %s" % (i, exc)) from None
+
+    async def ingest(self, events: Sequence[Event]) -> None:
+        """Insert events. Every event is checked first: one bad event refuses the whole call with
+        StoreInputError (nothing sent). Stored once ClickHouse answers (its INSERT is atomic per
+        block of up to max_insert_block_size rows; batches above INSERT_BATCH_ROWS go in several
+        INSERTs, so an error part way may have stored the earlier ones)."""
+        rows = [self._row(i, ev) for i, ev in enumerate(events)]
+        for start in range(0, len(rows), INSERT_BATCH_ROWS):
+            await self.client.insert(self.db + ".events", EVENT_COLUMNS, rows[start:start + INSERT_BATCH_ROWS])
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _event_where(self, q: EventQuery) -> list[str]:
+        _check_range(q.start_us, q.end_us)
+        where = _range_condition(q.start_us, q.end_us, self.timezone)
+        if q.src:
+            where.append(_net_condition("src_ip", q.src))
+        if q.dst:
+            where.append(_net_condition("dst_ip", q.dst))
+        if q.addr:
+            where.append("(%s OR %s)" % (_net_condition("src_ip", q.addr), _net_condition("dst_ip", q.addr)))
+        for name, col in (("port", None), ("src_port", "src_port"), ("dst_port", "dst_port")):
+            v = getattr(q, name)
+            if v is not None:
+                _port_field(v)
+                where.append(bind("(src_port = {p} OR dst_port = {p})", p=v) if col is None
+                             else bind("%s = {p}" % col, p=v))
+        for name in ("proto", "type", "trail", "sensor"):
+            v = getattr(q, name)
+            if v is not None:
+                where.append(bind("%s = {v}" % name, v=v))
+        if q.severity:
+            wanted = (q.severity,) if isinstance(q.severity, str) else tuple(q.severity)
+            if not all(isinstance(v, str) and v in SEVERITIES for v in wanted):
+                raise StoreInputError("severity must be one of %s" % "/".join(SEVERITIES))
+            where.append(bind("severity IN {v}", v=list(wanted)))
+        if q.info is not None:
+            # ASCII case-insensitive, as the SQLite backend's LIKE is.
+            where.append(bind("positionCaseInsensitive(info, {v}) > 0", v=q.info))
+        where += _scope_condition(q.scope)
+        return where
+
+    async def events(self, q: EventQuery) -> Page:
+        """A page of events, newest first (ts_us, then id, descending). `partial` is set when the
+        time budget (ClickHouse's max_execution_time, in break mode) ran out."""
+        if type(q.limit) is not int or not 1 <= q.limit <= _MAX_LIMIT:
+            raise StoreInputError("limit must be 1..%d" % _MAX_LIMIT)
+        where = self._event_where(q)
+        if q.cursor is not None:
+            c_ts, c_id = _cursor_parse(q.cursor)
+            where.append(bind("(ts_us < {t} OR (ts_us = {t} AND id < {i}))", t=c_ts, i=c_id))
+        # Two passes: 18.16 sorts every matching row with every selected column, so first find
+        # the page's keys (two UInt64 columns), then read whole rows for those keys only, which
+        # the sort key's hour narrows to a granule or two.
+        sql = "SELECT ts_us, id FROM %s.events WHERE %s ORDER BY ts_us DESC, id DESC LIMIT %d" % (
+            self.db, " AND ".join(where), q.limit + 1)
+        keys, partial = await self._timed_select(sql, q.budget_ms)
+        rows = []
+        if keys:
+            first, last = int(keys[-1][0]), int(keys[0][0])
+            sql = bind("SELECT %s FROM %s.events WHERE %s AND id IN {ids} ORDER BY ts_us DESC, id DESC"
+                       % (_SELECT_EVENT, self.db, " AND ".join(_range_condition(first, last + 1, self.timezone))),
+                       ids=[int(k[1]) for k in keys[:q.limit]])
+            rows = await self.client.select(sql)
+            if len(rows) != min(len(keys), q.limit):
+                raise ClickHouseError(-1, "a page's rows changed between its two passes")
+            rows += keys[q.limit:]     # only its presence matters: there is a next page
+        out = []
+        for r in rows[:min(len(keys), q.limit)]:
+            if len(r) != 15:
+                raise ClickHouseError(-1, "an events row held %d fields, not 15" % len(r))
+            out.append((int(r[2]), Event(
+                ts_us=int(r[0]), sensor=_text(r[3]), src_ip=addr_text(bytes.fromhex(_text(r[4]))),
+                src_port=_port(r[5]), dst_ip=addr_text(bytes.fromhex(_text(r[6]))), dst_port=_port(r[7]),
+                proto=_text(r[8]), type=_text(r[9]), trail=_text(r[10]), info=_text(r[11]),
+                reference=_text(r[12]), severity=_text(r[13]), count=int(r[14]), last_ts_us=int(r[1]))))
+        nxt = None
+        if out and (len(rows) > q.limit or partial):
+            nxt = "%d.%d" % (out[-1][1].ts_us, out[-1][0])
+        return Page([ev for _, ev in out], nxt, partial)
+
+    async def _timed_select(self, sql: str, budget_ms: int) -> tuple[list, bool]:
+        if type(budget_ms) is not int or budget_ms < 1:
+            raise StoreInputError("budget_ms must be a positive integer")
+        budget_s = max(1, -(-budget_ms // 1000))   # 18.16 takes whole seconds
+        started = time.monotonic()
+        rows = await self.client.select(sql, max_execution_time=budget_s, timeout_overflow_mode="break")
+        # In break mode ClickHouse stops reading at the budget and answers what it has, without
+        # saying so: an answer that took the whole budget is reported as possibly partial.
+        return rows, time.monotonic() - started >= budget_s
+
+    # -- aggregates ----------------------------------------------------------------------------
+
+    def _hour_aligned(self, us: int) -> bool:
+        if us % 1_000_000:
+            return False
+        t = datetime.datetime.fromtimestamp(us // 1_000_000, self._zone)
+        return t.minute == 0 and t.second == 0
+
+    def _use_rollups(self, start_us: int, end_us: int, scope) -> bool:
+        # The roll-ups hold whole hours and no scope: a range cut inside an hour, or a user limited
+        # to some networks, is answered from the events themselves.
+        return scope is None and self._hour_aligned(start_us) and self._hour_aligned(end_us)
+
+    def _hour_range(self, start_us: int, end_us: int) -> str:
+        return bind("hour >= toDateTime({s}, '%s') AND hour < toDateTime({e}, '%s')" % (self.timezone, self.timezone),
+                    s=start_us // 1_000_000, e=end_us // 1_000_000)
+
+    async def counts(self, start_us: int, end_us: int, by: str = "type", bucket: str = "hour",
+                     scope: Sequence[str] | None = None) -> list[tuple[int, str, int]]:
+        """(bucket start in µs, key, events) for each bucket and value of `by` (type, severity or
+        sensor), oldest bucket first, then by key; buckets are hours or days of the store's zone."""
+        _check_range(start_us, end_us)
+        if by not in _COUNT_KEYS:
+            raise StoreInputError("counts by type, severity or sensor, not %r" % (by,))
+        if bucket not in ("hour", "day"):
+            raise StoreInputError("bucket is hour or day, not %r" % (bucket,))
+        key = _COUNT_KEYS[by]
+        if self._use_rollups(start_us, end_us, scope):
+            b = "hour" if bucket == "hour" else "toStartOfDay(hour)"
+            sql = ("SELECT toUnixTimestamp(%s) AS b, %s AS k, sum(events) FROM %s.hourly WHERE %s "
+                   "GROUP BY b, k ORDER BY b, k" % (b, key, self.db, self._hour_range(start_us, end_us)))
+        else:
+            b = "toStartOfHour(ts)" if bucket == "hour" else "toStartOfDay(ts)"
+            where = _range_condition(start_us, end_us, self.timezone) + _scope_condition(scope)
+            sql = ("SELECT toUnixTimestamp(%s) AS b, %s AS k, count() FROM %s.events WHERE %s "
+                   "GROUP BY b, k ORDER BY b, k" % (b, key, self.db, " AND ".join(where)))
+        # Sorted here by the key's text (ClickHouse orders the severity Enum by its rank).
+        return sorted((int(r[0]) * 1_000_000, _text(r[1]), int(r[2])) for r in await self.client.select(sql))
+
+    async def top(self, start_us: int, end_us: int, field: str = "src_ip", n: int = 10,
+                  scope: Sequence[str] | None = None) -> list[tuple[str, int]]:
+        """The n commonest values of `field` (src_ip, dst_ip or trail) with their event counts,
+        most first (ties by the value's text)."""
+        _check_range(start_us, end_us)
+        if field not in _TOP_FIELDS:
+            raise StoreInputError("top of src_ip, dst_ip or trail, not %r" % (field,))
+        if type(n) is not int or not 1 <= n <= _MAX_LIMIT:
+            raise StoreInputError("n must be 1..%d" % _MAX_LIMIT)
+        if self._use_rollups(start_us, end_us, scope):
+            text = "value" if field == "trail" else _addr_text_sql("toFixedString(unhex(value), 16)")
+            sql = bind("SELECT value, sum(events) AS c, %s AS v FROM %s.top_hourly WHERE %s AND kind = {k} "
+                       "GROUP BY value ORDER BY c DESC, v LIMIT {n}"
+                       % (text, self.db, self._hour_range(start_us, end_us)), k=_TOP_FIELDS[field], n=n)
+        else:
+            col = "hex(%s)" % field if field != "trail" else "trail"
+            text = "trail" if field == "trail" else _addr_text_sql(field)
+            where = _range_condition(start_us, end_us, self.timezone) + _scope_condition(scope)
+            sql = bind("SELECT %s AS value, count() AS c, any(%s) AS v FROM %s.events WHERE %s GROUP BY value "
+                       "ORDER BY c DESC, v LIMIT {n}" % (col, text, self.db, " AND ".join(where)), n=n)
+        out = []
+        for r in await self.client.select(sql):
+            value = _text(r[0])
+            out.append((addr_text(bytes.fromhex(value)) if field != "trail" else value, int(r[1])))
+        return out
+
+    async def threats(self, start_us: int, end_us: int, n: int = 100,
+                      scope: Sequence[str] | None = None) -> list[Threat]:
+        """Events grouped by source and trail, most events first, ties by the source's text, then
+        the trail; sensors sorted. Sensor names travel hex-encoded so no byte of a name can split
+        the list."""
+        _check_range(start_us, end_us)
+        if type(n) is not int or not 1 <= n <= _MAX_LIMIT:
+            raise StoreInputError("n must be 1..%d" % _MAX_LIMIT)
+        # Two passes: rank the (source, trail) pairs by count alone, then compute first/last seen,
+        # sensors and severity for the n winners only (a day can hold a million pairs, and the
+        # per-pair arrays are what costs).
+        rollup = self._use_rollups(start_us, end_us, scope)
+        if rollup:
+            table, where, count = "threats_hourly", [self._hour_range(start_us, end_us)], "countMerge(events)"
+        else:
+            table = "events"
+            where = _range_condition(start_us, end_us, self.timezone) + _scope_condition(scope)
+            count = "count()"
+        ranked = await self.client.select(
+            "SELECT hex(src_ip), trail, %s AS c FROM %s.%s WHERE %s GROUP BY src_ip, trail "
+            "ORDER BY c DESC, %s, trail LIMIT %d" % (count, self.db, table, " AND ".join(where),
+                                                    _addr_text_sql("src_ip"), n))
+        if not ranked:
+            return []
+        pairs = [(_Addr(bytes.fromhex(_text(r[0]))), _text(r[1])) for r in ranked]
+        if rollup:
+            details = ("minMerge(first_us), maxMerge(last_us), arrayStringConcat(arrayMap(x -> hex(x), "
+                       "arraySort(groupUniqArrayMerge(sensors))), ','), maxMerge(severity)")
+        else:
+            details = ("min(ts_us), max(greatest(ts_us, last_ts_us)), arrayStringConcat(arrayMap(x -> hex(x), "
+                       "arraySort(groupUniqArray(sensor))), ','), max(severity)")
+        rows = await self.client.select(bind(
+            "SELECT hex(src_ip), trail, %s FROM %s.%s WHERE %s AND (src_ip, trail) IN {pairs} GROUP BY src_ip, trail"
+            % (details, self.db, table, " AND ".join(where)), pairs=pairs))
+        found = {(_text(r[0]), _text(r[1])): r for r in rows}
+        out = []
+        for r in ranked:
+            d = found.get((_text(r[0]), _text(r[1])))
+            if d is None:
+                continue    # its day was dropped between the two passes (retention)
+            sensors = _text(d[4])
+            out.append(Threat(addr_text(bytes.fromhex(_text(r[0]))), _text(r[1]), int(r[2]), int(d[2]), int(d[3]),
+                              tuple(bytes.fromhex(x).decode("utf-8") for x in sensors.split(",")) if sensors else (),
+                              _text(d[5])))
+        return out
+
+    # -- retention -----------------------------------------------------------------------------
+
+    async def days(self) -> list[datetime.date]:
+        """The days (partitions) the events table holds, oldest first."""
+        rows = await self.client.select(bind(
+            "SELECT DISTINCT partition FROM system.parts WHERE database = {db} AND table = 'events' AND active "
+            "ORDER BY partition", db=self.db))
+        return [_partition_date(_text(r[0])) for r in rows]
+
+    async def drop_days_before(self, day: datetime.date) -> list[datetime.date]:
+        """Retention: drop every whole day older than `day` from the events and every roll-up.
+        Returns the days dropped."""
+        if not isinstance(day, datetime.date):
+            raise StoreInputError("a date is needed")
+        rows = await self.client.select(bind(
+            "SELECT DISTINCT table, partition FROM system.parts WHERE database = {db} AND table IN {t} AND active",
+            db=self.db, t=list(TABLES)))
+        dropped = set()
+        for table, part in rows:
+            d = _partition_date(_text(part))
+            t = _text(table)
+            if d < day and t in TABLES:
+                await self.client.execute("ALTER TABLE %s.%s DROP PARTITION %s" % (self.db, t, d.strftime("%Y%m%d")))
+                dropped.add(d)
+        return sorted(dropped)
+
+
+def _partition_date(text: str) -> datetime.date:
+    if not re.fullmatch(r"\d{8}", text):
+        raise ClickHouseError(-1, "a partition id that is not YYYYMMDD: %r" % text[:40])
+    return datetime.date(int(text[:4]), int(text[4:6]), int(text[6:]))
+
+
+# ----------------------------------------------------------------------------------------------
+# The backend-neutral interface (server/store/__init__.py EventStore), over the async store.
+
+
+class ClickHouseEventStore(EventStore):
+    """`EventStore` on ClickHouse: the synchronous interface the server's intake and API call,
+    over ClickHouseStore, whose coroutines run on an event loop of this object's own, in one
+    thread (an aiohttp session belongs to one loop; callers may be in any thread or loop).
+
+    What it answers as the SQLite backend does: half-open ranges; aggregates widened to whole
+    hours (of the store's time zone: UTC by default, the SQLite backend's hours) and read from
+    the roll-ups unless a scope is given; ties ordered by the value's text; `row_cap` bounds the
+    rows a scoped aggregate may count (the answer is partial when it is reached); a page's
+    `partial` when the time budget ran out. Day buckets are midnights of the store's time zone.
+
+    What it does not do: write the daily event log. Here `ingest` is durable once ClickHouse has
+    acknowledged the INSERT; the log, the source of truth, is the caller's (see ARCHITECTURE.md,
+    "The server's ClickHouse store")."""
+
+    backend = "clickhouse"
+
+    def __init__(self, url: str, database: str = "maltrail", user: str = "default", password: str = "",
+                 timezone: str = "UTC", timeout_s: float = 60.0, create: bool = True):
+        try:
+            self._store = ClickHouseStore(url, database, user, password, timezone, timeout_s)
+        except StoreInputError as exc:
+            raise StoreError(str(exc)) from None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="clickhouse-store", daemon=True)
+        self._thread.start()
+        self._closed = False
+        self._events_indexed = 0
+        self._last_commit = 0.0
+        self._lock = threading.Lock()
+        if create:
+            try:
+                self._call(self._store.create())
+            except BaseException:
+                self.close()
+                raise
+
+    def _call(self, coro):
+        if self._closed:
+            coro.close()
+            raise StoreError("the store is closed")
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        except StoreInputError as exc:
+            raise QueryError(str(exc)) from None
+        except ClickHouseError as exc:
+            raise StoreError(str(exc)) from None
+
+    def ingest(self, events: Iterable[Event]) -> int:
+        batch = list(events)
+        if not batch:
+            return 0
+        try:
+            self._call(self._store.ingest(batch))
+        except QueryError as exc:     # a bad event: the batch is refused whole
+            raise StoreError(str(exc)) from None
+        with self._lock:
+            self._events_indexed += len(batch)
+            self._last_commit = time.time()
+        return len(batch)
+
+    def events(self, query: StoreEventQuery) -> Page:
+        if not 1 <= query.limit <= MAX_PAGE_EVENTS:
+            raise QueryError("limit must be from 1 to %d" % MAX_PAGE_EVENTS)
+        q = EventQuery(
+            query.range.since_us, query.range.until_us,
+            src=(query.src,) if query.src else (), dst=(query.dst,) if query.dst else (),
+            addr=(query.address,) if query.address else (), port=query.port, src_port=query.src_port,
+            dst_port=query.dst_port, proto=query.proto, type=query.type, trail=query.trail,
+            info=query.info or None, severity=tuple(query.severity) or None, sensor=query.sensor,
+            scope=tuple(query.scope), cursor=query.cursor, limit=query.limit, budget_ms=query.budget_ms)
+        page = self._call(self._store.events(q))
+        if page.partial and not page.events:
+            page = page._replace(next_cursor=query.cursor)    # nothing seen yet: ask again from here
+        return page
+
+    def _hours(self, query: AggregateQuery) -> tuple[int, int]:
+        """The query's range widened to whole hours of the store's zone."""
+        zone = self._store._zone
+
+        def floor(us: int) -> int:
+            t = datetime.datetime.fromtimestamp(us // 1_000_000, zone).replace(minute=0, second=0)
+            return int(t.timestamp()) * 1_000_000
+
+        lo = floor(query.range.since_us)
+        hi = floor(query.range.until_us)
+        if hi < query.range.until_us:
+            hi = floor(hi + 3_600_000_000 + 1)   # the next hour's start (zones may shift by 30 min)
+        return lo, hi
+
+    def counts(self, query: AggregateQuery, by: str, bucket: str = "hour") -> Counts:
+        if by not in COUNT_BY or bucket not in BUCKETS:
+            raise QueryError("counts by one of %s per one of %s" % (", ".join(COUNT_BY), ", ".join(BUCKETS)))
+        lo, hi = self._hours(query)
+        rows = self._call(self._store.counts(lo, hi, by, bucket, scope=tuple(query.scope) or None))
+        partial = bool(query.scope) and sum(r[2] for r in rows) >= query.row_cap
+        return Counts(lo, hi, by, bucket, rows, partial)
+
+    def top(self, query: AggregateQuery, field: str, n: int = 10) -> Top:
+        if field not in TOP_FIELDS:
+            raise QueryError("top of %r: one of %s" % (field, ", ".join(TOP_FIELDS)))
+        lo, hi = self._hours(query)
+        rows = self._call(self._store.top(lo, hi, field, n, scope=tuple(query.scope) or None))
+        return Top(lo, hi, field, rows, bool(query.scope) and sum(r[1] for r in rows) >= query.row_cap)
+
+    def threats(self, query: AggregateQuery, n: int = 100) -> Threats:
+        lo, hi = self._hours(query)
+        found = self._call(self._store.threats(lo, hi, n, scope=tuple(query.scope) or None))
+        rows = [StoreThreat(t.src_ip, t.trail, t.events, t.first_us, t.last_us, t.sensors, t.severity) for t in found]
+        return Threats(lo, hi, rows, bool(query.scope) and sum(t.events for t in rows) >= query.row_cap)
+
+    def status(self) -> StoreStatus:
+        with self._lock:
+            indexed, last = self._events_indexed, self._last_commit
+        try:
+            days = len(self._call(self._store.days()))
+            ready, details = True, {"url": self._store.client.url, "database": self._store.db}
+        except StoreError as exc:
+            days, ready, details = 0, False, {"url": self._store.client.url, "error": str(exc)}
+        return StoreStatus(self.backend, ready, days, indexed, 0, last, details)
+
+    def drop_days_before(self, day: datetime.date) -> list[datetime.date]:
+        """Retention: whole days before `day`, from the events and every roll-up."""
+        return self._call(self._store.drop_days_before(day))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._store.close(), self._loop).result()
+        finally:
+            self._closed = True
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
