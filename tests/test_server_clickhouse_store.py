@@ -41,7 +41,12 @@ def _clickhouse(request, tmp_path):
     return store, drop
 
 
-BACKENDS = {"clickhouse": _clickhouse}
+def _sqlite(request, tmp_path):
+    from server.store.sqlite import SqliteStore
+    return SqliteStore(str(tmp_path / "store")), lambda: None
+
+
+BACKENDS = {"clickhouse": _clickhouse, "sqlite": _sqlite}
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -48,7 +48,7 @@ from typing import Iterable
 
 from events.fsafety import directory_problem
 from events.log import EventLogWriter, LogDirError, PairReader, file_date, file_name_for, list_day_files, open_day_file
-from events.record import Event
+from events.record import SEVERITIES, Event
 from server.addresses import AddressError, ip_key, key_range
 from server.store import (
     BUCKETS, COUNT_BY, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts, EventQuery, EventStore, Page, QueryError,
@@ -194,6 +194,21 @@ class _Day:
         self.conn.close()
 
 
+def _event_problem(event: Event) -> str | None:
+    """Why an event cannot be stored (an address that is none, a port out of range, an unknown
+    severity), or None."""
+    for name in ("src_ip", "dst_ip"):
+        if ip_key(getattr(event, name)) is None:
+            return "%s %r is not an IPv4 or IPv6 address" % (name, getattr(event, name))
+    for name in ("src_port", "dst_port"):
+        port = getattr(event, name)
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535):
+            return "%s %r is not a port" % (name, port)
+    if event.severity not in SEVERITIES:
+        return "severity %r is none of %s" % (event.severity, ", ".join(SEVERITIES))
+    return None
+
+
 class SqliteStore(EventStore):
     """The embedded backend (see the module docstring). Thread-safe: one lock around the files."""
 
@@ -251,6 +266,10 @@ class SqliteStore(EventStore):
         batch = list(events)
         if not batch:
             return 0
+        for event in batch:   # refused whole, before anything is written (the interface's contract)
+            problem = _event_problem(event)
+            if problem:
+                raise StoreError("a batch of %d events refused: %s" % (len(batch), problem))
         with self._lock:
             if self._closed:
                 raise StoreError("the store is closed")
