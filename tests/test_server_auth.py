@@ -199,6 +199,15 @@ def test_sensor_add_prints_a_key_once_and_stores_only_its_hash(tmp_path):
     for path in state_dir.iterdir():
         assert key.encode() not in path.read_bytes()
     assert oct(os.stat(state_dir / "state.sqlite").st_mode & 0o777) == "0o600"
+    # The configuration given before the action counts too (`server -c FILE sensor add NAME`).
+    again = subprocess.run(CLI + ["server", "-c", str(conf), "sensor", "add", "edge-3"], capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    state = StateDB(str(state_dir / "state.sqlite"))
+    try:
+        assert sorted(name for name, _, _ in state.sensors()) == ["edge-1", "edge-3"]
+    finally:
+        state.close()
 
 
 # -- state database ---------------------------------------------------------------------------
