@@ -122,8 +122,9 @@ def run_demo(out: str) -> int:
     # The demo's artifact holds its ten made-up trails only; a sensor on real traffic needs real
     # ones, so the hint builds those first and never names the demo's artifact.
     sys.stdout.write("\nInputs, artifact and log are in %s/ (the artifact holds the demo's %d made-up trails "
-                     "only).\nOn a real span port, build real trails first, then capture:\n"
-                     "  sudo maltrail-engine trails build --source /path/to/maltrail/trails.csv\n"
+                     "only).\nOn a real span port, get real trails first (Maltrail's public feeds; add a Maltrail\n"
+                     "checkout to [all] trail_sources for its static trails), then capture:\n"
+                     "  sudo maltrail-engine trails update\n"
                      "  sudo maltrail-engine check-config -i eth1 && sudo maltrail-engine -i eth1\n"
                      % (out, len(DEMO_TRAILS)))
     return 0

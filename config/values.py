@@ -135,21 +135,30 @@ def _check_host(s: str) -> str | None:
     return "it is neither an IP address nor a host name"
 
 
-def _check_proxy_url(s: str) -> str | None:
+def _http_url(s: str, credentials: str = "credentials in the URL are not supported"):
+    """(the split URL, None) for an http:// or https:// URL with a host and no user name or
+    password, else (None, why not); `credentials` is the message for a URL that carries them."""
     if any(c.isspace() for c in s):
-        return "it contains whitespace"
+        return None, "it contains whitespace"
     try:
         parts = urlsplit(s)
-        port = parts.port
+        parts.port
     except ValueError as exc:  # bad port number or malformed [IPv6] literal
-        return "it is not a valid URL (%s)" % exc
+        return None, "it is not a valid URL (%s)" % exc
     if parts.scheme not in ("http", "https"):
-        return "the scheme must be http:// or https://"
+        return None, "the scheme must be http:// or https://"
     if not parts.hostname:
-        return "the host is missing"
+        return None, "the host is missing"
     if parts.username is not None or parts.password is not None:
-        return "credentials in the URL are not supported"
-    if port is None or port == 0:
+        return None, credentials
+    return parts, None
+
+
+def _check_proxy_url(s: str) -> str | None:
+    parts, problem = _http_url(s)
+    if problem:
+        return problem
+    if parts.port is None or parts.port == 0:
         return "the port is missing"
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         return "only scheme, host and port are allowed"
@@ -157,20 +166,7 @@ def _check_proxy_url(s: str) -> str | None:
 
 
 def _check_feed_url(s: str) -> str | None:
-    if any(c.isspace() for c in s):
-        return "it contains whitespace"
-    try:
-        parts = urlsplit(s)
-        parts.port
-    except ValueError as exc:
-        return "it is not a valid URL (%s)" % exc
-    if parts.scheme not in ("http", "https"):
-        return "the scheme must be http:// or https://"
-    if not parts.hostname:
-        return "the host is missing"
-    if parts.username is not None or parts.password is not None:
-        return "credentials in the URL are not supported"
-    return None
+    return _http_url(s)[1]
 
 
 def _check_feed_name(s: str) -> str | None:
@@ -244,19 +240,9 @@ def _check_severity_regex(s: str) -> str | None:
 
 
 def _check_webhook_url(s: str) -> str | None:
-    if any(c.isspace() for c in s):
-        return "it contains whitespace"
-    try:
-        parts = urlsplit(s)
-        parts.port
-    except ValueError as exc:
-        return "it is not a valid URL (%s)" % exc
-    if parts.scheme not in ("http", "https"):
-        return "the scheme must be http:// or https://"
-    if not parts.hostname:
-        return "the host is missing"
-    if parts.username is not None or parts.password is not None:
-        return "credentials in the URL are not supported (put a token in the path, as webhooks do)"
+    parts, problem = _http_url(s, "credentials in the URL are not supported (put a token in the path, as webhooks do)")
+    if problem:
+        return problem
     if parts.fragment:
         return "a #fragment is never sent; leave it out"
     return None

@@ -217,7 +217,7 @@ def test_demo_runs_offline_and_shows_every_kind(tmp_path):
     # the closing hint must not point a real span port at the demo's ten trails
     hint = result.stdout.split("\n$ maltrail-engine tail", 1)[1].strip().splitlines()[-3:]
     assert not any(" -i " in line and str(tmp_path / "demo") in line for line in hint), hint
-    assert any("trails build --source" in line for line in hint), hint
+    assert any(line.strip() == "sudo maltrail-engine trails update" for line in hint), hint
     for text in ("(update).evil-demo.com", "sinkholed by demo (malware)", "203.0.113.66", "198.51.100.77:4444",
                  "/wp-login/gate.php", "shop.phish-demo.org/account/verify", "sqlmap/", "(c2).badcdn-demo.net",
                  "UDP DNS (quic).badcdn-demo.net", "2001:db8::66", "192.0.2.128/25",

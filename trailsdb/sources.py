@@ -139,6 +139,17 @@ def read_trails_csv(path: str, stats: Counter) -> Iterator[RawTrail]:
             raise SourceError("%s: unreadable trails file: %s" % (path, exc)) from None
 
 
+def _text_lines(path: str, what: str = "") -> list[str]:
+    """The lines of a small text file (a trail file, a list, a whitelist), undecodable bytes
+    replaced; SourceError naming the file when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise SourceError("%s: cannot read%s: %s" % (path, " " + what if what else "", exc.strerror or exc)) from None
+    return data.decode("utf-8", "replace").splitlines()
+
+
 def _clean_line(line: str) -> str | None:
     """A static/custom trail line without comments; None for blank and comment lines."""
     line = line.strip()
@@ -155,12 +166,7 @@ def read_static_file(path: str, info: str, reference: str, stats: Counter,
     trailing '/' unless it has more than one '/'. Custom files (Maltrail's custom parser): the
     scheme goes and trailing '/' always goes. Non-URL lines lose surrounding dots."""
     name = os.path.basename(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise SourceError("%s: cannot read: %s" % (path, exc.strerror or exc)) from None
-    for lineno, raw in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+    for lineno, raw in enumerate(_text_lines(path), 1):
         line = _clean_line(raw)
         if line is None:
             continue
@@ -237,12 +243,7 @@ def ua_list_trail(line: str) -> str:
 def read_ua_list(path: str, stats: Counter) -> Iterator[RawTrail]:
     """Maltrail's misc/ua.txt as user-agent trails (see ua_list_trail)."""
     name = os.path.basename(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise SourceError("%s: cannot read: %s" % (path, exc.strerror or exc)) from None
-    for lineno, raw in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+    for lineno, raw in enumerate(_text_lines(path), 1):
         line = raw.strip()  # a '#' inside a pattern is part of it: only whole comment lines go
         if not line or line.startswith("#"):
             continue
@@ -316,11 +317,7 @@ def read_whitelist(path: str) -> Whitelist:
     """One entry per line: a domain (covers its subdomains), an IP address or a CIDR range."""
     if not path:
         return EMPTY_WHITELIST
-    try:
-        with open(path, "rb") as f:
-            lines = f.read().decode("utf-8", "replace").splitlines()
-    except OSError as exc:
-        raise SourceError("%s: cannot read whitelist: %s" % (path, exc.strerror or exc)) from None
+    lines = _text_lines(path, "whitelist")
     domains, ips, nets = set(), set(), []
     for lineno, raw in enumerate(lines, 1):
         line = _clean_line(raw)

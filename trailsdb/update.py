@@ -179,7 +179,7 @@ def refresh_cdn_ranges(feeds_dir: str, settings: FetchSettings, offline: bool, l
         store.lock()
         for entry in lists:
             body = _cdn_body_name(entry.name)
-            state, reason = "offline", None
+            state, reason, ranges = "offline", None, None
             if not offline:
                 handle, part = store.new_part(body)
                 result = fetch(entry.url, handle, settings, None, CDN_MAX_BYTES)
@@ -187,7 +187,7 @@ def refresh_cdn_ranges(feeds_dir: str, settings: FetchSettings, offline: bool, l
                 if result.ok:
                     handle.seek(0)
                     try:
-                        parse_ranges(handle.read(), entry.format, entry.fields, entry.name)
+                        ranges = parse_ranges(handle.read(), entry.format, entry.fields, entry.name)
                     except RangeError as exc:
                         reason = str(exc)
                 if reason is None:
@@ -197,6 +197,10 @@ def refresh_cdn_ranges(feeds_dir: str, settings: FetchSettings, offline: bool, l
                 else:
                     handle.close()
                     store.discard(part)
+            if state == "fresh":   # the body just stored is what was parsed to judge it
+                networks += [(net, entry.name) for net in ranges]
+                states.append((entry.name, state, None))
+                continue
             copy = store.open_body(body)
             if copy is None:
                 states.append((entry.name, "missing" if reason else "offline", reason or "offline, and no copy"))
