@@ -51,10 +51,10 @@ def user_add(args) -> int:
 
 
 def sensor_add(args, cfg) -> int:
-    from server.auth.state import StateDB, StateError
+    from server.auth.state import StateDB, StateError, state_db_path
     key = "mtk_" + base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
     try:
-        state = StateDB(cfg.server.state_db)
+        state = StateDB(state_db_path(cfg))
         try:
             state.add_sensor_key(args.name, key, time.time())
         finally:
@@ -63,6 +63,6 @@ def sensor_add(args, cfg) -> int:
         sys.stderr.write("maltrail-engine: %s\n" % exc)
         return 1
     sys.stderr.write("The key of sensor %s (shown once; only its hash is kept in %s; a sensor added again "
-                     "gets a new key and its old one stops working):\n" % (args.name, cfg.server.state_db))
+                     "gets a new key and its old one stops working):\n" % (args.name, state_db_path(cfg)))
     sys.stdout.write(key + "\n")
     return 0

@@ -459,8 +459,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
             doc='users with uid >= 1000 see "-" for the info of events whose trail is custom',
             maltrail="ENABLE_MASK_CUSTOM"),
         "state_db": Key(
-            "str", "/var/lib/maltrail-engine/server-state.sqlite", form="path",
-            doc="the server's own database: sessions, upgraded password hashes, login throttling, sensor keys"),
+            "str", "", form="path", empty_ok=True,
+            doc="the server's own database: sessions, upgraded password hashes, login throttling, sensor keys; "
+                "empty: server-state.sqlite in [server] log_dir"),
         "session_idle_timeout_s": Key(
             "int", 3600, unit="seconds", min=60, max=604800,
             doc="a session unused for this long ends"),

@@ -111,6 +111,7 @@ class Server:
         self._threads = (threading.Thread(target=self._parse_loop, name="parse", daemon=True),
                          threading.Thread(target=self._store_loop, name="store", daemon=True))
         self._store_error = ""
+        self.auth_web = _auth_web(cfg)
 
     # -- the parse and store threads -------------------------------------------------------
     # Two threads, so that parsing (Python, holding the GIL) overlaps the store's fsync and SQLite
@@ -265,9 +266,12 @@ class Server:
         async def health(_request):
             return web.Response(text=json.dumps(self.health()), content_type="application/json")
 
-        app = web.Application(client_max_size=64 * 1024)
+        app = web.Application(client_max_size=s.max_request_bytes)
         app.router.add_get("/ping", ping)
         app.router.add_get("/api/v1/health", health)
+        self.auth_web.setup(app)
+        # Each part of the HTTP side adds its routes here (server/api/, server/sensors/, ...):
+        # they read the logged-in user from request[server.auth.web.SESSION_KEY].
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         for thread in self._threads:
@@ -298,6 +302,22 @@ class Server:
             await runner.cleanup()
 
 
+def _auth_web(cfg):
+    """Users, sessions and the HTTP guard for every route under /api/v1 (server/auth/)."""
+    from server.auth.login import Authenticator
+    from server.auth.state import StateDB, state_db_path
+    from server.auth.users import users_from_config
+    from server.auth.web import AuthWeb
+    s = cfg.server
+    authenticator = Authenticator(
+        users_from_config(cfg, warn=lambda text: log("!", text)), StateDB(state_db_path(cfg)),
+        idle_timeout_s=s.session_idle_timeout_s, absolute_timeout_s=s.session_lifetime_s,
+        max_failures=s.login_max_failures, lockout_s=s.login_lockout_s,
+        warn=lambda text: log("!", text))
+    return AuthWeb(authenticator, tls=s.use_ssl, max_body_bytes=s.max_request_bytes,
+                   public={"/api/v1/health"})
+
+
 def run_server(cfg) -> int:
     """`maltrail-engine server`: returns the exit status."""
     from server.store import open_store
@@ -307,8 +327,15 @@ def run_server(cfg) -> int:
     except (ServerError, StoreError) as exc:
         log("!", str(exc))
         return 1
+    from server.auth.state import StateError
+    from server.auth.users import UserConfigError
     try:
         server = Server(cfg, store)
+    except (UserConfigError, StateError) as exc:
+        store.close()
+        log("!", str(exc))
+        return 1
+    try:
         # The store thread gives the GIL up at every SQLite step and wants it straight back; with
         # the default 5 ms switch interval it then waits behind the parse thread (a convoy).
         sys.setswitchinterval(_SWITCH_INTERVAL_S)

@@ -63,6 +63,11 @@ def sha256_hex(text: str | bytes) -> str:
     return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
 
 
+def state_db_path(cfg) -> str:
+    """[server] state_db, or its default: server-state.sqlite in [server] log_dir."""
+    return cfg.server.state_db or os.path.join(cfg.server.log_dir, "server-state.sqlite")
+
+
 class StateError(Exception):
     """The state database cannot be used; the message says which file and what to do."""
 
