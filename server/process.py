@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import queue
 import signal
 import socket
@@ -309,6 +310,8 @@ def _auth_web(cfg):
     from server.auth.users import users_from_config
     from server.auth.web import AuthWeb
     s = cfg.server
+    if not s.state_db:      # its default lives in the store's directory, which a ClickHouse store does not make
+        os.makedirs(s.log_dir, mode=0o700, exist_ok=True)
     authenticator = Authenticator(
         users_from_config(cfg, warn=lambda text: log("!", text)), StateDB(state_db_path(cfg)),
         idle_timeout_s=s.session_idle_timeout_s, absolute_timeout_s=s.session_lifetime_s,

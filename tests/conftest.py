@@ -74,3 +74,8 @@ def need_root():
 # Event lines are rendered in local time: pin it so nothing depends on the machine's zone.
 os.environ["TZ"] = "UTC"
 time.tzset()
+
+# Fixtures shared by the server's tests: a real ClickHouse (one per session) and each store
+# backend in turn as [server] lines.
+from tests.clickhouse import clickhouse_server  # noqa: E402,F401
+from tests.server_proc import backend_extra  # noqa: E402,F401

@@ -30,12 +30,12 @@ from events.record import Event
 from server.store import AggregateQuery, EventQuery, StoreError, TimeRange
 from server.store.sqlite import SqliteStore
 from tests.collectors import free_port
+from tests.server_proc import WAIT_LIMIT_S, ServerProc
 from tests.test_corpus import console_script
 
 # 2026-11-24 10:00:00 UTC; the server runs with TZ=UTC so a bare line's time reads the same.
 T0_S = calendar.timegm((2026, 11, 24, 10, 0, 0, 0, 0, 0))
 DAY_US = 86_400_000_000
-WAIT_LIMIT_S = 60
 
 
 def field(value) -> str:
@@ -98,61 +98,6 @@ def datagrams() -> list[bytes]:
         text = line(*fields)
         out.append(("%d %s\n" % (fields[0] // 1_000_000, text) if prefixed else text).encode())
     return out
-
-
-class ServerProc:
-    """A `maltrail-engine server` on loopback ports chosen free, with its own store directory."""
-
-    def __init__(self, tmp_path: Path, log_dir: Path | None = None, http_address: str = "127.0.0.1"):
-        self.log_dir = log_dir or tmp_path / "store"
-        self.http_port = free_port()
-        self.udp_port = free_port(socket.SOCK_DGRAM)
-        self.config = tmp_path / ("server-%d.toml" % self.http_port)
-        self.config.write_text(
-            '[server]\nhttp_address = "%s"\nhttp_port = %d\nudp_address = "127.0.0.1"\nudp_port = %d\n'
-            'log_dir = "%s"\n' % (http_address, self.http_port, self.udp_port, self.log_dir))
-        self.proc = None
-        self.stderr_path = tmp_path / ("server-%d.err" % self.http_port)
-
-    def start(self, wait: bool = True) -> "ServerProc":
-        self._err = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen([console_script(), "server", "-c", str(self.config)],
-                                     stderr=self._err, stdout=subprocess.DEVNULL, env=dict(os.environ, TZ="UTC"))
-        if wait:
-            self.until(lambda h: True)
-        return self
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def health(self) -> dict | None:
-        try:
-            with urllib.request.urlopen("http://127.0.0.1:%d/api/v1/health" % self.http_port, timeout=10) as r:
-                return json.loads(r.read())
-        except OSError:
-            return None
-
-    def until(self, predicate) -> dict:
-        """Poll health until predicate(health) holds (the server's own counters, not a clock)."""
-        limit = time.monotonic() + WAIT_LIMIT_S
-        while True:
-            assert self.proc.poll() is None, "the server exited: %s" % self.stderr()
-            h = self.health()
-            if h is not None and predicate(h):
-                return h
-            assert time.monotonic() < limit, "the server never got there: %s\n%s" % (h, self.stderr())
-            time.sleep(0.05)
-
-    def send(self, payloads) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            for p in payloads:
-                s.sendto(p, ("127.0.0.1", self.udp_port))
-
-    def stop(self, sig=signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
-        rc = self.proc.wait(timeout=WAIT_LIMIT_S)
-        self._err.close()
-        return rc
 
 
 def udp(h) -> dict:
@@ -395,3 +340,14 @@ def test_ping_answers_pong(tmp_path):
             assert r.read() == b"pong"
     finally:
         assert server.stop() == 0
+
+
+def test_a_server_on_each_backend_stores_the_datagrams_it_receives(tmp_path, backend_extra):
+    """[server] store selects the backend: the same datagrams reach SQLite or ClickHouse and are
+    answered by the store the server opened."""
+    server = ServerProc(tmp_path, extra=backend_extra).start()
+    server.send(datagrams())
+    h = server.until(lambda h: udp(h)["stored"] == len(CASES))
+    assert h["store"]["backend"] == ("clickhouse" if backend_extra else "sqlite")
+    assert h["store"]["events_indexed"] == len(CASES)
+    assert server.stop() == 0, server.stderr()

@@ -180,7 +180,13 @@ class EventStore(abc.ABC):
 
 
 def open_store(cfg, warn=None) -> EventStore:
-    """The store the configuration selects (today: SQLite under [server] log_dir). `warn(text)`
-    hears what the store had to repair or refuse at start and later."""
+    """The store the configuration selects ([server] store): SQLite under [server] log_dir, or a
+    ClickHouse server. `warn(text)` hears what the store had to repair or refuse at start and
+    later."""
+    s = cfg.server
+    if s.store == "clickhouse":
+        from server.store.clickhouse import ClickHouseEventStore
+        return ClickHouseEventStore(s.clickhouse_url, s.clickhouse_database, s.clickhouse_user,
+                                    s.clickhouse_password, s.clickhouse_timezone)
     from server.store.sqlite import SqliteStore
-    return SqliteStore(cfg.server.log_dir, warn=warn)
+    return SqliteStore(s.log_dir, warn=warn)
