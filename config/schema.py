@@ -444,6 +444,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "udp_backlog_datagrams": Key(
             "int", 1_000_000, min=1000, max=100_000_000,
             doc="most received datagrams waiting for the store; beyond it they are dropped and counted"),
+        "udp_secret": Key(
+            "str", "", empty_ok=True, secret=True,
+            doc='the secret the sensors sign their datagrams with (their log_server_secret, Maltrail\'s '
+                'LOG_SERVER_SECRET): when set, only datagrams signed with it ("MTS1 <HMAC>") are taken; '
+                '"" takes unsigned ones and refuses signed ones (they cannot be checked). Never printed'),
         "log_dir": Key(
             "str", "/var/log/maltrail-engine-server", form="path",
             doc="directory of the server's store: the daily event logs and their index (index/); "

@@ -8,6 +8,11 @@ A datagram is what Maltrail's sensors send to LOG_SERVER (and events/forwarders/
 sends): `"<epoch seconds> <event line>"`, or the event line alone (it starts with '"', the quoted
 time), with or without a final newline. The event line is Maltrail's (events/formats.py
 parse_maltrail). Rules, each refusal counted by its reason (REASONS):
+- signing (Maltrail's LOG_SERVER_SECRET): with [server] udp_secret set, a datagram must be
+  "MTS1 <32 hex> <datagram>" with the HMAC of that secret, else it is refused (unsigned,
+  bad_signature); without a secret a signed datagram is refused (signed), as it cannot be checked.
+  The signature carries no sequence number, so a captured datagram can be replayed: that is
+  Maltrail's protocol; our sensors' HTTPS intake has none of this weakness.
 - the time: with an epoch prefix, ts_us is the prefix's seconds plus the line's microseconds
   (the prefix is UTC; the line's clock text is the sensor's local time, unknown here); without
   one, the line's time read as this server's local time.
@@ -22,6 +27,8 @@ parse_maltrail). Rules, each refusal counted by its reason (REASONS):
 from __future__ import annotations
 
 import collections
+import hashlib
+import hmac
 import re
 
 from events.formats import parse_maltrail_why
@@ -33,16 +40,19 @@ MAX_PORTS_PER_LINE = 1024
 # Why a datagram was refused (counter labels; also events/formats.py WHY_* for the line itself).
 R_NOT_UTF8 = "not_utf8"
 R_NO_EVENT_LINE = "no_event_line"       # neither "<digits> <line>" nor a line starting with '"'
-R_SIGNED = "signed"                     # "MTS1 <mac> ..." (LOG_SERVER_SECRET): not verified here yet
+R_SIGNED = "signed"                     # "MTS1 <mac> ..." but no [server] udp_secret to check it with
+R_UNSIGNED = "unsigned"                 # no "MTS1 <mac> " although [server] udp_secret is set
+R_BAD_SIGNATURE = "bad_signature"       # "MTS1 <mac> ..." whose mac is not the secret's
 R_EPOCH = "epoch"                       # an epoch prefix out of range
 R_ADDRESS = "address"
 R_PORT = "port"
 R_MISSING = "missing_field"             # type, trail or proto given as '-'
 R_EMPTY = "empty"
 R_TOO_LONG = "too_long"                 # longer than the receive buffer (server/recv.py): cut by the kernel
-REASONS = (R_EMPTY, R_TOO_LONG, R_NOT_UTF8, R_NO_EVENT_LINE, R_SIGNED, R_EPOCH, "quoting", "field_count", "time",
+REASONS = (R_EMPTY, R_TOO_LONG, R_NOT_UTF8, R_NO_EVENT_LINE, R_SIGNED, R_UNSIGNED, R_BAD_SIGNATURE, R_EPOCH, "quoting", "field_count", "time",
            R_ADDRESS, R_PORT, R_MISSING)
 
+_SIGNED_PREFIX = b"MTS1 "
 _EPOCH = re.compile(r"\A([0-9]{1,12}) ")
 _MAX_EPOCH_S = 253402300799             # 9999-12-31T23:59:59Z
 
@@ -128,8 +138,33 @@ def _fast_events(text: str, rule: SeverityRule) -> list[Event] | None:
                   reference, rule.of(info, reference), 1, ts_us)]
 
 
-def parse_datagram(data: bytes, rule: SeverityRule) -> tuple[list[Event], str | None]:
-    """The events of one datagram, or ([], reason) when it is refused. Never raises."""
+def unsigned_payload(data: bytes, secret: bytes) -> tuple[bytes | None, str | None]:
+    """The datagram inside a signed one ("MTS1 <32 hex> <datagram>", the hex being the first 16
+    bytes of HMAC-SHA256(secret, datagram): events/forwarders/maltrail_server.py), checked against
+    `secret`; (None, reason) when it is not signed with it. Without a secret, a signed datagram is
+    refused (it cannot be checked) and an unsigned one passes."""
+    signed = data.startswith(_SIGNED_PREFIX)
+    if not secret:
+        return (None, R_SIGNED) if signed else (data, None)
+    if not signed:
+        return None, R_UNSIGNED
+    start = len(_SIGNED_PREFIX)
+    presented, payload = data[start:start + 32], data[start + 33:]
+    if data[start + 32:start + 33] != b" ":
+        return None, R_BAD_SIGNATURE
+    mac = hmac.new(secret, payload, hashlib.sha256).digest()[:16].hex().encode()
+    if not hmac.compare_digest(mac, presented.lower()):
+        return None, R_BAD_SIGNATURE
+    return payload, None
+
+
+def parse_datagram(data: bytes, rule: SeverityRule, secret: bytes = b"") -> tuple[list[Event], str | None]:
+    """The events of one datagram, or ([], reason) when it is refused. Never raises. With a
+    `secret` ([server] udp_secret) only datagrams signed with it are taken."""
+    if secret or data.startswith(_SIGNED_PREFIX):
+        data, why = unsigned_payload(data, secret)
+        if data is None:
+            return [], why
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -152,8 +187,6 @@ def parse_datagram_reference(text: str, rule: SeverityRule) -> tuple[list[Event]
         if epoch_s > _MAX_EPOCH_S:
             return [], R_EPOCH
         text = text[m.end():]
-    elif text.startswith("MTS1 "):
-        return [], R_SIGNED
     if not text.startswith('"'):
         return [], R_NO_EVENT_LINE
     fields, why = parse_maltrail_why(text)

@@ -95,6 +95,7 @@ class Server:
         self.cfg = cfg
         self.store = store
         self.rule = SeverityRule(cfg.all.severity_regex)
+        self.udp_secret = cfg.server.udp_secret.encode()
         self.counters = IntakeCounters()
         self.started = time.monotonic()
         self.started_unix = time.time()
@@ -144,7 +145,7 @@ class Server:
                 events = []
                 parsed = 0
                 for data in datagrams:
-                    found, why = parse_datagram(data, self.rule)
+                    found, why = parse_datagram(data, self.rule, self.udp_secret)
                     if why is not None:
                         c.refused[why] += 1
                     else:

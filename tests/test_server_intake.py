@@ -351,3 +351,29 @@ def test_a_server_on_each_backend_stores_the_datagrams_it_receives(tmp_path, bac
     assert h["store"]["backend"] == ("clickhouse" if backend_extra else "sqlite")
     assert h["store"]["events_indexed"] == len(CASES)
     assert server.stop() == 0, server.stderr()
+
+
+def test_a_secret_takes_only_datagrams_signed_with_it(tmp_path):
+    """[server] udp_secret: datagrams signed as our sensor's log_server forwarder signs them are
+    stored; unsigned ones, ones signed with another secret and a cut signature are refused and
+    counted by reason. The signing is the forwarder's own function, not a copy of it."""
+    from events.forwarders.maltrail_server import sign
+    server = ServerProc(tmp_path, extra='udp_secret = "s3cr3t \\"shared\\""\n').start()
+    good = [sign(b's3cr3t "shared"', d) for d in datagrams()]
+    bad = [datagrams()[0], sign(b"another", datagrams()[1]), good[2][:20], good[3].replace(b"MTS1 ", b"MTS1  ", 1)]
+    server.send(good + bad)
+    h = server.until(lambda h: udp(h)["parsed"] + sum(udp(h)["refused"].values()) == len(good) + len(bad)
+                     and udp(h)["backlog"] == 0)
+    assert udp(h)["stored"] == len(CASES)
+    assert udp(h)["refused"] == {"unsigned": 1, "bad_signature": 3}
+    assert server.stop() == 0, server.stderr()
+    assert sorted(map(comparable, tail_json(server.log_dir))) == sorted(map(comparable, expected_events()))
+
+
+def test_without_a_secret_signed_datagrams_are_refused(tmp_path):
+    from events.forwarders.maltrail_server import sign
+    server = ServerProc(tmp_path).start()
+    server.send([sign(b"k", d) for d in datagrams()])
+    h = server.until(lambda h: sum(udp(h)["refused"].values()) == len(CASES) and udp(h)["backlog"] == 0)
+    assert udp(h)["refused"] == {"signed": len(CASES)} and udp(h)["stored"] == 0
+    assert server.stop() == 0, server.stderr()
