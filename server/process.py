@@ -114,6 +114,7 @@ class Server:
                          threading.Thread(target=self._store_loop, name="store", daemon=True))
         self._store_error = ""
         self.auth_web = _auth_web(cfg)
+        self.api = self.api_stats = None        # server/api/ sets them when it mounts its routes
 
     # -- the parse and store threads -------------------------------------------------------
     # Two threads, so that parsing (Python, holding the GIL) overlaps the store's fsync and SQLite
@@ -252,6 +253,7 @@ class Server:
             "store": {"backend": st.backend, "ready": st.ready, "days": st.days,
                       "events_indexed": st.events_indexed, "repaired_events": st.repaired_events,
                       "last_commit_unix": st.last_commit_unix, "error": self._store_error, **st.details},
+            "api": self.api.health() if self.api is not None else {},
         }
 
     async def run(self) -> None:
@@ -274,6 +276,8 @@ class Server:
         self.auth_web.setup(app)
         # Each part of the HTTP side adds its routes here (server/api/, server/sensors/, ...):
         # they read the logged-in user from request[server.auth.web.SESSION_KEY].
+        from server.api import setup as setup_api
+        setup_api(app, self)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         for thread in self._threads:

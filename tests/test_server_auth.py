@@ -20,7 +20,8 @@ import pytest
 from config import ConfigError, load_config
 from events.record import Event
 from server.auth.audit import AuthEvent, clean_username
-from server.auth.scopes import ScopeError, address_key, mask_custom, parse_netfilter
+from server.addresses import key_range
+from server.auth.scopes import ScopeError, mask_custom, parse_netfilter
 from server.auth.state import StateDB, StateError
 from server.auth.users import UserConfigError, check_password, parse_user_line, parse_users, users_from_config
 
@@ -72,27 +73,16 @@ def test_scope_contains_agrees_with_ipaddress():
     assert not scope.contains("not an address") and not scope.contains("")
 
 
-def test_scope_sql_over_the_column_convention_selects_what_contains_says():
+def test_the_store_scope_holds_exactly_what_contains_says():
+    # The store applies store_scope (merged a-b ranges read back by server/addresses.py), the API
+    # checks rows with contains: both must draw the same edges.
     scope = parse_netfilter(NETFILTER)
-    db = sqlite3.connect(":memory:")
-    db.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, src_ip TEXT, src_ip_hi INTEGER, src_ip_lo INTEGER, "
-               "dst_ip TEXT, dst_ip_hi INTEGER, dst_ip_lo INTEGER)")
-    db.execute("CREATE INDEX by_src ON events (src_ip_hi, src_ip_lo)")
-    addresses = sample_addresses()
-    rng = random.Random(5)
-    rows = []
-    for text in addresses:
-        other = rng.choice(["8.8.8.8", "2606:4700::1111"])
-        rows.append((text, *address_key(text), other, *address_key(other)))
-    db.executemany("INSERT INTO events (src_ip, src_ip_hi, src_ip_lo, dst_ip, dst_ip_hi, dst_ip_lo) "
-                   "VALUES (?, ?, ?, ?, ?, ?)", rows)
-    got = [r[0] for r in db.execute("SELECT src_ip FROM events WHERE %s ORDER BY id" % scope.sql_any())]
-    assert got == [text for text in addresses if scope.contains(text)] and got
-    # Pairs order like the addresses they encode, so a range of addresses is a range of rows.
-    ordered = sorted(addresses, key=lambda t: address_key(t))
-    assert ordered == sorted(addresses, key=lambda t: int(ipaddress.IPv6Address(
-        "::ffff:" + t if ":" not in t else t)))
-    assert parse_netfilter("").sql_any() == "1 = 1"
+    ranges = [key_range(item) for item in scope.store_scope]
+    assert ranges == sorted(ranges) and len(ranges) == 6    # 10.0/16 and 100.64/10 ... merged, disjoint
+    for text in sample_addresses():
+        key = key_range(text)[0]
+        assert any(lo <= key <= hi for lo, hi in ranges) == scope.contains(text), text
+    assert parse_netfilter("").store_scope == () and parse_netfilter("*").store_scope == ()
 
 
 @pytest.mark.parametrize("text", ["", "*", "::", "0.0.0.0/0", "  "])
@@ -103,7 +93,7 @@ def test_maltrails_everything_forms_see_everything(text):
 
 @pytest.mark.parametrize("text,words", [("10.0.0.0/33", "prefix length"), ("10.0.0.9-10.0.0.1", "backwards"),
                                         ("10.0.0.1-::1", "mixes"), ("example.com", "not an address"),
-                                        ("10.0.0.0/x", "not a CIDR")])
+                                        ("10.0.0.0/x", "not a CIDR"), (" , ;", "holds no item")])
 def test_bad_netfilters_are_refused_naming_the_item(text, words):
     with pytest.raises(ScopeError, match=words):
         parse_netfilter(text)
