@@ -14,7 +14,7 @@ setup(
     description="Network sensor that matches traffic against Maltrail trails and heuristics",
     python_requires=">=3.11",
     packages=["cli", "config", "events", "events.log", "events.forwarders", "engine", "engine.processes", "engine.transport",
-              "engine.sources", "server", "server.auth", "server.store", "workers", "workers.heuristics", "matchers",
+              "engine.sources", "server", "server.api", "server.auth", "server.store", "workers", "workers.heuristics", "matchers",
               "trailsdb", "trailsdb.feeds"],
     package_data={"matchers": ["csrc/*.h"], "engine.transport": ["csrc/*.c"], "workers": ["csrc/*.h", "csrc/*.c"]},
     ext_modules=[

@@ -273,6 +273,7 @@ class Server:
         self.auth_web.setup(app)
         # Each part of the HTTP side adds its routes here (server/api/, server/sensors/, ...):
         # they read the logged-in user from request[server.auth.web.SESSION_KEY].
+        from server.api import compat; compat.setup(app, self)   # noqa: E702 (check, trails, Maltrail's endpoints)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         for thread in self._threads:

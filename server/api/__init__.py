@@ -1,0 +1,1 @@
+"""The server's HTTP API: one module per concern, each with `setup(app, server)` adding its routes."""
