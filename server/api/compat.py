@@ -439,4 +439,7 @@ def setup(app: web.Application, server) -> Compat:
     compat = Compat(server, TrailServe(server.cfg.all.trails_artifact, key_dir, server_log))
     compat.setup(app)
     server.compat = compat
+    if compat.trails.public_key:
+        server_log("i", "trail artifact signing key (sensors pin it as [sensor] update_server_key): %s"
+                   % compat.trails.public_key)
     return compat
