@@ -251,8 +251,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
             doc='a maltrail-engine server this sensor takes its trails from instead of the feeds: `trails update` '
                 '(and the running sensor\'s periodic update) downloads the server\'s compiled artifact, checks its '
                 'signature against update_server_key and adopts it through the normal reload; "http(s)://host:8338" '
-                '(Maltrail\'s ".../trails" form is accepted); through [all] proxy_url if set; "" builds locally',
-            maltrail="UPDATE_SERVER"),
+                '(Maltrail\'s UPDATE_SERVER ".../trails" form is accepted); through [all] proxy_url if set; "" '
+                'builds locally. Not imported from maltrail.conf: there it names a Maltrail server, which serves no '
+                'signed artifact'),
         "update_server_key": Key(
             "str", "", empty_ok=True,
             doc='the server\'s artifact signing key, "ed25519:<base64>" (the server prints it at start and serves '
@@ -519,7 +520,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "fail2ban_allowlist": Key(
             "list", (), form="cidr", split=True,
             doc="addresses and CIDRs allowed to fetch /fail2ban without logging in; empty: nobody (the "
-                "endpoint is 404 to everyone else)", maltrail="FAIL2BAN_ALLOWLIST"),
+                "endpoint is 404 to everyone else); Maltrail's newer FAIL2BAN_ALLOWLIST"),
         "blacklist": Key(
             "list", (), split=False,
             doc='rules for /blacklist, each Maltrail\'s "FIELD ~ REGEX [and FIELD !~ REGEX ...]" (fields src_ip, '
@@ -528,8 +529,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
             maltrail="BLACKLIST"),
         "blacklist_allowlist": Key(
             "list", (), form="cidr", split=True,
-            doc="addresses and CIDRs allowed to fetch /blacklist without logging in; empty: fail2ban_allowlist's",
-            maltrail="BLACKLIST_ALLOWLIST"),
+            doc="addresses and CIDRs allowed to fetch /blacklist without logging in; empty: fail2ban_allowlist's; "
+                "Maltrail's newer BLACKLIST_ALLOWLIST"),
         "artifact_allowlist": Key(
             "list", ("127.0.0.1", "::1"), form="cidr", split=True,
             doc="addresses and CIDRs of sensors allowed to download the compiled trail artifact "
