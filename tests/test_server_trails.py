@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import threading
@@ -27,6 +28,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from matchers import Artifact
+from tests.netns import veth  # noqa: F401  (the fixture)
 from tests.server_proc import WAIT_LIMIT_S, ServerProc, backend_extra  # noqa: F401  (the fixture)
 from tests.test_corpus import console_script
 from tests.test_server_compat import MALTRAIL_TRAILS, PASSWORD, login, request, users_extra
@@ -91,15 +93,15 @@ def test_trails_is_maltrails_csv_without_custom_trails_for_who_may_not_see_them(
 def test_the_server_follows_a_trail_update_on_its_host(served, tmp_path):
     proc, artifact = served
     port = proc.http_port
-    assert json.loads(request(port, "/check?q=fresh-trail.example", login(port, "admin"))[2])["found"] is False
+    assert json.loads(request(port, "/check?q=fresh-trail.org", login(port, "admin"))[2])["found"] is False
     # What `trails build` / `trails update` does on the server's host: a new file renamed into place.
     staging = tmp_path / "staging"
     staging.mkdir()
     shutil.copy(artifact, staging / "trails.mtdb")
-    new = build_server_trails(staging, extra_trail="fresh-trail.example")
+    new = build_server_trails(staging, extra_trail="fresh-trail.org")
     os.rename(new, artifact)
     admin = login(port, "admin")
-    proc_until_http(proc, lambda: json.loads(request(port, "/check?q=fresh-trail.example", admin)[2])["found"])
+    proc_until_http(proc, lambda: json.loads(request(port, "/check?q=fresh-trail.org", admin)[2])["found"])
     assert "generation 2" in proc.stderr()
 
 
@@ -220,7 +222,7 @@ def test_a_tampered_download_is_refused_and_the_trails_in_use_stay(served, tmp_p
     staging = tmp_path / "staging"
     staging.mkdir()
     shutil.copy(artifact, staging / "trails.mtdb")
-    os.rename(build_server_trails(staging, extra_trail="fresh-trail.example"), artifact)
+    os.rename(build_server_trails(staging, extra_trail="fresh-trail.org"), artifact)
     relay = Relay(proc.http_port, alter)
     try:
         conf, trails = sensor_config(tmp_path, relay.url, key)
@@ -265,3 +267,58 @@ def test_the_artifact_goes_only_to_allowlisted_sensors_or_a_session_that_may_see
         assert re.fullmatch(r"ed25519:[A-Za-z0-9+/=]{44}\n", request(port, "/trails/artifact.key")[2].decode())
     finally:
         proc.stop()
+
+
+@pytest.mark.parametrize("backend_extra", ["sqlite"], indirect=True)
+def test_a_live_sensor_adopts_the_servers_new_artifact_through_its_reload(served, tmp_path, veth):  # noqa: F811
+    """SIGUSR1 on a live sensor with update_server: its update child (the unprivileged account)
+    downloads the server's new artifact, and the reload that follows detects with it."""
+    import tempfile
+    from tests.test_cli import wait_for_records
+    from tests.test_engine import records
+    from tests.test_live_update import Sensor, account, dns
+    proc, artifact = served
+    namespace, host, peer = veth
+    user = account()
+    root = Path(tempfile.mkdtemp(prefix="mte-server-trails-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    try:
+        (root / "trails").mkdir()
+        (root / "feeds").mkdir()
+        config = root / "maltrail.toml"
+        log_dir = tmp_path / "log"
+        config.write_text(
+            '[all]\nlog_dir = "%s"\ntrails_artifact = "%s"\nfeeds_dir = "%s"\nupdate_period_s = "off"\n'
+            '[sensor]\ninterface = ["%s"]\nworkers = 1\nsensor_name = "upd"\nupdate_server = "http://127.0.0.1:%d"\n'
+            'update_server_key = "%s"\n' % (log_dir, root / "trails" / "trails.mtdb", root / "feeds", host,
+                                            proc.http_port, server_key(proc)))
+        out = mte("trails", "update", "-c", str(config))
+        assert out.returncode == 0, out.stderr
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
+                os.chown(name, user.pw_uid, user.pw_gid, follow_symlinks=False)
+        sensor = Sensor(config)
+        try:
+            sensor.wait_line(r"capturing on %s" % host)
+            sensor.wait_line(r"SIGUSR1 updates now")
+            from tests.netns import send_frames
+            send_frames(namespace, peer, [dns("before.fresh-trail.org", 40001), dns("www.evil-parent.com", 40002)])
+            assert wait_for_records(log_dir, 1) == 1, sensor.text()
+            staging = tmp_path / "staging"
+            staging.mkdir()
+            shutil.copy(artifact, staging / "trails.mtdb")
+            os.rename(build_server_trails(staging, extra_trail="fresh-trail.org"), artifact)
+            proc_until_http(proc, lambda: '"generation":2' in json.loads(
+                request(proc.http_port, "/trails/artifact.sig")[2])["manifest"])
+            mark = len(sensor.lines)
+            sensor.proc.send_signal(signal.SIGUSR1)
+            sensor.wait_line(r"signature verified", 120, after=mark)
+            sensor.wait_line(r"reload done: every worker runs generation 2", 60, after=mark)
+            send_frames(namespace, peer, [dns("after.fresh-trail.org", 40003)])
+            assert wait_for_records(log_dir, 2) == 2, sensor.text()
+        finally:
+            code = sensor.stop()
+        assert code == 0, sensor.text()
+        assert sorted(r[9] for r in records(log_dir)) == ["(after).fresh-trail.org", "(www).evil-parent.com"]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
