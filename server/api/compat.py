@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
+import os
 import re
 import time
 from typing import Iterator
@@ -230,7 +230,6 @@ class Compat:
     # -- trails ----------------------------------------------------------------------------------
 
     async def _stream_fd(self, request, response: web.StreamResponse, fd: int, size: int) -> web.StreamResponse:
-        import os
         await response.prepare(request)
         at = 0
         while at < size:
@@ -243,7 +242,6 @@ class Compat:
         return response
 
     async def trails_csv(self, request: web.Request) -> web.StreamResponse:
-        import os
         session = self.session(request)
         with_custom = not self.masked(session)
         loaded = await self._run(self.trails.current)
@@ -433,7 +431,6 @@ def server_log(kind: str, text: str) -> None:
 
 def setup(app: web.Application, server) -> Compat:
     """Mount the routes of module docstring on `app` for `server` (server/process.py Server)."""
-    import os
     from server.auth.state import state_db_path
     key_dir = os.path.dirname(os.path.abspath(state_db_path(server.cfg)))
     compat = Compat(server, TrailServe(server.cfg.all.trails_artifact, key_dir, server_log))
