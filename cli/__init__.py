@@ -422,7 +422,7 @@ def _update_spec(cfg, config_path: str | None, trails_flag: str | None, artifact
     return UpdateSpec(main, args, offline_args=("--offline",), period_s=0 if period == "off" else period,
                       timeout_s=cfg.all.update_timeout_s, custom_dir=cfg.all.custom_trails_dir, account=account,
                       # what `trails update` imports; "idna": the codec host names are looked up with
-                      preload=("trailsdb.update", "trailsdb.feeds.refresh", "events.fsafety", "encodings.idna"))
+                      preload=("trailsdb.update", "trailsdb.remote", "trailsdb.feeds.refresh", "events.fsafety", "encodings.idna"))
 
 
 def _check_host(cfg) -> int:
@@ -516,6 +516,13 @@ def _trails_update(args) -> int:
     from trailsdb.feeds.refresh import stderr_log
     from trailsdb.update import run_update
     cfg = load_config(getattr(args, "config", None) or default_config_path())
+    if cfg.sensor.update_server:    # the trails come signed from a server (trailsdb/remote.py)
+        from trailsdb.remote import download_update
+        from trailsdb.update import fetch_settings
+        got = download_update(cfg.sensor.update_server, cfg.sensor.update_server_key, cfg.all.trails_artifact,
+                              fetch_settings(cfg), stderr_log, directory_problem)
+        sys.stdout.write(("update: " if got.ok else "update FAILED: ") + got.summary() + "\n")
+        return 0 if got.ok else 1
     report = run_update(cfg, offline=args.offline, force=args.force, log=stderr_log,
                         directory_problem=directory_problem)
     lines = report.build.lines() if report.build is not None else []

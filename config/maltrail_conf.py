@@ -43,10 +43,9 @@ _OWN_FEEDS = ("each maltrail-engine sensor fetches the feeds itself (`maltrail-e
 MALTRAIL_ONLY: dict[str, str] = {
     "IP_ALIASES": "a setting of Maltrail's web interface: " + _SERVER_LATER,
     "HEADER_LOGO": "a setting of Maltrail's web interface: " + _SERVER_LATER,
-    "FAIL2BAN_REGEX": "served by Maltrail's web server (/fail2ban): " + _SERVER_LATER,
-    "BLACKLIST": "served by Maltrail's web server (blacklists): " + _SERVER_LATER,
     "USE_SERVER_UPDATE_TRAILS": "Maltrail's server handing trails to sensors: " + _SERVER_LATER + "; " + _OWN_FEEDS,
-    "UPDATE_SERVER": "Maltrail's sensors pulling a trails.csv from its server: " + _OWN_FEEDS,
+    "UPDATE_SERVER": "Maltrail's sensors pulling a trails.csv from its server: " + _OWN_FEEDS + "; a "
+                     "maltrail-engine server hands its signed artifact to [sensor] update_server",
     "DISABLE_CPU_AFFINITY": "maltrail-engine always pins its capture process to one CPU; there is no switch",
     "CHECK_HOST_DOMAINS": "always on here: the Host of every HTTP request is checked against domain trails "
                           "(COMPATIBILITY.md, difference 10)",
@@ -192,6 +191,10 @@ def _convert(option: Option, section: str, key: str, conf_dir: str, notes: list[
             notes.append("SHA-256 hashes are accepted only over TLS or from loopback, and replaced by argon2id at "
                          "the first login (README, \"Server users\")")
         return ["".join(line.split()) for line in value], None
+    if name == "BLACKLIST":     # a list of rules, one a line, taken as they are ([server] blacklist)
+        if not isinstance(value, list):
+            return None, "is not a list of rules"
+        return [line.strip() for line in value if line.strip()], None
     if isinstance(value, list):
         return None, "is a list of lines; a single value is expected"
     if name == "PROCESS_COUNT":

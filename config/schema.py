@@ -246,6 +246,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "str", "", empty_ok=True, secret=True,
             doc='shared secret signing log_server datagrams as Maltrail\'s newer servers check them '
                 '("MTS1 <HMAC>"); "" sends them unsigned', maltrail="LOG_SERVER_SECRET"),
+        "update_server": Key(
+            "str", "", form="feed_url", empty_ok=True,
+            doc='a maltrail-engine server this sensor takes its trails from instead of the feeds: `trails update` '
+                '(and the running sensor\'s periodic update) downloads the server\'s compiled artifact, checks its '
+                'signature against update_server_key and adopts it through the normal reload; "http(s)://host:8338" '
+                '(Maltrail\'s UPDATE_SERVER ".../trails" form is accepted); through [all] proxy_url if set; "" '
+                'builds locally. Not imported from maltrail.conf: there it names a Maltrail server, which serves no '
+                'signed artifact'),
+        "update_server_key": Key(
+            "str", "", empty_ok=True,
+            doc='the server\'s artifact signing key, "ed25519:<base64>" (the server prints it at start and serves '
+                'it at /trails/artifact.key: compare before pinning it); a download whose signature does not '
+                'verify with it is refused and the trails in use stay'),
         "syslog_server": Key(
             "list", (), form="endpoint", split=True,
             doc='SIEM collectors receiving every event as CEF over syslog: "udp://host:514", '
@@ -504,6 +517,29 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "str", "UTC", form="timezone",
             doc="time zone whose days partition the ClickHouse store (retention drops whole days) "
                 "and whose hours and days bucket its counts"),
+        "fail2ban_regex": Key(
+            "str", "", form="regex", empty_ok=True,
+            doc='/fail2ban lists the source address of every event of today whose Maltrail line this regular '
+                'expression matches (case-insensitive); "" answers that it is not set',
+            maltrail="FAIL2BAN_REGEX"),
+        "fail2ban_allowlist": Key(
+            "list", (), form="cidr", split=True,
+            doc="addresses and CIDRs allowed to fetch /fail2ban without logging in; empty: nobody (the "
+                "endpoint is 404 to everyone else); Maltrail's newer FAIL2BAN_ALLOWLIST"),
+        "blacklist": Key(
+            "list", (), split=False,
+            doc='rules for /blacklist, each Maltrail\'s "FIELD ~ REGEX [and FIELD !~ REGEX ...]" (fields src_ip, '
+                'src_port, dst_ip, dst_port, protocol, type, trail, filter = the info); an event matching any rule '
+                'lists its source address; "NAME: rule" puts a rule in /blacklist/NAME (Maltrail\'s BLACKLIST_NAME)',
+            maltrail="BLACKLIST"),
+        "blacklist_allowlist": Key(
+            "list", (), form="cidr", split=True,
+            doc="addresses and CIDRs allowed to fetch /blacklist without logging in; empty: fail2ban_allowlist's; "
+                "Maltrail's newer BLACKLIST_ALLOWLIST"),
+        "artifact_allowlist": Key(
+            "list", ("127.0.0.1", "::1"), form="cidr", split=True,
+            doc="addresses and CIDRs of sensors allowed to download the compiled trail artifact "
+                "(/trails/artifact, which holds custom trails) without logging in"),
     },
 }
 

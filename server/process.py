@@ -278,6 +278,8 @@ class Server:
         # they read the logged-in user from request[server.auth.web.SESSION_KEY].
         from server.api import setup as setup_api
         setup_api(app, self)
+        from server.api import compat
+        compat.setup(app, self)     # check, trails, Maltrail's endpoints
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         for thread in self._threads:

@@ -112,6 +112,8 @@ def test_every_option_is_carried_over_or_named_not_applicable(tmp_path):
     assert cfg.server.udp_address == "127.0.0.1" and cfg.server.udp_port == 8555
     assert cfg.server.users == ("alice:%s:0:" % ("0" * 64), "bob:%s:1000:10.0.0.0/8" % ("1" * 64))
     assert cfg.server.enable_mask_custom is True
+    assert cfg.server.fail2ban_regex == "attacker|mass scanner"
+    assert cfg.server.blacklist == ("src_ip ~ ^203.0.113. and dst_port ~ ^23$",)
     assert cfg.sensor.workers == "auto"
     assert cfg.all.update_period_s == 43200
     assert cfg.all.custom_trails_dir == os.path.join(here, "trails", "custom")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from matchers.artifact import KIND_CIDR4, KIND_CIDR6, KIND_NAMES
+from matchers.artifact import KIND_CIDR4, KIND_CIDR6, KIND_DOMAIN, KIND_NAMES, KIND_REGEX
 from matchers.domains import render_span
 from matchers.urls import url_checks
 from trailsdb.normalize import UA_PREFIX, fingerprint_key
@@ -171,42 +171,52 @@ class _Sources:
         return lines_for(self._provenance, trail_id, indent)
 
 
-def explain(matchers, indicator: str, with_provenance: bool = False) -> tuple[bool, list[str]]:
+def explain(matchers, indicator: str, with_provenance: bool = False,
+            found: list | None = None) -> tuple[bool, list[str]]:
     """(matched, lines); raises IndicatorError when `indicator` is not one (parse_indicator).
     `with_provenance` follows each match with its sources (ArtifactError when the artifact's
-    provenance does not decode)."""
+    provenance does not decode). `found`, when given, receives a (how, trail id) pair per
+    MATCH line, in the same order (the server's JSON answer is made from them: server/check.py)."""
     shape, *value = parse_indicator(indicator)
     sources = _Sources(matchers.artifact) if with_provenance else None
+    found = [] if found is None else found
     if shape == "ua":
         ua = value[0]
         trail_id = matchers.user_agents.match(ua)
         if trail_id is None:
             return False, ["user agent %r: no user-agent trail occurs in it" % ua]
+        found.append(("user agent", trail_id))
         return True, ["user agent %r: MATCH %s" % (ua, _describe(matchers, trail_id))] + _from(sources, trail_id, "  ")
     if shape == "cert":
-        return _explain_cert(matchers, value[0], sources=sources)
+        return _explain_cert(matchers, value[0], sources=sources, found=found)
     if shape == "ip":
-        return _explain_ip(matchers, *value, sources=sources)
+        return _explain_ip(matchers, *value, sources=sources, found=found)
     if shape == "url":
-        return _explain_url(matchers, *value, sources=sources)
-    return _explain_domain(matchers, value[0], sources=sources)
+        return _explain_url(matchers, *value, sources=sources, found=found)
+    return _explain_domain(matchers, value[0], sources=sources, found=found)
+
+
+def _found(found: list | None, how: str, trail_id: int) -> None:
+    if found is not None:
+        found.append((how, trail_id))
 
 
 def _from(sources: _Sources | None, trail_id: int, indent: str) -> list[str]:
     return sources.lines(trail_id, indent) if sources is not None else []
 
 
-def _explain_cert(matchers, fingerprint: str, sources=None) -> tuple[bool, list[str]]:
+def _explain_cert(matchers, fingerprint: str, sources=None, found=None) -> tuple[bool, list[str]]:
     lines = ["%s: certificate SHA-1 fingerprint" % fingerprint]
     trail_id = matchers.certs.lookup(bytes.fromhex(fingerprint))
     if trail_id is None:
         lines.append("  no certificate trail")
         return False, lines
     lines.append("  MATCH %s" % _describe(matchers, trail_id))
+    _found(found, "certificate", trail_id)
     return True, lines + _from(sources, trail_id, "    ")
 
 
-def _explain_ip(matchers, addr, port, sources=None) -> tuple[bool, list[str]]:
+def _explain_ip(matchers, addr, port, sources=None, found=None) -> tuple[bool, list[str]]:
     lines = ["%s: IPv%d address%s" % (addr, addr.version, " with port %d" % port if port is not None else "")]
     matched = False
     if port is not None:
@@ -214,6 +224,7 @@ def _explain_ip(matchers, addr, port, sources=None) -> tuple[bool, list[str]]:
         if trail_id is not None:
             matched = True
             lines.append("  MATCH address:port %s" % _describe(matchers, trail_id))
+            _found(found, "address:port", trail_id)
             lines += _from(sources, trail_id, "    ")
         else:
             lines.append("  no address:port trail")
@@ -223,13 +234,14 @@ def _explain_ip(matchers, addr, port, sources=None) -> tuple[bool, list[str]]:
         kind = matchers.artifact.kind(trail_id)
         how = "inside range" if kind in (KIND_CIDR4, KIND_CIDR6) else "exact address"
         lines.append("  MATCH %s: %s" % (how, _describe(matchers, trail_id)))
+        _found(found, how, trail_id)
         lines += _from(sources, trail_id, "    ")
     else:
         lines.append("  no address or range trail")
     return matched, lines
 
 
-def _explain_domain(matchers, name: str, sources=None) -> tuple[bool, list[str]]:
+def _explain_domain(matchers, name: str, sources=None, found=None) -> tuple[bool, list[str]]:
     lines = ["%s: domain name" % name]
     for trail_id, start in matchers.domains.table.suffixes(name):
         what = "exact" if start == 0 else "parent %s of %s" % (name[start:], name)
@@ -239,11 +251,14 @@ def _explain_domain(matchers, name: str, sources=None) -> tuple[bool, list[str]]
         lines.append("  no domain trail matches (exact, parent, regex, .onion gateway, ip-adress.com)")
         return False, lines
     lines.append("  MATCH as %r: %s" % (render_span(name, hit.start, hit.end), _describe(matchers, hit.trail_id)))
+    _found(found, "exact domain" if hit.start == 0 and matchers.artifact.kind(hit.trail_id) == KIND_DOMAIN
+           else "domain regex" if matchers.artifact.kind(hit.trail_id) == KIND_REGEX else "parent domain",
+           hit.trail_id)
     lines += _from(sources, hit.trail_id, "    ")
     return True, lines
 
 
-def _explain_url(matchers, host: str, path: str, sources=None) -> tuple[bool, list[str]]:
+def _explain_url(matchers, host: str, path: str, sources=None, found=None) -> tuple[bool, list[str]]:
     lines = ["%s%s: URL (host %s, path %s)" % (host, path, host or "any", path)]
     for check, post in url_checks(path, None):
         for candidate in (check, host + check):
@@ -253,10 +268,11 @@ def _explain_url(matchers, host: str, path: str, sources=None) -> tuple[bool, li
     hit = matchers.urls.match(host, path)
     matched = False
     if host:
-        matched, domain_lines = _explain_domain(matchers, host.split(":")[0], sources)
+        matched, domain_lines = _explain_domain(matchers, host.split(":")[0], sources, found)
         lines.extend("  " + line for line in domain_lines)
     if hit is not None:
         lines.append("  MATCH URL via %r: %s" % (hit.check, _describe(matchers, hit.trail_id)))
+        _found(found, "url", hit.trail_id)
         lines += _from(sources, hit.trail_id, "    ")
         return True, lines
     return matched, lines

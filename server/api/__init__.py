@@ -1,5 +1,7 @@
-"""The server's JSON API under /api/v1/ (server/api/v1.py): events and aggregates for a logged-in
-user, within the user's netfilter. `setup(app, server)` mounts it on the server's aiohttp app.
+"""The server's HTTP API, one module per concern, each with `setup(app, server)` adding its routes:
+v1.py (JSON under /api/v1/: events and aggregates for a logged-in user, within the user's
+netfilter) and compat.py (check, the trail set for sensors, Maltrail's paths). `setup` here
+mounts v1.
 
 Must not know how events are stored (server/store/ answers), how users log in (server/auth/ puts
 the session on the request) or how datagrams arrive.
