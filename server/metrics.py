@@ -1,0 +1,145 @@
+"""`GET /metrics`: the server's counters in Prometheus' text format.
+
+Owns the metric names and what each is read from; reads, at scrape time, what the server keeps
+anyway (server/intake.py IntakeCounters, server/sensors.py HttpsIntake and Registry, the store's
+status, AuthWeb's refusals, and `server.api_stats`, the API's per-endpoint requests and seconds).
+Must not count anything itself, nor change what it reads.
+
+Who may scrape: /metrics needs no login, as Prometheus scrapes without one, but answers only
+clients in [server] metrics_networks (default: this host, 127.0.0.0/8 and ::1); anyone else gets
+403. It carries sensor names and counts, never an event's address, so no user scope applies.
+
+Names (all prefixed maltrail_server_):
+  udp_datagrams_total, udp_events_total, udp_stored_total     the UDP intake (Maltrail's sensors)
+  udp_refused_total{reason}                                   datagrams refused, by reason
+  dropped_total{reason}                                       UDP datagrams / events dropped
+  https_batches_total, https_events_total, https_repeated_total  our sensors' batches
+  https_refused_total{reason}                                 HTTPS batches refused, by reason
+  http_refused_total{reason}                                  the API's refusals (login, session, size)
+  sensors, sensors_silent                                     the registry
+  sensor_last_seen_seconds{sensor}, sensor_silent{sensor}, sensor_events_per_second{sensor},
+  sensor_forwarding_lag_seconds{sensor}
+  store_ready, store_days, store_events_indexed               the store's status
+  api_requests_total{endpoint}, api_request_seconds_total{endpoint}  from server.api_stats
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+
+METRICS_PATH = "/metrics"
+PREFIX = "maltrail_server_"
+
+
+class ServerCollector:
+    """A prometheus_client collector reading the server's own counters at each scrape."""
+
+    def __init__(self, server):
+        self.server = server
+        self.store_status = None        # the last status read (the store may block: read in a thread)
+
+    def collect(self):
+        s = self.server
+        c = s.counters
+
+        def counter(name, doc, value=None, labels=(), rows=()):
+            m = CounterMetricFamily(PREFIX + name, doc, labels=list(labels))
+            if value is not None:
+                m.add_metric([], value)
+            for lab, v in rows:
+                m.add_metric(list(lab), v)
+            return m
+
+        def gauge(name, doc, value=None, labels=(), rows=()):
+            m = GaugeMetricFamily(PREFIX + name, doc, labels=list(labels))
+            if value is not None:
+                m.add_metric([], value)
+            for lab, v in rows:
+                m.add_metric(list(lab), v)
+            return m
+
+        yield counter("udp_datagrams", "UDP datagrams received", c.datagrams)
+        yield counter("udp_events", "events parsed from UDP datagrams", c.events)
+        yield counter("udp_stored", "events from UDP datagrams the store made durable", c.stored)
+        yield counter("udp_refused", "UDP datagrams refused, by reason", labels=("reason",),
+                      rows=[((r,), n) for r, n in sorted(c.refused_by_reason().items())])
+        yield counter("dropped", "UDP datagrams or events dropped, by reason", labels=("reason",),
+                      rows=[((r,), n) for r, n in sorted(c.dropped.items())])
+        h = s.https_intake
+        if h is not None:
+            hc = h.counters
+            yield counter("https_batches", "HTTPS batches acknowledged (stored or repeated)", hc.batches)
+            yield counter("https_events", "events from HTTPS batches stored", hc.events)
+            yield counter("https_repeated", "events of HTTPS batches already stored, acknowledged again",
+                          hc.repeated)
+            yield counter("https_refused", "HTTPS batches refused, by reason", labels=("reason",),
+                          rows=[((r,), n) for r, n in sorted(hc.refused.items())])
+        yield counter("http_refused", "API requests refused (login, session, CSRF, size), by reason",
+                      labels=("reason",), rows=[((r,), n) for r, n in sorted(s.auth_web.refusals.items())])
+        if s.registry is not None:
+            sensors = s.registry.snapshot()
+            yield gauge("sensors", "sensors known (heard, or holding a key)", len(sensors))
+            yield gauge("sensors_silent", "sensors silent for longer than [server] sensor_silent_after_s",
+                        sum(1 for r in sensors if r["silent"]))
+            yield gauge("sensor_silent", "1 when the sensor is silent", labels=("sensor",),
+                        rows=[((r["name"],), int(r["silent"])) for r in sensors])
+            yield gauge("sensor_last_seen_seconds", "when the sensor was last heard (Unix time)", labels=("sensor",),
+                        rows=[((r["name"],), r["last_seen_unix"]) for r in sensors if r["last_seen_unix"]])
+            yield gauge("sensor_events_per_second", "the sensor's events per second over the last minute",
+                        labels=("sensor",), rows=[((r["name"],), r["events_per_s"]) for r in sensors])
+            yield gauge("sensor_forwarding_lag_seconds", "how far behind its log the sensor's forwarder said it was",
+                        labels=("sensor",), rows=[((r["name"],), r["forwarding_lag_s"]) for r in sensors
+                                                  if r["forwarding_lag_s"] is not None])
+        st = self.store_status
+        if st is not None:
+            yield gauge("store_ready", "1 when the store answers", int(bool(st.ready)))
+            yield gauge("store_days", "days the store holds", st.days)
+            yield counter("store_events_indexed", "events the store indexed since the start", st.events_indexed)
+        # The API's hook: server.api_stats is {endpoint: {"requests": n, "seconds": s}}, kept by
+        # the API's handlers (server/api/); empty until they are wired.
+        stats = dict(getattr(s, "api_stats", None) or {})
+        yield counter("api_requests", "API requests answered, by endpoint", labels=("endpoint",),
+                      rows=[((e,), v.get("requests", 0)) for e, v in sorted(stats.items())])
+        yield counter("api_request_seconds", "seconds spent answering API requests, by endpoint",
+                      labels=("endpoint",), rows=[((e,), v.get("seconds", 0.0)) for e, v in sorted(stats.items())])
+
+
+def allowed_networks(texts) -> list:
+    return [ipaddress.ip_network(t, strict=False) for t in texts]
+
+
+def setup(app, server) -> None:
+    """Mount /metrics (outside /api/v1: no session; the network rule of the module doc)."""
+    from aiohttp import web
+    collector = ServerCollector(server)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    networks = allowed_networks(server.cfg.server.metrics_networks)
+    refused = {"count": 0}
+    server.metrics_refused = refused
+
+    async def metrics(request):
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        try:
+            address = ipaddress.ip_address(str(peer[0]).split("%")[0]) if peer else None
+        except ValueError:
+            address = None
+        if address is not None and address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if address is None or not any(address in n for n in networks if n.version == address.version):
+            refused["count"] += 1
+            return web.json_response({"error": "/metrics answers [server] metrics_networks only"}, status=403)
+        loop = asyncio.get_running_loop()
+        collector.store_status = await loop.run_in_executor(None, server.store.status)
+        body = await loop.run_in_executor(None, generate_latest, registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get(METRICS_PATH, metrics)
+
+
+__all__ = ["ServerCollector", "setup", "METRICS_PATH"]
