@@ -492,7 +492,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "int", 1048576, unit="bytes", min=1024, max=1073741824,
             doc="largest body the API accepts in one request (login, changes); larger ones get 413"),
         "sensor_silent_after_s": Key(
-            "int", 300, unit="seconds", min=10, max=604800,
+            "int", 300, unit="seconds", min=1, max=604800,
             doc="a sensor heard from nothing for longer than this is flagged silent in /api/v1/sensors "
                 "and /metrics (Maltrail has no such flag)"),
         "metrics_networks": Key(

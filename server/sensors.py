@@ -469,6 +469,7 @@ class HttpsIntake:
         self._places = self.db.places()     # sensor -> stream -> (offset, done), as durable
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="https-intake")
         self.store_error = ""
+        self._unsettled: list[int] = []
         self.recover()
 
     # -- the durable steps (intake thread) ---------------------------------------------------
@@ -501,13 +502,14 @@ class HttpsIntake:
             seen += n
             if (offset, done) > places.get(stream, (-1, -1)):
                 places[stream] = (offset, done)
-        self.db.settle(intent_id, sensor, places)
         self._places[sensor] = places
+        self.db.settle(intent_id, sensor, places)
         return got
 
     def store_batch(self, batch: Batch) -> tuple[int, int]:
         """Steps 1-3 of the module doc for one batch: (events stored, records repeated). Raises
         Refused(store_failed) when the store fails; what it stored before failing counts."""
+        self._settle_unsettled()
         known = self._places.get(batch.sensor, {})
         fresh = [it for it in batch.items if (it.offset, it.done) > known.get(it.stream, (-1, -1))]
         repeated = len(batch.items) - len(fresh)
@@ -551,13 +553,34 @@ class HttpsIntake:
                     pass        # the intent stays; the next start settles it
                 raise self._failed(exc) from None
             s = self.registry.heard(batch.sensor, "https", len(events), batch.version, batch.trails, batch.lag_s)
-            self.db.settle(intent_id, batch.sensor, places, [Registry._row(s)])
-            self._places[batch.sensor] = places
+            self._places[batch.sensor] = places     # stored: whatever happens to the state file now
             stored += len(events)
+            try:
+                self.db.settle(intent_id, batch.sensor, places, [Registry._row(s)])
+            except sqlite3.Error as exc:
+                # The events are stored, the state file cannot say so yet (disk full): the places
+                # are kept here and written with the next batch; the intent stays, and a start
+                # before then settles it by counting (all of it is in the store).
+                self._unsettled.append(intent_id)
+                self.log("!", "HTTPS intake: cannot record stored places in the state database: %s" % exc)
         if not stored:
             self.registry.heard(batch.sensor, "https", 0, batch.version, batch.trails, batch.lag_s)
         self.store_error = ""
         return stored, repeated
+
+    def _settle_unsettled(self) -> None:
+        """Intents whose events were stored but whose places could not be written: write every
+        sensor's places (as stored) and remove those intents, once the state file takes it."""
+        if not self._unsettled:
+            return
+        try:
+            for sensor, places in self._places.items():
+                self.db.settle(0, sensor, places)
+            for intent_id in self._unsettled:
+                self.db.settle(intent_id, "", {})
+            self._unsettled = []
+        except sqlite3.Error:
+            pass
 
     def _failed(self, exc) -> Refused:
         if str(exc) != self.store_error:
@@ -598,6 +621,7 @@ class HttpsIntake:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._settle_unsettled()
         self.registry.flush()
         self.db.close()
 
