@@ -19,7 +19,7 @@ Names (all prefixed maltrail_server_):
   sensors, sensors_silent                                     the registry
   sensor_last_seen_seconds{sensor}, sensor_silent{sensor}, sensor_events_per_second{sensor},
   sensor_forwarding_lag_seconds{sensor}
-  store_ready, store_days, store_events_indexed               the store's status
+  store_ready, store_day_files, store_events_indexed              the store's status
   api_requests_total{endpoint}, api_request_seconds_total{endpoint}  from server.api_stats
 """
 
@@ -28,11 +28,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 
-from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.exposition import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 METRICS_PATH = "/metrics"
+# The text format every Prometheus reads (Debian's included); generate_latest writes it.
 PREFIX = "maltrail_server_"
 
 
@@ -98,7 +98,7 @@ class ServerCollector:
         st = self.store_status
         if st is not None:
             yield gauge("store_ready", "1 when the store answers", int(bool(st.ready)))
-            yield gauge("store_days", "days the store holds", st.days)
+            yield gauge("store_day_files", "days the store holds", st.days)
             yield counter("store_events_indexed", "events the store indexed since the start", st.events_indexed)
         # The API's hook: server.api_stats is {endpoint: {"requests": n, "seconds": s}}, kept by
         # the API's handlers (server/api/); empty until they are wired.
@@ -137,7 +137,7 @@ def setup(app, server) -> None:
         loop = asyncio.get_running_loop()
         collector.store_status = await loop.run_in_executor(None, server.store.status)
         body = await loop.run_in_executor(None, generate_latest, registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
     app.router.add_get(METRICS_PATH, metrics)
 
