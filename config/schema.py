@@ -312,7 +312,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "bool", False,
             doc='the log directory becomes a spool: a day file (not today\'s) is deleted once every '
                 'configured destination has taken all of it. Needs log_server, syslog_server, '
-                'logstash_server or json_output', maltrail="DISABLE_LOCAL_LOG_STORAGE"),
+                'logstash_server, json_output or server_url', maltrail="DISABLE_LOCAL_LOG_STORAGE"),
         "console": Key(
             "bool", False,
             doc='also print every event to stderr as it is written, as Maltrail\'s line (coloured by '

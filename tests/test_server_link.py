@@ -393,3 +393,19 @@ def test_the_registry_lists_https_and_udp_sensors_and_flags_the_silent_ones(tmp_
         assert found["s1"]["events"] == 6 and found["s1"]["version"] == "test"
     finally:
         assert server.stop() == 0
+
+
+def test_server_url_without_a_key_is_a_configuration_error_naming_the_fix(tmp_path):
+    from config.load import ConfigError
+    conf = tmp_path / "sensor.toml"
+    conf.write_text('[sensor]\nserver_url = "https://server.example:8338"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(str(conf))
+    assert "server_key" in str(info.value) and "server sensor add" in str(info.value)
+    conf.write_text('[sensor]\nserver_url = "https://server.example:8338"\nserver_key = "mtk_x"\n'
+                    'disable_local_log_storage = true\n')
+    from engine.processes.forwarder import destinations_from_config, position_names
+    cfg = load_config(str(conf))
+    found = destinations_from_config(cfg)
+    assert [(d["kind"], d["address"], d["key"]) for d in found] == [("server_url", "https://server.example:8338", "mtk_x")]
+    assert position_names(found) == ["server-url-https___server.example_8338"]
