@@ -168,14 +168,16 @@ def test_a_server_killed_during_intake_stores_every_event_exactly_once(artifact,
     server.start()
     sensor = Sensor(tmp_path / "sensor", artifact, tmp_path / "sensor-log", server_url=url(server),
                     server_key=key).start()
-    total = 30_000
+    total = 0
     kills = interrupted = 0
     try:
-        sensor.feed(dns_frames(0, total))
-        # SIGKILL as soon as a batch has been stored: the sensor sends the next one at once, so the
-        # kill lands inside it (its intent written, the store's ingest under way or done, its
-        # places not yet), which the next start says. Kill until that happened twice.
+        # Each round, more events; SIGKILL as soon as a batch of them has been stored: the sensor
+        # sends the next one at once, so the kill often lands inside it (its intent written, the
+        # store's ingest under way or done, its places not yet), which the next start says. Kill
+        # until that happened twice.
         while interrupted < 2 and kills < MAX_KILLS:
+            sensor.feed(dns_frames(total, 5000))
+            total += 5000
             server.until(lambda h: https(h)["events"] > 0)
             server.stop(signal.SIGKILL)
             kills += 1
