@@ -411,3 +411,92 @@ def test_server_url_without_a_key_is_a_configuration_error_naming_the_fix(tmp_pa
     found = destinations_from_config(cfg)
     assert [(d["kind"], d["address"], d["key"]) for d in found] == [("server_url", "https://server.example:8338", "mtk_x")]
     assert position_names(found) == ["server-url-https___server.example_8338"]
+
+
+# -- HTTPS: the sensor verifies the server's certificate --------------------------------------------------
+class TlsFront:
+    """A TLS terminator on localhost relaying each connection to the server's plain HTTP port: the
+    sensor speaks real HTTPS to it (the server's own TLS listener is [server] use_ssl's)."""
+
+    def __init__(self, cert: Path, key: Path, backend_port: int):
+        import socket
+        import ssl
+        import threading
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(str(cert), str(key))
+        self.backend_port = backend_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.handshakes_failed = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import ssl
+        import threading
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                client = self.context.wrap_socket(raw, server_side=True)
+            except (ssl.SSLError, OSError):
+                self.handshakes_failed += 1
+                raw.close()
+                continue
+            backend = socket.create_connection(("127.0.0.1", self.backend_port))
+            for a, b in ((client, backend), (backend, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a, b):
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self):
+        self.listener.close()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from tests.collectors import Pki
+    return Pki(tmp_path_factory.mktemp("link-pki"))
+
+
+@pytest.mark.parametrize("certificate", ["ours", "rogue"])
+def test_the_sensor_sends_over_https_only_to_a_server_whose_certificate_verifies(
+        certificate, artifact, pki, tmp_path):  # noqa: F811
+    server = new_server(tmp_path)
+    key = sensor_key(server, "fwd-test")
+    server.start()
+    cert, private = (pki.server_cert, pki.server_key) if certificate == "ours" else (pki.rogue_cert, pki.rogue_key)
+    front = TlsFront(cert, private, server.http_port)
+    address = "https://localhost:%d" % front.port
+    sensor = Sensor(tmp_path / "sensor", artifact, tmp_path / "sensor-log", server_url=address, server_key=key,
+                    server_ca_file=str(pki.ca)).start()
+    try:
+        sensor.feed(dns_frames(0, 300))
+        if certificate == "ours":
+            server.until(lambda h: https(h)["events"] == 300)
+        else:
+            sensor.wait_line(r"server_url %s unreachable: .*the certificate does not verify" % address)
+            assert https(server.health())["batches"] == 0 and front.handshakes_failed >= 1
+    finally:
+        code = sensor.finish()
+        front.close()
+    assert code == 0, sensor.text()
+    assert server.stop() == 0
+    assert len(stored_events(server)) == (300 if certificate == "ours" else 0)
