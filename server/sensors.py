@@ -204,11 +204,12 @@ def decode_batch(body: bytes, sensor: str) -> Batch:
     if params.content_size > MAX_BATCH_BYTES:
         raise Refused(R_TOO_LARGE, "the batch is larger than %d bytes decompressed" % MAX_BATCH_BYTES)
     try:
-        dobj = zstandard.ZstdDecompressor().decompressobj()
-        raw = dobj.decompress(body[:MAX_BATCH_BYTES])
-        if len(raw) > MAX_BATCH_BYTES:
-            raise Refused(R_TOO_LARGE, "the batch is larger than %d bytes decompressed" % MAX_BATCH_BYTES)
+        # A frame without its content size is decompressed into at most MAX_BATCH_BYTES (more is
+        # an error, not an allocation): a small body cannot make the server hold gigabytes.
+        raw = zstandard.ZstdDecompressor().decompress(body, max_output_size=MAX_BATCH_BYTES)
     except zstandard.ZstdError as exc:
+        if params.content_size in (-1, zstandard.CONTENTSIZE_UNKNOWN) and "output" in str(exc).lower():
+            raise Refused(R_TOO_LARGE, "the batch is larger than %d bytes decompressed" % MAX_BATCH_BYTES) from None
         raise Refused(R_NOT_ZSTD, "the zstd frame is damaged: %s" % exc) from None
     try:
         doc = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_array_len=MAX_BATCH_EVENTS * 4 + 16,
@@ -517,22 +518,31 @@ class HttpsIntake:
             self.counters.refused["unstorable_event"] += sum(1 for it in fresh if not it.events)
             self.log("!", "HTTPS intake: sensor %s sent %d record(s) the store cannot hold (acknowledged, not "
                      "stored; they stay in the sensor's log): %s" % (batch.sensor, batch.unstorable, batch.problem))
-        # One server day at a time, each in the sensor's order (the prefix rule of the module doc);
-        # a record's events are of its time, so of one day.
-        by_day: dict[str, list[Item]] = {}
+        # Runs of consecutive records of one server day, in the sensor's order: the store writes
+        # one day file per ingest, so what an interrupted ingest left is a prefix of its run, and
+        # everything before the run is stored: the places move only past a prefix of the batch
+        # (the places of a day file of the sensor only grow along the batch).
+        runs: list[list[Item]] = []
+        day = None
         for it in fresh:
-            ts_us = it.events[0].ts_us if it.events else min(
-                (e.ts_us for i in fresh for e in i.events), default=0)
-            by_day.setdefault(file_name_for(ts_us), []).append(it)
+            if it.events and file_name_for(it.events[0].ts_us) != day:
+                day = file_name_for(it.events[0].ts_us)
+                runs.append([])
+            if not runs:
+                runs.append([])
+            runs[-1].append(it)
         stored = 0
-        for _day, items in sorted(by_day.items()):
+        for items in runs:
             events = [e for it in items for e in it.events]
             places = dict(self._places.get(batch.sensor, {}))
             for it in items:
                 if (it.offset, it.done) > places.get(it.stream, (-1, -1)):
                     places[it.stream] = (it.offset, it.done)
-            if not events:
-                self.db.settle(0, batch.sensor, places)
+            if not events:      # only records the store cannot hold: past them
+                try:
+                    self.db.settle(0, batch.sensor, places)
+                except sqlite3.Error as exc:
+                    raise self._failed(exc) from None
                 self._places[batch.sensor] = places
                 continue
             lo = min(e.ts_us for e in events) // HOUR_US * HOUR_US

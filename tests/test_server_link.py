@@ -287,6 +287,8 @@ def test_repeats_are_acknowledged_once_stored_and_bad_batches_are_refused_with_c
             (body, "Bearer s1:" + other, 401, "unauthorized"),
             (body, "Bearer s1:", 401, "unauthorized"),
             (b"not zstd at all", good, 400, "not_zstd"),
+            # 2 KiB that would be 70 MiB: refused without being held (no content size in the frame)
+            (zstandard.ZstdCompressor(write_content_size=False).compress(b"\0" * (70 << 20)), good, 400, "too_large"),
             (zstandard.ZstdCompressor().compress(b"\xc1\xc1"), good, 400, "not_msgpack"),
             (zstandard.ZstdCompressor().compress(msgpack.packb([1, 2])), good, 400, "bad_batch"),
             (batch("s1", [event(200)], v=2), good, 400, "bad_batch"),
@@ -305,7 +307,7 @@ def test_repeats_are_acknowledged_once_stored_and_bad_batches_are_refused_with_c
         big = os.urandom(70_000)
         assert post(server, big, good)[0] == 413
         h = server.health()
-        assert https(h)["refused"] == {"unauthorized": 3, "not_zstd": 1, "not_msgpack": 1, "bad_batch": 3,
+        assert https(h)["refused"] == {"unauthorized": 3, "not_zstd": 1, "too_large": 1, "not_msgpack": 1, "bad_batch": 3,
                                        "bad_event": 1, "sensor_mismatch": 2}
         assert https(h)["events"] == 16 and https(h)["repeated"] == 20
         metrics = get_text(server, "/metrics")
@@ -500,3 +502,15 @@ def test_the_sensor_sends_over_https_only_to_a_server_whose_certificate_verifies
     assert code == 0, sensor.text()
     assert server.stop() == 0
     assert len(stored_events(server)) == (300 if certificate == "ours" else 0)
+
+
+def test_plain_http_to_another_host_is_warned_about_and_loopback_is_not():
+    from events.forwarders.server_link import ServerLink
+    said = []
+    ServerLink("http://192.0.2.10:8338", "mtk_x", "s1", warn=said.append)
+    assert len(said) == 1 and "unencrypted" in said[0] and "mtk_x" not in said[0]
+    ServerLink("http://127.0.0.1:8338", "mtk_x", "s1", warn=said.append)
+    ServerLink("https://192.0.2.10:8338", "mtk_x", "s1", warn=said.append)
+    assert len(said) == 1
+    with pytest.raises(ValueError, match="server_key is empty"):
+        ServerLink("https://192.0.2.10:8338", "", "s1")

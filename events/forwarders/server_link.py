@@ -21,6 +21,7 @@ are never followed. The key is never printed. Must not know how events are detec
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import socket
 import ssl
@@ -40,6 +41,15 @@ BATCH_EVENTS = 2000          # events per POST: one fsync'd store transaction on
 CONNECT_TIMEOUT_S = 5.0
 TOTAL_TIMEOUT_S = 60.0       # the server answers once the batch is durable (fsync, SQLite, ClickHouse)
 ANSWER_BYTES = 65_536
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ServerLink(Destination):
@@ -70,6 +80,9 @@ class ServerLink(Destination):
         self.connect_timeout_s = connect_timeout_s
         self.total_timeout_s = total_timeout_s
         self.forwarder = None           # the Forwarder feeding it (attach): its cursor's places, its lag
+        if not self.https and not _is_loopback(self.host):
+            self.warn("%s %s: plain http:// to another host: the sensor's key and its events cross the network "
+                      "unencrypted; use https://" % (self.kind, self.address))
         self._conn: http.client.HTTPConnection | None = None
         self._cctx = zstandard.ZstdCompressor(level=3, write_content_size=True)
         self._said: set[int] = set()
