@@ -1,7 +1,8 @@
 """`python -m bench COMMAND ...`: one entry point for the benchmarks (see bench/README.md).
 
 `replay` runs bench/replay.py, `generate` bench/generate.py, `floods` bench/floods.py,
-`forward` bench/forward.py, `update` bench/update.py and `server-udp` bench/server_udp.py; `trails`
+`forward` bench/forward.py, `update` bench/update.py, `server-udp` bench/server_udp.py and
+`server-https` bench/server_https.py; `trails`
 and `ipc` run the micro benchmarks, which also stay runnable as `python -m bench.trails` and
 `python -m bench.ipc`.
 """
@@ -20,6 +21,7 @@ COMMANDS = {
     "floods": ("bench.floods", "the heuristics' bounded state filled to its caps: memory and time"),
     "forward": ("bench.forward", "forwarding: events/s per destination kind, the sensor with forwarding on vs off"),
     "server-udp": ("bench.server_udp", "the server's UDP intake: the highest rate held with zero loss"),
+    "server-https": ("bench.server_https", "the server's HTTPS intake: events/s of acknowledged sensor batches"),
 }
 
 

@@ -194,16 +194,25 @@ def _cross_check(values: Values, origins: dict, lines: dict, source: str | None)
         problems.append(_value_problem(at, "server", "use_ssl", values[("server", "use_ssl")],
                                        "needs [server] ssl_pem to name a PEM file",
                                        "set ssl_pem, or use_ssl = false"))
+    # Our server takes events only from a sensor with its key.
+    if values[("sensor", "server_url")] and not values[("sensor", "server_key")]:
+        key = ("sensor", "server_url")
+        at = COMMAND_LINE if origins[key] == ORIGIN_FLAG else (location(source, lines[key]) if source else "defaults")
+        problems.append(_value_problem(
+            at, "sensor", "server_url", values[key], "needs [sensor] server_key, the key the server issued",
+            "run `maltrail-engine server sensor add NAME` on the server and set server_key to what it prints"))
     # A spool needs somewhere for every event to go; reported at the switch.
     if values[("sensor", "disable_local_log_storage")] and not (
             values[("sensor", "log_server")] or values[("sensor", "syslog_server")]
-            or values[("sensor", "logstash_server")] or values[("sensor", "json_output")]):
+            or values[("sensor", "logstash_server")] or values[("sensor", "json_output")]
+            or values[("sensor", "server_url")]):
         key = ("sensor", "disable_local_log_storage")
         at = COMMAND_LINE if origins[key] == ORIGIN_FLAG else (location(source, lines[key]) if source else "defaults")
         problems.append(_value_problem(
             at, "sensor", "disable_local_log_storage", True,
             "turns the log directory into a spool, which needs a destination that takes every event",
-            "set log_server, syslog_server, logstash_server or json_output, or disable_local_log_storage = false"))
+            "set log_server, syslog_server, logstash_server, json_output or server_url, or "
+            "disable_local_log_storage = false"))
     return problems
 
 

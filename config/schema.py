@@ -309,11 +309,23 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "alert_ca_file": Key(
             "str", "", form="path", empty_ok=True,
             doc='CA certificates (PEM) that verify an https:// alert_webhook_url; "" for the system\'s'),
+        "server_url": Key(
+            "str", "", form="feed_url", empty_ok=True,
+            doc='our server (`maltrail-engine server`) receiving every event over HTTPS in numbered, '
+                'acknowledged batches from the log: "https://host:8338"; "" for none. Loses nothing '
+                'through an outage or a restart (Maltrail\'s LOG_SERVER is the UDP one: log_server)'),
+        "server_key": Key(
+            "str", "", empty_ok=True, secret=True,
+            doc='the key `maltrail-engine server sensor add NAME` printed for this sensor (NAME must be '
+                'sensor_name). Never printed'),
+        "server_ca_file": Key(
+            "str", "", form="path", empty_ok=True,
+            doc='CA certificates (PEM) that verify an https:// server_url; "" for the system\'s'),
         "disable_local_log_storage": Key(
             "bool", False,
             doc='the log directory becomes a spool: a day file (not today\'s) is deleted once every '
                 'configured destination has taken all of it. Needs log_server, syslog_server, '
-                'logstash_server or json_output', maltrail="DISABLE_LOCAL_LOG_STORAGE"),
+                'logstash_server, json_output or server_url', maltrail="DISABLE_LOCAL_LOG_STORAGE"),
         "console": Key(
             "bool", False,
             doc='also print every event to stderr as it is written, as Maltrail\'s line (coloured by '
@@ -497,6 +509,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_request_bytes": Key(
             "int", 1048576, unit="bytes", min=1024, max=1073741824,
             doc="largest body the API accepts in one request (login, changes); larger ones get 413"),
+        "sensor_silent_after_s": Key(
+            "int", 300, unit="seconds", min=1, max=604800,
+            doc="a sensor heard from nothing for longer than this is flagged silent in /api/v1/sensors "
+                "and /metrics (Maltrail has no such flag)"),
+        "metrics_networks": Key(
+            "list", ("127.0.0.0/8", "::1"), form="cidr", split=True,
+            doc="clients allowed to scrape /metrics (Prometheus, no login); others get 403"),
         "store": Key(
             "str", "sqlite", form="store",
             doc="where the server indexes events: sqlite (embedded, one file per day) or clickhouse "

@@ -115,6 +115,8 @@ class Server:
         self._store_error = ""
         self.auth_web = _auth_web(cfg)
         self.api = self.api_stats = None        # server/api/ sets them when it mounts its routes
+        self.registry = None            # server/sensors.py Registry, once set up
+        self.https_intake = None        # server/sensors.py HttpsIntake, once set up
 
     # -- the parse and store threads -------------------------------------------------------
     # Two threads, so that parsing (Python, holding the GIL) overlaps the store's fsync and SQLite
@@ -189,6 +191,8 @@ class Server:
                 try:
                     c.stored += self.store.ingest(events)
                     self._store_error = ""
+                    if self.registry is not None:      # Maltrail's sensors, by name (server/sensors.py)
+                        self.registry.heard_events(events)
                 except StoreError as exc:
                     c.dropped["store_failed"] += len(events)
                     if str(exc) != self._store_error:
@@ -249,7 +253,8 @@ class Server:
             "uptime_s": round(time.monotonic() - self.started, 3),
             "started_unix": self.started_unix,
             "intake": {"udp": dict(self.counters.as_dict(), backlog=self._handed - self._done,
-                                   receive_buffer_bytes=self.udp_buffer_bytes)},
+                                   receive_buffer_bytes=self.udp_buffer_bytes),
+                       "https": self.https_intake.counters.as_dict() if self.https_intake else None},
             "store": {"backend": st.backend, "ready": st.ready, "days": st.days,
                       "events_indexed": st.events_indexed, "repaired_events": st.repaired_events,
                       "last_commit_unix": st.last_commit_unix, "error": self._store_error, **st.details},
@@ -276,10 +281,13 @@ class Server:
         self.auth_web.setup(app)
         # Each part of the HTTP side adds its routes here (server/api/, server/sensors/, ...):
         # they read the logged-in user from request[server.auth.web.SESSION_KEY].
-        from server.api import setup as setup_api
-        setup_api(app, self)
+        from server import metrics, sensors
         from server.api import compat
-        compat.setup(app, self)     # check, trails, Maltrail's endpoints
+        from server.api import setup as setup_api
+        setup_api(app, self)            # events and aggregates (server/api/v1.py)
+        compat.setup(app, self)         # check, trails, Maltrail's endpoints
+        sensors.setup(app, self)        # our sensors' HTTPS intake, the sensor registry
+        metrics.setup(app, self)        # /metrics
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         for thread in self._threads:

@@ -29,10 +29,11 @@ from engine.processes import privileges
 from engine.processes.child import ChildProcess
 from engine.transport import ipc
 from events.forwarders import spool as spooling
-from events.forwarders.base import Destination, Forwarder
+from events.forwarders.base import FORWARD_BATCH, Destination, Forwarder
 from events.forwarders.ecs import EcsOutput
 from events.forwarders.logstash import Logstash
 from events.forwarders.maltrail_server import MaltrailServer
+from events.forwarders.server_link import ServerLink
 from events.forwarders.syslog import Syslog
 from events.forwarders.transports import Endpoint, tls_context
 from events.forwarders.webhook import Webhook, display_url
@@ -75,6 +76,10 @@ def destinations_from_config(cfg) -> list[dict]:
     if s.alert_webhook_url:
         out.append({"kind": "alert_webhook_url", "address": s.alert_webhook_url, "severity": s.alert_severity,
                     "format": s.alert_format, "throttle_s": s.alert_throttle_s, "ca_file": s.alert_ca_file})
+    if s.server_url:
+        from config.load import resolved_sensor_name
+        out.append({"kind": "server_url", "address": s.server_url, "key": s.server_key,
+                    "ca_file": s.server_ca_file, "sensor": resolved_sensor_name(cfg)})
     return out
 
 
@@ -135,6 +140,9 @@ def build_destinations(descriptions: list[dict], version: str, trails_date, warn
             elif kind == "alert_webhook_url":
                 built.append(Webhook(d["address"], d.get("severity", "high"), d.get("format", "%(json)s"),
                                      d.get("throttle_s", 3600), d.get("ca_file", ""), version, warn))
+            elif kind == "server_url":
+                built.append(ServerLink(address, d.get("key", ""), d.get("sensor", ""), version, trails_date,
+                                        d.get("ca_file", ""), warn))
             else:
                 raise ValueError("unknown destination kind %r" % kind)
         except (ValueError, OSError) as exc:
@@ -176,7 +184,11 @@ def run_forwarder(spec: ForwarderSpec) -> None:
             spec.destinations, spec.version, trails_date, warn=_warn,
             trusted_uids=(spec.account.uid,) if spec.account is not None else ()))
         child.drop_privileges(spec.account)
-        forwarders = [Forwarder(d, dir_fd, warn=_warn) for d in destinations]
+        forwarders = [Forwarder(d, dir_fd, warn=_warn, batch=getattr(d, "batch_events", FORWARD_BATCH))
+                      for d in destinations]
+        for f in forwarders:
+            if hasattr(f.destination, "attach"):    # a destination that reads the forwarder's places
+                f.destination.attach(f)
     except (OSError, ValueError, privileges.PrivilegeError) as exc:
         _warn(str(exc))
         try:

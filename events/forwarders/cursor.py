@@ -191,6 +191,11 @@ class LogCursor:
             self.moved = True
         return out
 
+    def pending_marks(self) -> list[Mark]:
+        """The place after each event of the last read, in order (a destination that numbers
+        events by their place in the log: events/forwarders/server_link.py)."""
+        return [mark for mark, is_event in self._pending if is_event]
+
     def close(self) -> None:
         if self.dir_fd >= 0:
             os.close(self.dir_fd)
