@@ -17,8 +17,9 @@ parse_maltrail). Rules, each refusal counted by its reason (REASONS):
   (the prefix is UTC; the line's clock text is the sensor's local time, unknown here); without
   one, the line's time read as this server's local time.
 - addresses must be IPv4 or IPv6 addresses; ports decimal 0..65535 or '-' (none); a condensed
-  port list ("80,443", as Maltrail writes when it condenses events) becomes one event per port,
-  pairing the lists position by position when both sides are lists of one length.
+  record (ports or addresses as comma lists, "80,443", as Maltrail and our sensor write a scan;
+  ours may end the list with "+N" for N not listed) becomes one event per listed position,
+  pairing lists of one length position by position (`expand`, shared with the HTTPS intake).
 - type, trail and proto must be present ('-' is refused for them); info and reference may be '-'
   (stored as "").
 - severity is decided here, with the same SeverityRule the sensor uses ([all] severity_regex).
@@ -32,10 +33,9 @@ import hmac
 import re
 
 from events.formats import parse_maltrail_why
-from events.record import Event, SeverityRule
+from events.record import SEVERITIES, Event, SeverityRule
 from server.addresses import ip_key
 
-MAX_PORTS_PER_LINE = 1024
 
 # Why a datagram was refused (counter labels; also events/formats.py WHY_* for the line itself).
 R_NOT_UTF8 = "not_utf8"
@@ -47,31 +47,74 @@ R_EPOCH = "epoch"                       # an epoch prefix out of range
 R_ADDRESS = "address"
 R_PORT = "port"
 R_MISSING = "missing_field"             # type, trail or proto given as '-'
+R_SEVERITY = "severity"                 # (our sensors' records) a severity that is none of ours
 R_EMPTY = "empty"
 R_TOO_LONG = "too_long"                 # longer than the receive buffer (server/recv.py): cut by the kernel
 REASONS = (R_EMPTY, R_TOO_LONG, R_NOT_UTF8, R_NO_EVENT_LINE, R_SIGNED, R_UNSIGNED, R_BAD_SIGNATURE, R_EPOCH, "quoting", "field_count", "time",
-           R_ADDRESS, R_PORT, R_MISSING)
+           R_ADDRESS, R_PORT, R_MISSING, R_SEVERITY)
 
 _SIGNED_PREFIX = b"MTS1 "
 _EPOCH = re.compile(r"\A([0-9]{1,12}) ")
 _MAX_EPOCH_S = 253402300799             # 9999-12-31T23:59:59Z
 
 
-def _ports(value) -> list | None:
-    """[port] or [None] or the list of a condensed field; None when malformed."""
-    if value is None:
-        return [None]
-    if isinstance(value, int):
-        return [value] if value <= 65535 else None
-    parts = value.split(",")
-    if len(parts) > MAX_PORTS_PER_LINE:
+MAX_CONDENSED = 4096
+
+
+class Unstorable(ValueError):
+    """A record the store cannot hold as written; `reason` is one of REASONS."""
+
+    def __init__(self, reason: str, text: str):
+        super().__init__(text)
+        self.reason = reason
+
+
+def _list(value, reason: str) -> list:
+    """A condensed field ("a,b,c", as Maltrail and our sensor write a scan's ports or addresses,
+    ours ending in "+N" or "+N or more" when N more were not listed), or the one value."""
+    if isinstance(value, str) and "," in value:
+        parts = value.split(",")
+        if len(parts) > MAX_CONDENSED:
+            raise Unstorable(reason, "more than %d values in one field" % MAX_CONDENSED)
+        if parts[-1].startswith("+"):       # not listed: the record's count has them
+            parts.pop()
+        return parts
+    return [value]
+
+
+def _port(value):
+    if value is None or value == "-":
         return None
-    found = []
-    for part in parts:
-        if not part.isascii() or not part.isdigit() or int(part) > 65535:
-            return None
-        found.append(int(part))
-    return found
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if type(value) is not int or not 0 <= value <= 65535:
+        raise Unstorable(R_PORT, "%r is not a port" % (value,))
+    return value
+
+
+def expand(event: Event) -> tuple:
+    """The events the store holds for one record. The store has one address and one port per
+    row, so a condensed record (ports or addresses written as comma lists) becomes one event per
+    listed position: lists of one length paired position by position, a single value repeated;
+    the record's count is kept whole over them (the last carries what the others do not).
+    Raises Unstorable (with its reason) for a record the store cannot hold. Used by both
+    intakes: Maltrail's datagrams here, our sensors' batches in server/sensors.py."""
+    fields = [_list(event.src_ip, R_ADDRESS), _list(event.src_port, R_PORT),
+              _list(event.dst_ip, R_ADDRESS), _list(event.dst_port, R_PORT)]
+    n = max(len(f) for f in fields)
+    if any(len(f) not in (1, n) for f in fields):
+        addresses_agree = len({len(fields[0]), len(fields[2])} - {1}) <= 1
+        raise Unstorable(R_PORT if addresses_agree else R_ADDRESS, "condensed fields of different lengths")
+    if event.severity not in SEVERITIES:
+        raise Unstorable(R_SEVERITY, "severity %r is none of %s" % (event.severity, ", ".join(SEVERITIES)))
+    out = []
+    for i in range(n):
+        src, sport, dst, dport = (f[i] if len(f) > 1 else f[0] for f in fields)
+        if ip_key(src) is None or ip_key(dst) is None:
+            raise Unstorable(R_ADDRESS, "an address is not IPv4 or IPv6")
+        count = event.count if n == 1 else (1 if i + 1 < n else max(event.count - (n - 1), 1))
+        out.append(event._replace(src_ip=src, src_port=_port(sport), dst_ip=dst, dst_port=_port(dport), count=count))
+    return tuple(out)
 
 
 # The fast path: the common datagram (addresses, ports, proto and type unquoted, one port each)
@@ -200,28 +243,17 @@ def _events(epoch_s: int | None, fields: dict, rule: SeverityRule) -> tuple[list
         ts_us = epoch_s * 1_000_000 + int(fields["time"][-6:])
     else:
         ts_us = fields["ts_us"]
-    src_ip, dst_ip = fields["src_ip"], fields["dst_ip"]
-    if ip_key(src_ip) is None or ip_key(dst_ip) is None:
-        return [], R_ADDRESS
     if fields["type"] is None or fields["trail"] is None or fields["proto"] is None:
         return [], R_MISSING
-    src_ports, dst_ports = _ports(fields["src_port"]), _ports(fields["dst_port"])
-    if src_ports is None or dst_ports is None:
-        return [], R_PORT
-    if len(src_ports) == len(dst_ports):
-        pairs = list(zip(src_ports, dst_ports))
-    elif len(src_ports) == 1:
-        pairs = [(src_ports[0], p) for p in dst_ports]
-    elif len(dst_ports) == 1:
-        pairs = [(p, dst_ports[0]) for p in src_ports]
-    else:
-        return [], R_PORT
     info = fields["info"] or ""
     reference = fields["reference"] or ""
-    severity = rule.of(info, reference)
-    sensor = fields["sensor"] or ""
-    return [Event(ts_us, sensor, src_ip, sp, dst_ip, dp, fields["proto"], fields["type"], fields["trail"],
-                  info, reference, severity, 1, ts_us) for sp, dp in pairs], None
+    record = Event(ts_us, fields["sensor"] or "", fields["src_ip"], fields["src_port"], fields["dst_ip"],
+                   fields["dst_port"], fields["proto"], fields["type"], fields["trail"], info, reference,
+                   rule.of(info, reference), 1, ts_us)
+    try:
+        return list(expand(record)), None
+    except Unstorable as exc:
+        return [], exc.reason
 
 
 class IntakeCounters:

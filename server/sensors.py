@@ -50,7 +50,6 @@ import asyncio
 import collections
 import concurrent.futures
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -60,8 +59,8 @@ import msgpack
 import zstandard
 
 from events.log import file_name_for
-from events.record import RECORD_FIELDS, SEVERITIES, Event
-from server.addresses import ip_key
+from events.record import RECORD_FIELDS, Event
+from server.intake import expand
 from server.store import AggregateQuery, StoreError, TimeRange
 
 INTAKE_PATH = "/api/v1/intake"
@@ -107,57 +106,6 @@ class Item(NamedTuple):
     offset: int
     done: int
     events: tuple        # the record as stored: one Event, or several for a condensed record
-
-
-MAX_CONDENSED = 4096
-
-
-def _list(value) -> list:
-    """A condensed field ("a,b,c", as the sensor writes a port scan's ports or addresses), or
-    the one value."""
-    if isinstance(value, str) and "," in value:
-        parts = value.split(",")
-        if len(parts) > MAX_CONDENSED:
-            raise ValueError("more than %d values in one field" % MAX_CONDENSED)
-        if parts[-1].startswith("+"):       # "+13": that many more, not listed (the count has them)
-            parts.pop()
-        return parts
-    return [value]
-
-
-def _port(value):
-    if value is None or value == "-":
-        return None
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        value = int(value)
-    if type(value) is not int or not 0 <= value <= 65535:
-        raise ValueError("%r is not a port" % (value,))
-    return value
-
-
-def expand(event: Event) -> tuple:
-    """The events the store holds for one record: a condensed record (ports or addresses
-    written as comma lists, ending in "+N" when N more were not listed) becomes one event per
-    listed position, lists of one length paired position by position and a single value
-    repeated, as the UDP intake does with Maltrail's condensed port lists (server/intake.py);
-    the record's count is kept whole over them. The store has one address and one port per row,
-    so this is how a condensed record fits it. ValueError when the store could not hold it."""
-    fields = [_list(event.src_ip), _list(event.src_port), _list(event.dst_ip), _list(event.dst_port)]
-    n = max(len(f) for f in fields)
-    if any(len(f) not in (1, n) for f in fields):
-        raise ValueError("condensed fields of different lengths")
-    out = []
-    for i in range(n):
-        src, sport, dst, dport = (f[i] if len(f) > 1 else f[0] for f in fields)
-        if ip_key(src) is None or ip_key(dst) is None:
-            raise ValueError("an address is not IPv4 or IPv6")
-        # The record's count stays whole: the last event carries what the others do not.
-        count = 1 if i + 1 < n else max(event.count - (n - 1), 1)
-        out.append(event._replace(src_ip=src, src_port=_port(sport), dst_ip=dst, dst_port=_port(dport),
-                                  count=count if n > 1 else event.count))
-    if event.severity not in SEVERITIES:
-        raise ValueError("severity %r is none of %s" % (event.severity, ", ".join(SEVERITIES)))
-    return tuple(out)
 
 
 class Batch(NamedTuple):

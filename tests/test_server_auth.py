@@ -10,7 +10,6 @@ import ipaddress
 import json
 import os
 import random
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path

@@ -99,3 +99,16 @@ def test_fast_and_reference_agree_on_lines_of_eleven_fields(values, clock, prefi
     quote = (lambda v: '"%s"' % v.replace('"', '""')) if raw_quotes else _q
     text = prefix + '"%s" ' % clock + " ".join(quote(values[k]) for k in _AT)
     assert parse_datagram(text.encode(), RULE) == parse_datagram_reference(text, RULE)
+
+
+def test_a_condensed_address_list_becomes_one_event_per_address():
+    """Our sensor condenses a scan's targets into an address list ending in "+N" (those not
+    listed); Maltrail lists ports. Either way each listed position becomes one event, paired by
+    position, and the unlisted tail is dropped rather than the whole line refused."""
+    text = ('1795514400 "2026-11-24 12:00:00.000001" s 10.0.0.1 - 10.9.9.33,10.9.9.34,+5 22,23 TCP '
+            'PORT "potential port scanning" "-" (heuristic)')
+    events, why = parse_datagram(text.encode(), RULE)
+    assert why is None
+    assert [(e.dst_ip, e.dst_port, e.src_port) for e in events] == [("10.9.9.33", 22, None), ("10.9.9.34", 23, None)]
+    assert parse_datagram(text.replace("22,23", "22,23,24").encode(), RULE) == ([], "port")
+    assert parse_datagram(text.replace("10.9.9.34", "10.9.9.x").encode(), RULE) == ([], "address")
