@@ -269,6 +269,9 @@ class Server:
             "store": {"backend": st.backend, "ready": st.ready, "days": st.days,
                       "events_indexed": st.events_indexed, "repaired_events": st.repaired_events,
                       "last_commit_unix": st.last_commit_unix, "error": self._store_error, **st.details},
+            "http": {"slow_clients": dict(self.slow_clients.refusals)},
+            "auth_records": (self.listeners.auth_forwarder.stats()
+                             if self.listeners is not None and self.listeners.auth_forwarder is not None else {}),
         }
 
     async def run(self) -> None:
@@ -395,6 +398,7 @@ def run_server(cfg) -> int:
             privileges.give_directory(s.log_dir, account, notice=lambda text: log("i", text))
             if s.state_db:
                 privileges.give_state_db(s.state_db, account)
+        _import_before_drop(cfg)
         privileges.drop(account)
         if account is not None:
             log("i", "running as %s (uid %d), no capabilities" % (account.name, account.uid))
@@ -428,6 +432,19 @@ def run_server(cfg) -> int:
         forwarder.stop()
         store.close()
     return 0
+
+
+def _import_before_drop(cfg) -> None:
+    """Everything the running server imports, imported while it may still read the interpreter's
+    library (an interpreter under /root, as pyenv installs it, is root's alone): after the drop
+    a late import would fail."""
+    import importlib
+    names = ["server.store.clickhouse" if cfg.server.store == "clickhouse" else "server.store.sqlite",
+             "server.auth.login", "server.auth.state", "server.auth.users", "server.auth.web", "server.recv",
+             "aiohttp.web", "sqlite3", "argon2", "encodings.idna", "json", "http.cookies",
+             "concurrent.futures.thread"]
+    for name in names:
+        importlib.import_module(name)
 
 
 def _close_listeners(listeners: Listeners | None) -> None:
