@@ -454,11 +454,18 @@ def _close_listeners(listeners: Listeners | None) -> None:
 
 
 def run_reindex(cfg) -> int:
-    """`maltrail-engine server reindex`: rebuild the index of [server] log_dir from its log."""
+    """`maltrail-engine server reindex`: rebuild the index of [server] log_dir from its log, as
+    the server's own account (started as root: the same drop as the server's), so the index stays
+    the account's and the directory, which is the account's, passes the store's check."""
+    from server import privileges
     from server.store.sqlite import reindex
     try:
+        account = privileges.resolve_account(cfg.server.user, notice=lambda text: log("i", text))
+        if account is not None:
+            privileges.give_directory(cfg.server.log_dir, account)
+        privileges.drop(account)
         n = reindex(cfg.server.log_dir, warn=lambda text: log("!", text))
-    except StoreError as exc:
+    except (StoreError, privileges.PrivilegeError) as exc:
         log("!", str(exc))
         return 1
     log("i", "reindexed %s: %d events" % (cfg.server.log_dir, n))

@@ -94,6 +94,12 @@ def test_started_as_root_it_runs_as_its_account_without_capabilities_and_still_w
         assert again.stop() == 0, again.stderr()
     assert "!" not in "".join(l[:3] for l in again.stderr().splitlines()), again.stderr()
     assert len(tail_json(store)) == 2 * len(CASES)
+    # `server reindex` from root works on the account's directory, and leaves it the account's.
+    out = subprocess.run([console_script(), "server", "-c", str(again.config), "reindex"], capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ, TZ="UTC"))
+    assert out.returncode == 0 and "reindexed %s: %d events" % (store, 2 * len(CASES)) in out.stderr, out.stderr
+    for path in [store / "index", *(store / "index").iterdir()]:
+        assert path.lstat().st_uid == nobody.pw_uid, path
 
 
 def test_a_store_the_account_cannot_reach_stops_the_start_with_a_sentence(tmp_path):
