@@ -398,7 +398,7 @@ def run_server(cfg) -> int:
             privileges.give_directory(s.log_dir, account, notice=lambda text: log("i", text))
             if s.state_db:
                 privileges.give_state_db(s.state_db, account)
-        _import_before_drop(cfg)
+        _import_before_drop()
         privileges.drop(account)
         if account is not None:
             log("i", "running as %s (uid %d), no capabilities" % (account.name, account.uid))
@@ -434,16 +434,19 @@ def run_server(cfg) -> int:
     return 0
 
 
-def _import_before_drop(cfg) -> None:
-    """Everything the running server imports, imported while it may still read the interpreter's
-    library (an interpreter under /root, as pyenv installs it, is root's alone): after the drop
-    a late import would fail."""
+def _import_before_drop() -> None:
+    """Every module of the server package (and so everything they import at their top), and the
+    standard modules the running server imports late, imported while it may still read the
+    interpreter's library: an interpreter under /root (as pyenv installs one) is root's alone, and
+    after the drop a late import fails. A handler importing inside a function must be listed here."""
     import importlib
-    names = ["server.store.clickhouse" if cfg.server.store == "clickhouse" else "server.store.sqlite",
-             "server.auth.login", "server.auth.state", "server.auth.users", "server.auth.web", "server.recv",
-             "aiohttp.web", "sqlite3", "argon2", "encodings.idna", "json", "http.cookies",
-             "concurrent.futures.thread"]
-    for name in names:
+    import pkgutil
+
+    import server
+    for info in pkgutil.walk_packages(server.__path__, "server."):
+        importlib.import_module(info.name)
+    for name in ("aiohttp.web", "sqlite3", "argon2", "encodings.idna", "json", "http.cookies",
+                 "concurrent.futures.thread"):
         importlib.import_module(name)
 
 
