@@ -206,3 +206,17 @@ def test_a_body_that_never_completes_is_cut_off(tmp_path):
         assert status == 200
     finally:
         assert server.stop() == 0, server.stderr()
+
+
+def test_user_root_keeps_root_but_no_capability(tmp_path):
+    server = ServerProc(tmp_path, user="root").start()
+    try:
+        st = status_of(server.proc.pid)
+        assert st["Uid"].split() == ["0"] * 4
+        for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            assert int(st[key], 16) == 0, (key, st[key])
+        assert st["NoNewPrivs"] == "1"
+        server.send(datagrams())
+        server.until(lambda h: udp(h)["stored"] == len(CASES))
+    finally:
+        assert server.stop() == 0, server.stderr()
