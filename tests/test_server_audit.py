@@ -30,7 +30,8 @@ def cef_record(user: str, port: int, success: bool) -> str:
     """Maltrail's: `MMM DD HH:MM:SS HOST CEF:0|Maltrail|server|VERSION|auth|login success|1|src=IP
     spt=PORT duser=USER outcome=accepted` (login failure, 2, outcome=failed when refused): a
     regular expression, the time being the server's clock."""
-    return "%s %s CEF:0\\|Maltrail\\|server\\|%s\\|auth\\|login %s\\|%d\\|src=127\\.0\\.0\\.1 spt=%d duser=%s outcome=%s" % (
+    return ("%s %s CEF:0\\|Maltrail\\|server\\|%s\\|auth\\|login %s\\|%d\\|"
+            "src=127\\.0\\.0\\.1 spt=%d duser=%s outcome=%s") % (
         CEF_STAMP, re.escape(HOST), re.escape(version("maltrail-engine")), "success" if success else "failure",
         1 if success else 2, port, re.escape(user), "accepted" if success else "failed")
 
@@ -122,4 +123,5 @@ def test_the_rfc5424_layout_wraps_the_same_cef(layout, tmp_path):
     # facility auth (4) * 8 + warning (4) = 36; CEF severity 9 for a failure on the 0-10 scale.
     assert re.fullmatch(r"<36>1 \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d %s maltrail-engine - - - "
                         r"CEF:0\|Maltrail\|server\|%s\|auth\|login failure\|9\|src=127\.0\.0\.1 spt=%d duser=admin "
-                        r"outcome=failed" % (re.escape(HOST), re.escape(version("maltrail-engine")), port), record), record
+                        r"outcome=failed" % (re.escape(HOST), re.escape(version("maltrail-engine")), port),
+                        record), record
