@@ -263,7 +263,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "list", (), form="endpoint", split=True,
             doc='SIEM collectors receiving every event as CEF over syslog: "udp://host:514", '
                 '"tcp://host:514" (RFC 6587 octet counting) or "tls://host:6514"; a bare "host:port" '
-                'is UDP, as Maltrail\'s. TCP and TLS lose nothing through an outage or a restart',
+                'is UDP, as Maltrail\'s. TCP and TLS lose nothing through an outage or a restart. '
+                'The server sends its login records here too, as Maltrail\'s does',
             maltrail="SYSLOG_SERVER"),
         "syslog_format": Key(
             "str", "maltrail", form="syslog_format",
@@ -282,7 +283,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "list", (), form="endpoint_udp_tcp", split=True,
             doc='Logstash inputs receiving every event as Maltrail\'s JSON object: "udp://host:5000" '
                 '(a datagram each, best effort) or "tcp://host:5000" (a line each, nothing lost); a bare '
-                '"host:port" is UDP', maltrail="LOGSTASH_SERVER"),
+                '"host:port" is UDP. The server sends its login records here too, as Maltrail\'s does',
+            maltrail="LOGSTASH_SERVER"),
         "json_output": Key(
             "list", (), form="json_output", split=True,
             doc='ECS-named JSON lines of every event, for Filebeat, Vector or Fluent Bit to ship without a '
@@ -506,6 +508,20 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "int", 60, unit="seconds", min=1, max=3600,
             doc="how long attempts are refused after login_max_failures; doubled for each further failure, "
                 "at most an hour"),
+        "user": Key(
+            "str", "maltrail-engine", form="name",
+            doc='unprivileged account the server runs as when started as root, once it has bound its sockets '
+                'and read ssl_pem; log_dir (and what the server keeps in it) is made to belong to it. "root" '
+                'keeps root (without capabilities; not recommended). When the default account does not exist, '
+                '"nobody" is used and a notice says so'),
+        "header_timeout_s": Key(
+            "int", 15, unit="seconds", min=1, max=3600,
+            doc="a connection must send a request's complete headers within this long of opening (or of its "
+                "last response), or it is closed: slow clients cannot hold the server's connections"),
+        "body_timeout_s": Key(
+            "int", 30, unit="seconds", min=1, max=3600,
+            doc="a request's body must arrive complete within this long after its headers, or the connection "
+                "is closed"),
         "max_request_bytes": Key(
             "int", 1048576, unit="bytes", min=1024, max=1073741824,
             doc="largest body the API accepts in one request (login, changes); larger ones get 413"),

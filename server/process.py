@@ -27,9 +27,11 @@ import socket
 import sys
 import threading
 import time
+from typing import NamedTuple
 
 from events.record import SeverityRule
 from server.intake import IntakeCounters, parse_datagram
+from server.listen import SlowClients
 from server.recv import Receiver
 from server.store import EventStore, StoreError
 
@@ -61,7 +63,9 @@ def is_loopback(host: str) -> bool:
 
 def check_listening(cfg) -> None:
     """With no users configured, nobody can log in, so the HTTP side must not be reachable from
-    other machines: refuse anything but loopback."""
+    other machines: refuse anything but loopback. The UDP intake is not held to this: it is how
+    sensors on other machines deliver (Maltrail's UDP_ADDRESS is 0.0.0.0 by default), it returns
+    nothing to whoever sends, and what it stores is only ever shown to a logged-in user."""
     s = cfg.server
     users = getattr(s, "users", ())
     if not users and not is_loopback(s.http_address):
@@ -90,9 +94,21 @@ def _udp_socket(address: str, port: int, buffer_bytes: int) -> tuple[socket.sock
     return sock, sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
+class Listeners(NamedTuple):
+    """What run_server opened while it could (before the privilege drop, server/privileges.py):
+    the HTTP sockets, the UDP socket and its buffer size, the TLS context, the login-record
+    forwarder (server/auth/audit.py)."""
+    http: list
+    udp: socket.socket | None
+    udp_buffer_bytes: int
+    tls: object
+    auth_forwarder: object
+
+
 class Server:
-    def __init__(self, cfg, store: EventStore):
+    def __init__(self, cfg, store: EventStore, listeners: Listeners | None = None):
         self.cfg = cfg
+        self.listeners = listeners
         self.store = store
         self.rule = SeverityRule(cfg.all.severity_regex)
         self.udp_secret = cfg.server.udp_secret.encode()
@@ -113,7 +129,9 @@ class Server:
         self._threads = (threading.Thread(target=self._parse_loop, name="parse", daemon=True),
                          threading.Thread(target=self._store_loop, name="store", daemon=True))
         self._store_error = ""
-        self.auth_web = _auth_web(cfg)
+        forwarder = listeners.auth_forwarder if listeners is not None else None
+        self.auth_web = _auth_web(cfg, on_event=forwarder.submit if forwarder is not None else None)
+        self.slow_clients = SlowClients(cfg.server.header_timeout_s, cfg.server.body_timeout_s)
         self.api = self.api_stats = None        # server/api/ sets them when it mounts its routes
         self.registry = None            # server/sensors.py Registry, once set up
         self.https_intake = None        # server/sensors.py HttpsIntake, once set up
@@ -259,6 +277,9 @@ class Server:
                       "events_indexed": st.events_indexed, "repaired_events": st.repaired_events,
                       "last_commit_unix": st.last_commit_unix, "error": self._store_error, **st.details},
             "api": self.api.health() if self.api is not None else {},
+            "http": {"slow_clients": dict(self.slow_clients.refusals)},
+            "auth_records": (self.listeners.auth_forwarder.stats()
+                             if self.listeners is not None and self.listeners.auth_forwarder is not None else {}),
         }
 
     async def run(self) -> None:
@@ -275,7 +296,7 @@ class Server:
         async def health(_request):
             return web.Response(text=json.dumps(self.health()), content_type="application/json")
 
-        app = web.Application(client_max_size=s.max_request_bytes)
+        app = web.Application(client_max_size=s.max_request_bytes, middlewares=[self.slow_clients.body_deadline])
         app.router.add_get("/ping", ping)
         app.router.add_get("/api/v1/health", health)
         self.auth_web.setup(app)
@@ -288,16 +309,19 @@ class Server:
         compat.setup(app, self)         # check, trails, Maltrail's endpoints
         sensors.setup(app, self)        # our sensors' HTTPS intake, the sensor registry
         metrics.setup(app, self)        # /metrics
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, **self.slow_clients.runner_kwargs())
         await runner.setup()
         for thread in self._threads:
             thread.start()
         try:
-            site = web.TCPSite(runner, s.http_address.strip("[]"), s.http_port, reuse_address=True)
-            await site.start()
-            log("i", "HTTP on %s port %d" % (s.http_address, s.http_port))
-            if s.udp_port:
-                self._sock, self.udp_buffer_bytes = _udp_socket(s.udp_address, s.udp_port, s.udp_buffer_bytes)
+            listeners = self.listeners
+            if listeners is None:       # a Server made without run_server (no privilege drop)
+                listeners = bind_listeners(self.cfg, None)
+            for sock in listeners.http:
+                await web.SockSite(runner, sock, ssl_context=listeners.tls).start()
+            log("i", "HTTP%s on %s port %d" % ("S" if listeners.tls else "", s.http_address, s.http_port))
+            if listeners.udp is not None:
+                self._sock, self.udp_buffer_bytes = listeners.udp, listeners.udp_buffer_bytes
                 self._receiver = Receiver(self._sock)
                 loop.add_reader(self._sock.fileno(), self._on_readable)
                 log("i", "UDP intake on %s port %d (receive buffer %d bytes, %s)"
@@ -318,8 +342,9 @@ class Server:
             await runner.cleanup()
 
 
-def _auth_web(cfg):
-    """Users, sessions and the HTTP guard for every route under /api/v1 (server/auth/)."""
+def _auth_web(cfg, on_event=None):
+    """Users, sessions and the HTTP guard for every route under /api/v1 (server/auth/); every
+    login attempt goes to on_event (the login-record forwarder)."""
     from server.auth.login import Authenticator
     from server.auth.state import StateDB, state_db_path
     from server.auth.users import users_from_config
@@ -331,28 +356,82 @@ def _auth_web(cfg):
         users_from_config(cfg, warn=lambda text: log("!", text)), StateDB(state_db_path(cfg)),
         idle_timeout_s=s.session_idle_timeout_s, absolute_timeout_s=s.session_lifetime_s,
         max_failures=s.login_max_failures, lockout_s=s.login_lockout_s,
-        warn=lambda text: log("!", text))
+        warn=lambda text: log("!", text), on_event=on_event)
     return AuthWeb(authenticator, tls=s.use_ssl, max_body_bytes=s.max_request_bytes,
                    public={"/api/v1/health"})
 
 
+def bind_listeners(cfg, auth_forwarder) -> Listeners:
+    """The HTTP and UDP sockets bound and the TLS key read: what needs root, done before the drop.
+    OSError when a socket cannot be bound, TlsError for the PEM."""
+    from server.listen import http_sockets
+    from server.tls import server_context
+    s = cfg.server
+    tls = server_context(cfg)
+    socks = http_sockets(s.http_address, s.http_port)
+    udp, udp_buffer_bytes = None, 0
+    try:
+        if s.udp_port:
+            udp, udp_buffer_bytes = _udp_socket(s.udp_address, s.udp_port, s.udp_buffer_bytes)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return Listeners(socks, udp, udp_buffer_bytes, tls, auth_forwarder)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("maltrail-engine")
+    except PackageNotFoundError:
+        return ""
+
+
 def run_server(cfg) -> int:
-    """`maltrail-engine server`: returns the exit status."""
+    """`maltrail-engine server`: returns the exit status.
+
+    Order (server/privileges.py): the listening rule; as root, bind the sockets, read the TLS
+    key, make the store directory the account's; drop to [server] user; only then open the
+    store and the state database, as the account that owns them."""
+    from server import privileges
+    from server.auth.audit import forwarder_from_config
     from server.store import open_store
+    from server.tls import TlsError
+    s = cfg.server
+    listeners = None
     try:
         check_listening(cfg)
+        account = privileges.resolve_account(s.user, notice=lambda text: log("i", text))
+        forwarder = forwarder_from_config(cfg, _version(), warn=lambda text: log("!", text))
+        try:
+            listeners = bind_listeners(cfg, forwarder)
+        except OSError as exc:
+            raise ServerError("cannot listen on HTTP %s port %d / UDP %s port %d: %s"
+                              % (s.http_address, s.http_port, s.udp_address, s.udp_port, exc.strerror or exc)) from None
+        if account is not None:
+            privileges.give_directory(s.log_dir, account, notice=lambda text: log("i", text))
+            if s.state_db:
+                privileges.give_state_db(s.state_db, account)
+        _import_before_drop()
+        privileges.drop(account)
+        if account is not None:
+            log("i", "running as %s (uid %d), no capabilities" % (account.name, account.uid))
         store = open_store(cfg, warn=lambda text: log("!", text))
-    except (ServerError, StoreError) as exc:
+    except (ServerError, StoreError, TlsError, privileges.PrivilegeError, ValueError) as exc:
         log("!", str(exc))
+        _close_listeners(listeners)
         return 1
     from server.auth.state import StateError
     from server.auth.users import UserConfigError
     try:
-        server = Server(cfg, store)
+        server = Server(cfg, store, listeners)
     except (UserConfigError, StateError) as exc:
         store.close()
+        _close_listeners(listeners)
         log("!", str(exc))
         return 1
+    forwarder.start()
     try:
         # The store thread gives the GIL up at every SQLite step and wants it straight back; with
         # the default 5 ms switch interval it then waits behind the parse thread (a convoy).
@@ -365,20 +444,50 @@ def run_server(cfg) -> int:
         log("!", "cannot serve: %s" % exc)
         return 1
     finally:
+        forwarder.stop()
         store.close()
     return 0
 
 
+def _import_before_drop() -> None:
+    """Every module of the server package (and so everything they import at their top), and the
+    standard modules the running server imports late, imported while it may still read the
+    interpreter's library: an interpreter under /root (as pyenv installs one) is root's alone, and
+    after the drop a late import fails. A handler importing inside a function must be listed here."""
+    import importlib
+    import pkgutil
+
+    import server
+    for info in pkgutil.walk_packages(server.__path__, "server."):
+        importlib.import_module(info.name)
+    for name in ("aiohttp.web", "sqlite3", "argon2", "encodings.idna", "json", "http.cookies",
+                 "concurrent.futures.thread"):
+        importlib.import_module(name)
+
+
+def _close_listeners(listeners: Listeners | None) -> None:
+    if listeners is not None:
+        for sock in listeners.http + ([listeners.udp] if listeners.udp is not None else []):
+            sock.close()
+
+
 def run_reindex(cfg) -> int:
-    """`maltrail-engine server reindex`: rebuild the index of [server] log_dir from its log."""
+    """`maltrail-engine server reindex`: rebuild the index of [server] log_dir from its log, as
+    the server's own account (started as root: the same drop as the server's), so the index stays
+    the account's and the directory, which is the account's, passes the store's check."""
+    from server import privileges
     from server.store.sqlite import reindex
     try:
+        account = privileges.resolve_account(cfg.server.user, notice=lambda text: log("i", text))
+        if account is not None:
+            privileges.give_directory(cfg.server.log_dir, account)
+        privileges.drop(account)
         n = reindex(cfg.server.log_dir, warn=lambda text: log("!", text))
-    except StoreError as exc:
+    except (StoreError, privileges.PrivilegeError) as exc:
         log("!", str(exc))
         return 1
     log("i", "reindexed %s: %d events" % (cfg.server.log_dir, n))
     return 0
 
 
-__all__ = ["Server", "ServerError", "check_listening", "run_server", "run_reindex"]
+__all__ = ["Listeners", "Server", "ServerError", "bind_listeners", "check_listening", "run_server", "run_reindex"]

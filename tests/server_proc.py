@@ -25,19 +25,36 @@ WAIT_LIMIT_S = 60
 
 class ServerProc:
     """A `maltrail-engine server` on loopback ports chosen free, with its own store directory.
-    `extra`: more lines of its [server] section (users, store = "clickhouse", ...)."""
+    `extra`: more lines of its [server] section (users, store = "clickhouse", ...); `more`: other
+    sections after it. `user`: [server] user; "root" by default, because pytest's temporary
+    directories are 0700 and root's, so an unprivileged account could not reach a store under
+    them (tests/test_server_privileges.py runs the real drop). `tls`: (PEM, CA certificate):
+    HTTPS with that key and certificate, health checked against that CA."""
 
     def __init__(self, tmp_path: Path, log_dir: Path | None = None, http_address: str = "127.0.0.1",
-                 extra: str = ""):
+                 extra: str = "", user: str | None = "root", tls: tuple | None = None, more: str = ""):
         self.log_dir = log_dir or tmp_path / "store"
         self.http_port = free_port()
         self.udp_port = free_port(socket.SOCK_DGRAM)
         self.config = tmp_path / ("server-%d.toml" % self.http_port)
+        self.tls = tls
+        if user is not None:
+            extra = 'user = "%s"\n%s' % (user, extra)
+        if tls is not None:
+            extra = 'use_ssl = true\nssl_pem = "%s"\n%s' % (tls[0], extra)
         self.config.write_text(
             '[server]\nhttp_address = "%s"\nhttp_port = %d\nudp_address = "127.0.0.1"\nudp_port = %d\n'
-            'log_dir = "%s"\n%s' % (http_address, self.http_port, self.udp_port, self.log_dir, extra))
+            'log_dir = "%s"\n%s\n%s' % (http_address, self.http_port, self.udp_port, self.log_dir, extra, more))
         self.proc = None
         self.stderr_path = tmp_path / ("server-%d.err" % self.http_port)
+
+    @property
+    def url(self) -> str:
+        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.http_port)
+
+    def ssl_context(self):
+        import ssl
+        return ssl.create_default_context(cafile=str(self.tls[1])) if self.tls else None
 
     def start(self, wait: bool = True) -> "ServerProc":
         self._err = open(self.stderr_path, "wb")
@@ -52,7 +69,7 @@ class ServerProc:
 
     def health(self) -> dict | None:
         try:
-            with urllib.request.urlopen("http://127.0.0.1:%d/api/v1/health" % self.http_port, timeout=10) as r:
+            with urllib.request.urlopen(self.url + "/api/v1/health", timeout=10, context=self.ssl_context()) as r:
                 return json.loads(r.read())
         except OSError:
             return None

@@ -12,19 +12,40 @@ renderings, in Maltrail's layouts (core/httpd.py `__log_auth`, the server's own 
 and the sshd-shaped line Maltrail writes to the local auth log ("Accepted password for USER from
 IP port PORT"). The user name is whatever the client sent: control characters are replaced and
 its length capped before it goes anywhere. `reason` is ours (wrong password, throttled, ...),
-kept out of both Maltrail layouts so their readers see what they always saw. Must not send
-anything: the server hands records to a callback, the forwarders deliver them.
+kept out of both Maltrail layouts so their readers see what they always saw.
+
+Owns `AuthForwarder` too: the delivery of these records to the destinations Maltrail's server
+sends them to. Maltrail's configuration is one flat file, so its server sends its login records
+to the same SYSLOG_SERVER and LOGSTASH_SERVER as its sensor sends events to; ours does the same
+with `[sensor] syslog_server` (udp://, tcp:// or tls://, with syslog_format and the syslog_ca_file
+/ client certificate keys) and `[sensor] logstash_server` (udp:// or tcp://; a JSON object per
+record, newline-terminated over TCP). `syslog_format = "rfc5424"` wraps the CEF part in an
+RFC 5424 header, facility auth, severity notice (success) or warning (failure), CEF severity on
+the 0-10 scale (6, 9) as for events. Delivery never blocks a login: `submit` puts the record in a
+bounded queue (a full queue drops it, counted) and one thread sends; a destination that cannot be
+reached is left alone for a back-off (1 s, doubling to 60 s), its records meanwhile dropped and
+counted (`dropped`), since a login record is worth little once stale and the login path must
+not wait for a collector. Must not know HTTP or decide a login.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import queue
+import socket
+import threading
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
+from events.forwarders.base import Unreachable
 from events.forwarders.syslog import cef_extension_value, cef_header_value
+from events.forwarders.transports import Datagram, Endpoint, Stream, tls_context
 
-__all__ = ["AuthEvent", "clean_username"]
+__all__ = ["AuthEvent", "AuthForwarder", "clean_username"]
+
+# RFC 5424 section 6.2.1: facility 4 (security/authorization), severities 4 warning, 5 notice.
+_FACILITY_AUTH = 4
 
 _MAX_NAME = 64
 
@@ -45,13 +66,23 @@ class AuthEvent(NamedTuple):
     success: bool
     reason: str             # "ok", "wrong password", "unknown user", "throttled", "insecure legacy hash", ...
 
-    def cef(self, host: str, version: str) -> str:
+    def cef_part(self, version: str, severity: int | None = None) -> str:
+        """The record from `CEF:0|` on; `severity` replaces Maltrail's 1/2 (the rfc5424 layout)."""
         extension = "src=%s spt=%d duser=%s outcome=%s" % (
             self.src_ip, self.src_port, cef_extension_value(self.username), "accepted" if self.success else "failed")
+        return "CEF:0|Maltrail|server|%s|auth|%s|%d|%s" % (
+            cef_header_value(version), "login success" if self.success else "login failure",
+            severity if severity is not None else 1 if self.success else 2, extension)
+
+    def cef(self, host: str, version: str) -> str:
         stamp = time.strftime("%b %d %H:%M:%S", time.localtime(self.ts_s))
-        return "%s %s CEF:0|Maltrail|server|%s|auth|%s|%d|%s" % (
-            stamp, host, cef_header_value(version), "login success" if self.success else "login failure",
-            1 if self.success else 2, extension)
+        return "%s %s %s" % (stamp, host, self.cef_part(version))
+
+    def rfc5424(self, host: str, version: str) -> str:
+        pri = _FACILITY_AUTH * 8 + (5 if self.success else 4)
+        stamp = datetime.datetime.fromtimestamp(self.ts_s).astimezone().isoformat(timespec="microseconds")
+        return "<%d>1 %s %s maltrail-engine - - - %s" % (pri, stamp, host or "-",
+                                                         self.cef_part(version, 6 if self.success else 9))
 
     def json(self, host: str) -> str:
         return json.dumps({"timestamp": int(self.ts_s), "sensor": host, "type": "auth",
@@ -61,3 +92,143 @@ class AuthEvent(NamedTuple):
     def line(self) -> str:
         return "%s password for %s from %s port %d" % (
             "Accepted" if self.success else "Failed", self.username, self.src_ip, self.src_port)
+
+
+class _Destination:
+    """One collector: how a record is written for it, and its transport."""
+
+    def __init__(self, kind: str, address: str, render: Callable[[AuthEvent], bytes], transport, framed):
+        self.kind, self.address, self.render, self.transport, self.framed = kind, address, render, transport, framed
+        self.retry_at = 0.0
+        self.backoff_s = 0.0
+        self.sent = 0
+
+    def send(self, event: AuthEvent) -> bool:
+        data = self.render(event)
+        if isinstance(self.transport, Datagram):
+            return self.transport.send([data]) == 1
+        self.transport.send(self.framed(data))
+        return True
+
+
+class AuthForwarder:
+    """Login records to syslog and Logstash collectors, off the login path (module docstring).
+
+    syslog / logstash: addresses as the [sensor] keys take them. tls: the client context for
+    tls:// syslog collectors (tls_context of the [sensor] syslog_* keys). ValueError naming the
+    address when one cannot be used."""
+
+    BACKOFF_MAX_S = 60.0
+
+    def __init__(self, syslog=(), logstash=(), *, syslog_format: str = "maltrail", tls=None,
+                 host: str | None = None, version: str = "", queue_records: int = 1024,
+                 warn: Callable[[str], None] | None = None):
+        self.host = host if host is not None else socket.gethostname()
+        self.version = version
+        self.warn = warn
+        self.destinations: list[_Destination] = []
+        for address in syslog:
+            endpoint = Endpoint.parse(address)
+            if endpoint.scheme == "tls" and tls is None:
+                raise ValueError("%s: tls:// needs a TLS context" % address)
+            if syslog_format == "rfc5424":
+                render = (lambda e: e.rfc5424(self.host, self.version).encode("utf-8", "backslashreplace"))
+            else:
+                render = (lambda e: e.cef(self.host, self.version).encode("utf-8", "backslashreplace"))
+            transport = Datagram(endpoint) if endpoint.scheme == "udp" else Stream(
+                endpoint, tls if endpoint.scheme == "tls" else None)
+            # RFC 6587 section 3.4.1 octet counting on a stream, as for events.
+            self.destinations.append(_Destination("syslog_server", address, render, transport,
+                                                  lambda data: b"%d %s" % (len(data), data)))
+        for address in logstash:
+            endpoint = Endpoint.parse(address, schemes=("udp", "tcp"))
+            transport = Datagram(endpoint) if endpoint.scheme == "udp" else Stream(endpoint)
+            self.destinations.append(_Destination("logstash_server", address,
+                                                  lambda e: e.json(self.host).encode("ascii"), transport,
+                                                  lambda data: data + b"\n"))
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_records)
+        self.dropped: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def _drop(self, reason: str) -> None:
+        with self._lock:
+            self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def submit(self, event: AuthEvent) -> None:
+        """Never blocks: the Authenticator's on_event."""
+        if not self.destinations:
+            return
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self._drop("queue full")
+
+    def start(self) -> "AuthForwarder":
+        if self.destinations and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="auth-forwarder", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Sends what is queued (for up to timeout_s), then closes the transports."""
+        if self._thread is not None:
+            try:
+                self._queue.put(None, timeout=timeout_s)
+            except queue.Full:
+                pass
+            self._thread.join(timeout_s)
+            for d in self.destinations:
+                if isinstance(d.transport, Stream):
+                    d.transport.interrupt()
+            self._thread = None
+        for d in self.destinations:
+            d.transport.close()
+
+    def _run(self) -> None:
+        while True:
+            event = self._queue.get()
+            if event is None:
+                return
+            for d in self.destinations:
+                self._deliver(d, event)
+
+    def _deliver(self, d: _Destination, event: AuthEvent) -> None:
+        if time.monotonic() < d.retry_at:
+            self._drop("%s unreachable" % d.kind)
+            return
+        try:
+            if not d.send(event):
+                self._drop("%s not sent" % d.kind)    # the kernel would not take the datagram
+                return
+        except Unreachable as exc:
+            d.backoff_s = min(max(1.0, d.backoff_s * 2), self.BACKOFF_MAX_S)
+            d.retry_at = time.monotonic() + d.backoff_s
+            self._drop("%s unreachable" % d.kind)
+            if self.warn is not None:
+                self.warn("login records to %s %s: %s; trying again in %d s" % (d.kind, d.address, exc, d.backoff_s))
+            return
+        except (OSError, ValueError) as exc:
+            self._drop("%s not sent" % d.kind)
+            if self.warn is not None:
+                self.warn("login records to %s %s: %s" % (d.kind, d.address, exc))
+            return
+        d.sent += 1
+        d.backoff_s = 0.0
+
+    def stats(self) -> dict:
+        with self._lock:
+            dropped = dict(self.dropped)
+        return {"queued": self._queue.qsize(), "dropped": dropped,
+                "sent": {"%s %s" % (d.kind, d.address): d.sent for d in self.destinations}}
+
+
+def forwarder_from_config(cfg, version: str = "", warn=None) -> AuthForwarder:
+    """The AuthForwarder of the [sensor] syslog_* and logstash_server keys (module docstring)."""
+    s = cfg.sensor
+    tls = None
+    if any(str(a).strip().startswith("tls://") for a in s.syslog_server):
+        tls = tls_context(s.syslog_ca_file, s.syslog_client_cert, s.syslog_client_key,
+                          keys=("[sensor] syslog_ca_file", "[sensor] syslog_client_cert", "[sensor] syslog_client_key"))
+    return AuthForwarder(tuple(s.syslog_server), tuple(s.logstash_server), syslog_format=s.syslog_format,
+                         tls=tls, version=version, warn=warn)
