@@ -460,8 +460,11 @@ def _import_before_drop() -> None:
     import server
     for info in pkgutil.walk_packages(server.__path__, "server."):
         importlib.import_module(info.name)
-    for name in ("aiohttp.web", "sqlite3", "argon2", "encodings.idna", "json", "http.cookies",
-                 "concurrent.futures.thread"):
+    # _strptime: datetime.strptime imports it at its first call; the encodings: text decoded from
+    # the network or files in them; mimetypes: aiohttp's static files.
+    for name in ("aiohttp.web", "sqlite3", "argon2", "encodings.idna", "encodings.latin_1", "encodings.ascii",
+                 "encodings.utf_16", "json", "http.cookies", "concurrent.futures.thread", "_strptime", "mimetypes",
+                 "email.utils", "unicodedata", "csv"):
         importlib.import_module(name)
 
 

@@ -90,6 +90,19 @@ def test_started_as_root_it_runs_as_its_account_without_capabilities_and_still_w
         assert status_of(again.proc.pid)["CapEff"] == "0000000000000000"
         again.send(datagrams())     # into the day file and index the first run made
         again.until(lambda h: udp(h)["stored"] == len(CASES))
+        # Every part of the HTTP side answers as the account (nothing it needs is imported or
+        # opened late, where the account could not reach it).
+        session = {"Cookie": "mt_session=" + cookie}
+        day = "from=2026-11-24&to=2026-11-25"
+        status, _h, body = request(again, "/api/v1/events?" + day, headers=session)
+        assert status == 200 and len(json.loads(body)["events"]) == 2 * len(CASES), body
+        for path in ("/api/v1/counts?" + day, "/api/v1/top?field=sources&" + day, "/api/v1/threats?" + day,
+                     "/api/v1/sensors", "/events?date=2026-11-24", "/counts", "/metrics"):
+            status, _h, body = request(again, path, headers=session)
+            assert status == 200, (path, body)
+        # No trail artifact in this configuration: check says so (503 with its reason), no crash.
+        status, _h, body = request(again, "/api/v1/check?q=evil.example", headers=session)
+        assert status == 503 and "artifact" in json.loads(body)["error"], (status, body)
     finally:
         assert again.stop() == 0, again.stderr()
     assert "!" not in "".join(l[:3] for l in again.stderr().splitlines()), again.stderr()
