@@ -16,7 +16,8 @@ Names (all prefixed maltrail_server_):
   dropped_total{reason}                                       UDP datagrams / events dropped
   https_batches_total, https_events_total, https_repeated_total  our sensors' batches
   https_refused_total{reason}                                 HTTPS batches refused, by reason
-  http_refused_total{reason}                                  the API's refusals (login, session, size)
+  http_refused_total{reason}                                  refusals (login, session, size, slow clients)
+  auth_records_sent_total{destination}, auth_records_dropped_total{reason}   login records to collectors
   sensors, sensors_silent                                     the registry
   sensor_last_seen_seconds{sensor}, sensor_silent{sensor}, sensor_events_per_second{sensor},
   sensor_forwarding_lag_seconds{sensor}
@@ -81,8 +82,18 @@ class ServerCollector:
                           hc.repeated)
             yield counter("https_refused", "HTTPS batches refused, by reason", labels=("reason",),
                           rows=[((r,), n) for r, n in sorted(hc.refused.items())])
-        yield counter("http_refused", "API requests refused (login, session, CSRF, size), by reason",
-                      labels=("reason",), rows=[((r,), n) for r, n in sorted(s.auth_web.refusals.items())])
+        refused = dict(s.auth_web.refusals)
+        for reason, n in getattr(getattr(s, "slow_clients", None), "refusals", {}).items():
+            refused[reason] = refused.get(reason, 0) + n
+        yield counter("http_refused", "HTTP requests refused (login, session, CSRF, size, slow clients), by reason",
+                      labels=("reason",), rows=[((r,), n) for r, n in sorted(refused.items())])
+        forwarder = getattr(getattr(s, "listeners", None), "auth_forwarder", None)
+        if forwarder is not None:
+            st = forwarder.stats()
+            yield counter("auth_records_sent", "login records delivered to a collector, by destination",
+                          labels=("destination",), rows=[((d,), n) for d, n in sorted(st["sent"].items())])
+            yield counter("auth_records_dropped", "login records not delivered, by reason", labels=("reason",),
+                          rows=[((r,), n) for r, n in sorted(st["dropped"].items())])
         if s.registry is not None:
             sensors = s.registry.snapshot()
             yield gauge("sensors", "sensors known (heard, or holding a key)", len(sensors))

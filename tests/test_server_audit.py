@@ -101,6 +101,10 @@ def test_a_collector_that_cannot_be_reached_holds_no_login_up(tmp_path):
         records = h["auth_records"]
         assert records["sent"] == {"logstash_server tcp://127.0.0.1:%d" % stuck.getsockname()[1]: 0}
         assert records["queued"] >= 9, records
+        status, _h, body = request(server, "/metrics")
+        assert status == 200
+        assert ('maltrail_server_auth_records_sent_total{destination="logstash_server tcp://127.0.0.1:%d"} 0.0\n'
+                % stuck.getsockname()[1]) in body.decode()
     finally:
         assert server.stop() == 0, server.stderr()
         filler.close()

@@ -217,6 +217,9 @@ def test_a_body_that_never_completes_is_cut_off(tmp_path):
         # A whole login in one go is still served.
         status, _h, _b = request(server, "/api/v1/login", {"username": "admin", "password": PASSWORD})
         assert status == 200
+        # Counted where an operator looks.
+        status, _h, body = request(server, "/metrics")
+        assert status == 200 and 'maltrail_server_http_refused_total{reason="slow body"} 1.0\n' in body.decode()
     finally:
         assert server.stop() == 0, server.stderr()
 
