@@ -31,34 +31,33 @@ log_position: at start (SqliteStore.__init__) every day file's pairs after log_p
 read back (events/log PairReader) and indexed; a day file without a database, or whose inode or
 size no longer fits its log_position (replaced, or cut shorter), is indexed again whole; a
 database whose day file is gone (retention deleted the day) is removed. One process owns a log
-directory: an exclusive flock on LOG_DIR/index/.lock, also taken by `reindex`.
+directory: an exclusive flock on LOG_DIR/index/.lock, also taken by `reindex`. The same catch-up
+runs during ingest when a day's log_position is not where the batch starts (an earlier batch
+reached the log but not the index), so a failed batch is never skipped (server/store/daylog.py,
+which holds this log half for both backends).
 """
 
 from __future__ import annotations
 
 import collections
 import datetime
-import errno
-import fcntl
 import os
 import sqlite3
 import threading
 import time
 from typing import Iterable
 
-from events.fsafety import directory_problem
-from events.log import EventLogWriter, LogDirError, PairReader, file_date, file_name_for, list_day_files, open_day_file
+from events.log import file_date
 from events.record import SEVERITIES, Event
 from server.addresses import AddressError, ip_key, key_range
+from server.store.daylog import DayLog, catch_up, ingest_logged
 from server.store import (
     BUCKETS, COUNT_BY, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts, EventQuery, EventStore, Page, QueryError,
     StoreError, StoreStatus, Threat, Threats, Top,
 )
 
 HOUR_US = 3_600_000_000
-INDEX_DIR = "index"
 DB_SUFFIX = ".sqlite"
-LOCK_NAME = ".lock"
 SCHEMA_VERSION = 1
 _SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2}
 _RANK_SEVERITY = {v: k for k, v in _SEVERITY_RANK.items()}
@@ -210,12 +209,13 @@ def _event_problem(event: Event) -> str | None:
 
 
 class SqliteStore(EventStore):
-    """The embedded backend (see the module docstring). Thread-safe: one lock around the files."""
+    """The embedded backend (see the module docstring). Thread-safe: one lock around the files.
+    The log half (the day files, fsync, the directory lock, catching the index up with the log)
+    is server/store/daylog.py, shared with the ClickHouse backend; this is its `Index`."""
 
     backend = "sqlite"
 
     def __init__(self, log_dir: str, warn=None, repair: bool = True):
-        self.log_dir = os.path.abspath(log_dir)
         self._warn = warn or (lambda text: None)
         self._lock = threading.RLock()
         self._days: collections.OrderedDict[str, _Day] = collections.OrderedDict()
@@ -223,21 +223,17 @@ class SqliteStore(EventStore):
         self._repaired_events = 0
         self._last_commit = 0.0
         self._closed = False
-        try:
-            self._writer = EventLogWriter(self.log_dir, max_frame_age_s=3600.0, warn=self._warn)
-        except LogDirError as exc:
-            raise StoreError(str(exc)) from None
-        self._synced_names: set[str] = set()
-        try:
-            self.index_dir = os.path.join(self.log_dir, INDEX_DIR)
-            self._lock_fd = _lock_index_dir(self.index_dir)
-        except BaseException:
-            self._writer.close()
-            raise
+        self._log = DayLog(log_dir, self._warn)
+        self.log_dir = self._log.log_dir
+        self.index_dir = self._log.index_dir
         if repair:
-            self._repair()
+            try:
+                self._repair()
+            except BaseException:
+                self._log.close()
+                raise
 
-    # -- the log and the index -----------------------------------------------------------
+    # -- the index of each day file (daylog.Index) ------------------------------------------
     def _day(self, name: str) -> _Day:
         """The database of the day file `name` (YYYY-MM-DD.events.zst), opened or created."""
         db = _db_name(_day_of(name))
@@ -251,6 +247,15 @@ class SqliteStore(EventStore):
         else:
             self._days.move_to_end(db)
         return day
+
+    def position(self, name: str) -> tuple[int, int] | None:
+        return self._day(name).position()
+
+    def index(self, name: str, events: list[Event], inode: int, end: int) -> None:
+        self._day(name).index(events, inode, end)
+
+    def restart(self, name: str) -> None:
+        self._forget(_db_name(_day_of(name)))
 
     def _forget(self, db: str) -> None:
         day = self._days.pop(db, None)
@@ -273,94 +278,27 @@ class SqliteStore(EventStore):
         with self._lock:
             if self._closed:
                 raise StoreError("the store is closed")
-            by_day = _by_day(batch)
             try:
-                self._writer.write(batch)
-                self._writer.flush()
-                positions = {name: self._sync_day_file(name) for name in by_day}
-            except OSError as exc:
-                raise StoreError("cannot append to the event log in %s: %s" % (self.log_dir, exc)) from None
-            try:
-                for name, evs in by_day.items():
-                    inode, offset = positions[name]
-                    self._day(name).index(evs, inode, offset)
+                self._events_indexed += ingest_logged(self._log, self, batch, self._warn)
             except sqlite3.Error as exc:
-                # The log holds the batch; the next start indexes it from there (see the docstring).
+                # The log holds the batch; the next batch (or start) indexes it from there.
                 raise StoreError("cannot index events in %s: %s" % (self.index_dir, exc)) from None
-            self._events_indexed += len(batch)
             self._last_commit = time.time()
         return len(batch)
-
-    def _sync_day_file(self, name: str) -> tuple[int, int]:
-        """fsync a day file the writer just flushed (and the directory, the first time); returns
-        its (inode, size): every pair in it up to that size is complete and durable."""
-        dir_fd = self._writer.dir_fd
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        try:
-            os.fsync(fd)
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        if name not in self._synced_names:
-            os.fsync(dir_fd)        # a new file's directory entry must be durable too
-            self._synced_names.add(name)
-        return st.st_ino, st.st_size
 
     def _repair(self) -> None:
         """At start: index what the log holds beyond each day's log_position (module docstring)."""
         with self._lock:
             present = set()
-            for _day, path in list_day_files(self.log_dir):
-                name = os.path.basename(path)
+            for name in self._log.day_files():
                 present.add(_db_name(_day_of(name)))
-                self._repaired_events += self._index_tail(name)
+                n = catch_up(self._log, self, name, self._warn)
+                self._repaired_events += n
+                self._events_indexed += n
             for entry in os.listdir(self.index_dir):
                 if entry.endswith(DB_SUFFIX) and entry not in present:
                     self._warn("%s: its day file is gone (retention); removing its index" % entry)
                     self._forget(entry)
-
-    def _index_tail(self, name: str, whole: bool = False) -> int:
-        """Index the pairs of day file `name` beyond its database's log_position (all of them when
-        `whole`, or when the position does not fit the file); returns how many events."""
-        try:
-            fd = open_day_file(self._writer.dir_fd, name)
-        except FileNotFoundError:
-            return 0
-        try:
-            st = os.fstat(fd)
-            db = _db_name(_day_of(name))
-            known = None if whole else self._day(name).position()
-            if known is not None and (known[0] != st.st_ino or known[1] > st.st_size):
-                self._warn("%s changed under its index (replaced or cut); indexing it again" % name)
-                known = None
-            if known is None:
-                self._forget(db)
-                start = 0
-            else:
-                start = known[1]
-            day = self._day(name)
-            if known is not None and start == st.st_size:
-                return 0
-            reader = PairReader(fd, start)
-            count = 0
-            batch: list[Event] = []
-            for info, events in reader.pairs():
-                batch.extend(events)
-                if len(batch) >= 50_000:
-                    day.index(batch, st.st_ino, info.end)
-                    count += len(batch)
-                    batch = []
-            day.index(batch, st.st_ino, reader.resume)
-            count += len(batch)
-            if reader.corrupt:
-                self._warn("%s: %d damaged frame(s) skipped while indexing" % (name, reader.corrupt))
-            if count and known is not None:
-                self._warn("%s: indexed %d event(s) the log held beyond the index (repair after a stop)"
-                           % (name, count))
-            self._events_indexed += count
-            return count
-        finally:
-            os.close(fd)
 
     def reindex(self) -> int:
         """Rebuild every day's database from the log; returns how many events were indexed."""
@@ -369,8 +307,10 @@ class SqliteStore(EventStore):
             for entry in os.listdir(self.index_dir):
                 if entry.endswith(DB_SUFFIX):
                     self._forget(entry)
-            for _day, path in list_day_files(self.log_dir):
-                total += self._index_tail(os.path.basename(path), whole=True)
+            for name in self._log.day_files():
+                n = catch_up(self._log, self, name, self._warn, announce=False)
+                total += n
+                self._events_indexed += n
             return total
 
     # -- queries --------------------------------------------------------------------------
@@ -560,7 +500,7 @@ class SqliteStore(EventStore):
             days = 0
         return StoreStatus(self.backend, not self._closed, days, self._events_indexed, self._repaired_events,
                            self._last_commit, {"log_dir": self.log_dir,
-                                               "frames_written": self._writer.frames_written})
+                                               "frames_written": self._log.frames_written})
 
     def close(self) -> None:
         with self._lock:
@@ -568,45 +508,11 @@ class SqliteStore(EventStore):
                 return
             self._closed = True
             try:
-                self._writer.close()
+                self._log.close()
             finally:
                 for day in self._days.values():
                     day.close()
                 self._days.clear()
-                os.close(self._lock_fd)
-
-
-def _by_day(batch: list[Event]) -> dict[str, list[Event]]:
-    """The batch split by day file; a batch is nearly always one day: then by two look-ups."""
-    first = file_name_for(min(e.ts_us for e in batch))
-    if first == file_name_for(max(e.ts_us for e in batch)):
-        return {first: batch}
-    by_day: dict[str, list[Event]] = {}
-    for e in batch:
-        by_day.setdefault(file_name_for(e.ts_us), []).append(e)
-    return by_day
-
-
-def _lock_index_dir(index_dir: str) -> int:
-    problem = directory_problem(index_dir)
-    if problem is None:
-        try:
-            os.makedirs(index_dir, mode=0o755, exist_ok=True)
-        except OSError as exc:
-            raise StoreError("cannot create the index directory %s: %s" % (index_dir, exc.strerror or exc)) from None
-        problem = directory_problem(index_dir)
-    if problem is not None:
-        raise StoreError("refusing the index directory: %s" % problem)
-    fd = os.open(os.path.join(index_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise StoreError("%s is in use by another maltrail-engine server (or a reindex): one process "
-                             "owns a log directory" % os.path.dirname(index_dir)) from None
-        raise
-    return fd
 
 
 def _run(day: _Day, sql: str, params, deadline: _Deadline):
