@@ -28,7 +28,8 @@ RANK = ("low", "medium", "high")
 def _clickhouse(request, tmp_path):
     server = request.getfixturevalue("clickhouse_server")
     db = "c_" + uuid.uuid4().hex[:12]
-    store = ClickHouseEventStore(server.url, db, server.user, server.password, timezone="UTC")
+    store = ClickHouseEventStore(server.url, db, server.user, server.password, timezone="UTC",
+                                 log_dir=str(tmp_path / "store"))
 
     def drop():
         import asyncio
@@ -165,17 +166,18 @@ def test_bad_events_are_refused_whole_and_status_reports(backend):
                            for e in good})
 
 
-def test_an_unreachable_clickhouse_is_a_store_error(clickhouse_server):
+def test_an_unreachable_clickhouse_is_a_store_error(clickhouse_server, tmp_path):
     port = int(clickhouse_server.url.rsplit(":", 1)[1].strip("/"))
     with pytest.raises(StoreError, match="ClickHouse"):
-        ClickHouseEventStore("http://127.0.0.1:%d/" % (port + 1 if port < 65535 else port - 1))
+        ClickHouseEventStore("http://127.0.0.1:%d/" % (port + 1 if port < 65535 else port - 1), log_dir=str(tmp_path))
     with pytest.raises(StoreError, match="clickhouse_url"):
-        ClickHouseEventStore("http://user:pw@127.0.0.1:1/")
+        ClickHouseEventStore("http://user:pw@127.0.0.1:1/", log_dir=str(tmp_path))
 
 
-def test_aggregates_widen_to_the_hours_of_the_stores_zone(clickhouse_server):
+def test_aggregates_widen_to_the_hours_of_the_stores_zone(clickhouse_server, tmp_path):
     db = "c_" + uuid.uuid4().hex[:12]
-    store = ClickHouseEventStore(clickhouse_server.url, db, timezone="Asia/Kolkata")     # UTC+05:30
+    store = ClickHouseEventStore(clickhouse_server.url, db, timezone="Asia/Kolkata",     # UTC+05:30
+                                 log_dir=str(tmp_path / "store"))
     try:
         store.ingest([make_events()[0]._replace(ts_us=DAY0 + 10 * 60 * 1_000_000)])     # 05:40 Kolkata
         c = store.counts(AggregateQuery(TimeRange(DAY0, DAY0 + 1)), "type")

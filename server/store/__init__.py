@@ -180,13 +180,13 @@ class EventStore(abc.ABC):
 
 
 def open_store(cfg, warn=None) -> EventStore:
-    """The store the configuration selects ([server] store): SQLite under [server] log_dir, or a
-    ClickHouse server. `warn(text)` hears what the store had to repair or refuse at start and
+    """The store the configuration selects ([server] store): the daily log under [server] log_dir
+    with its index in SQLite beside it, or in a ClickHouse server. `warn(text)` hears what the store had to repair or refuse at start and
     later."""
     s = cfg.server
     if s.store == "clickhouse":
         from server.store.clickhouse import ClickHouseEventStore
         return ClickHouseEventStore(s.clickhouse_url, s.clickhouse_database, s.clickhouse_user,
-                                    s.clickhouse_password, s.clickhouse_timezone)
+                                    s.clickhouse_password, s.clickhouse_timezone, log_dir=s.log_dir, warn=warn)
     from server.store.sqlite import SqliteStore
     return SqliteStore(s.log_dir, warn=warn)

@@ -146,7 +146,11 @@ def ingest_logged(log: DayLog, index: Index, batch: list[Event], warn: Callable[
             index.index(part.name, part.events, part.inode, part.end)
             total += len(part.events)
         else:
-            total += catch_up(log, index, part.name, warn, until=part.end)
+            n = catch_up(log, index, part.name, warn, until=part.end, announce=False)
+            total += n
+            if n > len(part.events):
+                warn("%s: indexed %d event(s) the log held beyond the index (a batch the index had refused)"
+                     % (part.name, n - len(part.events)))
     return total
 
 
@@ -193,8 +197,7 @@ def catch_up(log: DayLog, index: Index, name: str, warn: Callable[[str], None], 
         if reader.corrupt:
             warn("%s: %d damaged frame(s) skipped while indexing" % (name, reader.corrupt))
         if count and known is not None and announce:
-            warn("%s: indexed %d event(s) the log held beyond the index (repair after a stop or a failed "
-                 "batch)" % (name, count))
+            warn("%s: indexed %d event(s) the log held beyond the index (repair after a stop)" % (name, count))
         return count
     finally:
         os.close(fd)
