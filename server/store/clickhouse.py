@@ -986,9 +986,12 @@ class ClickHouseEventStore(EventStore):
             t = datetime.datetime.fromtimestamp(us // 1_000_000, zone).replace(minute=0, second=0)
             return int(t.timestamp()) * 1_000_000
 
-        lo = floor(query.range.since_us)
-        hi = floor(query.range.until_us)
-        if hi < query.range.until_us:
+        # DateTime ends in 2106 (UInt32 seconds): a range reaching past it is cut there.
+        since_us = min(max(query.range.since_us, 0), _LAST_HOUR_US)
+        until_us = min(max(query.range.until_us, 0), _LAST_HOUR_US)
+        lo = floor(since_us)
+        hi = floor(until_us)
+        if hi < until_us:
             hi = floor(hi + 3_600_000_000 + 1)   # the next hour's start (zones may shift by 30 min)
         return lo, hi
 
@@ -1039,6 +1042,9 @@ class ClickHouseEventStore(EventStore):
             self._thread.join()
             self._loop.close()
             self._log.close()
+
+
+_LAST_HOUR_US = ((1 << 32) - 2 * 3600) // 3600 * 3600 * 1_000_000
 
 
 def _log_day(name: str) -> int:

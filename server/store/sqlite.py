@@ -59,7 +59,7 @@ from server.store import (
 
 HOUR_US = 3_600_000_000
 DB_SUFFIX = ".sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2}
 _RANK_SEVERITY = {v: k for k, v in _SEVERITY_RANK.items()}
 _PROGRESS_STEPS = 20_000        # SQLite VM steps between two looks at the query's deadline
@@ -89,6 +89,13 @@ CREATE TABLE IF NOT EXISTS threats_hour (
     first_ts_us INTEGER NOT NULL, last_ts_us INTEGER NOT NULL, severity INTEGER NOT NULL,
     PRIMARY KEY (src_ip, trail, hour_us)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS threats_hour_by_hour ON threats_hour (hour_us);
+CREATE TABLE IF NOT EXISTS threats_day (
+    src_ip TEXT NOT NULL, trail TEXT NOT NULL, events INTEGER NOT NULL,
+    first_ts_us INTEGER NOT NULL, last_ts_us INTEGER NOT NULL, severity INTEGER NOT NULL,
+    PRIMARY KEY (src_ip, trail)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS threat_sensors_hour (
+    src_ip TEXT NOT NULL, trail TEXT NOT NULL, hour_us INTEGER NOT NULL, sensor TEXT NOT NULL,
+    PRIMARY KEY (src_ip, trail, hour_us, sensor)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS log_position (
     one INTEGER PRIMARY KEY CHECK (one = 1), inode INTEGER NOT NULL, offset INTEGER NOT NULL);
 """
@@ -107,6 +114,10 @@ _UPSERT_TOP = ("INSERT INTO top_hour VALUES (?,?,?,?) ON CONFLICT (field, hour_u
 _UPSERT_THREATS = ("INSERT INTO threats_hour VALUES (?,?,?,?,?,?,?) ON CONFLICT (src_ip, trail, hour_us) DO UPDATE"
                    " SET events = events + excluded.events, first_ts_us = min(first_ts_us, excluded.first_ts_us),"
                    " last_ts_us = max(last_ts_us, excluded.last_ts_us), severity = max(severity, excluded.severity)")
+_UPSERT_THREATS_DAY = ("INSERT INTO threats_day VALUES (?,?,?,?,?,?) ON CONFLICT (src_ip, trail) DO UPDATE"
+                       " SET events = events + excluded.events, first_ts_us = min(first_ts_us, excluded.first_ts_us),"
+                       " last_ts_us = max(last_ts_us, excluded.last_ts_us), severity = max(severity, excluded.severity)")
+_ADD_THREAT_SENSOR = "INSERT OR IGNORE INTO threat_sensors_hour VALUES (?,?,?,?)"
 _SET_POSITION = ("INSERT INTO log_position VALUES (1, ?, ?) ON CONFLICT (one)"
                  " DO UPDATE SET inode = excluded.inode, offset = excluded.offset")
 
@@ -167,6 +178,10 @@ class _Day:
         self.conn.execute("PRAGMA cache_size=-32768")     # KiB: a day's hot index pages stay cached
         self.conn.executescript(_SCHEMA)
         self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        # A database of another layout is not this day's index: the store drops it and indexes
+        # the day file again (the log is the source of truth).
+        self.current = row is not None and row[0] == SCHEMA_VERSION
 
     def position(self) -> tuple[int, int] | None:
         row = self.conn.execute("SELECT inode, offset FROM log_position").fetchone()
@@ -182,6 +197,7 @@ class _Day:
         dsts: collections.Counter = collections.Counter()
         trails: collections.Counter = collections.Counter()
         threats: dict[tuple, list] = {}
+        threat_sensors: set = set()
         for ts, sensor, src, sport, dst, dport, proto, typ, trail, info, ref, sev, count, last in events:
             last = last or ts
             sensor, src, dst, typ, trail, sev = sensor or "", src or "", dst or "", typ or "", trail or "", sev or "medium"
@@ -192,6 +208,7 @@ class _Day:
             srcs[(hour, src)] += 1
             dsts[(hour, dst)] += 1
             trails[(hour, trail)] += 1
+            threat_sensors.add((src, trail, hour, sensor))
             t = threats.get((src, trail, hour))
             if t is None:
                 threats[(src, trail, hour)] = [1, ts, last, rank.get(sev, 1)]
@@ -213,6 +230,18 @@ class _Day:
                 for name, found in (("src_ip", srcs), ("dst_ip", dsts), ("trail", trails)):
                     c.executemany(_UPSERT_TOP, [(name, hour, value, n) for (hour, value), n in found.items()])
                 c.executemany(_UPSERT_THREATS, [(*k, *v) for k, v in threats.items()])
+                by_pair: dict[tuple, list] = {}
+                for (src, trail, _hour), (n, first, last, r) in threats.items():
+                    t = by_pair.get((src, trail))
+                    if t is None:
+                        by_pair[(src, trail)] = [n, first, last, r]
+                    else:
+                        t[0] += n
+                        t[1] = min(t[1], first)
+                        t[2] = max(t[2], last)
+                        t[3] = max(t[3], r)
+                c.executemany(_UPSERT_THREATS_DAY, [(*k, *v) for k, v in by_pair.items()])
+                c.executemany(_ADD_THREAT_SENSOR, threat_sensors)
             c.execute(_SET_POSITION, (inode, offset))
             c.execute("COMMIT")
         except BaseException:
@@ -270,6 +299,11 @@ class SqliteStore(EventStore):
         day = self._days.get(db)
         if day is None:
             day = _Day(os.path.join(self.index_dir, db))
+            if not day.current:
+                self._warn("%s: an index of another layout; indexing its day again from the log" % db)
+                day.close()
+                self._forget(db)
+                day = _Day(os.path.join(self.index_dir, db))
             self._days[db] = day
             while len(self._days) > _MAX_OPEN_DAYS:
                 _, old = self._days.popitem(last=False)
@@ -344,9 +378,9 @@ class SqliteStore(EventStore):
             return total
 
     # -- queries --------------------------------------------------------------------------
-    def _days_for(self, since_us: int, until_us: int, newest_first: bool = False) -> list[_Day]:
-        """The databases of the day files that may hold events in [since_us, until_us): a day's
-        margin each side, as events/log does, since a file is named by the local date."""
+    def _day_names(self, since_us: int, until_us: int, newest_first: bool = False) -> list[str]:
+        """The day files whose databases may hold events in [since_us, until_us): a day's margin
+        each side, as events/log does, since a file is named by the local date."""
         first = _local_date(since_us, -1)
         last = _local_date(max(until_us - 1, since_us), +1)
         names = []
@@ -355,9 +389,15 @@ class SqliteStore(EventStore):
                 continue
             day = file_date(entry[:-len(DB_SUFFIX)] + ".events.zst")
             if day is not None and first <= day <= last:
-                names.append(entry)
+                names.append(entry[:-len(DB_SUFFIX)] + ".events.zst")
         names.sort(reverse=newest_first)
-        return [self._day(n[:-len(DB_SUFFIX)] + ".events.zst") for n in names]
+        return names
+
+    def _days_for(self, since_us: int, until_us: int, newest_first: bool = False):
+        """The databases of _day_names, each opened as the caller reaches it (a range may hold
+        more days than stay open at once)."""
+        for name in self._day_names(since_us, until_us, newest_first):
+            yield self._day(name)
 
     def events(self, query: EventQuery) -> Page:
         if not 1 <= query.limit <= MAX_PAGE_EVENTS:
@@ -442,8 +482,8 @@ class SqliteStore(EventStore):
         merged: collections.Counter = collections.Counter()
         partial = False
         with self._lock:
-            days = self._days_for(lo, hi)
-            for day in days:
+            days = self._day_names(lo, hi)
+            for day in self._days_for(lo, hi):
                 if scope_sql:
                     sql = ("SELECT %s, count(*) FROM (SELECT %s FROM events WHERE ts_us >= ? AND ts_us < ? AND %s"
                            " LIMIT ?) GROUP BY 1" % (field, field, scope_sql))
@@ -474,13 +514,21 @@ class SqliteStore(EventStore):
         merged: dict[tuple[str, str], list] = {}
         partial = False
         with self._lock:
-            for day in self._days_for(lo, hi):
+            names = self._day_names(lo, hi)
+            for name in names:
+                day = self._day(name)
                 if scope_sql:
                     sql = ("SELECT src_ip, trail, count(*), min(ts_us), max(last_ts_us),"
                            " max(CASE severity WHEN 'high' THEN 2 WHEN 'low' THEN 0 ELSE 1 END),"
                            " group_concat(DISTINCT sensor) FROM (SELECT * FROM events WHERE ts_us >= ? AND ts_us < ?"
                            " AND %s LIMIT ?) GROUP BY 1, 2" % scope_sql)
                     params = [lo, hi, *scope_args, query.row_cap]
+                elif _whole_day(name, lo, hi):
+                    # The range holds this whole day: the day's own roll-up, one row per pair,
+                    # ranked by SQLite when it is the only day (a day can hold 10^5 pairs).
+                    sql = ("SELECT src_ip, trail, events, first_ts_us, last_ts_us, severity, NULL FROM threats_day"
+                           " ORDER BY events DESC, src_ip, trail LIMIT ?")
+                    params = [n if len(names) == 1 else -1]
                 else:
                     sql = ("SELECT src_ip, trail, sum(events), min(first_ts_us), max(last_ts_us), max(severity),"
                            " NULL FROM threats_hour WHERE hour_us >= ? AND hour_us < ? GROUP BY 1, 2")
@@ -492,31 +540,33 @@ class SqliteStore(EventStore):
                 if scope_sql and sum(r[2] for r in rows) >= query.row_cap:
                     partial = True
                 for src, trail, count, first, last, rank, sensors in rows:
-                    names = set(sensors.split(",")) if sensors else set()
+                    names_seen = set(sensors.split(",")) if sensors else set()
                     m = merged.get((src, trail))
                     if m is None:
-                        merged[(src, trail)] = [count, first, last, rank, names]
+                        merged[(src, trail)] = [count, first, last, rank, names_seen]
                     else:
                         m[0] += count
                         m[1] = min(m[1], first)
                         m[2] = max(m[2], last)
                         m[3] = max(m[3], rank)
-                        m[4] |= names
-        ranked = sorted(merged.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]
-        if not scope_sql and not partial:
-            # Which sensors saw each threat: from the events (source key and time indexed), for
-            # the n ranked only, rather than a roll-up row per sensor at ingest.
-            with self._lock:
-                days = self._days_for(lo, hi)
-                for (src, trail), m in ranked:
-                    for day in days:
-                        rows = _run(day, "SELECT DISTINCT sensor FROM events WHERE src_key = ? AND ts_us >= ?"
-                                         " AND ts_us < ? AND trail = ? AND src_ip = ?",
-                                    [ip_key(src), lo, hi, trail, src], deadline)
-                        if rows is None:
-                            partial = True
-                            break
-                        m[4].update(r[0] for r in rows)
+                        m[4] |= names_seen
+            ranked = sorted(merged.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]
+            if ranked and not scope_sql and not partial:
+                # Which sensors saw each ranked threat: from their own roll-up, for the n ranked
+                # only (one query a day for all of them).
+                pairs = [k for k, _m in ranked]
+                found = {k: m for k, m in ranked}
+                values = ",".join("(?,?)" for _ in pairs)
+                args = [x for pair in pairs for x in pair]
+                for day in self._days_for(lo, hi):
+                    rows = _run(day, "SELECT DISTINCT src_ip, trail, sensor FROM threat_sensors_hour WHERE"
+                                     " (src_ip, trail) IN (VALUES %s) AND hour_us >= ? AND hour_us < ?" % values,
+                                args + [lo, hi], deadline)
+                    if rows is None:
+                        partial = True
+                        break
+                    for src, trail, sensor in rows:
+                        found[(src, trail)][4].add(sensor)
         rows = [Threat(src, trail, m[0], m[1], m[2], tuple(sorted(m[4])), _RANK_SEVERITY[m[3]])
                 for (src, trail), m in ranked]
         return Threats(lo, hi, rows, partial)
@@ -558,6 +608,15 @@ def _run(day: _Day, sql: str, params, deadline: _Deadline):
         raise
     finally:
         day.conn.set_progress_handler(None, 0)
+
+
+def _whole_day(name: str, lo: int, hi: int) -> bool:
+    """Whether [lo, hi) holds the whole local day of day file `name` (so its day roll-up answers)."""
+    d = _day_of(name)
+    start = int(time.mktime((d.year, d.month, d.day, 0, 0, 0, 0, 0, -1))) * 1_000_000
+    n = d + datetime.timedelta(days=1)
+    end = int(time.mktime((n.year, n.month, n.day, 0, 0, 0, 0, 0, -1))) * 1_000_000
+    return lo <= start and end <= hi
 
 
 def _hours(query: AggregateQuery) -> tuple[int, int]:
