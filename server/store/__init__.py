@@ -148,6 +148,17 @@ class EventStore(abc.ABC):
     def ingest(self, events: Iterable[Event]) -> int:
         """Store a batch durably; returns how many events were stored."""
 
+    def prepare(self, events: Iterable[Event]):
+        """Check a batch and do the CPU work of storing it that needs no lock (a backend may
+        override; by default nothing): the intake calls this in its parse thread, then hands
+        the results to ingest_prepared in its store thread. Raises StoreError for a batch
+        that ingest() would refuse."""
+        return list(events)
+
+    def ingest_prepared(self, parts: list) -> int:
+        """Store, as one batch, what prepare() returned for several batches (ingest's contract)."""
+        return self.ingest([e for part in parts for e in part])
+
     @abc.abstractmethod
     def events(self, query: EventQuery) -> Page:
         ...

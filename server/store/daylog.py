@@ -132,9 +132,12 @@ class DayLog:
             os.close(self._lock_fd)
 
 
-def ingest_logged(log: DayLog, index: Index, batch: list[Event], warn: Callable[[str], None]) -> int:
+def ingest_logged(log: DayLog, index: Index, batch: list[Event], warn: Callable[[str], None],
+                  prepared: dict | None = None) -> int:
     """Append the batch to the log, then index it (module docstring); returns how many events
-    the index took (the batch, plus what a catch-up found before it). Raises StoreError."""
+    the index took (the batch, plus what a catch-up found before it). Raises StoreError.
+    `prepared`: day file name -> what the backend prepared for that day's events (passed on to
+    its index(); a catch-up reads the log instead)."""
     try:
         appended = log.append(batch)
     except OSError as exc:
@@ -143,7 +146,10 @@ def ingest_logged(log: DayLog, index: Index, batch: list[Event], warn: Callable[
     for part in appended:
         known = index.position(part.name)
         if known == (part.inode, part.start) or (known is None and part.start == 0):
-            index.index(part.name, part.events, part.inode, part.end)
+            if prepared is not None:
+                index.index(part.name, part.events, part.inode, part.end, prepared[part.name])
+            else:
+                index.index(part.name, part.events, part.inode, part.end)
             total += len(part.events)
         else:
             n = catch_up(log, index, part.name, warn, until=part.end, announce=False)

@@ -46,12 +46,12 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from events.log import file_date
 from events.record import SEVERITIES, Event
 from server.addresses import AddressError, ip_key, key_range
-from server.store.daylog import DayLog, catch_up, ingest_logged
+from server.store.daylog import DayLog, catch_up, ingest_logged, split_by_day
 from server.store import (
     BUCKETS, COUNT_BY, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts, EventQuery, EventStore, Page, QueryError,
     StoreError, StoreStatus, Threat, Threats, Top,
@@ -187,60 +187,21 @@ class _Day:
         row = self.conn.execute("SELECT inode, offset FROM log_position").fetchone()
         return None if row is None else (row[0], row[1])
 
-    def index(self, events: list[Event], inode: int, offset: int) -> None:
-        """Insert the events, update the roll-ups and the log position: one transaction."""
-        key = ip_key
-        rank = _SEVERITY_RANK
-        rows = []
-        counts: collections.Counter = collections.Counter()
-        srcs: collections.Counter = collections.Counter()
-        dsts: collections.Counter = collections.Counter()
-        trails: collections.Counter = collections.Counter()
-        threats: dict[tuple, list] = {}
-        threat_sensors: set = set()
-        for ts, sensor, src, sport, dst, dport, proto, typ, trail, info, ref, sev, count, last in events:
-            last = last or ts
-            sensor, src, dst, typ, trail, sev = sensor or "", src or "", dst or "", typ or "", trail or "", sev or "medium"
-            rows.append((ts, last, sensor, src, key(src), sport, dst, key(dst), dport, proto or "", typ, trail,
-                         info or "", ref or "", sev, count or 1))
-            hour = ts - ts % HOUR_US
-            counts[(hour, typ, sev, sensor)] += 1
-            srcs[(hour, src)] += 1
-            dsts[(hour, dst)] += 1
-            trails[(hour, trail)] += 1
-            threat_sensors.add((src, trail, hour, sensor))
-            t = threats.get((src, trail, hour))
-            if t is None:
-                threats[(src, trail, hour)] = [1, ts, last, rank.get(sev, 1)]
-            else:
-                t[0] += 1
-                if ts < t[1]:
-                    t[1] = ts
-                if last > t[2]:
-                    t[2] = last
-                r = rank.get(sev, 1)
-                if r > t[3]:
-                    t[3] = r
+    def index(self, events: list[Event], inode: int, offset: int, prepared: list | None = None) -> None:
+        """Insert the events, update the roll-ups and the log position: one transaction.
+        `prepared`: the events as _prepare made them (in the intake's parse thread), if it did."""
+        parts = prepared if prepared is not None else ([_prepare(events)] if events else [])
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
-            if rows:
+            for rows, counts, srcs, dsts, trails, threats, by_pair, threat_sensors in parts:
                 c.executemany(_INSERT_EVENT, rows)
-                c.executemany(_UPSERT_COUNTS, [(*k, n) for k, n in counts.items()])
-                for name, found in (("src_ip", srcs), ("dst_ip", dsts), ("trail", trails)):
-                    c.executemany(_UPSERT_TOP, [(name, hour, value, n) for (hour, value), n in found.items()])
-                c.executemany(_UPSERT_THREATS, [(*k, *v) for k, v in threats.items()])
-                by_pair: dict[tuple, list] = {}
-                for (src, trail, _hour), (n, first, last, r) in threats.items():
-                    t = by_pair.get((src, trail))
-                    if t is None:
-                        by_pair[(src, trail)] = [n, first, last, r]
-                    else:
-                        t[0] += n
-                        t[1] = min(t[1], first)
-                        t[2] = max(t[2], last)
-                        t[3] = max(t[3], r)
-                c.executemany(_UPSERT_THREATS_DAY, [(*k, *v) for k, v in by_pair.items()])
+                c.executemany(_UPSERT_COUNTS, counts)
+                c.executemany(_UPSERT_TOP, srcs)
+                c.executemany(_UPSERT_TOP, dsts)
+                c.executemany(_UPSERT_TOP, trails)
+                c.executemany(_UPSERT_THREATS, threats)
+                c.executemany(_UPSERT_THREATS_DAY, by_pair)
                 c.executemany(_ADD_THREAT_SENSOR, threat_sensors)
             c.execute(_SET_POSITION, (inode, offset))
             c.execute("COMMIT")
@@ -250,6 +211,65 @@ class _Day:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _prepare(events: list[Event]) -> tuple:
+    """One day's events as the index writes them: the rows, and each roll-up summed over them
+    (parameter tuples for the UPSERTs). Pure CPU and no database, so the intake runs it in its
+    parse thread, beside the store thread's SQLite and fsync work."""
+    key = ip_key
+    rank = _SEVERITY_RANK
+    rows = []
+    counts: collections.Counter = collections.Counter()
+    srcs: collections.Counter = collections.Counter()
+    dsts: collections.Counter = collections.Counter()
+    trails: collections.Counter = collections.Counter()
+    threats: dict[tuple, list] = {}
+    threat_sensors: set = set()
+    for ts, sensor, src, sport, dst, dport, proto, typ, trail, info, ref, sev, count, last in events:
+        last = last or ts
+        sensor, src, dst, typ, trail, sev = sensor or "", src or "", dst or "", typ or "", trail or "", sev or "medium"
+        rows.append((ts, last, sensor, src, key(src), sport, dst, key(dst), dport, proto or "", typ, trail,
+                     info or "", ref or "", sev, count or 1))
+        hour = ts - ts % HOUR_US
+        counts[(hour, typ, sev, sensor)] += 1
+        srcs[(hour, src)] += 1
+        dsts[(hour, dst)] += 1
+        trails[(hour, trail)] += 1
+        threat_sensors.add((src, trail, hour, sensor))
+        t = threats.get((src, trail, hour))
+        r = rank.get(sev, 1)
+        if t is None:
+            threats[(src, trail, hour)] = [1, ts, last, r]
+        else:
+            t[0] += 1
+            if ts < t[1]:
+                t[1] = ts
+            if last > t[2]:
+                t[2] = last
+            if r > t[3]:
+                t[3] = r
+    by_pair: dict[tuple, list] = {}
+    for (src, trail, _hour), (n, first, last, r) in threats.items():
+        t = by_pair.get((src, trail))
+        if t is None:
+            by_pair[(src, trail)] = [n, first, last, r]
+        else:
+            t[0] += n
+            t[1] = min(t[1], first)
+            t[2] = max(t[2], last)
+            t[3] = max(t[3], r)
+    return (rows, [(*k, n) for k, n in counts.items()],
+            [("src_ip", h, v, n) for (h, v), n in srcs.items()],
+            [("dst_ip", h, v, n) for (h, v), n in dsts.items()],
+            [("trail", h, v, n) for (h, v), n in trails.items()],
+            [(*k, *v) for k, v in threats.items()], [(*k, *v) for k, v in by_pair.items()], list(threat_sensors))
+
+
+class Prepared(NamedTuple):
+    """A batch checked and made ready for the index outside the store's lock (SqliteStore.prepare)."""
+    events: list
+    by_day: dict          # day file name -> _prepare's tuple for that day's events
 
 
 def _event_problem(event: Event) -> str | None:
@@ -315,8 +335,8 @@ class SqliteStore(EventStore):
     def position(self, name: str) -> tuple[int, int] | None:
         return self._day(name).position()
 
-    def index(self, name: str, events: list[Event], inode: int, end: int) -> None:
-        self._day(name).index(events, inode, end)
+    def index(self, name: str, events: list[Event], inode: int, end: int, prepared: list | None = None) -> None:
+        self._day(name).index(events, inode, end, prepared)
 
     def restart(self, name: str) -> None:
         self._forget(_db_name(_day_of(name)))
@@ -331,19 +351,35 @@ class SqliteStore(EventStore):
             except FileNotFoundError:
                 pass
 
-    def ingest(self, events: Iterable[Event]) -> int:
+    def prepare(self, events: Iterable[Event]) -> Prepared:
+        """The batch checked (StoreError: refused whole) and its rows and roll-ups made, without
+        the store's lock: the intake's parse thread calls this, the store thread ingest_prepared."""
         batch = list(events)
-        if not batch:
-            return 0
         for event in batch:   # refused whole, before anything is written (the interface's contract)
             problem = _event_problem(event)
             if problem:
                 raise StoreError("a batch of %d events refused: %s" % (len(batch), problem))
+        if not batch:
+            return Prepared([], {})
+        return Prepared(batch, {name: _prepare(evs) for name, evs in split_by_day(batch).items()})
+
+    def ingest(self, events: Iterable[Event]) -> int:
+        return self.ingest_prepared([self.prepare(events)])
+
+    def ingest_prepared(self, parts: list) -> int:
+        """Store batches made by prepare() as one: one append and fsync, one transaction a day."""
+        batch = [e for part in parts for e in part.events]
+        if not batch:
+            return 0
+        by_day: dict[str, list] = {}
+        for part in parts:
+            for name, prepared in part.by_day.items():
+                by_day.setdefault(name, []).append(prepared)
         with self._lock:
             if self._closed:
                 raise StoreError("the store is closed")
             try:
-                self._events_indexed += ingest_logged(self._log, self, batch, self._warn)
+                self._events_indexed += ingest_logged(self._log, self, batch, self._warn, by_day)
             except sqlite3.Error as exc:
                 # The log holds the batch; the next batch (or start) indexes it from there.
                 raise StoreError("cannot index events in %s: %s" % (self.index_dir, exc)) from None
