@@ -17,7 +17,7 @@ median and the worst are printed:
   <= 200 ms); the same over the whole range (30 days);
 - pages of events (100, newest first; target <= 100 ms): the first page, a page ten pages deep
   (following the cursor), filtered by a source /16, by an IPv6 /64, by a trail, by a port;
-- a scoped user's dashboard (scope 10.0.0.0/12 and 2001:db8::/48): aggregates computed from the
+- a scoped user's dashboard (scope 10.1.0.0/16 and 2001:db8:1::/48): aggregates computed from the
   events in scope, not the roll-ups.
 Memory: this process's RSS and PSS (it holds the store as the server would) after the queries;
 for ClickHouse, clickhouse-server's too. The bench starts its own clickhouse-server on loopback
@@ -48,7 +48,7 @@ from server.store import AggregateQuery, EventQuery, TimeRange  # noqa: E402
 DAY0_S = 1_772_323_200            # 2026-03-01 00:00:00 UTC
 DAY_US = 86_400_000_000
 CHUNK = 50_000
-SCOPE = ("10.0.0.0/12", "2001:db8::/48")
+SCOPE = ("10.1.0.0/16", "2001:db8:1::/48")     # a department: about 1/30 of the events
 
 
 class Pools:
