@@ -9,8 +9,9 @@ the daily log written and fsync'd, then the index), in batches of 50,000 like th
 "day" holds --day-events events (default 1,000,000) in one day; "month" holds --month-events
 (default 10,000,000) over --month-days days (30). Events are synthetic and seeded, with the
 cardinalities of real traffic: a few thousand sources (3,000 IPv4 and 1,000 IPv6, the commonest
-seen most: index = N * u**3), a few hundred trails (300, also skewed), 400 destinations, five
-sensors, the three event types and severities. Then each query runs --repeat times and the
+seen most: index = N * u**3), a few hundred trails (300; each source keeps to a few of them, or
+with --uncorrelated any, the threats query's worst case), 400 destinations, five sensors, the
+three event types and severities. Then each query runs --repeat times and the
 median and the worst are printed:
 - the dashboard of the last day: counts per hour by type and by severity, top 10 sources,
   destinations and trails, the top 100 threats, each alone and as the sum of all six (target
@@ -64,9 +65,11 @@ class Pools:
         self.sensors = ["sensor%d" % i for i in range(5)]
 
 
-def generate(pools: Pools, n: int, start_us: int, span_us: int, seed: int):
+def generate(pools: Pools, n: int, start_us: int, span_us: int, seed: int, correlated: bool = True):
     """n seeded events in [start_us, start_us + span_us), in chunks of CHUNK, each chunk sorted
-    by time (a sensor's events arrive in nearly that order)."""
+    by time (a sensor's events arrive in nearly that order). Correlated: each source hits a few
+    trails of its own (about 12,000 source/trail pairs a day); not: source and trail drawn
+    independently (about 400,000 pairs in a day of 1M: the threats query's worst case)."""
     rnd = random.Random(seed)
     srcs, dsts, trails = pools.srcs, pools.dsts, pools.trails
     ns, nt = len(srcs), len(trails)
@@ -75,8 +78,13 @@ def generate(pools: Pools, n: int, start_us: int, span_us: int, seed: int):
         out = []
         for i in range(first, min(n, first + CHUNK)):
             t = start_us + int(i * step) + rnd.randrange(max(1, int(step)))
-            trail_i = int(nt * rnd.random() ** 3)
-            out.append(Event(t, pools.sensors[i % 5], srcs[int(ns * rnd.random() ** 3)], rnd.randrange(1024, 65536),
+            src_i = int(ns * rnd.random() ** 3)
+            if correlated:
+                # A source keeps to a few trails of its own (a scanner, a bot and its C2s).
+                trail_i = (src_i * 37 + int(8 * rnd.random() ** 2)) % nt
+            else:
+                trail_i = int(nt * rnd.random() ** 3)
+            out.append(Event(t, pools.sensors[i % 5], srcs[src_i], rnd.randrange(1024, 65536),
                              rnd.choice(dsts), (53, 80, 443, 8080)[i & 3], "TCP", pools.types[trail_i % 3],
                              trails[trail_i], "malware (static)", "feed", SEVERITIES[trail_i % 3], 1, t))
         yield out
@@ -118,9 +126,9 @@ def clickhouse_pid(directory: str) -> int | None:
     return None
 
 
-def fill(store, pools: Pools, n: int, days: int, seed: int) -> tuple[float, float]:
+def fill(store, pools: Pools, n: int, days: int, seed: int, correlated: bool) -> tuple[float, float]:
     t0, c0 = time.perf_counter(), time.process_time()
-    for chunk in generate(pools, n, DAY0_S * 1_000_000, days * DAY_US, seed):
+    for chunk in generate(pools, n, DAY0_S * 1_000_000, days * DAY_US, seed, correlated):
         store.ingest(chunk)
     return time.perf_counter() - t0, time.process_time() - c0
 
@@ -171,10 +179,11 @@ def report(title: str, cases, repeat: int, target_ms: float | None, total: str |
         print("    %-36s %8.1f ms%s" % (total, sum_med, flag))
 
 
-def run_size(label: str, make_store, pools: Pools, n: int, days: int, repeat: int, seed: int, extra_pid=None) -> None:
+def run_size(label: str, make_store, pools: Pools, n: int, days: int, args, extra_pid=None) -> None:
+    repeat = args.repeat
     store = make_store()
     try:
-        wall, cpu = fill(store, pools, n, days, seed)
+        wall, cpu = fill(store, pools, n, days, args.seed, not args.uncorrelated)
         print("%s: %d events over %d day(s): ingest %.1f s wall, %.1f s CPU here (%.0f events/s)"
               % (label, n, days, wall, cpu, n / wall))
         end = DAY0_S * 1_000_000 + days * DAY_US
@@ -209,6 +218,8 @@ def main(argv=None) -> int:
     ap.add_argument("--month-days", type=int, default=30)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--uncorrelated", action="store_true",
+                    help="draw each event's trail independently of its source (many more threats)")
     ap.add_argument("--clickhouse-url", help="an existing ClickHouse (default: start one on loopback)")
     ap.add_argument("--clickhouse-user", default="default")
     ap.add_argument("--clickhouse-password", default="")
@@ -224,7 +235,7 @@ def main(argv=None) -> int:
                 from server.store.sqlite import SqliteStore
                 for label, n, days in sizes:
                     log_dir = os.path.join(work, "sqlite-" + label)
-                    run_size("sqlite, " + label, lambda: SqliteStore(log_dir), pools, n, days, args.repeat, args.seed)
+                    run_size("sqlite, " + label, lambda: SqliteStore(log_dir), pools, n, days, args)
                     shutil.rmtree(log_dir, ignore_errors=True)
             elif backend == "clickhouse":
                 run_clickhouse(args, work, pools, sizes)
@@ -247,7 +258,7 @@ def run_clickhouse(args, work: str, pools: Pools, sizes) -> None:
             try:
                 run_size("clickhouse, " + label, lambda: ClickHouseEventStore(url, db, user, password, "UTC",
                                                                               log_dir=log_dir),
-                         pools, n, days, args.repeat, args.seed, pid)
+                         pools, n, days, args, pid)
             finally:
                 _drop_database(url, user, password, db)
                 shutil.rmtree(log_dir, ignore_errors=True)

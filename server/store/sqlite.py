@@ -510,10 +510,8 @@ class SqliteStore(EventStore):
         with self._lock:
             for day in self._days_for(lo, hi):
                 if scope_sql:
-                    sql = ("SELECT ts_us - ts_us %% %d, %s, count(*) FROM (SELECT ts_us, %s FROM events"
-                           " WHERE ts_us >= ? AND ts_us < ? AND %s LIMIT ?) GROUP BY 1, 2"
-                           % (HOUR_US, by, by, scope_sql))
-                    params = [lo, hi, *scope_args, query.row_cap]
+                    rows_sql, params = _in_scope("ts_us, " + by, lo, hi, query.scope, query.row_cap)
+                    sql = "SELECT ts_us - ts_us %% %d, %s, count(*) FROM (%s) GROUP BY 1, 2" % (HOUR_US, by, rows_sql)
                 else:
                     sql = ("SELECT hour_us, %s, sum(events) FROM counts_hour WHERE hour_us >= ? AND hour_us < ?"
                            " GROUP BY 1, 2" % by)
@@ -544,9 +542,8 @@ class SqliteStore(EventStore):
             days = self._day_names(lo, hi)
             for day in self._days_for(lo, hi):
                 if scope_sql:
-                    sql = ("SELECT %s, count(*) FROM (SELECT %s FROM events WHERE ts_us >= ? AND ts_us < ? AND %s"
-                           " LIMIT ?) GROUP BY 1" % (field, field, scope_sql))
-                    params = [lo, hi, *scope_args, query.row_cap]
+                    rows_sql, params = _in_scope(field, lo, hi, query.scope, query.row_cap)
+                    sql = "SELECT %s, count(*) FROM (%s) GROUP BY 1" % (field, rows_sql)
                 else:
                     # Within one day the database ranks; summing days needs every value's total.
                     limit = n if len(days) == 1 else -1
@@ -577,11 +574,11 @@ class SqliteStore(EventStore):
             for name in names:
                 day = self._day(name)
                 if scope_sql:
+                    rows_sql, params = _in_scope("src_ip, trail, ts_us, last_ts_us, severity, sensor", lo, hi,
+                                                 query.scope, query.row_cap)
                     sql = ("SELECT src_ip, trail, count(*), min(ts_us), max(last_ts_us),"
                            " max(CASE severity WHEN 'high' THEN 2 WHEN 'low' THEN 0 ELSE 1 END),"
-                           " group_concat(DISTINCT sensor) FROM (SELECT * FROM events WHERE ts_us >= ? AND ts_us < ?"
-                           " AND %s LIMIT ?) GROUP BY 1, 2" % scope_sql)
-                    params = [lo, hi, *scope_args, query.row_cap]
+                           " group_concat(DISTINCT sensor) FROM (%s) GROUP BY 1, 2" % rows_sql)
                 elif _whole_day(name, lo, hi):
                     # The range holds this whole day: the day's own roll-up, one row per pair,
                     # ranked by SQLite when it is the only day (a day can hold 10^5 pairs).
@@ -705,6 +702,21 @@ def _scope_filter(scope) -> tuple[str, list]:
         parts.append("(src_key BETWEEN ? AND ?) OR (dst_key BETWEEN ? AND ?)")
         args += [lo, hi, lo, hi]
     return "(%s)" % " OR ".join(parts), args
+
+
+def _in_scope(columns: str, lo: int, hi: int, scope, row_cap: int) -> tuple[str, list]:
+    """SQL selecting `columns` of at most row_cap events of [lo, hi) in scope: the ids found
+    through the address indexes, one key range per network and side, rather than the time
+    index with the scope as a filter (which SQLite's planner picks, and which reads every event
+    of the range: measured 1,040 ms against 450 ms for 165,000 of a day's 1M events in scope)."""
+    parts, args = [], []
+    for item in scope:
+        low, high = _ranges(item)
+        for column in ("src_key", "dst_key"):
+            parts.append("SELECT id FROM events WHERE %s BETWEEN ? AND ? AND ts_us >= ? AND ts_us < ?" % column)
+            args += [low, high, lo, hi]
+    return ("SELECT %s FROM events WHERE id IN (%s) LIMIT ?" % (columns, " UNION ".join(parts)),
+            args + [row_cap])
 
 
 def _event_filters(q: EventQuery) -> tuple[list[str], list]:
