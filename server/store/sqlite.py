@@ -1,10 +1,11 @@
 """The embedded event store: the daily event log as the source of truth, SQLite as its index.
 
-Owns the server's log directory: `LOG_DIR/YYYY-MM-DD.events.zst`, written by the shared writer
-(events/log EventLogWriter, so `maltrail-engine tail --log-dir LOG_DIR` reads it), and
-`LOG_DIR/index/YYYY-MM-DD.sqlite`, one SQLite database per day file (stdlib sqlite3, WAL,
-synchronous=NORMAL: the index is rebuildable from the fsync'd log, see _Day). Must not know about HTTP, users or datagrams (server/store/__init__.py holds
-the interface and its contract).
+Owns `LOG_DIR/index/YYYY-MM-DD.sqlite`, one SQLite database per day file (stdlib sqlite3, WAL,
+synchronous=NORMAL: the index is rebuildable from the fsync'd log, see _Day), as the `Index` of
+the log half, server/store/daylog.py (the day files `LOG_DIR/YYYY-MM-DD.events.zst`, written by
+the shared writer so `maltrail-engine tail --log-dir LOG_DIR` reads them, their fsync, the
+directory lock, the catch-up). Must not know about HTTP, users or datagrams
+(server/store/__init__.py holds the interface and its contract).
 
 A day's database holds:
     events        one row per event record: typed columns, plus src_key/dst_key, the 16-byte
