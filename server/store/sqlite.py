@@ -570,9 +570,17 @@ class SqliteStore(EventStore):
         deadline = _Deadline(query.budget_ms)
         merged: dict[tuple[str, str], list] = {}
         partial = False
+        contributing: list[str] = []
         with self._lock:
             names = self._day_names(lo, hi)
-            for name in names:
+            if not scope_sql:
+                # The days cut by the range first: when none of them holds a threat in it (the
+                # margin days around a whole day) and one whole day is all that is left, SQLite
+                # ranks that day alone (measured on 30,000 pairs: 10 ms against 130 ms merged
+                # here).
+                whole = [name for name in names if _whole_day(name, lo, hi)]
+                names = [name for name in names if name not in whole] + whole
+            for i, name in enumerate(names):
                 day = self._day(name)
                 if scope_sql:
                     rows_sql, params = _in_scope("src_ip, trail, ts_us, last_ts_us, severity, sensor", lo, hi,
@@ -585,7 +593,7 @@ class SqliteStore(EventStore):
                     # ranked by SQLite when it is the only day (a day can hold 10^5 pairs).
                     sql = ("SELECT src_ip, trail, events, first_ts_us, last_ts_us, severity, NULL FROM threats_day"
                            " ORDER BY events DESC, src_ip, trail LIMIT ?")
-                    params = [n if len(names) == 1 else -1]
+                    params = [n if not merged and i == len(names) - 1 else -1]
                 else:
                     sql = ("SELECT src_ip, trail, sum(events), min(first_ts_us), max(last_ts_us), max(severity),"
                            " NULL FROM threats_hour WHERE hour_us >= ? AND hour_us < ? GROUP BY 1, 2")
@@ -596,6 +604,8 @@ class SqliteStore(EventStore):
                     break
                 if scope_sql and sum(r[2] for r in rows) >= query.row_cap:
                     partial = True
+                if rows:
+                    contributing.append(name)
                 for src, trail, count, first, last, rank, sensors in rows:
                     names_seen = set(sensors.split(",")) if sensors else set()
                     m = merged.get((src, trail))
@@ -612,7 +622,8 @@ class SqliteStore(EventStore):
                 # Which sensors saw each ranked threat: from their own roll-up, for the n ranked
                 # only, one primary-key range each (measured: 100 pairs of a 1M-event day in
                 # 3 ms; one query with a row-value IN list scanned the table, 150 ms).
-                for day in self._days_for(lo, hi):
+                for name in contributing:
+                    day = self._day(name)
                     for (src, trail), m in ranked:
                         rows = _run(day, "SELECT DISTINCT sensor FROM threat_sensors_hour WHERE src_ip = ? AND trail = ?"
                                          " AND hour_us >= ? AND hour_us < ?", [src, trail, lo, hi], deadline)
