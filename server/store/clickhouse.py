@@ -455,6 +455,7 @@ class Threat(NamedTuple):
 
 
 _MAX_LIMIT = 10_000
+_DAY_US = 86_400_000_000
 
 
 def _addr_text_sql(col: str) -> str:
@@ -650,16 +651,43 @@ class ClickHouseStore:
         time budget (ClickHouse's max_execution_time, in break mode) ran out."""
         if type(q.limit) is not int or not 1 <= q.limit <= _MAX_LIMIT:
             raise StoreInputError("limit must be 1..%d" % _MAX_LIMIT)
-        where = self._event_where(q)
+        where = self._event_where(q)[2:]      # the filters; the range is set per window below
+        end_us = q.end_us
         if q.cursor is not None:
             c_ts, c_id = _cursor_parse(q.cursor)
             where.append(bind("(ts_us < {t} OR (ts_us = {t} AND id < {i}))", t=c_ts, i=c_id))
+            end_us = min(end_us, c_ts + 1)
         # Two passes: 18.16 sorts every matching row with every selected column, so first find
         # the page's keys (two UInt64 columns), then read whole rows for those keys only, which
         # the sort key's hour narrows to a granule or two.
-        sql = "SELECT ts_us, id FROM %s.events WHERE %s ORDER BY ts_us DESC, id DESC LIMIT %d" % (
-            self.db, " AND ".join(where), q.limit + 1)
-        keys, partial = await self._timed_select(sql, q.budget_ms)
+        # The keys are looked for in windows walking back from the newest day held: one day, then
+        # twice as long each time, until the page is full. 18.16 cannot read a table in sort order,
+        # so a page over 30 days read and top-N sorted every event of the 30 (211 ms for 10M
+        # events) where the newest day alone nearly always fills it (17 ms).
+        held = await self.days()
+        if held:
+            newest = datetime.datetime.combine(held[-1] + datetime.timedelta(days=2), datetime.time(), self._zone)
+            end_us = min(end_us, int(newest.timestamp()) * 1_000_000)
+        else:
+            end_us = q.start_us
+        deadline = time.monotonic() + q.budget_ms / 1000.0
+        keys: list = []
+        partial = False
+        hi, span = end_us, _DAY_US
+        while hi > q.start_us and len(keys) <= q.limit:
+            lo = max(q.start_us, hi - span)
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms < 1:
+                partial = True
+                break
+            sql = "SELECT ts_us, id FROM %s.events WHERE %s ORDER BY ts_us DESC, id DESC LIMIT %d" % (
+                self.db, " AND ".join(_range_condition(lo, hi, self.timezone) + where), q.limit + 1 - len(keys))
+            found, cut = await self._timed_select(sql, left_ms)
+            keys += found
+            if cut:
+                partial = True
+                break
+            hi, span = lo, span * 2
         rows = []
         if keys:
             first, last = int(keys[-1][0]), int(keys[0][0])
