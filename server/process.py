@@ -159,9 +159,9 @@ class Server:
                 except StoreError as exc:
                     c.dropped["store_failed"] += len(events)
                     log("!", "events not stored: %s" % exc)
-                    prepared = self.store.prepare([])
+                    events, prepared = [], self.store.prepare([])
                 c.parse_cpu_s += time.thread_time() - t0
-                self._events_queue.put([(prepared, len(events), len(datagrams))])
+                self._events_queue.put([(events, prepared, len(datagrams))])
             if stop:
                 self._events_queue.put(None)
                 return
@@ -174,7 +174,7 @@ class Server:
             # Gather for up to _STORE_INTERVAL_S since the last batch: a commit's cost is mostly
             # per page touched, so fewer, larger batches store more events per second (measured:
             # about a quarter less time per event at 50,000 than at 6,500 per batch).
-            count = sum(n for _prepared, n, _datagrams in items)
+            count = sum(len(events) for events, _prepared, _datagrams in items)
             while not stop and count < _STORE_BATCH_EVENTS:
                 wait_s = last + _STORE_INTERVAL_S - time.monotonic()
                 if wait_s <= 0:
@@ -187,12 +187,12 @@ class Server:
                     stop = True
                 else:
                     items.extend(more)
-                    count += sum(n for _prepared, n, _datagrams in more)
+                    count += sum(len(events) for events, _prepared, _datagrams in more)
             last = time.monotonic()
             if items:
                 t0, w0 = time.thread_time(), time.monotonic()
                 try:
-                    c.stored += self.store.ingest_prepared([prepared for prepared, _n, _d in items])
+                    c.stored += self.store.ingest_prepared([prepared for _events, prepared, _d in items])
                     self._store_error = ""
                 except StoreError as exc:
                     c.dropped["store_failed"] += count
@@ -202,7 +202,7 @@ class Server:
                 finally:
                     c.store_cpu_s += time.thread_time() - t0
                     c.store_wall_s += time.monotonic() - w0
-                    self._done += sum(d for _prepared, _n, d in items)
+                    self._done += sum(d for _events, _prepared, d in items)
                     c.batches += 1
             if stop:
                 return
