@@ -213,7 +213,7 @@ def run_size(label: str, make_store, pools: Pools, n: int, days: int, args, extr
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench server-query", description=__doc__.split("\n\n")[0])
     ap.add_argument("--backends", default="sqlite,clickhouse")
-    ap.add_argument("--day-events", type=int, default=1_000_000, help="events in the one-day store")
+    ap.add_argument("--day-events", type=int, default=1_000_000, help="events in the one-day store (0: skip)")
     ap.add_argument("--month-events", type=int, default=10_000_000, help="events in the many-day store (0: skip)")
     ap.add_argument("--month-days", type=int, default=30)
     ap.add_argument("--repeat", type=int, default=5)
@@ -225,8 +225,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clickhouse-password", default="")
     args = ap.parse_args(argv)
     pools = Pools()
-    sizes = [("day", args.day_events, 1)] + ([("month", args.month_events, args.month_days)]
-                                             if args.month_events else [])
+    sizes = [(label, n, days) for label, n, days in (("day", args.day_events, 1),
+                                                     ("month", args.month_events, args.month_days)) if n > 0]
     print("server-query: %s, Python %s, %d CPUs" % (platform.machine(), platform.python_version(), os.cpu_count() or 0))
     work = tempfile.mkdtemp(prefix="bench-server-query-")
     try:
