@@ -1,8 +1,9 @@
 """`python -m bench COMMAND ...`: one entry point for the benchmarks (see bench/README.md).
 
 `replay` runs bench/replay.py, `generate` bench/generate.py, `floods` bench/floods.py,
-`forward` bench/forward.py, `update` bench/update.py, `server-udp` bench/server_udp.py and
-`server-https` bench/server_https.py; `trails`
+`forward` bench/forward.py, `update` bench/update.py, `server-udp` bench/server_udp.py,
+`server-https` bench/server_https.py, `server-query` bench/server_query.py and `clickhouse-store`
+bench/clickhouse_store.py; `trails`
 and `ipc` run the micro benchmarks, which also stay runnable as `python -m bench.trails` and
 `python -m bench.ipc`.
 """
@@ -22,12 +23,14 @@ COMMANDS = {
     "forward": ("bench.forward", "forwarding: events/s per destination kind, the sensor with forwarding on vs off"),
     "server-udp": ("bench.server_udp", "the server's UDP intake: the highest rate held with zero loss"),
     "server-https": ("bench.server_https", "the server's HTTPS intake: events/s of acknowledged sensor batches"),
+    "server-query": ("bench.server_query", "the server's store queries over a day and 30 days, both backends"),
+    "clickhouse-store": ("bench.clickhouse_store", "micro: the ClickHouse store alone, ingest and query latency"),
 }
 
 
 def usage() -> str:
     lines = ["usage: python -m bench COMMAND [options]  (COMMAND --help for its options)", "", "commands:"]
-    lines += ["  %-9s %s" % (name, text) for name, (_, text) in COMMANDS.items()]
+    lines += ["  %-16s %s" % (name, text) for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """Server UDP intake benchmark: the highest rate of Maltrail datagrams the server holds with zero loss.
 
-`python -m bench server-udp [--duration-s S] [--rates R1,R2,...] [--drain-limit-s S]`
+`python -m bench server-udp [--duration-s S] [--rates R1,R2,...] [--drain-limit-s S] [--sources N]`
 
 The real `maltrail-engine server` (installed console script) runs on loopback with a fresh store
 in a temporary directory. For each rate, ascending, a sender process (its own core's worth of
@@ -44,15 +44,20 @@ _LABELS = ("malware", "known attacker", "mass scanner", "generic (malware)", "c2
            "phishing (suspicious)", "tor exit node", "potential web scan")
 
 
-def _datagrams(n: int, now_s: int) -> list[bytes]:
+def _datagrams(n: int, now_s: int, sources: int = 0) -> list[bytes]:
+    """n distinct datagrams; `sources`: how many source addresses they share (0: one each)."""
     clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now_s))
-    return [('%d "%s.%06d" bench-%d 10.%d.%d.%d %d 192.0.2.%d 80 TCP IP 192.0.2.%d "%s" (static)\n'
-             % (now_s, clock, i % 1_000_000, i % 4, i >> 16 & 255, i >> 8 & 255, i & 255, 1024 + i % 60000,
-                i % 200, i % 200, _LABELS[i % len(_LABELS)])).encode() for i in range(n)]
+    out = []
+    for i in range(n):
+        s = i % sources if sources else i
+        out.append(('%d "%s.%06d" bench-%d 10.%d.%d.%d %d 192.0.2.%d 80 TCP IP 192.0.2.%d "%s" (static)\n'
+                    % (now_s, clock, i % 1_000_000, i % 4, s >> 16 & 255, s >> 8 & 255, s & 255, 1024 + i % 60000,
+                       i % 200, i % 200, _LABELS[i % len(_LABELS)])).encode())
+    return out
 
 
-def _send(port: int, rate: int, duration_s: float, result) -> None:
-    pool = _datagrams(50_000, int(time.time()))
+def _send(port: int, rate: int, duration_s: float, result, sources: int = 0) -> None:
+    pool = _datagrams(50_000, int(time.time()), sources)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     total = int(rate * duration_s)
     sent = 0
@@ -85,11 +90,12 @@ def _server_command() -> str:
     return script if os.path.exists(script) else shutil.which("maltrail-engine") or "maltrail-engine"
 
 
-def run_rate(http_port: int, udp_port: int, pid: int, rate: int, duration_s: float, drain_limit_s: float) -> dict:
+def run_rate(http_port: int, udp_port: int, pid: int, rate: int, duration_s: float, drain_limit_s: float,
+             sources: int = 0) -> dict:
     before = _health(http_port)["intake"]["udp"]
     cpu0 = _cpu_s(pid)
     result = multiprocessing.Queue()
-    sender = multiprocessing.Process(target=_send, args=(udp_port, rate, duration_s, result))
+    sender = multiprocessing.Process(target=_send, args=(udp_port, rate, duration_s, result, sources))
     sender.start()
     peak_backlog = 0
     while sender.is_alive():
@@ -131,6 +137,9 @@ def main(argv=None) -> int:
                     help="events per second to try, ascending (comma-separated)")
     ap.add_argument("--drain-limit-s", type=float, default=2.0,
                     help="most seconds after the sender stops for the server to have stored everything")
+    ap.add_argument("--sources", type=int, default=0,
+                    help="source addresses the datagrams share (0: every datagram its own, the index's worst case; "
+                         "a real day has a few thousand)")
     args = ap.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",") if r]
     work = tempfile.mkdtemp(prefix="bench-server-udp-")
@@ -149,13 +158,14 @@ def main(argv=None) -> int:
                 break
             except OSError:
                 time.sleep(0.05)
-        print("server-udp: %s, Python %s, %d CPUs; %.0f s per rate; pid %d"
-              % (platform.machine(), platform.python_version(), os.cpu_count() or 0, args.duration_s, server.pid))
+        print("server-udp: %s, Python %s, %d CPUs; %.0f s per rate; %s; pid %d"
+              % (platform.machine(), platform.python_version(), os.cpu_count() or 0, args.duration_s,
+                 "%d sources" % args.sources if args.sources else "a source per datagram", server.pid))
         print("%8s %9s %9s %9s %9s %7s %8s %8s %9s %5s  %s" % (
             "rate", "sent", "send/s", "received", "stored", "lost", "drain_s", "cpu_s", "backlog", "held",
             "parse cpu / store cpu / store wall s, batches"))
         for rate in rates:
-            r = run_rate(http_port, udp_port, server.pid, rate, args.duration_s, args.drain_limit_s)
+            r = run_rate(http_port, udp_port, server.pid, rate, args.duration_s, args.drain_limit_s, args.sources)
             results.append(r)
             print("%8d %9d %9d %9d %9d %7d %8.2f %8.2f %9d %5s  %.2f / %.2f / %.2f, %d" % (
                 r["rate"], r["sent"], r["send_rate"], r["received"], r["stored"], r["lost"], r["drain_s"],

@@ -28,7 +28,8 @@ RANK = ("low", "medium", "high")
 def _clickhouse(request, tmp_path):
     server = request.getfixturevalue("clickhouse_server")
     db = "c_" + uuid.uuid4().hex[:12]
-    store = ClickHouseEventStore(server.url, db, server.user, server.password, timezone="UTC")
+    store = ClickHouseEventStore(server.url, db, server.user, server.password, timezone="UTC",
+                                 log_dir=str(tmp_path / "store"))
 
     def drop():
         import asyncio
@@ -153,6 +154,39 @@ def test_aggregates_match_counts_made_from_the_events_widened_to_hours(backend):
     assert backend.counts(capped, "type").partial
 
 
+def test_threats_over_whole_days_match_the_events(backend):
+    """Ranges holding whole days (the SQLite backend answers those from its per-day roll-up, and
+    ranks in SQL when one day is all there is) give what the events say, sensors included."""
+    sent = make_events()
+    backend.ingest(sent[:350])
+    backend.ingest(sent[350:])
+    for since, until in ((DAY0, DAY0 + 24 * H_US), (DAY0 - 2 * H_US, DAY0 + 30 * H_US), (0, 1 << 62)):
+        inside = [e for e in sent if since <= e.ts_us < until]
+        groups = collections.defaultdict(list)
+        for e in inside:
+            groups[(e.src_ip, e.trail)].append(e)
+        want = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:15]
+        got = backend.threats(AggregateQuery(TimeRange(since, until)), 15)
+        assert not got.partial
+        assert [(t.src_ip, t.trail, t.events) for t in got.rows] == [(s, tr, len(g)) for (s, tr), g in want]
+        for t, ((_s, _tr), g) in zip(got.rows, want):
+            assert (t.first_ts_us, t.last_ts_us) == (min(e.ts_us for e in g), max(e.last_ts_us for e in g))
+            assert t.sensors == tuple(sorted({e.sensor for e in g}))
+            assert t.severity == max((e.severity for e in g), key=RANK.index)
+    # One day alone in the store: ranked by the database itself.
+    only = [e._replace(ts_us=DAY0 + 3 * H_US + i, last_ts_us=DAY0 + 3 * H_US + i) for i, e in enumerate(sent[:50])]
+    far = [e._replace(ts_us=t, last_ts_us=t) for e in only for t in [e.ts_us + 40 * 24 * H_US]]
+    backend.ingest(far)
+    groups = collections.defaultdict(list)
+    for e in far:
+        groups[(e.src_ip, e.trail)].append(e)
+    want = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:7]
+    day = DAY0 + 40 * 24 * H_US
+    got = backend.threats(AggregateQuery(TimeRange(day, day + 24 * H_US)), 7)
+    assert [(t.src_ip, t.trail, t.events, t.sensors) for t in got.rows] == [
+        (s, tr, len(g), tuple(sorted({e.sensor for e in g}))) for (s, tr), g in want]
+
+
 def test_bad_events_are_refused_whole_and_status_reports(backend):
     good = make_events()[:5]
     with pytest.raises(StoreError):
@@ -165,17 +199,18 @@ def test_bad_events_are_refused_whole_and_status_reports(backend):
                            for e in good})
 
 
-def test_an_unreachable_clickhouse_is_a_store_error(clickhouse_server):
+def test_an_unreachable_clickhouse_is_a_store_error(clickhouse_server, tmp_path):
     port = int(clickhouse_server.url.rsplit(":", 1)[1].strip("/"))
     with pytest.raises(StoreError, match="ClickHouse"):
-        ClickHouseEventStore("http://127.0.0.1:%d/" % (port + 1 if port < 65535 else port - 1))
+        ClickHouseEventStore("http://127.0.0.1:%d/" % (port + 1 if port < 65535 else port - 1), log_dir=str(tmp_path))
     with pytest.raises(StoreError, match="clickhouse_url"):
-        ClickHouseEventStore("http://user:pw@127.0.0.1:1/")
+        ClickHouseEventStore("http://user:pw@127.0.0.1:1/", log_dir=str(tmp_path))
 
 
-def test_aggregates_widen_to_the_hours_of_the_stores_zone(clickhouse_server):
+def test_aggregates_widen_to_the_hours_of_the_stores_zone(clickhouse_server, tmp_path):
     db = "c_" + uuid.uuid4().hex[:12]
-    store = ClickHouseEventStore(clickhouse_server.url, db, timezone="Asia/Kolkata")     # UTC+05:30
+    store = ClickHouseEventStore(clickhouse_server.url, db, timezone="Asia/Kolkata",     # UTC+05:30
+                                 log_dir=str(tmp_path / "store"))
     try:
         store.ingest([make_events()[0]._replace(ts_us=DAY0 + 10 * 60 * 1_000_000)])     # 05:40 Kolkata
         c = store.counts(AggregateQuery(TimeRange(DAY0, DAY0 + 1)), "type")

@@ -148,6 +148,17 @@ class EventStore(abc.ABC):
     def ingest(self, events: Iterable[Event]) -> int:
         """Store a batch durably; returns how many events were stored."""
 
+    def prepare(self, events: Iterable[Event]):
+        """Check a batch and do the CPU work of storing it that needs no lock (a backend may
+        override; by default nothing): the intake calls this in its parse thread, then hands
+        the results to ingest_prepared in its store thread. Raises StoreError for a batch
+        that ingest() would refuse."""
+        return list(events)
+
+    def ingest_prepared(self, parts: list) -> int:
+        """Store, as one batch, what prepare() returned for several batches (ingest's contract)."""
+        return self.ingest([e for part in parts for e in part])
+
     @abc.abstractmethod
     def events(self, query: EventQuery) -> Page:
         ...
@@ -180,13 +191,13 @@ class EventStore(abc.ABC):
 
 
 def open_store(cfg, warn=None) -> EventStore:
-    """The store the configuration selects ([server] store): SQLite under [server] log_dir, or a
-    ClickHouse server. `warn(text)` hears what the store had to repair or refuse at start and
+    """The store the configuration selects ([server] store): the daily log under [server] log_dir
+    with its index in SQLite beside it, or in a ClickHouse server. `warn(text)` hears what the store had to repair or refuse at start and
     later."""
     s = cfg.server
     if s.store == "clickhouse":
         from server.store.clickhouse import ClickHouseEventStore
         return ClickHouseEventStore(s.clickhouse_url, s.clickhouse_database, s.clickhouse_user,
-                                    s.clickhouse_password, s.clickhouse_timezone)
+                                    s.clickhouse_password, s.clickhouse_timezone, log_dir=s.log_dir, warn=warn)
     from server.store.sqlite import SqliteStore
     return SqliteStore(s.log_dir, warn=warn)

@@ -56,6 +56,7 @@ from typing import Iterable, NamedTuple, Sequence
 import aiohttp
 
 from events.record import SEVERITIES, Event
+from server.store.daylog import INDEX_DIR, DayLog, catch_up, ingest_logged
 from server.store import (BUCKETS, COUNT_BY, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts, EventStore,
                           QueryError, StoreError, StoreStatus, Threats, Top)
 from server.store import EventQuery as StoreEventQuery
@@ -343,6 +344,12 @@ class ClickHouseClient:
 # address or network (threats, fail2ban, a scope), which the index then narrows too.
 # Ports: -1 stands for none ('-' in Maltrail lines). id: a random 64-bit number, the tiebreak of
 # the newest-first order that a paging cursor needs (two events may share a microsecond).
+# log_source, log_day, log_inode, log_end: where in which server's daily log the row's batch
+# ends (the id of the server's log directory, the day file's date as YYYYMMDD, its inode, the
+# byte offset after the batch). ClickHouse has no transactions, so the index's position in each
+# day file (server/store/daylog.py) travels with the rows themselves: max(log_end) is how far a
+# day file is indexed, and an INSERT (one block, one part) either holds the rows and their
+# position or neither. 0 in all four: rows ingested without a log (the benchmark's raw store).
 
 _SEVERITY_ENUM = "Enum8(%s)" % ", ".join("'%s' = %d" % (s, i + 1) for i, s in enumerate(SEVERITIES))
 
@@ -353,7 +360,8 @@ SCHEMA = [
         ts DateTime('{tz}') MATERIALIZED toDateTime(intDiv(ts_us, 1000000), '{tz}'),
         sensor String, src_ip FixedString(16), src_port Int32, dst_ip FixedString(16), dst_port Int32,
         proto String, type String, trail String, info String, reference String,
-        severity %s, count UInt32
+        severity %s, count UInt32,
+        log_source UInt64 DEFAULT 0, log_day UInt32 DEFAULT 0, log_inode UInt64 DEFAULT 0, log_end UInt64 DEFAULT 0
     ) ENGINE = MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY (toStartOfHour(ts), src_ip, ts_us)""" % _SEVERITY_ENUM,
     # Per-hour counts by type, severity and sensor together: any of the three (or a pair) is a
     # GROUP BY over this table, a few hundred rows a day.
@@ -395,6 +403,7 @@ SCHEMA = [
 TABLES = ("events", "hourly", "top_hourly", "threats_hourly")
 EVENT_COLUMNS = ("ts_us", "last_ts_us", "id", "sensor", "src_ip", "src_port", "dst_ip", "dst_port", "proto",
                  "type", "trail", "info", "reference", "severity", "count")
+LOG_COLUMNS = ("log_source", "log_day", "log_inode", "log_end")
 _SELECT_EVENT = ("ts_us, last_ts_us, id, sensor, hex(src_ip), src_port, hex(dst_ip), dst_port, proto, type, "
                  "trail, info, reference, severity, count")
 INSERT_BATCH_ROWS = 100_000
@@ -446,6 +455,7 @@ class Threat(NamedTuple):
 
 
 _MAX_LIMIT = 10_000
+_DAY_US = 86_400_000_000
 
 
 def _addr_text_sql(col: str) -> str:
@@ -537,6 +547,14 @@ class ClickHouseStore:
         for stmt in SCHEMA:
             await self.client.execute(stmt.replace("{db}", self.db).replace("{tz}", self.timezone),
                                       database="default")
+        # A database made before the log columns existed gets them (18.16 has no ADD COLUMN IF
+        # NOT EXISTS); their DEFAULT 0 marks the old rows as from no log.
+        have = {_text(r[0]) for r in await self.client.select(bind(
+            "SELECT name FROM system.columns WHERE database = {db} AND table = 'events'", db=self.db))}
+        for name in LOG_COLUMNS:
+            if name not in have:
+                await self.client.execute("ALTER TABLE %s.events ADD COLUMN %s %s DEFAULT 0"
+                                          % (self.db, name, "UInt32" if name == "log_day" else "UInt64"))
 
     # -- ingest --------------------------------------------------------------------------------
 
@@ -571,14 +589,30 @@ class ClickHouseStore:
         except StoreInputError as exc:
             raise StoreInputError("event %d: %s" % (i, exc)) from None
 
-    async def ingest(self, events: Sequence[Event]) -> None:
+    async def ingest(self, events: Sequence[Event], log_tag: tuple[int, int, int, int] | None = None) -> None:
         """Insert events. Every event is checked first: one bad event refuses the whole call with
         StoreInputError (nothing sent). Stored once ClickHouse answers (its INSERT is atomic per
         block of up to max_insert_block_size rows; batches above INSERT_BATCH_ROWS go in several
-        INSERTs, so an error part way may have stored the earlier ones)."""
+        INSERTs, so an error part way may have stored the earlier ones).
+
+        `log_tag` (log_source, log_day, log_inode, log_end): the events are one day file's pairs
+        up to log_end, sent as ONE insert whatever their number (the caller keeps it under
+        max_insert_block_size), so that the rows and the position they carry arrive together."""
         rows = [self._row(i, ev) for i, ev in enumerate(events)]
+        if log_tag is not None:
+            tag = [quote_int(v) for v in log_tag]
+            await self.client.insert(self.db + ".events", EVENT_COLUMNS + LOG_COLUMNS, [r + tag for r in rows])
+            return
         for start in range(0, len(rows), INSERT_BATCH_ROWS):
             await self.client.insert(self.db + ".events", EVENT_COLUMNS, rows[start:start + INSERT_BATCH_ROWS])
+
+    async def log_positions(self, log_source: int) -> dict[tuple[int, int], int]:
+        """{(log_day, log_inode): max(log_end)}: how far each day file of one server's log is in
+        the events table."""
+        rows = await self.client.select(bind(
+            "SELECT log_day, log_inode, max(log_end) FROM %s.events WHERE log_source = {s} GROUP BY log_day, log_inode"
+            % self.db, s=log_source))
+        return {(int(r[0]), int(r[1])): int(r[2]) for r in rows}
 
     # -- events --------------------------------------------------------------------------------
 
@@ -617,16 +651,43 @@ class ClickHouseStore:
         time budget (ClickHouse's max_execution_time, in break mode) ran out."""
         if type(q.limit) is not int or not 1 <= q.limit <= _MAX_LIMIT:
             raise StoreInputError("limit must be 1..%d" % _MAX_LIMIT)
-        where = self._event_where(q)
+        where = self._event_where(q)[2:]      # the filters; the range is set per window below
+        end_us = q.end_us
         if q.cursor is not None:
             c_ts, c_id = _cursor_parse(q.cursor)
             where.append(bind("(ts_us < {t} OR (ts_us = {t} AND id < {i}))", t=c_ts, i=c_id))
+            end_us = min(end_us, c_ts + 1)
         # Two passes: 18.16 sorts every matching row with every selected column, so first find
         # the page's keys (two UInt64 columns), then read whole rows for those keys only, which
         # the sort key's hour narrows to a granule or two.
-        sql = "SELECT ts_us, id FROM %s.events WHERE %s ORDER BY ts_us DESC, id DESC LIMIT %d" % (
-            self.db, " AND ".join(where), q.limit + 1)
-        keys, partial = await self._timed_select(sql, q.budget_ms)
+        # The keys are looked for in windows walking back from the newest day held: one day, then
+        # twice as long each time, until the page is full. 18.16 cannot read a table in sort order,
+        # so a page over 30 days read and top-N sorted every event of the 30 (211 ms for 10M
+        # events) where the newest day alone nearly always fills it (17 ms).
+        held = await self.days()
+        if held:
+            newest = datetime.datetime.combine(held[-1] + datetime.timedelta(days=2), datetime.time(), self._zone)
+            end_us = min(end_us, int(newest.timestamp()) * 1_000_000)
+        else:
+            end_us = q.start_us
+        deadline = time.monotonic() + q.budget_ms / 1000.0
+        keys: list = []
+        partial = False
+        hi, span = end_us, _DAY_US
+        while hi > q.start_us and len(keys) <= q.limit:
+            lo = max(q.start_us, hi - span)
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms < 1:
+                partial = True
+                break
+            sql = "SELECT ts_us, id FROM %s.events WHERE %s ORDER BY ts_us DESC, id DESC LIMIT %d" % (
+                self.db, " AND ".join(_range_condition(lo, hi, self.timezone) + where), q.limit + 1 - len(keys))
+            found, cut = await self._timed_select(sql, left_ms)
+            keys += found
+            if cut:
+                partial = True
+                break
+            hi, span = lo, span * 2
         rows = []
         if keys:
             first, last = int(keys[-1][0]), int(keys[0][0])
@@ -820,31 +881,42 @@ class ClickHouseEventStore(EventStore):
     rows a scoped aggregate may count (the answer is partial when it is reached); a page's
     `partial` when the time budget ran out. Day buckets are midnights of the store's time zone.
 
-    What it does not do: write the daily event log. Here `ingest` is durable once ClickHouse has
-    acknowledged the INSERT; the log, the source of truth, is the caller's (see ARCHITECTURE.md,
-    "The server's ClickHouse store")."""
+    The daily event log is the source of truth here too: `ingest` appends the batch to the day
+    files under `log_dir` and fsyncs them (server/store/daylog.py, as the SQLite backend does),
+    then INSERTs each day file's part tagged with where in the log it ends (the log_* columns);
+    the batch is stored when both are done. At start, and whenever a batch does not begin where
+    ClickHouse's rows of that day file end, the missing pairs are read back from the log and
+    inserted, each once (see ARCHITECTURE.md, "The server's ClickHouse store").
+    """
 
     backend = "clickhouse"
 
     def __init__(self, url: str, database: str = "maltrail", user: str = "default", password: str = "",
-                 timezone: str = "UTC", timeout_s: float = 60.0, create: bool = True):
+                 timezone: str = "UTC", timeout_s: float = 60.0, create: bool = True, *, log_dir: str,
+                 warn=None):
         try:
             self._store = ClickHouseStore(url, database, user, password, timezone, timeout_s)
         except StoreInputError as exc:
             raise StoreError(str(exc)) from None
+        self._warn = warn or (lambda text: None)
+        self._log = DayLog(log_dir, self._warn)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="clickhouse-store", daemon=True)
         self._thread.start()
         self._closed = False
         self._events_indexed = 0
+        self._repaired_events = 0
         self._last_commit = 0.0
-        self._lock = threading.Lock()
-        if create:
-            try:
+        self._lock = threading.RLock()
+        self._positions: dict[tuple[int, int], int] | None = None   # (log_day, inode) -> end; None: ask
+        try:
+            self._source = _log_source_id(self._log)
+            if create:
                 self._call(self._store.create())
-            except BaseException:
-                self.close()
-                raise
+            self._repair()
+        except BaseException:
+            self.close()
+            raise
 
     def _call(self, coro):
         if self._closed:
@@ -857,16 +929,65 @@ class ClickHouseEventStore(EventStore):
         except ClickHouseError as exc:
             raise StoreError(str(exc)) from None
 
+    # -- the index of each day file (daylog.Index) ---------------------------------------------
+    def position(self, name: str) -> tuple[int, int] | None:
+        if self._positions is None:
+            self._positions = self._call(self._store.log_positions(self._source))
+        try:
+            inode = os.stat(name, dir_fd=self._log.dir_fd, follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            return None
+        end = self._positions.get((_log_day(name), inode))
+        return None if end is None else (inode, end)
+
+    def index(self, name: str, events: list, inode: int, end: int) -> None:
+        key = (_log_day(name), inode)
+        if events:
+            try:
+                self._call(self._store.ingest(events, (self._source, key[0], inode, end)))
+            except StoreError:
+                # The INSERT may have landed with its answer lost: ask ClickHouse again next time
+                # rather than trust what this process last knew.
+                self._positions = None
+                raise
+        elif end != (self._positions or {}).get(key):
+            # Nothing to insert (damaged pairs only): the position cannot move without a row, so
+            # a later catch-up reads those bytes again and finds nothing again. Harmless.
+            return
+        if self._positions is not None:
+            self._positions[key] = end
+
+    def restart(self, name: str) -> None:
+        # The rows already inserted from this day file stay (ClickHouse deletes only by an
+        # asynchronous mutation, and the roll-ups would keep them anyway): say so.
+        self._warn("%s: ClickHouse keeps the rows indexed from its former content; indexing the file again "
+                   "from its start may count some events twice" % name)
+        if self._positions is not None:
+            for key in [k for k in self._positions if k[0] == _log_day(name)]:
+                del self._positions[key]
+
+    def _repair(self) -> None:
+        """At start: insert what every day file holds beyond ClickHouse's rows of it."""
+        with self._lock:
+            for name in self._log.day_files():
+                n = catch_up(self._log, self, name, self._warn)
+                self._repaired_events += n
+                self._events_indexed += n
+
     def ingest(self, events: Iterable[Event]) -> int:
         batch = list(events)
         if not batch:
             return 0
         try:
-            self._call(self._store.ingest(batch))
-        except QueryError as exc:     # a bad event: the batch is refused whole
-            raise StoreError(str(exc)) from None
+            for i, ev in enumerate(batch):     # refused whole, before anything is written
+                self._store._row(i, ev)
+        except StoreInputError as exc:
+            raise StoreError("a batch of %d events refused: %s" % (len(batch), exc)) from None
         with self._lock:
-            self._events_indexed += len(batch)
+            if self._closed:
+                raise StoreError("the store is closed")
+            n = ingest_logged(self._log, self, batch, self._warn)
+            self._events_indexed += n
             self._last_commit = time.time()
         return len(batch)
 
@@ -893,9 +1014,12 @@ class ClickHouseEventStore(EventStore):
             t = datetime.datetime.fromtimestamp(us // 1_000_000, zone).replace(minute=0, second=0)
             return int(t.timestamp()) * 1_000_000
 
-        lo = floor(query.range.since_us)
-        hi = floor(query.range.until_us)
-        if hi < query.range.until_us:
+        # DateTime ends in 2106 (UInt32 seconds): a range reaching past it is cut there.
+        since_us = min(max(query.range.since_us, 0), _LAST_HOUR_US)
+        until_us = min(max(query.range.until_us, 0), _LAST_HOUR_US)
+        lo = floor(since_us)
+        hi = floor(until_us)
+        if hi < until_us:
             hi = floor(hi + 3_600_000_000 + 1)   # the next hour's start (zones may shift by 30 min)
         return lo, hi
 
@@ -928,7 +1052,8 @@ class ClickHouseEventStore(EventStore):
             ready, details = True, {"url": self._store.client.url, "database": self._store.db}
         except StoreError as exc:
             days, ready, details = 0, False, {"url": self._store.client.url, "error": str(exc)}
-        return StoreStatus(self.backend, ready, days, indexed, 0, last, details)
+        details.update(log_dir=self._log.log_dir, frames_written=self._log.frames_written)
+        return StoreStatus(self.backend, ready, days, indexed, self._repaired_events, last, details)
 
     def drop_days_before(self, day: datetime.date) -> list[datetime.date]:
         """Retention: whole days before `day`, from the events and every roll-up."""
@@ -944,3 +1069,49 @@ class ClickHouseEventStore(EventStore):
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
             self._loop.close()
+            self._log.close()
+
+
+_LAST_HOUR_US = ((1 << 32) - 2 * 3600) // 3600 * 3600 * 1_000_000
+
+
+def _log_day(name: str) -> int:
+    """A day file's date as the log_day column holds it (YYYYMMDD)."""
+    return int(name[:4] + name[5:7] + name[8:10])
+
+
+def _log_source_id(log: DayLog) -> int:
+    """This log directory's id in the log_source column: a random 64-bit number kept in
+    LOG_DIR/index/clickhouse.id, made once, so several servers (each with its own log) can share
+    one ClickHouse and each knows its own rows."""
+    name = "clickhouse.id"
+    dir_fd = _index_fd(log)
+    try:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            value = random.SystemRandom().getrandbits(63) or 1
+            fd = os.open(name + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dir_fd)
+            try:
+                os.write(fd, b"%016x\n" % value)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(name + ".new", name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.fsync(dir_fd)
+            return value
+        try:
+            text = os.read(fd, 64).decode("ascii", "replace").strip()
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dir_fd)
+    if not re.fullmatch(r"[0-9a-f]{16}", text) or int(text, 16) == 0:
+        raise StoreError("%s/%s/%s is not a log id (16 hex digits): remove it to make a new one"
+                         % (log.log_dir, INDEX_DIR, name))
+    return int(text, 16)
+
+
+def _index_fd(log: DayLog) -> int:
+    return os.open(INDEX_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=log.dir_fd)

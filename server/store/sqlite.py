@@ -1,10 +1,11 @@
 """The embedded event store: the daily event log as the source of truth, SQLite as its index.
 
-Owns the server's log directory: `LOG_DIR/YYYY-MM-DD.events.zst`, written by the shared writer
-(events/log EventLogWriter, so `maltrail-engine tail --log-dir LOG_DIR` reads it), and
-`LOG_DIR/index/YYYY-MM-DD.sqlite`, one SQLite database per day file (stdlib sqlite3, WAL,
-synchronous=FULL). Must not know about HTTP, users or datagrams (server/store/__init__.py holds
-the interface and its contract).
+Owns `LOG_DIR/index/YYYY-MM-DD.sqlite`, one SQLite database per day file (stdlib sqlite3, WAL,
+synchronous=NORMAL: the index is rebuildable from the fsync'd log, see _Day), as the `Index` of
+the log half, server/store/daylog.py (the day files `LOG_DIR/YYYY-MM-DD.events.zst`, written by
+the shared writer so `maltrail-engine tail --log-dir LOG_DIR` reads them, their fsync, the
+directory lock, the catch-up). Must not know about HTTP, users or datagrams
+(server/store/__init__.py holds the interface and its contract).
 
 A day's database holds:
     events        one row per event record: typed columns, plus src_key/dst_key, the 16-byte
@@ -18,48 +19,49 @@ A day's database holds:
     threats_hour  (src_ip, trail, hour_us) -> events, first/last ts_us, highest severity (the
                   sensors that saw a ranked threat are read from events at query time).
     log_position  the day file's inode and the byte offset up to which its pairs are indexed.
-The roll-ups are computed by SQLite over the batch's rows (GROUP BY on the ids just inserted) and
+The roll-ups are summed in Python over the batch (one pass) and merged by UPSERT, and
 change, with log_position, in the same transaction as the rows they count, so the
 index is always "the log up to log_position", never half a batch. Hours are UTC hours
 (hour_us = ts_us - ts_us mod 3600 s).
 
 Durability (ingest): the batch is appended to the day files and every frame closed (the writer's
 flush), each day file touched is fsync'd (and the directory, when a file is new), and only then
-is each day's index transaction committed (with synchronous=FULL, durable at commit). An event
+is each day's index transaction committed (synchronous=NORMAL: consistent at any crash; an OS
+crash may roll the last commits back, log_position with them, and the repair redoes them). An event
 counts as stored when both are done. A crash between the two leaves pairs in the log beyond
 log_position: at start (SqliteStore.__init__) every day file's pairs after log_position are
 read back (events/log PairReader) and indexed; a day file without a database, or whose inode or
 size no longer fits its log_position (replaced, or cut shorter), is indexed again whole; a
 database whose day file is gone (retention deleted the day) is removed. One process owns a log
-directory: an exclusive flock on LOG_DIR/index/.lock, also taken by `reindex`.
+directory: an exclusive flock on LOG_DIR/index/.lock, also taken by `reindex`. The same catch-up
+runs during ingest when a day's log_position is not where the batch starts (an earlier batch
+reached the log but not the index), so a failed batch is never skipped (server/store/daylog.py,
+which holds this log half for both backends).
 """
 
 from __future__ import annotations
 
 import collections
 import datetime
-import errno
-import fcntl
+import itertools
 import os
 import sqlite3
 import threading
 import time
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
-from events.fsafety import directory_problem
-from events.log import EventLogWriter, LogDirError, PairReader, file_date, file_name_for, list_day_files, open_day_file
+from events.log import file_date
 from events.record import SEVERITIES, Event
 from server.addresses import AddressError, ip_key, key_range
+from server.store.daylog import DayLog, catch_up, ingest_logged, split_by_day
 from server.store import (
     BUCKETS, COUNT_BY, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts, EventQuery, EventStore, Page, QueryError,
     StoreError, StoreStatus, Threat, Threats, Top,
 )
 
 HOUR_US = 3_600_000_000
-INDEX_DIR = "index"
 DB_SUFFIX = ".sqlite"
-LOCK_NAME = ".lock"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2}
 _RANK_SEVERITY = {v: k for k, v in _SEVERITY_RANK.items()}
 _PROGRESS_STEPS = 20_000        # SQLite VM steps between two looks at the query's deadline
@@ -89,28 +91,60 @@ CREATE TABLE IF NOT EXISTS threats_hour (
     first_ts_us INTEGER NOT NULL, last_ts_us INTEGER NOT NULL, severity INTEGER NOT NULL,
     PRIMARY KEY (src_ip, trail, hour_us)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS threats_hour_by_hour ON threats_hour (hour_us);
+CREATE TABLE IF NOT EXISTS threats_day (
+    src_ip TEXT NOT NULL, trail TEXT NOT NULL, events INTEGER NOT NULL,
+    first_ts_us INTEGER NOT NULL, last_ts_us INTEGER NOT NULL, severity INTEGER NOT NULL,
+    PRIMARY KEY (src_ip, trail)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS threat_sensors_hour (
+    src_ip TEXT NOT NULL, trail TEXT NOT NULL, hour_us INTEGER NOT NULL, sensor TEXT NOT NULL,
+    PRIMARY KEY (src_ip, trail, hour_us, sensor)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS log_position (
     one INTEGER PRIMARY KEY CHECK (one = 1), inode INTEGER NOT NULL, offset INTEGER NOT NULL);
 """
 
+# Every write to the index is a multi-row INSERT of up to _ROWS_PER_STATEMENT rows (the rest, one
+# row a statement): Python's sqlite3 gives the GIL up around every statement step, and with the
+# intake's parse thread busy, taking it back after each of 50,000 single-row steps cost the store
+# thread more than the inserting itself (measured: 31 us per event against 9 without the parse
+# thread; 21 with 1,000-row statements). The parameters are flattened in _prepare, in the parse
+# thread.
+_ROWS_PER_STATEMENT = 500
 _INSERT_EVENT = ("INSERT INTO events (ts_us, last_ts_us, sensor, src_ip, src_key, src_port, dst_ip, dst_key, dst_port,"
-                 " proto, type, trail, info, reference, severity, count) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
-# The roll-ups of a batch, computed by SQLite over the rows just inserted (id > ?): one GROUP BY
-# each, in C, rather than a dictionary update per event in Python. ("WHERE" before "ON CONFLICT"
-# is what SQLite's upsert grammar needs after a SELECT.)
-_HOUR = "ts_us - ts_us %% %d" % 3_600_000_000
-_ROLLUPS = tuple(
-    ["INSERT INTO counts_hour SELECT %s, type, severity, sensor, count(*) FROM events WHERE id > ?"
-     " GROUP BY 1, 2, 3, 4 ON CONFLICT (hour_us, type, severity, sensor) DO UPDATE SET"
-     " events = events + excluded.events" % _HOUR]
-    + ["INSERT INTO top_hour SELECT '%s', %s, %s, count(*) FROM events WHERE id > ? GROUP BY 2, 3"
-       " ON CONFLICT (field, hour_us, value) DO UPDATE SET events = events + excluded.events" % (f, _HOUR, f)
-       for f in ("src_ip", "dst_ip", "trail")]
-    + ["INSERT INTO threats_hour SELECT src_ip, trail, %s, count(*), min(ts_us), max(last_ts_us),"
-       " max(CASE severity WHEN 'high' THEN 2 WHEN 'low' THEN 0 ELSE 1 END) FROM events WHERE id > ?"
-       " GROUP BY 1, 2, 3 ON CONFLICT (src_ip, trail, hour_us) DO UPDATE SET events = events + excluded.events,"
-       " first_ts_us = min(first_ts_us, excluded.first_ts_us), last_ts_us = max(last_ts_us, excluded.last_ts_us),"
-       " severity = max(severity, excluded.severity)" % _HOUR])
+                 " proto, type, trail, info, reference, severity, count) VALUES %s", 16, "")
+# The roll-ups of a batch are summed in Python (one pass over the batch, dictionaries keyed by
+# hour and value) and merged into the tables with one UPSERT per distinct key: measured 2-3 us
+# per event, where a GROUP BY per roll-up over the rows just inserted cost SQLite 10-15 us per
+# event (each builds a temporary b-tree of the batch). Real batches repeat their keys (a few
+# thousand sources and a few hundred trails a day), so the UPSERTs are far fewer than events.
+_UPSERT_COUNTS = ("INSERT INTO counts_hour VALUES %s", 5, " ON CONFLICT (hour_us, type, severity, sensor)"
+                  " DO UPDATE SET events = events + excluded.events")
+_UPSERT_TOP = ("INSERT INTO top_hour VALUES %s", 4, " ON CONFLICT (field, hour_us, value)"
+               " DO UPDATE SET events = events + excluded.events")
+_UPSERT_THREATS = ("INSERT INTO threats_hour VALUES %s", 7, " ON CONFLICT (src_ip, trail, hour_us) DO UPDATE"
+                   " SET events = events + excluded.events, first_ts_us = min(first_ts_us, excluded.first_ts_us),"
+                   " last_ts_us = max(last_ts_us, excluded.last_ts_us), severity = max(severity, excluded.severity)")
+_UPSERT_THREATS_DAY = ("INSERT INTO threats_day VALUES %s", 6, " ON CONFLICT (src_ip, trail) DO UPDATE"
+                       " SET events = events + excluded.events, first_ts_us = min(first_ts_us, excluded.first_ts_us),"
+                       " last_ts_us = max(last_ts_us, excluded.last_ts_us), severity = max(severity, excluded.severity)")
+_ADD_THREAT_SENSOR = ("INSERT OR IGNORE INTO threat_sensors_hour VALUES %s", 4, "")
+
+
+def _statements(template: tuple, rows: list) -> list[tuple[str, list]]:
+    """(sql, parameters for executemany) writing `rows` with `template` (head with %s, columns,
+    tail): _ROWS_PER_STATEMENT rows a statement, then the rest one a statement."""
+    head, width, tail = template
+    one = "(" + ",".join("?" * width) + ")"
+    k = _ROWS_PER_STATEMENT
+    whole = len(rows) // k * k
+    out = []
+    if whole:
+        chain = itertools.chain.from_iterable
+        out.append((head % ",".join([one] * k) + tail, [tuple(chain(rows[i:i + k])) for i in range(0, whole, k)]))
+    if whole < len(rows):
+        out.append((head % one + tail, rows[whole:]))
+    return out
+
+
 _SET_POSITION = ("INSERT INTO log_position VALUES (1, ?, ?) ON CONFLICT (one)"
                  " DO UPDATE SET inode = excluded.inode, offset = excluded.offset")
 
@@ -161,29 +195,35 @@ class _Day:
         self.path = path
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
+        # NORMAL, not FULL: in WAL mode a commit is then not fsync'd (checkpoints are). A process
+        # crash loses nothing committed (the WAL is in the page cache); an OS crash or power loss
+        # may roll the last commits back, but never leaves the database inconsistent, and
+        # log_position rolls back with the rows it describes: the repair at start indexes those
+        # pairs again from the fsync'd log, the source of truth. Measured: about 10 us per event
+        # less than FULL at 50,000-event batches.
+        self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA cache_size=-32768")     # KiB: a day's hot index pages stay cached
         self.conn.executescript(_SCHEMA)
         self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        # A database of another layout is not this day's index: the store drops it and indexes
+        # the day file again (the log is the source of truth).
+        self.current = row is not None and row[0] == SCHEMA_VERSION
 
     def position(self) -> tuple[int, int] | None:
         row = self.conn.execute("SELECT inode, offset FROM log_position").fetchone()
         return None if row is None else (row[0], row[1])
 
-    def index(self, events: list[Event], inode: int, offset: int) -> None:
-        """Insert the events, update the roll-ups and the log position: one transaction."""
-        key = ip_key
-        rows = [(ts, last or ts, sensor or "", src or "", key(src), sport, dst or "", key(dst), dport, proto or "",
-                 typ or "", trail or "", info or "", ref or "", sev or "medium", count or 1)
-                for ts, sensor, src, sport, dst, dport, proto, typ, trail, info, ref, sev, count, last in events]
+    def index(self, events: list[Event], inode: int, offset: int, prepared: list | None = None) -> None:
+        """Insert the events, update the roll-ups and the log position: one transaction.
+        `prepared`: the events as _prepare made them (in the intake's parse thread), if it did."""
+        parts = prepared if prepared is not None else ([_prepare(events)] if events else [])
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
-            last_id = c.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
-            if rows:
-                c.executemany(_INSERT_EVENT, rows)
-                for sql in _ROLLUPS:
-                    c.execute(sql, (last_id,))
+            for statements in parts:
+                for sql, params in statements:
+                    c.executemany(sql, params)
             c.execute(_SET_POSITION, (inode, offset))
             c.execute("COMMIT")
         except BaseException:
@@ -192,6 +232,68 @@ class _Day:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _prepare(events: list[Event]) -> list[tuple[str, list]]:
+    """One day's events as the index writes them: the statements inserting the rows and merging
+    each roll-up summed over them (_statements). Pure CPU and no database, so the intake runs it in its
+    parse thread, beside the store thread's SQLite and fsync work."""
+    key = ip_key
+    rank = _SEVERITY_RANK
+    rows = []
+    counts: collections.Counter = collections.Counter()
+    srcs: collections.Counter = collections.Counter()
+    dsts: collections.Counter = collections.Counter()
+    trails: collections.Counter = collections.Counter()
+    threats: dict[tuple, list] = {}
+    threat_sensors: set = set()
+    for ts, sensor, src, sport, dst, dport, proto, typ, trail, info, ref, sev, count, last in events:
+        last = last or ts
+        sensor, src, dst, typ, trail, sev = sensor or "", src or "", dst or "", typ or "", trail or "", sev or "medium"
+        rows.append((ts, last, sensor, src, key(src), sport, dst, key(dst), dport, proto or "", typ, trail,
+                     info or "", ref or "", sev, count or 1))
+        hour = ts - ts % HOUR_US
+        counts[(hour, typ, sev, sensor)] += 1
+        srcs[(hour, src)] += 1
+        dsts[(hour, dst)] += 1
+        trails[(hour, trail)] += 1
+        threat_sensors.add((src, trail, hour, sensor))
+        t = threats.get((src, trail, hour))
+        r = rank.get(sev, 1)
+        if t is None:
+            threats[(src, trail, hour)] = [1, ts, last, r]
+        else:
+            t[0] += 1
+            if ts < t[1]:
+                t[1] = ts
+            if last > t[2]:
+                t[2] = last
+            if r > t[3]:
+                t[3] = r
+    by_pair: dict[tuple, list] = {}
+    for (src, trail, _hour), (n, first, last, r) in threats.items():
+        t = by_pair.get((src, trail))
+        if t is None:
+            by_pair[(src, trail)] = [n, first, last, r]
+        else:
+            t[0] += n
+            t[1] = min(t[1], first)
+            t[2] = max(t[2], last)
+            t[3] = max(t[3], r)
+    return (_statements(_INSERT_EVENT, rows)
+            + _statements(_UPSERT_COUNTS, [(*k, n) for k, n in counts.items()])
+            + _statements(_UPSERT_TOP, [("src_ip", h, v, n) for (h, v), n in srcs.items()])
+            + _statements(_UPSERT_TOP, [("dst_ip", h, v, n) for (h, v), n in dsts.items()])
+            + _statements(_UPSERT_TOP, [("trail", h, v, n) for (h, v), n in trails.items()])
+            + _statements(_UPSERT_THREATS, [(*k, *v) for k, v in threats.items()])
+            + _statements(_UPSERT_THREATS_DAY, [(*k, *v) for k, v in by_pair.items()])
+            + _statements(_ADD_THREAT_SENSOR, list(threat_sensors)))
+
+
+class Prepared(NamedTuple):
+    """A batch checked and made ready for the index outside the store's lock (SqliteStore.prepare)."""
+    events: list
+    by_day: dict          # day file name -> _prepare's tuple for that day's events
 
 
 def _event_problem(event: Event) -> str | None:
@@ -210,12 +312,13 @@ def _event_problem(event: Event) -> str | None:
 
 
 class SqliteStore(EventStore):
-    """The embedded backend (see the module docstring). Thread-safe: one lock around the files."""
+    """The embedded backend (see the module docstring). Thread-safe: one lock around the files.
+    The log half (the day files, fsync, the directory lock, catching the index up with the log)
+    is server/store/daylog.py, shared with the ClickHouse backend; this is its `Index`."""
 
     backend = "sqlite"
 
     def __init__(self, log_dir: str, warn=None, repair: bool = True):
-        self.log_dir = os.path.abspath(log_dir)
         self._warn = warn or (lambda text: None)
         self._lock = threading.RLock()
         self._days: collections.OrderedDict[str, _Day] = collections.OrderedDict()
@@ -223,27 +326,28 @@ class SqliteStore(EventStore):
         self._repaired_events = 0
         self._last_commit = 0.0
         self._closed = False
-        try:
-            self._writer = EventLogWriter(self.log_dir, max_frame_age_s=3600.0, warn=self._warn)
-        except LogDirError as exc:
-            raise StoreError(str(exc)) from None
-        self._synced_names: set[str] = set()
-        try:
-            self.index_dir = os.path.join(self.log_dir, INDEX_DIR)
-            self._lock_fd = _lock_index_dir(self.index_dir)
-        except BaseException:
-            self._writer.close()
-            raise
+        self._log = DayLog(log_dir, self._warn)
+        self.log_dir = self._log.log_dir
+        self.index_dir = self._log.index_dir
         if repair:
-            self._repair()
+            try:
+                self._repair()
+            except BaseException:
+                self._log.close()
+                raise
 
-    # -- the log and the index -----------------------------------------------------------
+    # -- the index of each day file (daylog.Index) ------------------------------------------
     def _day(self, name: str) -> _Day:
         """The database of the day file `name` (YYYY-MM-DD.events.zst), opened or created."""
         db = _db_name(_day_of(name))
         day = self._days.get(db)
         if day is None:
             day = _Day(os.path.join(self.index_dir, db))
+            if not day.current:
+                self._warn("%s: an index of another layout; indexing its day again from the log" % db)
+                day.close()
+                self._forget(db)
+                day = _Day(os.path.join(self.index_dir, db))
             self._days[db] = day
             while len(self._days) > _MAX_OPEN_DAYS:
                 _, old = self._days.popitem(last=False)
@@ -251,6 +355,15 @@ class SqliteStore(EventStore):
         else:
             self._days.move_to_end(db)
         return day
+
+    def position(self, name: str) -> tuple[int, int] | None:
+        return self._day(name).position()
+
+    def index(self, name: str, events: list[Event], inode: int, end: int, prepared: list | None = None) -> None:
+        self._day(name).index(events, inode, end, prepared)
+
+    def restart(self, name: str) -> None:
+        self._forget(_db_name(_day_of(name)))
 
     def _forget(self, db: str) -> None:
         day = self._days.pop(db, None)
@@ -262,105 +375,54 @@ class SqliteStore(EventStore):
             except FileNotFoundError:
                 pass
 
-    def ingest(self, events: Iterable[Event]) -> int:
+    def prepare(self, events: Iterable[Event]) -> Prepared:
+        """The batch checked (StoreError: refused whole) and its rows and roll-ups made, without
+        the store's lock: the intake's parse thread calls this, the store thread ingest_prepared."""
         batch = list(events)
-        if not batch:
-            return 0
         for event in batch:   # refused whole, before anything is written (the interface's contract)
             problem = _event_problem(event)
             if problem:
                 raise StoreError("a batch of %d events refused: %s" % (len(batch), problem))
+        if not batch:
+            return Prepared([], {})
+        return Prepared(batch, {name: _prepare(evs) for name, evs in split_by_day(batch).items()})
+
+    def ingest(self, events: Iterable[Event]) -> int:
+        return self.ingest_prepared([self.prepare(events)])
+
+    def ingest_prepared(self, parts: list) -> int:
+        """Store batches made by prepare() as one: one append and fsync, one transaction a day."""
+        batch = [e for part in parts for e in part.events]
+        if not batch:
+            return 0
+        by_day: dict[str, list] = {}
+        for part in parts:
+            for name, prepared in part.by_day.items():
+                by_day.setdefault(name, []).append(prepared)
         with self._lock:
             if self._closed:
                 raise StoreError("the store is closed")
-            by_day = _by_day(batch)
             try:
-                self._writer.write(batch)
-                self._writer.flush()
-                positions = {name: self._sync_day_file(name) for name in by_day}
-            except OSError as exc:
-                raise StoreError("cannot append to the event log in %s: %s" % (self.log_dir, exc)) from None
-            try:
-                for name, evs in by_day.items():
-                    inode, offset = positions[name]
-                    self._day(name).index(evs, inode, offset)
+                self._events_indexed += ingest_logged(self._log, self, batch, self._warn, by_day)
             except sqlite3.Error as exc:
-                # The log holds the batch; the next start indexes it from there (see the docstring).
+                # The log holds the batch; the next batch (or start) indexes it from there.
                 raise StoreError("cannot index events in %s: %s" % (self.index_dir, exc)) from None
-            self._events_indexed += len(batch)
             self._last_commit = time.time()
         return len(batch)
-
-    def _sync_day_file(self, name: str) -> tuple[int, int]:
-        """fsync a day file the writer just flushed (and the directory, the first time); returns
-        its (inode, size): every pair in it up to that size is complete and durable."""
-        dir_fd = self._writer.dir_fd
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        try:
-            os.fsync(fd)
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        if name not in self._synced_names:
-            os.fsync(dir_fd)        # a new file's directory entry must be durable too
-            self._synced_names.add(name)
-        return st.st_ino, st.st_size
 
     def _repair(self) -> None:
         """At start: index what the log holds beyond each day's log_position (module docstring)."""
         with self._lock:
             present = set()
-            for _day, path in list_day_files(self.log_dir):
-                name = os.path.basename(path)
+            for name in self._log.day_files():
                 present.add(_db_name(_day_of(name)))
-                self._repaired_events += self._index_tail(name)
+                n = catch_up(self._log, self, name, self._warn)
+                self._repaired_events += n
+                self._events_indexed += n
             for entry in os.listdir(self.index_dir):
                 if entry.endswith(DB_SUFFIX) and entry not in present:
                     self._warn("%s: its day file is gone (retention); removing its index" % entry)
                     self._forget(entry)
-
-    def _index_tail(self, name: str, whole: bool = False) -> int:
-        """Index the pairs of day file `name` beyond its database's log_position (all of them when
-        `whole`, or when the position does not fit the file); returns how many events."""
-        try:
-            fd = open_day_file(self._writer.dir_fd, name)
-        except FileNotFoundError:
-            return 0
-        try:
-            st = os.fstat(fd)
-            db = _db_name(_day_of(name))
-            known = None if whole else self._day(name).position()
-            if known is not None and (known[0] != st.st_ino or known[1] > st.st_size):
-                self._warn("%s changed under its index (replaced or cut); indexing it again" % name)
-                known = None
-            if known is None:
-                self._forget(db)
-                start = 0
-            else:
-                start = known[1]
-            day = self._day(name)
-            if known is not None and start == st.st_size:
-                return 0
-            reader = PairReader(fd, start)
-            count = 0
-            batch: list[Event] = []
-            for info, events in reader.pairs():
-                batch.extend(events)
-                if len(batch) >= 50_000:
-                    day.index(batch, st.st_ino, info.end)
-                    count += len(batch)
-                    batch = []
-            day.index(batch, st.st_ino, reader.resume)
-            count += len(batch)
-            if reader.corrupt:
-                self._warn("%s: %d damaged frame(s) skipped while indexing" % (name, reader.corrupt))
-            if count and known is not None:
-                self._warn("%s: indexed %d event(s) the log held beyond the index (repair after a stop)"
-                           % (name, count))
-            self._events_indexed += count
-            return count
-        finally:
-            os.close(fd)
 
     def reindex(self) -> int:
         """Rebuild every day's database from the log; returns how many events were indexed."""
@@ -369,14 +431,16 @@ class SqliteStore(EventStore):
             for entry in os.listdir(self.index_dir):
                 if entry.endswith(DB_SUFFIX):
                     self._forget(entry)
-            for _day, path in list_day_files(self.log_dir):
-                total += self._index_tail(os.path.basename(path), whole=True)
+            for name in self._log.day_files():
+                n = catch_up(self._log, self, name, self._warn, announce=False)
+                total += n
+                self._events_indexed += n
             return total
 
     # -- queries --------------------------------------------------------------------------
-    def _days_for(self, since_us: int, until_us: int, newest_first: bool = False) -> list[_Day]:
-        """The databases of the day files that may hold events in [since_us, until_us): a day's
-        margin each side, as events/log does, since a file is named by the local date."""
+    def _day_names(self, since_us: int, until_us: int, newest_first: bool = False) -> list[str]:
+        """The day files whose databases may hold events in [since_us, until_us): a day's margin
+        each side, as events/log does, since a file is named by the local date."""
         first = _local_date(since_us, -1)
         last = _local_date(max(until_us - 1, since_us), +1)
         names = []
@@ -385,9 +449,15 @@ class SqliteStore(EventStore):
                 continue
             day = file_date(entry[:-len(DB_SUFFIX)] + ".events.zst")
             if day is not None and first <= day <= last:
-                names.append(entry)
+                names.append(entry[:-len(DB_SUFFIX)] + ".events.zst")
         names.sort(reverse=newest_first)
-        return [self._day(n[:-len(DB_SUFFIX)] + ".events.zst") for n in names]
+        return names
+
+    def _days_for(self, since_us: int, until_us: int, newest_first: bool = False):
+        """The databases of _day_names, each opened as the caller reaches it (a range may hold
+        more days than stay open at once)."""
+        for name in self._day_names(since_us, until_us, newest_first):
+            yield self._day(name)
 
     def events(self, query: EventQuery) -> Page:
         if not 1 <= query.limit <= MAX_PAGE_EVENTS:
@@ -441,10 +511,8 @@ class SqliteStore(EventStore):
         with self._lock:
             for day in self._days_for(lo, hi):
                 if scope_sql:
-                    sql = ("SELECT ts_us - ts_us %% %d, %s, count(*) FROM (SELECT ts_us, %s FROM events"
-                           " WHERE ts_us >= ? AND ts_us < ? AND %s LIMIT ?) GROUP BY 1, 2"
-                           % (HOUR_US, by, by, scope_sql))
-                    params = [lo, hi, *scope_args, query.row_cap]
+                    rows_sql, params = _in_scope("ts_us, " + by, lo, hi, query.scope, query.row_cap)
+                    sql = "SELECT ts_us - ts_us %% %d, %s, count(*) FROM (%s) GROUP BY 1, 2" % (HOUR_US, by, rows_sql)
                 else:
                     sql = ("SELECT hour_us, %s, sum(events) FROM counts_hour WHERE hour_us >= ? AND hour_us < ?"
                            " GROUP BY 1, 2" % by)
@@ -472,12 +540,11 @@ class SqliteStore(EventStore):
         merged: collections.Counter = collections.Counter()
         partial = False
         with self._lock:
-            days = self._days_for(lo, hi)
-            for day in days:
+            days = self._day_names(lo, hi)
+            for day in self._days_for(lo, hi):
                 if scope_sql:
-                    sql = ("SELECT %s, count(*) FROM (SELECT %s FROM events WHERE ts_us >= ? AND ts_us < ? AND %s"
-                           " LIMIT ?) GROUP BY 1" % (field, field, scope_sql))
-                    params = [lo, hi, *scope_args, query.row_cap]
+                    rows_sql, params = _in_scope(field, lo, hi, query.scope, query.row_cap)
+                    sql = "SELECT %s, count(*) FROM (%s) GROUP BY 1" % (field, rows_sql)
                 else:
                     # Within one day the database ranks; summing days needs every value's total.
                     limit = n if len(days) == 1 else -1
@@ -503,14 +570,30 @@ class SqliteStore(EventStore):
         deadline = _Deadline(query.budget_ms)
         merged: dict[tuple[str, str], list] = {}
         partial = False
+        contributing: list[str] = []
         with self._lock:
-            for day in self._days_for(lo, hi):
+            names = self._day_names(lo, hi)
+            if not scope_sql:
+                # The days cut by the range first: when none of them holds a threat in it (the
+                # margin days around a whole day) and one whole day is all that is left, SQLite
+                # ranks that day alone (measured on 30,000 pairs: 10 ms against 130 ms merged
+                # here).
+                whole = [name for name in names if _whole_day(name, lo, hi)]
+                names = [name for name in names if name not in whole] + whole
+            for i, name in enumerate(names):
+                day = self._day(name)
                 if scope_sql:
+                    rows_sql, params = _in_scope("src_ip, trail, ts_us, last_ts_us, severity, sensor", lo, hi,
+                                                 query.scope, query.row_cap)
                     sql = ("SELECT src_ip, trail, count(*), min(ts_us), max(last_ts_us),"
                            " max(CASE severity WHEN 'high' THEN 2 WHEN 'low' THEN 0 ELSE 1 END),"
-                           " group_concat(DISTINCT sensor) FROM (SELECT * FROM events WHERE ts_us >= ? AND ts_us < ?"
-                           " AND %s LIMIT ?) GROUP BY 1, 2" % scope_sql)
-                    params = [lo, hi, *scope_args, query.row_cap]
+                           " group_concat(DISTINCT sensor) FROM (%s) GROUP BY 1, 2" % rows_sql)
+                elif _whole_day(name, lo, hi):
+                    # The range holds this whole day: the day's own roll-up, one row per pair,
+                    # ranked by SQLite when it is the only day (a day can hold 10^5 pairs).
+                    sql = ("SELECT src_ip, trail, events, first_ts_us, last_ts_us, severity, NULL FROM threats_day"
+                           " ORDER BY events DESC, src_ip, trail LIMIT ?")
+                    params = [n if not merged and i == len(names) - 1 else -1]
                 else:
                     sql = ("SELECT src_ip, trail, sum(events), min(first_ts_us), max(last_ts_us), max(severity),"
                            " NULL FROM threats_hour WHERE hour_us >= ? AND hour_us < ? GROUP BY 1, 2")
@@ -521,32 +604,35 @@ class SqliteStore(EventStore):
                     break
                 if scope_sql and sum(r[2] for r in rows) >= query.row_cap:
                     partial = True
+                if rows:
+                    contributing.append(name)
                 for src, trail, count, first, last, rank, sensors in rows:
-                    names = set(sensors.split(",")) if sensors else set()
+                    names_seen = set(sensors.split(",")) if sensors else set()
                     m = merged.get((src, trail))
                     if m is None:
-                        merged[(src, trail)] = [count, first, last, rank, names]
+                        merged[(src, trail)] = [count, first, last, rank, names_seen]
                     else:
                         m[0] += count
                         m[1] = min(m[1], first)
                         m[2] = max(m[2], last)
                         m[3] = max(m[3], rank)
-                        m[4] |= names
-        ranked = sorted(merged.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]
-        if not scope_sql and not partial:
-            # Which sensors saw each threat: from the events (source key and time indexed), for
-            # the n ranked only, rather than a roll-up row per sensor at ingest.
-            with self._lock:
-                days = self._days_for(lo, hi)
-                for (src, trail), m in ranked:
-                    for day in days:
-                        rows = _run(day, "SELECT DISTINCT sensor FROM events WHERE src_key = ? AND ts_us >= ?"
-                                         " AND ts_us < ? AND trail = ? AND src_ip = ?",
-                                    [ip_key(src), lo, hi, trail, src], deadline)
+                        m[4] |= names_seen
+            ranked = sorted(merged.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]
+            if ranked and not scope_sql and not partial:
+                # Which sensors saw each ranked threat: from their own roll-up, for the n ranked
+                # only, one primary-key range each (measured: 100 pairs of a 1M-event day in
+                # 3 ms; one query with a row-value IN list scanned the table, 150 ms).
+                for name in contributing:
+                    day = self._day(name)
+                    for (src, trail), m in ranked:
+                        rows = _run(day, "SELECT DISTINCT sensor FROM threat_sensors_hour WHERE src_ip = ? AND trail = ?"
+                                         " AND hour_us >= ? AND hour_us < ?", [src, trail, lo, hi], deadline)
                         if rows is None:
                             partial = True
                             break
                         m[4].update(r[0] for r in rows)
+                    if partial:
+                        break
         rows = [Threat(src, trail, m[0], m[1], m[2], tuple(sorted(m[4])), _RANK_SEVERITY[m[3]])
                 for (src, trail), m in ranked]
         return Threats(lo, hi, rows, partial)
@@ -560,7 +646,7 @@ class SqliteStore(EventStore):
             days = 0
         return StoreStatus(self.backend, not self._closed, days, self._events_indexed, self._repaired_events,
                            self._last_commit, {"log_dir": self.log_dir,
-                                               "frames_written": self._writer.frames_written})
+                                               "frames_written": self._log.frames_written})
 
     def close(self) -> None:
         with self._lock:
@@ -568,45 +654,11 @@ class SqliteStore(EventStore):
                 return
             self._closed = True
             try:
-                self._writer.close()
+                self._log.close()
             finally:
                 for day in self._days.values():
                     day.close()
                 self._days.clear()
-                os.close(self._lock_fd)
-
-
-def _by_day(batch: list[Event]) -> dict[str, list[Event]]:
-    """The batch split by day file; a batch is nearly always one day: then by two look-ups."""
-    first = file_name_for(min(e.ts_us for e in batch))
-    if first == file_name_for(max(e.ts_us for e in batch)):
-        return {first: batch}
-    by_day: dict[str, list[Event]] = {}
-    for e in batch:
-        by_day.setdefault(file_name_for(e.ts_us), []).append(e)
-    return by_day
-
-
-def _lock_index_dir(index_dir: str) -> int:
-    problem = directory_problem(index_dir)
-    if problem is None:
-        try:
-            os.makedirs(index_dir, mode=0o755, exist_ok=True)
-        except OSError as exc:
-            raise StoreError("cannot create the index directory %s: %s" % (index_dir, exc.strerror or exc)) from None
-        problem = directory_problem(index_dir)
-    if problem is not None:
-        raise StoreError("refusing the index directory: %s" % problem)
-    fd = os.open(os.path.join(index_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise StoreError("%s is in use by another maltrail-engine server (or a reindex): one process "
-                             "owns a log directory" % os.path.dirname(index_dir)) from None
-        raise
-    return fd
 
 
 def _run(day: _Day, sql: str, params, deadline: _Deadline):
@@ -622,6 +674,15 @@ def _run(day: _Day, sql: str, params, deadline: _Deadline):
         raise
     finally:
         day.conn.set_progress_handler(None, 0)
+
+
+def _whole_day(name: str, lo: int, hi: int) -> bool:
+    """Whether [lo, hi) holds the whole local day of day file `name` (so its day roll-up answers)."""
+    d = _day_of(name)
+    start = int(time.mktime((d.year, d.month, d.day, 0, 0, 0, 0, 0, -1))) * 1_000_000
+    n = d + datetime.timedelta(days=1)
+    end = int(time.mktime((n.year, n.month, n.day, 0, 0, 0, 0, 0, -1))) * 1_000_000
+    return lo <= start and end <= hi
 
 
 def _hours(query: AggregateQuery) -> tuple[int, int]:
@@ -653,6 +714,21 @@ def _scope_filter(scope) -> tuple[str, list]:
         parts.append("(src_key BETWEEN ? AND ?) OR (dst_key BETWEEN ? AND ?)")
         args += [lo, hi, lo, hi]
     return "(%s)" % " OR ".join(parts), args
+
+
+def _in_scope(columns: str, lo: int, hi: int, scope, row_cap: int) -> tuple[str, list]:
+    """SQL selecting `columns` of at most row_cap events of [lo, hi) in scope: the ids found
+    through the address indexes, one key range per network and side, rather than the time
+    index with the scope as a filter (which SQLite's planner picks, and which reads every event
+    of the range: measured 1,040 ms against 450 ms for 165,000 of a day's 1M events in scope)."""
+    parts, args = [], []
+    for item in scope:
+        low, high = _ranges(item)
+        for column in ("src_key", "dst_key"):
+            parts.append("SELECT id FROM events WHERE %s BETWEEN ? AND ? AND ts_us >= ? AND ts_us < ?" % column)
+            args += [low, high, lo, hi]
+    return ("SELECT %s FROM events WHERE id IN (%s) LIMIT ?" % (columns, " UNION ".join(parts)),
+            args + [row_cap])
 
 
 def _event_filters(q: EventQuery) -> tuple[list[str], list]:
