@@ -487,6 +487,14 @@ def run_reindex(cfg) -> int:
     the account's and the directory, which is the account's, passes the store's check."""
     from server import privileges
     from server.store.sqlite import reindex
+    if cfg.server.store == "clickhouse":
+        # Its rows are matched to the log by their log positions and the roll-ups are written by
+        # ClickHouse's own views, so there is no index here to rebuild: the store inserts, at every
+        # start, whatever the log holds beyond what ClickHouse has.
+        log("!", "[server] store = \"clickhouse\": reindex rebuilds the SQLite index only. A ClickHouse "
+            "store is repaired from the daily logs at every start; to rebuild it from them, stop every server "
+            "sharing it, drop its database (%s) and start the servers again" % cfg.server.clickhouse_database)
+        return 1
     try:
         account = privileges.resolve_account(cfg.server.user, notice=lambda text: log("i", text))
         if account is not None:

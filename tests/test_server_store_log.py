@@ -132,3 +132,35 @@ def test_the_clickhouse_backend_refuses_a_log_directory_in_use(tmp_path, clickho
 
 if __name__ == "__main__":
     raise SystemExit(pytest.main([__file__]))
+
+
+def test_a_clickhouse_store_dropped_is_rebuilt_from_the_log_and_reindex_says_so(tmp_path, clickhouse_server):
+    """`server reindex` does not pretend to rebuild ClickHouse: it says how (drop the database,
+    start again); and doing that gives back every event the log holds."""
+    import base64
+    import subprocess
+    import urllib.request
+
+    from tests.server_proc import clickhouse_extra
+    from tests.test_corpus import console_script
+    database = "t_" + uuid.uuid4().hex[:12]
+    server = ServerProc(tmp_path, extra=clickhouse_extra(clickhouse_server, database)).start()
+    sent = flood(300)
+    server.send(sent)
+    server.until(lambda h: udp(h)["stored"] == len(sent))
+    assert server.stop() == 0, server.stderr()
+    before = stored_events(server)
+    assert len(before) == len(sent) and before == log_events(server.log_dir)
+
+    out = subprocess.run([console_script(), "server", "-c", str(server.config), "reindex"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1 and "drop its database (%s)" % database in out.stderr, out.stderr
+
+    basic = base64.b64encode(("%s:%s" % (clickhouse_server.user, clickhouse_server.password)).encode()).decode()
+    req = urllib.request.Request(clickhouse_server.url, data=("DROP DATABASE " + database).encode(),
+                                 headers={"Authorization": "Basic " + basic})
+    urllib.request.urlopen(req, timeout=30).close()
+    again = ServerProc(tmp_path, log_dir=server.log_dir, extra=clickhouse_extra(clickhouse_server, database)).start()
+    again.until(lambda h: h["store"]["ready"])
+    assert again.stop() == 0, again.stderr()
+    assert stored_events(again) == before
