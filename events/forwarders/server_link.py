@@ -20,12 +20,8 @@ are never followed. The key is never printed. Must not know how events are detec
 
 from __future__ import annotations
 
-import http.client
 import ipaddress
 import json
-import socket
-import ssl
-import threading
 import time
 from urllib.parse import urlsplit
 
@@ -33,6 +29,7 @@ import msgpack
 import zstandard
 
 from events.forwarders.base import Destination, Unreachable
+from events.forwarders.transports import HttpPoster
 from events.record import Event
 
 INTAKE_PATH = "/api/v1/intake"
@@ -69,21 +66,19 @@ class ServerLink(Destination):
         super().__init__(url)
         self.https = parts.scheme == "https"
         self.host = parts.hostname
-        self.port = parts.port or (443 if self.https else 80)
         self.target = parts.path.rstrip("/") + INTAKE_PATH
-        self.tls = ssl.create_default_context(cafile=ca_file or None) if self.https else None
+        self.http = HttpPoster(self.address, self.https, parts.hostname, parts.port or (443 if self.https else 80),
+                               ca_file, connect_timeout_s=connect_timeout_s, total_timeout_s=total_timeout_s,
+                               answer_bytes=ANSWER_BYTES)
         self.authorization = "Bearer %s:%s" % (sensor, key)
         self.sensor = sensor
         self.version = version
         self.trails_date = trails_date
         self.warn = warn or (lambda text: None)
-        self.connect_timeout_s = connect_timeout_s
-        self.total_timeout_s = total_timeout_s
         self.forwarder = None           # the Forwarder feeding it (attach): its cursor's places, its lag
         if not self.https and not _is_loopback(self.host):
             self.warn("%s %s: plain http:// to another host: the sensor's key and its events cross the network "
                       "unencrypted; use https://" % (self.kind, self.address))
-        self._conn: http.client.HTTPConnection | None = None
         self._cctx = zstandard.ZstdCompressor(level=3, write_content_size=True)
         self._said: set[int] = set()
         self.batches = self.stored = self.repeated = self.refused_batches = 0
@@ -138,72 +133,18 @@ class ServerLink(Destination):
         raise Unreachable("%s answered %d %s%s" % (self.address, status, reason, (": " + text) if text else ""))
 
     # -- HTTP --------------------------------------------------------------------------------
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        if self._conn is not None:
-            return self._conn, True
-        if self.https:
-            self._conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.connect_timeout_s,
-                                                     context=self.tls)
-        else:
-            self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout_s)
-        return self._conn, False
-
     def _post(self, body: bytes) -> tuple[int, str, bytes]:
-        for _attempt in range(2):
-            conn, reused = self._connection()
-            aborted = threading.Event()
-            timer = threading.Timer(self.total_timeout_s, self._abort, (conn, aborted))
-            timer.start()
-            try:
-                conn.request("POST", self.target, body=body, headers={
-                    "Content-Type": "application/x-maltrail-batch+zstd", "Authorization": self.authorization,
-                    "User-Agent": "maltrail-engine/%s" % (self.version or "unknown")})
-                if conn.sock is not None:       # the answer waits for the server's fsync: no short timeout
-                    conn.sock.settimeout(self.total_timeout_s)
-                response = conn.getresponse()
-                answer = response.read(ANSWER_BYTES)
-                if not response.isclosed() or response.will_close:
-                    self.close()
-                if aborted.is_set():
-                    raise OSError("aborted")
-                return response.status, response.reason, answer
-            except ssl.SSLCertVerificationError as exc:
-                self.close()
-                raise Unreachable("%s: the certificate does not verify: %s" % (self.address, exc.verify_message))
-            except (OSError, http.client.HTTPException) as exc:
-                self.close()
-                if aborted.is_set():
-                    raise Unreachable("%s: no answer within %.0f s" % (self.address, self.total_timeout_s)) from None
-                if reused and isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
-                    continue        # the server had closed the idle kept-alive connection: once more
-                if isinstance(exc, socket.gaierror):
-                    raise Unreachable("%s does not resolve: %s" % (self.host, exc.strerror)) from None
-                raise Unreachable("%s: %s" % (self.address, getattr(exc, "strerror", None) or exc)) from None
-            finally:
-                timer.cancel()
-        raise Unreachable("%s: the connection closed twice" % self.address)
-
-    @staticmethod
-    def _abort(conn: http.client.HTTPConnection, aborted: threading.Event) -> None:
-        aborted.set()
-        sock = conn.sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        # The answer waits for the server's fsync: no short timeout for it.
+        return self.http.post(self.target, body, {
+            "Content-Type": "application/x-maltrail-batch+zstd", "Authorization": self.authorization,
+            "User-Agent": "maltrail-engine/%s" % (self.version or "unknown")}, slow_answer=True)
 
     def stats(self) -> dict:
         return {"batches": self.batches, "stored": self.stored, "repeated": self.repeated,
                 "refused_batches": self.refused_batches}
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except OSError:
-                pass
-            self._conn = None
+        self.http.close()
 
 
 __all__ = ["ServerLink", "BATCH_EVENTS"]

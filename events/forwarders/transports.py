@@ -34,12 +34,14 @@ from __future__ import annotations
 import encodings.idna  # noqa: F401
 import errno
 import fcntl
+import http.client
 import ipaddress
 import select
 import socket
 import ssl
 import struct
 import termios
+import threading
 import time
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -337,3 +339,93 @@ def _why(exc: Exception) -> str:
     if isinstance(exc, ssl.SSLError):
         return exc.reason or str(exc)
     return exc.strerror or str(exc)
+
+
+class HttpPoster:
+    """POSTs to one http(s) URL over a kept-alive connection (webhooks, our server's intake).
+
+    Each exchange has a total deadline (`total_timeout_s`: connect, send and the answer; a timer
+    shuts the socket when it passes), a connection the peer closed while idle is retried once
+    anew, and every failure becomes Unreachable with a sentence (no answer in time, a certificate
+    that does not verify, a name that does not resolve). The TLS context (`ca_file`, or the
+    system's CAs) is loaded when this is made, while the caller may still read the file (the
+    forwarder drops its privileges next). At most `answer_bytes` of an answer are read; a longer
+    one ends the kept-alive connection."""
+
+    def __init__(self, address: str, https: bool, host: str, port: int, ca_file: str = "", *,
+                 connect_timeout_s: float, total_timeout_s: float, answer_bytes: int = 65_536):
+        self.address = address          # as the operator wrote it (for messages)
+        self.https = https
+        self.host = host
+        self.port = port
+        self.tls = ssl.create_default_context(cafile=ca_file or None) if https else None
+        self.connect_timeout_s = connect_timeout_s
+        self.total_timeout_s = total_timeout_s
+        self.answer_bytes = answer_bytes
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """The kept-alive connection (and True), or a new one (and False)."""
+        if self._conn is not None:
+            return self._conn, True
+        if self.https:
+            self._conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.connect_timeout_s,
+                                                     context=self.tls)
+        else:
+            self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout_s)
+        return self._conn, False
+
+    def post(self, target: str, body: bytes, headers: dict, slow_answer: bool = False) -> tuple[int, str, bytes]:
+        """(status, reason, the answer's first answer_bytes). `slow_answer`: the peer answers only
+        after work of its own (our server's fsync), so the socket waits up to the total deadline
+        for it rather than the connect timeout."""
+        for _attempt in range(2):
+            conn, reused = self._connection()
+            aborted = threading.Event()
+            timer = threading.Timer(self.total_timeout_s, self._abort, (conn, aborted))
+            timer.start()
+            try:
+                conn.request("POST", target, body=body, headers=headers)
+                if slow_answer and conn.sock is not None:
+                    conn.sock.settimeout(self.total_timeout_s)
+                response = conn.getresponse()
+                answer = response.read(self.answer_bytes)
+                if not response.isclosed() or response.will_close:
+                    self.close()
+                if aborted.is_set():
+                    raise OSError("aborted")
+                return response.status, response.reason, answer
+            except ssl.SSLCertVerificationError as exc:
+                self.close()
+                raise Unreachable("%s: the certificate does not verify: %s" % (self.address, exc.verify_message))
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                if aborted.is_set():
+                    raise Unreachable("%s: no answer within %.0f s" % (self.address, self.total_timeout_s)) from None
+                if reused and isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
+                    continue        # the peer had closed the idle kept-alive connection: once more, anew
+                if isinstance(exc, socket.gaierror):
+                    raise Unreachable("%s does not resolve: %s" % (self.host, exc.strerror)) from None
+                raise Unreachable("%s: %s" % (self.address, getattr(exc, "strerror", None) or exc)) from None
+            finally:
+                timer.cancel()
+        raise Unreachable("%s: the connection closed twice" % self.address)
+
+    @staticmethod
+    def _abort(conn: http.client.HTTPConnection, aborted: threading.Event) -> None:
+        # The total deadline: whatever the exchange waits on (connect, send, the answer) fails now.
+        aborted.set()
+        sock = conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except OSError:
+                pass
+            self._conn = None

@@ -37,16 +37,13 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import http.client
 import json
-import socket
-import ssl
-import threading
 from typing import Callable
 from urllib.parse import urlsplit
 
 from events.formats import maltrail_time, maltrail_type
 from events.forwarders.base import Destination, Unreachable
+from events.forwarders.transports import HttpPoster
 from events.forwarders.logstash import logstash_json
 from events.record import SEVERITIES, Event
 
@@ -107,20 +104,16 @@ class Webhook(Destination):
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError("alert format %r: %s" % (template, exc)) from None
         super().__init__(display_url(url))
-        self.https = parts.scheme == "https"
-        self.host = parts.hostname
-        self.port = parts.port or (443 if self.https else 80)
+        https = parts.scheme == "https"
         self.target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
-        # Loaded now, while the forwarder may still read the file (it drops its privileges next).
-        self.tls = ssl.create_default_context(cafile=ca_file or None) if self.https else None
+        self.http = HttpPoster(self.address, https, parts.hostname, parts.port or (443 if https else 80), ca_file,
+                               connect_timeout_s=connect_timeout_s, total_timeout_s=total_timeout_s,
+                               answer_bytes=ANSWER_BYTES)
         self.min_rank = SEVERITIES.index(severity)
         self.template = template
         self.throttle_s = throttle_s
         self.user_agent = "maltrail-engine/%s" % (version or "unknown")
         self.warn = warn or (lambda text: None)
-        self.connect_timeout_s = connect_timeout_s
-        self.total_timeout_s = total_timeout_s
-        self._conn: http.client.HTTPConnection | None = None
         self._last_alert: collections.OrderedDict = collections.OrderedDict()   # (src, trail) -> event time, s
         self._tentative: dict = {}                  # the same for alerts rendered, not yet passed
         self._rendered: list[tuple] = []            # per event rendered since the last `committed`
@@ -187,60 +180,6 @@ class Webhook(Destination):
             done += 1
         return done
 
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        """The kept-alive connection (and True), or a new one (and False)."""
-        if self._conn is not None:
-            return self._conn, True
-        if self.https:
-            self._conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.connect_timeout_s,
-                                                     context=self.tls)
-        else:
-            self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout_s)
-        return self._conn, False
-
-    def _post(self, body: bytes) -> tuple[int, str, bytes]:
-        for _attempt in range(2):
-            conn, reused = self._connection()
-            aborted = threading.Event()
-            timer = threading.Timer(self.total_timeout_s, self._abort, (conn, aborted))
-            timer.start()
-            try:
-                conn.request("POST", self.target, body=body, headers={
-                    "Content-Type": "application/json", "User-Agent": self.user_agent})
-                response = conn.getresponse()
-                answer = response.read(ANSWER_BYTES)
-                if not response.isclosed() or response.will_close:
-                    self.close()
-                if aborted.is_set():
-                    raise OSError("aborted")
-                return response.status, response.reason, answer
-            except ssl.SSLCertVerificationError as exc:
-                self.close()
-                raise Unreachable("%s: the certificate does not verify: %s" % (self.address, exc.verify_message))
-            except (OSError, http.client.HTTPException) as exc:
-                self.close()
-                if aborted.is_set():
-                    raise Unreachable("%s: no answer within %.0f s" % (self.address, self.total_timeout_s)) from None
-                if reused and isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
-                    continue        # the server had closed the idle kept-alive connection: once more, anew
-                if isinstance(exc, socket.gaierror):
-                    raise Unreachable("%s does not resolve: %s" % (self.host, exc.strerror)) from None
-                raise Unreachable("%s: %s" % (self.address, getattr(exc, "strerror", None) or exc)) from None
-            finally:
-                timer.cancel()
-        raise Unreachable("%s: the connection closed twice" % self.address)
-
-    @staticmethod
-    def _abort(conn: http.client.HTTPConnection, aborted: threading.Event) -> None:
-        # The total timeout: whatever the exchange waits on (connect, send, the answer) fails now.
-        aborted.set()
-        sock = conn.sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
     def connected(self) -> bool:
         return True
 
@@ -248,10 +187,8 @@ class Webhook(Destination):
         return {"alerted": self.alerted, "below_severity": self.below, "throttled": self.throttled,
                 "refused": self.rejected}
 
+    def _post(self, body: bytes) -> tuple[int, str, bytes]:
+        return self.http.post(self.target, body, {"Content-Type": "application/json", "User-Agent": self.user_agent})
+
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except OSError:
-                pass
-            self._conn = None
+        self.http.close()
