@@ -65,3 +65,31 @@ def test_every_module_says_what_it_owns():
     for path in modules():
         doc = ast.get_docstring(ast.parse(path.read_text()))
         assert doc and len(doc) > 20, "%s has no module docstring" % path.relative_to(REPO)
+
+
+def test_no_product_module_knows_where_the_shared_corpus_lives():
+    """Only the tests' helpers (tests/conftest.py) and the benchmarks look for ../shared: CI's
+    second run (MALTRAIL_SHARED=none) leaves out the test modules that cannot reach it, which
+    holds only while no product module can (tests/conftest.py modules_shared_can_change)."""
+    from tests.conftest import SHARED_MENTION
+    found = [str(p.relative_to(REPO)) for p in modules()
+             if "MALTRAIL_SHARED" in p.read_text() or SHARED_MENTION.search(p.read_text().replace("bench.", ""))]
+    assert found == []
+
+
+def test_the_second_ci_run_keeps_every_module_that_can_reach_the_shared_corpus(tmp_path):
+    """A module that names the shared corpus, or uses (directly or through an imported helper) a
+    definition that does, is kept; one that does not is left out."""
+    from tests.conftest import modules_shared_can_change
+    (tmp_path / "helpers.py").write_text("from tests.conftest import SHARED_TRAILS\n\n"
+                                         "def trails():\n    return SHARED_TRAILS\n\n"
+                                         "def unrelated():\n    return 1\n")
+    (tmp_path / "test_uses.py").write_text("from tests.helpers import trails\n\n"
+                                           "def wrapped():\n    return trails()\n\n"
+                                           "def test_a():\n    assert wrapped()\n")
+    (tmp_path / "test_other.py").write_text("from tests.helpers import unrelated\n\n"
+                                            "def test_b():\n    assert unrelated()\n")
+    (tmp_path / "test_path.py").write_text("def test_c(tmp_path):\n    assert (tmp_path / '../shared').parent\n")
+    (tmp_path / "test_bench_run.py").write_text("import subprocess\n\ndef test_d():\n"
+                                                "    subprocess.run(['python', '-m', 'bench', 'trails'])\n")
+    assert modules_shared_can_change(tmp_path) == {"helpers", "test_uses", "test_path", "test_bench_run"}
