@@ -143,6 +143,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",") if r]
     work = tempfile.mkdtemp(prefix="bench-server-udp-")
+    # Started as root, the server drops to its account ([server] user, nobody without one), which
+    # must reach the store under this 0700 directory.
+    os.chmod(work, 0o711)
     http_port, udp_port = _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_DGRAM)
     config = os.path.join(work, "server.toml")
     with open(config, "w") as f:

@@ -403,10 +403,12 @@ def run_server(cfg) -> int:
     store and the state database, as the account that owns them."""
     from server import privileges
     from server.auth.audit import forwarder_from_config
+    from server.indexer import IndexLink, start_keeper
     from server.store import open_store
     from server.tls import TlsError
     s = cfg.server
     listeners = None
+    link = IndexLink()
     try:
         check_listening(cfg)
         account = privileges.resolve_account(s.user, notice=lambda text: log("i", text))
@@ -424,16 +426,23 @@ def run_server(cfg) -> int:
         privileges.drop(account)
         if account is not None:
             log("i", "running as %s (uid %d), no capabilities" % (account.name, account.uid))
+        # The indexer's keeper: forked now, as the account and before any thread or the store
+        # exist; it starts the indexer once the store's start-up repair is done (server/indexer.py).
+        start_keeper(cfg, link, close_in_child=listeners.http + ([listeners.udp] if listeners.udp else []))
         store = open_store(cfg, warn=lambda text: log("!", text))
+        store.index_elsewhere(link)
+        link.go()
     except (ServerError, StoreError, TlsError, privileges.PrivilegeError, ValueError) as exc:
         log("!", str(exc))
         _close_listeners(listeners)
+        link.stop()
         return 1
     from server.auth.state import StateError
     from server.auth.users import UserConfigError
     try:
         server = Server(cfg, store, listeners)
     except (UserConfigError, StateError) as exc:
+        link.stop()
         store.close()
         _close_listeners(listeners)
         log("!", str(exc))
@@ -452,6 +461,7 @@ def run_server(cfg) -> int:
         return 1
     finally:
         forwarder.stop()
+        link.stop()     # the indexer indexes what was logged, then stops
         store.close()
     return 0
 
