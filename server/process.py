@@ -1,5 +1,6 @@
 """The server process: one asyncio loop serving HTTP (aiohttp) and receiving UDP, a parse thread
-and a store thread that makes the events durable.
+and a store thread that makes the events durable in the daily log; the index is filled from the
+log by the indexer process (server/indexer.py), forked here after the privilege drop.
 
 Owns start-up (the listening rules, opening the store, which repairs the index), the UDP receive
 loop, batching to the store, the HTTP endpoints served so far (`/ping`, `/api/v1/health`) and the
@@ -10,8 +11,8 @@ The receive loop is an add_reader callback on a non-blocking socket that drains 
 _DRAIN_DATAGRAMS datagrams per wake-up (server/recv.py: up to 256 per recvmmsg call, keeping the
 GIL) and only appends bytes to a list. Every _HANDOFF_S (or _BATCH_DATAGRAMS datagrams) the list goes to the parse
 thread, which turns it into events for the store thread, which ingests what has accumulated as
-one batch; while the store waits for fsync and SQLite (both release the GIL), the loop receives
-and the parse thread parses. A backlog beyond [server] udp_backlog_datagrams is
+one batch (appended and fsync'd: stored); while the store waits for fsync (which releases the
+GIL), the loop receives and the parse thread parses. A backlog beyond [server] udp_backlog_datagrams is
 dropped and counted (dropped.store_backlog), so memory stays bounded when the disk cannot keep up.
 """
 

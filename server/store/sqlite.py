@@ -36,7 +36,10 @@ database whose day file is gone (retention deleted the day) is removed. One proc
 directory: an exclusive flock on LOG_DIR/index/.lock, also taken by `reindex`. The same catch-up
 runs during ingest when a day's log_position is not where the batch starts (an earlier batch
 reached the log but not the index), so a failed batch is never skipped (server/store/daylog.py,
-which holds this log half for both backends).
+which holds this log half for both backends). In the server, after the start-up repair, this
+process only logs and reads (`index_elsewhere`): the indexer process (server/indexer.py) runs
+the catch-up into the same databases, and a query opens a day's database without creating or
+writing it, skips one still being made, and reopens one the indexer replaced.
 """
 
 from __future__ import annotations
