@@ -134,7 +134,8 @@ def run_rate(http_port: int, udp_port: int, pid: int, rate: int, duration_s: flo
             break
         time.sleep(0.05)
     indexed_s = time.monotonic() - sent_done
-    indexer_cpu_s = (_cpu_s(indexer_pid) - indexer_cpu0) if indexer_pid and h["store"]["indexer"]["pid"] == indexer_pid else None
+    same_indexer = indexer_pid and h["store"]["indexer"]["pid"] == indexer_pid      # not restarted meanwhile
+    indexer_cpu_s = _cpu_s(indexer_pid) - indexer_cpu0 if same_indexer else None
     received = now["datagrams"] - before["datagrams"]
     stored = now["stored"] - before["stored"]
     lost = sent - stored

@@ -57,8 +57,8 @@ import aiohttp
 
 from events.record import SEVERITIES, Event
 from server.store.daylog import INDEX_DIR, DayLog, append_logged, catch_up, indexer_lock, ingest_logged
-from server.store import (BUCKETS, COUNT_BY, INDEX_WAIT_S, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts, EventStore,
-                          QueryError, StoreError, StoreStatus, Threats, Top)
+from server.store import (BUCKETS, COUNT_BY, INDEX_WAIT_S, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts,
+                          EventStore, QueryError, StoreError, StoreStatus, Threats, Top)
 from server.store import EventQuery as StoreEventQuery
 from server.store import Threat as StoreThreat
 
