@@ -8,11 +8,14 @@ Python, so the sender's work is not counted against the server's GIL) sends Malt
 datagrams ("<epoch> <event line>", each line a distinct event: sources and ports vary) paced in
 1 ms slices for `--duration-s`; then the server's own counters (/api/v1/health) are read until
 every datagram is accounted for or nothing moves for 2 s. A rate is HELD when the server received
-and stored every datagram sent (zero loss by its counters) and had stored them all within
-`--drain-limit-s` after the sender finished (so a rate is not held by buffering alone). The run
-stops at the first rate not held. Printed per rate: sent, received, stored, lost, the send rate
-achieved, the drain time, the server's CPU seconds and peak backlog; then the highest rate held,
-with the machine and Python version. Speed is measured here, never asserted in tests.
+and stored every datagram sent (zero loss by its counters: stored = durable in the fsync'd daily
+log) and had stored them all within `--drain-limit-s` after the sender finished (so a rate is not
+held by buffering alone). The run stops at the first rate not held. Printed per rate: sent,
+received, stored, lost, the send rate achieved, the drain time, the server's CPU seconds and peak
+backlog; then, for the indexer process (server/indexer.py), which fills the index from the log
+behind the intake: its CPU seconds, the peak index lag (events logged, not yet indexed) and when
+the index had caught up after the sender finished. Then the highest rate held, with the machine
+and Python version. Speed is measured here, never asserted in tests.
 """
 
 from __future__ import annotations
@@ -92,14 +95,20 @@ def _server_command() -> str:
 
 def run_rate(http_port: int, udp_port: int, pid: int, rate: int, duration_s: float, drain_limit_s: float,
              sources: int = 0) -> dict:
-    before = _health(http_port)["intake"]["udp"]
+    h0 = _health(http_port)
+    before = h0["intake"]["udp"]
     cpu0 = _cpu_s(pid)
+    indexer_pid = h0["store"].get("indexer", {}).get("pid", 0)
+    indexer_cpu0 = _cpu_s(indexer_pid) if indexer_pid else 0.0
+    peak_lag = 0
     result = multiprocessing.Queue()
     sender = multiprocessing.Process(target=_send, args=(udp_port, rate, duration_s, result, sources))
     sender.start()
     peak_backlog = 0
     while sender.is_alive():
-        peak_backlog = max(peak_backlog, _health(http_port)["intake"]["udp"]["backlog"])
+        h = _health(http_port)
+        peak_backlog = max(peak_backlog, h["intake"]["udp"]["backlog"])
+        peak_lag = max(peak_lag, h["store"].get("index_lag_events", 0))
         time.sleep(0.25)
     sent, send_s = result.get()
     sender.join()
@@ -118,6 +127,15 @@ def run_rate(http_port: int, udp_port: int, pid: int, rate: int, duration_s: flo
             last, still_since = now["datagrams"] + now["stored"], time.monotonic()
         time.sleep(0.05)
     drain_s = time.monotonic() - sent_done
+    while True:     # the index behind the log (an indexer process): until it holds every event stored
+        h = _health(http_port)
+        peak_lag = max(peak_lag, h["store"].get("index_lag_events", 0))
+        if h["store"].get("index_lag_events", 0) == 0:
+            break
+        time.sleep(0.05)
+    indexed_s = time.monotonic() - sent_done
+    same_indexer = indexer_pid and h["store"]["indexer"]["pid"] == indexer_pid      # not restarted meanwhile
+    indexer_cpu_s = _cpu_s(indexer_pid) - indexer_cpu0 if same_indexer else None
     received = now["datagrams"] - before["datagrams"]
     stored = now["stored"] - before["stored"]
     lost = sent - stored
@@ -127,7 +145,8 @@ def run_rate(http_port: int, udp_port: int, pid: int, rate: int, duration_s: flo
             "parse_cpu_s": round(now["parse_cpu_s"] - before["parse_cpu_s"], 2),
             "store_cpu_s": round(now["store_cpu_s"] - before["store_cpu_s"], 2),
             "store_wall_s": round(now["store_wall_s"] - before["store_wall_s"], 2),
-            "batches": now["batches"] - before["batches"]}
+            "batches": now["batches"] - before["batches"], "peak_index_lag": peak_lag,
+            "indexed_s": round(indexed_s, 2), "indexer_cpu_s": indexer_cpu_s}
 
 
 def main(argv=None) -> int:
@@ -143,6 +162,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",") if r]
     work = tempfile.mkdtemp(prefix="bench-server-udp-")
+    # Started as root, the server drops to its account ([server] user, nobody without one), which
+    # must reach the store under this 0700 directory.
+    os.chmod(work, 0o711)
     http_port, udp_port = _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_DGRAM)
     config = os.path.join(work, "server.toml")
     with open(config, "w") as f:
@@ -163,14 +185,16 @@ def main(argv=None) -> int:
                  "%d sources" % args.sources if args.sources else "a source per datagram", server.pid))
         print("%8s %9s %9s %9s %9s %7s %8s %8s %9s %5s  %s" % (
             "rate", "sent", "send/s", "received", "stored", "lost", "drain_s", "cpu_s", "backlog", "held",
-            "parse cpu / store cpu / store wall s, batches"))
+            "parse cpu / store cpu / store wall s, batches; indexer: cpu s, peak lag, indexed after s"))
         for rate in rates:
             r = run_rate(http_port, udp_port, server.pid, rate, args.duration_s, args.drain_limit_s, args.sources)
             results.append(r)
-            print("%8d %9d %9d %9d %9d %7d %8.2f %8.2f %9d %5s  %.2f / %.2f / %.2f, %d" % (
+            print("%8d %9d %9d %9d %9d %7d %8.2f %8.2f %9d %5s  %.2f / %.2f / %.2f, %d; %s, %d, %.2f" % (
                 r["rate"], r["sent"], r["send_rate"], r["received"], r["stored"], r["lost"], r["drain_s"],
                 r["server_cpu_s"], r["peak_backlog"], "yes" if r["held"] else "NO", r["parse_cpu_s"],
-                r["store_cpu_s"], r["store_wall_s"], r["batches"]), flush=True)
+                r["store_cpu_s"], r["store_wall_s"], r["batches"],
+                "%.2f" % r["indexer_cpu_s"] if r["indexer_cpu_s"] is not None else "-", r["peak_index_lag"],
+                r["indexed_s"]), flush=True)
             if not r["held"]:
                 break
         held = [r["rate"] for r in results if r["held"]]

@@ -22,6 +22,7 @@ Names (all prefixed maltrail_server_):
   sensor_last_seen_seconds{sensor}, sensor_silent{sensor}, sensor_events_per_second{sensor},
   sensor_forwarding_lag_seconds{sensor}
   store_ready, store_day_files, store_events_indexed              the store's status
+  store_index_lag_events, store_index_lag_seconds, indexer_restarts_total   the indexer process
   api_request_seconds{endpoint} (histogram), api_responses_total{endpoint,status}  server.api_stats
   api_refused_total{reason}                                   the API's refusals (bad parameters, gates)
 """
@@ -113,6 +114,13 @@ class ServerCollector:
             yield gauge("store_ready", "1 when the store answers", int(bool(st.ready)))
             yield gauge("store_day_files", "days the store holds", st.days)
             yield counter("store_events_indexed", "events the store indexed since the start", st.events_indexed)
+            if "index_lag_events" in st.details:        # an indexer process fills the index (server/indexer.py)
+                yield gauge("store_index_lag_events", "events in the log the index does not hold yet",
+                            st.details["index_lag_events"])
+                yield gauge("store_index_lag_seconds", "how long the oldest event not yet indexed has been in the log",
+                            st.details["index_lag_s"])
+                yield counter("indexer_restarts", "indexer processes started again after one died",
+                              st.details["indexer"]["restarts"])
         # The API's own records (server/api/v1.py ApiStats and the refusal counts of v1 and compat).
         stats = s.api_stats.as_dict() if getattr(s, "api_stats", None) is not None else {}
         latency = HistogramMetricFamily(PREFIX + "api_request_seconds",

@@ -1,5 +1,6 @@
 """The server process: one asyncio loop serving HTTP (aiohttp) and receiving UDP, a parse thread
-and a store thread that makes the events durable.
+and a store thread that makes the events durable in the daily log; the index is filled from the
+log by the indexer process (server/indexer.py), forked here after the privilege drop.
 
 Owns start-up (the listening rules, opening the store, which repairs the index), the UDP receive
 loop, batching to the store, the HTTP endpoints served so far (`/ping`, `/api/v1/health`) and the
@@ -10,8 +11,8 @@ The receive loop is an add_reader callback on a non-blocking socket that drains 
 _DRAIN_DATAGRAMS datagrams per wake-up (server/recv.py: up to 256 per recvmmsg call, keeping the
 GIL) and only appends bytes to a list. Every _HANDOFF_S (or _BATCH_DATAGRAMS datagrams) the list goes to the parse
 thread, which turns it into events for the store thread, which ingests what has accumulated as
-one batch; while the store waits for fsync and SQLite (both release the GIL), the loop receives
-and the parse thread parses. A backlog beyond [server] udp_backlog_datagrams is
+one batch (appended and fsync'd: stored); while the store waits for fsync (which releases the
+GIL), the loop receives and the parse thread parses. A backlog beyond [server] udp_backlog_datagrams is
 dropped and counted (dropped.store_backlog), so memory stays bounded when the disk cannot keep up.
 """
 
@@ -403,10 +404,12 @@ def run_server(cfg) -> int:
     store and the state database, as the account that owns them."""
     from server import privileges
     from server.auth.audit import forwarder_from_config
+    from server.indexer import IndexLink, start_keeper
     from server.store import open_store
     from server.tls import TlsError
     s = cfg.server
     listeners = None
+    link = IndexLink()
     try:
         check_listening(cfg)
         account = privileges.resolve_account(s.user, notice=lambda text: log("i", text))
@@ -424,16 +427,23 @@ def run_server(cfg) -> int:
         privileges.drop(account)
         if account is not None:
             log("i", "running as %s (uid %d), no capabilities" % (account.name, account.uid))
+        # The indexer's keeper: forked now, as the account and before any thread or the store
+        # exist; it starts the indexer once the store's start-up repair is done (server/indexer.py).
+        start_keeper(cfg, link, close_in_child=listeners.http + ([listeners.udp] if listeners.udp else []))
         store = open_store(cfg, warn=lambda text: log("!", text))
+        store.index_elsewhere(link)
+        link.go()
     except (ServerError, StoreError, TlsError, privileges.PrivilegeError, ValueError) as exc:
         log("!", str(exc))
         _close_listeners(listeners)
+        link.stop()
         return 1
     from server.auth.state import StateError
     from server.auth.users import UserConfigError
     try:
         server = Server(cfg, store, listeners)
     except (UserConfigError, StateError) as exc:
+        link.stop()
         store.close()
         _close_listeners(listeners)
         log("!", str(exc))
@@ -452,6 +462,7 @@ def run_server(cfg) -> int:
         return 1
     finally:
         forwarder.stop()
+        link.stop()     # the indexer indexes what was logged, then stops
         store.close()
     return 0
 

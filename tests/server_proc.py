@@ -81,16 +81,24 @@ class ServerProc:
         except OSError:
             return None
 
-    def until(self, predicate) -> dict:
-        """Poll health until predicate(health) holds (the server's own counters, not a clock)."""
+    def until(self, predicate, indexed: bool = True) -> dict:
+        """Poll health until predicate(health) holds (the server's own counters, not a clock)
+        and, unless indexed=False, in the same answer the index has caught up with the log: the
+        intake counts an event stored once it is in the log, and the indexer process
+        (server/indexer.py) indexes it a little later, so a test that waited for `stored` then
+        finds every one of those events in the API's answers."""
         limit = time.monotonic() + WAIT_LIMIT_S
         while True:
             assert self.proc.poll() is None, "the server exited: %s" % self.stderr()
             h = self.health()
-            if h is not None and predicate(h):
+            if h is not None and predicate(h) and (not indexed or index_caught_up(h)):
                 return h
             assert time.monotonic() < limit, "the server never got there: %s\n%s" % (h, self.stderr())
             time.sleep(0.05)
+
+    def wait_indexed(self) -> dict:
+        """Wait until everything the server counted stored is indexed (queries see it)."""
+        return self.until(lambda h: True)
 
     def send(self, payloads) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -102,6 +110,11 @@ class ServerProc:
         rc = self.proc.wait(timeout=WAIT_LIMIT_S)
         self._err.close()
         return rc
+
+
+def index_caught_up(health: dict) -> bool:
+    """Whether a health answer says the index holds everything the log held when it was asked."""
+    return health["store"].get("index_lag_events", 0) == 0
 
 
 def clickhouse_extra(clickhouse, database: str) -> str:

@@ -10,6 +10,11 @@ Contract, for every backend:
 - `ingest(events)`: when it returns, the events are durable (in the daily event log, the source
   of truth, and in the index); it raises StoreError when they are not, and then nothing of the
   batch is acknowledged (a later repair may still index what reached the log).
+- `index_elsewhere(link)` (the server, after the start-up repair): an indexer process
+  (server/indexer.py) indexes the log from then on. `ingest_prepared` then returns once the batch
+  is in the fsync'd log (durable: the UDP intake counts it stored), `ingest` once it is indexed
+  too (waiting up to INDEX_WAIT_S for the indexer, else StoreError), queries answer from an index
+  that may trail the log by the lag `status()` reports (`index_lag_events`, `index_lag_s`).
 - Time ranges are half-open, [since_us, until_us), in microseconds since the epoch.
 - Every query carries a time budget (`budget_ms`) and a row cap (`row_cap`: the most event rows
   it may examine); an answer cut by either has `partial = True` and is otherwise correct for the
@@ -34,6 +39,7 @@ from events.record import Event
 DEFAULT_BUDGET_MS = 2000
 DEFAULT_ROW_CAP = 1_000_000
 MAX_PAGE_EVENTS = 10_000
+INDEX_WAIT_S = 60.0     # the longest ingest() waits for the indexer process (index_elsewhere)
 
 
 class StoreError(Exception):
@@ -156,8 +162,14 @@ class EventStore(abc.ABC):
         return list(events)
 
     def ingest_prepared(self, parts: list) -> int:
-        """Store, as one batch, what prepare() returned for several batches (ingest's contract)."""
+        """Store, as one batch, what prepare() returned for several batches (ingest's contract;
+        with the index elsewhere, durable in the log only)."""
         return self.ingest([e for part in parts for e in part])
+
+    def index_elsewhere(self, link) -> None:
+        """Leave indexing to an indexer process from now on (the module's contract); `link` is
+        its server/indexer.py IndexLink. A backend without it cannot run beside an indexer."""
+        raise StoreError("the %s store cannot be indexed by another process" % type(self).__name__)
 
     @abc.abstractmethod
     def events(self, query: EventQuery) -> Page:

@@ -56,9 +56,9 @@ from typing import Iterable, NamedTuple, Sequence
 import aiohttp
 
 from events.record import SEVERITIES, Event
-from server.store.daylog import INDEX_DIR, DayLog, catch_up, ingest_logged
-from server.store import (BUCKETS, COUNT_BY, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts, EventStore,
-                          QueryError, StoreError, StoreStatus, Threats, Top)
+from server.store.daylog import INDEX_DIR, DayLog, append_logged, catch_up, indexer_lock, ingest_logged
+from server.store import (BUCKETS, COUNT_BY, INDEX_WAIT_S, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts,
+                          EventStore, QueryError, StoreError, StoreStatus, Threats, Top)
 from server.store import EventQuery as StoreEventQuery
 from server.store import Threat as StoreThreat
 
@@ -893,13 +893,15 @@ class ClickHouseEventStore(EventStore):
 
     def __init__(self, url: str, database: str = "maltrail", user: str = "default", password: str = "",
                  timezone: str = "UTC", timeout_s: float = 60.0, create: bool = True, *, log_dir: str,
-                 warn=None):
+                 warn=None, repair: bool = True, write_log: bool = True):
         try:
             self._store = ClickHouseStore(url, database, user, password, timezone, timeout_s)
         except StoreInputError as exc:
             raise StoreError(str(exc)) from None
         self._warn = warn or (lambda text: None)
-        self._log = DayLog(log_dir, self._warn)
+        self._link = None       # an IndexLink once an indexer process indexes (index_elsewhere)
+        self._last_seq = 0
+        self._log = DayLog(log_dir, self._warn, write=write_log)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="clickhouse-store", daemon=True)
         self._thread.start()
@@ -913,10 +915,22 @@ class ClickHouseEventStore(EventStore):
             self._source = _log_source_id(self._log)
             if create:
                 self._call(self._store.create())
-            self._repair()
+            if repair:
+                self._repair()
         except BaseException:
             self.close()
             raise
+
+    @property
+    def log(self) -> DayLog:
+        return self._log
+
+    def index_elsewhere(self, link) -> None:
+        """From now on an indexer process (server/indexer.py) inserts the log's events:
+        ingest_prepared returns once the batch is in the fsync'd log, ingest once it is in
+        ClickHouse too (server/store/__init__.py)."""
+        with self._lock:
+            self._link = link
 
     def _call(self, coro):
         if self._closed:
@@ -967,7 +981,15 @@ class ClickHouseEventStore(EventStore):
                 del self._positions[key]
 
     def _repair(self) -> None:
-        """At start: insert what every day file holds beyond ClickHouse's rows of it."""
+        """At start: insert what every day file holds beyond ClickHouse's rows of it (holding
+        index/.indexer.lock: a killed server's indexer may still be finishing)."""
+        lock_fd = indexer_lock(self._log)
+        try:
+            self._repair_locked()
+        finally:
+            os.close(lock_fd)
+
+    def _repair_locked(self) -> None:
         with self._lock:
             for name in self._log.day_files():
                 n = catch_up(self._log, self, name, self._warn)
@@ -975,7 +997,13 @@ class ClickHouseEventStore(EventStore):
                 self._events_indexed += n
 
     def ingest(self, events: Iterable[Event]) -> int:
-        batch = list(events)
+        return self._ingest(list(events), wait=True)
+
+    def ingest_prepared(self, parts: list) -> int:
+        """ingest() of the parts as one batch; with the index elsewhere, durable in the log only."""
+        return self._ingest([e for part in parts for e in part], wait=False)
+
+    def _ingest(self, batch: list, wait: bool) -> int:
         if not batch:
             return 0
         try:
@@ -986,9 +1014,14 @@ class ClickHouseEventStore(EventStore):
         with self._lock:
             if self._closed:
                 raise StoreError("the store is closed")
-            n = ingest_logged(self._log, self, batch, self._warn)
-            self._events_indexed += n
+            link = self._link
+            if link is not None:
+                seq = append_logged(self._log, batch, link)
+            else:
+                self._events_indexed += ingest_logged(self._log, self, batch, self._warn)
             self._last_commit = time.time()
+        if link is not None and wait:
+            link.wait_indexed(seq, INDEX_WAIT_S)
         return len(batch)
 
     def events(self, query: StoreEventQuery) -> Page:
@@ -1053,6 +1086,9 @@ class ClickHouseEventStore(EventStore):
         except StoreError as exc:
             days, ready, details = 0, False, {"url": self._store.client.url, "error": str(exc)}
         details.update(log_dir=self._log.log_dir, frames_written=self._log.frames_written)
+        if self._link is not None:
+            details.update(self._link.status())
+            indexed += self._link.indexed_events
         return StoreStatus(self.backend, ready, days, indexed, self._repaired_events, last, details)
 
     def drop_days_before(self, day: datetime.date) -> list[datetime.date]:

@@ -4,8 +4,12 @@ in step with it.
 Owns `DayLog` (LOG_DIR/YYYY-MM-DD.events.zst written by the shared writer, events/log
 EventLogWriter, so `maltrail-engine tail --log-dir LOG_DIR` reads a server's directory whatever
 the backend; fsync of each day file a batch touched; LOG_DIR/index/.lock, the one-process-per-
-directory lock) and the two routines both backends run over it: `ingest_logged` (append, fsync,
-then index) and `catch_up` (index what the log holds beyond the index's position). Must not hold
+directory lock) and the routines both backends run over it: `ingest_logged` (append, fsync,
+then index), `catch_up` (index what the log holds beyond the index's position) and
+`append_logged` (append and fsync only, when the server's indexer process indexes: server/indexer.py).
+A `DayLog(write=False)` only reads the day files (the indexer's view: no writer, no directory
+lock); `indexer_lock` is index/.indexer.lock, held by whoever indexes beside a running server
+(its start-up repair, then its indexer process), so two never catch the same day file up at once. Must not hold
 any backend's SQL: a backend is an `Index` (below), told what to index and where in which day
 file the indexed part ends.
 
@@ -33,6 +37,7 @@ from server.store import StoreError
 
 INDEX_DIR = "index"
 LOCK_NAME = ".lock"
+INDEXER_LOCK_NAME = ".indexer.lock"
 REPAIR_CHUNK_EVENTS = 50_000
 
 
@@ -63,17 +68,26 @@ class Index(Protocol):
 class DayLog:
     """The daily event log of a server's log directory (see the module docstring)."""
 
-    def __init__(self, log_dir: str, warn: Callable[[str], None] | None = None):
+    def __init__(self, log_dir: str, warn: Callable[[str], None] | None = None, write: bool = True):
         self.log_dir = os.path.abspath(log_dir)
         self._warn = warn or (lambda text: None)
+        self.index_dir = os.path.join(self.log_dir, INDEX_DIR)
+        self._synced_names: set[str] = set()
+        if not write:       # a reader beside the writing server: no writer, no lock
+            self._writer = None
+            self._lock_fd = -1
+            try:
+                self._dir_fd = os.open(self.log_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as exc:
+                raise StoreError("cannot open the log directory %s: %s" % (self.log_dir, exc.strerror or exc)) from None
+            return
         try:
             # Frames are closed by flush() after every batch, never by age.
             self._writer = EventLogWriter(self.log_dir, max_frame_age_s=3600.0, warn=self._warn)
         except LogDirError as exc:
             raise StoreError(str(exc)) from None
-        self._synced_names: set[str] = set()
+        self._dir_fd = self._writer.dir_fd
         try:
-            self.index_dir = os.path.join(self.log_dir, INDEX_DIR)
             self._lock_fd = _lock_index_dir(self.index_dir)
         except BaseException:
             self._writer.close()
@@ -81,11 +95,11 @@ class DayLog:
 
     @property
     def dir_fd(self) -> int:
-        return self._writer.dir_fd
+        return self._dir_fd
 
     @property
     def frames_written(self) -> int:
-        return self._writer.frames_written
+        return self._writer.frames_written if self._writer is not None else 0
 
     def day_files(self) -> list[str]:
         """The day files' names, oldest first."""
@@ -126,10 +140,39 @@ class DayLog:
         return st.st_ino, st.st_size
 
     def close(self) -> None:
+        if self._writer is None:
+            os.close(self._dir_fd)
+            return
         try:
             self._writer.close()
         finally:
             os.close(self._lock_fd)
+
+
+def append_logged(log: DayLog, batch: list[Event], link) -> int:
+    """Append the batch to the log and make it durable, leaving the index to the indexer
+    process (server/indexer.py): `link.logged` counts it and tells the indexer. Returns the
+    batch's sequence number (link.wait_indexed(seq) waits for its index). Raises StoreError."""
+    try:
+        log.append(batch)
+    except OSError as exc:
+        raise StoreError("cannot append to the event log in %s: %s" % (log.log_dir, exc.strerror or exc)) from None
+    return link.logged(len(batch))
+
+
+def indexer_lock(log: DayLog) -> int:
+    """index/.indexer.lock taken (waiting for it): returns the descriptor, whose closing frees it."""
+    index_fd = os.open(INDEX_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=log.dir_fd)
+    try:
+        fd = os.open(INDEXER_LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=index_fd)
+    finally:
+        os.close(index_fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)      # PEP 475: retried after a signal
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def ingest_logged(log: DayLog, index: Index, batch: list[Event], warn: Callable[[str], None],

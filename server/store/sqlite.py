@@ -36,7 +36,10 @@ database whose day file is gone (retention deleted the day) is removed. One proc
 directory: an exclusive flock on LOG_DIR/index/.lock, also taken by `reindex`. The same catch-up
 runs during ingest when a day's log_position is not where the batch starts (an earlier batch
 reached the log but not the index), so a failed batch is never skipped (server/store/daylog.py,
-which holds this log half for both backends).
+which holds this log half for both backends). In the server, after the start-up repair, this
+process only logs and reads (`index_elsewhere`): the indexer process (server/indexer.py) runs
+the catch-up into the same databases, and a query opens a day's database without creating or
+writing it, skips one still being made, and reopens one the indexer replaced.
 """
 
 from __future__ import annotations
@@ -48,15 +51,16 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from typing import Iterable, NamedTuple
 
 from events.log import file_date
 from events.record import SEVERITIES, Event
 from server.addresses import AddressError, ip_key, key_range
-from server.store.daylog import DayLog, catch_up, ingest_logged, split_by_day
+from server.store.daylog import DayLog, append_logged, catch_up, indexer_lock, ingest_logged, split_by_day
 from server.store import (
-    BUCKETS, COUNT_BY, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts, EventQuery, EventStore, Page, QueryError,
-    StoreError, StoreStatus, Threat, Threats, Top,
+    BUCKETS, COUNT_BY, INDEX_WAIT_S, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts, EventQuery, EventStore, Page,
+    QueryError, StoreError, StoreStatus, Threat, Threats, Top,
 )
 
 HOUR_US = 3_600_000_000
@@ -191,8 +195,11 @@ class _Deadline:
 class _Day:
     """One day's database (see the module docstring)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, reader: bool = False):
         self.path = path
+        if reader:
+            self._open_reader(path)
+            return
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL, not FULL: in WAL mode a commit is then not fsync'd (checkpoints are). A process
@@ -208,6 +215,22 @@ class _Day:
         row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         # A database of another layout is not this day's index: the store drops it and indexes
         # the day file again (the log is the source of truth).
+        self.current = row is not None and row[0] == SCHEMA_VERSION
+        self.inode = os.stat(path).st_ino
+
+    def _open_reader(self, path: str) -> None:
+        """A query's view of a database the indexer process writes (SqliteStore.index_elsewhere):
+        never created here (mode=rw: a database the indexer has just removed stays removed) and
+        never written (no schema, no meta); `current` is false while the indexer is still
+        making it, or for another layout (the indexer drops those), and then the day is skipped."""
+        self.current = False
+        self.inode = os.stat(path).st_ino       # FileNotFoundError: the caller skips the day
+        self.conn = sqlite3.connect("file:%s?mode=rw" % urllib.parse.quote(path), uri=True, isolation_level=None,
+                                    check_same_thread=False)
+        try:
+            row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.OperationalError:        # no meta table yet
+            row = None
         self.current = row is not None and row[0] == SCHEMA_VERSION
 
     def position(self) -> tuple[int, int] | None:
@@ -318,15 +341,17 @@ class SqliteStore(EventStore):
 
     backend = "sqlite"
 
-    def __init__(self, log_dir: str, warn=None, repair: bool = True):
+    def __init__(self, log_dir: str, warn=None, repair: bool = True, write_log: bool = True):
         self._warn = warn or (lambda text: None)
+        self._link = None       # an IndexLink once an indexer process indexes (index_elsewhere)
         self._lock = threading.RLock()
         self._days: collections.OrderedDict[str, _Day] = collections.OrderedDict()
         self._events_indexed = 0
         self._repaired_events = 0
         self._last_commit = 0.0
+        self._last_seq = 0
         self._closed = False
-        self._log = DayLog(log_dir, self._warn)
+        self._log = DayLog(log_dir, self._warn, write=write_log)
         self.log_dir = self._log.log_dir
         self.index_dir = self._log.index_dir
         if repair:
@@ -336,10 +361,24 @@ class SqliteStore(EventStore):
                 self._log.close()
                 raise
 
+    @property
+    def log(self) -> DayLog:
+        return self._log
+
+    def index_elsewhere(self, link) -> None:
+        """From now on an indexer process (server/indexer.py) indexes the log: ingest_prepared
+        returns once the batch is in the fsync'd log, ingest once it is indexed too, and the
+        databases are only read here (reopened when the indexer replaces one)."""
+        with self._lock:
+            self._link = link
+
     # -- the index of each day file (daylog.Index) ------------------------------------------
-    def _day(self, name: str) -> _Day:
-        """The database of the day file `name` (YYYY-MM-DD.events.zst), opened or created."""
+    def _day(self, name: str) -> _Day | None:
+        """The database of the day file `name` (YYYY-MM-DD.events.zst), opened or created; with
+        the index elsewhere, opened for reading if it exists and is complete, else None."""
         db = _db_name(_day_of(name))
+        if self._link is not None:
+            return self._reader_day(db)
         day = self._days.get(db)
         if day is None:
             day = _Day(os.path.join(self.index_dir, db))
@@ -354,6 +393,32 @@ class SqliteStore(EventStore):
                 old.close()
         else:
             self._days.move_to_end(db)
+        return day
+
+    def _reader_day(self, db: str) -> _Day | None:
+        path = os.path.join(self.index_dir, db)
+        day = self._days.get(db)
+        if day is not None:
+            try:
+                same = os.stat(path).st_ino == day.inode
+            except FileNotFoundError:
+                same = False
+            if same and day.current:
+                self._days.move_to_end(db)
+                return day
+            del self._days[db]
+            day.close()
+        try:
+            day = _Day(path, reader=True)
+        except (FileNotFoundError, sqlite3.Error):
+            return None
+        if not day.current:
+            day.close()
+            return None
+        self._days[db] = day
+        while len(self._days) > _MAX_OPEN_DAYS:
+            _, old = self._days.popitem(last=False)
+            old.close()
         return day
 
     def position(self, name: str) -> tuple[int, int] | None:
@@ -383,12 +448,16 @@ class SqliteStore(EventStore):
             problem = _event_problem(event)
             if problem:
                 raise StoreError("a batch of %d events refused: %s" % (len(batch), problem))
-        if not batch:
-            return Prepared([], {})
+        if not batch or self._link is not None:      # the indexer process makes the rows
+            return Prepared(batch, {})
         return Prepared(batch, {name: _prepare(evs) for name, evs in split_by_day(batch).items()})
 
     def ingest(self, events: Iterable[Event]) -> int:
-        return self.ingest_prepared([self.prepare(events)])
+        n = self.ingest_prepared([self.prepare(events)])
+        link = self._link
+        if link is not None and n:
+            link.wait_indexed(self._last_seq, INDEX_WAIT_S)
+        return n
 
     def ingest_prepared(self, parts: list) -> int:
         """Store batches made by prepare() as one: one append and fsync, one transaction a day."""
@@ -402,6 +471,10 @@ class SqliteStore(EventStore):
         with self._lock:
             if self._closed:
                 raise StoreError("the store is closed")
+            if self._link is not None:
+                self._last_seq = append_logged(self._log, batch, self._link)
+                self._last_commit = time.time()
+                return len(batch)
             try:
                 self._events_indexed += ingest_logged(self._log, self, batch, self._warn, by_day)
             except sqlite3.Error as exc:
@@ -411,7 +484,15 @@ class SqliteStore(EventStore):
         return len(batch)
 
     def _repair(self) -> None:
-        """At start: index what the log holds beyond each day's log_position (module docstring)."""
+        """At start: index what the log holds beyond each day's log_position (module docstring),
+        holding index/.indexer.lock (a killed server's indexer may still be finishing)."""
+        lock_fd = indexer_lock(self._log)
+        try:
+            self._repair_locked()
+        finally:
+            os.close(lock_fd)
+
+    def _repair_locked(self) -> None:
         with self._lock:
             present = set()
             for name in self._log.day_files():
@@ -426,6 +507,13 @@ class SqliteStore(EventStore):
 
     def reindex(self) -> int:
         """Rebuild every day's database from the log; returns how many events were indexed."""
+        lock_fd = indexer_lock(self._log)
+        try:
+            return self._reindex_locked()
+        finally:
+            os.close(lock_fd)
+
+    def _reindex_locked(self) -> int:
         with self._lock:
             total = 0
             for entry in os.listdir(self.index_dir):
@@ -457,7 +545,9 @@ class SqliteStore(EventStore):
         """The databases of _day_names, each opened as the caller reaches it (a range may hold
         more days than stay open at once)."""
         for name in self._day_names(since_us, until_us, newest_first):
-            yield self._day(name)
+            day = self._day(name)
+            if day is not None:         # None: the indexer is still making it (index_elsewhere)
+                yield day
 
     def events(self, query: EventQuery) -> Page:
         if not 1 <= query.limit <= MAX_PAGE_EVENTS:
@@ -582,6 +672,8 @@ class SqliteStore(EventStore):
                 names = [name for name in names if name not in whole] + whole
             for i, name in enumerate(names):
                 day = self._day(name)
+                if day is None:
+                    continue
                 if scope_sql:
                     rows_sql, params = _in_scope("src_ip, trail, ts_us, last_ts_us, severity, sensor", lo, hi,
                                                  query.scope, query.row_cap)
@@ -624,6 +716,8 @@ class SqliteStore(EventStore):
                 # 3 ms; one query with a row-value IN list scanned the table, 150 ms).
                 for name in contributing:
                     day = self._day(name)
+                    if day is None:
+                        continue
                     for (src, trail), m in ranked:
                         rows = _run(day, "SELECT DISTINCT sensor FROM threat_sensors_hour WHERE src_ip = ? AND trail = ?"
                                          " AND hour_us >= ? AND hour_us < ?", [src, trail, lo, hi], deadline)
@@ -644,9 +738,13 @@ class SqliteStore(EventStore):
             days = sum(1 for e in os.listdir(self.index_dir) if e.endswith(DB_SUFFIX))
         except OSError:
             days = 0
-        return StoreStatus(self.backend, not self._closed, days, self._events_indexed, self._repaired_events,
-                           self._last_commit, {"log_dir": self.log_dir,
-                                               "frames_written": self._log.frames_written})
+        details = {"log_dir": self.log_dir, "frames_written": self._log.frames_written}
+        indexed = self._events_indexed
+        if self._link is not None:
+            details.update(self._link.status())
+            indexed += self._link.indexed_events
+        return StoreStatus(self.backend, not self._closed, days, indexed, self._repaired_events,
+                           self._last_commit, details)
 
     def close(self) -> None:
         with self._lock:
