@@ -56,7 +56,7 @@ from typing import Iterable, NamedTuple, Sequence
 import aiohttp
 
 from events.record import SEVERITIES, Event
-from server.store.daylog import INDEX_DIR, DayLog, append_logged, catch_up, indexer_lock, ingest_logged
+from server.store.daylog import INDEX_DIR, DayLog, append_logged, catch_up, indexer_locked, ingest_logged
 from server.store import (BUCKETS, COUNT_BY, INDEX_WAIT_S, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts,
                           EventStore, QueryError, StoreError, StoreStatus, Threats, Top)
 from server.store import EventQuery as StoreEventQuery
@@ -983,11 +983,8 @@ class ClickHouseEventStore(EventStore):
     def _repair(self) -> None:
         """At start: insert what every day file holds beyond ClickHouse's rows of it (holding
         index/.indexer.lock: a killed server's indexer may still be finishing)."""
-        lock_fd = indexer_lock(self._log)
-        try:
+        with indexer_locked(self._log):
             self._repair_locked()
-        finally:
-            os.close(lock_fd)
 
     def _repair_locked(self) -> None:
         with self._lock:

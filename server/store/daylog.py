@@ -25,6 +25,7 @@ from the log and indexed instead, so the index never skips a batch and never tak
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -173,6 +174,16 @@ def indexer_lock(log: DayLog) -> int:
         os.close(fd)
         raise
     return fd
+
+
+@contextlib.contextmanager
+def indexer_locked(log: DayLog):
+    """index/.indexer.lock held for the `with` block (indexer_lock)."""
+    fd = indexer_lock(log)
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def ingest_logged(log: DayLog, index: Index, batch: list[Event], warn: Callable[[str], None],

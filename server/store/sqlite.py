@@ -57,7 +57,7 @@ from typing import Iterable, NamedTuple
 from events.log import file_date
 from events.record import SEVERITIES, Event
 from server.addresses import AddressError, ip_key, key_range
-from server.store.daylog import DayLog, append_logged, catch_up, indexer_lock, ingest_logged, split_by_day
+from server.store.daylog import DayLog, append_logged, catch_up, indexer_locked, ingest_logged, split_by_day
 from server.store import (
     BUCKETS, COUNT_BY, INDEX_WAIT_S, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts, EventQuery, EventStore, Page,
     QueryError, StoreError, StoreStatus, Threat, Threats, Top,
@@ -486,11 +486,8 @@ class SqliteStore(EventStore):
     def _repair(self) -> None:
         """At start: index what the log holds beyond each day's log_position (module docstring),
         holding index/.indexer.lock (a killed server's indexer may still be finishing)."""
-        lock_fd = indexer_lock(self._log)
-        try:
+        with indexer_locked(self._log):
             self._repair_locked()
-        finally:
-            os.close(lock_fd)
 
     def _repair_locked(self) -> None:
         with self._lock:
@@ -507,11 +504,8 @@ class SqliteStore(EventStore):
 
     def reindex(self) -> int:
         """Rebuild every day's database from the log; returns how many events were indexed."""
-        lock_fd = indexer_lock(self._log)
-        try:
+        with indexer_locked(self._log):
             return self._reindex_locked()
-        finally:
-            os.close(lock_fd)
 
     def _reindex_locked(self) -> int:
         with self._lock:
