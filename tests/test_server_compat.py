@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 
 from server.auth.users import make_user_line
+from tests.conftest import MALTRAIL_CORPUS, need_shared
 from tests.server_proc import ServerProc, backend_extra  # noqa: F401  (the fixture)
 from tests.test_server_intake import line, udp
 from trailsdb.compile import build
 
 PASSWORD = "correct horse battery staple"
 ANALYST_NETS = "10.0.0.0/8, 2001:db8:1::/48"
-MALTRAIL_TRAILS = Path("/work/shared/corpus/maltrail/trails.csv")
+MALTRAIL_TRAILS = MALTRAIL_CORPUS / "trails.csv"     # ../shared: the tests needing it skip without it
 
 
 def _midnight_s(days_ago: int) -> int:
@@ -77,7 +78,7 @@ def artifact(tmp_path_factory) -> Path:
     custom.mkdir()
     (custom / "secret.txt").write_text("custom-secret.example\n")
     out = base / "trails.mtdb"
-    build([str(MALTRAIL_TRAILS)], str(out), custom_dir=str(custom))
+    build([str(need_shared(MALTRAIL_TRAILS))], str(out), custom_dir=str(custom))
     return out
 
 

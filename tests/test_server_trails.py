@@ -28,10 +28,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from matchers import Artifact
+from tests.conftest import need_shared
 from tests.netns import veth  # noqa: F401  (the fixture)
 from tests.server_proc import WAIT_LIMIT_S, ServerProc, backend_extra  # noqa: F401  (the fixture)
 from tests.test_corpus import console_script
-from tests.test_server_compat import MALTRAIL_TRAILS, PASSWORD, login, request, users_extra
+from tests.test_server_compat import MALTRAIL_TRAILS, login, request, users_extra
 from trailsdb.compile import build
 from trailsdb.remote import sign_manifest
 
@@ -44,7 +45,7 @@ def build_server_trails(directory: Path, extra_trail: str | None = None) -> Path
     custom.mkdir(exist_ok=True)
     (custom / "secret.txt").write_text("custom-secret.example\n" + (extra_trail + "\n" if extra_trail else ""))
     out = directory / "trails.mtdb"
-    build([str(MALTRAIL_TRAILS)], str(out), custom_dir=str(custom), force=True)
+    build([str(need_shared(MALTRAIL_TRAILS))], str(out), custom_dir=str(custom), force=True)
     return out
 
 
