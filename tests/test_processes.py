@@ -329,3 +329,39 @@ def test_replay_shows_progress_on_a_terminal_and_not_in_a_pipe(tmp_path, artifac
     quiet_code, quiet = _run_on_a_terminal([console_script(), "replay", "-q", "--trails", artifact, "--log-dir",
                                             str(tmp_path / "log3"), pcap])
     assert quiet_code == 0 and "replay:" not in quiet, quiet
+
+
+def _ready_then_exit(sock) -> None:
+    from engine.transport import ipc
+    ipc.send(sock, ("ready", {}))
+
+
+def test_a_child_ready_and_finished_between_two_looks_has_started(monkeypatch):
+    """A short replay's worker can send `ready` and exit after the supervisor's select returned
+    and before it checks who is alive: that child started, and the run goes on (CI saw
+    "worker 0 failed to start (exit 0)" on a one-frame replay)."""
+    import multiprocessing
+    import selectors
+
+    from engine.processes import supervisor as sup_module
+    from engine.transport import ipc
+
+    class LostWakeUp(selectors.DefaultSelector):
+        def select(self, timeout=None):
+            return []  # the select that returned just before the child's message arrived
+
+    ctx = multiprocessing.get_context("fork")
+    sup = sup_module.Engine.__new__(sup_module.Engine)
+    sup.writer_channel = ipc.channel()
+    sup.status_channels = [ipc.channel()]
+    sup.writer = ctx.Process(target=_ready_then_exit, args=(sup.writer_channel[0],))
+    sup.workers = [ctx.Process(target=_ready_then_exit, args=(sup.status_channels[0][0],))]
+    for proc in [sup.writer] + sup.workers:
+        proc.start()
+        proc.join()
+        assert proc.exitcode == 0
+    monkeypatch.setattr(sup_module.selectors, "DefaultSelector", LostWakeUp)
+    sup._wait_children_ready()  # raised EngineError("worker 0 failed to start (exit 0)") before
+    for pair in [sup.writer_channel] + sup.status_channels:
+        for end in pair:
+            end.close()

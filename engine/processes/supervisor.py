@@ -269,7 +269,16 @@ class Engine:
                 if ready:
                     return
                 if not self.capture.is_alive():
+                    # It may have sent `ready` (and its last report) after the select above.
+                    for message in ipc.receive_ready(sock):
+                        if message is not None:
+                            ready = ready or message[0] == "ready"
+                            failed = self._on_capture(message) or failed
+                    if ready:
+                        return
                     self.capture.join()
+                    if failed:
+                        raise EngineError(self.capture_stats["error"], code=1)
                     raise EngineError("the capture process died while starting (exit %s)" % self.capture.exitcode,
                                       code=1)
         finally:
@@ -287,23 +296,32 @@ class Engine:
             waiter.register(sock, selectors.EVENT_READ)
         try:
             slot = {sup: k for k, (_, sup) in enumerate(self.status_channels)}
+
+            def read(sock) -> None:
+                # Whatever follows `ready` in the same read is handled as the loop would: a
+                # short replay's worker may already have sent its final report.
+                for message in ipc.receive_ready(sock):
+                    if message is None:
+                        continue
+                    if message[0] == "ready":
+                        if waiting.pop(sock, None) is not None:
+                            waiter.unregister(sock)
+                    elif sock in slot:
+                        self._on_status(slot[sock], message)
+                    else:
+                        self._on_writer(message)
+
             while waiting:
                 for key, _ in waiter.select(0.5):
-                    # Whatever follows `ready` in the same read is handled as the loop would: a
-                    # short replay's worker may already have sent its final report.
-                    for message in ipc.receive_ready(key.fileobj):
-                        if message is None:
-                            continue
-                        if message[0] == "ready":
-                            if waiting.pop(key.fileobj, None) is not None:
-                                waiter.unregister(key.fileobj)
-                        elif key.fileobj in slot:
-                            self._on_status(slot[key.fileobj], message)
-                        else:
-                            self._on_writer(message)
+                    read(key.fileobj)
                 for sock in list(waiting):
                     proc = procs[sock]
                     if not proc.is_alive():
+                        # A short replay's child may have sent `ready` and finished between the
+                        # select above and this check: what it left in its channel comes first.
+                        read(sock)
+                        if sock not in waiting:
+                            continue
                         proc.join()
                         raise EngineError("%s failed to start (exit %s)" % (waiting[sock], proc.exitcode), code=1)
         finally:
