@@ -213,11 +213,31 @@ def test_state_database_refuses_a_symlink_a_shared_directory_and_a_newer_schema(
     with pytest.raises(StateError, match="writable by every user"):
         StateDB(str(shared / "state.sqlite"))
     db = StateDB(str(tmp_path / "s.sqlite"))
-    assert db.schema_version() == 1
+    assert db.schema_version() == 2
     db._run("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     db.close()
     with pytest.raises(StateError, match="newer"):
         StateDB(str(tmp_path / "s.sqlite"))
+
+
+def test_a_version_1_state_database_gains_the_suppressions_table_and_keeps_its_rows(tmp_path):
+    db = StateDB(str(tmp_path / "s.sqlite"))
+    db.add_sensor_key("edge", "k" * 43, 1000.0)
+    db._run("DROP TABLE suppressions")
+    db._run("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.close()
+    db = StateDB(str(tmp_path / "s.sqlite"))
+    assert db.schema_version() == 2 and db.check_sensor_key("edge", "k" * 43)
+    first = db.add_suppression("10.0.0.5", "Evil.Example", 2000.0, "alice", "lab scanner", 1000.0)
+    second = db.add_suppression("10.0.0.0/24", "bad.example", 1500.0, "bob", "", 1000.0)
+    assert [(r.host, r.trail) for r in db.suppressions(1100.0)] == [("10.0.0.0/24", "bad.example"),
+                                                                     ("10.0.0.5", "evil.example")]
+    assert [r.id for r in db.suppressions(1600.0)] == [first]            # the second has expired
+    assert db.lift_suppression(first, "carol", 1700.0) and not db.lift_suppression(first, "carol", 1701.0)
+    assert db.suppressions(1800.0) == [] and db.suppression(first).lifted_by == "carol"
+    assert len(db.suppressions(1800.0, include_ended=True)) == 2
+    with pytest.raises(StateError):
+        db.add_suppression("10.0.0.5", "x", 900.0, "alice", "", 1000.0)     # already expired
 
 
 # -- audit records ----------------------------------------------------------------------------

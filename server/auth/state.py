@@ -23,6 +23,11 @@ Tables (schema version 1):
       key_hash: SHA-256 hex of the key (a random 256-bit key needs no slow hash: there is
       nothing to guess); revoked_s NULL while the key is valid.
 
+Schema version 2 adds:
+  suppressions(id, host, trail, created_s, created_by, expires_s, reason, lifted_s, lifted_by)
+      an analyst's "do not report `trail` for `host`" until expires_s (or lifted); host is an
+      address or CIDR, trail lower-case. Active rows reach our sensors' per-host whitelist.
+
 Safety: the directory must pass events/fsafety.py's rule (not writable by others, owned by
 root or us); the file is created exclusively with mode 0600, and an existing one is used only
 if it is a regular file with one link, never through a symlink.
@@ -41,7 +46,7 @@ from events import fsafety
 
 __all__ = ["StateError", "StateDB", "SessionRow", "ThrottleRow", "SCHEMA_VERSION", "sha256_hex"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,6 +61,10 @@ CREATE TABLE IF NOT EXISTS login_failures (
     locked_until_s REAL NOT NULL, PRIMARY KEY (kind, key));
 CREATE TABLE IF NOT EXISTS sensor_keys (
     name TEXT PRIMARY KEY, key_hash TEXT NOT NULL, created_s REAL NOT NULL, revoked_s REAL);
+CREATE TABLE IF NOT EXISTS suppressions (
+    id INTEGER PRIMARY KEY, host TEXT NOT NULL, trail TEXT NOT NULL, created_s REAL NOT NULL,
+    created_by TEXT NOT NULL, expires_s REAL NOT NULL, reason TEXT NOT NULL, lifted_s REAL, lifted_by TEXT);
+CREATE INDEX IF NOT EXISTS suppressions_by_expiry ON suppressions (expires_s);
 """
 
 
@@ -84,6 +93,18 @@ class ThrottleRow(NamedTuple):
     failures: int
     last_failure_s: float
     locked_until_s: float
+
+
+class SuppressionRow(NamedTuple):
+    id: int
+    host: str
+    trail: str
+    created_s: float
+    created_by: str
+    expires_s: float
+    reason: str
+    lifted_s: float | None
+    lifted_by: str | None
 
 
 class StateDB:
@@ -136,6 +157,8 @@ class StateDB:
                     raise StateError("state database %s has schema version %s, newer than this release "
                                      "understands (%d); run the release that wrote it"
                                      % (self.path, row[0], SCHEMA_VERSION))
+                elif int(row[0]) < SCHEMA_VERSION:     # the tables it lacked were created above
+                    self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -238,3 +261,34 @@ class StateDB:
     def sensors(self) -> list[tuple[str, float, float | None]]:
         """(name, created_s, revoked_s) of every sensor key, by name."""
         return [tuple(r) for r in self._run("SELECT name, created_s, revoked_s FROM sensor_keys ORDER BY name")]
+
+    # -- suppressions ------------------------------------------------------------------------
+
+    def add_suppression(self, host: str, trail: str, expires_s: float, created_by: str, reason: str,
+                        now_s: float) -> int:
+        """A new suppression of `trail` for `host` (an address or CIDR the caller has checked)
+        until `expires_s`; returns its id."""
+        if not host or not trail or expires_s <= now_s:
+            raise StateError("a suppression needs a host, a trail and an expiry in the future")
+        return self._run("INSERT INTO suppressions (host, trail, created_s, created_by, expires_s, reason) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", (host, trail.lower(), now_s, created_by, expires_s,
+                                                       reason)).lastrowid
+
+    def lift_suppression(self, suppression_id: int, lifted_by: str, now_s: float) -> bool:
+        """End a suppression early; False when there is no active one with this id."""
+        return self._run("UPDATE suppressions SET lifted_s = ?, lifted_by = ? WHERE id = ? AND lifted_s IS NULL "
+                         "AND expires_s > ?", (now_s, lifted_by, suppression_id, now_s)).rowcount == 1
+
+    def suppression(self, suppression_id: int) -> SuppressionRow | None:
+        row = self._run("SELECT * FROM suppressions WHERE id = ?", (suppression_id,)).fetchone()
+        return SuppressionRow(*row) if row else None
+
+    def suppressions(self, now_s: float, include_ended: bool = False) -> list[SuppressionRow]:
+        """Active suppressions (not lifted, not expired at `now_s`), newest first; with
+        `include_ended`, every one ever made."""
+        if include_ended:
+            rows = self._run("SELECT * FROM suppressions ORDER BY id DESC")
+        else:
+            rows = self._run("SELECT * FROM suppressions WHERE lifted_s IS NULL AND expires_s > ? ORDER BY id DESC",
+                             (now_s,))
+        return [SuppressionRow(*r) for r in rows]

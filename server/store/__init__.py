@@ -60,6 +60,32 @@ class TimeRange:
             raise QueryError("the range ends before it starts")
 
 
+FILTER_FIELDS = ("src", "dst", "address", "port", "proto", "type", "trail", "info", "severity", "sensor", "text")
+
+
+@dataclass(frozen=True)
+class Term:
+    """One clause of a filter (server/filters.py parses the UI's tokens into these): the event's
+    `field` matches any of `values`, or, with `negate`, none of them. Values, by field:
+      src, dst, address (source OR destination): "a-b" address-key range text
+          (server.addresses.range_text), one per address, CIDR or range;
+      port (source OR destination port): a decimal number;
+      proto, type: an upper-case word (TCP, DNS); severity: low, medium or high;
+      trail, sensor: the whole value, case-insensitive; `*` matches any run of characters;
+      info: a case-insensitive substring; `*` inside matches any run of characters;
+      text (free text): like info, matched against the trail OR the info.
+    A query's terms all hold (AND)."""
+    field: str
+    values: tuple[str, ...]
+    negate: bool = False
+
+    def __post_init__(self):
+        if self.field not in FILTER_FIELDS:
+            raise QueryError("unknown filter field %r; one of %s" % (self.field, ", ".join(FILTER_FIELDS)))
+        if not self.values:
+            raise QueryError("a filter term on %s has no value" % self.field)
+
+
 @dataclass(frozen=True)
 class EventQuery:
     """Which events, and how many. Every filter given must hold (AND); None/empty = any."""
@@ -77,6 +103,7 @@ class EventQuery:
     severity: tuple[str, ...] = ()  # any of these
     sensor: str | None = None
     scope: tuple[str, ...] = ()
+    terms: tuple[Term, ...] = ()    # more filters, all of which hold (Term)
     limit: int = 100
     cursor: str | None = None
     budget_ms: int = DEFAULT_BUDGET_MS
@@ -119,6 +146,10 @@ class Threat(NamedTuple):
     last_ts_us: int
     sensors: tuple[str, ...]
     severity: str                       # the highest seen
+    type: str = ""                      # of the pair's latest event
+    info: str = ""                      # of the pair's latest event
+    reference: str = ""                 # of the pair's latest event
+    spark: tuple[int, ...] = ()         # events per equal slice of the range (threats(spark=N)), oldest first
 
 
 class Threats(NamedTuple):
@@ -128,10 +159,19 @@ class Threats(NamedTuple):
     partial: bool
 
 
+THREAT_SORTS = ("events", "first", "last", "severity", "src", "trail")   # "-events": most first
+
+
 @dataclass(frozen=True)
 class AggregateQuery:
+    """Aggregates over the events in `range` and `scope` that match every term. Without terms a
+    backend answers from its roll-ups; with terms it aggregates the matching events themselves
+    (bounded by the budget and row cap, `partial` when cut). `exclude_pairs`: (source address,
+    trail) pairs left out of threats() (hidden or suppressed by triage); counts and tops ignore it."""
     range: TimeRange
     scope: tuple[str, ...] = ()
+    terms: tuple[Term, ...] = ()
+    exclude_pairs: tuple[tuple[str, str], ...] = ()
     budget_ms: int = DEFAULT_BUDGET_MS
     row_cap: int = DEFAULT_ROW_CAP
 
@@ -184,8 +224,10 @@ class EventStore(abc.ABC):
         ...
 
     @abc.abstractmethod
-    def threats(self, query: AggregateQuery, n: int = 100) -> Threats:
-        ...
+    def threats(self, query: AggregateQuery, n: int = 100, sort: str = "-events", spark: int = 0) -> Threats:
+        """The first n (source, trail) pairs in `sort` order (THREAT_SORTS, "-" for descending;
+        ties by most events, then source, then trail); `spark` > 0: each Threat's events per
+        range/spark slice."""
 
     @abc.abstractmethod
     def status(self) -> StoreStatus:
