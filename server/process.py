@@ -310,9 +310,10 @@ class Server:
         self.auth_web.setup(app)
         # Each part of the HTTP side adds its routes here (server/api/, server/sensors/, ...):
         # they read the logged-in user from request[server.auth.web.SESSION_KEY].
-        from server import metrics, sensors
+        from server import metrics, sensors, triage
         from server.api import compat
         from server.api import setup as setup_api
+        triage.setup(app, self)         # shared triage, suppressions, last look (server/triage.py)
         setup_api(app, self)            # events and aggregates (server/api/v1.py)
         compat.setup(app, self)         # check, trails, Maltrail's endpoints
         sensors.setup(app, self)        # our sensors' HTTPS intake, the sensor registry

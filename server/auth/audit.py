@@ -14,6 +14,21 @@ IP port PORT"). The user name is whatever the client sent: control characters ar
 its length capped before it goes anywhere. `reason` is ours (wrong password, throttled, ...),
 kept out of both Maltrail layouts so their readers see what they always saw.
 
+Owns `TriageRecord` too: one change to the analysts' shared triage (server/triage.py), sent to
+the same collectors as login records, in the same two layouts (Maltrail has no such record: the
+kind is ours, `triage`; its readers ignore a kind they do not know):
+
+  CEF:   ... CEF:0|Maltrail|server|VERSION|triage|ACTION NAME|1|duser=USER act=ACTION
+         cs1Label=host cs1=ADDRESS-OR-CIDR cs2Label=trail cs2=TRAIL
+         [cs3Label=field cs3=FIELD cs4Label=old cs4=OLD cs5Label=new cs5=NEW]
+  JSON:  {"timestamp": EPOCH_S, "sensor": HOST, "type": "triage", "action": ACTION,
+          "username": USER, "host": ..., "trail": ..., "field": ..., "old": ..., "new": ...}
+
+ACTION is `change` (a field of a pair's triage: status, assignee, hidden), `note` (a note added:
+its length, never its text), `suppress` or `lift` (a suppression, its id as `new`/`old`). Every
+value is one the triage book validated; the trail is attacker-controlled text and is escaped
+like any other CEF value.
+
 Owns `AuthForwarder` too: the delivery of these records to the destinations Maltrail's server
 sends them to. Maltrail's configuration is one flat file, so its server sends its login records
 to the same SYSLOG_SERVER and LOGSTASH_SERVER as its sensor sends events to; ours does the same
@@ -42,7 +57,7 @@ from events.forwarders.base import Unreachable
 from events.forwarders.syslog import cef_extension_value, cef_header_value
 from events.forwarders.transports import Datagram, Endpoint, Stream, tls_context
 
-__all__ = ["AuthEvent", "AuthForwarder", "clean_username"]
+__all__ = ["AuthEvent", "AuthForwarder", "TriageRecord", "clean_username", "TRIAGE_ACTIONS"]
 
 # RFC 5424 section 6.2.1: facility 4 (security/authorization), severities 4 warning, 5 notice.
 _FACILITY_AUTH = 4
@@ -92,6 +107,47 @@ class AuthEvent(NamedTuple):
     def line(self) -> str:
         return "%s password for %s from %s port %d" % (
             "Accepted" if self.success else "Failed", self.username, self.src_ip, self.src_port)
+
+
+TRIAGE_ACTIONS = {"change": "triage change", "note": "triage note", "suppress": "suppression added",
+                  "lift": "suppression lifted"}
+
+
+class TriageRecord(NamedTuple):
+    """One change to shared triage (module docstring); rendered like AuthEvent, so the
+    AuthForwarder sends either."""
+    ts_s: float
+    username: str
+    action: str             # a key of TRIAGE_ACTIONS
+    host: str               # the pair's source address, or the suppression's address or CIDR
+    trail: str
+    field: str = ""         # for "change": status, assignee or hidden; "note": "note"; else "suppression"
+    old: str = ""
+    new: str = ""
+
+    def cef_part(self, version: str, severity: int | None = None) -> str:
+        extension = "duser=%s act=%s cs1Label=host cs1=%s cs2Label=trail cs2=%s" % (
+            cef_extension_value(self.username), self.action, cef_extension_value(self.host),
+            cef_extension_value(self.trail))
+        if self.field:
+            extension += " cs3Label=field cs3=%s cs4Label=old cs4=%s cs5Label=new cs5=%s" % tuple(
+                cef_extension_value(v) for v in (self.field, self.old, self.new))
+        return "CEF:0|Maltrail|server|%s|triage|%s|%d|%s" % (
+            cef_header_value(version), TRIAGE_ACTIONS[self.action], 1 if severity is None else severity, extension)
+
+    def cef(self, host: str, version: str) -> str:
+        stamp = time.strftime("%b %d %H:%M:%S", time.localtime(self.ts_s))
+        return "%s %s %s" % (stamp, host, self.cef_part(version))
+
+    def rfc5424(self, host: str, version: str) -> str:
+        pri = _FACILITY_AUTH * 8 + 5        # notice, as an accepted login
+        stamp = datetime.datetime.fromtimestamp(self.ts_s).astimezone().isoformat(timespec="microseconds")
+        return "<%d>1 %s %s maltrail-engine - - - %s" % (pri, stamp, host or "-", self.cef_part(version, 6))
+
+    def json(self, host: str) -> str:
+        return json.dumps({"timestamp": int(self.ts_s), "sensor": host, "type": "triage", "action": self.action,
+                           "username": self.username, "host": self.host, "trail": self.trail,
+                           "field": self.field, "old": self.old, "new": self.new})
 
 
 class _Destination:
@@ -155,8 +211,8 @@ class AuthForwarder:
         with self._lock:
             self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
-    def submit(self, event: AuthEvent) -> None:
-        """Never blocks: the Authenticator's on_event."""
+    def submit(self, event: AuthEvent | TriageRecord) -> None:
+        """Never blocks: the Authenticator's on_event, the triage book's on_record."""
         if not self.destinations:
             return
         try:

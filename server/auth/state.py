@@ -27,6 +27,17 @@ Schema version 2 adds:
   suppressions(id, host, trail, created_s, created_by, expires_s, reason, lifted_s, lifted_by)
       an analyst's "do not report `trail` for `host`" until expires_s (or lifted); host is an
       address or CIDR, trail lower-case. Active rows reach our sensors' per-host whitelist.
+  triage(src_ip, trail, status, assignee, hidden, updated_by, updated_s)
+      the shared triage of one threat, keyed by (canonical source address, trail as stored);
+      no row means the defaults (status "new", no assignee, not hidden).
+  triage_notes(id, src_ip, trail, username, created_s, text)
+      notes on a threat, oldest first; never edited.
+  triage_history(id, src_ip, trail, username, changed_s, field, old, new)
+      one row per field a triage change altered: who, when, from what, to what.
+  last_looks(username, mark_us, previous_us)
+      a user's "new since last look" mark (microseconds since the epoch) and the one before.
+Values in these rows are what server/triage.py validated; this module checks only that the keys
+are there.
 
 Safety: the directory must pass events/fsafety.py's rule (not writable by others, owned by
 root or us); the file is created exclusively with mode 0600, and an existing one is used only
@@ -44,7 +55,8 @@ from typing import NamedTuple
 
 from events import fsafety
 
-__all__ = ["StateError", "StateDB", "SessionRow", "ThrottleRow", "SCHEMA_VERSION", "sha256_hex"]
+__all__ = ["StateError", "StateDB", "SessionRow", "ThrottleRow", "SuppressionRow", "TriageRow", "NoteRow",
+           "HistoryRow", "SCHEMA_VERSION", "sha256_hex"]
 
 SCHEMA_VERSION = 2
 
@@ -65,6 +77,20 @@ CREATE TABLE IF NOT EXISTS suppressions (
     id INTEGER PRIMARY KEY, host TEXT NOT NULL, trail TEXT NOT NULL, created_s REAL NOT NULL,
     created_by TEXT NOT NULL, expires_s REAL NOT NULL, reason TEXT NOT NULL, lifted_s REAL, lifted_by TEXT);
 CREATE INDEX IF NOT EXISTS suppressions_by_expiry ON suppressions (expires_s);
+CREATE TABLE IF NOT EXISTS triage (
+    src_ip TEXT NOT NULL, trail TEXT NOT NULL, status TEXT NOT NULL, assignee TEXT NOT NULL,
+    hidden INTEGER NOT NULL, updated_by TEXT NOT NULL, updated_s REAL NOT NULL, PRIMARY KEY (src_ip, trail));
+CREATE INDEX IF NOT EXISTS triage_hidden ON triage (hidden);
+CREATE TABLE IF NOT EXISTS triage_notes (
+    id INTEGER PRIMARY KEY, src_ip TEXT NOT NULL, trail TEXT NOT NULL, username TEXT NOT NULL,
+    created_s REAL NOT NULL, text TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS triage_notes_by_pair ON triage_notes (src_ip, trail);
+CREATE TABLE IF NOT EXISTS triage_history (
+    id INTEGER PRIMARY KEY, src_ip TEXT NOT NULL, trail TEXT NOT NULL, username TEXT NOT NULL,
+    changed_s REAL NOT NULL, field TEXT NOT NULL, old TEXT NOT NULL, new TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS triage_history_by_pair ON triage_history (src_ip, trail);
+CREATE TABLE IF NOT EXISTS last_looks (
+    username TEXT PRIMARY KEY, mark_us INTEGER NOT NULL, previous_us INTEGER NOT NULL);
 """
 
 
@@ -105,6 +131,36 @@ class SuppressionRow(NamedTuple):
     reason: str
     lifted_s: float | None
     lifted_by: str | None
+
+
+class TriageRow(NamedTuple):
+    src_ip: str
+    trail: str
+    status: str
+    assignee: str
+    hidden: bool
+    updated_by: str
+    updated_s: float
+
+
+class NoteRow(NamedTuple):
+    id: int
+    src_ip: str
+    trail: str
+    username: str
+    created_s: float
+    text: str
+
+
+class HistoryRow(NamedTuple):
+    id: int
+    src_ip: str
+    trail: str
+    username: str
+    changed_s: float
+    field: str
+    old: str
+    new: str
 
 
 class StateDB:
@@ -292,3 +348,107 @@ class StateDB:
             rows = self._run("SELECT * FROM suppressions WHERE lifted_s IS NULL AND expires_s > ? ORDER BY id DESC",
                              (now_s,))
         return [SuppressionRow(*r) for r in rows]
+
+    # -- triage ------------------------------------------------------------------------------
+
+    def triage(self, src_ip: str, trail: str) -> TriageRow | None:
+        row = self._run("SELECT * FROM triage WHERE src_ip = ? AND trail = ?", (src_ip, trail)).fetchone()
+        return TriageRow(*row[:4], bool(row[4]), *row[5:]) if row else None
+
+    def triage_of(self, src_ips) -> list[TriageRow]:
+        """Every triage row whose source is one of `src_ips` (asked in chunks: SQLite caps the
+        number of parameters of one statement)."""
+        src_ips = sorted(set(src_ips))
+        out: list[TriageRow] = []
+        for i in range(0, len(src_ips), 500):
+            chunk = src_ips[i:i + 500]
+            rows = self._run("SELECT * FROM triage WHERE src_ip IN (%s)" % ",".join("?" * len(chunk)), chunk)
+            out += [TriageRow(*r[:4], bool(r[4]), *r[5:]) for r in rows]
+        return out
+
+    def hidden_pairs(self) -> list[tuple[str, str]]:
+        return [tuple(r) for r in self._run("SELECT src_ip, trail FROM triage WHERE hidden = 1 ORDER BY src_ip, trail")]
+
+    def set_triage(self, src_ip: str, trail: str, changes: dict, username: str,
+                   now_s: float) -> tuple[TriageRow, list[tuple[str, str, str]]]:
+        """Apply `changes` ({"status"|"assignee"|"hidden": value}) to the pair's triage in one
+        transaction: a history row for each field whose value differs, the row's updated_by and
+        updated_s moved only when something changed. Returns the row as it is afterwards and the
+        (field, old, new) of each history row written."""
+        if not src_ip or not trail or not username:
+            raise StateError("a triage change needs a source address, a trail and a user")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT * FROM triage WHERE src_ip = ? AND trail = ?",
+                                       (src_ip, trail)).fetchone()
+                was = (TriageRow(*row[:4], bool(row[4]), *row[5:]) if row
+                       else TriageRow(src_ip, trail, "new", "", False, "", 0.0))
+                now = was
+                written = []
+                for field in ("status", "assignee", "hidden"):
+                    if field not in changes or changes[field] == getattr(was, field):
+                        continue
+                    old, new = getattr(was, field), changes[field]
+                    self._db.execute("INSERT INTO triage_history (src_ip, trail, username, changed_s, field, old, new) "
+                                     "VALUES (?, ?, ?, ?, ?, ?, ?)", (src_ip, trail, username, now_s, field,
+                                                                      _history_text(old), _history_text(new)))
+                    now = now._replace(**{field: new})
+                    written.append((field, _history_text(old), _history_text(new)))
+                if now != was:
+                    now = now._replace(updated_by=username, updated_s=now_s)
+                    self._db.execute("INSERT INTO triage VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (src_ip, trail) "
+                                     "DO UPDATE SET status = excluded.status, assignee = excluded.assignee, "
+                                     "hidden = excluded.hidden, updated_by = excluded.updated_by, "
+                                     "updated_s = excluded.updated_s",
+                                     (src_ip, trail, now.status, now.assignee, int(now.hidden), username, now_s))
+                self._db.execute("COMMIT")
+                return now, written
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def add_note(self, src_ip: str, trail: str, username: str, text: str, now_s: float) -> int:
+        if not src_ip or not trail or not username or not text:
+            raise StateError("a note needs a source address, a trail, a user and some text")
+        return self._run("INSERT INTO triage_notes (src_ip, trail, username, created_s, text) VALUES (?, ?, ?, ?, ?)",
+                         (src_ip, trail, username, now_s, text)).lastrowid
+
+    def notes(self, src_ip: str, trail: str) -> list[NoteRow]:
+        return [NoteRow(*r) for r in self._run("SELECT * FROM triage_notes WHERE src_ip = ? AND trail = ? "
+                                               "ORDER BY id", (src_ip, trail))]
+
+    def note_counts(self, src_ips) -> dict[tuple[str, str], int]:
+        """{(src_ip, trail): number of notes} for the pairs whose source is one of `src_ips`."""
+        src_ips = sorted(set(src_ips))
+        out: dict[tuple[str, str], int] = {}
+        for i in range(0, len(src_ips), 500):
+            chunk = src_ips[i:i + 500]
+            for src, trail, n in self._run("SELECT src_ip, trail, count(*) FROM triage_notes WHERE src_ip IN (%s) "
+                                           "GROUP BY 1, 2" % ",".join("?" * len(chunk)), chunk):
+                out[(src, trail)] = n
+        return out
+
+    def history(self, src_ip: str, trail: str) -> list[HistoryRow]:
+        return [HistoryRow(*r) for r in self._run("SELECT * FROM triage_history WHERE src_ip = ? AND trail = ? "
+                                                  "ORDER BY id", (src_ip, trail))]
+
+    # -- "new since last look" ---------------------------------------------------------------
+
+    def last_look(self, username: str) -> tuple[int, int]:
+        """(mark_us, previous_us) of `username`; (0, 0) for a user who never looked."""
+        row = self._run("SELECT mark_us, previous_us FROM last_looks WHERE username = ?", (username,)).fetchone()
+        return (row[0], row[1]) if row else (0, 0)
+
+    def set_last_look(self, username: str, mark_us: int) -> int:
+        """Move `username`'s mark to `mark_us` (the old mark becomes previous_us); returns it."""
+        self._run("INSERT INTO last_looks VALUES (?, ?, 0) ON CONFLICT (username) DO UPDATE SET "
+                  "previous_us = last_looks.mark_us, mark_us = excluded.mark_us", (username, int(mark_us)))
+        return int(mark_us)
+
+
+def _history_text(value) -> str:
+    """A triage field's value as the history keeps it: booleans as "true"/"false"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
