@@ -418,6 +418,7 @@ class HttpsIntake:
         self._places = self.db.places()     # sensor -> stream -> (offset, done), as durable
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="https-intake")
         self.store_error = ""
+        self.on_stored = lambda events: None     # events just made durable (server/live.py publish)
         self._unsettled: list[int] = []
         self.recover()
 
@@ -510,6 +511,7 @@ class HttpsIntake:
                 except (StoreError, sqlite3.Error):
                     pass        # the intent stays; the next start settles it
                 raise self._failed(exc) from None
+            self.on_stored(events)
             s = self.registry.heard(batch.sensor, "https", len(events), batch.version, batch.trails, batch.lag_s)
             self._places[batch.sensor] = places     # stored: whatever happens to the state file now
             stored += len(events)
