@@ -216,7 +216,7 @@ class LiveRoute:
         try:
             await response.prepare(request)
             await self._stream(request, response, sub)
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:         # the client went away
             pass
         except asyncio.TimeoutError:
             hub.write_timeouts += 1

@@ -33,6 +33,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import socket
 import threading
 import time
 from urllib.parse import urlsplit
@@ -275,10 +276,19 @@ class SuppressionPoller:
         self._thread.start()
 
     def stop(self) -> None:
+        """Ends the thread soon: a question under way is cut (its socket shut), so a server that
+        does not answer never holds up the forwarder's exit."""
         self._stop.set()
+        conn = self.http._conn
+        if conn is not None and conn.sock is not None:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         if self._thread is not None:
-            self._thread.join(CONNECT_TIMEOUT_S * 2 + 1)
-        self.http.close()
+            self._thread.join(2.0)
+        if self._thread is None or not self._thread.is_alive():
+            self.http.close()
 
     def stats(self) -> dict:
         return {"suppression_polls": self.polls, "suppression_poll_failures": self.failures}
