@@ -96,7 +96,8 @@ def test_a_suppression_stops_its_pair_at_the_sensor_until_it_expires(artifact, t
 
 def get(server, authorization: str | None) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
-    conn.request("GET", "/api/v1/sensor/suppressions", headers={"Authorization": authorization} if authorization else {})
+    conn.request("GET", "/api/v1/sensor/suppressions",
+                 headers={"Authorization": authorization} if authorization else {})
     response = conn.getresponse()
     body = json.loads(response.read() or b"{}")
     conn.close()
