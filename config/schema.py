@@ -323,6 +323,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "server_ca_file": Key(
             "str", "", form="path", empty_ok=True,
             doc='CA certificates (PEM) that verify an https:// server_url; "" for the system\'s'),
+        "server_suppressions_poll_s": Key(
+            "int", 60, unit="seconds", min=0, max=86400,
+            doc="how often the forwarder asks server_url for the analysts' active suppressions (host, "
+                "trail, expiry), merged into the per-host whitelist until they expire; 0 for never"),
         "disable_local_log_storage": Key(
             "bool", False,
             doc='the log directory becomes a spool: a day file (not today\'s) is deleted once every '
@@ -529,6 +533,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "int", 300, unit="seconds", min=1, max=604800,
             doc="a sensor heard from nothing for longer than this is flagged silent in /api/v1/sensors "
                 "and /metrics (Maltrail has no such flag)"),
+        "live_max_subscribers": Key(
+            "int", 64, min=1, max=4096,
+            doc="live event streams (GET /api/v1/live, the UI's live mode) open at once; one more is "
+                "refused with 503"),
         "metrics_networks": Key(
             "list", ("127.0.0.0/8", "::1"), form="cidr", split=True,
             doc="clients allowed to scrape /metrics (Prometheus, no login); others get 403"),

@@ -136,6 +136,7 @@ class Server:
         self.api = self.api_stats = None        # server/api/ sets them when it mounts its routes
         self.registry = None            # server/sensors.py Registry, once set up
         self.https_intake = None        # server/sensors.py HttpsIntake, once set up
+        self.live = None                # server/live.py LiveHub, once set up
 
     # -- the parse and store threads -------------------------------------------------------
     # Two threads, so that parsing (Python, holding the GIL) overlaps the store's fsync and SQLite
@@ -217,8 +218,11 @@ class Server:
                 try:
                     c.stored += self.store.ingest_prepared([prepared for _events, prepared, _d in items])
                     self._store_error = ""
+                    stored = [e for events, _p, _d in items for e in events]
                     if self.registry is not None:      # Maltrail's sensors, by name (server/sensors.py)
-                        self.registry.heard_events([e for events, _p, _d in items for e in events])
+                        self.registry.heard_events(stored)
+                    if self.live is not None:          # durable now: to the live streams (server/live.py)
+                        self.live.publish(stored)
                 except StoreError as exc:
                     c.dropped["store_failed"] += count
                     if str(exc) != self._store_error:
@@ -285,6 +289,7 @@ class Server:
                       "events_indexed": st.events_indexed, "repaired_events": st.repaired_events,
                       "last_commit_unix": st.last_commit_unix, "error": self._store_error, **st.details},
             "api": self.api.health() if self.api is not None else {},
+            "live": self.live.health() if self.live is not None else {},
             "http": {"slow_clients": dict(self.slow_clients.refusals)},
             "auth_records": (self.listeners.auth_forwarder.stats()
                              if self.listeners is not None and self.listeners.auth_forwarder is not None else {}),
@@ -310,13 +315,14 @@ class Server:
         self.auth_web.setup(app)
         # Each part of the HTTP side adds its routes here (server/api/, server/sensors/, ...):
         # they read the logged-in user from request[server.auth.web.SESSION_KEY].
-        from server import metrics, sensors, triage
+        from server import live, metrics, sensors, triage
         from server.api import compat
         from server.api import setup as setup_api
         triage.setup(app, self)         # shared triage, suppressions, last look (server/triage.py)
         setup_api(app, self)            # events and aggregates (server/api/v1.py)
         compat.setup(app, self)         # check, trails, Maltrail's endpoints
         sensors.setup(app, self)        # our sensors' HTTPS intake, the sensor registry
+        live.setup(app, self)           # GET /api/v1/live, fed by both intakes
         metrics.setup(app, self)        # /metrics
         runner = web.AppRunner(app, access_log=None, handle_signals=False, **self.slow_clients.runner_kwargs())
         await runner.setup()

@@ -418,6 +418,7 @@ class HttpsIntake:
         self._places = self.db.places()     # sensor -> stream -> (offset, done), as durable
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="https-intake")
         self.store_error = ""
+        self.on_stored = lambda events: None     # events just made durable (server/live.py publish)
         self._unsettled: list[int] = []
         self.recover()
 
@@ -510,6 +511,7 @@ class HttpsIntake:
                 except (StoreError, sqlite3.Error):
                     pass        # the intent stays; the next start settles it
                 raise self._failed(exc) from None
+            self.on_stored(events)
             s = self.registry.heard(batch.sensor, "https", len(events), batch.version, batch.trails, batch.lag_s)
             self._places[batch.sensor] = places     # stored: whatever happens to the state file now
             stored += len(events)
@@ -553,10 +555,8 @@ class HttpsIntake:
 
     async def handle(self, request):
         from aiohttp import web
-        auth = request.headers.get("Authorization", "")
-        scheme, _, cred = auth.partition(" ")
-        name, _, key = cred.partition(":")
-        if scheme != "Bearer" or not name or not key or not self.check_key(name, key):
+        name = bearer_sensor(request, self.check_key)
+        if name is None:
             return self._refuse(web, R_UNAUTHORIZED, 401, "a sensor key is needed: Authorization: Bearer NAME:KEY",
                                 **{"WWW-Authenticate": 'Bearer realm="maltrail-engine sensors"'})
         body = await request.read()
@@ -584,6 +584,15 @@ class HttpsIntake:
         self.db.close()
 
 
+def bearer_sensor(request, check_key) -> str | None:
+    """The sensor a request's `Authorization: Bearer NAME:KEY` authenticates, or None."""
+    scheme, _, cred = request.headers.get("Authorization", "").partition(" ")
+    name, _, key = cred.partition(":")
+    if scheme != "Bearer" or not name or not key or not check_key(name, key):
+        return None
+    return name
+
+
 def setup(app, server) -> HttpsIntake:
     """Mount the intake and the registry on `app` for `server` (server/process.py Server): the
     intake path is outside the session rule (a sensor has a key, not a session)."""
@@ -597,6 +606,8 @@ def setup(app, server) -> HttpsIntake:
     server.auth_web.public = server.auth_web.public | {INTAKE_PATH}
     app.router.add_post(INTAKE_PATH, intake.handle)
     app.router.add_get(SENSORS_PATH, intake.sensors)
+    from server import sensor_suppressions      # what analysts suppressed, for our sensors to poll
+    sensor_suppressions.setup(app, server, intake)
 
     async def closing(_app):
         await asyncio.get_running_loop().run_in_executor(None, intake.close)

@@ -57,9 +57,15 @@ def _addr(text):
 _HOST = re.compile(r"\A[!-\-0-9;-~]+(?:\.[!-\-0-9;-~]+)+\Z")
 
 
+def plain_trail(trail: str) -> str:
+    """A trail without Maltrail's parentheses (which mark the part a trail matched), lower case:
+    the form a per-host whitelist's indicator is compared in."""
+    return trail.replace("\\(", "").replace("\\)", "").replace("(", "").replace(")", "").lower()
+
+
 def event_names(event) -> tuple[str, str]:
     """(the trail without Maltrail's parentheses, lower case; the host name in it or "")."""
-    plain = event.trail.replace("\\(", "").replace("\\)", "").replace("(", "").replace(")", "").lower()
+    plain = plain_trail(event.trail)
     token = plain.split(" ", 1)[0].split("/", 1)[0]
     if token.count(":") == 1:
         token = token.split(":", 1)[0]

@@ -33,7 +33,7 @@ from events.forwarders.base import FORWARD_BATCH, Destination, Forwarder
 from events.forwarders.ecs import EcsOutput
 from events.forwarders.logstash import Logstash
 from events.forwarders.maltrail_server import MaltrailServer
-from events.forwarders.server_link import ServerLink
+from events.forwarders.server_link import ServerLink, SuppressionPoller
 from events.forwarders.syslog import Syslog
 from events.forwarders.transports import Endpoint, tls_context
 from events.forwarders.webhook import Webhook, display_url
@@ -79,7 +79,8 @@ def destinations_from_config(cfg) -> list[dict]:
     if s.server_url:
         from config.load import resolved_sensor_name
         out.append({"kind": "server_url", "address": s.server_url, "key": s.server_key,
-                    "ca_file": s.server_ca_file, "sensor": resolved_sensor_name(cfg)})
+                    "ca_file": s.server_ca_file, "sensor": resolved_sensor_name(cfg),
+                    "suppressions_poll_s": s.server_suppressions_poll_s})
     return out
 
 
@@ -183,6 +184,11 @@ def run_forwarder(spec: ForwarderSpec) -> None:
         destinations = _once_each(build_destinations(
             spec.destinations, spec.version, trails_date, warn=_warn,
             trusted_uids=(spec.account.uid,) if spec.account is not None else ()))
+        # The analysts' suppressions, asked of our server (events/forwarders/server_link.py); the
+        # supervisor merges them into the workers' per-host whitelist.
+        pollers = [SuppressionPoller(d["address"], d.get("key", ""), d.get("sensor", ""), d["suppressions_poll_s"],
+                                     d.get("ca_file", ""), spec.version, warn=_warn)
+                   for d in spec.destinations if d["kind"] == "server_url" and d.get("suppressions_poll_s")][:1]
         child.drop_privileges(spec.account)
         forwarders = [Forwarder(d, dir_fd, warn=_warn, batch=getattr(d, "batch_events", FORWARD_BATCH))
                       for d in destinations]
@@ -198,6 +204,8 @@ def run_forwarder(spec: ForwarderSpec) -> None:
         sys.exit(1)
     for forwarder in forwarders:
         forwarder.start()
+    for poller in pollers:
+        poller.start()
     ipc.send(spec.status, ["ready", [f.destination.name for f in forwarders]])
 
     def report(kind: str = "stats") -> None:
@@ -235,12 +243,21 @@ def run_forwarder(spec: ForwarderSpec) -> None:
         if now - last_report >= REPORT_S:
             report()
             last_report = now
+            for poller in pollers:
+                rows = poller.take()
+                if rows is not None:
+                    try:
+                        ipc.send(spec.status, ["suppressions", [list(r) for r in rows]])
+                    except OSError:
+                        pass
         if finishing_since is not None:
             # Caught up: an empty read that began after the log was closed (read by each thread
             # itself; the cursors are theirs alone); or stuck: no progress for FINISH_IDLE_S.
             if all(f.finished(finishing_since, FINISH_IDLE_S) for f in forwarders) or \
                     (finish_by is not None and now >= finish_by):
                 break
+    for poller in pollers:
+        poller.stop()
     for forwarder in forwarders:
         forwarder.stop()
     if spec.spool and writer_done:

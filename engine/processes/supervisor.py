@@ -53,6 +53,7 @@ from engine.processes.logwriter import WriterSpec, run_writer
 from engine.transport.ring import Ring, min_ring_bytes, ring_bytes
 from engine.processes.stats import empty_counters, merge_counters, stats_line, summary_lines
 from engine.trail_artifact import TrailCopy, file_identity
+from engine.server_suppressions import ServerSuppressions
 from engine.processes.worker import WorkerSpec, run_worker
 from matchers import ArtifactError
 
@@ -109,6 +110,7 @@ class Engine:
         self.heuristics = heuristics          # workers.heuristics.HeuristicSettings (None: the defaults)
         self.controls = controls or {}        # engine/control_files.py read_controls() output
         self.controls_source = controls_source  # SIGHUP: re-reads the control files
+        self.server_suppressions = ServerSuppressions()  # analysts' (host, trail) pairs, via the forwarder
         self.n = workers
         self.artifact_path = artifact_path
         self.reload_source = reload_source or (lambda: artifact_path)
@@ -406,7 +408,8 @@ class Engine:
         spec = WorkerSpec(k, self.rings[k], self.event_channels[k][0], self.status_channels[k][0],
                           trails.fd, self.sensor, self.condense_window_s, self.mode == "live",
                           cpu=self.worker_cpus[k], reference=self.reference, heuristics=self.heuristics,
-                          controls=self.controls, account=self.account, parent_pid=os.getpid(),
+                          controls=self.server_suppressions.merged(self.controls), account=self.account,
+                          parent_pid=os.getpid(),
                           close=self._not_owned_by(k), severity=self.severity)
         proc = self.ctx.Process(target=run_worker, name="mte-worker-%d" % k, args=(spec,))
         with trails.inherited():  # the worker keeps this copy's descriptor across fork, no other
@@ -534,6 +537,7 @@ class Engine:
                 else:
                     self._begin_stop()
             self._tick_updater()
+            self._expire_suppressions()
             self._check_artifact_on_disk()
             self._advance_stop()
             if self._metrics is not None and self._metrics.due():
@@ -655,6 +659,26 @@ class Engine:
     def _on_forwarder(self, message) -> None:
         if message[0] in ("stats", "done") and isinstance(message[1], dict) and "error" not in message[1]:
             self.forwarder_stats = message[1]
+        elif message[0] == "suppressions" and len(message) == 2 and isinstance(message[1], list):
+            refused = self.server_suppressions.update(message[1], time.monotonic())
+            if refused:
+                self._warn("%d suppression(s) from the server were malformed and are ignored" % refused)
+            self._expire_suppressions()
+
+    def _expire_suppressions(self) -> None:
+        """The server's suppressions in force changed (an answer, or an expiry): every worker gets
+        the per-host whitelist with them (engine/server_suppressions.py)."""
+        if not self.server_suppressions.changed(time.monotonic()):
+            return
+        self._send_controls(self.server_suppressions.merged(self.controls))
+        self._notice("suppressions from the server: %s" % self.server_suppressions.describe())
+
+    def _send_controls(self, controls: dict) -> None:
+        for _, sup in self.status_channels:
+            try:
+                ipc.send(sup, ["controls", controls])
+            except OSError:
+                pass
 
     def _on_writer(self, message) -> None:
         if message[0] == "done":
@@ -739,11 +763,7 @@ class Engine:
                 self._warn("reload of the whitelists and ignore rules failed, keeping the current ones: %s" % exc)
             else:
                 self.controls = controls  # workers started later get them too
-                for _, sup in self.status_channels:
-                    try:
-                        ipc.send(sup, ["controls", controls])
-                    except OSError:
-                        pass
+                self._send_controls(self.server_suppressions.merged(controls))
                 self._notice("whitelists and ignore rules reloaded")
         if self._offer is not None:
             self._reload_again = True

@@ -16,12 +16,25 @@ lost; refusals are said once per status and counted.
 
 HTTPS verifies the certificate and host name, always (the system's CAs or `ca_file`); redirects
 are never followed. The key is never printed. Must not know how events are detected.
+
+Also owns `SuppressionPoller`, the other direction: every `[sensor] server_suppressions_poll_s`
+it asks `SERVER_URL/api/v1/sensor/suppressions` (same key) for the (host, trail) pairs analysts
+suppressed, checks the answer (`parse_suppressions`: network input, believed only once every row
+is an address or CIDR, a trail of printable text and an expiry), and keeps the latest set for the
+forwarder process to hand to the supervisor, which merges it into the workers' per-host
+whitelist. It has a connection and a thread of its own: a slow server never holds up forwarding,
+and nothing here ever touches capture. While the server cannot be reached the last set stays,
+each row until its own expiry (counted on this host's monotonic clock from the server's `now_s`,
+so a wrong wall clock on either side does not stretch or cut a suppression).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import math
+import socket
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -38,6 +51,10 @@ BATCH_EVENTS = 2000          # events per POST: one fsync'd store transaction on
 CONNECT_TIMEOUT_S = 5.0
 TOTAL_TIMEOUT_S = 60.0       # the server answers once the batch is durable (fsync, SQLite, ClickHouse)
 ANSWER_BYTES = 65_536
+SUPPRESSIONS_PATH = "/api/v1/sensor/suppressions"
+MAX_SUPPRESSIONS = 10_000
+MAX_TRAIL_CHARS = 2048
+SUPPRESSIONS_ANSWER_BYTES = 8 << 20
 
 
 def _is_loopback(host: str) -> bool:
@@ -147,4 +164,134 @@ class ServerLink(Destination):
         self.http.close()
 
 
-__all__ = ["ServerLink", "BATCH_EVENTS"]
+class BadAnswer(ValueError):
+    """An answer of the server that is not what docs/API.md says; the message says what is wrong."""
+
+
+def _number(value, what: str) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise BadAnswer("%s is not a number" % what)
+    return float(value)
+
+
+def parse_suppressions(answer: bytes, now_mono: float) -> list[tuple[str, str, float]]:
+    """The rows of a /api/v1/sensor/suppressions answer: (network "a.b.c.d/n", trail as sent,
+    expiry on the monotonic clock); rows already expired are left out. BadAnswer when any part of
+    it is not as documented: then none of it is believed."""
+    try:
+        doc = json.loads(answer)
+    except (ValueError, UnicodeDecodeError):
+        raise BadAnswer("the answer is not JSON") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("suppressions"), list):
+        raise BadAnswer('the answer is not {"now_s": ..., "suppressions": [...]}')
+    server_now_s = _number(doc.get("now_s"), "now_s")
+    rows = doc["suppressions"]
+    if len(rows) > MAX_SUPPRESSIONS:
+        raise BadAnswer("more than %d suppressions" % MAX_SUPPRESSIONS)
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise BadAnswer("suppression %d is not an object" % i)
+        host, trail = row.get("host"), row.get("trail")
+        if not isinstance(host, str) or len(host) > 64:
+            raise BadAnswer("suppression %d: host is not an address or CIDR" % i)
+        try:
+            network = str(ipaddress.ip_network(host.strip(), strict=False))
+        except ValueError:
+            raise BadAnswer("suppression %d: host %r is not an address or CIDR" % (i, host[:64])) from None
+        if (not isinstance(trail, str) or not trail.strip() or len(trail) > MAX_TRAIL_CHARS
+                or any(ord(c) < 32 or ord(c) == 127 for c in trail)):
+            raise BadAnswer("suppression %d: trail is not 1 to %d printable characters" % (i, MAX_TRAIL_CHARS))
+        left_s = _number(row.get("expires_s"), "suppression %d: expires_s" % i) - server_now_s
+        if left_s > 0:
+            out.append((network, trail.strip(), now_mono + left_s))
+    return out
+
+
+class SuppressionPoller:
+    """Asks our server for its active suppressions every `poll_s` seconds, in a thread (module
+    doc). `take()` gives the newest checked set once after each change (None meanwhile)."""
+
+    def __init__(self, url: str, key: str, sensor: str, poll_s: float, ca_file: str = "", version: str = "",
+                 warn=None, clock=time.monotonic):
+        parts = urlsplit(url)
+        https = parts.scheme == "https"
+        self.address = url
+        self.poll_s = poll_s
+        self.target = parts.path.rstrip("/") + SUPPRESSIONS_PATH
+        # Its own connection (the forwarding thread keeps the other), made now: the CA file is read
+        # while the forwarder may still read it.
+        self.http = HttpPoster(url, https, parts.hostname, parts.port or (443 if https else 80), ca_file,
+                               connect_timeout_s=CONNECT_TIMEOUT_S, total_timeout_s=CONNECT_TIMEOUT_S * 2,
+                               answer_bytes=SUPPRESSIONS_ANSWER_BYTES)
+        self.headers = {"Authorization": "Bearer %s:%s" % (sensor, key), "Accept": "application/json",
+                        "User-Agent": "maltrail-engine/%s" % (version or "unknown")}
+        self.warn = warn or (lambda text: None)
+        self.clock = clock
+        self.polls = self.failures = 0
+        self._lock = threading.Lock()
+        self._rows: list | None = None
+        self._fresh = False
+        self._problem = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def poll(self) -> bool:
+        """One question; True when the answer was good (and kept)."""
+        self.polls += 1
+        try:
+            status, reason, answer = self.http.post(self.target, None, self.headers, method="GET")
+            if status != 200:
+                raise BadAnswer("answered %d %s" % (status, reason))
+            rows = parse_suppressions(answer, self.clock())
+        except (Unreachable, BadAnswer) as exc:
+            self.failures += 1
+            if str(exc) != self._problem:       # said once per kind of failure
+                self._problem = str(exc)
+                self.warn("%s %s: cannot read the suppressions: %s; the ones known stay until they expire"
+                          % (ServerLink.kind, self.address, exc))
+            return False
+        if self._problem:
+            self.warn("%s %s: suppressions read again" % (ServerLink.kind, self.address))
+            self._problem = ""
+        with self._lock:
+            if rows != self._rows:
+                self._rows, self._fresh = rows, True
+        return True
+
+    def take(self) -> list | None:
+        with self._lock:
+            if not self._fresh:
+                return None
+            self._fresh = False
+            return list(self._rows or ())
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self.poll()
+            self._stop.wait(self.poll_s)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="server-suppressions", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ends the thread soon: a question under way is cut (its socket shut), so a server that
+        does not answer never holds up the forwarder's exit."""
+        self._stop.set()
+        conn = self.http._conn
+        if conn is not None and conn.sock is not None:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(2.0)
+        if self._thread is None or not self._thread.is_alive():
+            self.http.close()
+
+    def stats(self) -> dict:
+        return {"suppression_polls": self.polls, "suppression_poll_failures": self.failures}
+
+
+__all__ = ["ServerLink", "SuppressionPoller", "parse_suppressions", "BATCH_EVENTS"]

@@ -375,17 +375,18 @@ class HttpPoster:
             self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout_s)
         return self._conn, False
 
-    def post(self, target: str, body: bytes, headers: dict, slow_answer: bool = False) -> tuple[int, str, bytes]:
+    def post(self, target: str, body: bytes | None, headers: dict, slow_answer: bool = False,
+             method: str = "POST") -> tuple[int, str, bytes]:
         """(status, reason, the answer's first answer_bytes). `slow_answer`: the peer answers only
         after work of its own (our server's fsync), so the socket waits up to the total deadline
-        for it rather than the connect timeout."""
+        for it rather than the connect timeout. `method`: "GET" (no body) for a question."""
         for _attempt in range(2):
             conn, reused = self._connection()
             aborted = threading.Event()
             timer = threading.Timer(self.total_timeout_s, self._abort, (conn, aborted))
             timer.start()
             try:
-                conn.request("POST", target, body=body, headers=headers)
+                conn.request(method, target, body=body, headers=headers)
                 if slow_answer and conn.sock is not None:
                     conn.sock.settimeout(self.total_timeout_s)
                 response = conn.getresponse()
