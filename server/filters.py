@@ -173,7 +173,8 @@ def tokens(q: str) -> list[Token]:
     """The tokens of q in the order written (FilterError for the first bad one, or for a q over
     MAX_QUERY_CHARS characters or MAX_TOKENS tokens)."""
     if len(q) > MAX_QUERY_CHARS:
-        raise FilterError(q[:32], "the filter is %d characters; write at most %d" % (len(q), MAX_QUERY_CHARS))
+        raise FilterError(q[:32], "the filter starting %r is %d characters; write at most %d"
+                          % (q[:32], len(q), MAX_QUERY_CHARS))
     raw = _split(q)
     if len(raw) > MAX_TOKENS:
         raise FilterError(raw[MAX_TOKENS], "the filter has %d tokens; write at most %d" % (len(raw), MAX_TOKENS))

@@ -19,6 +19,16 @@ A day's database holds:
     threats_hour  (src_ip, trail, hour_us) -> events, first/last ts_us, highest severity (the
                   sensors that saw a ranked threat are read from events at query time).
     log_position  the day file's inode and the byte offset up to which its pairs are indexed.
+Queries: events() walks the ts_us index (or an address index) with every filter, the scope and
+the terms (server/store Term) as SQL conditions (_term_sql; trail, info, sensor and free text as
+LIKE patterns, which fold ASCII letters only, as server/filters.py matches() does). Aggregates
+without scope or terms read the roll-ups; with either, they group the matching event rows
+themselves (_matching, at most row_cap of them a day, within the time budget). threats() ranks in
+any THREAT_SORTS order, leaves out exclude_pairs (compared by address key, so ::ffff:10.0.0.1 and
+10.0.0.1 are one source), and then, for the ranked pairs only, reads the latest event (type, info,
+reference) with one probe of the source's index each, and the sparkline from threats_hour when
+its slices are whole hours, else from the ranked sources' matching events (_threat_details).
+
 The roll-ups are summed in Python over the batch (one pass) and merged by UPSERT, and
 change, with log_position, in the same transaction as the rows they count, so the
 index is always "the log up to log_position", never half a batch. Hours are UTC hours
@@ -56,7 +66,7 @@ from typing import Iterable, NamedTuple
 
 from events.log import file_date
 from events.record import SEVERITIES, Event
-from server.addresses import AddressError, ip_key, key_range
+from server.addresses import AddressError, ip_key, key_range, key_text
 from server.store.daylog import DayLog, append_logged, catch_up, indexer_locked, ingest_logged, split_by_day
 from server.store import (
     BUCKETS, COUNT_BY, INDEX_WAIT_S, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts, EventQuery, EventStore, Page,
@@ -70,6 +80,10 @@ _SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2}
 _RANK_SEVERITY = {v: k for k, v in _SEVERITY_RANK.items()}
 _PROGRESS_STEPS = 20_000        # SQLite VM steps between two looks at the query's deadline
 _MAX_OPEN_DAYS = 16
+# threats(sort=...) -> the threats_day column SQLite ranks a lone whole day by (src: by address,
+# which the text does not sort as, so ranked in Python).
+_SQL_ORDER = {"events": "events", "first": "first_ts_us", "last": "last_ts_us", "severity": "severity",
+              "trail": "trail"}
 MAX_SPARK = 1000                # slices of a threat's sparkline (the API asks for at most 96)
 
 _SCHEMA = """
@@ -596,7 +610,7 @@ class SqliteStore(EventStore):
         with self._lock:
             for day in self._days_for(lo, hi):
                 if from_rows:
-                    rows_sql, params = _matching("ts_us, " + by, lo, hi, query)
+                    rows_sql, params = _matching("ts_us, " + by, lo, hi, query, _whole_db(day, lo, hi))
                     sql = "SELECT ts_us - ts_us %% %d, %s, count(*) FROM (%s) GROUP BY 1, 2" % (HOUR_US, by, rows_sql)
                 else:
                     sql = ("SELECT hour_us, %s, sum(events) FROM counts_hour WHERE hour_us >= ? AND hour_us < ?"
@@ -628,7 +642,7 @@ class SqliteStore(EventStore):
             days = self._day_names(lo, hi)
             for day in self._days_for(lo, hi):
                 if from_rows:
-                    rows_sql, params = _matching(field, lo, hi, query)
+                    rows_sql, params = _matching(field, lo, hi, query, _whole_db(day, lo, hi))
                     sql = "SELECT %s, count(*) FROM (%s) GROUP BY 1" % (field, rows_sql)
                 else:
                     # Within one day the database ranks; summing days needs every value's total.
@@ -660,9 +674,9 @@ class SqliteStore(EventStore):
         lo, hi = _hours(query)
         from_rows = bool(query.scope or query.terms)
         excluded = {(ip_key(src) or src, trail) for src, trail in query.exclude_pairs}
-        # The whole-day roll-up may rank inside SQLite only in the default order, and then it
-        # must keep as many more rows as could be left out.
-        by_events = sort == "-events"
+        # The whole-day roll-up may rank inside SQLite in any order but the address order of
+        # `src` (its text sorts otherwise), keeping as many more rows as could be left out.
+        sql_order = _SQL_ORDER.get(order)
         deadline = _Deadline(query.budget_ms)
         merged: dict[tuple[str, str], list] = {}
         partial = False
@@ -681,16 +695,18 @@ class SqliteStore(EventStore):
                 if day is None:
                     continue
                 if from_rows:
-                    rows_sql, params = _matching("src_ip, trail, ts_us, last_ts_us, severity, sensor", lo, hi, query)
+                    rows_sql, params = _matching("src_ip, trail, ts_us, last_ts_us, severity, sensor", lo, hi, query,
+                                                 _whole_day(name, lo, hi))
                     sql = ("SELECT src_ip, trail, count(*), min(ts_us), max(last_ts_us),"
                            " max(CASE severity WHEN 'high' THEN 2 WHEN 'low' THEN 0 ELSE 1 END),"
                            " group_concat(DISTINCT sensor) FROM (%s) GROUP BY 1, 2" % rows_sql)
                 elif _whole_day(name, lo, hi):
                     # The range holds this whole day: the day's own roll-up, one row per pair,
                     # ranked by SQLite when it is the only day (a day can hold 10^5 pairs).
+                    alone = sql_order is not None and not merged and i == len(names) - 1
+                    ranking = "%s %s, " % (sql_order, "DESC" if descending else "ASC") if alone and order != "events" else ""
                     sql = ("SELECT src_ip, trail, events, first_ts_us, last_ts_us, severity, NULL FROM threats_day"
-                           " ORDER BY events DESC, src_ip, trail LIMIT ?")
-                    alone = by_events and not merged and i == len(names) - 1
+                           " ORDER BY %sevents DESC, src_ip, trail LIMIT ?" % ranking)
                     params = [n + len(excluded) if alone else -1]
                 else:
                     sql = ("SELECT src_ip, trail, sum(events), min(first_ts_us), max(last_ts_us), max(severity),"
@@ -752,7 +768,8 @@ class SqliteStore(EventStore):
         for the ranked pairs: the latest event of each pair in the range, scope and terms (one
         probe of the source's index a pair, newest first), and its events per spark slice: from
         threats_hour when the slices are whole hours and no scope or terms narrow the events,
-        else counted from the pair's matching events."""
+        else counted from the matching events of the ranked sources and trails, one query a day
+        (each source's events read once, however many of its pairs ranked)."""
         where, args = _terms_filter(query.terms)
         scope_sql, scope_args = _scope_filter(query.scope)
         filters = "".join(" AND " + part for part in (scope_sql, where) if part)
@@ -760,32 +777,44 @@ class SqliteStore(EventStore):
         slice_us = (hi - lo) // spark if spark else 0
         hourly = spark and not from_rows and (hi - lo) % spark == 0 and slice_us % HOUR_US == 0
         out = {pair: [None, [0] * spark] for pair, _m in ranked}
+        srcs = sorted({src for (src, _trail), _m in ranked})
+        trails = sorted({trail for (_src, trail), _m in ranked})
+
+        def cut():
+            return {k: tuple(v) for k, v in out.items()}, True
+
         for name in contributing:
             day = self._day(name)
             if day is None:
                 continue
             for (src, trail), _m in ranked:
                 got = out[(src, trail)]
-                pair_where = "src_key = ? AND src_ip = ? AND trail = ? AND ts_us >= ? AND ts_us < ?" + filters
-                pair_args = [ip_key(src), src, trail, lo, hi] + filter_args
-                rows = _run(day, "SELECT ts_us, id, type, info, reference FROM events WHERE %s"
-                                 " ORDER BY ts_us DESC, id DESC LIMIT 1" % pair_where, pair_args, deadline)
+                rows = _run(day, "SELECT ts_us, id, type, info, reference FROM events WHERE src_key = ? AND src_ip = ?"
+                                 " AND trail = ? AND ts_us >= ? AND ts_us < ?%s ORDER BY ts_us DESC, id DESC LIMIT 1"
+                                 % filters, [ip_key(src), src, trail, lo, hi] + filter_args, deadline)
                 if rows is None:
-                    return {k: tuple(v) for k, v in out.items()}, True
+                    return cut()
                 if rows and (got[0] is None or rows[0][0] > got[0][0]):
                     got[0] = rows[0]
-                if not spark:
-                    continue
                 if hourly:
                     rows = _run(day, "SELECT (hour_us - ?) / ?, events FROM threats_hour WHERE src_ip = ? AND trail = ?"
                                      " AND hour_us >= ? AND hour_us < ?", [lo, slice_us, src, trail, lo, hi], deadline)
-                else:
-                    rows = _run(day, "SELECT (ts_us - ?) * ? / ?, count(*) FROM events WHERE %s GROUP BY 1"
-                                % pair_where, [lo, spark, hi - lo] + pair_args, deadline)
+                    if rows is None:
+                        return cut()
+                    for index, count in rows:
+                        got[1][min(int(index), spark - 1)] += count
+            if spark and not hourly:
+                keys = [ip_key(src) for src in srcs]
+                rows = _run(day, "SELECT src_ip, trail, (ts_us - ?) * ? / ?, count(*) FROM events WHERE src_key IN (%s)"
+                                 " AND trail IN (%s) AND ts_us >= ? AND ts_us < ?%s GROUP BY 1, 2, 3"
+                                 % (",".join("?" * len(keys)), ",".join("?" * len(trails)), filters),
+                            [lo, spark, hi - lo] + keys + trails + [lo, hi] + filter_args, deadline)
                 if rows is None:
-                    return {k: tuple(v) for k, v in out.items()}, True
-                for index, count in rows:
-                    got[1][min(int(index), spark - 1)] += count
+                    return cut()
+                for src, trail, index, count in rows:
+                    got = out.get((src, trail))
+                    if got is not None:
+                        got[1][min(int(index), spark - 1)] += count
         return {k: tuple(v) for k, v in out.items()}, False
 
     def status(self) -> StoreStatus:
@@ -840,6 +869,11 @@ def _whole_day(name: str, lo: int, hi: int) -> bool:
     return lo <= start and end <= hi
 
 
+def _whole_db(day: _Day, lo: int, hi: int) -> bool:
+    """_whole_day for an open day database (its file is named by the day)."""
+    return _whole_day(os.path.basename(day.path), lo, hi)
+
+
 def _hours(query: AggregateQuery) -> tuple[int, int]:
     lo = query.range.since_us - query.range.since_us % HOUR_US
     hi = -(-query.range.until_us // HOUR_US) * HOUR_US
@@ -888,14 +922,19 @@ def _in_scope(columns: str, lo: int, hi: int, scope, row_cap: int, where: str = 
             args + list(where_args) + [row_cap])
 
 
-def _matching(columns: str, lo: int, hi: int, query: AggregateQuery) -> tuple[str, list]:
+def _matching(columns: str, lo: int, hi: int, query: AggregateQuery, whole: bool = False) -> tuple[str, list]:
     """SQL selecting `columns` of at most row_cap events of [lo, hi) in the query's scope that
-    match all its terms (the filtered aggregates count these rows, not the roll-ups)."""
+    match all its terms (the filtered aggregates count these rows, not the roll-ups). `whole`:
+    the range holds the day's whole database, so the time index is kept out of it (`+ts_us`):
+    reading the table in order beats a time-index walk with a table seek per row (measured on
+    a 1M-event day: see the report of issue 12 / bench server-query), unless an address term
+    lets SQLite pick an address index, which it still may."""
     where, args = _terms_filter(query.terms)
     if query.scope:
         return _in_scope(columns, lo, hi, query.scope, query.row_cap, where, args)
-    return ("SELECT %s FROM events WHERE ts_us >= ? AND ts_us < ?%s LIMIT ?" % (columns, " AND " + where if where else ""),
-            [lo, hi] + args + [query.row_cap])
+    plus = "+" if whole else ""
+    return ("SELECT %s FROM events WHERE %sts_us >= ? AND %sts_us < ?%s LIMIT ?"
+            % (columns, plus, plus, " AND " + where if where else ""), [lo, hi] + args + [query.row_cap])
 
 
 def _like(value: str, whole: bool) -> str:
@@ -949,10 +988,19 @@ def _terms_filter(terms) -> tuple[str, list]:
     return " AND ".join(parts), args
 
 
+def _canonical(src: str) -> str:
+    """An address as the API writes it (::ffff:10.0.0.1 as 10.0.0.1), so ties rank as they show."""
+    if ":" not in src:
+        return src
+    k = ip_key(src)
+    return src if k is None else key_text(k)
+
+
 def _ranked(merged: dict, order: str, descending: bool) -> list:
     """merged's (pair, [events, first, last, rank, sensors]) items in THREAT_SORTS order; ties by
-    most events, then source, then trail (as text). `src` orders by address, not by text."""
-    items = sorted(merged.items(), key=lambda kv: (-kv[1][0], kv[0]))
+    most events, then source (its canonical text), then trail. `src` orders by address, not by
+    text (10.0.0.9 before 10.0.0.10, IPv4 before IPv6)."""
+    items = sorted(merged.items(), key=lambda kv: (-kv[1][0], _canonical(kv[0][0]), kv[0][1]))
     if order == "events" and descending:
         return items
     key = {"events": lambda kv: kv[1][0], "first": lambda kv: kv[1][1], "last": lambda kv: kv[1][2],
