@@ -123,12 +123,14 @@ def _value(token: str, field: str, text: str) -> str:
         return str(int(text))
     if field in ("proto", "type"):
         if not _WORD_RE.fullmatch(text):
-            raise FilterError(token, "%s: write one word of letters and digits, e.g. %s" % (token[:64], _EXAMPLES[field]))
+            raise FilterError(token, "%s: write one word of letters and digits, e.g. %s"
+                              % (token[:64], _EXAMPLES[field]))
         return text.translate(_UPPER)
     if field == "severity":
         level = text.lower()
         if level not in SEVERITIES:
-            raise FilterError(token, "%s: the severity is one of %s, e.g. sev:high" % (token[:64], ", ".join(SEVERITIES)))
+            raise FilterError(token, "%s: the severity is one of %s, e.g. sev:high"
+                              % (token[:64], ", ".join(SEVERITIES)))
         return level
     if field in ("info", "text") and not text.strip("*"):
         raise FilterError(token, "%s: give some text besides *" % token[:64])

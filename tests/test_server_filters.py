@@ -99,7 +99,9 @@ def test_tokens_keep_what_was_written_for_the_chips():
 
 T0_US = DAY0_S * 1_000_000
 ADDRESSES = ["10.0.0.1", "10.0.0.200", "::ffff:10.0.1.5", "192.168.1.1", "2001:db8::5", "2001:db8:1::9", "fe80::1"]
-TRAILS = ["evil.example", "Evil.Example", "bad_x%.example", "a*b", "c2.example/x y", "Mozilla/5.0 (É)", "1.2.3.4:4444"]
+# bad_x%.example's _ and % are literal: badAx%.example and bad_xYZ.example must not match it.
+TRAILS = ["evil.example", "Evil.Example", "bad_x%.example", "badAx%.example", "bad_xYZ.example", "a*b",
+          "c2.example/x y", "Mozilla/5.0 (É)", "1.2.3.4:4444"]
 INFOS = ["malware", "known attacker", "Suspicious \\ domain", "50% off", "ÉVIL unicode"]
 
 
@@ -158,7 +160,8 @@ STORE_QUERIES = [
     "type:dns,url", "sev:high", "-sev:low", "trail:evil.example", "trail:EVIL.*", "trail:bad_x%.example",
     "trail:bad?x*", "trail:a*b", "trail:*", "-trail:*example*", 'trail:"c2.example/x y"', "trail:mozilla*",
     "trail:*(é)", "sensor:edge-*", "sensor:CORE", "info:attack", "info:50%", "info:\\", "info:*ous*dom*",
-    "info:évil", "info:ÉVIL", "evil", "-evil", '"known attacker"', "4444", "x y", "type:IP -src:10.0.0.0/8 sev:medium",
+    "info:évil", "info:ÉVIL", "evil", "-evil", '"known attacker"', "4444", "x y",
+    "type:IP -src:10.0.0.0/8 sev:medium",
 ]
 
 

@@ -80,6 +80,8 @@ _SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2}
 _RANK_SEVERITY = {v: k for k, v in _SEVERITY_RANK.items()}
 _PROGRESS_STEPS = 20_000        # SQLite VM steps between two looks at the query's deadline
 _MAX_OPEN_DAYS = 16
+_SENSORS = ("(SELECT group_concat(sensor, char(31)) FROM (SELECT DISTINCT sensor FROM threat_sensors_hour"
+            " WHERE src_ip = ? AND trail = ? AND hour_us >= ? AND hour_us < ?))")
 # threats(sort=...) -> the threats_day column SQLite ranks a lone whole day by (src: by address,
 # which the text does not sort as, so ranked in Python).
 _SQL_ORDER = {"events": "events", "first": "first_ts_us", "last": "last_ts_us", "severity": "severity",
@@ -610,7 +612,7 @@ class SqliteStore(EventStore):
         with self._lock:
             for day in self._days_for(lo, hi):
                 if from_rows:
-                    rows_sql, params = _matching("ts_us, " + by, lo, hi, query, _whole_db(day, lo, hi))
+                    rows_sql, params = _matching("ts_us, " + by, lo, hi, query)
                     sql = "SELECT ts_us - ts_us %% %d, %s, count(*) FROM (%s) GROUP BY 1, 2" % (HOUR_US, by, rows_sql)
                 else:
                     sql = ("SELECT hour_us, %s, sum(events) FROM counts_hour WHERE hour_us >= ? AND hour_us < ?"
@@ -642,7 +644,7 @@ class SqliteStore(EventStore):
             days = self._day_names(lo, hi)
             for day in self._days_for(lo, hi):
                 if from_rows:
-                    rows_sql, params = _matching(field, lo, hi, query, _whole_db(day, lo, hi))
+                    rows_sql, params = _matching(field, lo, hi, query)
                     sql = "SELECT %s, count(*) FROM (%s) GROUP BY 1" % (field, rows_sql)
                 else:
                     # Within one day the database ranks; summing days needs every value's total.
@@ -695,8 +697,7 @@ class SqliteStore(EventStore):
                 if day is None:
                     continue
                 if from_rows:
-                    rows_sql, params = _matching("src_ip, trail, ts_us, last_ts_us, severity, sensor", lo, hi, query,
-                                                 _whole_day(name, lo, hi))
+                    rows_sql, params = _matching("src_ip, trail, ts_us, last_ts_us, severity, sensor", lo, hi, query)
                     sql = ("SELECT src_ip, trail, count(*), min(ts_us), max(last_ts_us),"
                            " max(CASE severity WHEN 'high' THEN 2 WHEN 'low' THEN 0 ELSE 1 END),"
                            " group_concat(DISTINCT sensor) FROM (%s) GROUP BY 1, 2" % rows_sql)
@@ -704,7 +705,9 @@ class SqliteStore(EventStore):
                     # The range holds this whole day: the day's own roll-up, one row per pair,
                     # ranked by SQLite when it is the only day (a day can hold 10^5 pairs).
                     alone = sql_order is not None and not merged and i == len(names) - 1
-                    ranking = "%s %s, " % (sql_order, "DESC" if descending else "ASC") if alone and order != "events" else ""
+                    ranking = ""
+                    if alone and order != "events":
+                        ranking = "%s %s, " % (sql_order, "DESC" if descending else "ASC")
                     sql = ("SELECT src_ip, trail, events, first_ts_us, last_ts_us, severity, NULL FROM threats_day"
                            " ORDER BY %sevents DESC, src_ip, trail LIMIT ?" % ranking)
                     params = [n + len(excluded) if alone else -1]
@@ -735,23 +738,6 @@ class SqliteStore(EventStore):
                 for pair in [p for p in merged if (ip_key(p[0]) or p[0], p[1]) in excluded]:
                     del merged[pair]
             ranked = _ranked(merged, order, descending)[:n]
-            if ranked and not from_rows and not partial:
-                # Which sensors saw each ranked threat: from their own roll-up, for the n ranked
-                # only, one primary-key range each (measured: 100 pairs of a 1M-event day in
-                # 3 ms; one query with a row-value IN list scanned the table, 150 ms).
-                for name in contributing:
-                    day = self._day(name)
-                    if day is None:
-                        continue
-                    for (src, trail), m in ranked:
-                        rows = _run(day, "SELECT DISTINCT sensor FROM threat_sensors_hour WHERE src_ip = ? AND trail = ?"
-                                         " AND hour_us >= ? AND hour_us < ?", [src, trail, lo, hi], deadline)
-                        if rows is None:
-                            partial = True
-                            break
-                        m[4].update(r[0] for r in rows)
-                    if partial:
-                        break
             details = {}
             if ranked and not partial:
                 details, partial = self._threat_details(ranked, contributing, lo, hi, query, spark, from_rows, deadline)
@@ -765,11 +751,12 @@ class SqliteStore(EventStore):
 
     def _threat_details(self, ranked, contributing, lo, hi, query, spark, from_rows, deadline):
         """({pair: (latest (ts_us, id, type, info, reference) or None, spark counts)}, partial)
-        for the ranked pairs: the latest event of each pair in the range, scope and terms (one
-        probe of the source's index a pair, newest first), and its events per spark slice: from
-        threats_hour when the slices are whole hours and no scope or terms narrow the events,
-        else counted from the matching events of the ranked sources and trails, one query a day
-        (each source's events read once, however many of its pairs ranked)."""
+        for the ranked pairs (and, from the roll-ups, each one's sensors into its m[4]): the latest
+        event of each pair in the range, scope and terms (one probe of the source's index a pair,
+        newest first), and its events per spark slice: from threats_hour when the slices are
+        whole hours and no scope or terms narrow the events, else counted from the matching events
+        of the ranked sources and trails, one query a day (each source's events read once, however
+        many of its pairs ranked)."""
         where, args = _terms_filter(query.terms)
         scope_sql, scope_args = _scope_filter(query.scope)
         filters = "".join(" AND " + part for part in (scope_sql, where) if part)
@@ -787,15 +774,28 @@ class SqliteStore(EventStore):
             day = self._day(name)
             if day is None:
                 continue
-            for (src, trail), _m in ranked:
+            for (src, trail), m in ranked:
                 got = out[(src, trail)]
-                rows = _run(day, "SELECT ts_us, id, type, info, reference FROM events WHERE src_key = ? AND src_ip = ?"
-                                 " AND trail = ? AND ts_us >= ? AND ts_us < ?%s ORDER BY ts_us DESC, id DESC LIMIT 1"
-                                 % filters, [ip_key(src), src, trail, lo, hi] + filter_args, deadline)
+                # ts_us <= the pair's latest last_ts_us (m[2]): the walk back along the source's
+                # index starts at the pair's latest event (for an uncondensed one, the very row)
+                # instead of at the end of the range (measured: 126 ms for 100 pairs of heavy
+                # sources of a 1M-event day, against 3 ms).
+                # Without scope and terms the row also says which sensors saw the pair, from their
+                # own roll-up (one primary-key range; measured: 100 pairs of a 1M-event day in
+                # 3 ms; one query with a row-value IN list scanned the table, 150 ms); the rows
+                # path counted them while grouping.
+                rows = _run(day, "SELECT ts_us, id, type, info, reference, %s FROM events WHERE src_key = ?"
+                                 " AND src_ip = ? AND trail = ? AND ts_us >= ? AND ts_us < ? AND ts_us <= ?%s"
+                                 " ORDER BY ts_us DESC, id DESC LIMIT 1"
+                                 % (_SENSORS if not from_rows else "NULL", filters),
+                            ([src, trail, lo, hi] if not from_rows else []) + [ip_key(src), src, trail, lo, hi, m[2]]
+                            + filter_args, deadline)
                 if rows is None:
                     return cut()
                 if rows and (got[0] is None or rows[0][0] > got[0][0]):
-                    got[0] = rows[0]
+                    got[0] = rows[0][:5]
+                if rows and rows[0][5]:
+                    m[4].update(rows[0][5].split("\x1f"))
                 if hourly:
                     rows = _run(day, "SELECT (hour_us - ?) / ?, events FROM threats_hour WHERE src_ip = ? AND trail = ?"
                                      " AND hour_us >= ? AND hour_us < ?", [lo, slice_us, src, trail, lo, hi], deadline)
@@ -869,11 +869,6 @@ def _whole_day(name: str, lo: int, hi: int) -> bool:
     return lo <= start and end <= hi
 
 
-def _whole_db(day: _Day, lo: int, hi: int) -> bool:
-    """_whole_day for an open day database (its file is named by the day)."""
-    return _whole_day(os.path.basename(day.path), lo, hi)
-
-
 def _hours(query: AggregateQuery) -> tuple[int, int]:
     lo = query.range.since_us - query.range.since_us % HOUR_US
     hi = -(-query.range.until_us // HOUR_US) * HOUR_US
@@ -922,19 +917,17 @@ def _in_scope(columns: str, lo: int, hi: int, scope, row_cap: int, where: str = 
             args + list(where_args) + [row_cap])
 
 
-def _matching(columns: str, lo: int, hi: int, query: AggregateQuery, whole: bool = False) -> tuple[str, list]:
+def _matching(columns: str, lo: int, hi: int, query: AggregateQuery) -> tuple[str, list]:
     """SQL selecting `columns` of at most row_cap events of [lo, hi) in the query's scope that
-    match all its terms (the filtered aggregates count these rows, not the roll-ups). `whole`:
-    the range holds the day's whole database, so the time index is kept out of it (`+ts_us`):
-    reading the table in order beats a time-index walk with a table seek per row (measured on
-    a 1M-event day: see the report of issue 12 / bench server-query), unless an address term
-    lets SQLite pick an address index, which it still may."""
+    match all its terms (the filtered aggregates count these rows, not the roll-ups). SQLite
+    picks the index (time, or an address term's); keeping the time index out of a whole day
+    (+ts_us, a table scan) was measured no faster for a severity filter over a 1M-event day and
+    three times slower for a source /16, so it is left to the planner."""
     where, args = _terms_filter(query.terms)
     if query.scope:
         return _in_scope(columns, lo, hi, query.scope, query.row_cap, where, args)
-    plus = "+" if whole else ""
-    return ("SELECT %s FROM events WHERE %sts_us >= ? AND %sts_us < ?%s LIMIT ?"
-            % (columns, plus, plus, " AND " + where if where else ""), [lo, hi] + args + [query.row_cap])
+    return ("SELECT %s FROM events WHERE ts_us >= ? AND ts_us < ?%s LIMIT ?"
+            % (columns, " AND " + where if where else ""), [lo, hi] + args + [query.row_cap])
 
 
 def _like(value: str, whole: bool) -> str:
@@ -958,7 +951,10 @@ def _term_sql(term: Term) -> tuple[str, list]:
                 args += [low, high]
     elif f == "port":
         marks = ",".join("?" * len(values))
-        ports = [int(v) for v in values]
+        try:
+            ports = [int(v) for v in values]
+        except ValueError:
+            raise QueryError("a port filter takes whole numbers, not %r" % (values,)) from None
         parts.append("src_port IN (%s) OR dst_port IN (%s)" % (marks, marks))
         args += ports + ports
     elif f in ("proto", "type"):
@@ -1000,13 +996,20 @@ def _ranked(merged: dict, order: str, descending: bool) -> list:
     """merged's (pair, [events, first, last, rank, sensors]) items in THREAT_SORTS order; ties by
     most events, then source (its canonical text), then trail. `src` orders by address, not by
     text (10.0.0.9 before 10.0.0.10, IPv4 before IPv6)."""
-    items = sorted(merged.items(), key=lambda kv: (-kv[1][0], _canonical(kv[0][0]), kv[0][1]))
-    if order == "events" and descending:
-        return items
-    key = {"events": lambda kv: kv[1][0], "first": lambda kv: kv[1][1], "last": lambda kv: kv[1][2],
-           "severity": lambda kv: kv[1][3], "src": lambda kv: ip_key(kv[0][0]) or b"",
-           "trail": lambda kv: kv[0][1]}[order]
-    return sorted(items, key=key, reverse=descending)     # stable: the ties keep their order
+    canonical = {src: _canonical(src) for src, _trail in merged}
+    if order == "trail" and descending:         # text cannot be negated: two stable sorts
+        items = sorted(merged.items(), key=lambda kv: (-kv[1][0], canonical[kv[0][0]], kv[0][1]))
+        return sorted(items, key=lambda kv: kv[0][1], reverse=True)
+    sign = -1 if descending else 1
+    if order == "src":
+        number = {src: int.from_bytes(ip_key(src) or b"", "big") * sign for src in canonical}
+        primary = lambda kv: number[kv[0][0]]               # noqa: E731
+    elif order == "trail":
+        primary = lambda kv: kv[0][1]                       # noqa: E731
+    else:
+        column = {"events": 0, "first": 1, "last": 2, "severity": 3}[order]
+        primary = lambda kv: sign * kv[1][column]           # noqa: E731
+    return sorted(merged.items(), key=lambda kv: (primary(kv), -kv[1][0], canonical[kv[0][0]], kv[0][1]))
 
 
 def _event_filters(q: EventQuery) -> tuple[list[str], list]:
