@@ -515,3 +515,155 @@ def test_latency_is_kept_per_endpoint(api):
     for endpoint in ("events", "counts", "top", "threats"):
         s = stats[endpoint]
         assert s["requests"] >= 1 and s["latency_ms"]["buckets"]["+Inf"] == s["requests"]
+
+
+# -- threats: sort, sparklines, the latest event, paging, counts' total (issue 12) ----------------
+
+THREAT_SORT_KEYS = {
+    "events": lambda k, t: t["events"], "first": lambda k, t: t["first"], "last": lambda k, t: t["last"],
+    "severity": lambda k, t: {"low": 0, "medium": 1, "high": 2}[t["severity"]],
+    "src": lambda k, t: ip_key(k[0]), "trail": lambda k, t: k[1]}
+
+
+def sorted_threats(expected: dict, sort: str) -> list:
+    """The pairs in `sort` order as the API documents it: ties by most events, then source and
+    trail as text."""
+    items = sorted(expected.items(), key=lambda kv: (-kv[1]["events"], kv[0]))
+    key = THREAT_SORT_KEYS[sort.lstrip("-")]
+    return [k for k, _t in sorted(items, key=lambda kv: key(*kv), reverse=sort.startswith("-"))]
+
+
+@pytest.mark.parametrize("sort", ["-events", "events", "first", "-first", "last", "-last", "severity", "-severity",
+                                  "src", "-src", "trail", "-trail"])
+def test_threats_sort_in_every_order_across_pages(api, sort):
+    _server, clients = api
+    for name in ("admin", "v6"):
+        expected = expected_threats(visible_to(name))
+        rows = all_pages(clients[name], endpoint="threats", limit=4, sort=sort)
+        assert [(r["src_ip"], r["trail"]) for r in rows] == sorted_threats(expected, sort), (name, sort)
+
+
+def test_threat_rows_carry_the_latest_events_type_info_reference_and_a_sparkline(api):
+    _server, clients = api
+    for name in ("admin", "v4"):
+        visible = visible_to(name)
+        rows = all_pages(clients[name], endpoint="threats", limit=50, spark=72)     # 3 days: one slice an hour
+        assert rows
+        start = DAY0_S * 1_000_000
+        for r in rows:
+            mine = [e for e in visible if (e["src_ip"], e["trail"]) == (r["src_ip"], r["trail"])]
+            latest = masked(name, max(mine, key=lambda e: e["ts_us"]))
+            assert (r["type"], r["info"], r["reference"]) == (latest["type"], latest["info"], latest["reference"])
+            spark = [0] * 72
+            for e in mine:
+                spark[(e["ts_us"] - start) // HOUR_US] += 1
+            assert r["spark"] == spark, (name, r)
+        assert all(r["spark"] == [] for r in clients[name].ok("threats", **RANGE)["threats"])
+    # Slices shorter than an hour are counted from the events themselves.
+    rows = all_pages(clients["admin"], endpoint="threats", limit=50, spark=96, q="sev:high")
+    for r in rows:
+        mine = [e for e in STORED if (e["src_ip"], e["trail"]) == (r["src_ip"], r["trail"]) and e["severity"] == "high"]
+        spark = [0] * 96
+        for e in mine:
+            spark[(e["ts_us"] - DAY0_S * 1_000_000) * 96 // (3 * DAY_US)] += 1
+        assert r["spark"] == spark
+
+
+def test_counts_answer_the_total(api):
+    _server, clients = api
+    for name in USERS:
+        assert clients[name].ok("counts", **RANGE)["total"] == len(visible_to(name))
+        assert clients[name].ok("counts", by="sensor", **RANGE)["total"] == len(visible_to(name))
+
+
+BAD_THREATS = [({"sort": "colour"}, "sort"), ({"sort": "--events"}, "sort"), ({"sort": "events-"}, "sort"),
+               ({"spark": "97"}, "spark"), ({"spark": "-1"}, "spark"), ({"hidden": "maybe"}, "hidden")]
+
+
+@pytest.mark.parametrize("params,parameter", BAD_THREATS, ids=[p for _, p in BAD_THREATS])
+def test_bad_threats_parameters_are_400s(api, params, parameter):
+    _server, clients = api
+    status, body = clients["admin"].get("threats", **{**RANGE, **params})
+    assert status == 400 and body["parameter"] == parameter, body
+
+
+# -- the triage hook: an Api given a triage book (a tiny real one here) -----------------------------
+
+def address_text(text):
+    from server.api.v1 import address_text as canonical
+    return canonical(text)
+
+
+class TinyTriage:
+    """A triage book of the hook's shape: hides pairs per user, annotates rows, records calls."""
+
+    def __init__(self, hidden: dict):
+        self.hidden = hidden            # user name -> {(src_ip, trail)}
+        self.calls = []
+
+    def excluded_pairs(self, user, now_s):
+        self.calls.append(("excluded_pairs", user.name, now_s))
+        return tuple(sorted(self.hidden.get(user.name, ())))
+
+    def annotate(self, user, rows):
+        self.calls.append(("annotate", user.name, len(rows)))
+        for row in rows:
+            hidden = {(address_text(a), t) for a, t in self.hidden.get(user.name, ())}
+            row["hidden"] = (row["src_ip"], row["trail"]) in hidden
+            row["triage"] = {"status": "new", "assignee": None, "notes": 0}
+
+
+def test_the_triage_hook_leaves_out_hidden_pairs_and_annotates_rows(tmp_path):
+    import asyncio
+    from aiohttp import test_utils, web
+    from events.record import Event
+    from server.api.v1 import Api
+    from server.auth.login import Session
+    from server.auth.users import parse_user_line
+    from server.auth.web import SESSION_KEY
+    from server.store.sqlite import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "store"))
+    store.ingest([Event(e["ts_us"], e["sensor"], e["src_ip"], e["src_port"], e["dst_ip"], e["dst_port"], e["proto"],
+                        e["type"], e["trail"], e["info"], e["reference"], e["severity"]) for e in EVENTS])
+    users = {n: parse_user_line(make_user_line(n, PASSWORD, uid, nf)) for n, (uid, nf) in USERS.items()}
+    everything = expected_threats(visible_to("admin"))
+    hide = set(sorted(everything)[:3])
+    # The book may hold a pair as IPv4-mapped text: it is the same address.
+    hide_as_written = {("::ffff:" + s if "." in s else s, t) for s, t in hide}
+    book = TinyTriage({"admin": hide_as_written})
+    api = Api(store, triage=book, now_s=lambda: 1_800_000_000.0)
+
+    @web.middleware
+    async def as_user(request, handler):
+        request[SESSION_KEY] = Session("x", users[request.headers["X-Test-User"]], 0, 0, "t")
+        return await handler(request)
+
+    async def run():
+        app = web.Application(middlewares=[as_user])
+        api.setup(app)
+        async with test_utils.TestClient(test_utils.TestServer(app)) as client:
+            async def threats(user, **params):
+                r = await client.get("/api/v1/threats", params={**RANGE, "limit": "1000", **params},
+                                     headers={"X-Test-User": user})
+                assert r.status == 200
+                return (await r.json())["threats"]
+            return (await threats("admin"), await threats("admin", hidden="show"), await threats("v4"),
+                    await threats("admin", q="sev:high"))
+
+    try:
+        hidden_left_out, shown, other_user, filtered = asyncio.run(run())
+    finally:
+        store.close()
+    assert {(r["src_ip"], r["trail"]) for r in hidden_left_out} == set(everything) - hide
+    assert {(r["src_ip"], r["trail"]) for r in shown} == set(everything)
+    assert {(r["src_ip"], r["trail"]) for r in shown if r["hidden"]} == hide
+    assert all(r["triage"]["status"] == "new" for r in shown + hidden_left_out + other_user)
+    assert {(r["src_ip"], r["trail"]) for r in other_user} == set(expected_threats(visible_to("v4")))
+    assert {(r["src_ip"], r["trail"]) for r in filtered} == {
+        k for k, t in expected_threats([e for e in STORED if e["severity"] == "high"]).items()} - hide
+    for name in ("admin", "v4"):
+        assert ("excluded_pairs", name, 1_800_000_000.0) in book.calls
+    # hidden=show asks no exclusions; every answer was annotated.
+    assert sum(1 for c in book.calls if c[0] == "excluded_pairs") == 3
+    assert sum(1 for c in book.calls if c[0] == "annotate") == 4

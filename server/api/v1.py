@@ -1,8 +1,11 @@
 """The JSON API, version 1: events and aggregates for the logged-in user (docs/API.md).
 
-Owns the routes GET /api/v1/events, /api/v1/counts, /api/v1/top and /api/v1/threats: reading and
-checking their parameters (a bad one is a 400 naming the parameter and the fix, counted by reason
-in `Api.refusals`), turning them into store queries, and the JSON answers. Every query carries
+Owns the routes GET /api/v1/events, /api/v1/counts, /api/v1/top and /api/v1/threats (and mounts
+/api/v1/export, server/api/export.py): reading and checking their parameters (a bad one is a 400
+naming the parameter and the fix, counted by reason in `Api.refusals`; a bad filter `q` names the
+token too, server/filters.py), turning them into store queries, and the JSON answers. The threats
+route asks the triage book, when the Api has one, which pairs the user has hidden or suppressed
+(`excluded_pairs`) and lets it annotate the rows (`annotate`); the book is another module's. Every query carries
 the user's netfilter as the store's `scope`, so rows, counts, tops and threats are computed over
 the user's events only; event rows are checked once more against the scope here (a row the store
 should not have returned is dropped, counted and logged) and custom trails are masked for users
@@ -36,8 +39,9 @@ from events.record import SEVERITIES, Event
 from server.addresses import AddressError, ip_key, key_range, key_text, range_text
 from server.auth.scopes import Scope, mask_custom
 from server.auth.web import SESSION_KEY
-from server.store import (BUCKETS, COUNT_BY, AggregateQuery, EventQuery, EventStore, QueryError, StoreError,
-                          Threat, TimeRange)
+from server.filters import FilterError, parse as parse_filter
+from server.store import (BUCKETS, COUNT_BY, THREAT_SORTS, AggregateQuery, EventQuery, EventStore, QueryError,
+                          StoreError, Threat, TimeRange)
 
 __all__ = ["Api", "ApiStats", "ParamError", "setup", "MAX_EVENTS_PER_PAGE", "MAX_TOP", "MAX_THREATS"]
 
@@ -48,6 +52,7 @@ MAX_EVENTS_PER_PAGE = 1000          # a larger `limit` is cut to this (the answe
 MAX_TOP = 1000
 DEFAULT_THREATS_PER_PAGE = 100
 MAX_THREATS = 10_000                # the most frequent threats a client can page through
+MAX_SPARK = 96                      # sparkline slices a /threats row may carry
 QUERY_THREADS = 4
 # Field names of an event as the events package's JSON output writes them (events/formats.py COLUMNS).
 EVENT_FIELDS = ("time", "ts_us", "sensor", "src_ip", "src_port", "dst_ip", "dst_port", "proto", "type",
@@ -69,10 +74,11 @@ def log(kind: str, text: str) -> None:
 class ParamError(ValueError):
     """A query parameter that cannot be used; `parameter` names it, the message says the fix."""
 
-    def __init__(self, parameter: str, message: str, reason: str | None = None):
+    def __init__(self, parameter: str, message: str, reason: str | None = None, token: str | None = None):
         super().__init__(message)
         self.parameter = parameter
         self.reason = reason or "bad " + parameter     # the refusal counter's label
+        self.token = token                              # for q: the filter token refused
 
 
 # -- parameters ----------------------------------------------------------------------------------
@@ -174,6 +180,25 @@ def _text(params: dict[str, str], name: str, most: int) -> str | None:
     return text
 
 
+def filter_terms(params: dict[str, str]) -> tuple:
+    """The store Terms of the `q` filter (server/filters.py); () when absent or blank."""
+    text = params.get("q")
+    if text is None:
+        return ()
+    try:
+        return parse_filter(text)
+    except FilterError as exc:
+        raise ParamError("q", "q: %s" % exc, token=exc.token) from None
+
+
+def threat_sort(params: dict[str, str]) -> str:
+    text = params.get("sort", "-events")
+    if text.lstrip("-") not in THREAT_SORTS or text.count("-") > 1 or (text.count("-") == 1 and text[0] != "-"):
+        raise ParamError("sort", "sort=%s: one of %s; a leading - sorts descending (-events: most first)"
+                         % (text[:32], ", ".join(THREAT_SORTS)))
+    return text
+
+
 def _choices(params: dict[str, str], name: str, allowed, default: tuple[str, ...],
              aliases: dict[str, str] | None = None) -> tuple[str, ...]:
     text = params.get(name)
@@ -263,9 +288,12 @@ class Api:
     """The /api/v1 event and aggregate routes over one store, for the server `server`."""
 
     def __init__(self, store: EventStore, *, enable_mask_custom: bool = True,
-                 now_s: Callable[[], float] = time.time):
+                 now_s: Callable[[], float] = time.time, triage=None):
         self.store = store
         self.enable_mask_custom = enable_mask_custom
+        # The triage book (optional): excluded_pairs(user, now_s) -> ((src_ip, trail), ...) and
+        # annotate(user, rows) -> None, both given the session's User, called on the event loop.
+        self.triage = triage
         self.now_s = now_s
         self.stats = ApiStats()
         self.refusals: dict[str, int] = {}
@@ -275,6 +303,8 @@ class Api:
         for name, handler in (("events", self.events), ("counts", self.counts), ("top", self.top),
                               ("threats", self.threats)):
             app.router.add_get("%s/%s" % (PREFIX, name), self._measured(name, handler))
+        from server.api import export
+        app.router.add_get("%s/export" % PREFIX, self._measured("export", export.Export(self).handle))
         app.on_cleanup.append(self._close)
 
     def health(self) -> dict:
@@ -313,7 +343,10 @@ class Api:
         try:
             return await handler(request, session.user)
         except ParamError as exc:
-            return self._refuse(exc.reason, 400, {"error": str(exc), "parameter": exc.parameter})
+            body = {"error": str(exc), "parameter": exc.parameter}
+            if exc.token is not None:
+                body["token"] = exc.token
+            return self._refuse(exc.reason, 400, body)
         except QueryError as exc:
             parameter = "cursor" if "cursor" in str(exc) else None
             return self._refuse("bad " + (parameter or "query"), 400, {"error": str(exc), "parameter": parameter})
@@ -337,18 +370,24 @@ class Api:
             src_port=_port(p, "sport"), dst_port=_port(p, "dport"), port=_port(p, "port"),
             proto=_word(p, "proto"), type=_word(p, "type"), trail=_text(p, "trail", 2048),
             info=_text(p, "info", 256), severity=severity, sensor=_text(p, "sensor", 256),
-            scope=user.scope.store_scope, limit=limit, cursor=cursor)
+            scope=user.scope.store_scope, terms=filter_terms(p), limit=limit, cursor=cursor)
         page = await self._query(self.store.events, query)
+        rows = self.event_rows(user, page.events)
+        return web.json_response({"range": range_json(rng.since_us, rng.until_us), "limit": limit,
+                                  "events": rows, "next_cursor": page.next_cursor, "partial": page.partial})
+
+    def event_rows(self, user, events) -> list[dict]:
+        """Event rows as JSON for `user`: each checked against the scope once more (a row the
+        store should not have returned is dropped, counted and logged), custom trails masked."""
         mask = self.enable_mask_custom and user.restricted_view
         rows = []
-        for event in page.events:
+        for event in events:
             if not user.scope.contains_any((event.src_ip, event.dst_ip)):
                 self.refusals["out of scope row"] = self.refusals.get("out of scope row", 0) + 1
                 log("!", "the store returned an event outside %s's netfilter; dropped" % user.name)
                 continue
             rows.append(event_json(mask_custom(event) if mask else event))
-        return web.json_response({"range": range_json(rng.since_us, rng.until_us), "limit": limit,
-                                  "events": rows, "next_cursor": page.next_cursor, "partial": page.partial})
+        return rows
 
     async def counts(self, request: web.Request, user) -> web.Response:
         p = _single(request, COUNTS_PARAMS)
@@ -357,7 +396,7 @@ class Api:
         bucket = _choices(p, "bucket", BUCKETS, ("hour",))
         if len(bucket) != 1:
             raise ParamError("bucket", "bucket: one of %s" % ", ".join(BUCKETS))
-        query = AggregateQuery(rng, scope=user.scope.store_scope)
+        query = AggregateQuery(rng, scope=user.scope.store_scope, terms=filter_terms(p))
 
         def run():
             return [self.store.counts(query, field, bucket[0]) for field in by]
@@ -368,6 +407,8 @@ class Api:
             "range": _covered(answers, rng), "bucket": bucket[0],
             "counts": {a.by: [{"start": iso_utc(start), "start_us": start, "value": value, "events": n}
                               for start, value, n in a.rows] for a in answers},
+            # Every event has one value of each `by`: any one answer's rows sum to the total.
+            "total": sum(n for _start, _value, n in answers[0].rows) if answers else 0,
             "partial": any(a.partial for a in answers)})
 
     async def top(self, request: web.Request, user) -> web.Response:
@@ -375,7 +416,7 @@ class Api:
         rng = parse_range(p, self.now_s)
         fields = _choices(p, "field", set(TOP_ALIASES.values()), ("src_ip", "dst_ip", "trail"), TOP_ALIASES)
         n = _int(p, "n", 1, MAX_TOP, 10)
-        query = AggregateQuery(rng, scope=user.scope.store_scope)
+        query = AggregateQuery(rng, scope=user.scope.store_scope, terms=filter_terms(p))
 
         def run():
             return [self.store.top(query, field, n) for field in fields]
@@ -398,18 +439,43 @@ class Api:
                                  "previous answer, or leave it out for the first page" % cursor[:16])
             offset = int(cursor)
         want = min(offset + limit, MAX_THREATS)
-        # One more than the page, to know whether another page follows.
-        answer = await self._query(self.store.threats, AggregateQuery(rng, scope=user.scope.store_scope),
-                                   min(want + 1, MAX_THREATS))
-        rows = _merge_threats(answer.rows)[offset:want]
+        answer, rows = await self.threat_rows(user, p, rng, want)
+        rows = rows[offset:want]
+        if self.triage is not None:
+            self.triage.annotate(user, rows)
         more = len(answer.rows) > want and want < MAX_THREATS
         return web.json_response({
             "requested": range_json(rng.since_us, rng.until_us), "range": _covered([answer], rng), "limit": limit,
-            "threats": [{"src_ip": t.src_ip, "trail": t.trail, "events": t.events,
-                         "first_seen": iso_utc(t.first_ts_us), "first_ts_us": t.first_ts_us,
-                         "last_seen": iso_utc(t.last_ts_us), "last_ts_us": t.last_ts_us,
-                         "sensors": sorted(t.sensors), "severity": t.severity} for t in rows],
-            "next_cursor": str(want) if more else None, "partial": answer.partial})
+            "threats": rows, "next_cursor": str(want) if more else None, "partial": answer.partial})
+
+    async def threat_rows(self, user, p: dict[str, str], rng: TimeRange, want: int):
+        """(the store's Threats, the first `want` rows as JSON) for the threats parameters `p`
+        (q, sort, spark, hidden): the store asked for one more row than `want`, so that the
+        caller knows whether more follow."""
+        terms = filter_terms(p)
+        sort = threat_sort(p)
+        spark = _int(p, "spark", 0, MAX_SPARK, 0)
+        hidden = _choices(p, "hidden", ("hide", "show"), ("hide",))
+        if len(hidden) != 1:
+            raise ParamError("hidden", "hidden: hide (the default: leave out what triage hid or suppressed) or show")
+        excluded: tuple = ()
+        if self.triage is not None and hidden[0] == "hide":
+            excluded = tuple(self.triage.excluded_pairs(user, self.now_s()))
+        query = AggregateQuery(rng, scope=user.scope.store_scope, terms=terms, exclude_pairs=excluded)
+        answer = await self._query(self.store.threats, query, min(want + 1, MAX_THREATS), sort, spark)
+        mask = self.enable_mask_custom and user.restricted_view
+        return answer, [threat_json(t, mask) for t in _merge_threats(answer.rows, sort)[:want]]
+
+
+def threat_json(t: Threat, mask: bool) -> dict:
+    """A threat row as JSON; `mask`: its latest event's info hidden when the reference is a custom
+    list (as event rows are, server/auth/scopes.py mask_custom)."""
+    shown = mask_custom(t) if mask else t
+    return {"src_ip": t.src_ip, "trail": t.trail, "events": t.events,
+            "first_seen": iso_utc(t.first_ts_us), "first_ts_us": t.first_ts_us,
+            "last_seen": iso_utc(t.last_ts_us), "last_ts_us": t.last_ts_us,
+            "sensors": sorted(t.sensors), "severity": t.severity,
+            "type": t.type, "info": shown.info, "reference": t.reference, "spark": list(t.spark)}
 
 
 def _top_rows(answer) -> list[dict]:
@@ -428,9 +494,17 @@ def _top_rows(answer) -> list[dict]:
 _SEVERITY_RANK = {name: i for i, name in enumerate(SEVERITIES)}
 
 
-def _merge_threats(rows) -> list:
+def _threat_key(sort: str):
+    """A sort key giving the store's THREAT_SORTS order for `sort` without its "-" (ties, by the
+    caller's earlier sort: most events, then source, then trail)."""
+    return {"events": lambda t: t.events, "first": lambda t: t.first_ts_us, "last": lambda t: t.last_ts_us,
+            "severity": lambda t: _SEVERITY_RANK.get(t.severity, 1), "src": lambda t: ip_key(t.src_ip) or b"",
+            "trail": lambda t: t.trail}[sort.lstrip("-")]
+
+
+def _merge_threats(rows, sort: str = "-events") -> list:
     """Threats with canonical source addresses, two spellings of one address merged (see _top_rows),
-    most events first, as the store ranks them."""
+    in `sort` order, as the store ranks them."""
     merged: dict[tuple[str, str], Threat] = {}
     for t in rows:
         t = t._replace(src_ip=address_text(t.src_ip))
@@ -440,11 +514,15 @@ def _merge_threats(rows) -> list:
             t = t._replace(events=was.events + t.events, first_ts_us=min(was.first_ts_us, t.first_ts_us),
                            last_ts_us=max(was.last_ts_us, t.last_ts_us),
                            sensors=tuple(sorted(set(was.sensors) | set(t.sensors))),
-                           severity=max(was.severity, t.severity, key=lambda v: _SEVERITY_RANK.get(v, 1)))
+                           severity=max(was.severity, t.severity, key=lambda v: _SEVERITY_RANK.get(v, 1)),
+                           spark=tuple(a + b for a, b in zip(was.spark, t.spark)))
+            if was.last_ts_us > t.last_ts_us:     # the latest event's type, info and reference
+                t = t._replace(type=was.type, info=was.info, reference=was.reference)
         merged[k] = t
     if len(merged) == len(rows):
         return list(merged.values())
-    return sorted(merged.values(), key=lambda t: -t.events)
+    ranked = sorted(merged.values(), key=lambda t: (-t.events, t.src_ip, t.trail))
+    return sorted(ranked, key=_threat_key(sort), reverse=sort.startswith("-"))
 
 
 def _covered(answers, rng: TimeRange) -> dict:
@@ -454,16 +532,18 @@ def _covered(answers, rng: TimeRange) -> dict:
     return range_json(min(a.since_us for a in answers), max(a.until_us for a in answers))
 
 
-EVENTS_PARAMS = ("from", "to", "src", "dst", "address", "port", "sport", "dport", "proto", "type", "trail", "info",
-                 "severity", "sensor", "limit", "cursor")
-COUNTS_PARAMS = ("from", "to", "by", "bucket")
-TOP_PARAMS = ("from", "to", "field", "n")
-THREATS_PARAMS = ("from", "to", "limit", "cursor")
+EVENTS_PARAMS = ("from", "to", "q", "src", "dst", "address", "port", "sport", "dport", "proto", "type", "trail",
+                 "info", "severity", "sensor", "limit", "cursor")
+COUNTS_PARAMS = ("from", "to", "q", "by", "bucket")
+TOP_PARAMS = ("from", "to", "q", "field", "n")
+THREATS_PARAMS = ("from", "to", "q", "sort", "spark", "hidden", "limit", "cursor")
 
 
 def setup(app: web.Application, server) -> Api:
-    """Mount the API on the server's app; `server.api` and `server.api_stats` are set for /metrics."""
-    api = Api(server.store, enable_mask_custom=server.cfg.server.enable_mask_custom)
+    """Mount the API on the server's app; `server.api` and `server.api_stats` are set for /metrics.
+    `server.triage`, when the server has one (the triage book), is the threats route's hook."""
+    api = Api(server.store, enable_mask_custom=server.cfg.server.enable_mask_custom,
+              triage=getattr(server, "triage", None))
     api.setup(app)
     server.api = api
     server.api_stats = api.stats

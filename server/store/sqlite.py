@@ -19,6 +19,16 @@ A day's database holds:
     threats_hour  (src_ip, trail, hour_us) -> events, first/last ts_us, highest severity (the
                   sensors that saw a ranked threat are read from events at query time).
     log_position  the day file's inode and the byte offset up to which its pairs are indexed.
+Queries: events() walks the ts_us index (or an address index) with every filter, the scope and
+the terms (server/store Term) as SQL conditions (_term_sql; trail, info, sensor and free text as
+LIKE patterns, which fold ASCII letters only, as server/filters.py matches() does). Aggregates
+without scope or terms read the roll-ups; with either, they group the matching event rows
+themselves (_matching, at most row_cap of them a day, within the time budget). threats() ranks in
+any THREAT_SORTS order, leaves out exclude_pairs (compared by address key, so ::ffff:10.0.0.1 and
+10.0.0.1 are one source), and then, for the ranked pairs only, reads the latest event (type, info,
+reference) with one probe of the source's index each, and the sparkline from threats_hour when
+its slices are whole hours, else from the ranked sources' matching events (_threat_details).
+
 The roll-ups are summed in Python over the batch (one pass) and merged by UPSERT, and
 change, with log_position, in the same transaction as the rows they count, so the
 index is always "the log up to log_position", never half a batch. Hours are UTC hours
@@ -56,11 +66,11 @@ from typing import Iterable, NamedTuple
 
 from events.log import file_date
 from events.record import SEVERITIES, Event
-from server.addresses import AddressError, ip_key, key_range
+from server.addresses import AddressError, ip_key, key_range, key_text
 from server.store.daylog import DayLog, append_logged, catch_up, indexer_locked, ingest_logged, split_by_day
 from server.store import (
     BUCKETS, COUNT_BY, INDEX_WAIT_S, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts, EventQuery, EventStore, Page,
-    QueryError, StoreError, StoreStatus, Threat, Threats, Top,
+    THREAT_SORTS, QueryError, StoreError, StoreStatus, Term, Threat, Threats, Top,
 )
 
 HOUR_US = 3_600_000_000
@@ -70,6 +80,13 @@ _SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2}
 _RANK_SEVERITY = {v: k for k, v in _SEVERITY_RANK.items()}
 _PROGRESS_STEPS = 20_000        # SQLite VM steps between two looks at the query's deadline
 _MAX_OPEN_DAYS = 16
+_SENSORS = ("(SELECT group_concat(sensor, char(31)) FROM (SELECT DISTINCT sensor FROM threat_sensors_hour"
+            " WHERE src_ip = ? AND trail = ? AND hour_us >= ? AND hour_us < ?))")
+# threats(sort=...) -> the threats_day column SQLite ranks a lone whole day by (src: by address,
+# which the text does not sort as, so ranked in Python).
+_SQL_ORDER = {"events": "events", "first": "first_ts_us", "last": "last_ts_us", "severity": "severity",
+              "trail": "trail"}
+MAX_SPARK = 1000                # slices of a threat's sparkline (the API asks for at most 96)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -588,14 +605,14 @@ class SqliteStore(EventStore):
         if bucket not in BUCKETS:
             raise QueryError("bucket %r: one of %s" % (bucket, ", ".join(BUCKETS)))
         lo, hi = _hours(query)
-        scope_sql, scope_args = _scope_filter(query.scope)
+        from_rows = bool(query.scope or query.terms)
         deadline = _Deadline(query.budget_ms)
         merged: collections.Counter = collections.Counter()
         partial = False
         with self._lock:
             for day in self._days_for(lo, hi):
-                if scope_sql:
-                    rows_sql, params = _in_scope("ts_us, " + by, lo, hi, query.scope, query.row_cap)
+                if from_rows:
+                    rows_sql, params = _matching("ts_us, " + by, lo, hi, query)
                     sql = "SELECT ts_us - ts_us %% %d, %s, count(*) FROM (%s) GROUP BY 1, 2" % (HOUR_US, by, rows_sql)
                 else:
                     sql = ("SELECT hour_us, %s, sum(events) FROM counts_hour WHERE hour_us >= ? AND hour_us < ?"
@@ -605,7 +622,7 @@ class SqliteStore(EventStore):
                 if rows is None:
                     partial = True
                     break
-                if scope_sql and sum(r[2] for r in rows) >= query.row_cap:
+                if from_rows and sum(r[2] for r in rows) >= query.row_cap:
                     partial = True
                 for hour, value, n in rows:
                     start = hour if bucket == "hour" else _day_start_us(hour)
@@ -619,15 +636,15 @@ class SqliteStore(EventStore):
         if n < 1:
             raise QueryError("n must be at least 1")
         lo, hi = _hours(query)
-        scope_sql, scope_args = _scope_filter(query.scope)
+        from_rows = bool(query.scope or query.terms)
         deadline = _Deadline(query.budget_ms)
         merged: collections.Counter = collections.Counter()
         partial = False
         with self._lock:
             days = self._day_names(lo, hi)
             for day in self._days_for(lo, hi):
-                if scope_sql:
-                    rows_sql, params = _in_scope(field, lo, hi, query.scope, query.row_cap)
+                if from_rows:
+                    rows_sql, params = _matching(field, lo, hi, query)
                     sql = "SELECT %s, count(*) FROM (%s) GROUP BY 1" % (field, rows_sql)
                 else:
                     # Within one day the database ranks; summing days needs every value's total.
@@ -639,25 +656,36 @@ class SqliteStore(EventStore):
                 if rows is None:
                     partial = True
                     break
-                if scope_sql and sum(r[1] for r in rows) >= query.row_cap:
+                if from_rows and sum(r[1] for r in rows) >= query.row_cap:
                     partial = True
                 for value, count in rows:
                     merged[value] += count
         ranked = sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
         return Top(lo, hi, field, ranked, partial)
 
-    def threats(self, query: AggregateQuery, n: int = 100) -> Threats:
+    def threats(self, query: AggregateQuery, n: int = 100, sort: str = "-events", spark: int = 0) -> Threats:
         if n < 1:
             raise QueryError("n must be at least 1")
+        descending = sort.startswith("-")
+        order = sort[1:] if descending else sort
+        if order not in THREAT_SORTS:
+            raise QueryError("sort %r: one of %s, each with a leading - for descending"
+                             % (sort, ", ".join(THREAT_SORTS)))
+        if not 0 <= spark <= MAX_SPARK:
+            raise QueryError("spark must be from 0 to %d slices" % MAX_SPARK)
         lo, hi = _hours(query)
-        scope_sql, scope_args = _scope_filter(query.scope)
+        from_rows = bool(query.scope or query.terms)
+        excluded = {(ip_key(src) or src, trail) for src, trail in query.exclude_pairs}
+        # The whole-day roll-up may rank inside SQLite in any order but the address order of
+        # `src` (its text sorts otherwise), keeping as many more rows as could be left out.
+        sql_order = _SQL_ORDER.get(order)
         deadline = _Deadline(query.budget_ms)
         merged: dict[tuple[str, str], list] = {}
         partial = False
         contributing: list[str] = []
         with self._lock:
             names = self._day_names(lo, hi)
-            if not scope_sql:
+            if not from_rows:
                 # The days cut by the range first: when none of them holds a threat in it (the
                 # margin days around a whole day) and one whole day is all that is left, SQLite
                 # ranks that day alone (measured on 30,000 pairs: 10 ms against 130 ms merged
@@ -668,18 +696,21 @@ class SqliteStore(EventStore):
                 day = self._day(name)
                 if day is None:
                     continue
-                if scope_sql:
-                    rows_sql, params = _in_scope("src_ip, trail, ts_us, last_ts_us, severity, sensor", lo, hi,
-                                                 query.scope, query.row_cap)
+                if from_rows:
+                    rows_sql, params = _matching("src_ip, trail, ts_us, last_ts_us, severity, sensor", lo, hi, query)
                     sql = ("SELECT src_ip, trail, count(*), min(ts_us), max(last_ts_us),"
                            " max(CASE severity WHEN 'high' THEN 2 WHEN 'low' THEN 0 ELSE 1 END),"
                            " group_concat(DISTINCT sensor) FROM (%s) GROUP BY 1, 2" % rows_sql)
                 elif _whole_day(name, lo, hi):
                     # The range holds this whole day: the day's own roll-up, one row per pair,
                     # ranked by SQLite when it is the only day (a day can hold 10^5 pairs).
+                    alone = sql_order is not None and not merged and i == len(names) - 1
+                    ranking = ""
+                    if alone and order != "events":
+                        ranking = "%s %s, " % (sql_order, "DESC" if descending else "ASC")
                     sql = ("SELECT src_ip, trail, events, first_ts_us, last_ts_us, severity, NULL FROM threats_day"
-                           " ORDER BY events DESC, src_ip, trail LIMIT ?")
-                    params = [n if not merged and i == len(names) - 1 else -1]
+                           " ORDER BY %sevents DESC, src_ip, trail LIMIT ?" % ranking)
+                    params = [n + len(excluded) if alone else -1]
                 else:
                     sql = ("SELECT src_ip, trail, sum(events), min(first_ts_us), max(last_ts_us), max(severity),"
                            " NULL FROM threats_hour WHERE hour_us >= ? AND hour_us < ? GROUP BY 1, 2")
@@ -688,7 +719,7 @@ class SqliteStore(EventStore):
                 if rows is None:
                     partial = True
                     break
-                if scope_sql and sum(r[2] for r in rows) >= query.row_cap:
+                if from_rows and sum(r[2] for r in rows) >= query.row_cap:
                     partial = True
                 if rows:
                     contributing.append(name)
@@ -703,27 +734,88 @@ class SqliteStore(EventStore):
                         m[2] = max(m[2], last)
                         m[3] = max(m[3], rank)
                         m[4] |= names_seen
-            ranked = sorted(merged.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]
-            if ranked and not scope_sql and not partial:
-                # Which sensors saw each ranked threat: from their own roll-up, for the n ranked
-                # only, one primary-key range each (measured: 100 pairs of a 1M-event day in
-                # 3 ms; one query with a row-value IN list scanned the table, 150 ms).
-                for name in contributing:
-                    day = self._day(name)
-                    if day is None:
-                        continue
-                    for (src, trail), m in ranked:
-                        rows = _run(day, "SELECT DISTINCT sensor FROM threat_sensors_hour WHERE src_ip = ? AND trail = ?"
-                                         " AND hour_us >= ? AND hour_us < ?", [src, trail, lo, hi], deadline)
-                        if rows is None:
-                            partial = True
-                            break
-                        m[4].update(r[0] for r in rows)
-                    if partial:
-                        break
-        rows = [Threat(src, trail, m[0], m[1], m[2], tuple(sorted(m[4])), _RANK_SEVERITY[m[3]])
-                for (src, trail), m in ranked]
+            if excluded:
+                for pair in [p for p in merged if (ip_key(p[0]) or p[0], p[1]) in excluded]:
+                    del merged[pair]
+            ranked = _ranked(merged, order, descending)[:n]
+            details = {}
+            if ranked and not partial:
+                details, partial = self._threat_details(ranked, contributing, lo, hi, query, spark, from_rows, deadline)
+        rows = []
+        for (src, trail), m in ranked:
+            latest, slices = details.get((src, trail), (None, None))
+            typ, info, ref = latest[2:] if latest else ("", "", "")
+            rows.append(Threat(src, trail, m[0], m[1], m[2], tuple(sorted(m[4])), _RANK_SEVERITY[m[3]], typ, info, ref,
+                               tuple(slices) if spark else ()))
         return Threats(lo, hi, rows, partial)
+
+    def _threat_details(self, ranked, contributing, lo, hi, query, spark, from_rows, deadline):
+        """({pair: (latest (ts_us, id, type, info, reference) or None, spark counts)}, partial)
+        for the ranked pairs (and, from the roll-ups, each one's sensors into its m[4]): the latest
+        event of each pair in the range, scope and terms (one probe of the source's index a pair,
+        newest first), and its events per spark slice: from threats_hour when the slices are
+        whole hours and no scope or terms narrow the events, else counted from the matching events
+        of the ranked sources and trails, one query a day (each source's events read once, however
+        many of its pairs ranked)."""
+        where, args = _terms_filter(query.terms)
+        scope_sql, scope_args = _scope_filter(query.scope)
+        filters = "".join(" AND " + part for part in (scope_sql, where) if part)
+        filter_args = scope_args + args
+        slice_us = (hi - lo) // spark if spark else 0
+        hourly = spark and not from_rows and (hi - lo) % spark == 0 and slice_us % HOUR_US == 0
+        out = {pair: [None, [0] * spark] for pair, _m in ranked}
+        srcs = sorted({src for (src, _trail), _m in ranked})
+        trails = sorted({trail for (_src, trail), _m in ranked})
+
+        def cut():
+            return {k: tuple(v) for k, v in out.items()}, True
+
+        for name in contributing:
+            day = self._day(name)
+            if day is None:
+                continue
+            for (src, trail), m in ranked:
+                got = out[(src, trail)]
+                # ts_us <= the pair's latest last_ts_us (m[2]): the walk back along the source's
+                # index starts at the pair's latest event (for an uncondensed one, the very row)
+                # instead of at the end of the range (measured: 126 ms for 100 pairs of heavy
+                # sources of a 1M-event day, against 3 ms).
+                # Without scope and terms the row also says which sensors saw the pair, from their
+                # own roll-up (one primary-key range; measured: 100 pairs of a 1M-event day in
+                # 3 ms; one query with a row-value IN list scanned the table, 150 ms); the rows
+                # path counted them while grouping.
+                rows = _run(day, "SELECT ts_us, id, type, info, reference, %s FROM events WHERE src_key = ?"
+                                 " AND src_ip = ? AND trail = ? AND ts_us >= ? AND ts_us < ? AND ts_us <= ?%s"
+                                 " ORDER BY ts_us DESC, id DESC LIMIT 1"
+                                 % (_SENSORS if not from_rows else "NULL", filters),
+                            ([src, trail, lo, hi] if not from_rows else []) + [ip_key(src), src, trail, lo, hi, m[2]]
+                            + filter_args, deadline)
+                if rows is None:
+                    return cut()
+                if rows and (got[0] is None or rows[0][0] > got[0][0]):
+                    got[0] = rows[0][:5]
+                if rows and rows[0][5]:
+                    m[4].update(rows[0][5].split("\x1f"))
+                if hourly:
+                    rows = _run(day, "SELECT (hour_us - ?) / ?, events FROM threats_hour WHERE src_ip = ? AND trail = ?"
+                                     " AND hour_us >= ? AND hour_us < ?", [lo, slice_us, src, trail, lo, hi], deadline)
+                    if rows is None:
+                        return cut()
+                    for index, count in rows:
+                        got[1][min(int(index), spark - 1)] += count
+            if spark and not hourly:
+                keys = [ip_key(src) for src in srcs]
+                rows = _run(day, "SELECT src_ip, trail, (ts_us - ?) * ? / ?, count(*) FROM events WHERE src_key IN (%s)"
+                                 " AND trail IN (%s) AND ts_us >= ? AND ts_us < ?%s GROUP BY 1, 2, 3"
+                                 % (",".join("?" * len(keys)), ",".join("?" * len(trails)), filters),
+                            [lo, spark, hi - lo] + keys + trails + [lo, hi] + filter_args, deadline)
+                if rows is None:
+                    return cut()
+                for src, trail, index, count in rows:
+                    got = out.get((src, trail))
+                    if got is not None:
+                        got[1][min(int(index), spark - 1)] += count
+        return {k: tuple(v) for k, v in out.items()}, False
 
     def status(self) -> StoreStatus:
         # Without the lock: the HTTP loop asks for this while a batch may hold the lock for a
@@ -808,19 +900,116 @@ def _scope_filter(scope) -> tuple[str, list]:
     return "(%s)" % " OR ".join(parts), args
 
 
-def _in_scope(columns: str, lo: int, hi: int, scope, row_cap: int) -> tuple[str, list]:
-    """SQL selecting `columns` of at most row_cap events of [lo, hi) in scope: the ids found
-    through the address indexes, one key range per network and side, rather than the time
-    index with the scope as a filter (which SQLite's planner picks, and which reads every event
-    of the range: measured 1,040 ms against 450 ms for 165,000 of a day's 1M events in scope)."""
+def _in_scope(columns: str, lo: int, hi: int, scope, row_cap: int, where: str = "", where_args=()) -> tuple[str, list]:
+    """SQL selecting `columns` of at most row_cap events of [lo, hi) in scope (and `where`): the
+    ids found through the address indexes, one key range per network and side, rather than the
+    time index with the scope as a filter (which SQLite's planner picks, and which reads every
+    event of the range: measured 1,040 ms against 450 ms for 165,000 of a day's 1M events in
+    scope)."""
     parts, args = [], []
     for item in scope:
         low, high = _ranges(item)
         for column in ("src_key", "dst_key"):
             parts.append("SELECT id FROM events WHERE %s BETWEEN ? AND ? AND ts_us >= ? AND ts_us < ?" % column)
             args += [low, high, lo, hi]
-    return ("SELECT %s FROM events WHERE id IN (%s) LIMIT ?" % (columns, " UNION ".join(parts)),
-            args + [row_cap])
+    return ("SELECT %s FROM events WHERE id IN (%s)%s LIMIT ?" % (columns, " UNION ".join(parts),
+                                                                 " AND " + where if where else ""),
+            args + list(where_args) + [row_cap])
+
+
+def _matching(columns: str, lo: int, hi: int, query: AggregateQuery) -> tuple[str, list]:
+    """SQL selecting `columns` of at most row_cap events of [lo, hi) in the query's scope that
+    match all its terms (the filtered aggregates count these rows, not the roll-ups). SQLite
+    picks the index (time, or an address term's); keeping the time index out of a whole day
+    (+ts_us, a table scan) was measured no faster for a severity filter over a 1M-event day and
+    three times slower for a source /16, so it is left to the planner."""
+    where, args = _terms_filter(query.terms)
+    if query.scope:
+        return _in_scope(columns, lo, hi, query.scope, query.row_cap, where, args)
+    return ("SELECT %s FROM events WHERE ts_us >= ? AND ts_us < ?%s LIMIT ?"
+            % (columns, " AND " + where if where else ""), [lo, hi] + args + [query.row_cap])
+
+
+def _like(value: str, whole: bool) -> str:
+    """A trail/sensor (whole) or info/text (substring) Term value as a LIKE pattern (ESCAPE '\\'):
+    `*` any run of characters, LIKE's own % and _ taken literally. LIKE folds ASCII letters only,
+    as server/filters.py matches() does."""
+    body = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%")
+    return body if whole else "%" + body + "%"
+
+
+def _term_sql(term: Term) -> tuple[str, list]:
+    """One Term as an SQL condition on events (server/store Term's semantics)."""
+    f, values = term.field, term.values
+    parts, args = [], []
+    if f in ("src", "dst", "address"):
+        columns = {"src": ("src_key",), "dst": ("dst_key",), "address": ("src_key", "dst_key")}[f]
+        for value in values:
+            low, high = _ranges(value)
+            for column in columns:
+                parts.append("%s BETWEEN ? AND ?" % column)
+                args += [low, high]
+    elif f == "port":
+        marks = ",".join("?" * len(values))
+        try:
+            ports = [int(v) for v in values]
+        except ValueError:
+            raise QueryError("a port filter takes whole numbers, not %r" % (values,)) from None
+        parts.append("src_port IN (%s) OR dst_port IN (%s)" % (marks, marks))
+        args += ports + ports
+    elif f in ("proto", "type"):
+        parts.append("upper(%s) IN (%s)" % (f, ",".join("?" * len(values))))
+        args += list(values)
+    elif f == "severity":
+        parts.append("severity IN (%s)" % ",".join("?" * len(values)))
+        args += list(values)
+    else:
+        whole = f in ("trail", "sensor")
+        columns = ("trail", "info") if f == "text" else (f,)
+        for value in values:
+            for column in columns:
+                parts.append("%s LIKE ? ESCAPE '\\'" % column)
+                args.append(_like(value, whole))
+    sql = " OR ".join(parts)
+    # NOT of a NULL (a port an ICMP event lacks) would drop the row: coalesce makes it false.
+    return ("NOT coalesce((%s), 0)" % sql if term.negate else "(%s)" % sql), args
+
+
+def _terms_filter(terms) -> tuple[str, list]:
+    parts, args = [], []
+    for term in terms:
+        sql, more = _term_sql(term)
+        parts.append(sql)
+        args += more
+    return " AND ".join(parts), args
+
+
+def _canonical(src: str) -> str:
+    """An address as the API writes it (::ffff:10.0.0.1 as 10.0.0.1), so ties rank as they show."""
+    if ":" not in src:
+        return src
+    k = ip_key(src)
+    return src if k is None else key_text(k)
+
+
+def _ranked(merged: dict, order: str, descending: bool) -> list:
+    """merged's (pair, [events, first, last, rank, sensors]) items in THREAT_SORTS order; ties by
+    most events, then source (its canonical text), then trail. `src` orders by address, not by
+    text (10.0.0.9 before 10.0.0.10, IPv4 before IPv6)."""
+    canonical = {src: _canonical(src) for src, _trail in merged}
+    if order == "trail" and descending:         # text cannot be negated: two stable sorts
+        items = sorted(merged.items(), key=lambda kv: (-kv[1][0], canonical[kv[0][0]], kv[0][1]))
+        return sorted(items, key=lambda kv: kv[0][1], reverse=True)
+    sign = -1 if descending else 1
+    if order == "src":
+        number = {src: int.from_bytes(ip_key(src) or b"", "big") * sign for src in canonical}
+        primary = lambda kv: number[kv[0][0]]               # noqa: E731
+    elif order == "trail":
+        primary = lambda kv: kv[0][1]                       # noqa: E731
+    else:
+        column = {"events": 0, "first": 1, "last": 2, "severity": 3}[order]
+        primary = lambda kv: sign * kv[1][column]           # noqa: E731
+    return sorted(merged.items(), key=lambda kv: (primary(kv), -kv[1][0], canonical[kv[0][0]], kv[0][1]))
 
 
 def _event_filters(q: EventQuery) -> tuple[list[str], list]:
@@ -853,6 +1042,10 @@ def _event_filters(q: EventQuery) -> tuple[list[str], list]:
     if scope_sql:
         clauses.append(scope_sql)
         args += scope_args
+    if q.terms:
+        terms_sql, terms_args = _terms_filter(q.terms)
+        clauses.append(terms_sql)
+        args += terms_args
     return clauses, args
 
 
