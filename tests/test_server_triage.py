@@ -14,6 +14,8 @@ Nothing is timed: waits poll the server's own counters.
 from __future__ import annotations
 
 import calendar
+import csv
+import io
 import datetime
 import json
 import uuid
@@ -26,6 +28,7 @@ from server.auth.users import make_user_line, parse_users
 from server.triage import MAX_EXPIRES_S, TriageBook
 from tests.server_proc import ServerProc, clickhouse_extra
 from tests.test_server_api import PASSWORD, Client, datagram
+from tests.test_server_export import download
 
 DAY0_US = calendar.timegm((2026, 11, 23, 0, 0, 0, 0, 0, 0)) * 1_000_000
 USERS = {"admin": (0, ""), "v4": (1000, "10.1.0.0/16")}
@@ -459,3 +462,38 @@ def test_every_change_reaches_the_collectors_as_a_triage_record(tmp_path):
     assert re.fullmatch(head + r"suppression lifted\|1\|duser=admin act=lift cs1Label=host cs1=10\.1\.2\.0/24 "
                         r"cs2Label=trail cs2=evil\.example cs3Label=field cs3=suppression cs4Label=old cs4=%d "
                         r"cs5Label=new cs5=" % row["id"], cef[4]), cef[4]
+
+
+# -- the threats route and the export, wired to the book ----------------------------------------------
+
+def test_hidden_and_suppressed_pairs_leave_the_threats_list_and_export_carries_the_triage(served):
+    """What the UI's threat list shows: a hidden pair and a suppressed one (its trail in capitals,
+    the suppression's in lower case) are left out by default, shown flagged with hidden=show, and
+    the CSV export of the view carries each row's triage status."""
+    server, c = served
+    before = server.health()["intake"]["udp"]["stored"]
+    hide_me = ("10.1.7.7", "hide-me.example")
+    quiet = ("10.1.7.8", "Loud.Example/PATH")
+    kept = ("10.1.7.9", "kept.example")
+    extra = [event(20 + i, src, "203.0.113.9", trail) for i, (src, trail) in enumerate((hide_me, quiet, kept))]
+    server.send(datagram(e) for e in extra)
+    server.until(lambda h: h["intake"]["udp"]["stored"] >= before + len(extra))
+    day = {"from": "2026-11-23", "to": "2026-11-23"}
+
+    def listed(**params):
+        return {(t["src_ip"], t["trail"]): t for t in c["admin"].ok("threats", limit=1000, **day, **params)["threats"]}
+
+    assert {hide_me, quiet, kept} <= set(listed())
+    assert put(c["admin"], hide_me, hidden=True, status="false_positive")[0] == 200
+    assert suppress(c["admin"], quiet[0], quiet[1], reason="noisy lab host")[0] == 201
+    shown = listed()
+    assert hide_me not in shown and quiet not in shown and kept in shown
+    everything = listed(hidden="show")
+    assert everything[hide_me]["hidden"] and everything[quiet]["suppressed"] and not everything[kept]["hidden"]
+    # The scoped analyst's list leaves them out too (hiding is shared).
+    assert hide_me not in {(t["src_ip"], t["trail"]) for t in c["v4"].ok("threats", limit=1000, **day)["threats"]}
+
+    status, _headers, body = download(c["admin"], view="threats", format="csv", hidden="show", **day)
+    assert status == 200
+    rows = {(r["src_ip"], r["trail"]): r for r in csv.DictReader(io.StringIO(body.decode()))}
+    assert rows[hide_me]["status"] == "false_positive" and rows[kept]["status"] == "new"

@@ -31,7 +31,7 @@ FORMATS = {"csv": ("text/csv; charset=utf-8", "csv"), "json": ("application/json
            "indicators": ("text/plain; charset=utf-8", "txt")}
 EXPORT_PARAMS = ("view", "format", "from", "to", "q", "sort", "hidden")
 THREAT_COLUMNS = ("src_ip", "trail", "events", "first_seen", "last_seen", "sensors", "severity", "type", "info",
-                  "reference")
+                  "reference", "status", "assignee")     # the last two from the row's triage
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _LINE_BREAKS = re.compile(r"[\r\n\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -70,6 +70,8 @@ class Export:
         if view == "threats":
             threat_sort(p)
             _answer, rows = await self.api.threat_rows(user, p, rng, EXPORT_MAX_THREATS)
+            if self.api.triage is not None:     # the rows as the threats view shows them
+                self.api.triage.annotate(user, rows)
             pages = _once(rows)
             cap = EXPORT_MAX_THREATS
         else:
@@ -140,7 +142,8 @@ class _Csv:
             w.writerow(self.columns)
             self.started = True
         for row in rows:
-            w.writerow([neutralised(row.get(c)) for c in self.columns])
+            triage = row.get("triage") or {}
+            w.writerow([neutralised(row[c] if c in row else triage.get(c)) for c in self.columns])
         return out.getvalue()
 
     def end(self) -> str:

@@ -167,7 +167,8 @@ class AggregateQuery:
     """Aggregates over the events in `range` and `scope` that match every term. Without terms a
     backend answers from its roll-ups; with terms it aggregates the matching events themselves
     (bounded by the budget and row cap, `partial` when cut). `exclude_pairs`: (source address,
-    trail) pairs left out of threats() (hidden or suppressed by triage); counts and tops ignore it."""
+    trail) pairs left out of threats() (hidden or suppressed by triage; the trail compared
+    case-insensitively, as the sensors' whitelist compares it); counts and tops ignore it."""
     range: TimeRange
     scope: tuple[str, ...] = ()
     terms: tuple[Term, ...] = ()
