@@ -36,6 +36,7 @@ import time
 
 from aiohttp import web
 
+from server import filters
 from server.auth.scopes import mask_custom
 from server.auth.web import COOKIE_NAME, SESSION_KEY
 
@@ -168,15 +169,9 @@ def _predicate(q: str | None):
     if len(q) > MAX_Q_CHARS:
         return None, {"error": "q: at most %d characters" % MAX_Q_CHARS, "parameter": "q", "token": None}
     try:
-        from server import filters
-    except ImportError:
-        # Never an unfiltered stream for a filtered view: without the parser, refuse.
-        return None, {"error": "q: this server cannot filter live events yet; leave q out", "parameter": "q",
-                      "token": None}
-    try:
         terms = filters.parse(q)
-    except ValueError as exc:
-        return None, {"error": str(exc), "parameter": "q", "token": getattr(exc, "token", None)}
+    except filters.FilterError as exc:
+        return None, {"error": str(exc), "parameter": "q", "token": exc.token}
     return (lambda event: filters.matches(terms, event)), None
 
 
