@@ -27,7 +27,6 @@ import threading
 import time
 import urllib.parse
 
-import pytest
 
 from server.auth.users import make_user_line
 from tests.collectors import Sensor, dns_frames
