@@ -314,11 +314,10 @@ class DemoServer:
         if code:
             return code
         _say("\nThe server is running at %s/  log in as %s, password %s\n"
-             "It holds the %d events above, which the sensor sent it as a deployed sensor does "
-             "([sensor] server_url and\nserver_key in %s). The demo capture is replayed again every "
-             "%g s, shifted to the time of the\nreplay, so live mode shows new events. Ctrl-C stops the "
-             "server and the sensor and removes %s/.\n"
-             % (self.url, DEMO_USER, password, indexed, self.sensor_config, every_s, self.dir))
+             "It holds the %d events above, sent by the sensor as a deployed one sends them ([sensor] "
+             "server_url\nand server_key in %s). The capture is replayed every %g s, shifted to the time "
+             "of the\nreplay, so live mode shows new events. Ctrl-C stops the server and the sensor and "
+             "removes\n%s/.\n" % (self.url, DEMO_USER, password, indexed, self.sensor_config, every_s, self.dir))
         rounds = 1
         round_pcap = os.path.join(self.dir, "round.pcap")
         sensor_log = open(self.sensor_log_path, "ab")

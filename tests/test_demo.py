@@ -135,7 +135,7 @@ def test_demo_on_a_terminal_serves_its_events_until_ctrl_c(tmp_path):
         seen.update(_descendants(proc.pid))
         assert any("server" in Path("/proc/%d/cmdline" % pid).read_bytes().decode(errors="replace")
                    for pid in seen if _stat(pid)), "no server process below the demo"
-        server_dir = Path(re.search(r"removes (\S+)/\.", lines.text).group(1))
+        server_dir = Path(re.search(r"removes\s+(\S+)/\.", lines.text).group(1))
         assert server_dir.parent == out and (server_dir.stat().st_mode & 0o777) == 0o700
 
         # the printed login works over HTTP, and a wrong password does not
