@@ -160,10 +160,13 @@ def run_demo(out: str, serve: bool = False, port: int = 0, every_s: float = DEFA
         raise KeyboardInterrupt
     previous = signal.signal(signal.SIGTERM, interrupted)
     try:
-        return demo.run(cli, pcap, every_s)
+        code = demo.run(cli, pcap, every_s)
     finally:
         demo.stop()
         signal.signal(signal.SIGTERM, previous)
+    if code == 0:
+        _closing_hint(out)
+    return code
 
 
 def _step(cli, step: list[str]) -> int:
