@@ -216,6 +216,19 @@ def measure_server(client: Client, calls, runs: int) -> dict:
         out["calls"][name] = {"path": path, "status": first[0], "bytes": first[1], "first_ms": first[2],
                               "median_ms": statistics.median(r[2] for r in rest), "max_ms": max(r[2] for r in rest),
                               "statuses": sorted({first[0]} | {r[0] for r in rest})}
+    threats = "threats, first page + spark"
+    if out["calls"].get(threats, {}).get("status", 200) != 200:
+        # A server whose threats route does not take `spark` yet: time the page without it, so
+        # the figure is there, and use that in the six at once (said in the output).
+        path = out["calls"][threats]["path"].rsplit("&spark=", 1)[0]
+        first = client.get(path)
+        rest = [client.get(path) for _ in range(runs)]
+        out["calls"]["threats, first page, no spark"] = {
+            "path": path, "status": first[0], "bytes": first[1], "first_ms": first[2],
+            "median_ms": statistics.median(r[2] for r in rest), "max_ms": max(r[2] for r in rest),
+            "statuses": sorted({first[0]} | {r[0] for r in rest}), "instead_of": threats}
+        calls = [(name, path if name == threats else p) for name, p in calls]
+        out["together"]["threats_without_spark"] = True
     walls = []
     for _ in range(runs):           # the six at once, as the page fires them
         results = [None] * len(calls)
@@ -229,7 +242,7 @@ def measure_server(client: Client, calls, runs: int) -> dict:
         for t in threads:
             t.join()
         walls.append((time.perf_counter() - t0) * 1000)
-    out["together"] = {"median_ms": statistics.median(walls), "max_ms": max(walls)}
+    out["together"].update(median_ms=statistics.median(walls), max_ms=max(walls))
     return out
 
 
@@ -344,8 +357,9 @@ def run_size(label: str, n: int, days: int, args, work: str, results: dict) -> N
             bad = "" if c["statuses"] == [200] else "  HTTP %s" % ",".join(map(str, c["statuses"]))
             print("    %-30s first %8.1f ms, median %8.1f ms (x%.0f baseline), %d bytes%s"
                   % (name, c["first_ms"], c["median_ms"], c["median_ms"] / max(base, 1e-9), c["bytes"], bad))
-        print("    %-30s median %8.1f ms, worst %8.1f ms" % ("the six at once", s["together"]["median_ms"],
-                                                            s["together"]["max_ms"]), flush=True)
+        print("    %-30s median %8.1f ms, worst %8.1f ms%s" % (
+            "the six at once", s["together"]["median_ms"], s["together"]["max_ms"],
+            " (threats without spark)" if s["together"].get("threats_without_spark") else ""), flush=True)
         if args.no_browser:
             entry["browser"] = {"skipped": "--no-browser"}
         elif results["browser_missing"]:
