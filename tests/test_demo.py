@@ -5,7 +5,8 @@ trails, replays the capture, shows the events and finishes by itself. From a ter
 starts a real server on loopback, registers its sensor, sends the events through the sensor's
 server link and serves them until Ctrl-C: the test logs in with the login it prints, reads the
 events over the API, sees a later replay arrive, presses Ctrl-C (SIGINT) and checks that no
-process the demo started is left.
+process the demo started is left. `--serve` does the same without a terminal, and SIGTERM stops it
+as Ctrl-C does.
 """
 
 from __future__ import annotations
@@ -173,10 +174,37 @@ def test_demo_on_a_terminal_serves_its_events_until_ctrl_c(tmp_path):
         os.close(terminal_end)
     rest = proc.stdout.read().decode(errors="replace")
     assert "Stopped the demo's server and sensor" in rest, rest
-    # nothing it started is left: every process seen below it is gone (or a new one with its pid)
+    _check_nothing_left(seen, server_dir, port)
+
+
+def _check_nothing_left(seen: dict[int, int], server_dir: Path, port: int) -> None:
+    # every process seen below the demo is gone (or a new one with its pid), its directory too
     survivors = [pid for pid, start in seen.items()
                  if (st := _stat(pid)) is not None and st[2] == start and st[1] != "Z"]
     assert not survivors, [Path("/proc/%d/cmdline" % p).read_bytes() for p in survivors]
     assert not server_dir.exists()
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "something still listens on the demo's port"
+
+
+def test_demo_serve_without_a_terminal_stops_cleanly_on_sigterm(tmp_path):
+    """--serve starts the server from a script too; SIGTERM (a service manager's stop) cleans up
+    as Ctrl-C does."""
+    out = tmp_path / "demo"
+    proc = subprocess.Popen([console_script(), "demo", "--serve", "--out", str(out)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=open(tmp_path / "demo.err", "wb"))
+    try:
+        lines = _Lines(proc)
+        found = lines.until(r"running at (http://127\.0\.0\.1:(\d+))/\s+log in as (\S+), password (\S+)\n")
+        server_dir = Path(lines.until(r"removes\s+(\S+)/\.").group(1))
+        seen = _descendants(proc.pid)
+        assert server_dir.is_dir() and seen
+        with urllib.request.urlopen(found.group(1) + "/api/v1/health", timeout=30) as answer:
+            assert json.loads(answer.read())["store"]["events_indexed"] > 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=WAIT_LIMIT_S) == 0, (tmp_path / "demo.err").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _check_nothing_left(seen, server_dir, int(found.group(2)))
