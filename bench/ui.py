@@ -180,15 +180,21 @@ class Client:
         with self.opener.open(request, timeout=60) as r:
             r.read()
 
-    def get(self, path: str) -> tuple[int, int, float]:
-        """(status, answer bytes, milliseconds) of one GET."""
+    def get(self, path: str) -> tuple[int, int, float, bool]:
+        """(status, answer bytes, milliseconds, whether the answer says it was cut: "partial")
+        of one GET."""
         t0 = time.perf_counter()
         try:
             with self.opener.open(self.url + path, timeout=600) as r:
                 body, status = r.read(), r.status
         except urllib.error.HTTPError as exc:
             body, status = exc.read(), exc.code
-        return status, len(body), (time.perf_counter() - t0) * 1000
+        took_ms = (time.perf_counter() - t0) * 1000
+        try:
+            partial = bool(json.loads(body).get("partial"))
+        except (ValueError, AttributeError):
+            partial = False
+        return status, len(body), took_ms, partial
 
 
 def dashboard_calls(first_us: int, end_us: int, threats_limit: int, spark: int) -> list[tuple[str, str]]:
@@ -215,7 +221,8 @@ def measure_server(client: Client, calls, runs: int) -> dict:
         rest = [client.get(path) for _ in range(runs)]
         out["calls"][name] = {"path": path, "status": first[0], "bytes": first[1], "first_ms": first[2],
                               "median_ms": statistics.median(r[2] for r in rest), "max_ms": max(r[2] for r in rest),
-                              "statuses": sorted({first[0]} | {r[0] for r in rest})}
+                              "statuses": sorted({first[0]} | {r[0] for r in rest}),
+                              "partial": any(r[3] for r in [first] + rest)}
     threats = "threats, first page + spark"
     if out["calls"].get(threats, {}).get("status", 200) != 200:
         # A server whose threats route does not take `spark` yet: time the page without it, so
@@ -226,7 +233,8 @@ def measure_server(client: Client, calls, runs: int) -> dict:
         out["calls"]["threats, first page, no spark"] = {
             "path": path, "status": first[0], "bytes": first[1], "first_ms": first[2],
             "median_ms": statistics.median(r[2] for r in rest), "max_ms": max(r[2] for r in rest),
-            "statuses": sorted({first[0]} | {r[0] for r in rest}), "instead_of": threats}
+            "statuses": sorted({first[0]} | {r[0] for r in rest}), "instead_of": threats,
+            "partial": any(r[3] for r in [first] + rest)}
         calls = [(name, path if name == threats else p) for name, p in calls]
         out["together"]["threats_without_spark"] = True
     walls = []
@@ -355,6 +363,7 @@ def run_size(label: str, n: int, days: int, args, work: str, results: dict) -> N
                                                                                        s["baseline"]["call"], base))
         for name, c in s["calls"].items():
             bad = "" if c["statuses"] == [200] else "  HTTP %s" % ",".join(map(str, c["statuses"]))
+            bad += "  PARTIAL (cut by the server's time budget or row cap)" if c["partial"] else ""
             print("    %-30s first %8.1f ms, median %8.1f ms (x%.0f baseline), %d bytes%s"
                   % (name, c["first_ms"], c["median_ms"], c["median_ms"] / max(base, 1e-9), c["bytes"], bad))
         print("    %-30s median %8.1f ms, worst %8.1f ms%s" % (
