@@ -2,8 +2,8 @@
 
 `replay` runs bench/replay.py, `generate` bench/generate.py, `floods` bench/floods.py,
 `forward` bench/forward.py, `update` bench/update.py, `server-udp` bench/server_udp.py,
-`server-https` bench/server_https.py, `server-query` bench/server_query.py and `clickhouse-store`
-bench/clickhouse_store.py; `trails`
+`server-https` bench/server_https.py, `server-query` bench/server_query.py, `clickhouse-store`
+bench/clickhouse_store.py and `ui` bench/ui.py; `trails`
 and `ipc` run the micro benchmarks, which also stay runnable as `python -m bench.trails` and
 `python -m bench.ipc`.
 """
@@ -25,6 +25,7 @@ COMMANDS = {
     "server-https": ("bench.server_https", "the server's HTTPS intake: events/s of acknowledged sensor batches"),
     "server-query": ("bench.server_query", "the server's store queries over a day and 30 days, both backends"),
     "clickhouse-store": ("bench.clickhouse_store", "micro: the ClickHouse store alone, ingest and query latency"),
+    "ui": ("bench.ui", "the web UI: time to the first complete dashboard (server and browser), page weight"),
 }
 
 

@@ -217,8 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     _flags(p, "config")
     p.add_argument("name", metavar="NAME", help="the sensor's name ([sensor] sensor_name)")
 
-    p = sub.add_parser("demo", help="generate a demo capture and trail set, replay it, show the events")
+    p = sub.add_parser("demo", help="generate a demo capture and trail set, replay it, show the events; "
+                                    "on a terminal, also serve them on a local server until Ctrl-C",
+                       description="Build the demo's trails, replay its capture and show the events. Run from a "
+                                   "terminal it then starts a server on loopback, feeds it the events through the "
+                                   "sensor's server link, prints the URL and a login, and replays the capture "
+                                   "again every few seconds until Ctrl-C, which stops everything it started.")
     p.add_argument("--out", default="demo-out", metavar="DIR", help="where to write (default: ./demo-out)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true",
+                      help="only replay and show the events, then exit (the default when stdin is not a terminal)")
+    mode.add_argument("--serve", action="store_true", help="start the server even when stdin is not a terminal")
+    p.add_argument("--port", type=int, default=0, metavar="N", help="the server's HTTP port (default: a free one)")
+    p.add_argument("--every-s", dest="every_s", type=float, default=10.0, metavar="S",
+                   help="served: replay the capture again every S seconds (default: 10)")
     return parser
 
 
@@ -251,7 +263,10 @@ def main(argv=None) -> int:
                     "check": _trails_check}[args.trails_command](args)
         if args.command == "demo":
             from cli.demo import run_demo
-            return run_demo(args.out)
+            serve = args.serve or (not args.once and sys.stdin.isatty())
+            if not 0 <= args.port <= 65535 or not args.every_s > 0:
+                return _fail("demo: --port must be 0-65535 and --every-s above 0", 2)
+            return run_demo(args.out, serve=serve, port=args.port, every_s=args.every_s)
         if args.command == "server":
             from cli import server_auth
             if args.server_command == "user" and getattr(args, "user_command", None) == "add":

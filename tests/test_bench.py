@@ -1,4 +1,5 @@
-"""Smoke tests of the benchmark tooling: the mix/hard generators and `python -m bench replay`.
+"""Smoke tests of the benchmark tooling: the mix/hard generators, `python -m bench replay` and
+`python -m bench ui` at tiny sizes.
 
 No timing is asserted, only that the generators are deterministic, lay frames out as
 engine/sources/synthetic.py does, keep the protocol shares, plant what their truth file says, and that the
@@ -212,10 +213,46 @@ def test_memory_sampler_counts_children_and_grandchildren():
     assert len(sampler.at_peak) == 3 and any(name.startswith("supervisor[") for name in sampler.at_peak)
 
 
+def test_ui_harness_smoke(tmp_path):
+    """Tiny stores built into the cache, a real server started on each, the dashboard's calls
+    answered; a rerun reuses the cache. The browser part runs, or says why it was skipped."""
+    out, cache = tmp_path / "ui.json", tmp_path / "cache"
+    argv = [sys.executable, "-m", "bench", "ui", "--day-events", "2000", "--month-events", "3000", "--month-days",
+            "3", "--runs", "1", "--cache", str(cache), "--ready-timeout-s", "30", "--json", str(out)]
+    done = subprocess.run(argv, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr + done.stdout
+    results = json.loads(out.read_text())
+    assert set(results["sizes"]) == {"day", "month"}
+    for label, (n, days) in {"day": (2000, 1), "month": (3000, 3)}.items():
+        size = results["sizes"][label]
+        assert size["store"]["built"] and size["store"]["events"] == n and size["store"]["days"] == days
+        server = size["server"]
+        assert server["baseline"]["status"] == 200
+        calls = server["calls"]
+        assert set(calls) - {"threats, first page, no spark"} == {
+            "counts by type,severity", "top sources", "top destinations", "top trails", "threats, first page + spark",
+            "sensors"}
+        for name in ("counts by type,severity", "top sources", "top destinations", "top trails", "sensors"):
+            assert calls[name]["statuses"] == [200], (name, calls[name])
+        # the threats page is timed with its sparkline, or without where the server refuses `spark`
+        threats = calls.get("threats, first page, no spark", calls["threats, first page + spark"])
+        assert threats["statuses"] == [200], calls
+        browser = size["browser"]
+        if "skipped" in browser:
+            assert browser["skipped"] and "skipped: " + browser["skipped"] in done.stdout
+        else:
+            assert browser[label]["median_wall_ms"] > 0 and browser[label]["weight"]["asset_bytes"] > 0
+    assert "built 2000 events over 1 day(s)" in done.stdout
+    again = subprocess.run(argv, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr + again.stdout
+    assert "2000 events over 1 day(s), reused from" in again.stdout and "built" not in again.stdout
+
+
 def test_bench_entry_point_lists_commands():
     done = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=REPO, env=_env(), capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0 and "replay" in done.stdout and "trails" in done.stdout and "floods" in done.stdout
+    assert "ui " in done.stdout
 
 
 def test_default_paths_are_relative_to_the_checkout(tmp_path):
