@@ -244,3 +244,70 @@ def test_filtered_aggregates_say_partial_at_the_row_cap_and_bad_terms_are_refuse
             backend.events(EventQuery(EVERYTHING, terms=(bad,)))
         with pytest.raises(QueryError):
             backend.threats(AggregateQuery(SPAN, terms=(bad,)), 5)
+
+
+def test_threats_of_whole_days_carry_the_latest_event_and_hourly_sparklines(backend):
+    """A range of whole days (the dashboard's day; ClickHouse answers it from its per-day roll-up
+    alone) gives what the events say, in every sort, with sparklines of whole hours and finer."""
+    sent = events_set()
+    backend.ingest(sent)
+    for rng in (TimeRange(DAY0, DAY0 + 24 * H_US), TimeRange(DAY0 - 24 * H_US, DAY0 + 48 * H_US)):
+        rows = _threat_rows(kept(sent, (), rng))
+        for sort in ("-events", "last", "-severity", "src"):
+            got = backend.threats(AggregateQuery(rng), 11, sort)
+            assert (got.since_us, got.until_us, got.partial) == (rng.since_us, rng.until_us, False)
+            _check_threats(got.rows, _sorted_threats(rows, sort)[:11])
+        by_pair = {(r["src_ip"], r["trail"]): r for r in rows}
+        width = rng.until_us - rng.since_us
+        for spark in (24, 6, 96, 5):
+            for t in backend.threats(AggregateQuery(rng), 8, spark=spark).rows:
+                want = [0] * spark
+                for e in by_pair[(t.src_ip, t.trail)]["group"]:
+                    want[(e.ts_us - rng.since_us) * spark // width] += 1
+                assert list(t.spark) == want, (rng, spark, t.src_ip, t.trail)
+
+
+def test_clickhouse_days_stored_before_the_daily_rollup_are_answered_from_the_hourly_one(clickhouse_server, tmp_path):
+    """A database made before threats_daily existed: its days are recorded as missing from it
+    when the view is made, and answered from threats_hourly and the events; days stored after
+    come from threats_daily. Either way the answer is the events'."""
+    import asyncio
+    import uuid
+
+    from server.store.clickhouse import ClickHouseClient, ClickHouseEventStore
+
+    db = "c_" + uuid.uuid4().hex[:12]
+
+    def sql(text):
+        async def go():
+            c = ClickHouseClient(clickhouse_server.url, "default")
+            try:
+                return await c.select(text)
+            finally:
+                await c.close()
+        return asyncio.run(go())
+
+    def store():
+        return ClickHouseEventStore(clickhouse_server.url, db, timezone="UTC", log_dir=str(tmp_path / "store"))
+
+    sent = events_set()
+    old, new = sent[:500], [e._replace(ts_us=e.ts_us + 10 * 24 * H_US, last_ts_us=e.last_ts_us + 10 * 24 * H_US)
+                            for e in sent[500:]]
+    try:
+        with store() as s:
+            s.ingest(old)
+        for name in ("threats_daily_mv", "threats_daily", "threats_daily_missing"):    # as an older version made it
+            sql("DROP TABLE %s.%s" % (db, name))
+        with store() as s:
+            s.ingest(new)
+            held = sorted({e.ts_us // (24 * H_US) for e in old})
+            assert sorted(int(r[0]) for r in sql("SELECT DISTINCT toUInt32(day) FROM %s.threats_daily_missing" % db)) \
+                == held
+            assert sum(int(r[0]) for r in sql("SELECT countMerge(events) FROM %s.threats_daily" % db)) == len(new)
+            for rng in (TimeRange(DAY0, DAY0 + 24 * H_US), TimeRange(DAY0 + 10 * 24 * H_US, DAY0 + 11 * 24 * H_US),
+                        TimeRange(DAY0 - 24 * H_US, DAY0 + 12 * 24 * H_US)):
+                want = _sorted_threats(_threat_rows(kept(old + new, (), rng)), "-events")[:10]
+                assert want
+                _check_threats(s.threats(AggregateQuery(rng), 10).rows, want)
+    finally:
+        sql("DROP DATABASE IF EXISTS " + db)

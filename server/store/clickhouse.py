@@ -22,6 +22,13 @@ Written for the ClickHouse Debian ships (18.16), so:
   them for the partition key, the sort key and the hour buckets;
 - one statement per HTTP request.
 
+Filters (server/store/__init__.py Term) become SQL in `_term_condition`: an address range is one
+BETWEEN on the 16-byte keys; text is matched ASCII case-insensitively (lower() and a pattern
+folded the same way), `*` through LIKE with LIKE's own % _ and \ escaped, then quoted as every
+value is. Aggregates without terms or scope read the roll-ups; with either, the matching events
+themselves, at most row_cap of them (a LIMIT in a subquery; WITH TOTALS tells a top-n whether
+the cap was reached).
+
 Rows travel as TabSeparated both ways: it is byte-exact for any string (quotes, backslashes,
 newlines, NUL), where 18.16's JSON formats are not for every byte sequence.
 
@@ -31,9 +38,10 @@ EventStore, synchronous) over the async store below, whose own interface (corout
     await store.create()                      # database, tables, views (idempotent)
     await store.ingest(events)                # events.record.Event list; all or none on error
     page = await store.events(EventQuery(...))        # Page(events, next_cursor, partial)
-    await store.counts(start_us, end_us, by="type", bucket="hour", scope=None)
-    await store.top(start_us, end_us, field="src_ip", n=10, scope=None)
-    await store.threats(start_us, end_us, n=100, scope=None)
+    await store.counts(start_us, end_us, by="type", bucket="hour", scope=None, terms=())
+    await store.top(start_us, end_us, field="src_ip", n=10, scope=None, terms=())
+    await store.threats(start_us, end_us, n=100, scope=None, terms=(), exclude=(), sort="-events", spark=0)
+    await store.aggregate_counts(...) / aggregate_top(...) / aggregate_threats(...)   # (rows, partial)
     await store.days()                        # the day partitions held, as dates
     await store.drop_days_before(date)        # retention: whole days, every table
     await store.close()
@@ -295,7 +303,12 @@ class ClickHouseClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+            # Idle connections are dropped after 1 s, before ClickHouse's own keep_alive_timeout
+            # (3 s by default) closes them: a request written onto a connection the server is
+            # closing fails with a broken pipe, and an INSERT cannot safely be sent twice (the
+            # 1M-event bench failed that way 3 times in 3 on a loaded machine; not since).
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout,
+                                                  connector=aiohttp.TCPConnector(keepalive_timeout=1.0))
         return self._session
 
     async def _post(self, params: dict, body: bytes, sql: str) -> bytes:
@@ -401,7 +414,30 @@ SCHEMA = [
        FROM {db}.events GROUP BY hour, src_ip, trail""",
 ]
 
-TABLES = ("events", "hourly", "top_hourly", "threats_hourly")
+# The same per day, with the latest event's type, info and reference (argMax by ts_us): a day's
+# dashboard ranks one row per pair (30,000 on the bench's day) instead of one per pair and hour,
+# and reads the winners' details from it too. Days whose events were inserted before this table
+# existed (a database from an older version) are listed in threats_daily_missing and keep being
+# answered from threats_hourly: filling them in afterwards could count twice the rows another
+# server inserts meanwhile (ClickHouse has no transaction to make the copy and the view one step).
+THREATS_DAILY = [
+    """CREATE TABLE IF NOT EXISTS {db}.threats_daily (
+        day DateTime('{tz}'), src_ip FixedString(16), trail String,
+        events AggregateFunction(count), first_us AggregateFunction(min, UInt64),
+        last_us AggregateFunction(max, UInt64), sensors AggregateFunction(groupUniqArray, String),
+        severity AggregateFunction(max, %s), type AggregateFunction(argMax, String, UInt64),
+        info AggregateFunction(argMax, String, UInt64), reference AggregateFunction(argMax, String, UInt64)
+    ) ENGINE = AggregatingMergeTree PARTITION BY toYYYYMMDD(day) ORDER BY (day, src_ip, trail)""" % _SEVERITY_ENUM,
+    """CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.threats_daily_mv TO {db}.threats_daily AS
+       SELECT toStartOfDay(ts) AS day, src_ip, trail, countState() AS events, minState(ts_us) AS first_us,
+              maxState(greatest(ts_us, last_ts_us)) AS last_us, groupUniqArrayState(sensor) AS sensors,
+              maxState(severity) AS severity, argMaxState(type, ts_us) AS type, argMaxState(info, ts_us) AS info,
+              argMaxState(reference, ts_us) AS reference
+       FROM {db}.events GROUP BY day, src_ip, trail""",
+]
+THREATS_DAILY_MISSING = "CREATE TABLE IF NOT EXISTS {db}.threats_daily_missing (day Date) ENGINE = Log"
+
+TABLES = ("events", "hourly", "top_hourly", "threats_hourly", "threats_daily")
 EVENT_COLUMNS = ("ts_us", "last_ts_us", "id", "sensor", "src_ip", "src_port", "dst_ip", "dst_port", "proto",
                  "type", "trail", "info", "reference", "severity", "count")
 LOG_COLUMNS = ("log_source", "log_day", "log_inode", "log_end")
@@ -639,6 +675,9 @@ class ClickHouseStore:
         self.db = database
         # Row ids need to be distinct, not secret: a fast generator seeded from the OS.
         self._ids = random.Random(os.urandom(16))
+        # Days threats_daily lacks rows of (_create_threats_daily); None: not read yet, so
+        # threats_daily is not used.
+        self._daily_missing: set[datetime.date] | None = None
 
     async def close(self) -> None:
         await self.client.close()
@@ -649,6 +688,7 @@ class ClickHouseStore:
         for stmt in SCHEMA:
             await self.client.execute(stmt.replace("{db}", self.db).replace("{tz}", self.timezone),
                                       database="default")
+        await self._create_threats_daily()
         # A database made before the log columns existed gets them (18.16 has no ADD COLUMN IF
         # NOT EXISTS); their DEFAULT 0 marks the old rows as from no log.
         have = {_text(r[0]) for r in await self.client.select(bind(
@@ -657,6 +697,26 @@ class ClickHouseStore:
             if name not in have:
                 await self.client.execute("ALTER TABLE %s.events ADD COLUMN %s %s DEFAULT 0"
                                           % (self.db, name, "UInt32" if name == "log_day" else "UInt64"))
+
+    async def _create_threats_daily(self) -> None:
+        """The per-day threats roll-up. When its view is new to a database already holding events,
+        the days held are recorded as missing from it, AFTER the view exists: a day with a row
+        inserted before the view is then surely listed (a day listed whose rows all came after
+        is only answered the slower way)."""
+        def sql(stmt):
+            return stmt.replace("{db}", self.db).replace("{tz}", self.timezone)
+        await self.client.execute(sql(THREATS_DAILY_MISSING), database="default")
+        had_view = await self.client.select(bind(
+            "SELECT name FROM system.tables WHERE database = {db} AND name = 'threats_daily_mv'", db=self.db))
+        for stmt in THREATS_DAILY:
+            await self.client.execute(sql(stmt), database="default")
+        if not had_view:
+            held = await self.days()
+            if held:
+                await self.client.insert(self.db + ".threats_daily_missing", ("day",),
+                                         [[d.isoformat()] for d in held])
+        self._daily_missing = {d for d in (datetime.date.fromisoformat(_text(r[0])) for r in
+                               await self.client.select("SELECT DISTINCT day FROM %s.threats_daily_missing" % self.db))}
 
     # -- ingest --------------------------------------------------------------------------------
 
@@ -859,6 +919,40 @@ class ClickHouseStore:
             return [], True
         return await self._timed_select(sql, left_ms)
 
+    def _rollup_plan(self, start_us: int, end_us: int) -> tuple[str | None, str | None]:
+        """How threats_daily and threats_hourly share an hour-aligned range: the conditions on
+        each (None: that table has no part): the whole days of the store's zone in the range that
+        threats_daily holds in full from the first, the other hours from the second."""
+        if self._daily_missing is None:
+            return None, self._hour_range(start_us, end_us)
+        zone = self._zone
+
+        def midnight_s(day: datetime.date) -> int:
+            return int(datetime.datetime.combine(day, datetime.time(), zone).timestamp())
+
+        first = datetime.datetime.fromtimestamp(start_us // 1_000_000, zone).date()
+        if midnight_s(first) * 1_000_000 < start_us:
+            first += datetime.timedelta(days=1)
+        last = datetime.datetime.fromtimestamp(end_us // 1_000_000, zone).date()    # whole days end before it
+        runs = []       # [start, end) in seconds: the whole days, less those threats_daily lacks
+        day = first
+        for gap in sorted(d for d in self._daily_missing if first <= d < last) + [last]:
+            if day < gap:
+                runs.append((midnight_s(day), midnight_s(gap)))
+            day = gap + datetime.timedelta(days=1)
+        if not runs:
+            return None, self._hour_range(start_us, end_us)
+
+        def within(column: str, a: int, b: int) -> str:
+            return bind("(%s >= toDateTime({a}, '%s') AND %s < toDateTime({b}, '%s'))"
+                        % (column, self.timezone, column, self.timezone), a=a, b=b)
+
+        days_sql = "(%s)" % " OR ".join(within("day", a, b) for a, b in runs)
+        if sum(b - a for a, b in runs) * 1_000_000 == end_us - start_us:
+            return days_sql, None
+        return days_sql, " AND ".join([self._hour_range(start_us, end_us)]
+                                      + ["NOT " + within("hour", a, b) for a, b in runs])
+
     @staticmethod
     def _deadline(budget_ms) -> float:
         if type(budget_ms) is not int or budget_ms < 1:
@@ -975,9 +1069,13 @@ class ClickHouseStore:
         # for the n winners only (a day can hold a million pairs, and the per-pair arrays and the
         # latest event's strings are what costs).
         rollup = self._use_rollups(start_us, end_us, scope, terms)
+        days_sql, hours_sql = self._rollup_plan(start_us, end_us) if rollup else (None, None)
         if rollup:
-            source = "%s.threats_hourly WHERE %s" % (self.db, " AND ".join([self._hour_range(start_us, end_us)]
-                                                                           + excluded))
+            # Whole days from threats_daily, the hours around them from threats_hourly.
+            parts = ["SELECT src_ip, trail, events, first_us, last_us, severity FROM %s.%s WHERE %s"
+                     % (self.db, table, " AND ".join([cond] + excluded))
+                     for table, cond in (("threats_daily", days_sql), ("threats_hourly", hours_sql)) if cond]
+            source = "(%s)" % " UNION ALL ".join(parts)
             aggregates = {"events": "countMerge(events)", "first": "minMerge(first_us)",
                           "last": "maxMerge(last_us)", "severity": "maxMerge(severity)"}
         else:
@@ -999,24 +1097,53 @@ class ClickHouseStore:
         if not ranked or cut:
             return [], partial
         pairs = [(_Addr(bytes.fromhex(_text(r[0]))), _text(r[1])) for r in ranked]
-        # Pass 2, from the events (the roll-ups hold neither the latest event nor finer slices
-        # than an hour): the winners' rows in range, scope and terms.
+        # Pass 2: the winners' details, from threats_daily when it covers the whole range, else
+        # from the events (the hourly roll-up holds no latest event): their rows in range, scope
+        # and terms.
+        winners = bind("(src_ip, trail) IN {pairs}", pairs=pairs)
         where = (_range_condition(start_us, end_us, self.timezone) + _scope_condition(scope) + _terms_condition(terms)
-                 + [bind("(src_ip, trail) IN {pairs}", pairs=pairs)])
-        details, cut = await self._select_budget(
-            "SELECT hex(src_ip), trail, min(ts_us), max(greatest(ts_us, last_ts_us)), "
-            "arrayStringConcat(arrayMap(x -> hex(x), arraySort(groupUniqArray(sensor))), ','), max(severity), "
-            "argMax(type, ts_us), argMax(info, ts_us), argMax(reference, ts_us) "
-            "FROM %s.events WHERE %s GROUP BY src_ip, trail" % (self.db, " AND ".join(where)), deadline)
+                 + [winners])
+        if days_sql and not hours_sql:
+            sql = ("SELECT hex(src_ip), trail, minMerge(first_us), maxMerge(last_us), "
+                   "arrayStringConcat(arrayMap(x -> hex(x), arraySort(groupUniqArrayMerge(sensors))), ','), "
+                   "maxMerge(severity), argMaxMerge(type), argMaxMerge(info), argMaxMerge(reference) "
+                   "FROM %s.threats_daily WHERE %s AND %s GROUP BY src_ip, trail" % (self.db, days_sql, winners))
+        else:
+            sql = ("SELECT hex(src_ip), trail, min(ts_us), max(greatest(ts_us, last_ts_us)), "
+                   "arrayStringConcat(arrayMap(x -> hex(x), arraySort(groupUniqArray(sensor))), ','), max(severity), "
+                   "max(ts_us) FROM %s.events WHERE %s GROUP BY src_ip, trail" % (self.db, " AND ".join(where)))
+        details, cut = await self._select_budget(sql, deadline)
         found = {(_text(r[0]), _text(r[1])): r for r in details}
+        if not (days_sql and not hours_sql) and found and not cut:
+            # The latest event's strings: only the rows at each winner's greatest ts_us (a
+            # handful of granules), where argMax over every winner's rows read the strings of
+            # all of them. Rows sharing that microsecond: the greatest id, as any one would do.
+            latest = [(_Addr(bytes.fromhex(k[0])), k[1], int(r[6])) for k, r in found.items()]
+            rows, cut = await self._select_budget(bind(
+                "SELECT hex(src_ip), trail, id, type, info, reference FROM %s.events WHERE %s AND "
+                "(src_ip, trail, ts_us) IN {latest}" % (self.db, " AND ".join(where[:-1])), latest=latest), deadline)
+            chosen: dict = {}
+            for r in rows:
+                key = (_text(r[0]), _text(r[1]))
+                if key not in chosen or int(r[2]) > int(chosen[key][2]):
+                    chosen[key] = r
+            for key, r in list(found.items()):
+                c = chosen.get(key)
+                found[key] = r[:6] + ([c[3], c[4], c[5]] if c is not None else [b"", b"", b""])
         slices: dict[tuple[str, str], list[int]] = {}
         if spark and not cut:
             # Slice i holds ts_us in [start + i*span/spark, start + (i+1)*span/spark): integer
             # arithmetic, the same in every backend (ts_us - start < 2^57 here, times <= 96 fits).
-            rows, cut = await self._select_budget(bind(
-                "SELECT hex(src_ip), trail, intDiv((ts_us - {s}) * {k}, {w}) AS i, count() FROM %s.events WHERE %s "
-                "GROUP BY src_ip, trail, i" % (self.db, " AND ".join(where)),
-                s=start_us, k=spark, w=end_us - start_us), deadline)
+            # Slices of whole hours (a day in 24 or 12 or 8 ...) count from threats_hourly: every
+            # hour then lies in one slice, found from its start.
+            if rollup and (end_us - start_us) % (spark * 3_600_000_000) == 0:
+                sql = ("SELECT hex(src_ip), trail, intDiv((toUInt64(toUnixTimestamp(hour)) * 1000000 - {s}) * {k}, {w}) "
+                       "AS i, countMerge(events) FROM %s.threats_hourly WHERE %s AND %s GROUP BY src_ip, trail, i"
+                       % (self.db, self._hour_range(start_us, end_us), winners))
+            else:
+                sql = ("SELECT hex(src_ip), trail, intDiv((ts_us - {s}) * {k}, {w}) AS i, count() FROM %s.events "
+                       "WHERE %s GROUP BY src_ip, trail, i" % (self.db, " AND ".join(where)))
+            rows, cut = await self._select_budget(bind(sql, s=start_us, k=spark, w=end_us - start_us), deadline)
             for r in rows:
                 i = int(r[2])
                 if 0 <= i < spark:
