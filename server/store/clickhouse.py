@@ -1118,10 +1118,15 @@ class ClickHouseStore:
             # The latest event's strings: only the rows at each winner's greatest ts_us (a
             # handful of granules), where argMax over every winner's rows read the strings of
             # all of them. Rows sharing that microsecond: the greatest id, as any one would do.
+            # The range narrowed to those microseconds lets the primary key skip the hours before.
             latest = [(_Addr(bytes.fromhex(k[0])), k[1], int(r[6])) for k, r in found.items()]
+            first_ts, last_ts = min(x[2] for x in latest), max(x[2] for x in latest)
+            narrow = (_range_condition(first_ts, last_ts + 1, self.timezone) + _scope_condition(scope)
+                      + _terms_condition(terms))
             rows, cut = await self._select_budget(bind(
-                "SELECT hex(src_ip), trail, id, type, info, reference FROM %s.events WHERE %s AND "
-                "(src_ip, trail, ts_us) IN {latest}" % (self.db, " AND ".join(where[:-1])), latest=latest), deadline)
+                "SELECT hex(src_ip), trail, id, type, info, reference FROM %s.events "
+                "PREWHERE (src_ip, trail, ts_us) IN {latest} WHERE %s" % (self.db, " AND ".join(narrow)),
+                latest=latest), deadline)
             chosen: dict = {}
             for r in rows:
                 key = (_text(r[0]), _text(r[1]))
