@@ -22,6 +22,13 @@ Written for the ClickHouse Debian ships (18.16), so:
   them for the partition key, the sort key and the hour buckets;
 - one statement per HTTP request.
 
+Filters (server/store/__init__.py Term) become SQL in `_term_condition`: an address range is one
+BETWEEN on the 16-byte keys; text is matched ASCII case-insensitively (lower() and a pattern
+folded the same way), `*` through LIKE with LIKE's own % _ and \ escaped, then quoted as every
+value is. Aggregates without terms or scope read the roll-ups; with either, the matching events
+themselves, at most row_cap of them (a LIMIT in a subquery; WITH TOTALS tells a top-n whether
+the cap was reached).
+
 Rows travel as TabSeparated both ways: it is byte-exact for any string (quotes, backslashes,
 newlines, NUL), where 18.16's JSON formats are not for every byte sequence.
 
@@ -31,9 +38,10 @@ EventStore, synchronous) over the async store below, whose own interface (corout
     await store.create()                      # database, tables, views (idempotent)
     await store.ingest(events)                # events.record.Event list; all or none on error
     page = await store.events(EventQuery(...))        # Page(events, next_cursor, partial)
-    await store.counts(start_us, end_us, by="type", bucket="hour", scope=None)
-    await store.top(start_us, end_us, field="src_ip", n=10, scope=None)
-    await store.threats(start_us, end_us, n=100, scope=None)
+    await store.counts(start_us, end_us, by="type", bucket="hour", scope=None, terms=())
+    await store.top(start_us, end_us, field="src_ip", n=10, scope=None, terms=())
+    await store.threats(start_us, end_us, n=100, scope=None, terms=(), exclude=(), sort="-events", spark=0)
+    await store.aggregate_counts(...) / aggregate_top(...) / aggregate_threats(...)   # (rows, partial)
     await store.days()                        # the day partitions held, as dates
     await store.drop_days_before(date)        # retention: whole days, every table
     await store.close()
@@ -57,8 +65,9 @@ import aiohttp
 
 from events.record import SEVERITIES, Event
 from server.store.daylog import INDEX_DIR, DayLog, append_logged, catch_up, indexer_locked, ingest_logged
-from server.store import (BUCKETS, COUNT_BY, INDEX_WAIT_S, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts,
-                          EventStore, QueryError, StoreError, StoreStatus, Threats, Top)
+from server.addresses import AddressError, key_range
+from server.store import (BUCKETS, COUNT_BY, DEFAULT_BUDGET_MS, DEFAULT_ROW_CAP, INDEX_WAIT_S, MAX_PAGE_EVENTS, THREAT_SORTS, TOP_FIELDS, AggregateQuery,
+                          Counts, EventStore, QueryError, StoreError, StoreStatus, Threats, Top)
 from server.store import EventQuery as StoreEventQuery
 from server.store import Threat as StoreThreat
 
@@ -294,7 +303,12 @@ class ClickHouseClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+            # Idle connections are dropped after 1 s, before ClickHouse's own keep_alive_timeout
+            # (3 s by default) closes them: a request written onto a connection the server is
+            # closing fails with a broken pipe, and an INSERT cannot safely be sent twice (the
+            # 1M-event bench failed that way 3 times in 3 on a loaded machine; not since).
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout,
+                                                  connector=aiohttp.TCPConnector(keepalive_timeout=1.0))
         return self._session
 
     async def _post(self, params: dict, body: bytes, sql: str) -> bytes:
@@ -400,7 +414,30 @@ SCHEMA = [
        FROM {db}.events GROUP BY hour, src_ip, trail""",
 ]
 
-TABLES = ("events", "hourly", "top_hourly", "threats_hourly")
+# The same per day, with the latest event's type, info and reference (argMax by ts_us): a day's
+# dashboard ranks one row per pair (30,000 on the bench's day) instead of one per pair and hour,
+# and reads the winners' details from it too. Days whose events were inserted before this table
+# existed (a database from an older version) are listed in threats_daily_missing and keep being
+# answered from threats_hourly: filling them in afterwards could count twice the rows another
+# server inserts meanwhile (ClickHouse has no transaction to make the copy and the view one step).
+THREATS_DAILY = [
+    """CREATE TABLE IF NOT EXISTS {db}.threats_daily (
+        day DateTime('{tz}'), src_ip FixedString(16), trail String,
+        events AggregateFunction(count), first_us AggregateFunction(min, UInt64),
+        last_us AggregateFunction(max, UInt64), sensors AggregateFunction(groupUniqArray, String),
+        severity AggregateFunction(max, %s), type AggregateFunction(argMax, String, UInt64),
+        info AggregateFunction(argMax, String, UInt64), reference AggregateFunction(argMax, String, UInt64)
+    ) ENGINE = AggregatingMergeTree PARTITION BY toYYYYMMDD(day) ORDER BY (day, src_ip, trail)""" % _SEVERITY_ENUM,
+    """CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.threats_daily_mv TO {db}.threats_daily AS
+       SELECT toStartOfDay(ts) AS day, src_ip, trail, countState() AS events, minState(ts_us) AS first_us,
+              maxState(greatest(ts_us, last_ts_us)) AS last_us, groupUniqArrayState(sensor) AS sensors,
+              maxState(severity) AS severity, argMaxState(type, ts_us) AS type, argMaxState(info, ts_us) AS info,
+              argMaxState(reference, ts_us) AS reference
+       FROM {db}.events GROUP BY day, src_ip, trail""",
+]
+THREATS_DAILY_MISSING = "CREATE TABLE IF NOT EXISTS {db}.threats_daily_missing (day Date) ENGINE = Log"
+
+TABLES = ("events", "hourly", "top_hourly", "threats_hourly", "threats_daily")
 EVENT_COLUMNS = ("ts_us", "last_ts_us", "id", "sensor", "src_ip", "src_port", "dst_ip", "dst_port", "proto",
                  "type", "trail", "info", "reference", "severity", "count")
 LOG_COLUMNS = ("log_source", "log_day", "log_inode", "log_end")
@@ -436,6 +473,7 @@ class EventQuery(NamedTuple):
     cursor: str | None = None
     limit: int = 100
     budget_ms: int = 5000
+    terms: tuple = ()                 # server.store.Term clauses, all of which hold (_term_condition)
 
 
 class Page(NamedTuple):
@@ -452,9 +490,14 @@ class Threat(NamedTuple):
     last_us: int
     sensors: tuple[str, ...]
     severity: str
+    type: str = ""                    # of the pair's latest event (the greatest ts_us)
+    info: str = ""
+    reference: str = ""
+    spark: tuple[int, ...] = ()       # events per equal slice of the range, oldest first
 
 
 _MAX_LIMIT = 10_000
+_MAX_SPARK = 96
 _DAY_US = 86_400_000_000
 
 
@@ -480,6 +523,101 @@ def _scope_condition(scope: Sequence[str] | None) -> list[str]:
     if not scope:
         return []      # None or empty: every event (Maltrail's empty netfilter)
     return ["(%s OR %s)" % (_net_condition("src_ip", scope), _net_condition("dst_ip", scope))]
+
+
+# Filter terms (server/store/__init__.py Term). Text matching is ASCII case-insensitive, as the
+# SQLite backend's LIKE is: ClickHouse's lower() folds A-Z only, and the pattern is folded the same
+# way here (str.lower would fold other letters too, which lower() would then never match).
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_LIKE_ESCAPE_RE = re.compile(r"[\\%_]")
+
+
+def _like_pattern(value: str, anchored: bool) -> str:
+    """A LIKE pattern (before string quoting) for a Term value: `*` is any run of characters, every
+    other character literal (LIKE's own % _ and \ escaped with a backslash, which 18.16 honours);
+    not `anchored`: a substring anywhere."""
+    pieces = [_LIKE_ESCAPE_RE.sub(lambda m: "\\" + m.group(0), p) for p in value.translate(_ASCII_LOWER).split("*")]
+    body = "%".join(pieces)
+    return body if anchored else "%" + body + "%"
+
+
+def _text_match(column: str, value: str, anchored: bool) -> str:
+    if not isinstance(value, str):
+        raise StoreInputError("a filter value must be text")
+    if "*" not in value:
+        if anchored:
+            return bind("lower(%s) = {v}" % column, v=value.translate(_ASCII_LOWER))
+        return bind("positionCaseInsensitive(%s, {v}) > 0" % column, v=value)
+    return bind("lower(%s) LIKE {p}" % column, p=_like_pattern(value, anchored))
+
+
+def _key_ranges(column: str, values) -> list[str]:
+    out = []
+    for text in values:
+        if not isinstance(text, str):
+            raise StoreInputError("an address filter value must be text")
+        try:
+            lo, hi = key_range(text)
+        except AddressError as exc:
+            raise StoreInputError(str(exc)) from None
+        out.append(bind("%s BETWEEN {lo} AND {hi}" % column, lo=_Addr(lo), hi=_Addr(hi)))
+    return out
+
+
+def _term_condition(term) -> str:
+    """The SQL of one filter Term: any of its values holds, or with `negate`, none does."""
+    field, values = term.field, tuple(term.values)
+    if not values:
+        raise StoreInputError("a filter term on %s has no value" % field)
+    if field in ("src", "dst"):
+        parts = _key_ranges("src_ip" if field == "src" else "dst_ip", values)
+    elif field == "address":
+        parts = _key_ranges("src_ip", values) + _key_ranges("dst_ip", values)
+    elif field == "port":
+        ports = []
+        for v in values:
+            if not isinstance(v, str) or not re.fullmatch(r"\d{1,5}", v) or int(v) > 65535:
+                raise StoreInputError("a port filter is a number 0-65535, not %r" % (v,)[:80])
+            ports.append(int(v))
+        parts = [bind("src_port IN {p} OR dst_port IN {p}", p=ports)]
+    elif field in ("proto", "type"):
+        if not all(isinstance(v, str) for v in values):
+            raise StoreInputError("a %s filter value must be text" % field)
+        parts = [bind("upper(%s) IN {v}" % field, v=[v.translate(_ASCII_UPPER) for v in values])]
+    elif field == "severity":
+        if not all(isinstance(v, str) and v in SEVERITIES for v in values):
+            raise StoreInputError("a severity filter is one of %s" % ", ".join(SEVERITIES))
+        parts = [bind("severity IN {v}", v=list(values))]
+    elif field in ("trail", "sensor"):
+        parts = [_text_match(field, v, anchored=True) for v in values]
+    elif field == "info":
+        parts = [_text_match("info", v, anchored=False) for v in values]
+    elif field == "text":
+        parts = ["%s OR %s" % (_text_match("trail", v, anchored=False), _text_match("info", v, anchored=False))
+                 for v in values]
+    else:
+        raise StoreInputError("unknown filter field %r" % (field,))
+    any_of = "(" + " OR ".join("(%s)" % p for p in parts) + ")"
+    return "NOT " + any_of if term.negate else any_of
+
+
+def _terms_condition(terms) -> list[str]:
+    return [_term_condition(t) for t in terms or ()]
+
+
+def _exclude_condition(pairs) -> list[str]:
+    """(source address, trail) pairs left out (triage: hidden or suppressed). A source that is not
+    an address matches no event, so it needs no clause."""
+    keep = []
+    for pair in pairs or ():
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(isinstance(x, str) for x in pair):
+            raise StoreInputError("an excluded pair is (source address, trail)")
+        try:
+            keep.append((_Addr(addr_bytes(pair[0])), pair[1]))
+        except StoreInputError:
+            continue
+    return [bind("(src_ip, trail) NOT IN {pairs}", pairs=keep)] if keep else []
 
 
 def _range_condition(start_us: int, end_us: int, tz: str) -> list[str]:
@@ -537,6 +675,9 @@ class ClickHouseStore:
         self.db = database
         # Row ids need to be distinct, not secret: a fast generator seeded from the OS.
         self._ids = random.Random(os.urandom(16))
+        # Days threats_daily lacks rows of (_create_threats_daily); None: not read yet, so
+        # threats_daily is not used.
+        self._daily_missing: set[datetime.date] | None = None
 
     async def close(self) -> None:
         await self.client.close()
@@ -547,6 +688,7 @@ class ClickHouseStore:
         for stmt in SCHEMA:
             await self.client.execute(stmt.replace("{db}", self.db).replace("{tz}", self.timezone),
                                       database="default")
+        await self._create_threats_daily()
         # A database made before the log columns existed gets them (18.16 has no ADD COLUMN IF
         # NOT EXISTS); their DEFAULT 0 marks the old rows as from no log.
         have = {_text(r[0]) for r in await self.client.select(bind(
@@ -555,6 +697,26 @@ class ClickHouseStore:
             if name not in have:
                 await self.client.execute("ALTER TABLE %s.events ADD COLUMN %s %s DEFAULT 0"
                                           % (self.db, name, "UInt32" if name == "log_day" else "UInt64"))
+
+    async def _create_threats_daily(self) -> None:
+        """The per-day threats roll-up. When its view is new to a database already holding events,
+        the days held are recorded as missing from it, AFTER the view exists: a day with a row
+        inserted before the view is then surely listed (a day listed whose rows all came after
+        is only answered the slower way)."""
+        def sql(stmt):
+            return stmt.replace("{db}", self.db).replace("{tz}", self.timezone)
+        await self.client.execute(sql(THREATS_DAILY_MISSING), database="default")
+        had_view = await self.client.select(bind(
+            "SELECT name FROM system.tables WHERE database = {db} AND name = 'threats_daily_mv'", db=self.db))
+        for stmt in THREATS_DAILY:
+            await self.client.execute(sql(stmt), database="default")
+        if not had_view:
+            held = await self.days()
+            if held:
+                await self.client.insert(self.db + ".threats_daily_missing", ("day",),
+                                         [[d.isoformat()] for d in held])
+        self._daily_missing = {d for d in (datetime.date.fromisoformat(_text(r[0])) for r in
+                               await self.client.select("SELECT DISTINCT day FROM %s.threats_daily_missing" % self.db))}
 
     # -- ingest --------------------------------------------------------------------------------
 
@@ -644,6 +806,7 @@ class ClickHouseStore:
             # ASCII case-insensitive, as the SQLite backend's LIKE is.
             where.append(bind("positionCaseInsensitive(info, {v}) > 0", v=q.info))
         where += _scope_condition(q.scope)
+        where += _terms_condition(q.terms)
         return where
 
     async def events(self, q: EventQuery) -> Page:
@@ -730,47 +893,132 @@ class ClickHouseStore:
         t = datetime.datetime.fromtimestamp(us // 1_000_000, self._zone)
         return t.minute == 0 and t.second == 0
 
-    def _use_rollups(self, start_us: int, end_us: int, scope) -> bool:
-        # The roll-ups hold whole hours and no scope: a range cut inside an hour, or a user limited
-        # to some networks, is answered from the events themselves.
-        return scope is None and self._hour_aligned(start_us) and self._hour_aligned(end_us)
+    def _use_rollups(self, start_us: int, end_us: int, scope, terms=()) -> bool:
+        # The roll-ups hold whole hours, every event: a range cut inside an hour, a user limited
+        # to some networks or a filter is answered from the events themselves.
+        return (scope is None and not terms and self._hour_aligned(start_us) and self._hour_aligned(end_us))
 
     def _hour_range(self, start_us: int, end_us: int) -> str:
         return bind("hour >= toDateTime({s}, '%s') AND hour < toDateTime({e}, '%s')" % (self.timezone, self.timezone),
                     s=start_us // 1_000_000, e=end_us // 1_000_000)
 
+    def _matching(self, columns: str, start_us: int, end_us: int, scope, terms, row_cap: int,
+                  extra: Sequence[str] = ()) -> str:
+        """A subquery of the events in range, scope and every term, at most `row_cap` of them (the
+        rows an aggregate may examine; LIMIT without ORDER BY stops the read there)."""
+        if type(row_cap) is not int or row_cap < 1:
+            raise StoreInputError("row_cap must be a positive integer")
+        where = (_range_condition(start_us, end_us, self.timezone) + _scope_condition(scope)
+                 + _terms_condition(terms) + list(extra))
+        return "(SELECT %s FROM %s.events WHERE %s LIMIT %d)" % (columns, self.db, " AND ".join(where), row_cap)
+
+    async def _select_budget(self, sql: str, deadline: float) -> tuple[list, bool]:
+        """A select within what is left of a query's time budget: (rows, cut)."""
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms < 1:
+            return [], True
+        return await self._timed_select(sql, left_ms)
+
+    def _rollup_plan(self, start_us: int, end_us: int) -> tuple[str | None, str | None]:
+        """How threats_daily and threats_hourly share an hour-aligned range: the conditions on
+        each (None: that table has no part): the whole days of the store's zone in the range that
+        threats_daily holds in full from the first, the other hours from the second."""
+        if self._daily_missing is None:
+            return None, self._hour_range(start_us, end_us)
+        zone = self._zone
+
+        def midnight_s(day: datetime.date) -> int:
+            return int(datetime.datetime.combine(day, datetime.time(), zone).timestamp())
+
+        first = datetime.datetime.fromtimestamp(start_us // 1_000_000, zone).date()
+        if midnight_s(first) * 1_000_000 < start_us:
+            first += datetime.timedelta(days=1)
+        last = datetime.datetime.fromtimestamp(end_us // 1_000_000, zone).date()    # whole days end before it
+        runs = []       # [start, end) in seconds: the whole days, less those threats_daily lacks
+        day = first
+        for gap in sorted(d for d in self._daily_missing if first <= d < last) + [last]:
+            if day < gap:
+                runs.append((midnight_s(day), midnight_s(gap)))
+            day = gap + datetime.timedelta(days=1)
+        if not runs:
+            return None, self._hour_range(start_us, end_us)
+
+        def within(column: str, a: int, b: int) -> str:
+            return bind("(%s >= toDateTime({a}, '%s') AND %s < toDateTime({b}, '%s'))"
+                        % (column, self.timezone, column, self.timezone), a=a, b=b)
+
+        days_sql = "(%s)" % " OR ".join(within("day", a, b) for a, b in runs)
+        if sum(b - a for a, b in runs) * 1_000_000 == end_us - start_us:
+            return days_sql, None
+        return days_sql, " AND ".join([self._hour_range(start_us, end_us)]
+                                      + ["NOT " + within("hour", a, b) for a, b in runs])
+
+    @staticmethod
+    def _deadline(budget_ms) -> float:
+        if type(budget_ms) is not int or budget_ms < 1:
+            raise StoreInputError("budget_ms must be a positive integer")
+        return time.monotonic() + budget_ms / 1000.0
+
+    @staticmethod
+    def _split_totals(rows: list) -> tuple[list, list | None]:
+        """The rows and the totals row of a WITH TOTALS answer (TabSeparated puts an empty line
+        between them)."""
+        for i, r in enumerate(rows):
+            if r == [b""]:
+                return rows[:i], (rows[i + 1] if i + 1 < len(rows) else None)
+        return rows, None
+
     async def counts(self, start_us: int, end_us: int, by: str = "type", bucket: str = "hour",
-                     scope: Sequence[str] | None = None) -> list[tuple[int, str, int]]:
+                     scope: Sequence[str] | None = None, **filters) -> list[tuple[int, str, int]]:
         """(bucket start in µs, key, events) for each bucket and value of `by` (type, severity or
-        sensor), oldest bucket first, then by key; buckets are hours or days of the store's zone."""
+        sensor), oldest bucket first, then by key; buckets are hours or days of the store's zone.
+        `filters`: terms, row_cap, budget_ms (aggregate_counts)."""
+        return (await self.aggregate_counts(start_us, end_us, by, bucket, scope, **filters))[0]
+
+    async def aggregate_counts(self, start_us: int, end_us: int, by: str = "type", bucket: str = "hour",
+                               scope: Sequence[str] | None = None, terms=(), row_cap: int = DEFAULT_ROW_CAP,
+                               budget_ms: int = DEFAULT_BUDGET_MS) -> tuple[list[tuple[int, str, int]], bool]:
+        """counts() and whether the answer is partial (the row cap reached or the budget spent)."""
         _check_range(start_us, end_us)
         if by not in _COUNT_KEYS:
             raise StoreInputError("counts by type, severity or sensor, not %r" % (by,))
         if bucket not in ("hour", "day"):
             raise StoreInputError("bucket is hour or day, not %r" % (bucket,))
+        deadline = self._deadline(budget_ms)
         key = _COUNT_KEYS[by]
-        if self._use_rollups(start_us, end_us, scope):
+        rollup = self._use_rollups(start_us, end_us, scope, terms)
+        if rollup:
             b = "hour" if bucket == "hour" else "toStartOfDay(hour)"
             sql = ("SELECT toUnixTimestamp(%s) AS b, %s AS k, sum(events) FROM %s.hourly WHERE %s "
                    "GROUP BY b, k ORDER BY b, k" % (b, key, self.db, self._hour_range(start_us, end_us)))
         else:
             b = "toStartOfHour(ts)" if bucket == "hour" else "toStartOfDay(ts)"
-            where = _range_condition(start_us, end_us, self.timezone) + _scope_condition(scope)
-            sql = ("SELECT toUnixTimestamp(%s) AS b, %s AS k, count() FROM %s.events WHERE %s "
-                   "GROUP BY b, k ORDER BY b, k" % (b, key, self.db, " AND ".join(where)))
+            sql = ("SELECT toUnixTimestamp(%s) AS b, %s AS k, count() FROM %s "
+                   "GROUP BY b, k ORDER BY b, k" % (b, key, self._matching("ts, " + key, start_us, end_us, scope,
+                                                                          terms, row_cap)))
+        rows, cut = await self._select_budget(sql, deadline)
         # Sorted here by the key's text (ClickHouse orders the severity Enum by its rank).
-        return sorted((int(r[0]) * 1_000_000, _text(r[1]), int(r[2])) for r in await self.client.select(sql))
+        out = sorted((int(r[0]) * 1_000_000, _text(r[1]), int(r[2])) for r in rows)
+        return out, cut or (not rollup and sum(r[2] for r in out) >= row_cap)
 
     async def top(self, start_us: int, end_us: int, field: str = "src_ip", n: int = 10,
-                  scope: Sequence[str] | None = None) -> list[tuple[str, int]]:
+                  scope: Sequence[str] | None = None, **filters) -> list[tuple[str, int]]:
         """The n commonest values of `field` (src_ip, dst_ip or trail) with their event counts,
-        most first (ties by the value's text)."""
+        most first (ties by the value's text). `filters`: terms, row_cap, budget_ms."""
+        return (await self.aggregate_top(start_us, end_us, field, n, scope, **filters))[0]
+
+    async def aggregate_top(self, start_us: int, end_us: int, field: str = "src_ip", n: int = 10,
+                            scope: Sequence[str] | None = None, terms=(), row_cap: int = DEFAULT_ROW_CAP,
+                            budget_ms: int = DEFAULT_BUDGET_MS) -> tuple[list[tuple[str, int]], bool]:
+        """top() and whether the answer is partial."""
         _check_range(start_us, end_us)
         if field not in _TOP_FIELDS:
             raise StoreInputError("top of src_ip, dst_ip or trail, not %r" % (field,))
         if type(n) is not int or not 1 <= n <= _MAX_LIMIT:
             raise StoreInputError("n must be 1..%d" % _MAX_LIMIT)
-        if self._use_rollups(start_us, end_us, scope):
+        deadline = self._deadline(budget_ms)
+        rollup = self._use_rollups(start_us, end_us, scope, terms)
+        if rollup:
             text = "value" if field == "trail" else _addr_text_sql("toFixedString(unhex(value), 16)")
             sql = bind("SELECT value, sum(events) AS c, %s AS v FROM %s.top_hourly WHERE %s AND kind = {k} "
                        "GROUP BY value ORDER BY c DESC, v LIMIT {n}"
@@ -778,60 +1026,148 @@ class ClickHouseStore:
         else:
             col = "hex(%s)" % field if field != "trail" else "trail"
             text = "trail" if field == "trail" else _addr_text_sql(field)
-            where = _range_condition(start_us, end_us, self.timezone) + _scope_condition(scope)
-            sql = bind("SELECT %s AS value, count() AS c, any(%s) AS v FROM %s.events WHERE %s GROUP BY value "
-                       "ORDER BY c DESC, v LIMIT {n}" % (col, text, self.db, " AND ".join(where)), n=n)
+            # WITH TOTALS: the count over every value, so a cut at row_cap shows past the top n.
+            sql = bind("SELECT %s AS value, count() AS c, any(%s) AS v FROM %s GROUP BY value WITH TOTALS "
+                       "ORDER BY c DESC, v LIMIT {n}"
+                       % (col, text, self._matching(field, start_us, end_us, scope, terms, row_cap)), n=n)
+        rows, cut = await self._select_budget(sql, deadline)
+        rows, totals = self._split_totals(rows)
         out = []
-        for r in await self.client.select(sql):
+        for r in rows:
             value = _text(r[0])
             out.append((addr_text(bytes.fromhex(value)) if field != "trail" else value, int(r[1])))
-        return out
+        return out, cut or (totals is not None and int(totals[1]) >= row_cap)
 
     async def threats(self, start_us: int, end_us: int, n: int = 100,
-                      scope: Sequence[str] | None = None) -> list[Threat]:
+                      scope: Sequence[str] | None = None, **filters) -> list[Threat]:
         """Events grouped by source and trail, most events first, ties by the source's text, then
-        the trail; sensors sorted. Sensor names travel hex-encoded so no byte of a name can split
-        the list."""
+        the trail; sensors sorted. `filters`: terms, exclude, sort, spark, row_cap, budget_ms
+        (aggregate_threats)."""
+        return (await self.aggregate_threats(start_us, end_us, n, scope, **filters))[0]
+
+    async def aggregate_threats(self, start_us: int, end_us: int, n: int = 100,
+                                scope: Sequence[str] | None = None, terms=(), exclude=(), sort: str = "-events",
+                                spark: int = 0, row_cap: int = DEFAULT_ROW_CAP,
+                                budget_ms: int = DEFAULT_BUDGET_MS) -> tuple[list[Threat], bool]:
+        """The first n (source, trail) pairs in `sort` order (THREAT_SORTS; "-" descending; ties by
+        most events, then the source's text, then the trail), leaving out the `exclude` pairs, with
+        the latest event's type, info and reference and, for `spark` > 0, the events in each of
+        `spark` equal slices of [start_us, end_us); and whether the answer is partial. Sensor
+        names travel hex-encoded so no byte of a name can split the list."""
         _check_range(start_us, end_us)
         if type(n) is not int or not 1 <= n <= _MAX_LIMIT:
             raise StoreInputError("n must be 1..%d" % _MAX_LIMIT)
-        # Two passes: rank the (source, trail) pairs by count alone, then compute first/last seen,
-        # sensors and severity for the n winners only (a day can hold a million pairs, and the
-        # per-pair arrays are what costs).
-        rollup = self._use_rollups(start_us, end_us, scope)
+        if not isinstance(sort, str) or sort.lstrip("-") not in THREAT_SORTS or sort.startswith("--"):
+            raise StoreInputError("sort threats by one of %s (\"-\" first: descending), not %r"
+                                  % (", ".join(THREAT_SORTS), sort))
+        if type(spark) is not int or not 0 <= spark <= _MAX_SPARK or (spark and end_us <= start_us):
+            raise StoreInputError("spark is 0..%d slices of a non-empty range" % _MAX_SPARK)
+        deadline = self._deadline(budget_ms)
+        excluded = _exclude_condition(exclude)
+        key, desc = sort.lstrip("-"), sort.startswith("-")
+        # Pass 1 ranks the (source, trail) pairs by the sort key alone; pass 2 computes the rest
+        # for the n winners only (a day can hold a million pairs, and the per-pair arrays and the
+        # latest event's strings are what costs).
+        rollup = self._use_rollups(start_us, end_us, scope, terms)
+        days_sql, hours_sql = self._rollup_plan(start_us, end_us) if rollup else (None, None)
         if rollup:
-            table, where, count = "threats_hourly", [self._hour_range(start_us, end_us)], "countMerge(events)"
+            # Whole days from threats_daily, the hours around them from threats_hourly.
+            parts = ["SELECT src_ip, trail, events, first_us, last_us, severity FROM %s.%s WHERE %s"
+                     % (self.db, table, " AND ".join([cond] + excluded))
+                     for table, cond in (("threats_daily", days_sql), ("threats_hourly", hours_sql)) if cond]
+            source = "(%s)" % " UNION ALL ".join(parts)
+            aggregates = {"events": "countMerge(events)", "first": "minMerge(first_us)",
+                          "last": "maxMerge(last_us)", "severity": "maxMerge(severity)"}
         else:
-            table = "events"
-            where = _range_condition(start_us, end_us, self.timezone) + _scope_condition(scope)
-            count = "count()"
-        ranked = await self.client.select(
-            "SELECT hex(src_ip), trail, %s AS c FROM %s.%s WHERE %s GROUP BY src_ip, trail "
-            "ORDER BY c DESC, %s, trail LIMIT %d" % (count, self.db, table, " AND ".join(where),
-                                                    _addr_text_sql("src_ip"), n))
-        if not ranked:
-            return []
+            source = self._matching("src_ip, trail, ts_us, last_ts_us, severity", start_us, end_us, scope, terms,
+                                    row_cap, excluded)
+            aggregates = {"events": "count()", "first": "min(ts_us)", "last": "max(greatest(ts_us, last_ts_us))",
+                          "severity": "max(severity)"}
+        direction = " DESC" if desc else ""
+        src_text = _addr_text_sql("src_ip")
+        order = {"events": ["c" + direction], "src": [src_text + direction, "c DESC"],
+                 "trail": ["trail" + direction, "c DESC"]}.get(key, ["k" + direction, "c DESC"])
+        sort_value = aggregates.get(key, "0")
+        sql = ("SELECT hex(src_ip), trail, %s AS c, %s AS k FROM %s GROUP BY src_ip, trail%s ORDER BY %s LIMIT %d"
+               % (aggregates["events"], sort_value, source, "" if rollup else " WITH TOTALS",
+                  ", ".join(order + [src_text, "trail"]), n))
+        ranked, cut = await self._select_budget(sql, deadline)
+        ranked, totals = self._split_totals(ranked)
+        partial = cut or (totals is not None and int(totals[2]) >= row_cap)
+        if not ranked or cut:
+            return [], partial
         pairs = [(_Addr(bytes.fromhex(_text(r[0]))), _text(r[1])) for r in ranked]
-        if rollup:
-            details = ("minMerge(first_us), maxMerge(last_us), arrayStringConcat(arrayMap(x -> hex(x), "
-                       "arraySort(groupUniqArrayMerge(sensors))), ','), maxMerge(severity)")
+        # Pass 2: the winners' details, from threats_daily when it covers the whole range, else
+        # from the events (the hourly roll-up holds no latest event): their rows in range, scope
+        # and terms.
+        winners = bind("(src_ip, trail) IN {pairs}", pairs=pairs)
+        where = (_range_condition(start_us, end_us, self.timezone) + _scope_condition(scope) + _terms_condition(terms)
+                 + [winners])
+        if days_sql and not hours_sql:
+            sql = ("SELECT hex(src_ip), trail, minMerge(first_us), maxMerge(last_us), "
+                   "arrayStringConcat(arrayMap(x -> hex(x), arraySort(groupUniqArrayMerge(sensors))), ','), "
+                   "maxMerge(severity), argMaxMerge(type), argMaxMerge(info), argMaxMerge(reference) "
+                   "FROM %s.threats_daily WHERE %s AND %s GROUP BY src_ip, trail" % (self.db, days_sql, winners))
         else:
-            details = ("min(ts_us), max(greatest(ts_us, last_ts_us)), arrayStringConcat(arrayMap(x -> hex(x), "
-                       "arraySort(groupUniqArray(sensor))), ','), max(severity)")
-        rows = await self.client.select(bind(
-            "SELECT hex(src_ip), trail, %s FROM %s.%s WHERE %s AND (src_ip, trail) IN {pairs} GROUP BY src_ip, trail"
-            % (details, self.db, table, " AND ".join(where)), pairs=pairs))
-        found = {(_text(r[0]), _text(r[1])): r for r in rows}
+            sql = ("SELECT hex(src_ip), trail, min(ts_us), max(greatest(ts_us, last_ts_us)), "
+                   "arrayStringConcat(arrayMap(x -> hex(x), arraySort(groupUniqArray(sensor))), ','), max(severity), "
+                   "max(ts_us) FROM %s.events WHERE %s GROUP BY src_ip, trail" % (self.db, " AND ".join(where)))
+        details, cut = await self._select_budget(sql, deadline)
+        found = {(_text(r[0]), _text(r[1])): r for r in details}
+        if not (days_sql and not hours_sql) and found and not cut:
+            # The latest event's strings: only the rows at each winner's greatest ts_us (a
+            # handful of granules), where argMax over every winner's rows read the strings of
+            # all of them. Rows sharing that microsecond: the greatest id, as any one would do.
+            # The range narrowed to those microseconds lets the primary key skip the hours before.
+            latest = [(_Addr(bytes.fromhex(k[0])), k[1], int(r[6])) for k, r in found.items()]
+            first_ts, last_ts = min(x[2] for x in latest), max(x[2] for x in latest)
+            narrow = (_range_condition(first_ts, last_ts + 1, self.timezone) + _scope_condition(scope)
+                      + _terms_condition(terms))
+            rows, cut = await self._select_budget(bind(
+                "SELECT hex(src_ip), trail, id, type, info, reference FROM %s.events "
+                "PREWHERE (src_ip, trail, ts_us) IN {latest} WHERE %s" % (self.db, " AND ".join(narrow)),
+                latest=latest), deadline)
+            chosen: dict = {}
+            for r in rows:
+                key = (_text(r[0]), _text(r[1]))
+                if key not in chosen or int(r[2]) > int(chosen[key][2]):
+                    chosen[key] = r
+            for key, r in list(found.items()):
+                c = chosen.get(key)
+                found[key] = r[:6] + ([c[3], c[4], c[5]] if c is not None else [b"", b"", b""])
+        slices: dict[tuple[str, str], list[int]] = {}
+        if spark and not cut:
+            # Slice i holds ts_us in [start + i*span/spark, start + (i+1)*span/spark): integer
+            # arithmetic, the same in every backend (ts_us - start < 2^57 here, times <= 96 fits).
+            # Slices of whole hours (a day in 24 or 12 or 8 ...) count from threats_hourly: every
+            # hour then lies in one slice, found from its start.
+            if rollup and (end_us - start_us) % (spark * 3_600_000_000) == 0:
+                sql = ("SELECT hex(src_ip), trail, intDiv((toUInt64(toUnixTimestamp(hour)) * 1000000 - {s}) * {k}, {w}) "
+                       "AS i, countMerge(events) FROM %s.threats_hourly WHERE %s AND %s GROUP BY src_ip, trail, i"
+                       % (self.db, self._hour_range(start_us, end_us), winners))
+            else:
+                sql = ("SELECT hex(src_ip), trail, intDiv((ts_us - {s}) * {k}, {w}) AS i, count() FROM %s.events "
+                       "WHERE %s GROUP BY src_ip, trail, i" % (self.db, " AND ".join(where)))
+            rows, cut = await self._select_budget(bind(sql, s=start_us, k=spark, w=end_us - start_us), deadline)
+            for r in rows:
+                i = int(r[2])
+                if 0 <= i < spark:
+                    slices.setdefault((_text(r[0]), _text(r[1])), [0] * spark)[i] += int(r[3])
+        partial = partial or cut
         out = []
         for r in ranked:
-            d = found.get((_text(r[0]), _text(r[1])))
+            pair = (_text(r[0]), _text(r[1]))
+            d = found.get(pair)
             if d is None:
-                continue    # its day was dropped between the two passes (retention)
+                continue    # its day was dropped between the two passes (retention), or the budget ran out
+            if len(d) != 9:
+                raise ClickHouseError(-1, "a threats row held %d fields, not 9" % len(d))
             sensors = _text(d[4])
-            out.append(Threat(addr_text(bytes.fromhex(_text(r[0]))), _text(r[1]), int(r[2]), int(d[2]), int(d[3]),
+            out.append(Threat(addr_text(bytes.fromhex(pair[0])), pair[1], int(r[2]), int(d[2]), int(d[3]),
                               tuple(bytes.fromhex(x).decode("utf-8") for x in sensors.split(",")) if sensors else (),
-                              _text(d[5])))
-        return out
+                              _text(d[5]), _text(d[6]), _text(d[7]), _text(d[8]),
+                              tuple(slices.get(pair, [0] * spark)) if spark else ()))
+        return out, partial
 
     # -- retention -----------------------------------------------------------------------------
 
@@ -1030,7 +1366,8 @@ class ClickHouseEventStore(EventStore):
             addr=(query.address,) if query.address else (), port=query.port, src_port=query.src_port,
             dst_port=query.dst_port, proto=query.proto, type=query.type, trail=query.trail,
             info=query.info or None, severity=tuple(query.severity) or None, sensor=query.sensor,
-            scope=tuple(query.scope), cursor=query.cursor, limit=query.limit, budget_ms=query.budget_ms)
+            scope=tuple(query.scope), cursor=query.cursor, limit=query.limit, budget_ms=query.budget_ms,
+            terms=tuple(query.terms))
         page = self._call(self._store.events(q))
         if page.partial and not page.events:
             page = page._replace(next_cursor=query.cursor)    # nothing seen yet: ask again from here
@@ -1053,26 +1390,31 @@ class ClickHouseEventStore(EventStore):
             hi = floor(hi + 3_600_000_000 + 1)   # the next hour's start (zones may shift by 30 min)
         return lo, hi
 
+    def _filters(self, query: AggregateQuery) -> dict:
+        return dict(scope=tuple(query.scope) or None, terms=tuple(query.terms), row_cap=query.row_cap,
+                    budget_ms=query.budget_ms)
+
     def counts(self, query: AggregateQuery, by: str, bucket: str = "hour") -> Counts:
         if by not in COUNT_BY or bucket not in BUCKETS:
             raise QueryError("counts by one of %s per one of %s" % (", ".join(COUNT_BY), ", ".join(BUCKETS)))
         lo, hi = self._hours(query)
-        rows = self._call(self._store.counts(lo, hi, by, bucket, scope=tuple(query.scope) or None))
-        partial = bool(query.scope) and sum(r[2] for r in rows) >= query.row_cap
+        rows, partial = self._call(self._store.aggregate_counts(lo, hi, by, bucket, **self._filters(query)))
         return Counts(lo, hi, by, bucket, rows, partial)
 
     def top(self, query: AggregateQuery, field: str, n: int = 10) -> Top:
         if field not in TOP_FIELDS:
             raise QueryError("top of %r: one of %s" % (field, ", ".join(TOP_FIELDS)))
         lo, hi = self._hours(query)
-        rows = self._call(self._store.top(lo, hi, field, n, scope=tuple(query.scope) or None))
-        return Top(lo, hi, field, rows, bool(query.scope) and sum(r[1] for r in rows) >= query.row_cap)
+        rows, partial = self._call(self._store.aggregate_top(lo, hi, field, n, **self._filters(query)))
+        return Top(lo, hi, field, rows, partial)
 
-    def threats(self, query: AggregateQuery, n: int = 100) -> Threats:
+    def threats(self, query: AggregateQuery, n: int = 100, sort: str = "-events", spark: int = 0) -> Threats:
         lo, hi = self._hours(query)
-        found = self._call(self._store.threats(lo, hi, n, scope=tuple(query.scope) or None))
-        rows = [StoreThreat(t.src_ip, t.trail, t.events, t.first_us, t.last_us, t.sensors, t.severity) for t in found]
-        return Threats(lo, hi, rows, bool(query.scope) and sum(t.events for t in rows) >= query.row_cap)
+        found, partial = self._call(self._store.aggregate_threats(
+            lo, hi, n, exclude=tuple(query.exclude_pairs), sort=sort, spark=spark, **self._filters(query)))
+        rows = [StoreThreat(t.src_ip, t.trail, t.events, t.first_us, t.last_us, t.sensors, t.severity, t.type, t.info,
+                            t.reference, t.spark) for t in found]
+        return Threats(lo, hi, rows, partial)
 
     def status(self) -> StoreStatus:
         with self._lock:
