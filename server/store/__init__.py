@@ -60,6 +60,14 @@ class TimeRange:
             raise QueryError("the range ends before it starts")
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def ascii_lower(text: str) -> str:
+    """A-Z folded to a-z and nothing else, as every backend's case-insensitive comparison folds."""
+    return text.translate(_ASCII_LOWER)
+
+
 FILTER_FIELDS = ("src", "dst", "address", "port", "proto", "type", "trail", "info", "severity", "sensor", "text")
 
 

@@ -67,7 +67,7 @@ from events.record import SEVERITIES, Event
 from server.store.daylog import INDEX_DIR, DayLog, append_logged, catch_up, indexer_locked, ingest_logged
 from server.addresses import AddressError, key_range
 from server.store import (BUCKETS, COUNT_BY, DEFAULT_BUDGET_MS, DEFAULT_ROW_CAP, INDEX_WAIT_S, MAX_PAGE_EVENTS, THREAT_SORTS, TOP_FIELDS, AggregateQuery,
-                          Counts, EventStore, QueryError, StoreError, StoreStatus, Threats, Top)
+                          Counts, EventStore, QueryError, ascii_lower, StoreError, StoreStatus, Threats, Top)
 from server.store import EventQuery as StoreEventQuery
 from server.store import Threat as StoreThreat
 
@@ -607,17 +607,20 @@ def _terms_condition(terms) -> list[str]:
 
 
 def _exclude_condition(pairs) -> list[str]:
-    """(source address, trail) pairs left out (triage: hidden or suppressed). A source that is not
-    an address matches no event, so it needs no clause."""
+    """(source address, trail) pairs left out (triage: hidden or suppressed), the trail in any case.
+    A source that is not an address matches no event, so it needs no clause."""
     keep = []
     for pair in pairs or ():
         if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(isinstance(x, str) for x in pair):
             raise StoreInputError("an excluded pair is (source address, trail)")
         try:
-            keep.append((_Addr(addr_bytes(pair[0])), pair[1]))
+            keep.append((_Addr(addr_bytes(pair[0])), ascii_lower(pair[1])))
         except StoreInputError:
             continue
-    return [bind("(src_ip, trail) NOT IN {pairs}", pairs=keep)] if keep else []
+    # The trail compared case-insensitively (the store contract): lower() folds A-Z only, so the
+    # pairs are folded the same way here.
+    return [bind("(src_ip, lower(trail)) NOT IN {pairs}", pairs=keep)] if keep else []
+
 
 
 def _range_condition(start_us: int, end_us: int, tz: str) -> list[str]:

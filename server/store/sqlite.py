@@ -70,7 +70,7 @@ from server.addresses import AddressError, ip_key, key_range, key_text
 from server.store.daylog import DayLog, append_logged, catch_up, indexer_locked, ingest_logged, split_by_day
 from server.store import (
     BUCKETS, COUNT_BY, INDEX_WAIT_S, MAX_PAGE_EVENTS, TOP_FIELDS, AggregateQuery, Counts, EventQuery, EventStore, Page,
-    THREAT_SORTS, QueryError, StoreError, StoreStatus, Term, Threat, Threats, Top,
+    THREAT_SORTS, QueryError, ascii_lower, StoreError, StoreStatus, Term, Threat, Threats, Top,
 )
 
 HOUR_US = 3_600_000_000
@@ -675,7 +675,7 @@ class SqliteStore(EventStore):
             raise QueryError("spark must be from 0 to %d slices" % MAX_SPARK)
         lo, hi = _hours(query)
         from_rows = bool(query.scope or query.terms)
-        excluded = {(ip_key(src) or src, trail.lower()) for src, trail in query.exclude_pairs}
+        excluded = {(ip_key(src) or src, ascii_lower(trail)) for src, trail in query.exclude_pairs}
         # The whole-day roll-up may rank inside SQLite in any order but the address order of
         # `src` (its text sorts otherwise), keeping as many more rows as could be left out.
         sql_order = _SQL_ORDER.get(order)
@@ -735,7 +735,7 @@ class SqliteStore(EventStore):
                         m[3] = max(m[3], rank)
                         m[4] |= names_seen
             if excluded:
-                for pair in [p for p in merged if (ip_key(p[0]) or p[0], p[1].lower()) in excluded]:
+                for pair in [p for p in merged if (ip_key(p[0]) or p[0], ascii_lower(p[1])) in excluded]:
                     del merged[pair]
             ranked = _ranked(merged, order, descending)[:n]
             details = {}
