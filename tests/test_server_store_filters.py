@@ -145,7 +145,7 @@ def _sorted_threats(rows, sort):
     key, desc = sort.lstrip("-"), sort.startswith("-")
     rows = sorted(rows, key=lambda r: (-r["events"], r["src_ip"], r["trail"]))     # the ties
     value = {"events": lambda r: r["events"], "first": lambda r: r["first"], "last": lambda r: r["last"],
-             "severity": lambda r: RANK.index(r["severity"]), "src": lambda r: r["src_ip"],
+             "severity": lambda r: RANK.index(r["severity"]), "src": lambda r: ip_key(r["src_ip"]),  # address order
              "trail": lambda r: r["trail"]}[key]
     return sorted(rows, key=value, reverse=desc)      # stable: equal values keep the tie order
 

@@ -1088,7 +1088,9 @@ class ClickHouseStore:
                           "severity": "max(severity)"}
         direction = " DESC" if desc else ""
         src_text = _addr_text_sql("src_ip")
-        order = {"events": ["c" + direction], "src": [src_text + direction, "c DESC"],
+        # sort=src is address order (the 16-byte keys: IPv4 before IPv6, 10.0.0.2 before 10.0.0.10),
+        # as SQLite sorts it; ties go by the source's text.
+        order = {"events": ["c" + direction], "src": ["src_ip" + direction, "c DESC"],
                  "trail": ["trail" + direction, "c DESC"]}.get(key, ["k" + direction, "c DESC"])
         sort_value = aggregates.get(key, "0")
         sql = ("SELECT hex(src_ip), trail, %s AS c, %s AS k FROM %s GROUP BY src_ip, trail%s ORDER BY %s LIMIT %d"

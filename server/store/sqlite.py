@@ -955,12 +955,16 @@ def _term_sql(term: Term) -> tuple[str, list]:
             ports = [int(v) for v in values]
         except ValueError:
             raise QueryError("a port filter takes whole numbers, not %r" % (values,)) from None
+        if not all(0 <= port <= 65535 for port in ports):
+            raise QueryError("a port filter takes ports from 0 to 65535, not %r" % (values,))
         parts.append("src_port IN (%s) OR dst_port IN (%s)" % (marks, marks))
         args += ports + ports
     elif f in ("proto", "type"):
         parts.append("upper(%s) IN (%s)" % (f, ",".join("?" * len(values))))
         args += list(values)
     elif f == "severity":
+        if not set(values) <= set(SEVERITIES):
+            raise QueryError("a severity filter takes %s, not %r" % (", ".join(SEVERITIES), values))
         parts.append("severity IN (%s)" % ",".join("?" * len(values)))
         args += list(values)
     else:
