@@ -310,13 +310,14 @@ class Server:
         self.auth_web.setup(app)
         # Each part of the HTTP side adds its routes here (server/api/, server/sensors/, ...):
         # they read the logged-in user from request[server.auth.web.SESSION_KEY].
-        from server import metrics, sensors
+        from server import metrics, sensors, ui
         from server.api import compat
         from server.api import setup as setup_api
         setup_api(app, self)            # events and aggregates (server/api/v1.py)
         compat.setup(app, self)         # check, trails, Maltrail's endpoints
         sensors.setup(app, self)        # our sensors' HTTPS intake, the sensor registry
         metrics.setup(app, self)        # /metrics
+        ui.setup(app, self)             # the web UI: / and /static/ (server/ui.py)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, **self.slow_clients.runner_kwargs())
         await runner.setup()
         for thread in self._threads:
