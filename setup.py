@@ -56,6 +56,6 @@ setup(
         "aiohttp>=3.9,<4",
         "argon2-cffi>=21.3",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
+    extras_require={"test": ["pytest>=8", "hypothesis>=6.100", "playwright>=1.40"]},
     entry_points={"console_scripts": ["maltrail-engine=cli:main"]},
 )
