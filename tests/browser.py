@@ -47,10 +47,12 @@ def browser():
 @pytest.fixture(scope="session")
 def shots(request, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("ui-screenshots")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     line = "screenshots of the UI views: %s" % folder
-    if reporter is not None:
-        reporter.write_line(line)
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():     # shown even while output is captured
+            reporter.write_line("\n" + line)
     else:
         print(line)
     return folder

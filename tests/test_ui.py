@@ -322,7 +322,7 @@ def test_a_trail_and_info_with_markup_render_as_text_and_run_nothing(pages):
     index = trails.index(HOSTILE_TRAIL_2)
     page.query_selector_all("#threat-table tbody tr")[index].click()
     page.wait_for_selector("#drawer", state="visible")
-    page.wait_for_selector("#drawer-events table")
+    page.wait_for_selector("#drawer-events .events")
     assert page.inner_text("#drawer-title") == HOSTILE_TRAIL_2
     assert HOSTILE_INFO in page.inner_text("#drawer-events")
     w.shot("drawer-hostile")
@@ -450,7 +450,7 @@ def test_no_horizontal_scroll_at_phone_and_laptop_sizes(pages, size):
     assert page.evaluate(wide) <= 0
     w.shot("dashboard-%dx%d" % size)
     page.query_selector("#threat-table tbody tr").click()
-    page.wait_for_selector("#drawer-events table")
+    page.wait_for_selector("#drawer-events .events")
     assert page.evaluate(wide) <= 0
     w.shot("drawer-%dx%d" % size, full_page=False)
     page.keyboard.press("Escape")

@@ -69,15 +69,16 @@ async function loadEvents(box, threat, range, cursor, live, table) {
                                      limit: EVENTS_PER_PAGE, cursor});
   if (!live()) return;
   if (!a.ok) { replace(box, note(api.errorText(a), "error")); return; }
-  const rows = (a.body.events || []).map((e) => h("tr", {},
-    h("td", {class: "time"}, fmtTime(e.time)), h("td", {}, e.sensor), h("td", {class: "mono"}, e.dst_ip),
-    h("td", {class: "num"}, e.dst_port === null ? "-" : String(e.dst_port)), h("td", {}, e.proto),
-    h("td", {class: "info"}, e.info), h("td", {class: "num"}, fmtInt(e.count))));
+  const rows = (a.body.events || []).map((e) => h("li", {class: "event"},
+    h("div", {}, h("span", {class: "time"}, fmtTime(e.time)), " ", h("span", {class: "muted"}, e.sensor), " \u2192 ",
+      h("span", {class: "mono"}, e.dst_ip + (e.dst_port === null ? "" : " port " + e.dst_port)), " ", e.proto,
+      e.count > 1 ? h("span", {class: "muted"}, " \u00D7" + fmtInt(e.count)) : null),
+    e.info ? h("div", {class: "info-line"}, e.info) : null));
   if (!table) {
-    table = h("tbody", {});
-    replace(box, h("div", {class: "scroll"}, h("table", {class: "grid-table"},
-      h("thead", {}, h("tr", {}, ["time", "sensor", "destination", "port", "proto", "info", "count"].map((c) => h("th", {}, c)))), table)));
+    table = h("ol", {class: "events plain"});
+    replace(box, table);
   }
+  if (!rows.length && !cursor) replace(box, note("no events"));
   rows.forEach((r) => table.appendChild(r));
   const old = box.querySelector(".more");
   if (old) old.remove();

@@ -182,7 +182,7 @@ export async function renderDashboard(main, ctx, params) {
     }
   });
   const list = threatList(threatsBody, ctx, s, filtered, go, showFilterError);
-  await Promise.all([countsP, topP, list.load(null)]);
+  await Promise.all([countsP, topP, list.load(null, false)]);
 
   if (s.live) startLive(ctx, q, pauseBtn, liveNote, () => Promise.all([list.reload()]));
 }
@@ -251,15 +251,17 @@ function threatList(box, ctx, s, filtered, go, showFilterError) {
   };
 
   const list = {
-    async load(cursor) {
-      ctx.loading();
+    // alone: a page turn or a reload, which says loading/ready itself; the first page is one of
+    // the dashboard's panels, whose readiness the dashboard says once all of them have answered.
+    async load(cursor, alone = true) {
+      if (alone) ctx.loading();
       const a = await api.get("threats", Object.assign({limit: THREATS_PER_PAGE, cursor, sort: s.sort, spark: SPARK_SLICES,
                                                          hidden: s.hidden}, filtered), ["sort", "spark", "hidden"]);
       if (!ctx.current()) return;
       if (!a.ok) {
         showFilterError(a);
         replace(box, note(api.errorText(a), "error"));
-        ctx.ready();
+        if (alone) ctx.ready();
         return;
       }
       rows = a.body.threats || [];
@@ -301,7 +303,7 @@ function threatList(box, ctx, s, filtered, go, showFilterError) {
           h("tbody", {}, trs))) : note("no threats in this range"),
         pager,
         missing.length ? note("not available on this server: " + missing.join(", ")) : null);
-      ctx.ready();
+      if (alone) ctx.ready();
     },
     reload() { return list.load(cursors[cursors.length - 1]); },
   };
