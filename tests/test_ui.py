@@ -15,7 +15,9 @@ data-state="ready" and on elements.
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,7 +28,7 @@ from server.auth.users import make_user_line
 from server.ui import FILES
 from tests.browser import Watched, browser, shots  # noqa: F401  (fixtures)
 from tests.server_proc import ServerProc
-from tests.test_server_api import DAY0_S, EVENTS, PASSWORD, Client, datagram
+from tests.test_server_api import DAY0_S, DARK, EVENTS, PASSWORD, Client, datagram
 
 FROM, TO = "2026-11-23", "2026-11-25"
 HASH = "#/dashboard?from=%s&to=%s" % (FROM, TO)
@@ -76,10 +78,12 @@ def missing(admin) -> set[str]:
     parameters it refuses as unknown. The app shows these as "not available"; the browser's notes
     on those answers are the only console lines a test lets through."""
     out = set()
-    for endpoint in ("triage?src_ip=10.0.0.1&trail=x", "analysts", "suppressions", "live", "export?view=threats&format=json"):
+    for endpoint in ("analysts", "suppressions", "live", "export?view=threats&format=json"):
         status = _status(admin, "GET", "/api/v1/" + endpoint)
         if status == 404:
             out.add(endpoint.split("?")[0])
+    if "analysts" in out:   # /triage itself answers 404 for a pair nobody can see: ask its sibling
+        out.add("triage")
     if _status(admin, "POST", "/api/v1/looked") == 404:
         out.add("looked")
     for param, value in (("sort", "-events"), ("spark", "4"), ("hidden", "show"), ("q", "src:10.0.0.0/8")):
@@ -325,7 +329,7 @@ def test_a_trail_and_info_with_markup_render_as_text_and_run_nothing(pages):
     page.wait_for_selector("#drawer-events .events")
     assert page.inner_text("#drawer-title") == HOSTILE_TRAIL_2
     assert HOSTILE_INFO in page.inner_text("#drawer-events")
-    w.shot("drawer-hostile")
+    w.shot("drawer-hostile", full_page=False)
     nothing_ran()
     page.keyboard.press("Escape")
     assert not page.is_visible("#drawer")
@@ -346,7 +350,7 @@ def test_every_view_loads_without_console_errors(pages, server, admin, missing):
     page.wait_for_selector("#drawer-triage p, #drawer-triage select")
     page.wait_for_selector("#drawer-other p, #drawer-other ul")
     page.wait_for_selector("#drawer-check p, #drawer-check div")
-    w.shot("drawer")
+    w.shot("drawer", full_page=False)
     if "triage" in missing:
         assert "not available" in page.inner_text("#drawer-triage")
     page.keyboard.press("Escape")
@@ -487,3 +491,118 @@ def test_a_click_on_a_top_source_adds_a_chip_and_removing_it_restores_the_view(p
     w.act(lambda: (page.fill("#filter", 'type:DNS trail:"bad.example/x y" -sev:low'), page.press("#filter", "Enter")))
     assert [c.inner_text() for c in page.query_selector_all("#chips .chip span")] == \
         ["type:DNS", 'trail:"bad.example/x y"', "-sev:low"]
+
+
+# -- scope ----------------------------------------------------------------------------------------------------
+
+def test_a_scoped_user_sees_the_figures_of_its_scope_only(pages, server):
+    client = Client(server)
+    assert client.login("v4")[0] == 200
+    w = pages(login="v4")
+    page = w.page
+    w.go(HASH)
+    counts = client.ok("counts", **{"from": FROM, "to": TO, "by": "type"})
+    total = sum(r["events"] for r in counts["counts"]["type"])
+    assert figures(page)["total"] == total < len(ALL_EVENTS)
+    top = client.ok("top", **{"from": FROM, "to": TO, "n": 10})
+    for field in ("src_ip", "dst_ip", "trail"):
+        assert [b.get_attribute("data-value") for b in page.query_selector_all("#top-%s .top-item" % field)] == \
+            [r["value"] for r in top["top"][field]]
+    threats = client.ok("threats", **{"from": FROM, "to": TO, "limit": 50})
+    assert [(tr.get_attribute("data-src"), tr.get_attribute("data-trail"))
+            for tr in page.query_selector_all("#threat-table tbody tr")] == [(t["src_ip"], t["trail"]) for t in threats["threats"]]
+    text = page.inner_text("main")
+    for address in DARK:            # events between addresses nobody's scope holds leave no trace
+        assert address not in text
+    assert page.inner_text("#whoami") == "v4"
+
+
+# -- what the other helpers' endpoints make possible (skipped while this server lacks them) -------------------
+
+def _need(missing, *names):
+    lacking = [n for n in names if n in missing]
+    if lacking:
+        pytest.skip("this server has no %s endpoint yet (the UI shows 'not available')" % ", ".join(lacking))
+
+
+def _open_threat(w: Watched, trail: str):
+    page = w.page
+    w.go(HASH)
+    row = page.query_selector('#threat-table tbody tr[data-trail="%s"]' % trail.replace('"', '\\"'))
+    assert row is not None, trail
+    row.click()
+    page.wait_for_selector("#triage-status")
+    return row
+
+
+def test_triage_set_in_one_browser_appears_in_another_users(pages, missing):
+    _need(missing, "triage", "analysts")
+    first = pages(login="admin")
+    _open_threat(first, HOSTILE_TRAIL)
+    page = first.page
+    page.select_option("#triage-status", "investigating")
+    page.wait_for_selector("#triage-msg:empty", state="attached")
+    page.fill("#triage-note", "looked at it <b>twice</b>")
+    page.click("#triage-add-note")
+    page.wait_for_selector("#triage-notes li")
+    second = pages(login="v4")        # 10.1.66.6 is inside v4's netfilter
+    _open_threat(second, HOSTILE_TRAIL)
+    assert second.page.input_value("#triage-status") == "investigating"
+    notes = second.page.inner_text("#triage-notes")
+    assert "looked at it <b>twice</b>" in notes and "admin" in notes
+    row = second.page.query_selector('#threat-table tbody tr[data-trail="%s"]' % HOSTILE_TRAIL.replace('"', '\\"'))
+    assert "investigating" in row.inner_text()
+    second.shot("drawer-triage", full_page=False)
+
+
+def test_a_suppression_hides_the_pair_is_listed_and_can_be_lifted(pages, missing):
+    _need(missing, "triage", "suppressions")
+    w = pages()
+    page = w.page
+    _open_threat(w, HOSTILE_TRAIL_2)
+    page.fill("#suppress-reason", "test <i>reason</i>")
+    page.click("#suppress")
+    page.wait_for_selector("#suppress-msg:has-text('suppressed')")
+    page.keyboard.press("Escape")
+    w.stale()
+    page.reload()
+    w.ready()
+    trails = [tr.get_attribute("data-trail") for tr in page.query_selector_all("#threat-table tbody tr")]
+    assert HOSTILE_TRAIL_2 not in trails
+    w.go("#/suppressions")
+    rows = page.query_selector_all("#suppression-table tbody tr")
+    assert [r.query_selector("td.trail").inner_text() for r in rows] == [HOSTILE_TRAIL_2]
+    assert "test <i>reason</i>" in rows[0].inner_text()
+    w.shot("suppressions-listed")
+    w.act(lambda: rows[0].query_selector("button").click())
+    page.wait_for_selector("#suppressions p")
+    assert page.query_selector_all("#suppression-table tbody tr") == []
+    w.go(HASH)
+    assert HOSTILE_TRAIL_2 in [tr.get_attribute("data-trail") for tr in page.query_selector_all("#threat-table tbody tr")]
+
+
+def test_live_mode_shows_an_event_stored_after_the_page_opened(pages, server, missing):
+    _need(missing, "live")
+    w = pages()
+    page = w.page
+    w.go(HASH + "&live=1")
+    page.wait_for_selector("#live-note:has-text('live')")
+    fresh = dict(EVENTS[0], ts_us=int(time.time() * 1_000_000), trail="live-%d.example" % os.getpid(), type="DNS")
+    server.send([datagram(fresh)])
+    page.wait_for_selector("#live-rows td.trail:has-text('%s')" % fresh["trail"])
+    w.shot("dashboard-live-event")
+
+
+def test_export_buttons_save_what_the_export_endpoint_answers(pages, admin, missing):
+    _need(missing, "export")
+    w = pages()
+    page = w.page
+    w.go(HASH)
+    for fmt in ("csv", "json", "indicators"):
+        with page.expect_download() as info:
+            page.click("[data-export=threats-%s]" % fmt)
+        saved = open(info.value.path(), "rb").read()
+        req = urllib.request.Request(admin.base + "/api/v1/export?" + urllib.parse.urlencode(
+            {"view": "threats", "format": fmt, "from": FROM, "to": TO}))
+        with admin.opener.open(req, timeout=60) as r:
+            assert saved == r.read(), fmt

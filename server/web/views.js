@@ -394,8 +394,10 @@ export async function renderSuppressions(main, ctx) {
         h("td", {}, x.created_by || ""), h("td", {class: "time"}, when(x.created_at)), h("td", {class: "time"}, x.expires_at ? when(x.expires_at) : "never"),
         h("td", {}, h("button", {type: "button", class: "ghost", onclick: async (ev) => {
           ev.target.disabled = true;
+          ctx.loading();
           const d = await api.del("suppressions/" + encodeURIComponent(x.id));
-          if (d.ok) load(); else { ev.target.disabled = false; ev.target.textContent = "lift failed: " + api.errorText(d); }
+          if (d.ok) await load(); else { ev.target.disabled = false; ev.target.textContent = "lift failed: " + api.errorText(d); }
+          ctx.ready();
         }}, "Lift"))))))));
   };
   await load();
