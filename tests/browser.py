@@ -67,6 +67,7 @@ class Watched:
         self.shots = shots
         self.problems: list[str] = []
         self.refusals: list[tuple[str, int]] = []
+        self.also: list = []        # more expected(url, status) a test adds for what it provokes
         page.on("console", self._console)
         page.on("pageerror", lambda exc: self.problems.append("page error: %s" % exc))
 
@@ -74,7 +75,7 @@ class Watched:
         text = msg.text
         url = (msg.location or {}).get("url", "")
         m = _NETWORK_NOTE.match(text)
-        if m and msg.type == "error" and self.expected(url, int(m.group(1))):
+        if m and msg.type == "error" and any(f(url, int(m.group(1))) for f in [self.expected] + self.also):
             self.refusals.append((url, int(m.group(1))))
             return
         self.problems.append("console %s: %s (%s)" % (msg.type, text, url))

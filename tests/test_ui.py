@@ -522,7 +522,7 @@ def test_a_scoped_user_sees_the_figures_of_its_scope_only(pages, server):
 def _need(missing, *names):
     lacking = [n for n in names if n in missing]
     if lacking:
-        pytest.skip("this server has no %s endpoint yet (the UI shows 'not available')" % ", ".join(lacking))
+        pytest.skip("this server lacks %s (an endpoint, or a parameter of /threats); the UI shows 'not available'" % ", ".join(lacking))
 
 
 def _open_threat(w: Watched, trail: str):
@@ -606,3 +606,54 @@ def test_export_buttons_save_what_the_export_endpoint_answers(pages, admin, miss
             {"view": "threats", "format": fmt, "from": FROM, "to": TO}))
         with admin.opener.open(req, timeout=60) as r:
             assert saved == r.read(), fmt
+
+
+def test_each_filter_token_gives_the_apis_figures_for_it(pages, admin, missing):
+    _need(missing, "threats:q")
+    w = pages()
+    page = w.page
+    for q in ("src:10.1.0.0/16", "dst:2001:db8:1::/48", "port:53", "proto:udp", "type:DNS", "trail:evil.example",
+              "info:malware", "sev:high", "sensor:edge-3", "-type:DNS", "trail:*.example", "evil",
+              'trail:"bad.example/x y" -sev:low'):
+        w.go("#/dashboard?" + urllib.parse.urlencode({"from": FROM, "to": TO, "q": q}))
+        chips = ['trail:"bad.example/x y"', "-sev:low"] if q.endswith("-sev:low") else [q]
+        assert [c.inner_text() for c in page.query_selector_all("#chips .chip span")] == chips
+        assert page.inner_text("#filter-error") == ""
+        counts = admin.ok("counts", **{"from": FROM, "to": TO, "by": "type", "q": q})
+        assert figures(page)["total"] == sum(r["events"] for r in counts["counts"]["type"]), q
+        threats = admin.ok("threats", **{"from": FROM, "to": TO, "limit": 50, "q": q})
+        assert [(tr.get_attribute("data-src"), tr.get_attribute("data-trail"))
+                for tr in page.query_selector_all("#threat-table tbody tr")] == \
+            [(t["src_ip"], t["trail"]) for t in threats["threats"]], q
+    # A token the server refuses: its message on the filter line, no figure.
+    w.also.append(lambda url, status: status == 400 and "q=port%3A99999" in url)
+    w.go("#/dashboard?" + urllib.parse.urlencode({"from": FROM, "to": TO, "q": "port:99999"}))
+    assert "99999" in page.inner_text("#filter-error")
+
+
+def test_sorting_the_threat_list_by_a_column_asks_the_server(pages, admin, missing):
+    _need(missing, "threats:sort")
+    w = pages()
+    page = w.page
+    w.go(HASH)
+    for key, expect in (("trail", "-trail"), ("trail", "trail"), ("last", "-last")):
+        w.act(lambda: page.click("#threat-table th button[data-sort=%s]" % key))
+        assert "sort=" + urllib.parse.quote(expect) in page.url or "sort=" + expect in page.url
+        threats = admin.ok("threats", **{"from": FROM, "to": TO, "limit": 50, "sort": expect})
+        assert [(tr.get_attribute("data-src"), tr.get_attribute("data-trail"))
+                for tr in page.query_selector_all("#threat-table tbody tr")] == \
+            [(t["src_ip"], t["trail"]) for t in threats["threats"]], expect
+
+
+def test_mark_all_seen_clears_the_new_markers(pages, missing):
+    _need(missing, "looked")
+    w = pages(login="v4")
+    page = w.page
+    w.go(HASH)
+    assert page.query_selector_all("#threat-table .badge.new")
+    page.click("#mark-looked")
+    page.wait_for_selector("#looked-note:has-text('marked')")
+    w.stale()
+    page.reload()
+    w.ready()
+    assert page.query_selector_all("#threat-table tbody tr") and not page.query_selector_all("#threat-table .badge.new")
