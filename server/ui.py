@@ -1,11 +1,11 @@
 """The web UI's files: GET / (the app's page) and GET /static/<name> (its scripts and style sheet).
 
 Owns serving the package data under server/web/: a fixed allow-list of file names, each with its
-content type, read once when the module is imported (before the privilege drop) into memory (a few tens of kilobytes; the files belong to the
-installed package, so they cannot change under a running server) with a strong ETag (a SHA-256
-prefix of the bytes). `Cache-Control: no-cache` on every file: the names carry no version (there
-is no build step to stamp them), so a browser must revalidate, and the ETag makes that a 304
-without a body. A name outside the allow-list is a 404, whatever the file system holds, so no
+content type, read into memory once, when the module is imported (before the privilege drop; about
+70 KB, and the files belong to the installed package, so they cannot change under a running
+server), each with a strong ETag (a SHA-256 prefix of the bytes). `Cache-Control: no-cache` on
+every file: the names carry no version (there is no build step to stamp them), so a browser
+must revalidate, and the ETag makes that a 304 without a body. A name outside the allow-list is a 404, whatever the file system holds, so no
 path a client writes ever reaches open().
 
 No session is needed to load the page: the app asks GET /api/v1/session and shows its login form

@@ -4,7 +4,7 @@
 // day's events to count them.
 
 import * as api from "./api.js";
-import {h, replace, clear, fmtInt, fmtTime, fmtAgo} from "./dom.js";
+import {h, replace, fmtInt, fmtTime, fmtAgo} from "./dom.js";
 import {stackedBars, severitySplit, sparkline, SEVERITY_ORDER} from "./charts.js";
 import {splitTokens, joinTokens, addTokens, token} from "./filters.js";
 import {openDrawer} from "./drawer.js";
@@ -409,4 +409,3 @@ function when(v) {
   return fmtTime(String(v));
 }
 
-export {clear};
