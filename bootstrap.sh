@@ -15,8 +15,10 @@ trap 'printf "bootstrap: step %d failed (its output is above)\n" "$step" >&2' ER
 # tinyproxy: the proxy in front of the feed tests' local feed server (tests/test_feeds_fetch.py);
 # clickhouse-server (and its separate client): the server's scale-out store, which the store tests
 # start on loopback (tests/clickhouse.py). Debian ships 18.16: keep its SQL to what that supports.
+# chromium: the browser the UI tests drive through Playwright (tests/browser.py); Playwright's own
+# browser download (`playwright install`) is never used.
 APT_PACKAGES=(libpcap-dev gcc python3-dev python3-venv zstd iproute2 tcpdump systemd strace rsyslog rsyslog-openssl prometheus tinyproxy
-              clickhouse-server clickhouse-client)
+              clickhouse-server clickhouse-client chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -16,7 +16,7 @@ setup(
     packages=["cli", "config", "events", "events.log", "events.forwarders", "engine", "engine.processes", "engine.transport",
               "engine.sources", "server", "server.api", "server.auth", "server.store", "workers", "workers.heuristics", "matchers",
               "trailsdb", "trailsdb.feeds"],
-    package_data={"matchers": ["csrc/*.h"], "engine.transport": ["csrc/*.c"], "workers": ["csrc/*.h", "csrc/*.c"]},
+    package_data={"matchers": ["csrc/*.h"], "server": ["web/*.html", "web/*.css", "web/*.js"], "engine.transport": ["csrc/*.c"], "workers": ["csrc/*.h", "csrc/*.c"]},
     ext_modules=[
         Extension(
             "matchers._native",
@@ -56,6 +56,6 @@ setup(
         "aiohttp>=3.9,<4",
         "argon2-cffi>=21.3",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
+    extras_require={"test": ["pytest>=8", "hypothesis>=6.100", "playwright>=1.40"]},
     entry_points={"console_scripts": ["maltrail-engine=cli:main"]},
 )

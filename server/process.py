@@ -315,7 +315,7 @@ class Server:
         self.auth_web.setup(app)
         # Each part of the HTTP side adds its routes here (server/api/, server/sensors/, ...):
         # they read the logged-in user from request[server.auth.web.SESSION_KEY].
-        from server import live, metrics, sensors, triage
+        from server import live, metrics, sensors, triage, ui
         from server.api import compat
         from server.api import setup as setup_api
         triage.setup(app, self)         # shared triage, suppressions, last look (server/triage.py)
@@ -324,6 +324,7 @@ class Server:
         sensors.setup(app, self)        # our sensors' HTTPS intake, the sensor registry
         live.setup(app, self)           # GET /api/v1/live, fed by both intakes
         metrics.setup(app, self)        # /metrics
+        ui.setup(app, self)             # the web UI: / and /static/ (server/ui.py)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, **self.slow_clients.runner_kwargs())
         await runner.setup()
         for thread in self._threads:

@@ -1,0 +1,123 @@
+// The only place that talks to the server: /api/v1 calls with the session cookie (sent by the
+// browser) and, on a state change, the X-CSRF-Token header from login or /session.
+//
+// Nothing here throws for an answer: every call resolves to {status, ok, body}. Expected states
+// (401 before login, 404 for an endpoint this server does not have, a parameter an older server
+// does not know) are values the views show as a quiet line; nothing is written to the console.
+
+let csrfToken = null;
+let onLoggedOut = () => {};
+
+// Parameters an older server may refuse as unknown: the call is retried without them and the
+// name is remembered here, so the view can say what this server cannot do.
+export const unsupported = new Set();
+
+export function setCsrf(token) { csrfToken = token; }
+export function whenLoggedOut(fn) { onLoggedOut = fn; }
+
+export function apiUrl(path, params) {
+  const url = new URL("/api/v1/" + path, window.location.origin);
+  for (const [name, value] of Object.entries(params || {})) {
+    if (value !== null && value !== undefined && value !== "") url.searchParams.set(name, String(value));
+  }
+  return url;
+}
+
+export async function call(method, path, params, body) {
+  const headers = {"Accept": "application/json"};
+  const init = {method, headers, credentials: "same-origin", cache: "no-store"};
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  if (method !== "GET" && csrfToken) headers["X-CSRF-Token"] = csrfToken;
+  let res;
+  try {
+    res = await fetch(apiUrl(path, params), init);
+  } catch (_) {
+    return {status: 0, ok: false, body: {error: "the server cannot be reached"}};
+  }
+  let data = null;
+  try { data = await res.json(); } catch (_) { data = null; }
+  if (res.status === 401 && path !== "login" && path !== "session") onLoggedOut();
+  return {status: res.status, ok: res.ok, body: data};
+}
+
+// GET with optional parameters: a 400 naming one of `optional` as unknown retries without it.
+export async function get(path, params, optional = []) {
+  const p = Object.assign({}, params);
+  for (const name of optional) if (unsupported.has(path + ":" + name)) delete p[name];
+  for (;;) {
+    const answer = await call("GET", path, p);
+    const refused = answer.status === 400 && answer.body && answer.body.parameter;
+    if (refused && optional.includes(refused) && refused in p && /unknown parameter/.test(answer.body.error || "")) {
+      unsupported.add(path + ":" + refused);
+      delete p[refused];
+      continue;
+    }
+    return answer;
+  }
+}
+
+export function isUnsupported(path, name) { return unsupported.has(path + ":" + name); }
+
+export const post = (path, body) => call("POST", path, undefined, body);
+export const put = (path, body) => call("PUT", path, undefined, body);
+export const del = (path) => call("DELETE", path);
+
+// The answer's error as a sentence for the page.
+export function errorText(answer) {
+  if (answer.status === 404) return "not available on this server";
+  if (answer.body && answer.body.error) return answer.body.error;
+  return "the server answered " + answer.status;
+}
+
+// Server-sent events over fetch (not EventSource, which cannot say why it failed and reports
+// a missing endpoint on the console): onEvent(name, data) per event; resolves with the
+// status when the stream ends or `signal` aborts it.
+export async function stream(path, params, signal, onEvent) {
+  let res;
+  try {
+    res = await fetch(apiUrl(path, params), {headers: {"Accept": "text/event-stream"}, credentials: "same-origin",
+                                             cache: "no-store", signal});
+  } catch (_) {
+    return 0;
+  }
+  if (!res.ok || !res.body) {
+    if (res.status === 401) onLoggedOut();
+    return res.status;
+  }
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  try {
+    for (;;) {
+      const {value, done} = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, {stream: true});
+      let cut;
+      while ((cut = buffer.search(/\r?\n\r?\n/)) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut).replace(/^\r?\n\r?\n/, "");
+        let name = "message";
+        const data = [];
+        for (const line of block.split(/\r?\n/)) {
+          if (line.startsWith(":")) continue;           // a keepalive comment
+          const colon = line.indexOf(":");
+          const field = colon < 0 ? line : line.slice(0, colon);
+          const val = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+          if (field === "event") name = val;
+          else if (field === "data") data.push(val);
+        }
+        if (data.length) {
+          let parsed = null;
+          try { parsed = JSON.parse(data.join("\n")); } catch (_) { parsed = null; }
+          if (parsed !== null) onEvent(name, parsed);
+        }
+      }
+    }
+  } catch (_) {
+    return -1;      // aborted (paused, left the page) or the connection dropped
+  }
+  return res.status;
+}
