@@ -292,7 +292,9 @@ def measure_browser(url: str, ranges: list[tuple[str, str, str]], runs: int, rea
                             return {"skipped": "the server answers GET / with HTTP %d: it serves no UI yet"
                                                % answer.status}
                         try:
-                            page.wait_for_function('document.documentElement.dataset.state === "ready"',
+                            # A selector, not wait_for_function: the page's CSP forbids the eval
+                            # that a string predicate needs, so that would never see it ready.
+                            page.wait_for_selector('html[data-state="ready"]', state="attached",
                                                    timeout=ready_timeout_s * 1000)
                         except PlaywrightError:
                             return {"skipped": "the page at %s/ never became ready (document.documentElement."
