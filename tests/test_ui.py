@@ -548,8 +548,10 @@ def test_a_suppression_hides_the_pair_is_listed_and_can_be_lifted(pages):
 def test_live_mode_shows_an_event_stored_after_the_page_opened(pages, server):
     w = pages()
     page = w.page
+    opened = server.health()["live"]["streams"]
     w.go(HASH + "&live=1")
     page.wait_for_selector("#live-note:has-text('live')")
+    server.until(lambda h: h["live"]["streams"] > opened, indexed=False)    # subscribed: see test_ui_sensor.py
     fresh = dict(EVENTS[0], ts_us=int(time.time() * 1_000_000), trail="live-%d.example" % os.getpid(), type="DNS")
     server.send([datagram(fresh)])
     page.wait_for_selector("#live-rows td.trail:has-text('%s')" % fresh["trail"])
