@@ -9,7 +9,7 @@ playwright package the UI tests skip with the reason.
 `watched(page, expected)` collects everything the page says on its console and every uncaught
 page error; `check()` fails on any of them. The only lines let through are the browser's own
 "Failed to load resource" notes for API answers the test declares expected (`expected(url,
-status)`: 401 before login, an endpoint this server does not have yet, ...): the browser writes
+status)`: 401 before login, a filter the server refuses, ...): the browser writes
 those for every non-2xx fetch, whatever the page does with the answer; the app itself writes
 nothing to the console.
 

@@ -6,8 +6,9 @@ markup), and Debian's chromium (tests/browser.py) loads the page the server serv
 strict CSP. What the page shows is read back from the page (text, and the numbers each chart
 bar carries) and compared with the API's own answers for the same range. Every page fails its
 test if anything reaches its console or raises, except the browser's own notes on API answers
-the app expects (401 before login; an endpoint or a parameter this server does not have, which
-the app shows as "not available": see `expected_refusals`). Screenshots of each view go to a
+the app expects (401 before login; /check's refusals on a server without a trail artifact: see
+`expected`). Every endpoint the UI calls is this server's own, so no test skips for a missing
+one. Screenshots of each view go to a
 temporary folder whose path is printed. Nothing is timed: waits are on the app's
 data-state="ready" and on elements.
 """
@@ -72,65 +73,25 @@ def admin(server) -> Client:
     return c
 
 
-@pytest.fixture(scope="module")
-def missing(admin) -> set[str]:
-    """What this server does not have yet, asked of the API itself: endpoints answering 404 and
-    parameters it refuses as unknown. The app shows these as "not available"; the browser's notes
-    on those answers are the only console lines a test lets through."""
-    out = set()
-    for endpoint in ("analysts", "suppressions", "live", "export?view=threats&format=json"):
-        status = _status(admin, "GET", "/api/v1/" + endpoint)
-        if status == 404:
-            out.add(endpoint.split("?")[0])
-    if "analysts" in out:   # /triage itself answers 404 for a pair nobody can see: ask its sibling
-        out.add("triage")
-    if _status(admin, "POST", "/api/v1/looked") == 404:
-        out.add("looked")
-    for param, value in (("sort", "-events"), ("spark", "4"), ("hidden", "show"), ("q", "src:10.0.0.0/8")):
-        status, body = admin.get("threats", **{"from": FROM, "to": TO, param: value})
-        if status == 400 and body.get("parameter") == param:
-            out.add("threats:" + param)
-    return out
-
-
-def _status(client: Client, method: str, path: str) -> int:
-    req = urllib.request.Request(client.base + path, method=method, data=b"{}" if method != "GET" else None,
-                                 headers={"X-CSRF-Token": client.csrf or "", "Content-Type": "application/json"})
-    try:
-        with client.opener.open(req, timeout=30) as r:
-            r.read(1)
-            return r.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
-def expected_refusals(missing: set[str]):
-    def expected(url: str, status: int) -> bool:
-        parts = urllib.parse.urlsplit(url)
-        path, query = parts.path, urllib.parse.parse_qs(parts.query)
-        if status == 401 and path in ("/api/v1/session", "/api/v1/login"):
-            return True         # the app asks who is logged in before login; a wrong password
-        if status == 404 and path.startswith("/api/v1/") and path[len("/api/v1/"):].split("/")[0] in missing:
-            return True         # an endpoint this server does not have: "not available"
-        if status == 400 and path == "/api/v1/threats" and any("threats:" + p in missing for p in query):
-            return True         # a parameter it does not know: the app retries without it, or says so
-        if status == 400 and "q" in query and "threats:q" in missing:
-            return True         # no filtering on this server: the filter line says so
-        if status in (400, 503) and path == "/api/v1/check":
-            return True         # no trail artifact on the test server, or a trail that is no indicator
-        return False
-    return expected
+def expected(url: str, status: int) -> bool:
+    """The browser's notes on non-2xx answers the app is meant to get (tests/browser.py)."""
+    path = urllib.parse.urlsplit(url).path
+    if status == 401 and path in ("/api/v1/session", "/api/v1/login"):
+        return True         # the app asks who is logged in before login; a wrong password
+    if status in (400, 503) and path == "/api/v1/check":
+        return True         # no trail artifact on the test server, or a trail that is no indicator
+    return False
 
 
 @pytest.fixture
-def pages(browser, server, missing, shots):
+def pages(browser, server, shots):
     """open(viewport=, color_scheme=, login=) -> a Watched page; every page is checked at the end."""
     opened = []
 
     def open_page(viewport=(1280, 720), color_scheme="light", login: str | None = "admin") -> Watched:
         context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}, color_scheme=color_scheme)
         page = context.new_page()
-        w = Watched(page, expected_refusals(missing), shots)
+        w = Watched(page, expected, shots)
         opened.append((context, w))
         page.goto(server.url + "/" + (HASH if login else ""))
         w.ready()
@@ -263,6 +224,7 @@ def test_dashboard_figures_equal_the_apis_aggregates(pages, admin, shots):
         assert legend == sums
 
     chart("type")
+    y_axis(page)
     # Every hour of the three days has its bar (empty ones too), in order.
     starts = [int(g.get_attribute("data-start-us")) for g in page.query_selector_all("#chart svg g.bar")]
     assert len(starts) == 72 and starts == sorted(starts) and starts[0] == counts["requested"]["from_us"]
@@ -290,7 +252,27 @@ def test_dashboard_figures_equal_the_apis_aggregates(pages, admin, shots):
     w.act(lambda: page.click(".seg-toggle button[data-by=severity]"))
     assert "by=severity" in page.url
     chart("severity")
+    y_axis(page)
     w.shot("dashboard-by-severity")
+    # A view whose tallest bar is one event: the axis says 0 and 1, once each (it said 1, 1, 0).
+    one = next(t for t in admin.ok("threats", **{"from": FROM, "to": TO, "limit": 500})["threats"]
+               if t["events"] == 1 and re.fullmatch(r"[a-z0-9.-]+", t["trail"]) and "." in t["src_ip"])
+    q = "src:%s trail:%s" % (one["src_ip"], one["trail"])
+    w.go("#/dashboard?" + urllib.parse.urlencode({"from": FROM, "to": TO, "q": q}))
+    assert figures(page)["total"] == 1
+    assert y_axis(page) == [0, 1]
+
+
+def y_axis(page) -> list[int]:
+    """The chart's y-axis labels, checked: distinct whole numbers from 0 up, the top one at or
+    above the tallest bar (counts are whole: a tick between two, or two alike, says nothing)."""
+    labels = [t.text_content() for t in page.query_selector_all("#chart svg text.axis[text-anchor=end]")]
+    assert labels and all(re.fullmatch(r"\d{1,3}(,\d{3})*", t) for t in labels), labels
+    ticks = sorted(int(t.replace(",", "")) for t in labels)
+    assert len(set(ticks)) == len(ticks) and ticks[0] == 0, labels
+    tallest = max([int(g.get_attribute("data-events")) for g in page.query_selector_all("#chart svg g.bar")] + [0])
+    assert ticks[-1] >= tallest and (len(ticks) < 3 or ticks[-2] < tallest), (labels, tallest)
+    return ticks
 
 
 def test_previous_and_next_day_move_the_range_and_the_figures_follow(pages, admin):
@@ -342,7 +324,7 @@ def test_a_trail_and_info_with_markup_render_as_text_and_run_nothing(pages):
 
 # -- every view, no console output ------------------------------------------------------------------------
 
-def test_every_view_loads_without_console_errors(pages, server, admin, missing):
+def test_every_view_loads_without_console_errors(pages, server, admin):
     w = pages()
     page = w.page
     w.go(HASH)
@@ -351,14 +333,10 @@ def test_every_view_loads_without_console_errors(pages, server, admin, missing):
     page.wait_for_selector("#drawer-other p, #drawer-other ul")
     page.wait_for_selector("#drawer-check p, #drawer-check div")
     w.shot("drawer", full_page=False)
-    if "triage" in missing:
-        assert "not available" in page.inner_text("#drawer-triage")
     page.keyboard.press("Escape")
     w.go("#/sensors")
     w.shot("sensors")
     w.go("#/suppressions")
-    if "suppressions" in missing:
-        assert "not available" in page.inner_text("#suppressions")
     w.shot("suppressions")
     w.go(HASH + "&live=1")
     page.wait_for_selector("#live-note:not(:empty)")
@@ -366,8 +344,6 @@ def test_every_view_loads_without_console_errors(pages, server, admin, missing):
     w.shot("dashboard-live")
     page.click("[data-export=threats-csv]")
     page.wait_for_selector("#export-note:not(:empty)")
-    if "export" in missing:
-        assert page.inner_text("#export-note") == "export is not available on this server"
     page.click("#mark-looked")
     page.wait_for_selector("#looked-note:not(:empty)")
     w.go("#/dashboard?from=2026-11-24&to=2026-11-24&by=severity")
@@ -465,7 +441,7 @@ def test_no_horizontal_scroll_at_phone_and_laptop_sizes(pages, size):
 
 # -- filter chips --------------------------------------------------------------------------------------------
 
-def test_a_click_on_a_top_source_adds_a_chip_and_removing_it_restores_the_view(pages, admin, missing):
+def test_a_click_on_a_top_source_adds_a_chip_and_removing_it_restores_the_view(pages, admin):
     w = pages()
     page = w.page
     w.go(HASH)
@@ -475,14 +451,10 @@ def test_a_click_on_a_top_source_adds_a_chip_and_removing_it_restores_the_view(p
     w.act(lambda: first.click())
     assert [c.inner_text() for c in page.query_selector_all("#chips .chip span")] == ["src:" + value]
     assert urllib.parse.unquote_plus(page.url.split("q=")[1].split("&")[0]) == "src:" + value
-    if "threats:q" in missing:
-        # This server cannot filter yet: the filter line says so, and nothing else is shown as a figure.
-        assert "q" in page.inner_text("#filter-error")
-    else:
-        counts = admin.ok("counts", **{"from": FROM, "to": TO, "by": "type", "q": "src:" + value})
-        assert figures(page)["total"] == sum(r["events"] for r in counts["counts"]["type"]) < unfiltered
-        sources = {tr.get_attribute("data-src") for tr in page.query_selector_all("#threat-table tbody tr")}
-        assert sources == {value}
+    counts = admin.ok("counts", **{"from": FROM, "to": TO, "by": "type", "q": "src:" + value})
+    assert figures(page)["total"] == sum(r["events"] for r in counts["counts"]["type"]) < unfiltered
+    sources = {tr.get_attribute("data-src") for tr in page.query_selector_all("#threat-table tbody tr")}
+    assert sources == {value}
     w.shot("dashboard-filtered")
     w.act(lambda: page.click("#chips .chip-x"))
     assert page.query_selector_all("#chips .chip") == [] and "q=" not in page.url
@@ -517,13 +489,7 @@ def test_a_scoped_user_sees_the_figures_of_its_scope_only(pages, server):
     assert page.inner_text("#whoami") == "v4"
 
 
-# -- what the other helpers' endpoints make possible (skipped while this server lacks them) -------------------
-
-def _need(missing, *names):
-    lacking = [n for n in names if n in missing]
-    if lacking:
-        pytest.skip("this server lacks %s (an endpoint, or a parameter of /threats); the UI shows 'not available'" % ", ".join(lacking))
-
+# -- triage, suppressions, live, export, sorting ------------------------------------------------------------
 
 def _open_threat(w: Watched, trail: str):
     page = w.page
@@ -535,8 +501,7 @@ def _open_threat(w: Watched, trail: str):
     return row
 
 
-def test_triage_set_in_one_browser_appears_in_another_users(pages, missing):
-    _need(missing, "triage", "analysts")
+def test_triage_set_in_one_browser_appears_in_another_users(pages):
     first = pages(login="admin")
     _open_threat(first, HOSTILE_TRAIL)
     page = first.page
@@ -555,8 +520,7 @@ def test_triage_set_in_one_browser_appears_in_another_users(pages, missing):
     second.shot("drawer-triage", full_page=False)
 
 
-def test_a_suppression_hides_the_pair_is_listed_and_can_be_lifted(pages, missing):
-    _need(missing, "triage", "suppressions")
+def test_a_suppression_hides_the_pair_is_listed_and_can_be_lifted(pages):
     w = pages()
     page = w.page
     _open_threat(w, HOSTILE_TRAIL_2)
@@ -581,20 +545,20 @@ def test_a_suppression_hides_the_pair_is_listed_and_can_be_lifted(pages, missing
     assert HOSTILE_TRAIL_2 in [tr.get_attribute("data-trail") for tr in page.query_selector_all("#threat-table tbody tr")]
 
 
-def test_live_mode_shows_an_event_stored_after_the_page_opened(pages, server, missing):
-    _need(missing, "live")
+def test_live_mode_shows_an_event_stored_after_the_page_opened(pages, server):
     w = pages()
     page = w.page
+    opened = server.health()["live"]["streams"]
     w.go(HASH + "&live=1")
     page.wait_for_selector("#live-note:has-text('live')")
+    server.until(lambda h: h["live"]["streams"] > opened, indexed=False)    # subscribed: see test_ui_sensor.py
     fresh = dict(EVENTS[0], ts_us=int(time.time() * 1_000_000), trail="live-%d.example" % os.getpid(), type="DNS")
     server.send([datagram(fresh)])
     page.wait_for_selector("#live-rows td.trail:has-text('%s')" % fresh["trail"])
     w.shot("dashboard-live-event")
 
 
-def test_export_buttons_save_what_the_export_endpoint_answers(pages, admin, missing):
-    _need(missing, "export")
+def test_export_buttons_save_what_the_export_endpoint_answers(pages, admin):
     w = pages()
     page = w.page
     w.go(HASH)
@@ -608,8 +572,7 @@ def test_export_buttons_save_what_the_export_endpoint_answers(pages, admin, miss
             assert saved == r.read(), fmt
 
 
-def test_each_filter_token_gives_the_apis_figures_for_it(pages, admin, missing):
-    _need(missing, "threats:q")
+def test_each_filter_token_gives_the_apis_figures_for_it(pages, admin):
     w = pages()
     page = w.page
     for q in ("src:10.1.0.0/16", "dst:2001:db8:1::/48", "port:53", "proto:udp", "type:DNS", "trail:evil.example",
@@ -631,8 +594,7 @@ def test_each_filter_token_gives_the_apis_figures_for_it(pages, admin, missing):
     assert "99999" in page.inner_text("#filter-error")
 
 
-def test_sorting_the_threat_list_by_a_column_asks_the_server(pages, admin, missing):
-    _need(missing, "threats:sort")
+def test_sorting_the_threat_list_by_a_column_asks_the_server(pages, admin):
     w = pages()
     page = w.page
     w.go(HASH)
@@ -645,8 +607,7 @@ def test_sorting_the_threat_list_by_a_column_asks_the_server(pages, admin, missi
             [(t["src_ip"], t["trail"]) for t in threats["threats"]], expect
 
 
-def test_mark_all_seen_clears_the_new_markers(pages, missing):
-    _need(missing, "looked")
+def test_mark_all_seen_clears_the_new_markers(pages):
     w = pages(login="v4")
     page = w.page
     w.go(HASH)

@@ -1,16 +1,14 @@
 // The only place that talks to the server: /api/v1 calls with the session cookie (sent by the
 // browser) and, on a state change, the X-CSRF-Token header from login or /session.
 //
-// Nothing here throws for an answer: every call resolves to {status, ok, body}. Expected states
-// (401 before login, 404 for an endpoint this server does not have, a parameter an older server
-// does not know) are values the views show as a quiet line; nothing is written to the console.
+// Nothing here throws for an answer: every call resolves to {status, ok, body}, and the views
+// show a refusal (a filter the server cannot parse, a store that is unavailable) as a line of
+// text; a 401 outside login means the session is gone and the login form comes back. The page is
+// served by the same server as the API, so every endpoint called here exists: there is no
+// fallback for a missing one. Nothing is written to the console.
 
 let csrfToken = null;
 let onLoggedOut = () => {};
-
-// Parameters an older server may refuse as unknown: the call is retried without them and the
-// name is remembered here, so the view can say what this server cannot do.
-export const unsupported = new Set();
 
 export function setCsrf(token) { csrfToken = token; }
 export function whenLoggedOut(fn) { onLoggedOut = fn; }
@@ -43,37 +41,19 @@ export async function call(method, path, params, body) {
   return {status: res.status, ok: res.ok, body: data};
 }
 
-// GET with optional parameters: a 400 naming one of `optional` as unknown retries without it.
-export async function get(path, params, optional = []) {
-  const p = Object.assign({}, params);
-  for (const name of optional) if (unsupported.has(path + ":" + name)) delete p[name];
-  for (;;) {
-    const answer = await call("GET", path, p);
-    const refused = answer.status === 400 && answer.body && answer.body.parameter;
-    if (refused && optional.includes(refused) && refused in p && /unknown parameter/.test(answer.body.error || "")) {
-      unsupported.add(path + ":" + refused);
-      delete p[refused];
-      continue;
-    }
-    return answer;
-  }
-}
-
-export function isUnsupported(path, name) { return unsupported.has(path + ":" + name); }
-
+export const get = (path, params) => call("GET", path, params);
 export const post = (path, body) => call("POST", path, undefined, body);
 export const put = (path, body) => call("PUT", path, undefined, body);
 export const del = (path) => call("DELETE", path);
 
 // The answer's error as a sentence for the page.
 export function errorText(answer) {
-  if (answer.status === 404) return "not available on this server";
   if (answer.body && answer.body.error) return answer.body.error;
   return "the server answered " + answer.status;
 }
 
-// Server-sent events over fetch (not EventSource, which cannot say why it failed and reports
-// a missing endpoint on the console): onEvent(name, data) per event; resolves with the
+// Server-sent events over fetch (not EventSource, which cannot say why it failed and writes its
+// failures on the console): onEvent(name, data) per event; resolves with the
 // status when the stream ends or `signal` aborts it.
 export async function stream(path, params, signal, onEvent) {
   let res;

@@ -35,17 +35,18 @@ export function stackedBars(rows, by, bucket, fromUs, toUs) {
   const list = [...buckets.values()].sort((a, b) => a.start_us - b.start_us);
   let series = [...seriesTotals.keys()].sort();
   if (by === "severity") series = SEVERITY_ORDER.filter((s) => seriesTotals.has(s)).concat(series.filter((s) => !SEVERITY_ORDER.includes(s)));
-  const max = Math.max(1, ...list.map((b) => b.total));
+  const ticks = yTicks(Math.max(0, ...list.map((b) => b.total)));
+  const max = ticks[ticks.length - 1];      // the axis' top: bars are scaled to the last tick
   const plotW = W - PAD_L - 4, plotH = H - PAD_B - PAD_T;
   const step = list.length ? plotW / list.length : plotW;
   const barW = Math.max(1, step * 0.8);
   const root = svg("svg", {class: "chart", viewBox: "0 0 " + W + " " + H, role: "img",
                            "aria-label": "events over time by " + by, "data-by": by, "data-bucket": bucket});
-  // Horizontal guides at 0, half and the maximum.
-  for (const f of [0, 0.5, 1]) {
-    const y = PAD_T + plotH * (1 - f);
+  // A horizontal guide at each tick, labelled with its count.
+  for (const t of ticks) {
+    const y = PAD_T + plotH * (1 - t / max);
     root.appendChild(svg("line", {class: "grid", x1: PAD_L, x2: W - 4, y1: y, y2: y}));
-    root.appendChild(svg("text", {class: "axis", x: PAD_L - 4, y: y + 4, "text-anchor": "end"}, fmtInt(Math.round(max * f))));
+    root.appendChild(svg("text", {class: "axis y-tick", x: PAD_L - 4, y: y + 4, "text-anchor": "end", "data-tick": t}, fmtInt(t)));
   }
   const labelEvery = Math.max(1, Math.ceil(list.length / 8));
   list.forEach((b, i) => {
@@ -73,6 +74,21 @@ export function stackedBars(rows, by, bucket, fromUs, toUs) {
     h("li", {"data-value": name, "data-events": seriesTotals.get(name)},
       h("span", {class: "swatch " + seriesClass(by, name, si)}), name + " ", h("b", {}, fmtInt(seriesTotals.get(name))))));
   return h("div", {class: "chart-wrap"}, root, legend);
+}
+
+// The y axis' ticks for a tallest bar of `top` events: 0 and then whole multiples of a step of
+// 1, 2 or 5 times a power of ten, the last one at or above `top`, at most five intervals. Counts
+// are whole numbers, so a tick between two of them (or two ticks rounding to the same label, as
+// 0, 0.5 and 1 did) would say nothing true.
+export function yTicks(top) {
+  const most = Math.max(1, Math.ceil(top));
+  let step = 1;
+  for (let p = 1; step * 5 < most; p *= 10) {
+    step = [1, 2, 5].map((m) => m * p).find((s) => s * 5 >= most) || 10 * p;
+  }
+  const ticks = [];
+  for (let t = 0; ticks.length === 0 || ticks[ticks.length - 1] < most; t += step) ticks.push(t);
+  return ticks;
 }
 
 function label(b) {

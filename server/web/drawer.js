@@ -91,7 +91,7 @@ async function loadEvents(box, threat, range, cursor, live, table) {
 async function loadCheck(box, threat, live) {
   const a = await api.get("check", {q: threat.trail});
   if (!live()) return;
-  if (!a.ok) { replace(box, note(api.errorText(a), a.status === 400 || a.status === 404 || a.status === 503 ? "note" : "error")); return; }
+  if (!a.ok) { replace(box, note(api.errorText(a), a.status === 400 || a.status === 503 ? "note" : "error")); return; }
   const matches = a.body.matches || [];
   if (!matches.length) { replace(box, note("no trail matches this now (generation " + a.body.generation + ")")); return; }
   replace(box, matches.map((m) => h("div", {class: "match"},
@@ -104,11 +104,7 @@ async function loadCheck(box, threat, live) {
 async function loadOther(box, threat, range, live) {
   const a = await api.get("threats", {from: range.from, to: range.to, q: token("src", threat.src_ip), limit: 20});
   if (!live()) return;
-  if (!a.ok) {
-    const old = a.status === 400 && a.body && a.body.parameter === "q" && /unknown parameter/.test(a.body.error || "");
-    replace(box, note(old ? "not available on this server (it cannot filter threats)" : api.errorText(a)));
-    return;
-  }
+  if (!a.ok) { replace(box, note(api.errorText(a), "error")); return; }
   const others = (a.body.threats || []).filter((t) => t.trail !== threat.trail);
   if (!others.length) { replace(box, note("none in this range")); return; }
   replace(box, h("ul", {class: "plain"}, others.map((t) => h("li", {},
@@ -120,7 +116,7 @@ async function loadTriage(box, threat, live, changed) {
   const key = {src_ip: threat.src_ip, trail: threat.trail};
   const [a, people] = await Promise.all([api.get("triage", key), api.get("analysts")]);
   if (!live()) return;
-  if (!a.ok) { replace(box, note(a.status === 404 ? "triage is not available on this server" : api.errorText(a))); return; }
+  if (!a.ok) { replace(box, note(api.errorText(a), "error")); return; }
   const render = (t) => {
     const msg = h("span", {class: "muted", id: "triage-msg"});
     const send = async (change) => {
@@ -156,7 +152,7 @@ async function loadTriage(box, threat, live, changed) {
       const r = await api.post("suppressions", {host: threat.src_ip, trail: threat.trail,
                                                 expires_in_s: Number(expiry.value), reason: reason.value});
       if (!live()) return;
-      suppressMsg.textContent = r.ok ? "suppressed" : (r.status === 404 ? "suppressions are not available on this server" : api.errorText(r));
+      suppressMsg.textContent = r.ok ? "suppressed" : api.errorText(r);
       if (r.ok) changed();
     }}, "Suppress");
     replace(box,

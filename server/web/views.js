@@ -202,7 +202,9 @@ async function download(view, format, filtered, out) {
     return;
   }
   if (!res.ok) {
-    out.textContent = res.status === 404 ? "export is not available on this server" : "export failed (" + res.status + ")";
+    let why = "";
+    try { why = (await res.json()).error || ""; } catch (_) { why = ""; }
+    out.textContent = "export failed (" + res.status + ")" + (why ? ": " + why : "");
     return;
   }
   const blob = await res.blob();
@@ -240,10 +242,9 @@ function threatList(box, ctx, s, filtered, go, showFilterError) {
   ctx.setNav({move: (d) => select(selected < 0 ? 0 : selected + d), open: () => open(selected < 0 ? 0 : selected)});
 
   const header = (key, label) => {
-    const sortable = !api.isUnsupported("threats", "sort");
     const active = s.sort.replace(/^-/, "") === key;
     const desc = s.sort.startsWith("-");
-    if (!sortable || !key) return h("th", {}, label);
+    if (!key) return h("th", {}, label);
     return h("th", {"aria-sort": active ? (desc ? "descending" : "ascending") : "none"},
       h("button", {type: "button", class: "sort" + (active ? " on" : ""), "data-sort": key,
                    onclick: () => go({sort: active && desc ? key : "-" + key})},
@@ -256,7 +257,7 @@ function threatList(box, ctx, s, filtered, go, showFilterError) {
     async load(cursor, alone = true) {
       if (alone) ctx.loading();
       const a = await api.get("threats", Object.assign({limit: THREATS_PER_PAGE, cursor, sort: s.sort, spark: SPARK_SLICES,
-                                                         hidden: s.hidden}, filtered), ["sort", "spark", "hidden"]);
+                                                         hidden: s.hidden}, filtered));
       if (!ctx.current()) return;
       if (!a.ok) {
         showFilterError(a);
@@ -294,15 +295,13 @@ function threatList(box, ctx, s, filtered, go, showFilterError) {
         h("span", {class: "muted"}, "page " + page + (a.body.partial ? " (partial)" : "")),
         h("button", {type: "button", class: "ghost", id: "threats-next", disabled: !a.body.next_cursor,
                      onclick: () => { cursors.push(a.body.next_cursor); list.load(a.body.next_cursor); }}, "next \u25B6"));
-      const missing = ["sort", "spark", "hidden"].filter((n) => api.isUnsupported("threats", n));
       replace(box,
         rows.length ? h("div", {class: "scroll"}, h("table", {class: "grid-table threats", id: "threat-table"},
           h("thead", {}, h("tr", {}, header("", ""), header("severity", "Sev"), header("src", "Source"), header("trail", "Trail"),
             header("", "Type"), header("", "Info"), header("events", "Events"), header("first", "First seen"),
             header("last", "Last seen"), header("", "Activity"), header("", "Sensors"), header("", "Triage"))),
           h("tbody", {}, trs))) : note("no threats in this range"),
-        pager,
-        missing.length ? note("not available on this server: " + missing.join(", ")) : null);
+        pager);
       if (alone) ctx.ready();
     },
     reload() { return list.load(cursors[cursors.length - 1]); },
@@ -343,8 +342,7 @@ function startLive(ctx, q, pauseBtn, liveNote, refresh) {
     if (!refreshTimer) refreshTimer = setTimeout(() => { refreshTimer = null; if (ctx.current()) refresh(); }, 5000);
   }).then((status) => {
     if (!ctx.current() || controller.signal.aborted) return;
-    liveNote.textContent = status === 404 ? "live mode is not available on this server"
-      : status === 200 ? "live stream ended" : "live stream failed (" + status + ")";
+    liveNote.textContent = status === 200 ? "live stream ended" : "live stream failed (" + status + ")";
   });
   liveNote.textContent = "live";
 }
@@ -384,7 +382,7 @@ export async function renderSuppressions(main, ctx) {
   const load = async () => {
     const a = await api.get("suppressions");
     if (!ctx.current()) return;
-    if (!a.ok) { replace(body, note(a.status === 404 ? "suppressions are not available on this server" : api.errorText(a), a.status === 404 ? "note" : "error")); return; }
+    if (!a.ok) { replace(body, note(api.errorText(a), "error")); return; }
     const list = a.body.suppressions || [];
     if (!list.length) { replace(body, note("nothing is suppressed")); return; }
     replace(body, h("div", {class: "scroll"}, h("table", {class: "grid-table", id: "suppression-table"},
