@@ -24,7 +24,7 @@ Written for the ClickHouse Debian ships (18.16), so:
 
 Filters (server/store/__init__.py Term) become SQL in `_term_condition`: an address range is one
 BETWEEN on the 16-byte keys; text is matched ASCII case-insensitively (lower() and a pattern
-folded the same way), `*` through LIKE with LIKE's own % _ and \ escaped, then quoted as every
+folded the same way), `*` through LIKE with LIKE's own % _ and backslash escaped, then quoted as every
 value is. Aggregates without terms or scope read the roll-ups; with either, the matching events
 themselves, at most row_cap of them (a LIMIT in a subquery; WITH TOTALS tells a top-n whether
 the cap was reached).
@@ -528,16 +528,15 @@ def _scope_condition(scope: Sequence[str] | None) -> list[str]:
 # Filter terms (server/store/__init__.py Term). Text matching is ASCII case-insensitive, as the
 # SQLite backend's LIKE is: ClickHouse's lower() folds A-Z only, and the pattern is folded the same
 # way here (str.lower would fold other letters too, which lower() would then never match).
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _LIKE_ESCAPE_RE = re.compile(r"[\\%_]")
 
 
 def _like_pattern(value: str, anchored: bool) -> str:
     """A LIKE pattern (before string quoting) for a Term value: `*` is any run of characters, every
-    other character literal (LIKE's own % _ and \ escaped with a backslash, which 18.16 honours);
+    other character literal (LIKE's own % _ and backslash escaped with a backslash, which 18.16 honours);
     not `anchored`: a substring anywhere."""
-    pieces = [_LIKE_ESCAPE_RE.sub(lambda m: "\\" + m.group(0), p) for p in value.translate(_ASCII_LOWER).split("*")]
+    pieces = [_LIKE_ESCAPE_RE.sub(lambda m: "\\" + m.group(0), p) for p in ascii_lower(value).split("*")]
     body = "%".join(pieces)
     return body if anchored else "%" + body + "%"
 
@@ -547,7 +546,7 @@ def _text_match(column: str, value: str, anchored: bool) -> str:
         raise StoreInputError("a filter value must be text")
     if "*" not in value:
         if anchored:
-            return bind("lower(%s) = {v}" % column, v=value.translate(_ASCII_LOWER))
+            return bind("lower(%s) = {v}" % column, v=ascii_lower(value))
         return bind("positionCaseInsensitive(%s, {v}) > 0" % column, v=value)
     return bind("lower(%s) LIKE {p}" % column, p=_like_pattern(value, anchored))
 
