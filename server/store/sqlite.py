@@ -712,6 +712,10 @@ class SqliteStore(EventStore):
         lo, hi = _hours(query)
         from_rows = bool(query.scope or query.terms)
         excluded = {(ip_key(src) or src, trail.lower()) for src, trail in query.exclude_pairs}
+
+        def left_out(pair) -> bool:
+            return (ip_key(pair[0]) or pair[0], pair[1].lower()) in excluded
+
         # The whole-day roll-up may rank inside SQLite in any order but the address order of
         # `src` (its text sorts otherwise), keeping as many more rows as could be left out.
         sql_order = _SQL_ORDER.get(order)
@@ -752,7 +756,7 @@ class SqliteStore(EventStore):
                     # ranked by SQLite when it is the only day (a day can hold 10^5 pairs).
                     alone = sql_order is not None and not merged and i == len(names) - 1
                     ranking = ""
-                    if alone and order != "events":
+                    if alone and not (order == "events" and descending):   # fewest events first too
                         ranking = "%s %s, " % (sql_order, "DESC" if descending else "ASC")
                     sql = ("SELECT src_ip, trail, events, first_ts_us, last_ts_us, severity, NULL FROM threats_day"
                            " ORDER BY %sevents DESC, src_ip, trail LIMIT ?" % ranking)
@@ -782,10 +786,10 @@ class SqliteStore(EventStore):
                         m[4] |= names_seen
             listed = None
             if ranked_days and not partial:
-                partial, listed = self._threshold_threats(ranked_days, merged, n, excluded, deadline)
+                partial, listed = self._threshold_threats(ranked_days, merged, n, left_out, deadline)
                 contributing += sorted({name for pair in listed for name in listed[pair]})
             if excluded:
-                for pair in [p for p in merged if (ip_key(p[0]) or p[0], p[1].lower()) in excluded]:
+                for pair in [p for p in merged if left_out(p)]:
                     del merged[pair]
             ranked = _ranked(merged, order, descending)[:n]
             details = {}
@@ -802,10 +806,10 @@ class SqliteStore(EventStore):
                                tuple(slices) if slices is not None else (0,) * spark))
         return Threats(lo, hi, rows, partial)
 
-    def _threshold_threats(self, names: list[str], merged: dict, n: int, excluded: set, deadline: _Deadline):
+    def _threshold_threats(self, names: list[str], merged: dict, n: int, left_out, deadline: _Deadline):
         """Add the pairs of whole days `names` to merged (pair -> [events, first, last, rank,
         sensors]) by _threshold_merge over each day's threats_day, so that its n best pairs by
-        events not in `excluded` are exact: (whether the deadline cut it, {pair: {day file name
+        events that are not left_out(pair) are exact: (whether the deadline cut it, {pair: {day file name
         of `names` that holds it: the pair's last_ts_us there}})."""
         listed: dict[tuple[str, str], dict] = {}
 
@@ -835,10 +839,7 @@ class SqliteStore(EventStore):
             m[2] = max(m[2], more[2])
             m[3] = max(m[3], more[3])
 
-        def accept(pair):
-            return (ip_key(pair[0]) or pair[0], pair[1].lower()) not in excluded
-
-        cut = _threshold_merge(names, self._day, merged, n, fetch, lookup, fold, accept)
+        cut = _threshold_merge(names, self._day, merged, n, fetch, lookup, fold, lambda pair: not left_out(pair))
         return cut, {pair: {name[:-len(DB_SUFFIX)] + ".events.zst": last for name, last in days.items()}
                      for pair, days in listed.items()}
 
