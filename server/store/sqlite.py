@@ -28,6 +28,12 @@ any THREAT_SORTS order, leaves out exclude_pairs (compared by address key, so ::
 10.0.0.1 are one source), and then, for the ranked pairs only, reads the latest event (type, info,
 reference) with one probe of the source's index each, and the sparkline from threats_hour when
 its slices are whole hours, else from the ranked sources' matching events (_threat_details).
+Over several whole days, top sources and threats by most events (the dashboard's default) are
+not merged from every row of every day: _threshold_merge (Fagin's threshold algorithm) reads
+each day's threats_day best first in growing batches (SQLite sorts a day's pairs, or sums its
+sources in the table's own order, in C), looks the candidates up by key in the other days, and
+stops once nothing unread can reach the n-th best; exact, ties included, with no schema change
+(so every existing day index serves it as it is). Days the range cuts are read whole, as before.
 
 The roll-ups are summed in Python over the batch (one pass) and merged by UPSERT, and
 change, with log_position, in the same transaction as the rows they count, so the
