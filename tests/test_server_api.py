@@ -13,6 +13,7 @@ Nothing is timed: waits poll the server's own counters.
 from __future__ import annotations
 
 import calendar
+import contextlib
 import collections
 import hashlib
 import http.cookiejar
@@ -187,22 +188,25 @@ class Client:
         return body
 
 
-@pytest.fixture(scope="module", params=["sqlite", "clickhouse"])
-def api(request, tmp_path_factory):
-    """(server, {user: Client}) with EVENTS stored, on each backend in turn."""
-    tmp = tmp_path_factory.mktemp("api-" + request.param)
-    extra = "users = %s\n" % json.dumps([make_user_line(n, PASSWORD, uid, nf) for n, (uid, nf) in USERS.items()])
+@contextlib.contextmanager
+def users_server(request, tmp_path_factory, label: str, users: dict, events):
+    """(server, {user: Client}): a real server on the backend `request.param` names, with `users`
+    ({name: (uid, netfilter)}) logged in and `events` stored through the UDP intake; its ClickHouse
+    database is dropped afterwards."""
+    tmp = tmp_path_factory.mktemp(label + "-" + request.param)
+    extra = "users = %s\n" % json.dumps([make_user_line(n, PASSWORD, uid, nf) for n, (uid, nf) in users.items()])
     database = None
     if request.param == "clickhouse":
         ch = request.getfixturevalue("clickhouse_server")
         database = "t_" + uuid.uuid4().hex[:12]
         extra += clickhouse_extra(ch, database)
+    events = list(events)
     server = ServerProc(tmp, extra=extra).start()
     try:
-        server.send(datagram(e) for e in EVENTS)
-        server.until(lambda h: h["intake"]["udp"]["stored"] >= len(EVENTS))
+        server.send(datagram(e) for e in events)
+        server.until(lambda h: h["intake"]["udp"]["stored"] >= len(events))
         clients = {}
-        for name in USERS:
+        for name in users:
             clients[name] = Client(server)
             assert clients[name].login(name)[0] == 200
         yield server, clients
@@ -215,6 +219,13 @@ def api(request, tmp_path_factory):
             req = urllib.request.Request(ch.url, data=("DROP DATABASE IF EXISTS " + database).encode(),
                                          headers={"Authorization": "Basic " + basic})
             urllib.request.urlopen(req, timeout=30).close()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "clickhouse"])
+def api(request, tmp_path_factory):
+    """(server, {user: Client}) with EVENTS stored, on each backend in turn."""
+    with users_server(request, tmp_path_factory, "api", USERS, EVENTS) as served:
+        yield served
 
 
 def all_pages(client: Client, endpoint="events", limit=7, **params) -> list[dict]:

@@ -13,14 +13,11 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 
 import pytest
 
-from server.auth.users import make_user_line
-from tests.server_proc import ServerProc, clickhouse_extra
-from tests.test_server_api import (EVENTS, PASSWORD, RANGE, USERS, Client, datagram, expected_threats,  # noqa: F401
-                                   masked, newest_first, stored_form, visible_to)
+from tests.test_server_api import (EVENTS, RANGE, USERS, Client, expected_threats, masked, newest_first,
+                                   stored_form, users_server)
 
 HOSTILE_TRAILS = ["=cmd|' /C calc'!A0", "+1+1", "@SUM(A1)", "-2+3"]
 HOSTILE = [dict(EVENTS[i], ts_us=EVENTS[i]["ts_us"] + 3, trail=trail, type="URL")
@@ -31,21 +28,8 @@ ALL_STORED = [stored_form(e) for e in ALL]
 
 @pytest.fixture(scope="module", params=["sqlite", "clickhouse"])
 def served(request, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("export-" + request.param)
-    extra = "users = %s\n" % json.dumps([make_user_line(n, PASSWORD, uid, nf) for n, (uid, nf) in USERS.items()])
-    if request.param == "clickhouse":
-        extra += clickhouse_extra(request.getfixturevalue("clickhouse_server"), "t_" + uuid.uuid4().hex[:12])
-    server = ServerProc(tmp, extra=extra).start()
-    try:
-        server.send(datagram(e) for e in ALL)
-        server.until(lambda h: h["intake"]["udp"]["stored"] >= len(ALL))
-        clients = {}
-        for name in USERS:
-            clients[name] = Client(server)
-            assert clients[name].login(name)[0] == 200
-        yield server, clients
-    finally:
-        server.stop()
+    with users_server(request, tmp_path_factory, "export", USERS, ALL) as both:
+        yield both
 
 
 def download(client: Client, **params):

@@ -18,7 +18,6 @@ import csv
 import io
 import datetime
 import json
-import uuid
 
 import pytest
 
@@ -26,8 +25,8 @@ from server.addresses import key_range
 from server.auth.state import StateDB
 from server.auth.users import make_user_line, parse_users
 from server.triage import MAX_EXPIRES_S, TriageBook
-from tests.server_proc import ServerProc, clickhouse_extra
-from tests.test_server_api import PASSWORD, Client, datagram
+from tests.server_proc import ServerProc
+from tests.test_server_api import PASSWORD, Client, datagram, users_server
 from tests.test_server_export import download
 
 DAY0_US = calendar.timegm((2026, 11, 23, 0, 0, 0, 0, 0, 0)) * 1_000_000
@@ -50,32 +49,8 @@ EVENTS = [event(1, INSIDE[0], "203.0.113.9", INSIDE[1]), event(2, INSIDE[0], "20
 @pytest.fixture(scope="module", params=["sqlite", "clickhouse"])
 def served(request, tmp_path_factory):
     """(server, {user: Client}) with EVENTS stored, on each backend in turn."""
-    tmp = tmp_path_factory.mktemp("triage-" + request.param)
-    extra = "users = %s\n" % json.dumps([make_user_line(n, PASSWORD, uid, nf) for n, (uid, nf) in USERS.items()])
-    database = None
-    if request.param == "clickhouse":
-        ch = request.getfixturevalue("clickhouse_server")
-        database = "t_" + uuid.uuid4().hex[:12]
-        extra += clickhouse_extra(ch, database)
-    server = ServerProc(tmp, extra=extra).start()
-    try:
-        server.send(datagram(e) for e in EVENTS)
-        server.until(lambda h: h["intake"]["udp"]["stored"] >= len(EVENTS))
-        clients = {}
-        for name in USERS:
-            clients[name] = Client(server)
-            assert clients[name].login(name)[0] == 200
-        yield server, clients
-    finally:
-        server.stop()
-        if database is not None:
-            import base64
-            import urllib.request
-            ch = request.getfixturevalue("clickhouse_server")
-            basic = base64.b64encode(("%s:%s" % (ch.user, ch.password)).encode()).decode()
-            req = urllib.request.Request(ch.url, data=("DROP DATABASE IF EXISTS " + database).encode(),
-                                         headers={"Authorization": "Basic " + basic})
-            urllib.request.urlopen(req, timeout=30).close()
+    with users_server(request, tmp_path_factory, "triage", USERS, EVENTS) as both:
+        yield both
 
 
 def triage(client, pair):

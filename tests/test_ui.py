@@ -520,17 +520,24 @@ def test_triage_set_in_one_browser_appears_in_another_users(pages):
     second.shot("drawer-triage", full_page=False)
 
 
-def test_a_suppression_hides_the_pair_is_listed_and_can_be_lifted(pages):
-    w = pages()
+def suppress_in_drawer(w, reason: str) -> None:
+    """In the open drawer: suppress its pair (the default expiry) with `reason`, close the drawer,
+    and reload the dashboard until it is ready."""
     page = w.page
-    _open_threat(w, HOSTILE_TRAIL_2)
-    page.fill("#suppress-reason", "test <i>reason</i>")
+    page.fill("#suppress-reason", reason)
     page.click("#suppress")
     page.wait_for_selector("#suppress-msg:has-text('suppressed')")
     page.keyboard.press("Escape")
     w.stale()
     page.reload()
     w.ready()
+
+
+def test_a_suppression_hides_the_pair_is_listed_and_can_be_lifted(pages):
+    w = pages()
+    page = w.page
+    _open_threat(w, HOSTILE_TRAIL_2)
+    suppress_in_drawer(w, "test <i>reason</i>")
     trails = [tr.get_attribute("data-trail") for tr in page.query_selector_all("#threat-table tbody tr")]
     assert HOSTILE_TRAIL_2 not in trails
     w.go("#/suppressions")

@@ -34,7 +34,7 @@ from tests.test_forward_rsyslog import artifact  # noqa: F401  (a fixture)
 from tests.test_sensor_suppressions import query
 from tests.test_server_api import PASSWORD, Client
 from tests.test_server_link import new_server, sensor_key, until, url
-from tests.test_ui import pages  # noqa: F401  (a fixture: pages checked for console output)
+from tests.test_ui import pages, suppress_in_drawer  # noqa: F401  (pages: a fixture checked for console output)
 
 DAY = "2026-03-01"                  # T0_S's day: every round falls in it
 HASH = "#/dashboard?from=%s&to=%s" % (DAY, DAY)
@@ -124,13 +124,7 @@ def test_a_suppression_made_in_the_drawer_reaches_the_sensor(rig, pages, admin):
     row.click()
     page.wait_for_selector("#suppress")
     assert page.inner_text("#drawer-title") == trail("x")
-    page.fill("#suppress-reason", "a scanner of ours")
-    page.click("#suppress")
-    page.wait_for_selector("#suppress-msg:has-text('suppressed')")
-    page.keyboard.press("Escape")
-    w.stale()
-    page.reload()
-    w.ready()
+    suppress_in_drawer(w, "a scanner of ours")
     after = threat_rows(page)
     assert (HOST_A, trail("x")) not in after
     assert {(HOST_B, trail("x")), (HOST_A, trail("y"))} <= set(after)
