@@ -42,6 +42,7 @@ from tests.conftest import MALTRAIL_CORPUS, need_shared
 from tests.server_proc import ServerProc, backend_extra  # noqa: F401 (a fixture)
 from tests.test_corpus import console_script
 from tests.test_forward_rsyslog import artifact  # noqa: F401 (a fixture)
+from tests.test_server_store_indexer import wait_gone
 from trailsdb.compile import build
 
 PASSWORD = "link test password"
@@ -164,31 +165,36 @@ def test_a_sensor_replaying_the_corpus_fills_the_store_with_exactly_its_log(corp
 
 
 # -- the server killed during intake --------------------------------------------------------------------
-MAX_KILLS = 30
+KILLS = 2
 
 
 def test_a_server_killed_during_intake_stores_every_event_exactly_once(artifact, backend_extra, tmp_path):  # noqa: F811
     server = new_server(tmp_path, backend_extra)
     key = sensor_key(server, "fwd-test")
-    server.start()
+    h = server.start().until(lambda h: h["store"]["indexer"]["pid"] > 0)
     sensor = Sensor(tmp_path / "sensor", artifact, tmp_path / "sensor-log", server_url=url(server),
                     server_key=key).start()
     total = 0
     kills = interrupted = 0
     try:
-        # Each round, more events; SIGKILL as soon as a batch of them has been stored: the sensor
-        # sends the next one at once, so the kill often lands inside it (its intent written, the
-        # store's ingest under way or done, its places not yet), which the next start says. Kill
-        # until that happened twice.
-        while interrupted < 2 and kills < MAX_KILLS:
+        # Each round the indexer is frozen first, so the round's first batch is written to the log
+        # (its intent recorded) and then waits for the index: a SIGKILL then lands inside it (the
+        # store's ingest done, its places not yet), which the next start settles and says. Frozen
+        # rather than timed, so the kill lands there on a loaded machine too.
+        while kills < KILLS:
+            indexer = h["store"]["indexer"]["pid"]
+            os.kill(indexer, signal.SIGSTOP)
             sensor.feed(dns_frames(total, 5000))
             total += 5000
-            server.until(lambda h: https(h)["events"] > 0)
+            server.until(lambda h: h["store"].get("index_lag_events", 0) > 0, indexed=False)
             server.stop(signal.SIGKILL)
             kills += 1
-            server.start()
+            wait_gone(indexer)                  # the killed server's keeper takes it along
+            h = server.start().until(lambda h: h["store"]["indexer"]["pid"] > 0)
             if "was interrupted by a stop" in server.stderr():
                 interrupted += 1
+        sensor.feed(dns_frames(total, 5000))    # and a round with nothing in the way
+        total += 5000
         sensor.wait_line(r"events: DNS %d\b" % total)
         code = sensor.finish()
     finally:
@@ -196,7 +202,7 @@ def test_a_server_killed_during_intake_stores_every_event_exactly_once(artifact,
             sensor.proc.kill()
     assert code == 0, sensor.text()
     assert server.stop() == 0
-    assert interrupted == 2, "no kill landed inside a batch in %d kills" % kills
+    assert interrupted == KILLS, "%d of %d kills landed inside a batch" % (interrupted, kills)
     names = collections.Counter(e.trail for e in stored_events(server))
     assert sorted(names) == sorted("(f%d).evil-parent.net" % i for i in range(total))
     assert set(names.values()) == {1}, [n for n, c in names.items() if c > 1][:10]
