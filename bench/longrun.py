@@ -142,9 +142,11 @@ def capture_alone(pcap: str, rings: int, capture_cpu, drain_cpu) -> dict:
     wall = time.perf_counter() - start
     theirs.close()
     drained_ok = True
+    drain_cpu_s = 0.0
     for d in drainers:
-        _, dstatus = os.waitpid(d, 0)
+        _, dstatus, dusage = os.wait4(d, 0)
         drained_ok = drained_ok and os.waitstatus_to_exitcode(dstatus) == 0
+        drain_cpu_s += dusage.ru_utime + dusage.ru_stime
     stats = None
     for message in ipc.receive_ready(ours):
         if message and message[0] == "done":
@@ -157,7 +159,7 @@ def capture_alone(pcap: str, rings: int, capture_cpu, drain_cpu) -> dict:
         raise RuntimeError("capture process alone over %s: exit %d, statistics %r, drainers ok %s"
                            % (pcap, os.waitstatus_to_exitcode(status), stats, drained_ok))
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "frames": stats["frames"],
-            "dispatched": stats["dispatched"]}
+            "dispatched": stats["dispatched"], "ring_waits": stats.get("ring_waits"), "drain_cpu_s": drain_cpu_s}
 
 
 def capture_ceiling(pcap: str, one: str, rings: int, runs: int, capture_cpu, drain_cpu, progress) -> dict:
@@ -172,8 +174,14 @@ def capture_ceiling(pcap: str, one: str, rings: int, runs: int, capture_cpu, dra
     cpu = _median([r["cpu_s"] for r in full])
     one_cpu = _median([r["cpu_s"] for r in single])
     frames = full[0]["frames"]
+    cpu_ns = steady_cpu_ns(frames, cpu, one_cpu)
     return {"rings": rings, "frames": frames, "wall_s": wall, "one_wall_s": one_wall, "cpu_s": cpu,
-            "steady_pps": steady(frames, wall, one_wall), "cpu_ns": steady_cpu_ns(frames, cpu, one_cpu),
+            "steady_pps": steady(frames, wall, one_wall), "cpu_ns": cpu_ns,
+            # what it sustains with a core to itself: its CPU is all it spends per frame (it
+            # sleeps while a ring is full), so 1 / CPU per frame, whatever else shares the machine
+            "cpu_bound_pps": 1e9 / cpu_ns if cpu_ns and cpu_ns > 0 else None,
+            "ring_waits": _median([r["ring_waits"] for r in full]),
+            "drain_cpu_ns": _median([r["drain_cpu_s"] for r in full]) * 1e9 / frames,
             "dispatched": full[0]["dispatched"], "runs": full + single}
 
 
@@ -211,7 +219,8 @@ def modelled_pps(frames: int, cpu_by_role: dict, ceiling_pps=None):
     """The rate with one core per pipeline process: the busiest of the capture process and the
     workers sets the pace (each spends its CPU only on the frames it is given; the log writer and
     supervisor take a core of their own on a bigger machine), capped by the capture process's
-    measured ceiling."""
+    ceiling (its CPU-bound rate alone). CPU time, unlike wall time, barely moves when other jobs
+    share the machine, so the model holds on a busy machine where measured rates do not."""
     busiest = max([s for k, s in cpu_by_role.items() if k == "mte-capture" or k.startswith("mte-worker")] or [0.0])
     if frames < 2 or busiest <= 0:
         return None

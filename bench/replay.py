@@ -456,7 +456,7 @@ def measure_long(engine, kind, artifact, args, workdir, results) -> None:
                     model["workers_%d" % workers] = run = _rounds(
                         engine, path, one, artifact, workers, args.runs, workdir,
                         "pinned to CPUs %d,%d, %d worker(s)" % (first, second, workers), cpus=cpus)
-                    ceiling = model["capture_alone"][workers - 1]["steady_pps"]
+                    ceiling = model["capture_alone"][workers - 1]["cpu_bound_pps"]
                     run["modelled_pps"] = longrun.modelled_pps(run["frames"], run["cpu_by_role"], ceiling)
                     run["log_events"] = None
             results["scaling_model"][kind] = model
@@ -541,7 +541,9 @@ def report_scaling_model(results: dict, args, context: str) -> list[str]:
         for c in m["capture_alone"]:
             rows.append([kind, "capture alone, %d drained ring(s)" % c["rings"], format(c["frames"], ","),
                          "%.3f" % (c["steady_pps"] / 1e6) if c["steady_pps"] else "n/a", _ns(c["cpu_ns"]),
-                         _shares(c["dispatched"]), "-", "-"])
+                         _shares(c["dispatched"]), "drainers %s, ring waits %s" % (
+                             _ns(c["drain_cpu_ns"]), c["ring_waits"]),
+                         "%.3f" % (c["cpu_bound_pps"] / 1e6) if c["cpu_bound_pps"] else "n/a"])
         for workers in (1, 2):
             r = m["workers_%d" % workers]
             per = ", ".join("%s %s" % (k.replace("mte-", ""), _ns(v * 1e9 / max(r["frames"] - 1, 1)))
@@ -557,14 +559,15 @@ def report_scaling_model(results: dict, args, context: str) -> list[str]:
         if m.get("skipped"):
             continue
         one, two = m["workers_1"]["modelled_pps"], m["workers_2"]["modelled_pps"]
-        ceiling = m["capture_alone"][0]["steady_pps"]
+        ceiling = m["capture_alone"][0]["cpu_bound_pps"]
         out.append("  %s: 2 workers on cores of their own (modelled) / 1 worker = %s (>= 1.80x is 0.8x per added "
-                   "worker); 2 workers sharing one core (measured) / 1 worker = %s; capture ceiling / 1-worker "
-                   "rate = %s" % (kind, _ratio(two, one), _ratio(m["workers_2"]["steady_pps"],
+                   "worker); 2 workers sharing one core (measured) / 1 worker = %s; capture ceiling (CPU-bound) / "
+                   "modelled 1-worker rate = %s" % (kind, _ratio(two, one), _ratio(m["workers_2"]["steady_pps"],
                                                                     m["workers_1"]["steady_pps"]),
-                                      _ratio(ceiling, m["workers_1"]["steady_pps"])))
+                                      _ratio(ceiling, one)))
     out.append("  modelled = (frames - 1) / the steady CPU seconds of the busiest of capture and workers (each on a "
-               "core of its own), capped by the capture process alone")
+               "core of its own), capped by the capture process alone; for capture alone, the modelled column is "
+               "its CPU-bound rate, 1 / its CPU per packet: its ceiling with a core to itself")
     out.append("")
     return out
 
