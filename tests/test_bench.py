@@ -177,6 +177,43 @@ def test_replay_harness_smoke(tmp_path):
         assert pp["fast"]["events"] == pp["reference"]["events"]
 
 
+def test_long_replay_and_scaling_model_smoke(tmp_path):
+    """`--long-only --scaling-model` at a tiny size: the long pcaps are generated into --long-dir and
+    deleted after; the real capture process alone hands every frame to its drained rings; 1 and 2
+    pinned workers judge the same frames into the same events; every planted indicator is found."""
+    trails = tmp_path / "trails.csv"
+    trails.write_text(TRAILS)
+    long_dir = tmp_path / "long"
+    long_dir.mkdir()
+    out = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "replay", "--trails", str(trails), "--long-only",
+                           "--scaling-model", "--long-packets", "3000", "--long-dir", str(long_dir), "--runs", "1",
+                           "--json", str(out)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "7. Long replay" in done.stdout and "8. Scaling model" in done.stdout
+    assert "DOCUMENTED" in done.stdout and "1. Packet path" not in done.stdout
+    assert list(long_dir.iterdir()) == []  # the generated pcaps are gone
+    results = json.loads(out.read_text())
+    for kind in ("mix", "hard"):
+        run = results["long"][kind]["one_worker"]
+        assert run["frames"] == 3000 and run["accounted"] and not run["dropped"]
+        assert run["tree_cpu_s"] > 0 and run["peak_pss"] > 0 and run["first_packet_s"] is not None
+        # what each process of the pipeline spent is known by its part
+        names = {name.split("[")[0] for name in run["runs"][0]["cpu_by_process"]}
+        assert {"mte-capture", "mte-worker-0", "supervisor"} <= names
+        model = results["scaling_model"][kind]
+        if model.get("skipped"):
+            continue
+        for ceiling, rings in zip(model["capture_alone"], (1, 2)):
+            assert ceiling["rings"] == rings and ceiling["frames"] == 3000
+            assert sum(ceiling["dispatched"]) == 3000 and len(ceiling["dispatched"]) == rings
+        one, two = model["workers_1"], model["workers_2"]
+        assert one["frames"] == two["frames"] == 3000 and sum(two["dispatched"]) == 3000
+        assert one["events"] == two["events"] == run["events"]
+    hard = results["long"]["hard"]
+    assert hard["recall"]["planted"] > 0 and hard["recall"]["found"] == hard["recall"]["planted"]
+
+
 def test_floods_harness_smoke(tmp_path):
     out = tmp_path / "floods.json"
     done = subprocess.run([sys.executable, "-m", "bench", "floods", "--keys", "300", "--kind", "port", "--kind", "dns",
