@@ -266,8 +266,9 @@ def engine_flood(pcap: str, artifact: str, workdir: str, site: str | None = None
             "total_pss": sampler.total_pss, "peaks": sampler.peak}
 
 
-def engine_floods(args, artifact: str, tmp: str) -> list[str]:
-    """The scanner flood through the engine, against --baseline-site when given; the table."""
+def engine_floods(args, artifact: str, tmp: str) -> tuple[list[str], dict]:
+    """The scanner flood through the engine, against --baseline-site when given: the table and the
+    raw runs per build."""
     pcap = os.path.join(tmp, "scanners.pcap")
     print("bench.floods: writing %d scanners x %d ports" % (args.scanners, args.ports), file=sys.stderr)
     frames = write_scanner_pcap(pcap, args.scanners, args.ports)
@@ -306,7 +307,8 @@ def engine_floods(args, artifact: str, tmp: str) -> list[str]:
     out.append("  worker RSS/PSS: the worker process's peak VmRSS / Pss; all PSS: the peak of the summed Pss of every")
     out.append("  engine process; detections: port-scan events in the log (repeat counts summed), of the probes past")
     out.append("  the threshold; scanners: distinct sources reported for a port scan")
-    return out
+    return out, {"kind": "engine", "scanners": args.scanners, "ports": args.ports, "expected": expected,
+                 "runs": runs}
 
 
 def _median(values):
@@ -348,7 +350,7 @@ def main(argv=None) -> int:
                 print(done.stderr, file=sys.stderr)
                 return 1
             results.append(json.loads(done.stdout.splitlines()[-1]))
-        engine_table = engine_floods(args, artifact, tmp) if args.scanners > 0 else []
+        engine_table, engine_runs = engine_floods(args, artifact, tmp) if args.scanners > 0 else ([], None)
     print("maltrail-engine floods benchmark (python -m bench floods): a shipped worker's heuristic state filled")
     print("  %-9s  %-58s  %9s  %7s  %9s  %6s  %s" % ("flood", "a key is", "frames", "events", "RSS +MB", "wall s",
                                                    "state held; saturation"))
@@ -364,7 +366,7 @@ def main(argv=None) -> int:
         print(line)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump(results + ([engine_runs] if engine_runs else []), f, indent=1)
     return 0
 
 
