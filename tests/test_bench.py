@@ -217,14 +217,35 @@ def test_long_replay_and_scaling_model_smoke(tmp_path):
 def test_floods_harness_smoke(tmp_path):
     out = tmp_path / "floods.json"
     done = subprocess.run([sys.executable, "-m", "bench", "floods", "--keys", "300", "--kind", "port", "--kind", "dns",
-                           "--json", str(out)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+                           "--scanners", "300", "--json", str(out)], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr + done.stdout
-    port, dns = json.loads(out.read_text())
+    port, dns, engine = json.loads(out.read_text())
     # every scanner passes the threshold once (the 11th port), and the window holds one key each
     assert port["kind"] == "port" and port["frames"] == 300 * 11 and port["events"] == 300
     assert port["held"]["port"] == 300
     assert dns["held"]["dns domains"] == 300 and dns["held"]["dns subdomains"] == 300 * 16
     assert "RSS +MB" in done.stdout
+    # the engine flood: 300 scanners x 20 ports, each reported with its 10 probes past the threshold,
+    # the worker's memory read from /proc
+    run, = engine["runs"]["this tree"]
+    assert (run["scanners"], run["detections"], engine["expected"]) == (300, 3000, 3000)
+    assert run["worker_rss"] > 0 and run["worker_pss"] > 0 and run["total_pss"] >= run["worker_pss"]
+    assert "300/300" in done.stdout
+
+
+def test_the_floods_pcap_is_what_the_frame_builders_make(tmp_path):
+    """bench/floods.py patches one template per frame; the frames must be tcp_frame's, byte for byte."""
+    from bench.floods import FIRST_PORT, GAP_NS, START_NS, scanner_address, write_scanner_pcap
+    fast, slow = tmp_path / "fast.pcap", tmp_path / "slow.pcap"
+    write_scanner_pcap(str(fast), 300, 20)
+    with g.PcapWriter(str(slow)) as w:
+        ts = START_NS
+        for k in range(300):
+            for v in range(20):
+                ts += GAP_NS
+                w.write(ts, g.tcp_frame(scanner_address(k), "198.18.0.7", 40000, FIRST_PORT + v, g.TCP_SYN))
+    assert fast.read_bytes() == slow.read_bytes()
 
 
 def test_memory_sampler_counts_children_and_grandchildren():

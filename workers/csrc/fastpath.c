@@ -2116,10 +2116,10 @@ static int Heuristics_init(Heuristics *self, PyObject *args, PyObject *kwds)
 
     mt_hkey_random(&self->hk);
     int64_t window_us = window_s * 1000000;
-    mt_dw_init(&self->port, (uint32_t)port_t, window_us, (uint32_t)max_keys, &self->hk);
-    mt_dw_init(&self->udp, (uint32_t)udp_t, window_us, (uint32_t)max_keys, &self->hk);
-    mt_dw_init(&self->infection, (uint32_t)inf_t, window_us, (uint32_t)max_keys, &self->hk);
-    mt_dw_init(&self->web, (uint32_t)web_t, window_us, (uint32_t)max_keys, &self->hk);
+    mt_dw_init(&self->port, (uint32_t)port_t, window_us, (uint32_t)max_keys, &self->hk, 1);  /* ports */
+    mt_dw_init(&self->udp, (uint32_t)udp_t, window_us, (uint32_t)max_keys, &self->hk, 1);    /* ports */
+    mt_dw_init(&self->infection, (uint32_t)inf_t, window_us, (uint32_t)max_keys, &self->hk, 0);
+    mt_dw_init(&self->web, (uint32_t)web_t, window_us, (uint32_t)max_keys, &self->hk, 0);
     mt_dx_init(&self->dx, (uint32_t)dx_t, dx_window_s * 1000000, (uint32_t)max_domains, (uint64_t)max_subs, &self->hk);
 
     mt_litlist l;

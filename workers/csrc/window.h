@@ -20,11 +20,14 @@
  * the next key to be evicted is prefetched after every eviction. Keys are fixed MT_DW_KEY_BYTES
  * strings compared in full (callers write them as whole words: hashing reads them as words, and
  * a word read over a just-written byte stalls); values are 128 bits compared in full (the caller
- * hashes values that do not fit, e.g. a path segment).
+ * hashes values that do not fit, e.g. a path segment), or 16 bits in a narrow window (the TCP and
+ * UDP port scans count ports: an entry is then 10 bytes instead of 24, which halves what a flood of
+ * scanners holds, every value still compared in full).
  *
- * Memory: at most max_keys nodes (the pool grows by doubling up to it; an evicted node is reused
- * for the key that evicted it), an index of at most four times as many words, and at most
- * threshold + 1 values per key.
+ * Memory: at most max_keys nodes of 88 bytes (the pool grows by doubling up to it; an evicted node
+ * is reused for the key that evicted it), an index of at most four times as many words, and at
+ * most threshold + 1 values per key (by default 11 x 10 bytes for a port, 11 x 24 otherwise, in
+ * one allocation once a key holds a second value).
  *
  * Never touches Python objects: it runs with the GIL released. Allocation failure returns -1.
  */
@@ -102,23 +105,26 @@ static inline void mt_index_remove(mt_index *x, uint32_t tag, uint32_t node)
 
 /* ---- the window ------------------------------------------------------------------------------ */
 
-typedef struct {
-    uint64_t lo, hi;
-    int64_t ts;
-} mt_dw_entry;
+/* A value with the packet time it was last seen, stored as bytes at the window's stride: the time
+ * (int64, 8 bytes) then the value, 16 bits in a narrow window (the port scans' ports: 10 bytes an
+ * entry), 128 bits otherwise (addresses, path-segment hashes: 24 bytes). Entries are read and
+ * written with memcpy, so the packed stride costs no alignment. */
+#define MT_DW_NARROW_BYTES 10
+#define MT_DW_WIDE_BYTES 24
 
 typedef struct {
     uint8_t key[MT_DW_KEY_BYTES];
     uint32_t tag;               /* 32 bits of the key's hash (its index word) */
     uint32_t n, cap;            /* values held; cap 0: the one inline value, else `more` */
     uint32_t prev, next;        /* recency list: prev is less recently used */
-    mt_dw_entry *more;
-    mt_dw_entry one;
+    uint8_t *more;
+    uint8_t one[MT_DW_WIDE_BYTES];
 } mt_dw_node;
 
 typedef struct {
     uint32_t keep;              /* threshold + 1 */
     uint32_t max_keys;
+    uint32_t stride;            /* bytes per entry: MT_DW_NARROW_BYTES or MT_DW_WIDE_BYTES */
     int64_t window_us;
     uint64_t evicted_keys;
     uint32_t count, cap;        /* nodes in use, allocated */
@@ -128,14 +134,48 @@ typedef struct {
     const mt_hkey *hk;
 } mt_dwindow;
 
-static inline void mt_dw_init(mt_dwindow *w, uint32_t threshold, int64_t window_us, uint32_t max_keys, const mt_hkey *hk)
+/* narrow: every value observed is below 65536 with hi 0 (a port); the caller promises it. */
+static inline void mt_dw_init(mt_dwindow *w, uint32_t threshold, int64_t window_us, uint32_t max_keys, const mt_hkey *hk,
+                              int narrow)
 {
     memset(w, 0, sizeof(*w));
     w->keep = threshold + 1;
     w->window_us = window_us;
     w->max_keys = max_keys;
+    w->stride = narrow ? MT_DW_NARROW_BYTES : MT_DW_WIDE_BYTES;
     w->head = w->tail = MT_NIL;
     w->hk = hk;
+}
+
+static inline int64_t mt_dw_ts(const uint8_t *e)
+{
+    int64_t ts;
+    memcpy(&ts, e, 8);
+    return ts;
+}
+
+static inline void mt_dw_set_ts(uint8_t *e, int64_t ts) { memcpy(e, &ts, 8); }
+
+static inline int mt_dw_same(const mt_dwindow *w, const uint8_t *e, uint64_t lo, uint64_t hi)
+{
+    if (w->stride == MT_DW_NARROW_BYTES) {
+        uint16_t v;
+        memcpy(&v, e + 8, 2);
+        return v == (uint16_t)lo;
+    }
+    return mt_load64(e + 8) == lo && mt_load64(e + 16) == hi;
+}
+
+static inline void mt_dw_put(const mt_dwindow *w, uint8_t *e, uint64_t lo, uint64_t hi, int64_t ts)
+{
+    mt_dw_set_ts(e, ts);
+    if (w->stride == MT_DW_NARROW_BYTES) {
+        uint16_t v = (uint16_t)lo;
+        memcpy(e + 8, &v, 2);
+    } else {
+        memcpy(e + 8, &lo, 8);
+        memcpy(e + 16, &hi, 8);
+    }
 }
 
 static inline void mt_dw_free(mt_dwindow *w)
@@ -260,55 +300,58 @@ static inline int mt_dw_observe_tagged(mt_dwindow *w, const uint8_t *key, uint32
         }
     }
     int64_t horizon = ts - w->window_us;
-    mt_dw_entry *e = nd->cap ? nd->more : &nd->one;
+    const uint32_t z = w->stride;
+    uint8_t *e = nd->cap ? nd->more : nd->one;
     uint32_t k, n = nd->n;
     for (k = 0; k < n; k++) {
-        if (e[k].lo == lo && e[k].hi == hi) {
-            if (ts > e[k].ts)
-                e[k].ts = ts;
+        if (mt_dw_same(w, e + k * z, lo, hi)) {
+            if (ts > mt_dw_ts(e + k * z))
+                mt_dw_set_ts(e + k * z, ts);
             break;
         }
     }
     if (k == n) {
         uint32_t kept = 0;
-        for (k = 0; k < n; k++)  /* values that left the window go, the rest keep their order */
-            if (e[k].ts > horizon)
-                e[kept++] = e[k];
+        for (k = 0; k < n; k++) {  /* values that left the window go, the rest keep their order */
+            if (mt_dw_ts(e + k * z) > horizon) {
+                if (kept != k)
+                    memcpy(e + kept * z, e + k * z, z);
+                kept++;
+            }
+        }
         n = kept;
         if (n >= w->keep) {
             uint32_t oldest = 0;
             for (k = 1; k < n; k++)
-                if (e[k].ts < e[oldest].ts)
+                if (mt_dw_ts(e + k * z) < mt_dw_ts(e + oldest * z))
                     oldest = k;
-            memmove(e + oldest, e + oldest + 1, (size_t)(n - oldest - 1) * sizeof(mt_dw_entry));
+            memmove(e + oldest * z, e + (oldest + 1) * z, (size_t)(n - oldest - 1) * z);
             n--;
         }
         if (n == (nd->cap ? nd->cap : 1u)) {
             uint64_t want = nd->cap ? (uint64_t)nd->cap * 2 : 4;
             if (want > w->keep)
                 want = w->keep;
-            mt_dw_entry *grown = realloc(nd->more, (size_t)want * sizeof(mt_dw_entry));  /* want <= keep */
+            uint8_t *grown = realloc(nd->more, (size_t)want * z);  /* want <= keep */
             if (!grown) {
                 nd->n = n;
                 return -1;
             }
             if (!nd->cap)
-                grown[0] = nd->one;            /* n == 1 here: the inline value moves out */
+                memcpy(grown, nd->one, z);     /* n == 1 here: the inline value moves out */
             nd->more = e = grown;
             nd->cap = (uint32_t)want;
         }
-        e[n].lo = lo;
-        e[n].hi = hi;
-        e[n].ts = ts;
+        mt_dw_put(w, e + n * z, lo, hi, ts);
         n++;
         nd->n = n;
     }
     if (n < w->keep)
         return 0;
-    int64_t oldest = e[0].ts;
+    int64_t oldest = mt_dw_ts(e);
     for (k = 1; k < n; k++)
-        if (e[k].ts < oldest)
-            oldest = e[k].ts;
+        if (mt_dw_ts(e + k * z) < oldest)
+            oldest = mt_dw_ts(e + k * z);
     return oldest > horizon;
 }
 
