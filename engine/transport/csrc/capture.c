@@ -27,7 +27,7 @@
  * A frame whose payload cannot matter to the worker (headers_suffice: a client's TCP data
  * segment opening with nothing the worker parses, such as TLS application data) is published as
  * its headers alone: its capture length cut where its payload starts, its wire length kept. The
- * rule is engine/transport/dispatch.py headers_cut's, held to it by tests/test_capture_c.py.
+ * rule is engine/transport/dispatch.py headers_cut's, held to it by tests/test_headers_only.py.
  *
  * Must not judge packets, nor know where buffers come from (files, libpcap).
  */
@@ -935,7 +935,7 @@ static PyObject *py_dispatch_key(PyObject *self, PyObject *args)
     return PyBytes_FromStringAndSize((const char *)key, (Py_ssize_t)k);
 }
 
-static PyObject *py_headers_suffice(PyObject *self, PyObject *args)
+static PyObject *py_headers_cut(PyObject *self, PyObject *args)
 {
     Py_buffer frame;
     int linktype;
@@ -973,7 +973,7 @@ static PyMethodDef methods[] = {
     {"dispatch_key", py_dispatch_key, METH_VARARGS,
      "dispatch_key(frame, linktype) -> bytes: engine.dispatch.dispatch_key, in C"},
     {"siphash24", py_siphash24, METH_VARARGS, "siphash24(key16, data) -> int: SipHash-2-4"},
-    {"headers_cut", py_headers_suffice, METH_VARARGS,
+    {"headers_cut", py_headers_cut, METH_VARARGS,
      "headers_cut(frame, linktype) -> (length or None, reverses): engine.dispatch.headers_cut, in C"},
     {NULL}};
 
