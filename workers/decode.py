@@ -183,10 +183,20 @@ def _ethertype_dispatch(data: bytes, ethertype: int, offset: int):
 
 def decode_frame(data: bytes, linktype: int):
     """Returns a Packet, or one of the SKIP_* reasons (a str). Never raises."""
-    where = _network(data, linktype)
+    # _network inlined: the reference path decodes every frame
+    l3 = _link_to_l3(data, linktype)
+    if isinstance(l3, str):
+        return l3
+    ethertype, offset = l3
+    if ethertype == ETHERTYPE_IPV4:
+        where = _ipv4_bounds(data, offset)
+    elif ethertype == ETHERTYPE_IPV6:
+        where = _ipv6_bounds(data, offset)
+    else:
+        return SKIP_NOT_IP
     if isinstance(where, str):
         return where
-    return _decode_transport(*where, data)
+    return _decode_transport(where, data)
 
 
 def tcp_payload_offset(data: bytes, linktype: int) -> int | None:
@@ -277,7 +287,8 @@ def _ipv6_bounds(data: bytes, offset: int):
     return 6, src, dst, nxt, pos, end
 
 
-def _decode_transport(version, src, dst, proto, pos, end, data):
+def _decode_transport(where: tuple, data: bytes):
+    version, src, dst, proto, pos, end = where
     if proto == IPPROTO_TCP:
         if end < pos + 20:
             return SKIP_TRUNCATED_TRANSPORT
