@@ -31,7 +31,7 @@ from engine.transport import _capture
 from engine.transport import ipc
 from engine.sources import synthetic as g
 from engine.processes.capture import CaptureSpec, run_capture, walk_pcap
-from engine.transport.dispatch import Dispatcher, dispatch_key
+from engine.transport.dispatch import Dispatcher, dispatch_key, headers_cut
 from engine.sources.pcapfile import CaptureFileError, PcapFileReader, open_capture
 from engine.transport.ring import Ring, decode_batch, encode_batch, encoded_batch_bytes, ring_bytes
 from engine.transport.stager import PyStager
@@ -92,6 +92,19 @@ class Rings:
 def rows(batch) -> list[tuple]:
     return [(batch.frame(i), batch.ts_ns[i], batch.caplens[i], batch.wirelens[i], batch.linktypes[i])
             for i in range(len(batch))]
+
+
+def published(frame_rows) -> list[tuple]:
+    """The rows as a stager publishes them: cut to their headers where the reference rule
+    (dispatch.headers_cut) says their payload cannot matter, whole from the first frame that
+    reverses a flight on; the wire length kept."""
+    out, whole = [], False
+    for frame, ts, caplen, wirelen, linktype in frame_rows:
+        cut = None
+        if not whole:
+            cut, whole = headers_cut(frame, linktype)
+        out.append((frame, ts, caplen, wirelen, linktype) if cut is None else (frame[:cut], ts, cut, wirelen, linktype))
+    return out
 
 
 def reader_rows(path, snaplen_bytes=None):
@@ -493,6 +506,7 @@ def test_capture_process_c_path_equals_reference(generated_corpus, tmp_path, mon
         with open_capture(p) as reader:
             for batch in reader:
                 want.extend(rows(batch))
+    want = published(want)
     nrings = 3
     c_frames, c_stats = _run_capture_process(paths, nrings, reference=False)
     ref_frames, ref_stats = _run_capture_process(paths, nrings, reference=True)
@@ -672,6 +686,7 @@ def test_replay_waits_on_a_full_ring_and_loses_nothing(tmp_path):
     path = tmp_path / "t.pcap"
     path.write_bytes(pcap_bytes(mixed_records(3000)))
     want, _, _ = reader_rows(path)
+    want = published(want)
     with Rings(2, 8192) as rings:
         stager = _capture.Stager(rings.bufs, SEED, 16, False)
         with open(path, "rb") as f:

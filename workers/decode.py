@@ -183,18 +183,54 @@ def _ethertype_dispatch(data: bytes, ethertype: int, offset: int):
 
 def decode_frame(data: bytes, linktype: int):
     """Returns a Packet, or one of the SKIP_* reasons (a str). Never raises."""
+    # _network inlined: the reference path decodes every frame
     l3 = _link_to_l3(data, linktype)
     if isinstance(l3, str):
         return l3
     ethertype, offset = l3
     if ethertype == ETHERTYPE_IPV4:
-        return _decode_ipv4(data, offset)
+        where = _ipv4_bounds(data, offset)
+    elif ethertype == ETHERTYPE_IPV6:
+        where = _ipv6_bounds(data, offset)
+    else:
+        return SKIP_NOT_IP
+    if isinstance(where, str):
+        return where
+    return _decode_transport(where, data)
+
+
+def tcp_payload_offset(data: bytes, linktype: int) -> int | None:
+    """Where the payload `decode_frame` gives a TCP segment starts in `data` (its link, IP and TCP
+    headers end there), or None when the frame does not decode to TCP. A frame cut there decodes
+    to the same Packet with an empty payload: every header lies before it, and neither the IP
+    total length nor the IPv6 payload length is ever required of the bytes captured (the snap
+    length may cut any frame). The capture process cuts there the frames whose payload cannot
+    matter (engine/transport/dispatch.py `published_length`)."""
+    where = _network(data, linktype)
+    if isinstance(where, str) or where[3] != IPPROTO_TCP:
+        return None
+    pos, end = where[4], where[5]
+    if end < pos + 20:
+        return None
+    return pos + max((data[pos + 12] >> 4) * 4, 20)
+
+
+def _network(data: bytes, linktype: int):
+    """The link and IP layers: (version, src, dst, protocol, transport offset, end of the
+    datagram), or a skip reason."""
+    l3 = _link_to_l3(data, linktype)
+    if isinstance(l3, str):
+        return l3
+    ethertype, offset = l3
+    if ethertype == ETHERTYPE_IPV4:
+        return _ipv4_bounds(data, offset)
     if ethertype == ETHERTYPE_IPV6:
-        return _decode_ipv6(data, offset)
+        return _ipv6_bounds(data, offset)
     return SKIP_NOT_IP
 
 
-def _decode_ipv4(data: bytes, offset: int):
+def _ipv4_bounds(data: bytes, offset: int):
+    """(version, src, dst, protocol, transport offset, end of the datagram) or a skip reason."""
     if len(data) < offset + 20:
         return SKIP_TRUNCATED_IP
     vihl, _tos, total, _ident, frag, _ttl, proto, _csum, src, dst = _IPV4.unpack_from(data, offset)
@@ -210,11 +246,11 @@ def _decode_ipv4(data: bytes, offset: int):
     end = len(data)
     if ihl <= total < end - offset:
         end = offset + total
-    return _decode_transport(4, int.from_bytes(src, "big"), int.from_bytes(dst, "big"), proto,
-                             data, offset + ihl, end)
+    return 4, int.from_bytes(src, "big"), int.from_bytes(dst, "big"), proto, offset + ihl, end
 
 
-def _decode_ipv6(data: bytes, offset: int):
+def _ipv6_bounds(data: bytes, offset: int):
+    """As _ipv4_bounds, after the extension headers."""
     if len(data) < offset + 40:
         return SKIP_TRUNCATED_IP
     if data[offset] >> 4 != 6:
@@ -248,10 +284,11 @@ def _decode_ipv6(data: bytes, offset: int):
         return SKIP_IPV6_EXT
     if pos > end:
         return SKIP_IPV6_EXT
-    return _decode_transport(6, src, dst, nxt, data, pos, end)
+    return 6, src, dst, nxt, pos, end
 
 
-def _decode_transport(version, src, dst, proto, data, pos, end):
+def _decode_transport(where: tuple, data: bytes):
+    version, src, dst, proto, pos, end = where
     if proto == IPPROTO_TCP:
         if end < pos + 20:
             return SKIP_TRUNCATED_TRANSPORT

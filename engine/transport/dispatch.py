@@ -19,6 +19,16 @@ parent domain whoever asks. So:
   or error), so all flows of one client, in both directions, meet in one worker.
 - Frames that do not decode carry no evidence; they are spread by their first bytes.
 
+Also owns which frames cross the ring as their headers alone (`headers_cut`): a TCP segment the
+worker judges exactly as it would with no payload (a client's data segment opening with nothing
+the worker parses: TLS application data, the bulk of most traffic) keeps only its link, IP and
+TCP headers; the batch keeps its wire length. What the worker reads of a frame, and so what the
+rule must keep: every header (IP and ip:port trails, orientation, the scan heuristics, counters);
+the payload only of DNS (port 53), of a TLS handshake record (ClientHello server names, and the
+server's certificate flight, the one thing followed across segments, by the server's direction
+only), of an HTTP request (any port) or response head ("HTTP/"), and of UDP (QUIC, the UDP scan's
+datagram size), which is never cut.
+
 The rule itself (which end is the client, the sender, the DNS domain) is workers/flow.py's
 `group_key`, the one noise control groups events by; this module only decodes what it needs
 (workers/decode.py, the DNS question) and hashes. The hash is keyed with a per-run seed (BLAKE2b
@@ -31,9 +41,14 @@ from __future__ import annotations
 import hashlib
 import os
 
-from workers.decode import IPPROTO_TCP, IPPROTO_UDP, decode_frame
+from workers.decode import IPPROTO_TCP, IPPROTO_UDP, decode_frame, tcp_payload_offset
 from workers.dns import parse_dns, parse_dns_tcp
-from workers.flow import group_key
+from workers.flow import client_is_src, group_key
+
+TLS_HANDSHAKE_RECORD = 22
+_TCP_SYN_RST_ACK = 0x16
+_TCP_ACK = 0x10
+_VISIBLE = frozenset(range(0x21, 0x7F))
 
 
 def first_qname(p) -> str | None:
@@ -60,6 +75,46 @@ def dispatch_key(data: bytes, linktype: int) -> bytes:
     if domain:
         return b"d:" + domain.encode("latin-1")
     return bytes((version,)) + owner.to_bytes(16, "big")
+
+
+def headers_suffice(p) -> bool:
+    """Whether the worker judges decoded packet `p` exactly as it would with its payload cut off.
+    Only a TCP data segment inside a connection (ACK, no SYN or RST) sent by its client by the
+    port rule (source port >= destination port; the certificate path follows only the server's
+    segments, see `reverses_flight`), off port 53, whose payload opens with none of: a TLS
+    handshake record, "HTTP/" (the response heuristics), a possible request line (1 to 32 visible
+    characters, then a space: wider than workers/http.py looks_like_http_request, whose token
+    characters are all visible)."""
+    payload = p.payload
+    if p.proto != IPPROTO_TCP or not payload:
+        return False
+    if p.tcp_flags & _TCP_SYN_RST_ACK != _TCP_ACK or p.sport < p.dport or p.sport == 53 or p.dport == 53:
+        return False
+    if payload[0] == TLS_HANDSHAKE_RECORD or payload.startswith(b"HTTP/"):
+        return False
+    space = payload.find(b" ", 0, 33)
+    return not (space > 0 and all(c in _VISIBLE for c in payload[:space]))
+
+
+def reverses_flight(p) -> bool:
+    """A segment that could open a TLS server flight (its payload opens with a handshake record)
+    sent by the server from the higher port (by a flag rule of workers/flow.py client_is_src: a
+    SYN-ACK, a reset answering a probe). The worker would follow that flight (workers/certs.py,
+    keyed by the server's direction) in the direction `headers_suffice` cuts, so a stager that sees
+    one publishes every frame whole from then on."""
+    return (p.proto == IPPROTO_TCP and bool(p.payload) and p.payload[0] == TLS_HANDSHAKE_RECORD
+            and p.sport >= p.dport and not client_is_src(p))
+
+
+def headers_cut(data: bytes, linktype: int) -> tuple[int | None, bool]:
+    """(how many bytes of the frame to publish when its headers suffice, else None; whether it
+    `reverses_flight`). The C stager's rule (engine/transport/csrc/capture.c), byte for byte."""
+    p = decode_frame(data, linktype)
+    if type(p) is str:
+        return None, False
+    if headers_suffice(p):
+        return tcp_payload_offset(data, linktype), False
+    return None, reverses_flight(p)
 
 
 class Dispatcher:

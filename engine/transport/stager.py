@@ -20,9 +20,13 @@ for byte, where their dispatch agrees, i.e. with one ring):
   calls again; in live capture the batch is dropped and counted against that worker, never
   waited for.
 
+- a frame whose payload cannot matter to the worker (dispatch.py `headers_cut`) is staged as its
+  headers alone, its wire length kept; once a frame `reverses_flight`, every frame is staged
+  whole (`whole_frames`).
+
 Counters: `frames` taken in, `dispatched` per worker, `ring_waits` (calls that returned
-RING_FULL), `oversize_frames`, `staged`, `latest_ns` (the latest packet time taken in, None
-before any), `rings` (0 once closed).
+RING_FULL), `oversize_frames`, `headers_only` (frames staged as their headers alone), `staged`,
+`latest_ns` (the latest packet time taken in, None before any), `rings` (0 once closed).
 
 Must not read sources, sleep or wait: the capture process decides what a full ring costs.
 """
@@ -33,7 +37,7 @@ import hashlib
 import time
 
 from engine.transport import _capture
-from engine.transport.dispatch import Dispatcher
+from engine.transport.dispatch import Dispatcher, headers_cut
 from engine.transport.ring import TIMELINE_BREAK, Ring, encode_batch, encoded_batch_bytes
 from workers.batch import FrameBatch, FrameBatchBuilder
 
@@ -104,6 +108,8 @@ class PyStager:
         self.frames = 0
         self.ring_waits = 0
         self.oversize_frames = 0
+        self.headers_only = 0
+        self.whole_frames = False
         self.latest_ns: int | None = None
 
     # -- counters ----------------------------------------------------------------------------------
@@ -137,9 +143,14 @@ class PyStager:
         while i < n:
             frame = bytes(buf[offsets[i]:offsets[i] + caplens[i]])
             w = self._dispatcher.worker_for(frame, linktypes[i])
-            status = self._stage(w, frame, wirelens[i], ts_ns[i], linktypes[i])
+            cut = None
+            if not self.whole_frames:
+                cut, self.whole_frames = headers_cut(frame, linktypes[i])
+            status = self._stage(w, frame if cut is None else frame[:cut], wirelens[i], ts_ns[i], linktypes[i])
             if status != OK:
                 break
+            if cut is not None:
+                self.headers_only += 1
             i += 1
         self.frames += i - start
         if status == RING_FULL:

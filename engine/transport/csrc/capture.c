@@ -24,6 +24,11 @@
  * be crafted to pile onto one worker; it differs from the reference's BLAKE2b on purpose (one
  * SipHash of a 17-byte key costs ~20 ns). With one ring there is no key at all.
  *
+ * A frame whose payload cannot matter to the worker (headers_suffice: a client's TCP data
+ * segment opening with nothing the worker parses, such as TLS application data) is published as
+ * its headers alone: its capture length cut where its payload starts, its wire length kept. The
+ * rule is engine/transport/dispatch.py headers_cut's, held to it by tests/test_headers_only.py.
+ *
  * Must not judge packets, nor know where buffers come from (files, libpcap).
  */
 #define PY_SSIZE_T_CLEAN
@@ -166,15 +171,16 @@ static inline void registered_domain(const uint8_t *name, int len, int *start)
     *start = dots[1] + 1;
 }
 
-/* Writes the dispatch key of a frame into key (KEY_MAX_BYTES); returns its length. */
-static size_t dispatch_key(const uint8_t *f, uint32_t n, int linktype, uint8_t *key)
+/* Writes the dispatch key of a frame into key (KEY_MAX_BYTES); returns its length. `pk` is the
+ * frame decoded, NULL when it does not decode. */
+static size_t dispatch_key(const mt_packet *pkp, const uint8_t *f, uint32_t n, uint8_t *key)
 {
-    mt_packet pk;
-    if (mt_decode(f, n, linktype, &pk) != MT_OK) {
+    if (!pkp) {
         size_t k = n < KEY_RAW_BYTES ? n : KEY_RAW_BYTES;
         memcpy(key, f, k);
         return k;
     }
+    const mt_packet pk = *pkp;
     if ((pk.proto == 17 || pk.proto == 6) && (pk.sport == 53 || pk.dport == 53) && pk.payload_len) {
         const uint8_t *pl = f + pk.payload_off;
         uint32_t plen = pk.payload_len;
@@ -217,6 +223,46 @@ static size_t dispatch_key(const uint8_t *f, uint32_t n, int linktype, uint8_t *
     return 17;
 }
 
+/* ---- frames published as headers only ---------------------------------------------------- */
+
+/* engine/transport/dispatch.py headers_suffice: whether the worker judges this decoded TCP
+ * segment exactly as it would with its payload cut off, so that only its headers need cross the
+ * ring. It must be a data segment inside a connection (ACK; no SYN or RST) sent by its client
+ * by the port rule (source port >= destination port: the worker's certificate path follows only
+ * the server's segments, see reverses_flight), off port 53, whose payload opens with nothing
+ * the worker parses: not a TLS handshake record (ClientHello, ServerHello), not "HTTP/" (the
+ * response heuristics), not a possible request line (1..32 visible characters then a space,
+ * which every HTTP method and request-target start passes). Everything else stays whole. */
+static int headers_suffice(const mt_packet *pk, const uint8_t *f)
+{
+    if (pk->proto != 6 || !pk->payload_len)
+        return 0;
+    if ((pk->tcp_flags & 0x16) != 0x10 || pk->sport < pk->dport || pk->sport == 53 || pk->dport == 53)
+        return 0;
+    const uint8_t *pl = f + pk->payload_off;
+    uint32_t n = pk->payload_len;
+    if (pl[0] == 22 || (n >= 5 && memcmp(pl, "HTTP/", 5) == 0))
+        return 0;
+    uint32_t lim = n < 33 ? n : 33;
+    for (uint32_t i = 0; i < lim; i++) {
+        if (pl[i] == ' ')
+            return i == 0;
+        if (pl[i] < 0x21 || pl[i] > 0x7e)
+            break;
+    }
+    return 1;
+}
+
+/* engine/transport/dispatch.py reverses_flight: a segment that could open a TLS server flight
+ * (a handshake record) sent by the server from the higher port (a SYN-ACK or a reset answering
+ * a probe, by the flag rules of mt_client_is_src). The worker would then follow that flight in
+ * the direction headers_suffice cuts, so from then on the stager publishes every frame whole. */
+static int reverses_flight(const mt_packet *pk, const uint8_t *f)
+{
+    return pk->proto == 6 && pk->payload_len && f[pk->payload_off] == 22 && pk->sport >= pk->dport &&
+           !mt_client_is_src(pk);
+}
+
 /* ---- the stager -------------------------------------------------------------------------- */
 
 typedef struct {
@@ -245,6 +291,8 @@ typedef struct {
     uint64_t k0, k1;
     worker_t *w;
     uint64_t frames, ring_waits, oversize_frames, over_snaplen_frames;
+    uint64_t headers_only;      /* frames published as their headers alone (headers_suffice) */
+    int whole_frames;           /* set once reverses_flight saw a segment: no more cuts */
     int64_t latest_ns;          /* the latest packet time taken in (valid once have_latest) */
     int have_latest;
 } Stager;
@@ -382,12 +430,25 @@ static int stage(Stager *s, int w, const uint8_t *frame, uint32_t caplen, uint32
     return ST_OK;
 }
 
-static inline int pick(Stager *s, const uint8_t *frame, uint32_t caplen, int linktype)
+/* The frame's worker; *publish_len (when not NULL) gets how many of its bytes to publish: all of
+ * them, or its headers alone when headers_suffice (the frame's decode is shared by both). */
+static inline int route(Stager *s, const uint8_t *frame, uint32_t caplen, int linktype, uint32_t *publish_len)
 {
+    mt_packet pk;
+    int decoded = mt_decode(frame, caplen, linktype, &pk) == MT_OK;
+    if (publish_len) {
+        *publish_len = caplen;
+        if (decoded && !s->whole_frames) {
+            if (reverses_flight(&pk, frame))
+                s->whole_frames = 1;
+            else if (headers_suffice(&pk, frame))
+                *publish_len = pk.payload_off;
+        }
+    }
     if (s->nrings == 1)
         return 0;
     uint8_t key[KEY_MAX_BYTES];
-    size_t k = dispatch_key(frame, caplen, linktype, key);
+    size_t k = dispatch_key(decoded ? &pk : NULL, frame, caplen, key);
     return (int)(siphash24(s->k0, s->k1, key, k) % (uint64_t)s->nrings);
 }
 
@@ -475,7 +536,8 @@ static int Stager_init(Stager *s, PyObject *args, PyObject *kw)
     s->nrings = (int)count;
     s->live = live;
     s->batch_frames = (uint32_t)batch_frames;
-    s->frames = s->ring_waits = s->oversize_frames = s->over_snaplen_frames = 0;
+    s->frames = s->ring_waits = s->oversize_frames = s->over_snaplen_frames = s->headers_only = 0;
+    s->whole_frames = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         worker_t *W = &s->w[i];
         if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &W->view, PyBUF_WRITABLE) < 0)
@@ -579,10 +641,13 @@ static PyObject *Stager_add_pcap(Stager *s, PyObject *args, PyObject *kw)
         const uint8_t *frame = h + record_bytes;
         uint32_t out = caplen > cut ? (uint32_t)cut : caplen;
         int64_t ts = (int64_t)((uint64_t)sec * 1000000000ULL + (uint64_t)frac * frac_ns);
-        int w = pick(s, frame, out, linktype);
-        status = stage(s, w, frame, out, wirelen > caplen ? wirelen : caplen, ts, (uint16_t)linktype);
+        uint32_t publish_len;
+        int w = route(s, frame, out, linktype, &publish_len);
+        status = stage(s, w, frame, publish_len, wirelen > caplen ? wirelen : caplen, ts, (uint16_t)linktype);
         if (status != ST_OK)
             break;
+        if (publish_len < out)
+            s->headers_only++;
         if (caplen > cut && caplen > file_snaplen)
             over++;
         pos += (uint64_t)record_bytes + caplen;
@@ -667,10 +732,13 @@ static PyObject *Stager_add_batch(Stager *s, PyObject *args, PyObject *kw)
     Py_BEGIN_ALLOW_THREADS
     for (; i < n; i++) {
         const uint8_t *frame = b + offsets[i];
-        int w = pick(s, frame, caplens[i], linktypes[i]);
-        status = stage(s, w, frame, caplens[i], wirelens[i], ts[i], linktypes[i]);
+        uint32_t publish_len;
+        int w = route(s, frame, caplens[i], linktypes[i], &publish_len);
+        status = stage(s, w, frame, publish_len, wirelens[i], ts[i], linktypes[i]);
         if (status != ST_OK)
             break;
+        if (publish_len < caplens[i])
+            s->headers_only++;
     }
     Py_END_ALLOW_THREADS
     s->busy = 0;
@@ -746,7 +814,7 @@ static PyObject *Stager_worker_for(Stager *s, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "the stager is closed");
         return NULL;
     }
-    int w = pick(s, frame.buf, (uint32_t)frame.len, linktype);
+    int w = route(s, frame.buf, (uint32_t)frame.len, linktype, NULL);
     PyBuffer_Release(&frame);
     return PyLong_FromLong(w);
 }
@@ -791,6 +859,9 @@ U64_GETTER(frames)
 U64_GETTER(ring_waits)
 U64_GETTER(oversize_frames)
 U64_GETTER(over_snaplen_frames)
+U64_GETTER(headers_only)
+
+static PyObject *Stager_get_whole_frames(Stager *s, void *c) { return PyBool_FromLong(s->whole_frames); }
 
 static PyObject *Stager_get_latest_ns(Stager *s, void *c)
 {
@@ -809,6 +880,10 @@ static PyGetSetDef Stager_getset[] = {
      "frames dropped because no ring message can hold them", NULL},
     {"over_snaplen_frames", (getter)Stager_get_over_snaplen_frames, NULL,
      "pcap records longer than the file's snap length (cut to it)", NULL},
+    {"headers_only", (getter)Stager_get_headers_only, NULL,
+     "frames published as their headers alone (their payload cannot matter)", NULL},
+    {"whole_frames", (getter)Stager_get_whole_frames, NULL,
+     "True once a segment that could open a reversed TLS flight was seen: no frame is cut since", NULL},
     {"staged", (getter)Stager_get_staged, NULL, "frames staged and not yet published", NULL},
     {"latest_ns", (getter)Stager_get_latest_ns, NULL, "the latest packet time taken in (None before any)", NULL},
     {"rings", (getter)Stager_get_rings, NULL, "number of rings (0 once closed)", NULL},
@@ -853,9 +928,29 @@ static PyObject *py_dispatch_key(PyObject *self, PyObject *args)
         return NULL;
     }
     uint8_t key[KEY_MAX_BYTES];
-    size_t k = dispatch_key(frame.buf, (uint32_t)frame.len, linktype, key);
+    mt_packet pk;
+    int decoded = mt_decode(frame.buf, (uint32_t)frame.len, linktype, &pk) == MT_OK;
+    size_t k = dispatch_key(decoded ? &pk : NULL, frame.buf, (uint32_t)frame.len, key);
     PyBuffer_Release(&frame);
     return PyBytes_FromStringAndSize((const char *)key, (Py_ssize_t)k);
+}
+
+static PyObject *py_headers_cut(PyObject *self, PyObject *args)
+{
+    Py_buffer frame;
+    int linktype;
+    if (!PyArg_ParseTuple(args, "y*i", &frame, &linktype))
+        return NULL;
+    mt_packet pk;
+    PyObject *out;
+    if (frame.len > UINT32_MAX || mt_decode(frame.buf, (uint32_t)frame.len, linktype, &pk) != MT_OK)
+        out = Py_BuildValue("(OO)", Py_None, Py_False);
+    else if (headers_suffice(&pk, frame.buf))
+        out = Py_BuildValue("(IO)", pk.payload_off, Py_False);  /* never both: 22 opens one, not the other */
+    else
+        out = Py_BuildValue("(OO)", Py_None, reverses_flight(&pk, frame.buf) ? Py_True : Py_False);
+    PyBuffer_Release(&frame);
+    return out;
 }
 
 static PyObject *py_siphash24(PyObject *self, PyObject *args)
@@ -878,6 +973,8 @@ static PyMethodDef methods[] = {
     {"dispatch_key", py_dispatch_key, METH_VARARGS,
      "dispatch_key(frame, linktype) -> bytes: engine.dispatch.dispatch_key, in C"},
     {"siphash24", py_siphash24, METH_VARARGS, "siphash24(key16, data) -> int: SipHash-2-4"},
+    {"headers_cut", py_headers_cut, METH_VARARGS,
+     "headers_cut(frame, linktype) -> (length or None, reverses): engine.dispatch.headers_cut, in C"},
     {NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_capture",
