@@ -203,7 +203,7 @@ class _Sampler(threading.Thread):
         tree, grew = {self.root: "supervisor"}, True
         while grew:
             grew = False
-            for pid, (ppid, comm) in stats.items():
+            for pid, (ppid, comm, *_cpu) in stats.items():  # bench.replay._stat: (ppid, comm, cpu_s)
                 if pid not in tree and ppid in tree:
                     tree[pid] = comm
                     grew = True
