@@ -84,10 +84,8 @@ class ServerLink(Destination):
         self.https = parts.scheme == "https"
         self.host = parts.hostname
         self.target = parts.path.rstrip("/") + INTAKE_PATH
-        self.http = HttpPoster(self.address, self.https, parts.hostname, parts.port or (443 if self.https else 80),
-                               ca_file, connect_timeout_s=connect_timeout_s, total_timeout_s=total_timeout_s,
-                               answer_bytes=ANSWER_BYTES)
-        self.authorization = "Bearer %s:%s" % (sensor, key)
+        self.http = server_poster(self.address, ca_file, connect_timeout_s, total_timeout_s, ANSWER_BYTES)
+        self.authorization = bearer(sensor, key)
         self.sensor = sensor
         self.version = version
         self.trails_date = trails_date
@@ -208,23 +206,34 @@ def parse_suppressions(answer: bytes, now_mono: float) -> list[tuple[str, str, f
     return out
 
 
+def server_poster(url: str, ca_file: str, connect_timeout_s: float, total_timeout_s: float,
+                  answer_bytes: int) -> HttpPoster:
+    """A connection to our server at `url` (https://, or http:// on loopback; the scheme's port
+    unless the URL names one), its certificate checked against `ca_file` ("" for the system's)."""
+    parts = urlsplit(url)
+    https = parts.scheme == "https"
+    return HttpPoster(url, https, parts.hostname, parts.port or (443 if https else 80), ca_file,
+                      connect_timeout_s=connect_timeout_s, total_timeout_s=total_timeout_s, answer_bytes=answer_bytes)
+
+
+def bearer(sensor: str, key: str) -> str:
+    """The Authorization header's value by which a sensor proves its name to our server."""
+    return "Bearer %s:%s" % (sensor, key)
+
+
 class SuppressionPoller:
     """Asks our server for its active suppressions every `poll_s` seconds, in a thread (module
     doc). `take()` gives the newest checked set once after each change (None meanwhile)."""
 
     def __init__(self, url: str, key: str, sensor: str, poll_s: float, ca_file: str = "", version: str = "",
                  warn=None, clock=time.monotonic):
-        parts = urlsplit(url)
-        https = parts.scheme == "https"
         self.address = url
         self.poll_s = poll_s
-        self.target = parts.path.rstrip("/") + SUPPRESSIONS_PATH
+        self.target = urlsplit(url).path.rstrip("/") + SUPPRESSIONS_PATH
         # Its own connection (the forwarding thread keeps the other), made now: the CA file is read
         # while the forwarder may still read it.
-        self.http = HttpPoster(url, https, parts.hostname, parts.port or (443 if https else 80), ca_file,
-                               connect_timeout_s=CONNECT_TIMEOUT_S, total_timeout_s=CONNECT_TIMEOUT_S * 2,
-                               answer_bytes=SUPPRESSIONS_ANSWER_BYTES)
-        self.headers = {"Authorization": "Bearer %s:%s" % (sensor, key), "Accept": "application/json",
+        self.http = server_poster(url, ca_file, CONNECT_TIMEOUT_S, CONNECT_TIMEOUT_S * 2, SUPPRESSIONS_ANSWER_BYTES)
+        self.headers = {"Authorization": bearer(sensor, key), "Accept": "application/json",
                         "User-Agent": "maltrail-engine/%s" % (version or "unknown")}
         self.warn = warn or (lambda text: None)
         self.clock = clock
