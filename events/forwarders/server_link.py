@@ -190,20 +190,31 @@ def parse_suppressions(answer: bytes, now_mono: float) -> list[tuple[str, str, f
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise BadAnswer("suppression %d is not an object" % i)
-        host, trail = row.get("host"), row.get("trail")
-        if not isinstance(host, str) or len(host) > 64:
-            raise BadAnswer("suppression %d: host is not an address or CIDR" % i)
         try:
-            network = str(ipaddress.ip_network(host.strip(), strict=False))
-        except ValueError:
-            raise BadAnswer("suppression %d: host %r is not an address or CIDR" % (i, host[:64])) from None
-        if (not isinstance(trail, str) or not trail.strip() or len(trail) > MAX_TRAIL_CHARS
-                or any(ord(c) < 32 or ord(c) == 127 for c in trail)):
-            raise BadAnswer("suppression %d: trail is not 1 to %d printable characters" % (i, MAX_TRAIL_CHARS))
+            network, trail = suppression_pair(row.get("host"), row.get("trail"))
+        except ValueError as exc:
+            raise BadAnswer("suppression %d: %s" % (i, exc)) from None
         left_s = _number(row.get("expires_s"), "suppression %d: expires_s" % i) - server_now_s
         if left_s > 0:
-            out.append((network, trail.strip(), now_mono + left_s))
+            out.append((network, trail, now_mono + left_s))
     return out
+
+
+def suppression_pair(host, trail) -> tuple[str, str]:
+    """(network "a.b.c.d/n", trail stripped) of one suppression from the server, or ValueError
+    saying which part is not as documented: host an address or CIDR, trail 1 to MAX_TRAIL_CHARS
+    printable characters. The forwarder checks the answer with it, and the supervisor again what
+    the (unprivileged) forwarder hands it."""
+    if not isinstance(host, str) or len(host) > 64:
+        raise ValueError("host is not an address or CIDR")
+    try:
+        network = str(ipaddress.ip_network(host.strip(), strict=False))
+    except ValueError:
+        raise ValueError("host %r is not an address or CIDR" % host[:64]) from None
+    if (not isinstance(trail, str) or not trail.strip() or len(trail) > MAX_TRAIL_CHARS
+            or any(ord(c) < 32 or ord(c) == 127 for c in trail)):
+        raise ValueError("trail is not 1 to %d printable characters" % MAX_TRAIL_CHARS)
+    return network, trail.strip()
 
 
 def server_poster(url: str, ca_file: str, connect_timeout_s: float, total_timeout_s: float,
