@@ -14,9 +14,9 @@ The rows come from the forwarder process, which runs unprivileged: they are chec
 
 from __future__ import annotations
 
-import ipaddress
 import math
 
+from events.forwarders.server_link import suppression_pair
 from workers.controls import plain_trail
 
 MAX_ROWS = 10_000
@@ -28,12 +28,10 @@ def _row(raw) -> tuple[str, str, float] | None:
     if not isinstance(raw, (list, tuple)) or len(raw) != 3:
         return None
     host, trail, expires = raw
-    if (not isinstance(host, str) or not isinstance(trail, str) or type(expires) not in (int, float)
-            or not math.isfinite(expires) or not trail.strip() or len(trail) > 2048
-            or any(ord(c) < 32 or ord(c) == 127 for c in trail)):
+    if type(expires) not in (int, float) or not math.isfinite(expires):
         return None
     try:
-        network = str(ipaddress.ip_network(host, strict=False))
+        network, trail = suppression_pair(host, trail)      # the forwarder's own check, again
     except ValueError:
         return None
     indicator = plain_trail(trail).strip()

@@ -31,7 +31,7 @@ from typing import Callable, NamedTuple
 
 from events.record import SEVERITIES, Event
 from server.addresses import AddressError, ip_key, key_range, range_text
-from server.store import Term
+from server.store import Term, ascii_upper
 
 __all__ = ["FilterError", "Token", "parse", "tokens", "matches", "MAX_QUERY_CHARS", "MAX_TOKENS", "FIELD_NAMES"]
 
@@ -48,7 +48,6 @@ _LISTED = {"src", "dst", "address", "port", "proto", "type", "severity"}
 _WORD_RE = re.compile(r"[A-Za-z0-9_]{1,16}")
 _FIELD_LIKE_RE = re.compile(r"[A-Za-z]{2,12}")
 _ADDRESS_FIX = "write an address, a CIDR (10.0.0.0/8, 2001:db8::/32) or a range a-b"
-_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 class FilterError(ValueError):
@@ -125,7 +124,7 @@ def _value(token: str, field: str, text: str) -> str:
         if not _WORD_RE.fullmatch(text):
             raise FilterError(token, "%s: write one word of letters and digits, e.g. %s"
                               % (token[:64], _EXAMPLES[field]))
-        return text.translate(_UPPER)
+        return ascii_upper(text)
     if field == "severity":
         level = text.lower()
         if level not in SEVERITIES:
@@ -229,7 +228,7 @@ def _predicate(term: Term) -> Callable[[Event], bool]:
         return lambda e: e.src_port in ports or e.dst_port in ports
     if f in ("proto", "type"):
         words = set(values)
-        return lambda e: (getattr(e, f) or "").translate(_UPPER) in words
+        return lambda e: ascii_upper(getattr(e, f) or "") in words
     if f == "severity":
         levels = set(values)
         return lambda e: e.severity in levels

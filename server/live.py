@@ -38,7 +38,7 @@ from aiohttp import web
 
 from server import filters
 from server.auth.scopes import mask_custom
-from server.auth.web import COOKIE_NAME, SESSION_KEY
+from server.auth.web import COOKIE_NAME, user_or_refusal
 
 LIVE_PATH = "/api/v1/live"
 FLUSH_S = 0.5
@@ -187,18 +187,15 @@ class LiveRoute:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         hub = self.hub
-        session = request.get(SESSION_KEY)
-        if session is None:     # the session middleware refuses first; never stream without a user
-            return web.json_response({"error": "not logged in"}, status=401)
-        user = session.user
-        if not user.scope.everything and not user.scope.store_scope:
-            return web.json_response({"error": "your netfilter holds no address"}, status=403)
-        unknown = [name for name in request.query if name != "q"]
-        if unknown or len(request.query.getall("q", [])) > 1:
-            name = (unknown or ["q"])[0][:32]
-            return web.json_response({"error": "this endpoint takes one parameter, q (given: %s)" % name,
-                                      "parameter": name}, status=400)
-        predicate, problem = _predicate(request.query.get("q"))
+        user, refusal = user_or_refusal(request)
+        if refusal is not None:
+            return web.json_response(refusal[2], status=refusal[1])
+        from server.api.v1 import ParamError, single_params
+        try:
+            params = single_params(request, ("q",))
+        except ParamError as exc:
+            return web.json_response({"error": str(exc), "parameter": exc.parameter}, status=400)
+        predicate, problem = _predicate(params.get("q"))
         if problem is not None:
             return web.json_response(problem, status=400)
         sub = hub.subscribe(user, predicate)

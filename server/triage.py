@@ -43,9 +43,10 @@ from typing import Callable
 from aiohttp import web
 
 from server.addresses import AddressError, ip_key, key_range, key_text
+from server.api import v1
 from server.auth.audit import TriageRecord
 from server.auth.state import StateDB, StateError, SuppressionRow, TriageRow
-from server.auth.web import SESSION_KEY
+from server.auth.web import user_or_refusal
 from server.store import EventQuery, EventStore, QueryError, StoreError, Term, TimeRange
 
 __all__ = ["TriageBook", "FieldError", "setup", "STATUSES", "MAX_TRAIL", "MAX_NOTE", "MAX_REASON",
@@ -75,10 +76,9 @@ class _NotFound(Exception):
 
 
 def iso_utc(ts_s: float) -> str:
-    """2026-11-24T10:00:00.000001Z, as the rest of the API writes instants."""
-    us = int(round(ts_s * 1_000_000))
-    seconds, micros = divmod(us, 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%06dZ" % micros
+    """2026-11-24T10:00:00.000001Z, as the rest of the API writes instants (v1.iso_utc; the state
+    database keeps seconds)."""
+    return v1.iso_utc(int(round(ts_s * 1_000_000)))
 
 
 def _shown(text: str, most: int = 200) -> str:
@@ -204,12 +204,9 @@ class TriageBook:
 
     def _handler(self, fn):
         async def handle(request: web.Request) -> web.Response:
-            session = request.get(SESSION_KEY)
-            if session is None:         # the session middleware refuses first; never answer without a user
-                return self._refuse("no session", 401, {"error": "not logged in"})
-            user = session.user
-            if not user.scope.everything and not user.scope.store_scope:
-                return self._refuse("empty scope", 403, {"error": "your netfilter holds no address"})
+            user, refusal = user_or_refusal(request)
+            if refusal is not None:
+                return self._refuse(*refusal)
             try:
                 return await fn(request, user)
             except FieldError as exc:
@@ -232,14 +229,10 @@ class TriageBook:
 
     @staticmethod
     def _query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
-        params: dict[str, str] = {}
-        for name, value in request.query.items():
-            if name not in allowed:
-                raise FieldError(name[:32], "unknown parameter %r; this endpoint takes %s"
-                                 % (name[:32], ", ".join(allowed)))
-            if name in params:
-                raise FieldError(name, "%s is given twice; give it once" % name)
-            params[name] = value
+        try:
+            params = v1.single_params(request, allowed)
+        except v1.ParamError as exc:
+            raise FieldError(exc.parameter, str(exc)) from None
         for name in allowed:
             if name not in params:
                 raise FieldError(name, "%s is missing; this endpoint takes %s" % (name, ", ".join(allowed)))

@@ -84,10 +84,8 @@ class ServerLink(Destination):
         self.https = parts.scheme == "https"
         self.host = parts.hostname
         self.target = parts.path.rstrip("/") + INTAKE_PATH
-        self.http = HttpPoster(self.address, self.https, parts.hostname, parts.port or (443 if self.https else 80),
-                               ca_file, connect_timeout_s=connect_timeout_s, total_timeout_s=total_timeout_s,
-                               answer_bytes=ANSWER_BYTES)
-        self.authorization = "Bearer %s:%s" % (sensor, key)
+        self.http = server_poster(self.address, ca_file, connect_timeout_s, total_timeout_s, ANSWER_BYTES)
+        self.authorization = bearer(sensor, key)
         self.sensor = sensor
         self.version = version
         self.trails_date = trails_date
@@ -192,20 +190,46 @@ def parse_suppressions(answer: bytes, now_mono: float) -> list[tuple[str, str, f
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise BadAnswer("suppression %d is not an object" % i)
-        host, trail = row.get("host"), row.get("trail")
-        if not isinstance(host, str) or len(host) > 64:
-            raise BadAnswer("suppression %d: host is not an address or CIDR" % i)
         try:
-            network = str(ipaddress.ip_network(host.strip(), strict=False))
-        except ValueError:
-            raise BadAnswer("suppression %d: host %r is not an address or CIDR" % (i, host[:64])) from None
-        if (not isinstance(trail, str) or not trail.strip() or len(trail) > MAX_TRAIL_CHARS
-                or any(ord(c) < 32 or ord(c) == 127 for c in trail)):
-            raise BadAnswer("suppression %d: trail is not 1 to %d printable characters" % (i, MAX_TRAIL_CHARS))
+            network, trail = suppression_pair(row.get("host"), row.get("trail"))
+        except ValueError as exc:
+            raise BadAnswer("suppression %d: %s" % (i, exc)) from None
         left_s = _number(row.get("expires_s"), "suppression %d: expires_s" % i) - server_now_s
         if left_s > 0:
-            out.append((network, trail.strip(), now_mono + left_s))
+            out.append((network, trail, now_mono + left_s))
     return out
+
+
+def suppression_pair(host, trail) -> tuple[str, str]:
+    """(network "a.b.c.d/n", trail stripped) of one suppression from the server, or ValueError
+    saying which part is not as documented: host an address or CIDR, trail 1 to MAX_TRAIL_CHARS
+    printable characters. The forwarder checks the answer with it, and the supervisor again what
+    the (unprivileged) forwarder hands it."""
+    if not isinstance(host, str) or len(host) > 64:
+        raise ValueError("host is not an address or CIDR")
+    try:
+        network = str(ipaddress.ip_network(host.strip(), strict=False))
+    except ValueError:
+        raise ValueError("host %r is not an address or CIDR" % host[:64]) from None
+    if (not isinstance(trail, str) or not trail.strip() or len(trail) > MAX_TRAIL_CHARS
+            or any(ord(c) < 32 or ord(c) == 127 for c in trail)):
+        raise ValueError("trail is not 1 to %d printable characters" % MAX_TRAIL_CHARS)
+    return network, trail.strip()
+
+
+def server_poster(url: str, ca_file: str, connect_timeout_s: float, total_timeout_s: float,
+                  answer_bytes: int) -> HttpPoster:
+    """A connection to our server at `url` (https://, or http:// on loopback; the scheme's port
+    unless the URL names one), its certificate checked against `ca_file` ("" for the system's)."""
+    parts = urlsplit(url)
+    https = parts.scheme == "https"
+    return HttpPoster(url, https, parts.hostname, parts.port or (443 if https else 80), ca_file,
+                      connect_timeout_s=connect_timeout_s, total_timeout_s=total_timeout_s, answer_bytes=answer_bytes)
+
+
+def bearer(sensor: str, key: str) -> str:
+    """The Authorization header's value by which a sensor proves its name to our server."""
+    return "Bearer %s:%s" % (sensor, key)
 
 
 class SuppressionPoller:
@@ -214,17 +238,13 @@ class SuppressionPoller:
 
     def __init__(self, url: str, key: str, sensor: str, poll_s: float, ca_file: str = "", version: str = "",
                  warn=None, clock=time.monotonic):
-        parts = urlsplit(url)
-        https = parts.scheme == "https"
         self.address = url
         self.poll_s = poll_s
-        self.target = parts.path.rstrip("/") + SUPPRESSIONS_PATH
+        self.target = urlsplit(url).path.rstrip("/") + SUPPRESSIONS_PATH
         # Its own connection (the forwarding thread keeps the other), made now: the CA file is read
         # while the forwarder may still read it.
-        self.http = HttpPoster(url, https, parts.hostname, parts.port or (443 if https else 80), ca_file,
-                               connect_timeout_s=CONNECT_TIMEOUT_S, total_timeout_s=CONNECT_TIMEOUT_S * 2,
-                               answer_bytes=SUPPRESSIONS_ANSWER_BYTES)
-        self.headers = {"Authorization": "Bearer %s:%s" % (sensor, key), "Accept": "application/json",
+        self.http = server_poster(url, ca_file, CONNECT_TIMEOUT_S, CONNECT_TIMEOUT_S * 2, SUPPRESSIONS_ANSWER_BYTES)
+        self.headers = {"Authorization": bearer(sensor, key), "Accept": "application/json",
                         "User-Agent": "maltrail-engine/%s" % (version or "unknown")}
         self.warn = warn or (lambda text: None)
         self.clock = clock

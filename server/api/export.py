@@ -55,8 +55,8 @@ class Export:
         self.api = api
 
     async def handle(self, request: web.Request, user) -> web.StreamResponse:
-        from server.api.v1 import ParamError, _single, filter_terms, log, parse_range, threat_sort
-        p = _single(request, EXPORT_PARAMS)
+        from server.api.v1 import ParamError, single_params, filter_terms, log, parse_range, threat_sort
+        p = single_params(request, EXPORT_PARAMS)
         view = p.get("view", "threats")
         if view not in VIEWS:
             raise ParamError("view", "view=%s: one of %s" % (view[:32], ", ".join(VIEWS)))

@@ -37,8 +37,8 @@ from aiohttp import web
 
 from events.record import SEVERITIES, Event
 from server.addresses import AddressError, ip_key, key_range, key_text, range_text
-from server.auth.scopes import Scope, mask_custom
-from server.auth.web import SESSION_KEY
+from server.auth.scopes import mask_custom
+from server.auth.web import user_or_refusal
 from server.filters import FilterError, parse as parse_filter
 from server.store import (BUCKETS, COUNT_BY, THREAT_SORTS, AggregateQuery, EventQuery, EventStore, QueryError,
                           StoreError, Threat, TimeRange)
@@ -215,7 +215,7 @@ def _choices(params: dict[str, str], name: str, allowed, default: tuple[str, ...
     return tuple(chosen)
 
 
-def _single(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
+def single_params(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
     """The query's parameters, each given once and each one this endpoint knows."""
     params: dict[str, str] = {}
     for name, value in request.query.items():
@@ -333,15 +333,11 @@ class Api:
         return measured
 
     async def _answer(self, request: web.Request, handler) -> web.Response:
-        session = request.get(SESSION_KEY)
-        if session is None:     # the session middleware refuses first; never answer without a user
-            return self._refuse("no session", 401, {"error": "not logged in"})
-        scope: Scope = session.user.scope
-        if not scope.everything and not scope.store_scope:
-            # An empty store scope means "every event": a restricted user must never reach it.
-            return self._refuse("empty scope", 403, {"error": "your netfilter holds no address"})
+        user, refusal = user_or_refusal(request)
+        if refusal is not None:
+            return self._refuse(*refusal)
         try:
-            return await handler(request, session.user)
+            return await handler(request, user)
         except ParamError as exc:
             body = {"error": str(exc), "parameter": exc.parameter}
             if exc.token is not None:
@@ -359,7 +355,7 @@ class Api:
     # -- routes ------------------------------------------------------------------------------
 
     async def events(self, request: web.Request, user) -> web.Response:
-        p = _single(request, EVENTS_PARAMS)
+        p = single_params(request, EVENTS_PARAMS)
         rng = parse_range(p, self.now_s)
         severity = _choices(p, "severity", SEVERITIES, ())
         asked = _int(p, "limit", 1, None, DEFAULT_EVENTS_PER_PAGE)
@@ -390,7 +386,7 @@ class Api:
         return rows
 
     async def counts(self, request: web.Request, user) -> web.Response:
-        p = _single(request, COUNTS_PARAMS)
+        p = single_params(request, COUNTS_PARAMS)
         rng = parse_range(p, self.now_s)
         by = _choices(p, "by", COUNT_BY, ("type", "severity"))
         bucket = _choices(p, "bucket", BUCKETS, ("hour",))
@@ -412,7 +408,7 @@ class Api:
             "partial": any(a.partial for a in answers)})
 
     async def top(self, request: web.Request, user) -> web.Response:
-        p = _single(request, TOP_PARAMS)
+        p = single_params(request, TOP_PARAMS)
         rng = parse_range(p, self.now_s)
         fields = _choices(p, "field", set(TOP_ALIASES.values()), ("src_ip", "dst_ip", "trail"), TOP_ALIASES)
         n = _int(p, "n", 1, MAX_TOP, 10)
@@ -428,7 +424,7 @@ class Api:
             "partial": any(a.partial for a in answers)})
 
     async def threats(self, request: web.Request, user) -> web.Response:
-        p = _single(request, THREATS_PARAMS)
+        p = single_params(request, THREATS_PARAMS)
         rng = parse_range(p, self.now_s)
         limit = min(_int(p, "limit", 1, None, DEFAULT_THREATS_PER_PAGE), MAX_THREATS)
         cursor = _text(p, "cursor", 16)

@@ -43,7 +43,7 @@ from aiohttp import web
 
 from server.auth.login import Authenticator, csrf_matches, is_loopback
 
-__all__ = ["AuthWeb", "COOKIE_NAME", "CSRF_HEADER", "SECURITY_HEADERS", "CSP", "SESSION_KEY"]
+__all__ = ["AuthWeb", "COOKIE_NAME", "CSRF_HEADER", "SECURITY_HEADERS", "CSP", "SESSION_KEY", "user_or_refusal"]
 
 # Where a handler finds the request's login.Session: request[SESSION_KEY].
 if hasattr(web, "RequestKey"):
@@ -65,6 +65,21 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
+
+
+def user_or_refusal(request: web.Request):
+    """(the request's logged-in user, None), or (None, (reason, status, JSON body)) when it must
+    get no answer: no session (the session middleware refuses first; a handler never answers
+    without a user), or a netfilter that holds no address (its empty store scope would mean
+    "every event": a restricted user must never reach that). Every route that reads events asks
+    this before anything else."""
+    session = request.get(SESSION_KEY)
+    if session is None:
+        return None, ("no session", 401, {"error": "not logged in"})
+    scope = session.user.scope
+    if not scope.everything and not scope.store_scope:
+        return None, ("empty scope", 403, {"error": "your netfilter holds no address"})
+    return session.user, None
 
 
 def _error(status: int, message: str, **headers) -> web.Response:

@@ -68,6 +68,14 @@ def ascii_lower(text: str) -> str:
     return text.translate(_ASCII_LOWER)
 
 
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def ascii_upper(text: str) -> str:
+    """a-z raised to A-Z and nothing else (SQL's upper() on proto and type words)."""
+    return text.translate(_ASCII_UPPER)
+
+
 FILTER_FIELDS = ("src", "dst", "address", "port", "proto", "type", "trail", "info", "severity", "sensor", "text")
 
 

@@ -67,7 +67,7 @@ from events.record import SEVERITIES, Event
 from server.store.daylog import INDEX_DIR, DayLog, append_logged, catch_up, indexer_locked, ingest_logged
 from server.addresses import AddressError, key_range
 from server.store import (BUCKETS, COUNT_BY, DEFAULT_BUDGET_MS, DEFAULT_ROW_CAP, INDEX_WAIT_S, MAX_PAGE_EVENTS, THREAT_SORTS, TOP_FIELDS, AggregateQuery,
-                          Counts, EventStore, QueryError, ascii_lower, StoreError, StoreStatus, Threats, Top)
+                          Counts, EventStore, QueryError, ascii_lower, ascii_upper, StoreError, StoreStatus, Threats, Top)
 from server.store import EventQuery as StoreEventQuery
 from server.store import Threat as StoreThreat
 
@@ -528,7 +528,6 @@ def _scope_condition(scope: Sequence[str] | None) -> list[str]:
 # Filter terms (server/store/__init__.py Term). Text matching is ASCII case-insensitive, as the
 # SQLite backend's LIKE is: ClickHouse's lower() folds A-Z only, and the pattern is folded the same
 # way here (str.lower would fold other letters too, which lower() would then never match).
-_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _LIKE_ESCAPE_RE = re.compile(r"[\\%_]")
 
 
@@ -583,7 +582,7 @@ def _term_condition(term) -> str:
     elif field in ("proto", "type"):
         if not all(isinstance(v, str) for v in values):
             raise StoreInputError("a %s filter value must be text" % field)
-        parts = [bind("upper(%s) IN {v}" % field, v=[v.translate(_ASCII_UPPER) for v in values])]
+        parts = [bind("upper(%s) IN {v}" % field, v=[ascii_upper(v) for v in values])]
     elif field == "severity":
         if not all(isinstance(v, str) and v in SEVERITIES for v in values):
             raise StoreInputError("a severity filter is one of %s" % ", ".join(SEVERITIES))
