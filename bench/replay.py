@@ -195,8 +195,9 @@ def run_engine(engine: str, pcap: str, artifact: str, workers: int, reference: b
     """One `maltrail-engine replay` in a fresh log directory; returns its statistics, the wall time
     of the subprocess, the CPU time of its whole process tree (wait4: the engine's processes are
     all reaped by the time its supervisor exits, so their CPU is in the supervisor's), each
-    process's CPU as sampled, time to first packet, peak PSS of its process tree, and the events
-    when asked (read back with `maltrail-engine tail --format json`). `cpus`: the CPUs the engine
+    process's CPU as it reported its own (sampled from /proc for a tree that does not, which misses
+    a process shorter than a sample), time to first packet, peak PSS of its process tree, and the
+    events when asked (read back with `maltrail-engine tail --format json`). `cpus`: the CPUs the engine
     may use (its own pinning then works within them)."""
     log_dir = tempfile.mkdtemp(prefix="log-", dir=workdir)
     stats_path = os.path.join(log_dir, "stats.json")
@@ -225,7 +226,7 @@ def run_engine(engine: str, pcap: str, artifact: str, workers: int, reference: b
     counters = stats["counters"]
     first = counters.get("first_batch_unix") or 0
     result = {"wall_s": wall, "cpu_s": stats["cpu_s"], "engine_elapsed_s": stats["elapsed_s"],
-              "tree_cpu_s": usage.ru_utime + usage.ru_stime, "cpu_by_process": sampler.cpu_by_process(),
+              "tree_cpu_s": usage.ru_utime + usage.ru_stime, "cpu_by_process": stats.get("cpu_by_process") or sampler.cpu_by_process(),
               "frames": counters["frames"], "events": dict(counters.get("events", {})),
               "records": stats.get("writer", {}).get("records"),
               "first_packet_s": first - start_unix if first else None,

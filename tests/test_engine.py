@@ -553,3 +553,25 @@ def test_live_capture_with_two_workers(veth, artifact, tmp_path):
     assert "kernel: received 101" in err  # the bulk TLS segment never left the kernel
     trails = [r[9] for r in records(log)]
     assert sorted(trails) == sorted(["(q%d).evil-parent.net" % i for i in range(100)] + ["203.0.113.66"])
+
+
+def test_the_stats_name_each_process_cpu_time(artifact, big_pcap, tmp_path):
+    """`--stats-json` carries each process's own CPU time, as the process itself read it before it
+    ended: a bench sampling /proc from outside misses a process that lives shorter than its period."""
+    import resource
+    stats = tmp_path / "stats.json"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = mte("replay", "--trails", artifact, "--log-dir", str(tmp_path / "log"), "--workers", "2",
+              "--stats-json", str(stats), big_pcap)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(stats.read_text())
+    by_process = report["cpu_by_process"]
+    assert set(by_process) == {"supervisor", "mte-capture", "mte-writer", "mte-worker-0", "mte-worker-1"}
+    # 120,000 frames were read by the capture process and judged by both workers
+    assert by_process["mte-capture"] > 0 and by_process["mte-worker-0"] > 0 and by_process["mte-worker-1"] > 0
+    assert all(seconds >= 0 for seconds in by_process.values())
+    # the parts add up to no more than the whole process tree's CPU (the supervisor reaps its
+    # children, so theirs is in its own, which this process has reaped); a 10 ms tick each at most
+    tree = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    assert sum(by_process.values()) <= tree + 0.01 * len(by_process)

@@ -29,7 +29,7 @@ from engine.transport import _capture
 from engine.transport import ipc
 
 from engine.processes import privileges
-from engine.processes.child import ChildProcess
+from engine.processes.child import ChildProcess, own_cpu_s
 from engine.sources.live import CaptureError, LiveCapture
 from engine.sources.pcapfile import CaptureFileError, PcapFileReader, open_capture, starts_before
 from engine.transport.ring import Ring
@@ -153,6 +153,7 @@ class _Capture:
             if stager.oversize_frames:
                 self.stats["oversize_frames"] = stager.oversize_frames
         self.stats["ring_drop_frames"] = [r.dropped_frames for r in self.rings]
+        self.stats["cpu_s"] = own_cpu_s()
         try:
             ipc.send(self.spec.control, [kind, self.stats])
         except OSError:

@@ -35,6 +35,13 @@ def set_process_name(name: str) -> None:
         pass
 
 
+def own_cpu_s() -> float:
+    """This process's own CPU seconds (user + system) since it was forked: a child reports it
+    itself, as no one outside can read it after the process is gone."""
+    times = os.times()
+    return times.user + times.system
+
+
 def close_inherited(objects) -> None:
     """Close what the child inherited but does not own: socket objects (closed through the
     object, so that it is never closed twice) or raw descriptors."""

@@ -32,7 +32,7 @@ import time
 from engine.transport import ipc
 
 from engine.processes import privileges
-from engine.processes.child import ChildProcess
+from engine.processes.child import ChildProcess, own_cpu_s
 from events.console import Console
 from events.forwarders import spool
 from events.log import EventLogWriter
@@ -180,7 +180,7 @@ def run_writer(spec: WriterSpec) -> None:
              "files_reopened": writer.files_reopened, "dirs_recreated": writer.dirs_recreated,
              "spooled": spooled, "console_shown": console.shown if console is not None else 0,
              "console_not_shown": console.not_shown if console is not None else 0,
-             "finished_s": time.time()}
+             "finished_s": time.time(), "cpu_s": own_cpu_s()}
     try:
         ipc.send(spec.control, ["done", stats])
     except OSError:

@@ -1029,7 +1029,21 @@ class Engine:
                 "counters": self.counters, "capture": self.capture_stats, "writer": self.writer_stats,
                 "engine": {"processed": self._processed, "deaths": self.deaths, "lost_frames": self.lost_frames,
                            "notes": self.notes},
-                "forwarders": self.forwarder_stats}
+                "forwarders": self.forwarder_stats, "cpu_by_process": self.cpu_by_process()}
+
+    def cpu_by_process(self) -> dict:
+        """Each process's own CPU seconds, as it last reported them (a child reads its own at its
+        final report, so the figure is whole); a worker slot counts its current process only; the
+        forwarder is not named (its reports are per destination)."""
+        times = os.times()
+        out = {"supervisor": times.user + times.system}
+        for name, stats in (("mte-capture", self.capture_stats), ("mte-writer", self.writer_stats)):
+            if isinstance(stats, dict) and isinstance(stats.get("cpu_s"), (int, float)):
+                out[name] = float(stats["cpu_s"])
+        for k, stats in enumerate(self._latest):
+            if isinstance(stats, dict) and isinstance(stats.get("cpu_s"), (int, float)):
+                out["mte-worker-%d" % k] = float(stats["cpu_s"])
+        return out
 
     def summary_lines(self) -> list[str]:
         engine = {"processed": self._processed, "deaths": self.deaths, "lost_frames": self.lost_frames,

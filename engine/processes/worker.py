@@ -26,7 +26,7 @@ import time
 import traceback
 
 from engine.transport import ipc
-from engine.processes.child import ChildProcess
+from engine.processes.child import ChildProcess, own_cpu_s
 from engine.processes.privileges import PrivilegeError
 from engine.transport.ring import Ring, decode_batch
 from engine.trail_artifact import load_copy
@@ -89,6 +89,7 @@ class _WorkerProcess:
         stats = self.worker.stats()
         stats["generation"] = self.worker.matchers.generation
         stats["first_batch_unix"] = self.first_batch_unix
+        stats["cpu_s"] = own_cpu_s()
         ipc.send(self.spec.status, ["stats", self.spec.slot, stats, final])
 
     def control(self) -> None:
