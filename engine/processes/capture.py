@@ -18,8 +18,6 @@ Must not judge packets (workers/ does) beyond the dispatch key.
 
 from __future__ import annotations
 
-import io
-import mmap
 import os
 import select
 import stat
@@ -41,9 +39,7 @@ READ_FRAMES = 1024
 BATCH_FRAMES = 512          # frames per ring message (per worker)
 LIVE_FLUSH_S = 0.05         # live: a partly filled batch waits at most this long
 RING_WAIT_S = 0.0005
-READ_CHUNK_BYTES = 4 << 20  # a FIFO or pipe of classic pcap is read this much at a time (C path)
-MAP_WINDOW_BYTES = 8 << 20  # a regular classic pcap file is mapped this much at a time (C path)
-MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14; older kernels refuse it: read()
+READ_CHUNK_BYTES = 4 << 20  # classic pcap files are read this much at a time (C path)
 _CLASSIC_PCAP = ("pcap", "pcap-ns", "pcap-kuznetzov")
 
 
@@ -323,18 +319,14 @@ def walk_pcap(stager, source: PcapFileReader, wait, between_chunks, chunk_bytes:
     """A classic pcap file through the C walker: returns (frames, truncated records, notes, why
     reading stopped before the end or None).
 
-    PcapFileReader has read and checked the file header; from the first record on, `stager.add_pcap`
-    walks, dispatches, stages and publishes the records. A regular file is walked in place, mapped
-    a window at a time (`MAP_WINDOW_BYTES`, or `chunk_bytes`): no read() copies its bytes first,
-    and the window bounds the mapped pages this process holds. What lies past the size the file had
-    when mapped (a last partial record, bytes appended since), and the whole of a FIFO or pipe, is
-    read `chunk_bytes` (READ_CHUNK_BYTES) at a time (a record straddling two reads is carried over;
-    one longer than the buffer grows it), so a file's end is handled one way. Damage ends the file
-    and is noted exactly as PcapFileReader notes it; a read error ends it with the CaptureFileError
-    PcapFileReader would raise, the frames before it staged. `wait()` is called when a ring is full
-    (replay) and `between_chunks()` after each window or read; either returning False stops the walk
-    (what was staged stays staged). `idle()` is called when a pipe has had nothing to read for a
-    while: the frames staged so far should not wait for more to come.
+    PcapFileReader has read and checked the file header; from the first record on, its open file
+    is read here `chunk_bytes` (READ_CHUNK_BYTES) at a time (a record straddling two reads is
+    carried over; one longer than the buffer grows it) and `stager.add_pcap` walks, dispatches, stages and publishes the
+    records. Damage ends the file and is noted exactly as PcapFileReader notes it; a read error
+    ends it with the CaptureFileError PcapFileReader would raise, the frames before it staged.
+    `wait()` is called when a ring is full (replay) and `between_chunks()` after each read; either
+    returning False stops the walk (what was staged stays staged). `idle()` is called when a pipe
+    has had nothing to read for a while: the frames staged so far should not wait for more to come.
     """
     layout = source.hand_over_records()
     rec = layout["record"]
@@ -342,87 +334,43 @@ def walk_pcap(stager, source: PcapFileReader, wait, between_chunks, chunk_bytes:
                                            "swap_lengths", "file_snaplen")}
     params["record_bytes"] = rec.size
     pending, base, stream = layout["pending"], layout["offset"], layout["stream"]
+    buf = bytearray(max(chunk_bytes or READ_CHUNK_BYTES, len(pending), 64))
+    buf[:len(pending)] = pending
+    fill, pos = len(pending), 0
     frames = 0
     notes = layout["notes"]
     over_before = stager.over_snaplen_frames
     noted_over = False
     poller = None
-    regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
-    if not regular:
+    if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
         # A FIFO or pipe may have nothing to read for a while: wait for data in short polls so a
         # stop request is still noticed (a blocking read would hold the process until data came).
         poller = select.poll()
         poller.register(stream.fileno(), select.POLLIN | select.POLLHUP)
 
-    def lengths(data, at: int) -> tuple[int, int]:
-        _sec, _frac, caplen, wirelen = rec.unpack_from(data, at)
+    def lengths(at: int) -> tuple[int, int]:
+        _sec, _frac, caplen, wirelen = rec.unpack_from(buf, at)
         if layout["swap_lengths"] and (layout["swap_lengths"] == 2 or caplen > wirelen):
             caplen, wirelen = wirelen, caplen
         return caplen, wirelen
 
-    def walk(data, start: int, end: int, offset: int):
-        """add_pcap over data[start:end] (file offset `offset` at data[0]) until it stops for
-        something other than a full ring: (bytes consumed, True when the file ends here)."""
-        nonlocal frames, noted_over
-        pos = start
-        while True:
-            consumed, added, status = stager.add_pcap(data, pos, end, **params)
-            pos += consumed
-            frames += added
-            if not noted_over and stager.over_snaplen_frames != over_before:
-                noted_over = True
-                notes.append("records longer than the file's snap length %d were cut to it, as libpcap does"
-                             % layout["file_snaplen"])
-            if status == _capture.RING_FULL:
-                if not wait():
-                    return pos - start, True
-                continue
-            if status == _capture.BAD_RECORD:
-                notes.append("stopped at byte %d: record %d claims %d captured bytes (limit %d)"
-                             % (offset + pos, frames + 1, lengths(data, pos)[0], layout["max_caplen"]))
-                return pos - start, True
-            return pos - start, not between_chunks()
-
-    if regular and type(stream) is io.BufferedReader:
-        # the reader's bytes not walked yet are in the file too: the window starts at them
-        pending = b""
-        window = max(chunk_bytes or MAP_WINDOW_BYTES, 64)
-        size = os.fstat(stream.fileno()).st_size
-        while size - base >= rec.size:
-            # the window starts at the page holding the next record (mmap offsets are page-aligned)
-            at = base - base % mmap.ALLOCATIONGRANULARITY
-            end = min(size, base + window)
-            try:
-                view = mmap.mmap(stream.fileno(), end - at, mmap.MAP_SHARED, mmap.PROT_READ, offset=at)
-            except OSError:
-                break           # a file system that cannot map (FUSE direct I/O): read() it
-            with view:
-                try:
-                    # Fault the window in with one call that reports a read error (or a file cut
-                    # short since) as an error, where touching the page would be SIGBUS: then
-                    # the read loop reads from here and reports it as it always has.
-                    view.madvise(MADV_POPULATE_READ)
-                except OSError:
-                    break
-                consumed, ended = walk(view, base - at, end - at, at)
-            base += consumed
-            stream.seek(base)   # progress (maybe_report) reads the descriptor's offset
-            if ended:
-                return frames, 0, notes, None
-            if end == size:
-                break
-            if not consumed:
-                window *= 2     # a record longer than the window
-        # the read loop below goes on from the first record not walked
-        stream.seek(base)
-
-    buf = bytearray(max(chunk_bytes or READ_CHUNK_BYTES, len(pending), 64))
-    buf[:len(pending)] = pending
-    fill, pos = len(pending), 0
     while True:
-        consumed, ended = walk(buf, pos, fill, base)
+        consumed, added, status = stager.add_pcap(buf, pos, fill, **params)
         pos += consumed
-        if ended:
+        frames += added
+        if not noted_over and stager.over_snaplen_frames != over_before:
+            noted_over = True
+            notes.append("records longer than the file's snap length %d were cut to it, as libpcap does"
+                         % layout["file_snaplen"])
+        if status == _capture.RING_FULL:
+            if not wait():
+                break
+            continue
+        if status == _capture.BAD_RECORD:
+            notes.append("stopped at byte %d: record %d claims %d captured bytes (limit %d)"
+                         % (base + pos, frames + 1, lengths(pos)[0], layout["max_caplen"]))
+            break
+        if not between_chunks():
             break
         # what is left is a partial record: keep it and read more behind it
         if pos:
@@ -447,7 +395,7 @@ def walk_pcap(stager, source: PcapFileReader, wait, between_chunks, chunk_bytes:
                                                       % (source.name, base + fill, exc.strerror or exc))
         if not got:
             if fill:
-                need = rec.size + (lengths(buf, 0)[0] if fill >= rec.size else 0)
+                need = rec.size + (lengths(0)[0] if fill >= rec.size else 0)
                 notes.append("truncated at byte %d: the file ends %d bytes into a %d-byte record" % (base, fill, need))
                 return frames, 1, notes, None
             break
