@@ -217,3 +217,50 @@ def test_min_ring_bytes_carries_one_frame_of_snaplen_from_any_position(shm, snap
         with pytest.raises(ValueError):
             smaller.put(payload)
         smaller.release()
+
+
+def _batch_of(frames: list[bytes]) -> bytes:
+    builder = FrameBatchBuilder()
+    for i, frame in enumerate(frames):
+        builder.add(frame, 1_000 * i, 1)
+    return encode_batch(builder.take())
+
+
+def test_a_batch_is_judged_in_place_and_its_bytes_held_until_finished(shm):
+    capacity = 8192
+    block = shm(capacity)
+    producer, consumer = Ring(block.buf, capacity, create=True), Ring(block.buf)
+    frames = [b"a" * 2000, b"b" * 1900]
+    held = _batch_of(frames)
+    assert producer.put(held) and producer.put(b"f" * 4000)
+    view = consumer.get_batch()
+    assert isinstance(view, memoryview) and bytes(view) == held and consumer.in_progress == 2
+    batch = decode_batch(view)
+    # while it is judged the producer cannot reuse its bytes: a message that needs them waits,
+    # and the frames read back unchanged
+    assert not producer.put(b"x" * 1000)
+    assert [batch.frame(i) for i in range(len(batch))] == frames
+    consumer.finish_batch(len(batch))
+    assert consumer.in_progress == 0 and consumer.processed == 2
+    assert producer.put(b"x" * 1000)
+
+
+def test_a_consumer_that_died_judging_a_batch_is_followed_past_it(shm):
+    block = shm(MIN_CAPACITY_BYTES)
+    producer, dying = Ring(block.buf, MIN_CAPACITY_BYTES, create=True), Ring(block.buf)
+    held, after = _batch_of([b"h" * 300] * 3), _batch_of([b"n" * 200])
+    assert producer.put(held) and producer.put(after)
+    assert bytes(dying.get_batch()) == held
+    del dying   # killed judging it: never finished
+    restarted = Ring(block.buf)
+    assert restarted.in_progress == 3   # the supervisor counts them as lost
+    assert bytes(restarted.get_batch()) == after    # and they are not judged twice
+    restarted.finish_batch(1)
+    assert restarted.get_batch() is None and restarted.used_bytes() == 0
+    # a consumer started when nothing follows the held batch gives its bytes back too
+    assert producer.put(held)
+    assert bytes(Ring(block.buf).get_batch()) == held
+    again = Ring(block.buf)
+    assert again.get_batch() is None and again.used_bytes() == 0
+    producer.close()
+    assert again.finished()

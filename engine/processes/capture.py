@@ -150,6 +150,10 @@ class _Capture:
             self.stats["frames"] = stager.frames
             self.stats["dispatched"] = stager.dispatched
             self.stats["ring_waits"] = stager.ring_waits
+            # round 1's "headers only" publishing: frames cut to their headers, and whether a
+            # handshake from the higher port made the stager publish every frame whole since
+            self.stats["headers_only"] = stager.headers_only
+            self.stats["whole_frames"] = bool(stager.whole_frames)
             if stager.oversize_frames:
                 self.stats["oversize_frames"] = stager.oversize_frames
         self.stats["ring_drop_frames"] = [r.dropped_frames for r in self.rings]

@@ -96,6 +96,8 @@ class MetricsView:
                                     #  "connected"}) per forwarder
     updates: tuple | None = None    # trail updates (engine/processes/updater.py): (running, successes,
                                     # failures, last success unix, last failure unix); None: updates off
+    capture_headers_only: int = 0   # frames the capture process published as their headers alone
+    capture_whole_frames: bool = False  # it publishes every frame whole (a flight from the higher port)
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,11 @@ class SensorCollector:
             yield counter("maltrail_capture_dropped", "Packets the kernel dropped because libpcap's buffer "
                           "was full: missed detections.", k.get("dropped", 0))
             yield counter("maltrail_capture_ifdropped", "Packets the interface dropped.", k.get("if_dropped", 0))
+        yield counter("maltrail_capture_headers_only", "Frames published to the workers as their headers "
+                      "alone (payload no detection reads).", view.capture_headers_only)
+        yield gauge("maltrail_capture_whole_frames", "1 once the capture process publishes every frame "
+                    "whole (it saw a certificate flight begun from the higher port).",
+                    1 if view.capture_whole_frames else 0)
         yield counter("maltrail_ring_dropped", "Frames dropped because a worker's ring was full (live "
                       "capture never waits for a worker): missed detections.", labels=["worker"],
                       rows=[([str(w.slot)], w.ring_dropped_frames) for w in view.workers])

@@ -103,6 +103,10 @@ def summary_lines(counters: dict, elapsed: float, cpu: float, log_dir: str, capt
                         " ".join("w%d:%d" % (i, n) for i, n in enumerate(engine.get("lost_frames") or []))))
     for note in engine.get("notes", []):
         lines.append(note)
+    if capture.get("headers_only") or capture.get("whole_frames"):
+        lines.append("published as headers alone: %d frames%s" % (
+            capture.get("headers_only", 0), "; every frame whole since a certificate flight from the higher port"
+            if capture.get("whole_frames") else ""))
     if capture.get("timeline_breaks"):
         lines.append("timeline breaks (files older than the ones before them): %d" % capture["timeline_breaks"])
     if capture.get("truncated_records"):

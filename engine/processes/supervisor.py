@@ -1009,6 +1009,8 @@ class Engine:
             taken_monotonic=time.monotonic(), taken_unix=time.time(), started_unix=self.started_unix,
             counters=merge_counters(self._carried + self._latest),
             capture_frames=int(capture.get("frames", 0)), capture_kernel=dict(kernel) if kernel else None,
+            capture_headers_only=int(capture.get("headers_only", 0)),
+            capture_whole_frames=bool(capture.get("whole_frames")),
             capture_alive=self.capture.is_alive(), capture_exitcode=self.capture.exitcode,
             capture_heard_monotonic=self._capture_heard, mode=self.mode, workers=tuple(workers),
             trail_generation=self.generation, trail_count=self.trail_count,
