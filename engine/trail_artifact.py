@@ -19,6 +19,7 @@ import itertools
 import os
 import stat
 import sys
+import threading
 import time
 from contextlib import contextmanager
 
@@ -324,6 +325,14 @@ class TrailCopy:
             os.close(src)
         return cls(fd, path, generation, count, _identity(before), created_s)
 
+    @classmethod
+    def copy_on_thread(cls, path: str) -> "PendingCopy":
+        """`copy` started on a thread of its own (the kernel's `sendfile` holds no interpreter
+        lock), so that the caller can go on importing what it needs meanwhile; `result()` joins
+        it. Nothing may fork before `result()` returned: a child of a process with a thread in
+        the middle of the copy would inherit a copy the supervisor may still close."""
+        return PendingCopy(path)
+
     def verify(self) -> None:
         """Checks every section of the sealed copy against its checksum (the whole copy read once,
         ~35 ms for 78 MB here); raises ArtifactError naming the first damaged one."""
@@ -349,6 +358,38 @@ class TrailCopy:
             _HELD.discard(self.fd)
             os.close(self.fd)
             self.fd = -1
+
+
+class PendingCopy:
+    """TrailCopy.copy(path) running on its own thread (TrailCopy.copy_on_thread)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._copy = None
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name="mte-trail-copy", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._copy = TrailCopy.copy(self.path)
+        except BaseException as exc:  # noqa: BLE001 (handed to whoever asks for the copy)
+            self._error = exc
+
+    def result(self) -> TrailCopy:
+        """The copy, once made; raises what making it raised (ArtifactError saying why)."""
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return self._copy
+
+    def discard(self) -> None:
+        """The copy is not wanted after all (the start failed before the engine ran)."""
+        self._thread.join()
+        if self._copy is not None:
+            self._copy.close()
+        self._copy = self._error = None
 
 
 def load_copy(fd: int, name: str = "trail copy") -> TrailMatchers:

@@ -94,7 +94,7 @@ class Engine:
                  reference: bool = False, heuristics=None, controls: dict | None = None, controls_source=None,
                  account=None, drop_privileges: bool = False, bpf_text: str = "", progress: bool = False,
                  forward_to: list | None = None, version: str = "", stats_address: str = "", severity=None,
-                 console: bool = False, spool: list | None = None, update=None):
+                 console: bool = False, spool: list | None = None, update=None, pending_copy=None):
         self.mode = mode
         self.progress = progress and mode == "replay"   # a progress bar on self.out (a terminal)
         self._bar = None
@@ -114,6 +114,7 @@ class Engine:
         self.server_suppressions = ServerSuppressions()  # analysts' (host, trail) pairs, via the forwarder
         self.n = workers
         self.artifact_path = artifact_path
+        self.pending_copy = pending_copy      # TrailCopy.copy_on_thread(artifact_path), already under way, or None
         self.reload_source = reload_source or (lambda: artifact_path)
         self.sensor = sensor
         self.log_dir = log_dir
@@ -169,7 +170,10 @@ class Engine:
         try:
             # What every worker maps: sealed now, its sections checked below (`_verify_trails`)
             # while the children start, and always before the capture process can feed a worker.
-            self.trails = TrailCopy.copy(self.artifact_path)
+            if self.pending_copy is not None:
+                self.trails, self.pending_copy = self.pending_copy.result(), None
+            else:
+                self.trails = TrailCopy.copy(self.artifact_path)
         except ArtifactError as exc:
             raise EngineError(str(exc), code=1) from None
         self.trail_count, self.generation = self.trails.trail_count, self.trails.generation
@@ -1002,6 +1006,9 @@ class Engine:
 
     def _cleanup(self) -> None:
         gc.unfreeze()  # the run is over: what `_start` froze may be collected again (an embedding process)
+        if self.pending_copy is not None:  # the start failed before it took the copy
+            self.pending_copy.discard()
+            self.pending_copy = None
         if self._updater is not None:
             self._updater.close()
         if self._metrics is not None:
