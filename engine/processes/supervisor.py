@@ -208,7 +208,7 @@ class Engine:
         # Every object this process holds now (the modules imported for every child, the
         # configuration) goes to the collector's permanent generation: a child's collections then
         # never walk them, so their pages stay shared with this process instead of each child
-        # copying them on its first full collection (a few MB of PSS per child).
+        # copying them on its first full collection (ARCHITECTURE.md, "Start-up, measured").
         gc.freeze()
         # The order of starts (ARCHITECTURE.md, "Start-up"). Live: the log directory claimed, then
         # the capture process first, so that a capture that cannot open (interface, filter,
