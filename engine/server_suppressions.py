@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 
-from events.forwarders.server_link import suppression_pair
 from workers.controls import plain_trail
 
 MAX_ROWS = 10_000
@@ -30,6 +29,9 @@ def _row(raw) -> tuple[str, str, float] | None:
     host, trail, expires = raw
     if type(expires) not in (int, float) or not math.isfinite(expires):
         return None
+    # Imported here, not at the top: server_link brings http.client and ssl, which a sensor that
+    # never hears from a server (every replay) should not load at start.
+    from events.forwarders.server_link import suppression_pair
     try:
         network, trail = suppression_pair(host, trail)      # the forwarder's own check, again
     except ValueError:

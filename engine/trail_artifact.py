@@ -19,6 +19,7 @@ import itertools
 import os
 import stat
 import sys
+import threading
 import time
 from contextlib import contextmanager
 
@@ -114,10 +115,13 @@ def evict_cache(keep: str, directory: str | None = None, builds: int = CACHE_KEE
 
 def resolve_artifact(path: str, allow_no_trails: bool, log=print,
                      min_prefix: tuple[int, int] | None = None) -> str:
-    """The artifact to load for `path` (compiling a source first, keeping range trails no wider
-    than `min_prefix` allows), verified (every section against its checksum); raises
-    TrailsUnavailable."""
-    artifact_path, artifact = _resolve(path, allow_no_trails, log, min_prefix)
+    """The artifact the sensor runs for `path` (compiling a source first, keeping range trails no
+    wider than `min_prefix` allows); raises TrailsUnavailable. An artifact named directly is
+    checked here as far as its header and section table (its format, its length, its trail
+    count): the sensor never maps the path, and `TrailCopy.take` checks every section of the copy
+    its workers map, so checking the file's sections here too read the whole 78 MB twice at every
+    start (~0.04 s of the time to the first packet)."""
+    artifact_path, artifact = _resolve(path, allow_no_trails, log, min_prefix, verify=False)
     artifact.close()
     return artifact_path
 
@@ -127,17 +131,19 @@ def resolve_trails(path: str, allow_no_trails: bool, log=print,
     return TrailMatchers.load(_resolve(path, allow_no_trails, log, min_prefix)[1])
 
 
-def _open_verified(path: str) -> Artifact:
+def _open_verified(path: str, verify: bool = True) -> Artifact:
     try:
-        return Artifact.open(path)
+        return Artifact.open(path, verify=verify)
     except ArtifactError as exc:
         raise TrailsUnavailable(str(exc)) from None
 
 
-def _resolve(path: str, allow_no_trails: bool, log, min_prefix=None) -> tuple[str, Artifact]:
+def _resolve(path: str, allow_no_trails: bool, log, min_prefix=None, verify: bool = True) -> tuple[str, Artifact]:
+    """`verify`: check every section of an artifact named directly (False: its header and table
+    only, for a caller that checks what it loads itself)."""
     if path and os.path.exists(path):
         if _is_artifact(path):
-            artifact_path, artifact = path, _open_verified(path)
+            artifact_path, artifact = path, _open_verified(path, verify)
         else:
             artifact_path, artifact = _compiled(path, log, min_prefix)
         if artifact.trail_count or allow_no_trails:
@@ -249,6 +255,11 @@ class TrailCopy:
     reload, so they never open the path or /proc themselves. The memory is the page cache's of a
     tmpfs file: one copy, shared by every worker that maps it, freed when the last descriptor and
     mapping go.
+
+    At start the supervisor splits `take` in two (`copy`, then `verify`) so that the workers load
+    the copy while it is being checked: `verified` stays False until every section passed, and the
+    supervisor starts the process that feeds the workers frames only after that (ARCHITECTURE.md,
+    "The private copy").
     """
 
     _sequence = itertools.count(1)
@@ -262,11 +273,24 @@ class TrailCopy:
         self.created_s = created_s  # when the artifact was built (the trails' date, their age)
         self.identity = identity  # of the file at `path` when it was copied
         self.sequence = next(self._sequence)  # tells copies apart (two builds may share a generation)
+        self.verified = False  # every section checked against its checksum (`verify`)
         _HELD.add(fd)
 
     @classmethod
     def take(cls, path: str) -> "TrailCopy":
         """Copies and verifies the artifact at `path`; raises ArtifactError saying what is wrong."""
+        trails = cls.copy(path)
+        try:
+            trails.verify()
+        except BaseException:
+            trails.close()
+            raise
+        return trails
+
+    @classmethod
+    def copy(cls, path: str) -> "TrailCopy":
+        """The sealed copy of the artifact at `path` with its header and section table checked,
+        its sections not yet (`verify`); raises ArtifactError saying what is wrong."""
         try:
             # O_NONBLOCK: a FIFO at the path is refused below instead of waiting for a writer.
             src = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -288,7 +312,7 @@ class TrailCopy:
                     raise ArtifactError("%s: changed while it was being read (a build or copy in progress?); "
                                         "try again when it is complete" % path)
                 fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
-                artifact = Artifact.from_fd(fd, path, verify=True)
+                artifact = Artifact.from_fd(fd, path, verify=False)
                 generation, count, created_s = artifact.generation, artifact.trail_count, artifact.created_s
                 artifact.close()
             except BaseException:
@@ -300,6 +324,24 @@ class TrailCopy:
         finally:
             os.close(src)
         return cls(fd, path, generation, count, _identity(before), created_s)
+
+    @classmethod
+    def copy_on_thread(cls, path: str) -> "PendingCopy":
+        """`copy` started on a thread of its own (the kernel's `sendfile` holds no interpreter
+        lock), so that the caller can go on importing what it needs meanwhile; `result()` joins
+        it. Nothing may fork before `result()` returned: a child of a process with a thread in
+        the middle of the copy would inherit a copy the supervisor may still close."""
+        return PendingCopy(path)
+
+    def verify(self) -> None:
+        """Checks every section of the sealed copy against its checksum (the whole copy read once,
+        ~35 ms for 78 MB here); raises ArtifactError naming the first damaged one."""
+        try:
+            Artifact.from_fd(self.fd, self.path, verify=True).close()
+        except OSError as exc:
+            raise ArtifactError("%s: cannot read the private copy of the trails: %s"
+                                % (self.path, exc.strerror or exc)) from None
+        self.verified = True
 
     @contextmanager
     def inherited(self):
@@ -316,6 +358,38 @@ class TrailCopy:
             _HELD.discard(self.fd)
             os.close(self.fd)
             self.fd = -1
+
+
+class PendingCopy:
+    """TrailCopy.copy(path) running on its own thread (TrailCopy.copy_on_thread)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._copy = None
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name="mte-trail-copy", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._copy = TrailCopy.copy(self.path)
+        except BaseException as exc:  # noqa: BLE001 (handed to whoever asks for the copy)
+            self._error = exc
+
+    def result(self) -> TrailCopy:
+        """The copy, once made; raises what making it raised (ArtifactError saying why)."""
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return self._copy
+
+    def discard(self) -> None:
+        """The copy is not wanted after all (the start failed before the engine ran)."""
+        self._thread.join()
+        if self._copy is not None:
+            self._copy.close()
+        self._copy = self._error = None
 
 
 def load_copy(fd: int, name: str = "trail copy") -> TrailMatchers:

@@ -39,7 +39,10 @@ READ_FRAMES = 1024
 BATCH_FRAMES = 512          # frames per ring message (per worker)
 LIVE_FLUSH_S = 0.05         # live: a partly filled batch waits at most this long
 RING_WAIT_S = 0.0005
-READ_CHUNK_BYTES = 4 << 20  # classic pcap files are read this much at a time (C path)
+# Classic pcap files are read this much at a time (C path). The buffer is the capture process's
+# largest allocation and every byte of it is touched: 1 MiB costs the same CPU per frame as 4 MiB
+# did (114 / 118 ns on a 3M-packet `hard`, capture alone) and 3 MB less PSS.
+READ_CHUNK_BYTES = 1 << 20
 _CLASSIC_PCAP = ("pcap", "pcap-ns", "pcap-kuznetzov")
 
 

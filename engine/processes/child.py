@@ -14,7 +14,6 @@ Must not know what the child does.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 
@@ -29,7 +28,9 @@ def set_process_name(name: str) -> None:
     global _libc
     try:
         if _libc is None:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            # The process's own symbols, libc's among them: ctypes.util.find_library("c") would
+            # run `ldconfig -p` in a subprocess, a fork and exec in every child's start-up.
+            _libc = ctypes.CDLL(None, use_errno=True)
         _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
     except (OSError, AttributeError):
         pass

@@ -30,13 +30,9 @@ from engine.processes.child import ChildProcess
 from engine.transport import ipc
 from events.forwarders import spool as spooling
 from events.forwarders.base import FORWARD_BATCH, Destination, Forwarder
-from events.forwarders.ecs import EcsOutput
-from events.forwarders.logstash import Logstash
-from events.forwarders.maltrail_server import MaltrailServer
-from events.forwarders.server_link import ServerLink, SuppressionPoller
-from events.forwarders.syslog import Syslog
-from events.forwarders.transports import Endpoint, tls_context
-from events.forwarders.webhook import Webhook, display_url
+# The destinations' modules (and what they bring: http.client, ssl, email) are imported where a
+# destination is built or named, not here: every sensor start imports this module for
+# destinations_from_config, most with no destination at all.
 
 REPORT_S = 0.5
 FINISH_IDLE_S = 3.0
@@ -87,6 +83,8 @@ def destinations_from_config(cfg) -> list[dict]:
 def position_names(descriptions: list[dict]) -> list[str]:
     """The names of the destinations' saved places (LOG_DIR/.forward/NAME.json), as the forwarder
     will call them: what the log writer's spool asks about (disable_local_log_storage)."""
+    from events.forwarders.transports import Endpoint
+    from events.forwarders.webhook import display_url
     names = []
     for d in descriptions:
         kind, address = d["kind"], d["address"]
@@ -120,6 +118,13 @@ def build_destinations(descriptions: list[dict], version: str, trails_date, warn
     read, a json_output directory that is missing or unsafe) naming the destination. `warn` is
     how a destination says something once (a webhook's refusal); `trusted_uids` are the accounts
     besides root that may own a json_output file's directory (the sensor's own)."""
+    from events.forwarders.ecs import EcsOutput
+    from events.forwarders.logstash import Logstash
+    from events.forwarders.maltrail_server import MaltrailServer
+    from events.forwarders.server_link import ServerLink
+    from events.forwarders.syslog import Syslog
+    from events.forwarders.transports import tls_context
+    from events.forwarders.webhook import Webhook, display_url
     built = []
     for d in descriptions:
         kind, address = d["kind"], d["address"]
@@ -170,6 +175,8 @@ def _warn(text: str) -> None:
 
 
 def run_forwarder(spec: ForwarderSpec) -> None:
+    # Before the privileges go: an unprivileged account may not read the interpreter's library.
+    from events.forwarders.server_link import SuppressionPoller
     child = ChildProcess("mte-forwarder", parent_pid=spec.parent_pid, close=spec.close)
     spec.close = ()
     # Below capture and the workers: when the CPUs are short, forwarding waits (the log holds

@@ -33,6 +33,7 @@ Must not judge packets or write the log itself.
 
 from __future__ import annotations
 
+import gc
 import mmap
 import multiprocessing
 import os
@@ -93,7 +94,7 @@ class Engine:
                  reference: bool = False, heuristics=None, controls: dict | None = None, controls_source=None,
                  account=None, drop_privileges: bool = False, bpf_text: str = "", progress: bool = False,
                  forward_to: list | None = None, version: str = "", stats_address: str = "", severity=None,
-                 console: bool = False, spool: list | None = None, update=None):
+                 console: bool = False, spool: list | None = None, update=None, pending_copy=None):
         self.mode = mode
         self.progress = progress and mode == "replay"   # a progress bar on self.out (a terminal)
         self._bar = None
@@ -113,6 +114,7 @@ class Engine:
         self.server_suppressions = ServerSuppressions()  # analysts' (host, trail) pairs, via the forwarder
         self.n = workers
         self.artifact_path = artifact_path
+        self.pending_copy = pending_copy      # TrailCopy.copy_on_thread(artifact_path), already under way, or None
         self.reload_source = reload_source or (lambda: artifact_path)
         self.sensor = sensor
         self.log_dir = log_dir
@@ -166,7 +168,12 @@ class Engine:
             raise EngineError("[sensor] ring_bytes = %d is too small for frames of up to %d bytes "
                               "(snaplen_bytes): allowed at least %d" % (self.capacity, largest, min_ring_bytes(largest)))
         try:
-            self.trails = TrailCopy.take(self.artifact_path)  # what every worker maps; verified whole
+            # What every worker maps: sealed now, its sections checked below (`_verify_trails`)
+            # while the children start, and always before the capture process can feed a worker.
+            if self.pending_copy is not None:
+                self.trails, self.pending_copy = self.pending_copy.result(), None
+            else:
+                self.trails = TrailCopy.copy(self.artifact_path)
         except ArtifactError as exc:
             raise EngineError(str(exc), code=1) from None
         self.trail_count, self.generation = self.trails.trail_count, self.trails.generation
@@ -179,10 +186,8 @@ class Engine:
         self._on_disk = self.trails.identity  # the artifact file as last read
         self._on_disk_reported = None
         self._next_disk_check = 0.0
-        try:
-            self.lock_fd = logdir.claim(self.log_dir, self.account, notice=self._notice)
-        except logdir.LogDirError as exc:
-            raise EngineError(str(exc), code=1) from None
+        if self.mode == "live":
+            self._claim_log_dir()
         # Anonymous shared mappings, inherited by fork: nothing is named in /dev/shm, so nothing
         # outlives the last process of the run, however the run ends.
         self.maps = [mmap.mmap(-1, ring_bytes(self.capacity)) for _ in range(self.n)]
@@ -200,15 +205,29 @@ class Engine:
         self._running = False
 
         self._start_metrics()
-        # The capture process first: a capture that cannot open (interface, filter, privileges)
-        # ends the start with its one message before a worker or the writer exists.
-        self.capture = self.ctx.Process(target=run_capture, name="mte-capture", args=(CaptureSpec(
-            self.mode, self.rings, self.capture_channel[0], self.seed, cpu=self.capture_cpu,
-            stats_interval_s=self._capture_report_s(), reference=self.reference, account=self.account,
-            progress_interval_s=0.25 if self.progress else 0.0,
-            parent_pid=os.getpid(), close=self._not_owned_by("capture"), **self.capture_args),))
-        self.capture.start()
-        self._wait_capture_ready()
+        # Every object this process holds now (the modules imported for every child, the
+        # configuration) goes to the collector's permanent generation: a child's collections then
+        # never walk them, so their pages stay shared with this process instead of each child
+        # copying them on its first full collection (ARCHITECTURE.md, "Start-up, measured").
+        gc.freeze()
+        # The order of starts (ARCHITECTURE.md, "Start-up"). Live: the log directory claimed, then
+        # the capture process first, so that a capture that cannot open (interface, filter,
+        # privileges) ends the start with its one message before a worker or the writer exists;
+        # the copy's sections are checked while it opens, before any worker exists. Replay: the
+        # workers first (loading the trails is the longest start), their copy checked meanwhile;
+        # then the log directory, the writer and last the capture process, whose first batch a
+        # worker takes as soon as it is published. Either way no frame reaches a worker before the
+        # copy it runs passed its check, and a damaged copy ends the start before the log
+        # directory is touched (replay) or any worker exists (live).
+        if self.mode == "live":
+            self._start_capture()
+            self._verify_trails()
+            self._wait_capture_ready()
+        else:
+            for k in range(self.n):
+                self._start_worker(k)
+            self._verify_trails()
+            self._claim_log_dir()
         if self.forward_to:
             # Before the writer: a destination seen for the first time starts at the end of the
             # log as it was before this run wrote anything.
@@ -219,9 +238,12 @@ class Engine:
             parent_pid=os.getpid(), close=self._not_owned_by("writer"), console=self.console,
             spool=self.spool),))
         self.writer.start()
-        for k in range(self.n):
-            self._start_worker(k)
-        self._wait_children_ready()
+        if self.mode == "live":
+            for k in range(self.n):
+                self._start_worker(k)
+        else:
+            self._start_capture()
+        self._wait_children_ready(with_capture=self.mode != "live")
         if self.drop_privileges:
             # Children are started; what remains is restarting workers (as the account) and
             # signalling them, and reading reloaded trails and control files.
@@ -246,6 +268,40 @@ class Engine:
         self._banner()
         if self.progress:
             self._open_bar()
+
+    def _start_capture(self) -> None:
+        self.capture = self.ctx.Process(target=run_capture, name="mte-capture", args=(CaptureSpec(
+            self.mode, self.rings, self.capture_channel[0], self.seed, cpu=self.capture_cpu,
+            stats_interval_s=self._capture_report_s(), reference=self.reference, account=self.account,
+            progress_interval_s=0.25 if self.progress else 0.0,
+            parent_pid=os.getpid(), close=self._not_owned_by("capture"), **self.capture_args),))
+        self.capture.start()
+
+    def _verify_trails(self) -> None:
+        """Checks every section of the copy the workers start on. A damaged copy ends the start
+        with the damaged section's name; the children already started (replay: workers that may
+        have loaded the copy; live: the capture process) are stopped, and no worker has judged a
+        frame."""
+        try:
+            self.trails.verify()
+        except ArtifactError as exc:
+            self._stop_started()
+            raise EngineError(str(exc), code=1) from None
+
+    def _claim_log_dir(self) -> None:
+        try:
+            self.lock_fd = logdir.claim(self.log_dir, self.account, notice=self._notice)
+        except logdir.LogDirError as exc:
+            self._stop_started()
+            raise EngineError(str(exc), code=1) from None
+
+    def _stop_started(self) -> None:
+        """A start that ends before any frame was judged: its children hold nothing to save (a
+        worker with no frames, a capture with no worker to feed), so they are killed, not waited
+        for."""
+        for proc in [self.capture, *self.workers, self.writer, self.forwarder]:
+            if proc is not None and proc.is_alive():
+                proc.kill()
 
     def _wait_capture_ready(self) -> None:
         """Until the capture process says it is reading, or why it cannot."""
@@ -286,13 +342,19 @@ class Engine:
         finally:
             waiter.close()
 
-    def _wait_children_ready(self) -> None:
+    def _wait_children_ready(self, with_capture: bool = False) -> None:
         """Until the writer and every worker have set themselves up (trails mapped, privileges
-        dropped): the banner then describes a sensor that is really running."""
+        dropped), and with `with_capture` the capture process too (a replay's, started last): the
+        banner then describes a sensor that is really running."""
         waiting = {self.writer_channel[1]: "the log writer"}
         waiting.update((sup, "worker %d" % k) for k, (_, sup) in enumerate(self.status_channels))
         procs = {self.writer_channel[1]: self.writer}
         procs.update((sup, self.workers[k]) for k, (_, sup) in enumerate(self.status_channels))
+        capture = None
+        if with_capture:
+            capture = self.capture_channel[1]
+            waiting[capture] = "the capture process"
+            procs[capture] = self.capture
         waiter = selectors.DefaultSelector()
         for sock in waiting:
             waiter.register(sock, selectors.EVENT_READ)
@@ -305,9 +367,16 @@ class Engine:
                 for message in ipc.receive_ready(sock):
                     if message is None:
                         continue
+                    if sock is capture:
+                        # its `ready` is handled too (what it reads); a failure before it is fatal
+                        if self._on_capture(message) and sock in waiting:
+                            self.capture.join()
+                            raise EngineError(self.capture_stats["error"], code=1)
                     if message[0] == "ready":
                         if waiting.pop(sock, None) is not None:
                             waiter.unregister(sock)
+                    elif sock is capture:
+                        pass
                     elif sock in slot:
                         self._on_status(slot[sock], message)
                     else:
@@ -936,6 +1005,10 @@ class Engine:
             self.writer.kill()
 
     def _cleanup(self) -> None:
+        gc.unfreeze()  # the run is over: what `_start` froze may be collected again (an embedding process)
+        if self.pending_copy is not None:  # the start failed before it took the copy
+            self.pending_copy.discard()
+            self.pending_copy = None
         if self._updater is not None:
             self._updater.close()
         if self._metrics is not None:
