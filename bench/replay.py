@@ -407,13 +407,27 @@ def _two_cpus():
     return set(cpus[:2]) if len(cpus) >= 2 else None
 
 
-def _rounds(engine, pcap, one, artifact, workers, runs, workdir, label, want_events=False, cpus=None):
-    """Alternating rounds: a 1-packet replay, then the full one; medians of every figure."""
-    full, single = [], []
+def _rounds(engine, pcap, one, artifact, workers, runs, workdir, label, want_events=False, cpus=None,
+            baseline=None):
+    """Alternating rounds: a 1-packet replay, then the full one; medians of every figure. With
+    `baseline` (another tree's engine), each round runs it too, right after this tree's, and its
+    figures come back under "baseline": the ratio of two trees measured in the same minutes."""
+    engines = [("this tree", engine)] + ([("baseline", baseline)] if baseline else [])
+    runs_of = {name: ([], []) for name, _ in engines}
     for i in range(runs):
-        _progress("%s: %s, run %d/%d" % (os.path.basename(pcap), label, i + 1, runs))
-        single.append(run_engine(engine, one, artifact, workers, False, workdir, cpus=cpus))
-        full.append(run_engine(engine, pcap, artifact, workers, False, workdir, want_events and i == 0, cpus=cpus))
+        for name, command in engines:
+            _progress("%s: %s, %s, run %d/%d" % (os.path.basename(pcap), label, name, i + 1, runs))
+            full, single = runs_of[name]
+            single.append(run_engine(command, one, artifact, workers, False, workdir, cpus=cpus))
+            full.append(run_engine(command, pcap, artifact, workers, False, workdir,
+                                   want_events and i == 0 and name == "this tree", cpus=cpus))
+    res = _round_figures(*runs_of["this tree"])
+    if baseline:
+        res["baseline"] = _round_figures(*runs_of["baseline"])
+    return res
+
+
+def _round_figures(full: list, single: list) -> dict:
     res = summarize(full, single)
     frames = res["frames"]
     tree = _median([r["tree_cpu_s"] for r in full])
@@ -439,7 +453,7 @@ def measure_long(engine, kind, artifact, args, workdir, results) -> None:
                  "target_pps": longrun.target_pps(kind)}
         want_events = bool(truth.get("entries"))
         entry["one_worker"] = _rounds(engine, path, one, artifact, 1, args.runs, workdir, "long, 1 worker",
-                                      want_events)
+                                      want_events, baseline=args.baseline_engine)
         if want_events:
             entry["recall"] = recall(truth, entry["one_worker"]["log_events"], entry["one_worker"]["frames"])
         entry["one_worker"]["log_events"] = None
@@ -495,8 +509,7 @@ def report_long(results: dict, args, context: str) -> list[str]:
                    "start -> 1st packet s", "peak PSS MB", "events", "planted found"], rows, aligns=["<"] + [">"] * 9)
     out.append("  CPU = user + system of every engine process (wait4 on the supervisor, which reaps them all); "
                "steady CPU = (CPU(N) - CPU(1 packet)) / (N - 1)")
-    out.append("  where the CPU goes, per process, steady ns/packet (sampled from /proc every %d ms, a lower bound):"
-               % (SAMPLE_S * 1000))
+    out.append("  where the CPU goes, per process, steady ns/packet (as each process reported its own CPU):")
     for kind, e in results["long"].items():
         s = e["one_worker"]
         out.append("    %s: %s" % (kind, ", ".join("%s %s" % (k, _ns(v * 1e9 / max(s["frames"] - 1, 1)))
@@ -528,6 +541,24 @@ def report_long(results: dict, args, context: str) -> list[str]:
                   aligns=["<"] + [">"] * 5)
     out.append("  x Rust doc for start and PSS divides by the low end of the documented range")
     out.append("")
+    compared = [(kind, e["one_worker"], e["one_worker"]["baseline"]) for kind, e in results["long"].items()
+                if e["one_worker"].get("baseline")]
+    if compared:
+        out.append("  Against the baseline engine (%s), measured in this run, each round right after this tree's:"
+                   % args.baseline_engine)
+        rows = []
+        for kind, s, b in compared:
+            for label, key, unit in (("steady rate", "steady_pps", "Mpps"), ("CPU/packet (whole run)", "cpu_ns", "ns"),
+                                     ("CPU/packet (steady)", "steady_cpu_ns", "ns"),
+                                     ("start -> 1st packet", "first_packet_s", "s"), ("peak PSS", "peak_pss", "MB")):
+                mine, theirs = s[key], b[key]
+                shown = {"Mpps": lambda v: "%.3f" % (v / 1e6), "ns": _ns, "s": lambda v: "%.3f" % v,
+                         "MB": _mb}[unit]
+                rows.append(["%s %s" % (kind, label), "n/a" if theirs is None else "%s %s" % (shown(theirs), unit),
+                             "n/a" if mine is None else "%s %s" % (shown(mine), unit), _ratio(mine, theirs)])
+            rows.append(["%s events" % kind, _events(b), _events(s), "same" if b["events"] == s["events"] else "DIFFER"])
+        out += _table(["figure", "baseline", "this tree", "this / baseline"], rows, aligns=["<", ">", ">", ">"])
+        out.append("")
     return out
 
 
@@ -759,6 +790,9 @@ def main(argv=None) -> int:
     p.add_argument("--scaling-model", action="store_true",
                    help="add table 8 over the long pcaps (implies --long): the capture process alone, and 1 "
                         "against 2 workers held to two CPUs")
+    p.add_argument("--baseline-engine", metavar="PATH",
+                   help="another tree's maltrail-engine (e.g. main's, bootstrapped in a scratch clone): table 7 "
+                        "runs it alternately with this tree's and adds the ratios of the two")
     p.add_argument("--json", help="also write every raw number here")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)

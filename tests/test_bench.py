@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -212,6 +213,25 @@ def test_long_replay_and_scaling_model_smoke(tmp_path):
         assert one["events"] == two["events"] == run["events"]
     hard = results["long"]["hard"]
     assert hard["recall"]["planted"] > 0 and hard["recall"]["found"] == hard["recall"]["planted"]
+
+
+def test_long_replay_against_a_baseline_engine_smoke(tmp_path):
+    """`--baseline-engine`: table 7 runs the other tree's engine in the same rounds and sets the two
+    side by side (here the same engine, so the events must be the same and every ratio exists)."""
+    trails = tmp_path / "trails.csv"
+    trails.write_text(TRAILS)
+    out = tmp_path / "results.json"
+    engine = os.path.join(os.path.dirname(sys.executable), "maltrail-engine")
+    done = subprocess.run([sys.executable, "-m", "bench", "replay", "--trails", str(trails), "--long-only",
+                           "--long-kinds", "hard", "--long-packets", "2000", "--runs", "1",
+                           "--baseline-engine", engine, "--json", str(out)],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "Against the baseline engine (%s)" % engine in done.stdout
+    assert re.search(r"hard steady rate .* \d+\.\d+x", done.stdout) and re.search(r"hard events .* same", done.stdout)
+    run = json.loads(out.read_text())["long"]["hard"]["one_worker"]
+    assert run["baseline"]["frames"] == run["frames"] == 2000
+    assert run["baseline"]["events"] == run["events"] and run["baseline"]["peak_pss"] > 0
 
 
 def test_floods_harness_smoke(tmp_path):
