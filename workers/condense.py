@@ -25,8 +25,9 @@ opening as links between slots), not in an object per group: under a flood of di
 every one of up to `max_entries` groups is open at once, and per-group Python objects were the
 largest thing a worker held (ARCHITECTURE.md, "What the heuristics' state costs under a scanner
 flood"). Per group there remain the key (with the source packed into one integer), a slot of five
-references (a field's first value, or once it varies the values listed: an `array` of the 16-bit
-ports, a list otherwise) and, only past MAX_LISTED values, the counted sets.
+references (a field's first value, or once it varies the values listed: three bytes a port, a
+list otherwise) and, only past MAX_LISTED values, the counted sets; the strings and port numbers
+groups share are held once.
 
 Must not know about packets or how events are written.
 """
@@ -43,15 +44,24 @@ MAX_COUNTED = 1024          # distinct values per field a group counts beyond th
 # Event fields a group's repeats may differ in: src_ip, src_port, dst_ip, dst_port, proto.
 _VARYING = (2, 3, 4, 5, 6)
 _FIELDS = len(_VARYING)
-_NONE_PORT = 0xFFFF + 1     # a listed port of None (no ports: ICMP), kept in a port array
+_NONE_PORT = 0xFFFF + 1     # a listed port of None (no ports: ICMP)
 _intern = sys.intern
+_SHARED_INTS = 4096         # port numbers held shared by every group (Condenser._share)
+
+
+def _port_code(value) -> bytes:
+    """A port (or None) as three bytes, only the first with its top bit set: a code found in a
+    string of codes is always found at a code's start, so `in` is exact membership."""
+    if value is None:
+        value = _NONE_PORT
+    return bytes((0x80 | value >> 14, value >> 7 & 0x7F, value & 0x7F))
 
 
 def _listed(first, value):
-    """A field's listed values, the first among them: 16-bit ports (or None) as an array of
-    32-bit integers (a third of a list of int objects), anything else as a list."""
+    """A field's listed values, the first among them: ports (or None) as a bytes string of port
+    codes (a fifth of a list of int objects), anything else as a list."""
     if _port_like(first) and _port_like(value):
-        return array("i", (_NONE_PORT if first is None else first, _NONE_PORT if value is None else value))
+        return _port_code(first) + _port_code(value)
     return [first, value]
 
 
@@ -63,7 +73,8 @@ def _values(listed) -> list:
     """The listed values as the events carried them."""
     if type(listed) is list:
         return listed
-    return [None if v == _NONE_PORT else v for v in listed]
+    ports = [(listed[j] & 0x7F) << 14 | listed[j + 1] << 7 | listed[j + 2] for j in range(0, len(listed), 3)]
+    return [None if v == _NONE_PORT else v for v in ports]
 
 
 def _order(value):
@@ -119,6 +130,8 @@ class Condenser:
         self._vals: list = []       # 5 per slot
         self._extra: dict = {}      # slot -> [set or None] * 5
         self._free: list = []
+        self._ints: dict = {}       # int -> the same int (_share)
+        self._metas: dict = {}      # (sensor, type, info, reference, severity) -> the same tuple
         self._head = self._tail = -1  # oldest and newest open slot
 
     def __len__(self) -> int:
@@ -126,15 +139,18 @@ class Condenser:
 
     @staticmethod
     def key(event: Event, source=None):
-        return (_compact_source(source) if source is not None else event.src_ip, event.sensor, event.type,
-                event.trail, event.info, event.reference, event.severity)
+        """The group's key: the source, the trail, and the rest of what says "the same trail"
+        (sensor, type, info, reference, severity) as one tuple, which every group of those
+        shares (Condenser._open)."""
+        return (_compact_source(source) if source is not None else event.src_ip, event.trail,
+                (event.sensor, event.type, event.info, event.reference, event.severity))
 
     def offer(self, event: Event, out: list, source=None) -> None:
         """Appends to `out` what must be emitted now because of `event`. `source` identifies the
         source the event belongs to (the worker passes its packet's group, workers/flow.py
         group_key); without it, the event's source address."""
-        key = (_compact_source(source) if source is not None else event.src_ip, event.sensor, event.type,
-               event.trail, event.info, event.reference, event.severity)
+        key = (_compact_source(source) if source is not None else event.src_ip, event.trail,
+               (event.sensor, event.type, event.info, event.reference, event.severity))
         slot = self._slots.get(key)
         if slot is not None:
             if event.ts_us < self._start[slot] + self.window_us:
@@ -163,7 +179,13 @@ class Condenser:
     def _open(self, key, event: Event) -> None:
         # The trail's text is kept once: a port scan's trail is its source address, which the
         # first repeat's src_ip then shares (_add interns it too).
-        key = key[:3] + (_intern(key[3]),) + key[4:] if type(key[3]) is str else key
+        metas = self._metas
+        meta = metas.get(key[2])
+        if meta is None:
+            if len(metas) >= _SHARED_INTS:
+                metas.clear()           # bounded: only the sharing of what it held ends
+            meta = metas[key[2]] = key[2]
+        key = (key[0], _intern(key[1]) if type(key[1]) is str else key[1], meta)
         if self._free:
             slot = self._free.pop()
             self._keys[slot] = key
@@ -206,20 +228,22 @@ class Condenser:
             self._first_ts[slot] = ts
             for i, field in enumerate(_VARYING):
                 value = event[field]
-                vals[base + i] = _intern(value) if type(value) is str else value
+                vals[base + i] = self._share(value)
             return 0, 0
         kept = lost = 0
-        extras = self._extra.get(slot)
+        extras = self._extra.get(slot) if self._extra else None
         for i, field in enumerate(_VARYING):
             value = event[field]
             held = vals[base + i]
             kind = type(held)
-            if kind is array:
+            if kind is bytes:
                 if _port_like(value):
-                    if (_NONE_PORT if value is None else value) in held:
+                    code = _port_code(value)
+                    if code in held:
                         continue
                 else:
-                    held = vals[base + i] = _values(held)    # a value no port array can hold
+                    held = vals[base + i] = _values(held)    # a value no port code can hold
+                    kind = list
                     if value in held:
                         continue
             elif kind is list:
@@ -228,7 +252,7 @@ class Condenser:
             elif value == held:
                 continue
             else:
-                kind = None         # the field's first value only
+                kind = None         # only the field's first value so far
             extra = extras[i] if extras else None
             if extra is not None and value in extra:
                 continue
@@ -236,18 +260,18 @@ class Condenser:
                 self._more[slot] |= 1 << i
                 lost += 1
             elif kind is None:
-                vals[base + i] = _listed(held, _intern(value) if type(value) is str else value)
+                vals[base + i] = _listed(held, self._share(value))
                 kept += 1
-            elif len(held) < MAX_LISTED:
-                if type(held) is array:
-                    held.append(_NONE_PORT if value is None else value)
+            elif len(held) < (3 * MAX_LISTED if kind is bytes else MAX_LISTED):
+                if kind is bytes:
+                    vals[base + i] = held + code
                 else:
-                    held.append(_intern(value) if type(value) is str else value)
+                    held.append(self._share(value))
                 kept += 1
             elif extra is None or len(extra) < MAX_COUNTED:
+                if extras is None:
+                    extras = self._extra[slot] = [None] * _FIELDS
                 if extra is None:
-                    if extras is None:
-                        extras = self._extra[slot] = [None] * _FIELDS
                     extra = extras[i] = set()
                 extra.add(value)
                 kept += 1
@@ -256,6 +280,22 @@ class Condenser:
                 lost += 1
         self._held[slot] += kept
         return kept, lost
+
+    def _share(self, value):
+        """`value` as a group keeps it: a string interned (a port scan's source address is also
+        its trail), a port number shared with the other groups' (a scan's ports are the same
+        numbers for every scanner). The table of shared ints is bounded: it starts over when full,
+        which only ends the sharing of what it held."""
+        if type(value) is str:
+            return _intern(value)
+        if type(value) is int:
+            shared = self._ints.get(value)
+            if shared is not None:
+                return shared
+            if len(self._ints) >= _SHARED_INTS:
+                self._ints.clear()
+            self._ints[value] = value
+        return value
 
     def _close(self, slot: int, out: list) -> None:
         """Emits the group's summary (if it has repeats) and frees its slot."""
@@ -275,13 +315,14 @@ class Condenser:
         base = slot * _FIELDS
         if self._repeats[slot]:
             more_bits = self._more[slot]
-            fields = [self._first_ts[slot], key[1], None, None, None, None, None, key[2], key[3], key[4], key[5],
-                      key[6], self._repeats[slot], self._last_ts[slot]]
+            sensor, type_, info, reference, severity = key[2]
+            fields = [self._first_ts[slot], sensor, None, None, None, None, None, type_, key[1], info, reference,
+                      severity, self._repeats[slot], self._last_ts[slot]]
             for i, field in enumerate(_VARYING):
                 held = self._vals[base + i]
                 extra = (extras[i] if extras else None) or ()
                 more = more_bits >> i & 1
-                listed = type(held) is array or type(held) is list
+                listed = type(held) is bytes or type(held) is list
                 if not listed and not more:
                     fields[field] = held
                     continue
