@@ -172,9 +172,15 @@ class Condenser:
         while self._head >= 0 and start[self._head] + window_us <= now_us:
             self._close(self._head, out)
 
-    def flush(self, out: list) -> None:
-        while self._head >= 0:
+    def flush(self, out: list, max_groups: int | None = None) -> bool:
+        """Closes the open groups, oldest first: all of them, or at most `max_groups` (a caller
+        that sends what they emit in parts holds one part at a time, not a record per group of a
+        flood). True while groups remain open."""
+        closed = 0
+        while self._head >= 0 and (max_groups is None or closed < max_groups):
             self._close(self._head, out)
+            closed += 1
+        return self._head >= 0
 
     def _open(self, key, event: Event) -> None:
         # The trail's text is kept once: a port scan's trail is its source address, which the
