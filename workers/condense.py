@@ -46,6 +46,7 @@ _VARYING = (2, 3, 4, 5, 6)
 _FIELDS = len(_VARYING)
 _NONE_PORT = 0xFFFF + 1     # a listed port of None (no ports: ICMP)
 _intern = sys.intern
+_NONE_CODE = bytes((0x80 | _NONE_PORT >> 14, _NONE_PORT >> 7 & 0x7F, _NONE_PORT & 0x7F))
 _SHARED_INTS = 4096         # port numbers held shared by every group (Condenser._share)
 
 
@@ -131,6 +132,7 @@ class Condenser:
         self._extra: dict = {}      # slot -> [set or None] * 5
         self._free: list = []
         self._ints: dict = {}       # int -> the same int (_share)
+        self._codes: dict = {}      # port -> _port_code(port), the ones seen lately
         self._metas: dict = {}      # (sensor, type, info, reference, severity) -> the same tuple
         self._head = self._tail = -1  # oldest and newest open slot
 
@@ -149,8 +151,16 @@ class Condenser:
         """Appends to `out` what must be emitted now because of `event`. `source` identifies the
         source the event belongs to (the worker passes its packet's group, workers/flow.py
         group_key); without it, the event's source address."""
-        key = (_compact_source(source) if source is not None else event.src_ip, event.trail,
-               (event.sensor, event.type, event.info, event.reference, event.severity))
+        if source is None:
+            source = event.src_ip
+        elif type(source) is tuple:
+            if len(source) == 3 and source[0] == "":
+                version, addr = source[1], source[2]
+                if type(version) is int and type(addr) is int and 0 <= version < 16 and addr >= 0:
+                    source = addr << 4 | version    # _compact_source, inline: once per event
+        elif type(source) is int:
+            source = (source,)
+        key = (source, event.trail, (event.sensor, event.type, event.info, event.reference, event.severity))
         slot = self._slots.get(key)
         if slot is not None:
             if event.ts_us < self._start[slot] + self.window_us:
@@ -237,28 +247,33 @@ class Condenser:
                 vals[base + i] = self._share(value)
             return 0, 0
         kept = lost = 0
-        extras = self._extra.get(slot) if self._extra else None
+        codes = self._codes
         for i, field in enumerate(_VARYING):
             value = event[field]
             held = vals[base + i]
+            if value == held:       # a field's first value (a value never equals a listing)
+                continue
             kind = type(held)
             if kind is bytes:
-                if _port_like(value):
-                    code = _port_code(value)
-                    if code in held:
-                        continue
+                if value is None:
+                    code = _NONE_CODE
+                elif type(value) is int and 0 <= value <= 0xFFFF:
+                    code = codes.get(value)
+                    if code is None:
+                        if len(codes) >= _SHARED_INTS:
+                            codes.clear()
+                        code = codes[value] = _port_code(value)
                 else:
                     held = vals[base + i] = _values(held)    # a value no port code can hold
                     kind = list
-                    if value in held:
-                        continue
-            elif kind is list:
+                if kind is bytes and code in held:
+                    continue
+            if kind is list:
                 if value in held:
                     continue
-            elif value == held:
-                continue
-            else:
+            elif kind is not bytes:
                 kind = None         # only the field's first value so far
+            extras = self._extra.get(slot) if self._extra else None
             extra = extras[i] if extras else None
             if extra is not None and value in extra:
                 continue
