@@ -88,13 +88,14 @@ def _order(value):
 
 def _compact_source(source):
     """The group source as held in a key: workers/flow.py group_key's ("", version, address) as
-    one integer (a tuple and an integer object less per group); any other source as it is, an
-    integer one wrapped so that it never meets a packed one."""
+    one integer (a tuple and an integer object less per group); any other source as it is. An
+    integer source is refused: it could equal a packed one."""
     if (type(source) is tuple and len(source) == 3 and source[0] == "" and type(source[1]) is int
             and 0 <= source[1] < 16 and type(source[2]) is int and source[2] >= 0):
         return source[2] << 4 | source[1]
-    if type(source) is int:
-        return (source,)
+    if isinstance(source, int):
+        raise TypeError("a noise-control source is workers/flow.py group_key's tuple, not an integer: %r"
+                        % (source,))
     return source
 
 
@@ -158,8 +159,8 @@ class Condenser:
                 version, addr = source[1], source[2]
                 if type(version) is int and type(addr) is int and 0 <= version < 16 and addr >= 0:
                     source = addr << 4 | version    # _compact_source, inline: once per event
-        elif type(source) is int:
-            source = (source,)
+        elif isinstance(source, int):
+            source = _compact_source(source)    # refused: it could equal a packed one
         key = (source, event.trail, (event.sensor, event.type, event.info, event.reference, event.severity))
         slot = self._slots.get(key)
         if slot is not None:
