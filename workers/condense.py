@@ -124,8 +124,10 @@ class Condenser:
         self._start = array("q")
         self._first_ts = array("q")
         self._last_ts = array("q")
-        self._repeats = array("q")
-        self._held = array("q")     # values this group holds that took room
+        # counts in lists, not arrays: they are small, and a small int is a shared object, where
+        # every read of an array makes one
+        self._repeats: list = []
+        self._held: list = []       # values this group holds that took room
         self._more = bytearray()
         self._prev = array("l")
         self._next = array("l")
@@ -300,7 +302,8 @@ class Condenser:
             else:
                 self._more[slot] |= 1 << i
                 lost += 1
-        self._held[slot] += kept
+        if kept:
+            self._held[slot] += kept
         return kept, lost
 
     def _share(self, value):
