@@ -309,6 +309,17 @@ class Worker:
         self._count(out)
         return out
 
+    def flush_parts(self, max_groups: int):
+        """flush() in parts of at most `max_groups` closed groups each, yielded as they are made:
+        after a flood 30,000 or more groups are open, and their records at once cost a worker
+        more than all its state (bench/README.md, the floods section)."""
+        more = True
+        while more:
+            out: list[Event] = []
+            more = self.condenser.flush(out, max_groups)
+            self._count(out)
+            yield out
+
     def stats(self) -> dict:
         saturation = dict(self.scans.saturation())
         saturation.update(self.dnsh.saturation())

@@ -40,6 +40,9 @@ IDLE_SLEEP_MAX_S = 0.005
 LIVE_EXPIRE_S = 0.5
 REPORT_S = 0.5  # counters reach the supervisor this often: a death loses at most this much of them
 CONTROL_S = 0.05  # while batches flow, control messages (reload, controls) are read this often
+# Noise-control groups closed per events message when a worker flushes (a timeline break, the end):
+# the records of a flood's 30,000 open groups at once cost more memory than the groups did.
+FLUSH_GROUPS = 1024
 
 
 class WorkerSpec:
@@ -82,6 +85,11 @@ class _WorkerProcess:
         self.child.drop_privileges(spec.account)
         ipc.send(spec.status, ["ready", spec.slot])
         self.first_batch_unix = 0.0  # wall time the first batch was taken (start-up cost, for benches)
+
+    def flush(self) -> None:
+        """Closes every open noise-control group and sends what they emit, a part at a time."""
+        for events in self.worker.flush_parts(FLUSH_GROUPS):
+            self.send_events(events)
 
     def send_events(self, events) -> None:
         if events:
@@ -154,7 +162,7 @@ class _WorkerProcess:
             frames = len(batch)
             if not frames:
                 # a timeline break (engine/processes/capture.py): the groups open so far end here
-                self.send_events(worker.flush())
+                self.flush()
                 continue
             out: list = []
             try:
@@ -175,7 +183,7 @@ class _WorkerProcess:
             if now - last_report >= REPORT_S:
                 self.report()
                 last_report = now
-        self.send_events(worker.flush())
+        self.flush()
         self.report(final=True)
         ipc.send(spec.events, ["bye", spec.slot])
         return 0
