@@ -193,21 +193,9 @@ class _Sampler(threading.Thread):
         self._halt = threading.Event()
 
     def _tree(self) -> dict:
-        from bench.replay import _stat
-        stats = {}
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                st = _stat(int(name))
-                if st is not None:
-                    stats[int(name)] = st
-        tree, grew = {self.root: "supervisor"}, True
-        while grew:
-            grew = False
-            for pid, (ppid, comm, *_cpu) in stats.items():  # bench.replay._stat: (ppid, comm, cpu_s)
-                if pid not in tree and ppid in tree:
-                    tree[pid] = comm
-                    grew = True
-        return tree
+        from bench.replay import process_tree
+        return {pid: "supervisor" if pid == self.root else comm
+                for pid, (_, comm, _cpu) in process_tree(self.root).items()}
 
     def sample(self) -> None:
         total = 0

@@ -115,12 +115,31 @@ def _stat(pid: int):
             (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
 
 
-class TreeSampler(threading.Thread):
-    """Every SAMPLE_S, the summed PSS of `root` and all its descendants; keeps the peak and which
-    process held how much at that moment. The tree is found afresh at every sample from each
+def process_tree(root: int) -> dict:
+    """{pid: (ppid, comm, CPU seconds)} of `root` and all its descendants, found afresh from each
     process's parent: process ids wrap around (pid_max is often 32768), so a new child may reuse
     the id of a process that existed before the engine, and a grandchild may have a lower id than
-    its parent. A sample reads /proc/<pid>/stat of every process, a few dozen small reads.
+    its parent. A few dozen small reads of /proc/<pid>/stat."""
+    stats = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = _stat(int(name))
+            if st is not None:
+                stats[int(name)] = st
+    tree = {root: stats[root]} if root in stats else {}
+    grew = bool(tree)
+    while grew:
+        grew = False
+        for pid, st in stats.items():
+            if pid not in tree and st[0] in tree:
+                tree[pid] = st
+                grew = True
+    return tree
+
+
+class TreeSampler(threading.Thread):
+    """Every SAMPLE_S, the summed PSS of `root` and all its descendants; keeps the peak and which
+    process held how much at that moment; the tree is found afresh at every sample (process_tree).
 
     It also keeps each process's CPU time (utime + stime) as last read: `cpu_by_process` misses
     at most the last SAMPLE_S of a process's life, so it is a lower bound per process."""
@@ -137,25 +156,11 @@ class TreeSampler(threading.Thread):
         self._halt = threading.Event()
 
     def _grow(self) -> None:
-        stats = {}
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                st = _stat(int(name))
-                if st is not None:
-                    stats[int(name)] = st
-        tree = {self.root: "supervisor"}
-        grew = True
-        while grew:
-            grew = False
-            for pid, (ppid, comm, _) in stats.items():
-                if pid not in tree and ppid in tree:
-                    tree[pid] = comm
-                    grew = True
-        self.tree = tree
-        for pid in tree:
-            if pid in stats:
-                self.cpu_s[pid] = stats[pid][2]
-                self.names[pid] = "supervisor" if pid == self.root else stats[pid][1]
+        stats = process_tree(self.root)
+        self.tree = {pid: "supervisor" if pid == self.root else st[1] for pid, st in stats.items()}
+        for pid, st in stats.items():
+            self.cpu_s[pid] = st[2]
+            self.names[pid] = "supervisor" if pid == self.root else st[1]
 
     def sample(self) -> None:
         self._grow()

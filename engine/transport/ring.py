@@ -141,51 +141,52 @@ class Ring:
         `in_progress`, never neither, and the consumer started after it begins past it. A
         timeline break (an empty batch) records nothing and is released at once. None when the
         ring is empty."""
+        tail, index, size = self._next_message()
+        if index is None:
+            if tail != self._tail or self._tail != self._published_tail:
+                # only padding was consumed, or a new consumer starts past a batch its predecessor took
+                self._tail = tail
+                self._publish_tail()
+            return None
+        view = self.data[index + 8:index + 8 + size]
+        after = tail + 8 + _align8(size)
+        frames = _BATCH_COUNT.unpack_from(view, 0)[0] if size >= 4 else 0
+        self._tail = self._taken = after
+        if frames:
+            self.set_in_progress(frames)
+            self.buf[OFF_TAKEN:OFF_TAKEN + 8] = _U64.pack(after)
+        else:
+            self._publish_tail()
+        return view
+
+    def _next_message(self) -> tuple:
+        """From the local tail, past any padding: (the position of the next message, its index in
+        the data area, its payload size), or (the position reached, None, 0) when the ring is empty."""
         tail, cap = self._tail, self.capacity
         head = _ring.load_acquire(self.buf, OFF_HEAD)
         while tail != head:
             index = tail % cap
             size, kind = _MSG.unpack_from(self.data, index)
-            if kind == KIND_PAD:
-                tail += 8 + size
-                continue
-            view = self.data[index + 8:index + 8 + size]
-            after = tail + 8 + _align8(size)
-            frames = _BATCH_COUNT.unpack_from(view, 0)[0] if size >= 4 else 0
-            self._tail = self._taken = after
-            if frames:
-                self.set_in_progress(frames)
-                self.buf[OFF_TAKEN:OFF_TAKEN + 8] = _U64.pack(after)
-            else:
-                self._publish_tail()
-            return view
-        if tail != self._tail or self._tail != self._published_tail:
-            # only padding was consumed, or a new consumer starts past a batch its predecessor took
-            self._tail = tail
-            self._publish_tail()
-        return None
+            if kind != KIND_PAD:
+                return tail, index, size
+            tail += 8 + size
+        return tail, None, 0
 
     def _publish_tail(self) -> None:
         self._published_tail = self._tail
         _ring.store_release(self.buf, OFF_TAIL, self._tail)
 
     def _take(self) -> bytes | None:
-        tail, cap = self._tail, self.capacity
-        head = _ring.load_acquire(self.buf, OFF_HEAD)
-        while tail != head:
-            index = tail % cap
-            size, kind = _MSG.unpack_from(self.data, index)
-            if kind == KIND_PAD:
-                tail += 8 + size
-                continue
-            payload = bytes(self.data[index + 8:index + 8 + size])
-            self._tail = tail + 8 + _align8(size)
-            self._publish_tail()
-            return payload
-        if tail != self._tail:  # only padding was consumed
-            self._tail = tail
-            self._publish_tail()
-        return None
+        tail, index, size = self._next_message()
+        if index is None:
+            if tail != self._tail:  # only padding was consumed
+                self._tail = tail
+                self._publish_tail()
+            return None
+        payload = bytes(self.data[index + 8:index + 8 + size])
+        self._tail = tail + 8 + _align8(size)
+        self._publish_tail()
+        return payload
 
     def finish_batch(self, frames: int) -> None:
         """The batch taken by get_batch() is judged and its events sent: its bytes go back to the
