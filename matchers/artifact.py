@@ -101,6 +101,9 @@ S_IPPORT6 = "ipport6"        # sorted (16-byte address + u16 big-endian port)
 S_IPPORT6_IDS = "ipport6_ids"
 S_DOMAINS = "domains"        # hash table (csrc/artifact.h) over domain trail keys
 S_URLS = "urls"              # hash table over URL and path trail keys
+S_DOMAINS_FILTER = "domains_filter"  # key filter over the domains table (csrc/artifact.h mt_filter):
+S_URLS_FILTER = "urls_filter"        # answers "absent" for most misses from cache. Optional: a file
+                                     # without them (built before) loads; the worker builds its own
 S_REGEX = "regex"            # msgpack [[id, pattern], ...] of regex domain trails, source order
 S_UA = "ua"                  # msgpack [[id, pattern], ...] of user-agent trails (both kinds)
 # (their own small sections: reading the keys out of `strings` would page in whole folios of the
