@@ -139,6 +139,12 @@ static inline int mt_filter_maybe(const mt_filter *f, uint64_t h)
     return (f->words[(uint32_t)(h >> 32) & f->wmask] & need) == need;
 }
 
+/* Starts loading the word mt_filter_maybe(f, h) will read (batched lookups overlap their misses). */
+static inline void mt_filter_prefetch(const mt_filter *f, uint64_t h)
+{
+    __builtin_prefetch(&f->words[(uint32_t)(h >> 32) & f->wmask]);
+}
+
 static inline void mt_filter_add(uint64_t *words, uint32_t wmask, uint64_t h)
 {
     words[(uint32_t)(h >> 32) & wmask] |= (1ull << (h & 63)) | (1ull << ((h >> 6) & 63));
