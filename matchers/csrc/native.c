@@ -241,6 +241,47 @@ done:
     return result;
 }
 
+/* How many of `keys` (a list of bytes) the filter passes ("maybe"): the rest it answers absent
+ * for. Checks the section as the worker does, but against the key count its own header gives. */
+static PyObject *py_filter_passes(PyObject *self, PyObject *args)
+{
+    Py_buffer fsec;
+    PyObject *keys;
+    if (!PyArg_ParseTuple(args, "y*O!", &fsec, &PyList_Type, &keys))
+        return NULL;
+    PyObject *result = NULL;
+    uint64_t *copy = PyMem_Malloc(fsec.len ? (size_t)fsec.len : 1);
+    if (!copy) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(copy, fsec.buf, (size_t)fsec.len);
+    mt_table t;
+    memset(&t, 0, sizeof(t));
+    if (fsec.len >= MT_FILTER_HEADER_BYTES)
+        memcpy(&t.count, (const uint8_t *)copy + 8, 4);
+    mt_filter f;
+    const char *why = NULL;
+    if (mt_filter_open(&f, (const uint8_t *)copy, (size_t)fsec.len, &t, &why) < 0) {
+        PyErr_SetString(PyExc_ValueError, why);
+        goto done;
+    }
+    Py_ssize_t passed = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+        PyObject *k = PyList_GET_ITEM(keys, i);
+        if (!PyBytes_Check(k)) {
+            PyErr_SetString(PyExc_TypeError, "keys must be bytes");
+            goto done;
+        }
+        passed += mt_filter_maybe(&f, mt_filter_hash((const uint8_t *)PyBytes_AS_STRING(k), (size_t)PyBytes_GET_SIZE(k)));
+    }
+    result = PyLong_FromSsize_t(passed);
+done:
+    PyMem_Free(copy);
+    PyBuffer_Release(&fsec);
+    return result;
+}
+
 /* ---- Table: lookups in one hash table section ---------------------------------------------- */
 
 typedef struct {
@@ -541,6 +582,8 @@ static PyMethodDef module_methods[] = {
      "build_hash_table(trails, strings, ids) -> bytes: a hash table section over the given trail ids"},
     {"build_key_filter", py_build_key_filter, METH_VARARGS,
      "build_key_filter(table, trails, strings) -> bytes: the key filter section for a hash table section"},
+    {"filter_passes", py_filter_passes, METH_VARARGS,
+     "filter_passes(filter, keys) -> int: how many of the keys (bytes) the filter does not rule out"},
     {"filter_misses", py_filter_misses, METH_VARARGS,
      "filter_misses(filter, table, trails, strings) -> int: keys of the table the filter says are absent"},
     {NULL}};

@@ -407,6 +407,9 @@ static inline void ip_prefetch(const Tables *t, const mt_packet *pk)
 /* The same for the next frame of the batch, before this one is judged, when it looks like plain
  * Ethernet + IPv4 (addresses at bytes 26 and 30): a guess only decides what is prefetched, so a
  * frame that is something else costs two useless prefetches and nothing more. */
+#ifndef IP_PREFETCH_AHEAD
+#define IP_PREFETCH_AHEAD 4
+#endif
 static inline void ip_prefetch_ahead(const Tables *t, const uint8_t *q, uint32_t caplen, int linktype)
 {
     if (linktype == 1 && caplen >= 34 && q[12] == 0x08 && q[13] == 0x00 && t->have[S_P24] &&
@@ -1798,8 +1801,8 @@ static PyObject *scan(PyObject *self, PyObject *args)
             continue;
         }
         const uint8_t *p = base + off[i];
-        if (i + 1 < n && off[i + 1] + cap[i + 1] <= (uint64_t)buf.len)
-            ip_prefetch_ahead(t, base + off[i + 1], cap[i + 1], lt[i + 1]);
+        if (i + IP_PREFETCH_AHEAD < n && off[i + IP_PREFETCH_AHEAD] + cap[i + IP_PREFETCH_AHEAD] <= (uint64_t)buf.len)
+            ip_prefetch_ahead(t, base + off[i + IP_PREFETCH_AHEAD], cap[i + IP_PREFETCH_AHEAD], lt[i + IP_PREFETCH_AHEAD]);
         mt_packet pk;
         int rc = mt_decode(p, cap[i], lt[i], &pk);
         if (rc != MT_OK) {
