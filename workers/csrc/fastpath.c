@@ -392,34 +392,6 @@ static int sorted_contains(const uint8_t *base, uint32_t count, size_t width, co
     return 0;
 }
 
-/* Starts loading the /24 map's bytes for both ends of an IPv4 packet: the 2 MB map is not in the
- * cache for traffic that does not repeat, and the two reads (and the heuristics' planning done
- * meanwhile) then overlap instead of waiting in turn. */
-static inline void ip_prefetch(const Tables *t, const mt_packet *pk)
-{
-    if (pk->version == 4 && t->have[S_P24] && t->sec[S_P24].len == (1 << 21)) {
-        const uint8_t *p24 = (const uint8_t *)t->sec[S_P24].buf;
-        __builtin_prefetch(p24 + (mt_be32(pk->dst) >> 11));
-        __builtin_prefetch(p24 + (mt_be32(pk->src) >> 11));
-    }
-}
-
-/* The same for the next frame of the batch, before this one is judged, when it looks like plain
- * Ethernet + IPv4 (addresses at bytes 26 and 30): a guess only decides what is prefetched, so a
- * frame that is something else costs two useless prefetches and nothing more. */
-#ifndef IP_PREFETCH_AHEAD
-#define IP_PREFETCH_AHEAD 4
-#endif
-static inline void ip_prefetch_ahead(const Tables *t, const uint8_t *q, uint32_t caplen, int linktype)
-{
-    if (linktype == 1 && caplen >= 34 && q[12] == 0x08 && q[13] == 0x00 && t->have[S_P24] &&
-        t->sec[S_P24].len == (1 << 21)) {
-        const uint8_t *p24 = (const uint8_t *)t->sec[S_P24].buf;
-        __builtin_prefetch(p24 + (mt_be32(q + 26) >> 11));
-        __builtin_prefetch(p24 + (mt_be32(q + 30) >> 11));
-    }
-}
-
 static int ip_hit(const Tables *t, int version, const uint8_t *addr, uint16_t port)
 {
     if (version == 4) {
@@ -1801,8 +1773,6 @@ static PyObject *scan(PyObject *self, PyObject *args)
             continue;
         }
         const uint8_t *p = base + off[i];
-        if (i + IP_PREFETCH_AHEAD < n && off[i + IP_PREFETCH_AHEAD] + cap[i + IP_PREFETCH_AHEAD] <= (uint64_t)buf.len)
-            ip_prefetch_ahead(t, base + off[i + IP_PREFETCH_AHEAD], cap[i + IP_PREFETCH_AHEAD], lt[i + IP_PREFETCH_AHEAD]);
         mt_packet pk;
         int rc = mt_decode(p, cap[i], lt[i], &pk);
         if (rc != MT_OK) {
@@ -1815,7 +1785,6 @@ static PyObject *scan(PyObject *self, PyObject *args)
         int64_t ts_us = floor_us(tsn[i]);
         uint32_t ext[E_COUNT] = {0}, bits = 0;
         scan_plan sp;
-        ip_prefetch(t, &pk);
         if (H)
             heuristic_scans_plan(H, &pk, &sp);
         int flag = ip_hit(t, pk.version, pk.dst, pk.dport) || ip_hit(t, pk.version, pk.src, pk.sport);
