@@ -4,7 +4,7 @@ Owns the build: read every source in order and merge their rows (trailsdb/merge.
 rules, in bounded memory, trails coming out in the artifact's order), give each trail its
 provenance (trailsdb/provenance.py, carried over from the artifact being replaced), lay out the
 sections matchers/artifact.py describes (roaring bitmaps for IPv4 and CIDR, a 64-bit roaring
-bitmap for ip:port, C hash tables for domains and URLs, id lists for regex and user-agent trails,
+bitmap for ip:port, C hash tables for domains and URLs with their key filters, id lists for regex and user-agent trails,
 the trail table and its (info, reference) pairs, the provenance) as the trails arrive, write them
 one at a time to a temporary file beside the target, verify it loads and finds a sample of its
 own trails, then rename it into place with the next generation number. A reader therefore sees

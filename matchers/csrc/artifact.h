@@ -2,9 +2,10 @@
  * artifact.h: header-only lookups over the sections of a compiled trail artifact.
  *
  * Owns the in-memory layout of the sections that C code reads directly (the trail table, the
- * string blob and the open-addressing hash tables) and the hash function both the builder and the
- * lookups use. Everything here works on read-only memory (an mmap of the artifact shared by every
- * worker), allocates nothing and never writes. Included by matchers/_native.c today and by the C
+ * string blob, the open-addressing hash tables and the key filters in front of them) and the hash
+ * functions both the builder and the lookups use. Everything here works on read-only memory (an
+ * mmap of the artifact shared by every worker), allocates nothing and never writes, but for the
+ * key filter's builder (mt_filter_fill), which fills words its caller hands it. Included by matchers/_native.c today and by the C
  * worker path later, so lookups stay identical wherever they run.
  *
  * Must not know about packets, protocols, files or Python objects.
