@@ -4,8 +4,9 @@ What this file establishes:
 1. on a real compiled artifact (a sample of the shared 1.63M-row trail set), each filter passes
    every key of its table, and rules out most keys that are not in it;
 2. a filter section that was damaged is refused: by its checksum when the file is opened, and,
-   when the damage came with a fresh checksum, by the C tables' own check, so the engine does not
-   start on it rather than quietly missing trails;
+   when the damage came with a fresh checksum, by the filter's own check (the whole-file check
+   and the C tables both run it), so the engine does not start on it rather than quietly missing
+   trails;
 3. an artifact built without filter sections (before them) still loads, the worker building its
    own filters, and detects exactly what the same trails with stored filters detect.
 """
@@ -91,11 +92,14 @@ def test_damaged_filter_is_refused(sampled_artifact, tmp_path):
     with pytest.raises(ArtifactError, match="domains_filter"):
         Artifact.open(tmp_path / "damaged.mtdb")
 
-    # the same damage written with fresh checksums: the C tables refuse the filter
+    # the same damage written with fresh checksums: refused by the whole-file check (what the
+    # supervisor's copy runs), and by the C tables' own check where that is skipped
     forged = tmp_path / "forged.mtdb"
     write_artifact(str(forged), 1, 0, _with_filter(sections, S_DOMAINS_FILTER, bytes(data)))
+    with pytest.raises(ArtifactError, match="domains_filter.*damaged"):
+        Artifact.open(forged)
     with pytest.raises(ValueError, match="domains_filter"):
-        fast_tables(Artifact.open(forged))
+        fast_tables(Artifact.open(forged, verify=False))
     # and the engine does not start on it (an empty capture file: the trails are loaded first)
     empty = tmp_path / "empty.pcap"
     empty.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
@@ -109,8 +113,10 @@ def test_damaged_filter_is_refused(sampled_artifact, tmp_path):
     other = bytearray(dict(sections)[S_URLS_FILTER])
     wrong = tmp_path / "wrong.mtdb"
     write_artifact(str(wrong), 1, 0, _with_filter(sections, S_DOMAINS_FILTER, bytes(other)))
+    with pytest.raises(ArtifactError, match="domains_filter.*(another table|wrong size)"):
+        Artifact.open(wrong)
     with pytest.raises(ValueError, match="another table|wrong size"):
-        fast_tables(Artifact.open(wrong))
+        fast_tables(Artifact.open(wrong, verify=False))
 
 
 def _events(artifact: str, pcaps: list[str], log_dir: Path) -> list[str]:

@@ -241,6 +241,47 @@ done:
     return result;
 }
 
+/* filter_check(filter, table): None, or ValueError saying why the worker would refuse this key
+ * filter for this hash table section (mt_filter_open: version, size, key count, bits set). Lets
+ * whoever verifies a whole artifact refuse it before any worker is handed it. */
+static PyObject *py_filter_check(PyObject *self, PyObject *args)
+{
+    Py_buffer fsec, sec;
+    if (!PyArg_ParseTuple(args, "y*y*", &fsec, &sec))
+        return NULL;
+    PyObject *result = NULL;
+    uint64_t *copy = NULL;
+    mt_table t;
+    memset(&t, 0, sizeof(t));
+    if (sec.len < MT_TABLE_HEADER_BYTES) {
+        PyErr_SetString(PyExc_ValueError, "hash table section too short");
+        goto done;
+    }
+    memcpy(&t.count, (const uint8_t *)sec.buf + 4, 4);
+    const uint8_t *fb = (const uint8_t *)fsec.buf;
+    if ((uintptr_t)fb & 7) {
+        copy = PyMem_Malloc(fsec.len ? (size_t)fsec.len : 1);
+        if (!copy) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        memcpy(copy, fb, (size_t)fsec.len);
+        fb = (const uint8_t *)copy;
+    }
+    mt_filter f;
+    const char *why = NULL;
+    if (mt_filter_open(&f, fb, (size_t)fsec.len, &t, &why) < 0) {
+        PyErr_SetString(PyExc_ValueError, why);
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(copy);
+    PyBuffer_Release(&fsec);
+    PyBuffer_Release(&sec);
+    return result;
+}
+
 /* How many of `keys` (a list of bytes) the filter passes ("maybe"): the rest it answers absent
  * for. Checks the section as the worker does, but against the key count its own header gives. */
 static PyObject *py_filter_passes(PyObject *self, PyObject *args)
@@ -582,6 +623,8 @@ static PyMethodDef module_methods[] = {
      "build_hash_table(trails, strings, ids) -> bytes: a hash table section over the given trail ids"},
     {"build_key_filter", py_build_key_filter, METH_VARARGS,
      "build_key_filter(table, trails, strings) -> bytes: the key filter section for a hash table section"},
+    {"filter_check", py_filter_check, METH_VARARGS,
+     "filter_check(filter, table) -> None: ValueError when the key filter is not one for this table"},
     {"filter_passes", py_filter_passes, METH_VARARGS,
      "filter_passes(filter, keys) -> int: how many of the keys (bytes) the filter does not rule out"},
     {"filter_misses", py_filter_misses, METH_VARARGS,
