@@ -101,6 +101,9 @@ S_IPPORT6 = "ipport6"        # sorted (16-byte address + u16 big-endian port)
 S_IPPORT6_IDS = "ipport6_ids"
 S_DOMAINS = "domains"        # hash table (csrc/artifact.h) over domain trail keys
 S_URLS = "urls"              # hash table over URL and path trail keys
+S_DOMAINS_FILTER = "domains_filter"  # key filter over the domains table (csrc/artifact.h mt_filter):
+S_URLS_FILTER = "urls_filter"        # answers "absent" for most misses from cache. Optional: a file
+                                     # without them (built before) loads; the worker builds its own
 S_REGEX = "regex"            # msgpack [[id, pattern], ...] of regex domain trails, source order
 S_UA = "ua"                  # msgpack [[id, pattern], ...] of user-agent trails (both kinds)
 # (their own small sections: reading the keys out of `strings` would page in whole folios of the
@@ -297,6 +300,8 @@ class Artifact:
             sections = {sname: (offset, length) for sname, (offset, length, _) in layout.sections.items()}
             artifact = cls(name, mapping, layout.generation, layout.created_s, sections)
             artifact.format_version = layout.version
+            if verify:
+                artifact.check_filters()
             return artifact
         except ArtifactError:
             _close_mapping(mapping)
@@ -304,6 +309,21 @@ class Artifact:
         except Exception as exc:  # a section that passed its checksum but does not decode
             _close_mapping(mapping)
             raise ArtifactError("%s: unreadable: %s" % (name, exc)) from None
+
+    def check_filters(self) -> None:
+        """Refuses key filter sections the C worker path would refuse (a forged or mis-built
+        filter with a valid checksum): checked with the whole file, so a supervisor never hands
+        workers a copy they cannot load. Reads the filters (2.3 MB for the shared set) once."""
+        from matchers import _native
+        for table, key_filter in ((S_DOMAINS, S_DOMAINS_FILTER), (S_URLS, S_URLS_FILTER)):
+            if key_filter not in self._sections:
+                continue
+            try:
+                if table not in self._sections:
+                    raise ValueError("there is no %r table for it" % table)
+                _native.filter_check(self.section(key_filter), self.section(table))
+            except ValueError as exc:
+                raise ArtifactError("%s: section %r refused: %s; %s" % (self.path, key_filter, exc, _REBUILD)) from None
 
     def has(self, name: str) -> bool:
         return name in self._sections

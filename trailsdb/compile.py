@@ -4,7 +4,7 @@ Owns the build: read every source in order and merge their rows (trailsdb/merge.
 rules, in bounded memory, trails coming out in the artifact's order), give each trail its
 provenance (trailsdb/provenance.py, carried over from the artifact being replaced), lay out the
 sections matchers/artifact.py describes (roaring bitmaps for IPv4 and CIDR, a 64-bit roaring
-bitmap for ip:port, C hash tables for domains and URLs, id lists for regex and user-agent trails,
+bitmap for ip:port, C hash tables for domains and URLs with their key filters, id lists for regex and user-agent trails,
 the trail table and its (info, reference) pairs, the provenance) as the trails arrive, write them
 one at a time to a temporary file beside the target, verify it loads and finds a sample of its
 own trails, then rename it into place with the next generation number. A reader therefore sees
@@ -46,7 +46,7 @@ from matchers.artifact import (
     S_DOMAINS, S_INFO, S_IP4, S_IP4_IDS, S_IP4_KEYS, S_IP4_P24, S_IP6, S_IP6_IDS, S_IPPORT4, S_IPPORT4_IDS,
     S_IPPORT4_KEYS, S_IPPORT6, S_IPPORT6_IDS, S_META, S_PROV_CLASSES, S_PROV_IDS, S_PROV_SOURCES, S_REGEX,
     S_STRINGS, S_TRAILS, S_UA, S_URLS, S_WHITELIST, TRAIL_RECORD, Artifact, ArtifactError, ArtifactWriter,
-    S_CERT_IDS, S_CERTS, existing_summary,
+    S_CERT_IDS, S_CERTS, S_DOMAINS_FILTER, S_URLS_FILTER, existing_summary,
 )
 from matchers.ips import ipport4_key, ipport6_key, parse_ipport
 from trailsdb.merge import (
@@ -186,7 +186,7 @@ def _sorted_pairs(keys: array, ids: array, code: str) -> tuple[array, array]:
 # Every section of a build, in the order they are written (the table lists them in this order).
 SECTION_ORDER = [S_STRINGS, S_TRAILS, S_META, S_IP4, S_IP4_KEYS, S_IP4_IDS, S_CIDR4, S_CIDR4_LIST,
                  S_IPPORT4, S_IPPORT4_KEYS, S_IPPORT4_IDS, S_IP4_P24, S_IP6, S_IP6_IDS, S_IPPORT6,
-                 S_IPPORT6_IDS, S_CIDR6_LIST, S_DOMAINS, S_URLS, S_REGEX, S_UA, S_CERTS, S_CERT_IDS, S_WHITELIST,
+                 S_IPPORT6_IDS, S_CIDR6_LIST, S_DOMAINS, S_DOMAINS_FILTER, S_URLS, S_URLS_FILTER, S_REGEX, S_UA, S_CERTS, S_CERT_IDS, S_WHITELIST,
                  S_INFO]
 PROVENANCE_SECTIONS = [S_PROV_SOURCES, S_PROV_CLASSES, S_PROV_IDS]
 
@@ -312,8 +312,13 @@ class _Layout:
         yield S_IPPORT6_IDS, array("I", (i for _, i in self.ipport6))
         yield S_CIDR6_LIST, b"".join(f.to_bytes(16, "big") + l.to_bytes(16, "big") + struct.pack("<II", i, p)
                                      for f, l, i, p in self.cidr6)
-        yield S_DOMAINS, _native.build_hash_table(self.trails, self.strings, self.domains)
-        yield S_URLS, _native.build_hash_table(self.trails, self.strings, self.urls)
+        # Each table's key filter is built from the table as written, so it holds exactly its keys.
+        for name, filter_name, ids in ((S_DOMAINS, S_DOMAINS_FILTER, self.domains),
+                                       (S_URLS, S_URLS_FILTER, self.urls)):
+            table = _native.build_hash_table(self.trails, self.strings, ids)
+            yield name, table
+            yield filter_name, _native.build_key_filter(table, self.trails, self.strings)
+            del table
         yield S_REGEX, msgpack.packb(self.regex, use_bin_type=True)
         yield S_UA, msgpack.packb(self.uas, use_bin_type=True)
         # Trail ids follow key order, so the digests usually arrive sorted; sorted anyway (bisect).
@@ -343,6 +348,15 @@ def verify(fd: int, name: str, samples: list[int]) -> None:
     with the fast matchers, checking every section's checksum, and checks the sampled trail ids
     are found by their own keys, so a broken build never replaces a working one."""
     artifact = Artifact.from_fd(fd, name)
+    for table, key_filter in ((S_DOMAINS, S_DOMAINS_FILTER), (S_URLS, S_URLS_FILTER)):
+        # every key of each table, not a sample: a filter that hid one key would hide its trail
+        try:
+            misses = _native.filter_misses(artifact.section(key_filter), artifact.section(table),
+                                           artifact.section(S_TRAILS), artifact.section(S_STRINGS))
+        except ValueError as exc:
+            raise ArtifactError("%s: self-check failed: %s: %s" % (name, key_filter, exc)) from None
+        if misses:
+            raise ArtifactError("%s: self-check failed: %s hides %d keys of %s" % (name, key_filter, misses, table))
     matchers = TrailMatchers.load(artifact)
     for trail_id in samples:
         kind, key = artifact.kind(trail_id), artifact.key(trail_id)

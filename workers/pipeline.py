@@ -117,7 +117,7 @@ def _ignored_name(name: str) -> bool:
 _FAST_EXTRACTED = ("dns queries", "dns responses", "http requests", "tls server names")
 # Artifact sections the C scan reads (the C scan knows them by the same names).
 _FAST_SECTIONS = ("ip4", "cidr4", "ipport4", "ip6", "ipport6", "cidr6_list", "domains", "urls", "trails",
-                  "strings", "ip4_p24", "certs")
+                  "strings", "ip4_p24", "certs", "domains_filter", "urls_filter")
 
 
 def fast_tables(artifact):

@@ -2,9 +2,10 @@
  * artifact.h: header-only lookups over the sections of a compiled trail artifact.
  *
  * Owns the in-memory layout of the sections that C code reads directly (the trail table, the
- * string blob and the open-addressing hash tables) and the hash function both the builder and the
- * lookups use. Everything here works on read-only memory (an mmap of the artifact shared by every
- * worker), allocates nothing and never writes. Included by matchers/_native.c today and by the C
+ * string blob, the open-addressing hash tables and the key filters in front of them) and the hash
+ * functions both the builder and the lookups use. Everything here works on read-only memory (an
+ * mmap of the artifact shared by every worker), allocates nothing and never writes, but for the
+ * key filter's builder (mt_filter_fill), which fills words its caller hands it. Included by matchers/_native.c today and by the C
  * worker path later, so lookups stay identical wherever they run.
  *
  * Must not know about packets, protocols, files or Python objects.
@@ -86,6 +87,161 @@ static inline int64_t mt_table_find(const mt_table *t, const uint8_t *key, size_
         i = (i + 1) & t->mask;
     }
     return -1;
+}
+
+/* Key filter section (a blocked Bloom filter in front of one hash table, format "filter 1"):
+ * u32 version (MT_FILTER_VERSION), u32 log2 of its bit count, u32 the table's key count, u32 the
+ * number of bits set, then u64 words[2^(log2 - 6)]. Every key of the table sets two bits of one
+ * word, so a lookup that finds either bit clear knows the key is absent after one read of memory
+ * that stays in cache (about 14 bits per key: 2 MB for the shared set's 1.16M domains, 256 KB for
+ * its 165,000 URLs), instead of a probe of a table far larger than the caches. It never answers
+ * "absent" for a key of its table; "maybe" for about 2% of other keys (then the table decides).
+ * Its hash reads 8 bytes per step, several times faster than the table's FNV-1a on the long keys
+ * URL candidates make, so a miss costs neither the table's hash nor its memory. Not keyed: a
+ * key aimed at the filter's "maybe" only costs the table probe every key cost before. */
+#define MT_FILTER_VERSION 1u
+#define MT_FILTER_HEADER_BYTES 16u
+#define MT_FILTER_MIN_LOG2 9u
+#define MT_FILTER_MAX_LOG2 31u
+
+typedef struct {
+    const uint64_t *words;   /* NULL: no filter, every lookup goes to the table */
+    uint32_t wmask;          /* word count - 1 */
+} mt_filter;
+
+static inline uint64_t mt_filter_mix(uint64_t a, uint64_t b)
+{
+    __uint128_t r = (__uint128_t)a * b;
+    return (uint64_t)r ^ (uint64_t)(r >> 64);
+}
+
+/* The filter's hash: 8 bytes per multiply, the last 1..8 bytes read as one little-endian word
+ * (the artifact is little-endian only), the length mixed in so "a" and "a\0" differ. */
+static inline uint64_t mt_filter_hash(const uint8_t *p, size_t n)
+{
+    uint64_t h = 0x243F6A8885A308D3ull ^ ((uint64_t)n * 0x9E3779B97F4A7C15ull);
+    while (n > 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = mt_filter_mix(h ^ w, 0xA0761D6478BD642Full);
+        p += 8;
+        n -= 8;
+    }
+    uint64_t w = 0;
+    memcpy(&w, p, n);
+    h = mt_filter_mix(h ^ w, 0xE7037ED1A0B428DBull);
+    return mt_filter_mix(h, 0x8EBC6AF09C88C6E3ull);
+}
+
+/* Word index from the high half, the two bit positions from the low 12 bits. */
+static inline int mt_filter_maybe(const mt_filter *f, uint64_t h)
+{
+    uint64_t need = (1ull << (h & 63)) | (1ull << ((h >> 6) & 63));
+    return (f->words[(uint32_t)(h >> 32) & f->wmask] & need) == need;
+}
+
+/* Starts loading the word mt_filter_maybe(f, h) will read (batched lookups overlap their misses). */
+static inline void mt_filter_prefetch(const mt_filter *f, uint64_t h)
+{
+    __builtin_prefetch(&f->words[(uint32_t)(h >> 32) & f->wmask]);
+}
+
+static inline void mt_filter_add(uint64_t *words, uint32_t wmask, uint64_t h)
+{
+    words[(uint32_t)(h >> 32) & wmask] |= (1ull << (h & 63)) | (1ull << ((h >> 6) & 63));
+}
+
+/* log2 of the bit count for `count` keys: the smallest power of two with >= 8 bits per key (so
+ * 8 to 16 bits per key, 1-5% "maybe" for absent keys). */
+static inline uint32_t mt_filter_log2_bits(uint32_t count)
+{
+    uint32_t l = MT_FILTER_MIN_LOG2;
+    while (l < MT_FILTER_MAX_LOG2 && (1ull << l) < (uint64_t)count * 8)
+        l++;
+    return l;
+}
+
+static inline uint64_t mt_filter_section_bytes(uint32_t log2_bits)
+{
+    return MT_FILTER_HEADER_BYTES + ((uint64_t)1 << log2_bits) / 8;
+}
+
+/* Sets the bits of every key of table `t` into words[wmask + 1] (zeroed by the caller); keys
+ * whose id or string extent is out of bounds are skipped, as mt_table_find would never match
+ * them. Returns the number of keys added. */
+static inline uint32_t mt_filter_fill(uint64_t *words, uint32_t wmask, const mt_table *t)
+{
+    uint32_t added = 0;
+    for (uint64_t i = 0; i <= t->mask; i++) {
+        uint32_t id1 = t->ids[i];
+        if (id1 == 0 || id1 > t->ntrails)
+            continue;
+        const mt_trail *tr = &t->trails[id1 - 1];
+        if ((uint64_t)tr->str_off + tr->str_len > t->strings_len)
+            continue;
+        mt_filter_add(words, wmask, mt_filter_hash(t->strings + tr->str_off, tr->str_len));
+        added++;
+    }
+    return added;
+}
+
+static inline uint64_t mt_popcount_words(const uint64_t *w, uint64_t n)
+{
+    uint64_t bits = 0;
+    for (uint64_t i = 0; i < n; i++)
+        bits += (uint64_t)__builtin_popcountll(w[i]);
+    return bits;
+}
+
+/* Opens a filter section for table `t`: 0, or -1 with *why set when the section is not one
+ * (wrong version, size, key count, or a bit count that is not what its header says: a filter
+ * with bits lost would hide trails, so damage the CRC missed is refused too). Reads the whole
+ * filter once (it is about to be read by every lookup anyway). */
+static inline int mt_filter_open(mt_filter *f, const uint8_t *sec, size_t len, const mt_table *t, const char **why)
+{
+    uint32_t version, log2_bits, keys, set_bits;
+    f->words = NULL;
+    f->wmask = 0;
+    if (len < MT_FILTER_HEADER_BYTES) {
+        *why = "key filter section too short";
+        return -1;
+    }
+    memcpy(&version, sec, 4);
+    memcpy(&log2_bits, sec + 4, 4);
+    memcpy(&keys, sec + 8, 4);
+    memcpy(&set_bits, sec + 12, 4);
+    if (version != MT_FILTER_VERSION) {
+        *why = "key filter section of an unknown version";
+        return -1;
+    }
+    if (log2_bits < MT_FILTER_MIN_LOG2 || log2_bits > MT_FILTER_MAX_LOG2 ||
+        (uint64_t)len != mt_filter_section_bytes(log2_bits) || ((uintptr_t)sec & 7)) {
+        *why = "key filter section has the wrong size";
+        return -1;
+    }
+    if (keys != t->count) {
+        *why = "key filter section was built for another table";
+        return -1;
+    }
+    const uint64_t *words = (const uint64_t *)(sec + MT_FILTER_HEADER_BYTES);
+    uint64_t nwords = ((uint64_t)1 << log2_bits) / 64;
+    if (mt_popcount_words(words, nwords) != set_bits || (keys && !set_bits)) {
+        *why = "key filter section is damaged (its bits are not the ones its header counts)";
+        return -1;
+    }
+    f->words = words;
+    f->wmask = (uint32_t)(nwords - 1);
+    return 0;
+}
+
+/* mt_table_find behind the filter: the filter's "absent" is final. */
+static inline int64_t mt_table_find_filtered(const mt_table *t, const mt_filter *f, const uint8_t *key, size_t n)
+{
+    if (t->count == 0)
+        return -1;
+    if (f->words && !mt_filter_maybe(f, mt_filter_hash(key, n)))
+        return -1;
+    return mt_table_find(t, key, n);
 }
 
 /* Portable roaring bitmap format (the one pyroaring's BitMap.serialize() writes), read in place.

@@ -115,6 +115,214 @@ done:
     return result;
 }
 
+/* ---- key filters (artifact.h: mt_filter) ---------------------------------------------------- */
+
+/* Opens hash table `sec` over trails and strings into *t; 0, or -1 with an exception set. */
+static int open_table(mt_table *t, const Py_buffer *sec, const Py_buffer *trails, const Py_buffer *strings)
+{
+    if (trails->len % sizeof(mt_trail) != 0) {
+        PyErr_SetString(PyExc_ValueError, "trail table length is not a multiple of 12 bytes");
+        return -1;
+    }
+    const uint8_t *s = (const uint8_t *)sec->buf;
+    uint32_t cap, count;
+    if (sec->len < MT_TABLE_HEADER_BYTES)
+        goto bad;
+    memcpy(&cap, s, 4);
+    memcpy(&count, s + 4, 4);
+    if (cap == 0 || (cap & (cap - 1)) || count >= cap || (uint64_t)sec->len != MT_TABLE_HEADER_BYTES + (uint64_t)cap * 8)
+        goto bad;
+    t->tags = (const uint32_t *)(s + MT_TABLE_HEADER_BYTES);
+    t->ids = t->tags + cap;
+    t->mask = cap - 1;
+    t->count = count;
+    t->trails = (const mt_trail *)trails->buf;
+    t->ntrails = (uint32_t)(trails->len / sizeof(mt_trail));
+    t->strings = (const uint8_t *)strings->buf;
+    t->strings_len = (uint64_t)strings->len;
+    return 0;
+bad:
+    PyErr_SetString(PyExc_ValueError, "hash table section header is inconsistent");
+    return -1;
+}
+
+static PyObject *py_build_key_filter(PyObject *self, PyObject *args)
+{
+    Py_buffer sec, trails, strings;
+    if (!PyArg_ParseTuple(args, "y*y*y*", &sec, &trails, &strings))
+        return NULL;
+    PyObject *result = NULL;
+    mt_table t;
+    if (open_table(&t, &sec, &trails, &strings) < 0)
+        goto done;
+    uint32_t log2_bits = mt_filter_log2_bits(t.count);
+    uint64_t total = mt_filter_section_bytes(log2_bits);
+    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (!result)
+        goto done;
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+    memset(out, 0, total);
+    /* the words are filled in an aligned scratch array: a bytes object's payload is not 8-aligned */
+    uint64_t nwords = ((uint64_t)1 << log2_bits) / 64;
+    uint64_t *words = PyMem_Calloc(nwords, 8);
+    if (!words) {
+        Py_CLEAR(result);
+        PyErr_NoMemory();
+        goto done;
+    }
+    uint32_t added = mt_filter_fill(words, (uint32_t)(nwords - 1), &t);
+    if (added != t.count) {
+        PyMem_Free(words);
+        Py_CLEAR(result);
+        PyErr_SetString(PyExc_ValueError, "hash table holds keys outside its trails or strings");
+        goto done;
+    }
+    uint32_t version = MT_FILTER_VERSION, set_bits = (uint32_t)mt_popcount_words(words, nwords);
+    memcpy(out, &version, 4);
+    memcpy(out + 4, &log2_bits, 4);
+    memcpy(out + 8, &t.count, 4);
+    memcpy(out + 12, &set_bits, 4);
+    memcpy(out + MT_FILTER_HEADER_BYTES, words, nwords * 8);
+    PyMem_Free(words);
+done:
+    PyBuffer_Release(&sec);
+    PyBuffer_Release(&trails);
+    PyBuffer_Release(&strings);
+    return result;
+}
+
+/* How many keys of the table the filter answers "absent" for (0 for a good filter); ValueError
+ * when the filter section is refused (mt_filter_open). The filter section is copied to aligned
+ * memory when the buffer handed in is not 8-aligned (a bytes object). */
+static PyObject *py_filter_misses(PyObject *self, PyObject *args)
+{
+    Py_buffer fsec, sec, trails, strings;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*", &fsec, &sec, &trails, &strings))
+        return NULL;
+    PyObject *result = NULL;
+    uint64_t *copy = NULL;
+    mt_table t;
+    mt_filter f;
+    const char *why = NULL;
+    if (open_table(&t, &sec, &trails, &strings) < 0)
+        goto done;
+    const uint8_t *fb = (const uint8_t *)fsec.buf;
+    if ((uintptr_t)fb & 7) {
+        copy = PyMem_Malloc(fsec.len ? (size_t)fsec.len : 1);
+        if (!copy) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        memcpy(copy, fb, (size_t)fsec.len);
+        fb = (const uint8_t *)copy;
+    }
+    if (mt_filter_open(&f, fb, (size_t)fsec.len, &t, &why) < 0) {
+        PyErr_SetString(PyExc_ValueError, why);
+        goto done;
+    }
+    uint64_t misses = 0;
+    for (uint64_t i = 0; i <= t.mask; i++) {
+        uint32_t id1 = t.ids[i];
+        if (id1 == 0 || id1 > t.ntrails)
+            continue;
+        const mt_trail *tr = &t.trails[id1 - 1];
+        if ((uint64_t)tr->str_off + tr->str_len > t.strings_len)
+            continue;
+        if (mt_table_find_filtered(&t, &f, t.strings + tr->str_off, tr->str_len) < 0)
+            misses++;
+    }
+    result = PyLong_FromUnsignedLongLong(misses);
+done:
+    PyMem_Free(copy);
+    PyBuffer_Release(&fsec);
+    PyBuffer_Release(&sec);
+    PyBuffer_Release(&trails);
+    PyBuffer_Release(&strings);
+    return result;
+}
+
+/* filter_check(filter, table): None, or ValueError saying why the worker would refuse this key
+ * filter for this hash table section (mt_filter_open: version, size, key count, bits set). Lets
+ * whoever verifies a whole artifact refuse it before any worker is handed it. */
+static PyObject *py_filter_check(PyObject *self, PyObject *args)
+{
+    Py_buffer fsec, sec;
+    if (!PyArg_ParseTuple(args, "y*y*", &fsec, &sec))
+        return NULL;
+    PyObject *result = NULL;
+    uint64_t *copy = NULL;
+    mt_table t;
+    memset(&t, 0, sizeof(t));
+    if (sec.len < MT_TABLE_HEADER_BYTES) {
+        PyErr_SetString(PyExc_ValueError, "hash table section too short");
+        goto done;
+    }
+    memcpy(&t.count, (const uint8_t *)sec.buf + 4, 4);
+    const uint8_t *fb = (const uint8_t *)fsec.buf;
+    if ((uintptr_t)fb & 7) {
+        copy = PyMem_Malloc(fsec.len ? (size_t)fsec.len : 1);
+        if (!copy) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        memcpy(copy, fb, (size_t)fsec.len);
+        fb = (const uint8_t *)copy;
+    }
+    mt_filter f;
+    const char *why = NULL;
+    if (mt_filter_open(&f, fb, (size_t)fsec.len, &t, &why) < 0) {
+        PyErr_SetString(PyExc_ValueError, why);
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(copy);
+    PyBuffer_Release(&fsec);
+    PyBuffer_Release(&sec);
+    return result;
+}
+
+/* How many of `keys` (a list of bytes) the filter passes ("maybe"): the rest it answers absent
+ * for. Checks the section as the worker does, but against the key count its own header gives. */
+static PyObject *py_filter_passes(PyObject *self, PyObject *args)
+{
+    Py_buffer fsec;
+    PyObject *keys;
+    if (!PyArg_ParseTuple(args, "y*O!", &fsec, &PyList_Type, &keys))
+        return NULL;
+    PyObject *result = NULL;
+    uint64_t *copy = PyMem_Malloc(fsec.len ? (size_t)fsec.len : 1);
+    if (!copy) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(copy, fsec.buf, (size_t)fsec.len);
+    mt_table t;
+    memset(&t, 0, sizeof(t));
+    if (fsec.len >= MT_FILTER_HEADER_BYTES)
+        memcpy(&t.count, (const uint8_t *)copy + 8, 4);
+    mt_filter f;
+    const char *why = NULL;
+    if (mt_filter_open(&f, (const uint8_t *)copy, (size_t)fsec.len, &t, &why) < 0) {
+        PyErr_SetString(PyExc_ValueError, why);
+        goto done;
+    }
+    Py_ssize_t passed = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+        PyObject *k = PyList_GET_ITEM(keys, i);
+        if (!PyBytes_Check(k)) {
+            PyErr_SetString(PyExc_TypeError, "keys must be bytes");
+            goto done;
+        }
+        passed += mt_filter_maybe(&f, mt_filter_hash((const uint8_t *)PyBytes_AS_STRING(k), (size_t)PyBytes_GET_SIZE(k)));
+    }
+    result = PyLong_FromSsize_t(passed);
+done:
+    PyMem_Free(copy);
+    PyBuffer_Release(&fsec);
+    return result;
+}
+
 /* ---- Table: lookups in one hash table section ---------------------------------------------- */
 
 typedef struct {
@@ -413,6 +621,14 @@ static PyMethodDef module_methods[] = {
     {"hash64", py_hash64, METH_O, "hash64(data: bytes) -> int: the artifact's key hash"},
     {"build_hash_table", py_build_hash_table, METH_VARARGS,
      "build_hash_table(trails, strings, ids) -> bytes: a hash table section over the given trail ids"},
+    {"build_key_filter", py_build_key_filter, METH_VARARGS,
+     "build_key_filter(table, trails, strings) -> bytes: the key filter section for a hash table section"},
+    {"filter_check", py_filter_check, METH_VARARGS,
+     "filter_check(filter, table) -> None: ValueError when the key filter is not one for this table"},
+    {"filter_passes", py_filter_passes, METH_VARARGS,
+     "filter_passes(filter, keys) -> int: how many of the keys (bytes) the filter does not rule out"},
+    {"filter_misses", py_filter_misses, METH_VARARGS,
+     "filter_misses(filter, table, trails, strings) -> int: keys of the table the filter says are absent"},
     {NULL}};
 
 static struct PyModuleDef native_module = {

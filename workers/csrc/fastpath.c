@@ -60,9 +60,10 @@ enum {
 #define MAX_LITERALS 65536
 
 enum { S_IP4, S_CIDR4, S_IPPORT4, S_IP6, S_IPPORT6, S_CIDR6, S_DOMAINS, S_URLS, S_TRAILS, S_STRINGS, S_P24,
-       S_CERTS, S_NSECTIONS };
+       S_CERTS, S_DOMAINS_FILTER, S_URLS_FILTER, S_NSECTIONS };
 static const char *SECTION_NAMES[S_NSECTIONS] = {"ip4", "cidr4", "ipport4", "ip6", "ipport6", "cidr6_list",
-                                                  "domains", "urls", "trails", "strings", "ip4_p24", "certs"};
+                                                  "domains", "urls", "trails", "strings", "ip4_p24", "certs",
+                                                  "domains_filter", "urls_filter"};
 
 /* Server flights of TLS handshakes being followed for workers/certs.py: a direct-mapped table of
  * flow hashes (server -> client direction), each with the payload bytes it may still flag. A
@@ -83,6 +84,10 @@ typedef struct {
     mt_roaring ip4, cidr4;
     mt_roaring64 ipport4;
     mt_table domains, urls;
+    /* Key filters in front of the two tables (artifact.h mt_filter): the artifact's sections, or,
+     * for an artifact built without them, this worker's own copies (own_filter[]), built at load. */
+    mt_filter domains_filter, urls_filter;
+    uint64_t *own_filter[2];
     uint32_t n_ip6, n_ipport6, n_cidr6;
     /* regex trail prefilter: literals, bucketed by a hash of their first three bytes */
     uint8_t *lit_blob;
@@ -115,6 +120,8 @@ static void Tables_dealloc(Tables *self)
     PyMem_Free(self->ua_len);
     PyMem_Free(self->scratch);
     PyMem_Free(self->watch);
+    PyMem_Free(self->own_filter[0]);
+    PyMem_Free(self->own_filter[1]);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -307,6 +314,29 @@ static int Tables_init(Tables *self, PyObject *args, PyObject *kwds)
         t->ntrails = ntrails;
         t->strings = SEC(S_STRINGS);
         t->strings_len = SECLEN(S_STRINGS);
+        int fs = which ? S_URLS_FILTER : S_DOMAINS_FILTER;
+        mt_filter *f = which ? &self->urls_filter : &self->domains_filter;
+        if (self->have[fs]) {
+            /* a filter that fails its checks is refused, never used: one with bits missing would
+             * hide trails */
+            const char *why = "bad key filter section";
+            if (mt_filter_open(f, SEC(fs), SECLEN(fs), t, &why) < 0) {
+                PyErr_Format(PyExc_ValueError, "%s: %s", SECTION_NAMES[fs], why);
+                return -1;
+            }
+        } else if (count) {
+            /* an artifact from before the filters: build this worker's own (the same bits the
+             * compiler would store; costs one pass over the table's keys and private memory) */
+            uint64_t nwords = ((uint64_t)1 << mt_filter_log2_bits(count)) / 64;
+            self->own_filter[which] = PyMem_Calloc(nwords, 8);
+            if (!self->own_filter[which]) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            mt_filter_fill(self->own_filter[which], (uint32_t)(nwords - 1), t);
+            f->words = self->own_filter[which];
+            f->wmask = (uint32_t)(nwords - 1);
+        }
     }
     if (take_patterns(literals, &self->lit_blob, &self->lit_off, &self->lit_len, &self->n_lits) < 0)
         return -1;
@@ -394,11 +424,29 @@ static int ip_hit(const Tables *t, int version, const uint8_t *addr, uint16_t po
     return 0;
 }
 
-static int suffix_hit(const mt_table *t, const uint8_t *name, size_t n)
+#define SUFFIX_BATCH 16
+static int suffix_hit(const mt_table *t, const mt_filter *f, const uint8_t *name, size_t n)
 {
     size_t start = 0;
+    if (f->words && t->count) {
+        /* Every suffix's filter word is requested before any is tested, so the cache misses of a
+         * name's 2-4 suffixes overlap; then only the suffixes the filter passes reach the table.
+         * A name with more labels than the batch finishes in the plain loop below. */
+        uint64_t h[SUFFIX_BATCH];
+        uint32_t at[SUFFIX_BATCH], k = 0;
+        while (start < n && k < SUFFIX_BATCH) {
+            h[k] = mt_filter_hash(name + start, n - start);
+            mt_filter_prefetch(f, h[k]);
+            at[k++] = (uint32_t)start;
+            const uint8_t *dot = memchr(name + start, '.', n - start);
+            start = dot ? (size_t)(dot - name) + 1 : n;
+        }
+        for (uint32_t j = 0; j < k; j++)
+            if (mt_filter_maybe(f, h[j]) && mt_table_find(t, name + at[j], n - at[j]) >= 0)
+                return 1;
+    }
     while (start < n) {
-        if (mt_table_find(t, name + start, n - start) >= 0)
+        if (mt_table_find_filtered(t, f, name + start, n - start) >= 0)
             return 1;
         const uint8_t *dot = memchr(name + start, '.', n - start);
         if (!dot)
@@ -454,14 +502,15 @@ static int domain_candidate(const Tables *t, const uint8_t *s, size_t n)
     if (!name_checkable(s, n))
         return 0;
     if (t->have[S_DOMAINS]) {
-        if (suffix_hit(&t->domains, s, n))
+        if (suffix_hit(&t->domains, &t->domains_filter, s, n))
             return 1;
         size_t sl = sizeof(IPADRESS) - 1;
-        if (n > sl && memcmp(s + n - sl, IPADRESS, sl) == 0 && mt_table_find(&t->domains, s, n - sl) >= 0)
+        if (n > sl && memcmp(s + n - sl, IPADRESS, sl) == 0 &&
+            mt_table_find_filtered(&t->domains, &t->domains_filter, s, n - sl) >= 0)
             return 1;
         for (size_t i = 1; i + 7 <= n; i++) {  /* ".onion." gateways */
             if (memcmp(s + i, ".onion.", 7) == 0) {
-                if (mt_table_find(&t->domains, s, i + 6) >= 0)
+                if (mt_table_find_filtered(&t->domains, &t->domains_filter, s, i + 6) >= 0)
                     return 1;
                 break;
             }
@@ -961,7 +1010,10 @@ static uint32_t normalize_host(const uint8_t *s, uint32_t n, uint8_t *out)
     return n;
 }
 
-static int table_has(const mt_table *t, const uint8_t *s, size_t n) { return mt_table_find(t, s, n) >= 0; }
+static int table_has(const mt_table *t, const mt_filter *f, const uint8_t *s, size_t n)
+{
+    return mt_table_find_filtered(t, f, s, n) >= 0;
+}
 
 static int is_word(uint8_t c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
 
@@ -1010,7 +1062,7 @@ static uint32_t rstrip_slash(const uint8_t *s, uint32_t n)
 }
 
 /* matchers.urls.UrlMatcher.match: could any candidate hit? `buf` is scratch space. */
-static int url_candidate(const mt_table *t, const uint8_t *host, uint32_t hn, const uint8_t *path, uint32_t pn,
+static int url_candidate(const mt_table *t, const mt_filter *f, const uint8_t *host, uint32_t hn, const uint8_t *path, uint32_t pn,
                          const uint8_t *post, uint32_t postn, int have_post, uint8_t *buf)
 {
     span checks[8];
@@ -1063,19 +1115,51 @@ static int url_candidate(const mt_table *t, const uint8_t *host, uint32_t hn, co
             tn = (uint32_t)(qq - tail);          /* ... .split('?')[0] */
         checks[nc++] = (span){tail, tn};
     }
+    if (f->words && t->count) {
+        /* All candidates' filter words are requested first (their misses overlap), then only the
+         * candidates the filter passes are probed in the table, rebuilding their keys. */
+        uint64_t hp[8], hk[8], hh;
+        memcpy(key, host, hn);
+        for (int i = 0; i < nc; i++) {
+            if (!checks[i].n)
+                continue;
+            hp[i] = mt_filter_hash(checks[i].s, checks[i].n);
+            mt_filter_prefetch(f, hp[i]);
+            memcpy(key + hn, checks[i].s, checks[i].n);
+            hk[i] = mt_filter_hash(key, hn + checks[i].n);
+            mt_filter_prefetch(f, hk[i]);
+        }
+        key[hn] = '/';
+        hh = mt_filter_hash(key, hn + 1);
+        for (int i = 0; i < nc; i++) {
+            if (!checks[i].n)
+                continue;
+            if (mt_filter_maybe(f, hp[i]) && mt_table_find(t, checks[i].s, checks[i].n) >= 0)
+                return 1;
+            if (mt_filter_maybe(f, hk[i])) {
+                memcpy(key + hn, checks[i].s, checks[i].n);
+                if (mt_table_find(t, key, hn + checks[i].n) >= 0)
+                    return 1;
+            }
+        }
+        if (!mt_filter_maybe(f, hh))
+            return 0;
+        key[hn] = '/';
+        return mt_table_find(t, key, hn + 1) >= 0;
+    }
     for (int i = 0; i < nc; i++) {
         if (!checks[i].n)
             continue;
-        if (table_has(t, checks[i].s, checks[i].n))
+        if (table_has(t, f, checks[i].s, checks[i].n))
             return 1;
         memcpy(key, host, hn);
         memcpy(key + hn, checks[i].s, checks[i].n);
-        if (table_has(t, key, hn + checks[i].n))
+        if (table_has(t, f, key, hn + checks[i].n))
             return 1;
     }
     memcpy(key, host, hn);
     key[hn] = '/';
-    return table_has(t, key, hn + 1);
+    return table_has(t, f, key, hn + 1);
 }
 
 static int hexval(uint8_t c)
@@ -1622,7 +1706,7 @@ static int scan_http(Tables *t, Heuristics *H, const mt_packet *pk, const http_r
         if (postn < 0)
             return 1;
     }
-    return url_candidate(&t->urls, host, hn, path, pn, post, (uint32_t)postn, have_post, buf + SCR_URL);
+    return url_candidate(&t->urls, &t->urls_filter, host, hn, path, pn, post, (uint32_t)postn, have_post, buf + SCR_URL);
 }
 
 /* ---- the batch scan ------------------------------------------------------------------------- */
