@@ -575,3 +575,44 @@ def test_the_stats_name_each_process_cpu_time(artifact, big_pcap, tmp_path):
     # children, so theirs is in its own, which this process has reaped); a 10 ms tick each at most
     tree = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     assert sum(by_process.values()) <= tree + 0.01 * len(by_process)
+
+
+def _ring_residency(pid: int, ring_kb: int) -> list[tuple[int, int]]:
+    """(Size, Rss) in kB of each shared anonymous mapping of `ring_kb` in process `pid`."""
+    found, size = [], None
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                size = None if "/dev/zero" not in line else 0
+            elif size is not None and line.startswith("Size:"):
+                size = int(line.split()[1])
+            elif size and line.startswith("Rss:") and size == ring_kb:
+                found.append((size, int(line.split()[1])))
+    return found
+
+
+def test_the_rings_are_resident_before_the_first_frame(artifact, tmp_path):
+    """The capture process and the worker map their ring whole at start, so the first pass of
+    traffic through it takes no page fault on the packet path (the warm-up a short replay and a
+    live capture's first burst paid: a fault every 4 KiB)."""
+    from engine.transport.ring import ring_bytes
+    ring_kb = -(-ring_bytes(1 << 20) // 4096) * 4
+    proc, stream, lines, log = _fifo_engine(tmp_path, artifact, ring_bytes=1 << 20)
+    try:
+        # the FIFO is open: the capture process and the worker have started; no frame was written
+        deadline, residency = time.monotonic() + 20, {}
+        while time.monotonic() < deadline:
+            table = process_table()
+            children = {comm: pid for pid, (ppid, comm) in table.items() if ppid == proc.pid}
+            residency = {comm: _ring_residency(children[comm], ring_kb)
+                         for comm in ("mte-capture", "mte-worker-0") if comm in children}
+            if len(residency) == 2 and all(r and r[0][1] == ring_kb for r in residency.values()):
+                break
+            time.sleep(0.1)
+        assert residency.get("mte-capture") == [(ring_kb, ring_kb)], residency
+        assert residency.get("mte-worker-0") == [(ring_kb, ring_kb)], residency
+        traffic.write_stream(stream, 0, 10, header=True)
+    finally:
+        stream.close()
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, "".join(lines)

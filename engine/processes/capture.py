@@ -78,6 +78,8 @@ class _Capture:
         spec.close = ()
         self.restrict()
         self.rings = [Ring(r.buf) for r in spec.rings]
+        for ring in self.rings:
+            ring.populate()
         self.stager = open_stager(self.rings, spec.seed, BATCH_FRAMES, spec.mode == "live", spec.reference)
         # only the C stager walks classic pcap records itself (add_pcap); the reference reads batches
         self.walks_pcap = hasattr(self.stager, "add_pcap")

@@ -73,6 +73,7 @@ class _WorkerProcess:
         self.child = ChildProcess("mte-worker-%d" % spec.slot, spec.cpu, parent_pid=spec.parent_pid, close=spec.close)
         spec.close = ()
         self.ring = Ring(spec.ring.buf)  # positions as they are now (a restarted worker resumes)
+        self.ring.populate()
         try:
             matchers = load_copy(spec.artifact_fd)
         finally:
