@@ -249,7 +249,10 @@ def engine_flood(pcap: str, artifact: str, workdir: str, site: str | None = None
                 scanners.add(record["src_ip"])
                 detections += int(record.get("count") or 1)
     workers = {k: v for k, v in sampler.peak.items() if k.startswith("mte-worker")}
+    with open(os.path.join(log_dir, "stats.json")) as f:
+        cpu = json.load(f).get("cpu_by_process") or {}   # each process's own CPU (an older tree: none)
     return {"wall_s": wall, "records": records, "detections": detections, "scanners": len(scanners),
+            "cpu_by_process": cpu,
             "worker_rss": max(v[0] for v in workers.values()), "worker_pss": max(v[1] for v in workers.values()),
             "total_pss": sampler.total_pss, "peaks": sampler.peak}
 
@@ -292,6 +295,10 @@ def engine_floods(args, artifact: str, tmp: str) -> tuple[list[str], dict]:
     out.append("  peaks per process (last run of this tree): " + ", ".join(
         "%s RSS %.1f PSS %.1f" % (k, v[0] / 1e6, v[1] / 1e6) for k, v in sorted(runs["this tree"][-1]["peaks"].items())
         if v[0]))
+    cpu = runs["this tree"][-1]["cpu_by_process"]
+    if cpu:
+        out.append("  CPU seconds per process at this event rate (last run of this tree): " + ", ".join(
+            "%s %.2f" % kv for kv in sorted(cpu.items(), key=lambda kv: -kv[1])))
     out.append("  worker RSS/PSS: the worker process's peak VmRSS / Pss; all PSS: the peak of the summed Pss of every")
     out.append("  engine process; detections: port-scan events in the log (repeat counts summed), of the probes past")
     out.append("  the threshold; scanners: distinct sources reported for a port scan")

@@ -252,6 +252,9 @@ def test_floods_harness_smoke(tmp_path):
     assert (run["scanners"], run["detections"], engine["expected"]) == (300, 3000, 3000)
     assert run["worker_rss"] > 0 and run["worker_pss"] > 0 and run["total_pss"] >= run["worker_pss"]
     assert "300/300" in done.stdout
+    # the log writer's and the supervisor's share at this event rate, as each process read its own
+    assert {"supervisor", "mte-capture", "mte-worker-0", "mte-writer"} <= set(run["cpu_by_process"])
+    assert "CPU seconds per process at this event rate" in done.stdout
 
 
 def test_the_floods_pcap_is_what_the_frame_builders_make(tmp_path):
