@@ -147,3 +147,25 @@ def test_a_flushing_worker_emits_the_same_records_in_bounded_parts(tmp_path):
     assert [len(p) for p in parts] == [1024, 1024, 952]
     assert [e for p in parts for e in p] == whole.flush()
     assert len(parted.condenser) == 0 and parted.stats()["events"] == whole.stats()["events"]
+
+
+def test_a_live_worker_expires_a_flood_in_the_same_bounded_parts(tmp_path):
+    """Live capture closes windows on the wall clock when traffic pauses: after a flood every group
+    ends at once, and the worker process sends them a part at a time, the same records in the same
+    order as one expire()."""
+    pcap = tmp_path / "scanners.pcap"
+    write_scanner_pcap(str(pcap), 3_000, PORTS)
+    artifact = tmp_path / "trails.mtdb"
+    build([str(REPO / "tests" / "corpus" / "trails.csv")], str(artifact))
+    matchers = TrailMatchers.load(Artifact.open(str(artifact)))
+    whole, parted = Worker(matchers, "t"), Worker(matchers, "t")
+    for worker in (whole, parted):
+        with open_capture(str(pcap)) as reader:
+            for batch in reader:
+                worker.process(batch)
+        assert len(worker.condenser) == 3_000
+    later_us = (1 << 62)  # every window has ended
+    parts = list(parted.expire_parts(later_us, 1024))
+    assert [len(p) for p in parts] == [1024, 1024, 952]
+    assert [e for p in parts for e in p] == whole.expire(later_us)
+    assert len(parted.condenser) == 0 and parted.stats()["events"] == whole.stats()["events"]

@@ -179,11 +179,17 @@ class Condenser:
             self.early_closes += 1
             self._close(self._head, out)
 
-    def expire(self, now_us: int, out: list) -> None:
-        """Closes windows that ended before packet time `now_us` (oldest first)."""
+    def expire(self, now_us: int, out: list, max_groups: int | None = None) -> bool:
+        """Closes windows that ended before packet time `now_us` (oldest first): all of them, or
+        at most `max_groups` (as flush). True while such windows remain open."""
         start, window_us = self._start, self.window_us
+        closed = 0
         while self._head >= 0 and start[self._head] + window_us <= now_us:
+            if max_groups is not None and closed >= max_groups:
+                return True
             self._close(self._head, out)
+            closed += 1
+        return False
 
     def flush(self, out: list, max_groups: int | None = None) -> bool:
         """Closes the open groups, oldest first: all of them, or at most `max_groups` (a caller

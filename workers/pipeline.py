@@ -302,6 +302,16 @@ class Worker:
         self._count(out)
         return out
 
+    def expire_parts(self, now_us: int, max_groups: int):
+        """expire() in parts of at most `max_groups` closed groups each, yielded as they are made:
+        a live capture's pause after a flood closes every group of it at once (flush_parts)."""
+        more = True
+        while more:
+            out: list[Event] = []
+            more = self.condenser.expire(now_us, out, max_groups)
+            self._count(out)
+            yield out
+
     def flush(self) -> list[Event]:
         """Closes every open condensing window (end of replay, shutdown)."""
         out: list[Event] = []

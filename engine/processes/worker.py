@@ -144,7 +144,8 @@ class _WorkerProcess:
                 self.control()
                 now = time.monotonic()
                 if spec.live and now - last_expire >= LIVE_EXPIRE_S:
-                    self.send_events(worker.expire(int(time.time() * 1_000_000)))
+                    for events in worker.expire_parts(int(time.time() * 1_000_000), FLUSH_GROUPS):
+                        self.send_events(events)
                     last_expire = now
                 if now - last_report >= REPORT_S:
                     self.report()
