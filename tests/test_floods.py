@@ -128,21 +128,27 @@ def test_noise_control_holds_a_scanner_of_the_flood_in_few_bytes():
     assert {e.count for e in out} == {PORTS - THRESHOLD - 1} and {e.src_port for e in out} == {40000}
 
 
-def test_a_flushing_worker_emits_the_same_records_in_bounded_parts(tmp_path):
-    """After a flood tens of thousands of groups are open; the worker process sends what closing
-    them emits a part at a time (engine/processes/worker.py), and the parts are the records a
-    single flush makes, in the same order."""
+def _two_flooded_workers(tmp_path):
+    """Two workers that judged the same 3,000-scanner flood: 3,000 noise-control groups open in each."""
     pcap = tmp_path / "scanners.pcap"
     write_scanner_pcap(str(pcap), 3_000, PORTS)
     artifact = tmp_path / "trails.mtdb"
     build([str(REPO / "tests" / "corpus" / "trails.csv")], str(artifact))
     matchers = TrailMatchers.load(Artifact.open(str(artifact)))
-    whole, parted = Worker(matchers, "t"), Worker(matchers, "t")
-    for worker in (whole, parted):
+    workers = Worker(matchers, "t"), Worker(matchers, "t")
+    for worker in workers:
         with open_capture(str(pcap)) as reader:
             for batch in reader:
                 worker.process(batch)
         assert len(worker.condenser) == 3_000
+    return workers
+
+
+def test_a_flushing_worker_emits_the_same_records_in_bounded_parts(tmp_path):
+    """After a flood tens of thousands of groups are open; the worker process sends what closing
+    them emits a part at a time (engine/processes/worker.py), and the parts are the records a
+    single flush makes, in the same order."""
+    whole, parted = _two_flooded_workers(tmp_path)
     parts = list(parted.flush_parts(1024))
     assert [len(p) for p in parts] == [1024, 1024, 952]
     assert [e for p in parts for e in p] == whole.flush()
@@ -153,17 +159,7 @@ def test_a_live_worker_expires_a_flood_in_the_same_bounded_parts(tmp_path):
     """Live capture closes windows on the wall clock when traffic pauses: after a flood every group
     ends at once, and the worker process sends them a part at a time, the same records in the same
     order as one expire()."""
-    pcap = tmp_path / "scanners.pcap"
-    write_scanner_pcap(str(pcap), 3_000, PORTS)
-    artifact = tmp_path / "trails.mtdb"
-    build([str(REPO / "tests" / "corpus" / "trails.csv")], str(artifact))
-    matchers = TrailMatchers.load(Artifact.open(str(artifact)))
-    whole, parted = Worker(matchers, "t"), Worker(matchers, "t")
-    for worker in (whole, parted):
-        with open_capture(str(pcap)) as reader:
-            for batch in reader:
-                worker.process(batch)
-        assert len(worker.condenser) == 3_000
+    whole, parted = _two_flooded_workers(tmp_path)
     later_us = (1 << 62)  # every window has ended
     parts = list(parted.expire_parts(later_us, 1024))
     assert [len(p) for p in parts] == [1024, 1024, 952]

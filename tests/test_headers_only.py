@@ -14,7 +14,6 @@ import mmap
 import random
 
 import dpkt
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -191,6 +191,23 @@ done:
     return result;
 }
 
+/* A filter section's bytes where its u64 words can be read: the buffer itself when 8-byte
+ * aligned (the mapped artifact always is), else a copy in *copy (the caller frees it). NULL with
+ * MemoryError set when the copy cannot be made. */
+static const uint8_t *aligned_words(const Py_buffer *buf, uint64_t **copy)
+{
+    const uint8_t *p = (const uint8_t *)buf->buf;
+    if (!((uintptr_t)p & 7))
+        return p;
+    *copy = PyMem_Malloc(buf->len ? (size_t)buf->len : 1);
+    if (!*copy) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    memcpy(*copy, p, (size_t)buf->len);
+    return (const uint8_t *)*copy;
+}
+
 /* How many keys of the table the filter answers "absent" for (0 for a good filter); ValueError
  * when the filter section is refused (mt_filter_open). The filter section is copied to aligned
  * memory when the buffer handed in is not 8-aligned (a bytes object). */
@@ -206,16 +223,9 @@ static PyObject *py_filter_misses(PyObject *self, PyObject *args)
     const char *why = NULL;
     if (open_table(&t, &sec, &trails, &strings) < 0)
         goto done;
-    const uint8_t *fb = (const uint8_t *)fsec.buf;
-    if ((uintptr_t)fb & 7) {
-        copy = PyMem_Malloc(fsec.len ? (size_t)fsec.len : 1);
-        if (!copy) {
-            PyErr_NoMemory();
-            goto done;
-        }
-        memcpy(copy, fb, (size_t)fsec.len);
-        fb = (const uint8_t *)copy;
-    }
+    const uint8_t *fb = aligned_words(&fsec, &copy);
+    if (!fb)
+        goto done;
     if (mt_filter_open(&f, fb, (size_t)fsec.len, &t, &why) < 0) {
         PyErr_SetString(PyExc_ValueError, why);
         goto done;
@@ -258,16 +268,9 @@ static PyObject *py_filter_check(PyObject *self, PyObject *args)
         goto done;
     }
     memcpy(&t.count, (const uint8_t *)sec.buf + 4, 4);
-    const uint8_t *fb = (const uint8_t *)fsec.buf;
-    if ((uintptr_t)fb & 7) {
-        copy = PyMem_Malloc(fsec.len ? (size_t)fsec.len : 1);
-        if (!copy) {
-            PyErr_NoMemory();
-            goto done;
-        }
-        memcpy(copy, fb, (size_t)fsec.len);
-        fb = (const uint8_t *)copy;
-    }
+    const uint8_t *fb = aligned_words(&fsec, &copy);
+    if (!fb)
+        goto done;
     mt_filter f;
     const char *why = NULL;
     if (mt_filter_open(&f, fb, (size_t)fsec.len, &t, &why) < 0) {
