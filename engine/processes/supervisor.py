@@ -49,7 +49,7 @@ from engine.processes import logdir
 
 from engine.processes import privileges
 from engine.processes.capture import CaptureSpec, run_capture
-from engine.processes.child import pin_plan
+from engine.processes.child import own_cpu_s, pin_plan
 from engine.processes.logwriter import WriterSpec, run_writer
 from engine.transport.ring import Ring, min_ring_bytes, ring_bytes
 from engine.processes.stats import empty_counters, merge_counters, stats_line, summary_lines
@@ -1110,8 +1110,7 @@ class Engine:
         """Each process's own CPU seconds, as it last reported them (a child reads its own at its
         final report, so the figure is whole); a worker slot counts its current process only; the
         forwarder is not named (its reports are per destination)."""
-        times = os.times()
-        out = {"supervisor": times.user + times.system}
+        out = {"supervisor": own_cpu_s()}
         for name, stats in (("mte-capture", self.capture_stats), ("mte-writer", self.writer_stats)):
             if isinstance(stats, dict) and isinstance(stats.get("cpu_s"), (int, float)):
                 out[name] = float(stats["cpu_s"])
