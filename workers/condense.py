@@ -154,16 +154,7 @@ class Condenser:
         """Appends to `out` what must be emitted now because of `event`. `source` identifies the
         source the event belongs to (the worker passes its packet's group, workers/flow.py
         group_key); without it, the event's source address."""
-        if source is None:
-            source = event.src_ip
-        elif type(source) is tuple:
-            if len(source) == 3 and source[0] == "":
-                version, addr = source[1], source[2]
-                if type(version) is int and type(addr) is int and 0 <= version < 16 and addr >= 0:
-                    source = addr << 4 | version    # _compact_source, inline: once per event
-        elif isinstance(source, int):
-            source = _compact_source(source)    # refused: it could equal a packed one
-        key = (source, event.trail, (event.sensor, event.type, event.info, event.reference, event.severity))
+        key = self.key(event, source)
         slot = self._slots.get(key)
         if slot is not None:
             if event.ts_us < self._start[slot] + self.window_us:
@@ -182,24 +173,24 @@ class Condenser:
     def expire(self, now_us: int, out: list, max_groups: int | None = None) -> bool:
         """Closes windows that ended before packet time `now_us` (oldest first): all of them, or
         at most `max_groups` (as flush). True while such windows remain open."""
-        start, window_us = self._start, self.window_us
-        closed = 0
-        while self._head >= 0 and start[self._head] + window_us <= now_us:
-            if max_groups is not None and closed >= max_groups:
-                return True
-            self._close(self._head, out)
-            closed += 1
-        return False
+        return self._close_oldest(out, max_groups, now_us - self.window_us)
 
     def flush(self, out: list, max_groups: int | None = None) -> bool:
         """Closes the open groups, oldest first: all of them, or at most `max_groups` (a caller
         that sends what they emit in parts holds one part at a time, not a record per group of a
         flood). True while groups remain open."""
-        closed = 0
-        while self._head >= 0 and (max_groups is None or closed < max_groups):
+        return self._close_oldest(out, max_groups)
+
+    def _close_oldest(self, out: list, max_groups: int | None, started_by_us: int | None = None) -> bool:
+        """Closes open groups oldest first while they started at or before `started_by_us` (None:
+        any), at most `max_groups` of them (None: no limit); True while such groups remain."""
+        start, closed = self._start, 0
+        while self._head >= 0 and (started_by_us is None or start[self._head] <= started_by_us):
+            if max_groups is not None and closed >= max_groups:
+                return True
             self._close(self._head, out)
             closed += 1
-        return self._head >= 0
+        return False
 
     def _open(self, key, event: Event) -> None:
         # The trail's text is kept once: a port scan's trail is its source address, which the

@@ -305,12 +305,7 @@ class Worker:
     def expire_parts(self, now_us: int, max_groups: int):
         """expire() in parts of at most `max_groups` closed groups each, yielded as they are made:
         a live capture's pause after a flood closes every group of it at once (flush_parts)."""
-        more = True
-        while more:
-            out: list[Event] = []
-            more = self.condenser.expire(now_us, out, max_groups)
-            self._count(out)
-            yield out
+        return self._in_parts(lambda out: self.condenser.expire(now_us, out, max_groups))
 
     def flush(self) -> list[Event]:
         """Closes every open condensing window (end of replay, shutdown)."""
@@ -323,10 +318,15 @@ class Worker:
         """flush() in parts of at most `max_groups` closed groups each, yielded as they are made:
         after a flood 30,000 or more groups are open, and their records at once cost a worker
         more than all its state (bench/README.md, the floods section)."""
+        return self._in_parts(lambda out: self.condenser.flush(out, max_groups))
+
+    def _in_parts(self, close_part):
+        """Yields the events of `close_part(out)` (which says whether groups remain to close) one
+        part at a time, counted."""
         more = True
         while more:
             out: list[Event] = []
-            more = self.condenser.flush(out, max_groups)
+            more = close_part(out)
             self._count(out)
             yield out
 
