@@ -183,17 +183,7 @@ def _ethertype_dispatch(data: bytes, ethertype: int, offset: int):
 
 def decode_frame(data: bytes, linktype: int):
     """Returns a Packet, or one of the SKIP_* reasons (a str). Never raises."""
-    # _network inlined: the reference path decodes every frame
-    l3 = _link_to_l3(data, linktype)
-    if isinstance(l3, str):
-        return l3
-    ethertype, offset = l3
-    if ethertype == ETHERTYPE_IPV4:
-        where = _ipv4_bounds(data, offset)
-    elif ethertype == ETHERTYPE_IPV6:
-        where = _ipv6_bounds(data, offset)
-    else:
-        return SKIP_NOT_IP
+    where = _network(data, linktype)
     if isinstance(where, str):
         return where
     return _decode_transport(where, data)
@@ -205,7 +195,7 @@ def tcp_payload_offset(data: bytes, linktype: int) -> int | None:
     to the same Packet with an empty payload: every header lies before it, and neither the IP
     total length nor the IPv6 payload length is ever required of the bytes captured (the snap
     length may cut any frame). The capture process cuts there the frames whose payload cannot
-    matter (engine/transport/dispatch.py `published_length`)."""
+    matter (engine/transport/dispatch.py `headers_cut`)."""
     where = _network(data, linktype)
     if isinstance(where, str) or where[3] != IPPROTO_TCP:
         return None
