@@ -166,20 +166,32 @@ static inline uint64_t mt_filter_section_bytes(uint32_t log2_bits)
     return MT_FILTER_HEADER_BYTES + ((uint64_t)1 << log2_bits) / 8;
 }
 
-/* Sets the bits of every key of table `t` into words[wmask + 1] (zeroed by the caller); keys
- * whose id or string extent is out of bounds are skipped, as mt_table_find would never match
- * them. Returns the number of keys added. */
+/* The key in slot `i` of table `t`: 1 with *key and *len set, or 0 for an empty slot or one whose
+ * id or string extent is out of bounds (mt_table_find never matches those). */
+static inline int mt_table_key(const mt_table *t, uint64_t i, const uint8_t **key, size_t *len)
+{
+    uint32_t id1 = t->ids[i];
+    if (id1 == 0 || id1 > t->ntrails)
+        return 0;
+    const mt_trail *tr = &t->trails[id1 - 1];
+    if ((uint64_t)tr->str_off + tr->str_len > t->strings_len)
+        return 0;
+    *key = t->strings + tr->str_off;
+    *len = tr->str_len;
+    return 1;
+}
+
+/* Sets the bits of every key of table `t` into words[wmask + 1] (zeroed by the caller), skipping
+ * the slots mt_table_key refuses. Returns the number of keys added. */
 static inline uint32_t mt_filter_fill(uint64_t *words, uint32_t wmask, const mt_table *t)
 {
     uint32_t added = 0;
+    const uint8_t *key;
+    size_t len;
     for (uint64_t i = 0; i <= t->mask; i++) {
-        uint32_t id1 = t->ids[i];
-        if (id1 == 0 || id1 > t->ntrails)
+        if (!mt_table_key(t, i, &key, &len))
             continue;
-        const mt_trail *tr = &t->trails[id1 - 1];
-        if ((uint64_t)tr->str_off + tr->str_len > t->strings_len)
-            continue;
-        mt_filter_add(words, wmask, mt_filter_hash(t->strings + tr->str_off, tr->str_len));
+        mt_filter_add(words, wmask, mt_filter_hash(key, len));
         added++;
     }
     return added;

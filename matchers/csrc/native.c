@@ -231,16 +231,11 @@ static PyObject *py_filter_misses(PyObject *self, PyObject *args)
         goto done;
     }
     uint64_t misses = 0;
-    for (uint64_t i = 0; i <= t.mask; i++) {
-        uint32_t id1 = t.ids[i];
-        if (id1 == 0 || id1 > t.ntrails)
-            continue;
-        const mt_trail *tr = &t.trails[id1 - 1];
-        if ((uint64_t)tr->str_off + tr->str_len > t.strings_len)
-            continue;
-        if (mt_table_find_filtered(&t, &f, t.strings + tr->str_off, tr->str_len) < 0)
+    const uint8_t *key;
+    size_t len;
+    for (uint64_t i = 0; i <= t.mask; i++)
+        if (mt_table_key(&t, i, &key, &len) && mt_table_find_filtered(&t, &f, key, len) < 0)
             misses++;
-    }
     result = PyLong_FromUnsignedLongLong(misses);
 done:
     PyMem_Free(copy);
