@@ -12,7 +12,7 @@ Owns three measurements that bench/replay.py reports as tables 7 and 8 (bench/RE
   whatever the workers do: the ceiling for N workers;
 - 1 against 2 workers with the engine held to two CPUs (its own pinning puts the capture process
   on the first, the workers on the second), and what each process of the pipeline spent per packet
-  (sampled from /proc), from which the rate with one core per worker is modelled.
+  (as each process reports its own, replay --stats-json), from which the rate with one core per worker is modelled.
 
 Also the documented reference: Maltrail's Rust sensor as ../shared/bench/README.md records it
 (measured in another session on this machine kind), and the targets set as ratios of it.

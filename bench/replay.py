@@ -389,7 +389,7 @@ def summarize(full: list, single: list) -> dict:
     wall = _median([r["wall_s"] for r in full])
     one_wall = _median([r["wall_s"] for r in single]) if single else None
     frames = first["frames"]
-    steady = (frames - 1) / (wall - one_wall) if one_wall is not None and wall > one_wall and frames > 1 else None
+    steady = longrun.steady(frames, wall, one_wall) if one_wall is not None else None
     return {"frames": frames, "events": first["events"], "events_total": sum(first["events"].values()),
             "records": first["records"], "wall_s": wall, "cpu_s": _median([r["cpu_s"] for r in full]),
             "pps": frames / wall, "ns_per_packet": wall * 1e9 / frames, "steady_pps": steady,
