@@ -104,6 +104,7 @@ S_URLS = "urls"              # hash table over URL and path trail keys
 S_DOMAINS_FILTER = "domains_filter"  # key filter over the domains table (csrc/artifact.h mt_filter):
 S_URLS_FILTER = "urls_filter"        # answers "absent" for most misses from cache. Optional: a file
                                      # without them (built before) loads; the worker builds its own
+KEY_FILTERS = ((S_DOMAINS, S_DOMAINS_FILTER), (S_URLS, S_URLS_FILTER))  # (table, its key filter)
 S_REGEX = "regex"            # msgpack [[id, pattern], ...] of regex domain trails, source order
 S_UA = "ua"                  # msgpack [[id, pattern], ...] of user-agent trails (both kinds)
 # (their own small sections: reading the keys out of `strings` would page in whole folios of the
@@ -315,7 +316,7 @@ class Artifact:
         filter with a valid checksum): checked with the whole file, so a supervisor never hands
         workers a copy they cannot load. Reads the filters (2.3 MB for the shared set) once."""
         from matchers import _native
-        for table, key_filter in ((S_DOMAINS, S_DOMAINS_FILTER), (S_URLS, S_URLS_FILTER)):
+        for table, key_filter in KEY_FILTERS:
             if key_filter not in self._sections:
                 continue
             try:

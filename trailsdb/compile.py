@@ -46,7 +46,7 @@ from matchers.artifact import (
     S_DOMAINS, S_INFO, S_IP4, S_IP4_IDS, S_IP4_KEYS, S_IP4_P24, S_IP6, S_IP6_IDS, S_IPPORT4, S_IPPORT4_IDS,
     S_IPPORT4_KEYS, S_IPPORT6, S_IPPORT6_IDS, S_META, S_PROV_CLASSES, S_PROV_IDS, S_PROV_SOURCES, S_REGEX,
     S_STRINGS, S_TRAILS, S_UA, S_URLS, S_WHITELIST, TRAIL_RECORD, Artifact, ArtifactError, ArtifactWriter,
-    S_CERT_IDS, S_CERTS, S_DOMAINS_FILTER, S_URLS_FILTER, existing_summary,
+    S_CERT_IDS, S_CERTS, S_DOMAINS_FILTER, S_URLS_FILTER, KEY_FILTERS, existing_summary,
 )
 from matchers.ips import ipport4_key, ipport6_key, parse_ipport
 from trailsdb.merge import (
@@ -348,7 +348,7 @@ def verify(fd: int, name: str, samples: list[int]) -> None:
     with the fast matchers, checking every section's checksum, and checks the sampled trail ids
     are found by their own keys, so a broken build never replaces a working one."""
     artifact = Artifact.from_fd(fd, name)
-    for table, key_filter in ((S_DOMAINS, S_DOMAINS_FILTER), (S_URLS, S_URLS_FILTER)):
+    for table, key_filter in KEY_FILTERS:
         # every key of each table, not a sample: a filter that hid one key would hide its trail
         try:
             misses = _native.filter_misses(artifact.section(key_filter), artifact.section(table),
