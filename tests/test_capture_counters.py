@@ -13,11 +13,11 @@ import random
 import re
 import subprocess
 import time
-import urllib.request
 
 from tests.test_certs import Conversation
 from tests.test_engine import _fifo_engine, _wait_line, artifact, console_script  # noqa: F401
 from tests.test_headers_only import _reversed_flight_pcap
+from tests.test_metrics import _get, _sample
 
 DATA_SEGMENTS = 40      # the client's TLS application data: each is published as its headers alone
 WAIT_S = 60.0           # how long the test waits for something that must happen (never measured)
@@ -64,10 +64,7 @@ def test_a_flight_from_the_higher_port_is_reported_as_whole_frames(tmp_path, art
 
 
 def _metric(url: str, name: str) -> float | None:
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
-        text = r.read().decode()
-    m = re.search(r"^%s (\S+)$" % re.escape(name), text, re.M)
-    return float(m.group(1)) if m else None
+    return _sample(_get(url + "/metrics")[1], name)
 
 
 def test_metrics_show_the_headers_only_counters(tmp_path, artifact):  # noqa: F811

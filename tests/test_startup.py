@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import subprocess
 import threading
 import time
 from importlib.metadata import version
@@ -26,15 +25,10 @@ from engine.trail_artifact import TrailCopy, resolve_artifact
 from matchers import ArtifactError
 from matchers.artifact import S_IP4
 from tests.test_artifact_safety import flipped, table_of
-from tests.test_corpus import console_script
-from tests.test_engine import records
+from tests.test_engine import mte, records
 from trailsdb.compile import build
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
-
-
-def mte(*args, timeout=120):
-    return subprocess.run([console_script(), *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
