@@ -1010,11 +1010,6 @@ static uint32_t normalize_host(const uint8_t *s, uint32_t n, uint8_t *out)
     return n;
 }
 
-static int table_has(const mt_table *t, const mt_filter *f, const uint8_t *s, size_t n)
-{
-    return mt_table_find_filtered(t, f, s, n) >= 0;
-}
-
 static int is_word(uint8_t c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
 
 /* re.sub(r"(\w+=)[^&=]+", r"\1", s) for ASCII s */
@@ -1105,61 +1100,48 @@ static int url_candidate(const mt_table *t, const mt_filter *f, const uint8_t *h
             k--;
         checks[nc++] = (span){last.s, k - 1};   /* last[:last.rfind('/')] */
         span first = checks[0];
-        uint32_t f = first.n;
-        while (f && first.s[f - 1] != '/')
-            f--;
-        const uint8_t *tail = first.s + f - 1;  /* first[first.rfind('/'):] ... */
-        uint32_t tn = first.n - (f - 1);
+        uint32_t cut = first.n;
+        while (cut && first.s[cut - 1] != '/')
+            cut--;
+        const uint8_t *tail = first.s + cut - 1;  /* first[first.rfind('/'):] ... */
+        uint32_t tn = first.n - (cut - 1);
         const uint8_t *qq = memchr(tail, '?', tn);
         if (qq)
             tn = (uint32_t)(qq - tail);          /* ... .split('?')[0] */
         checks[nc++] = (span){tail, tn};
     }
-    if (f->words && t->count) {
-        /* All candidates' filter words are requested first (their misses overlap), then only the
-         * candidates the filter passes are probed in the table, rebuilding their keys. */
-        uint64_t hp[8], hk[8], hh;
-        memcpy(key, host, hn);
-        for (int i = 0; i < nc; i++) {
-            if (!checks[i].n)
-                continue;
-            hp[i] = mt_filter_hash(checks[i].s, checks[i].n);
-            mt_filter_prefetch(f, hp[i]);
-            memcpy(key + hn, checks[i].s, checks[i].n);
-            hk[i] = mt_filter_hash(key, hn + checks[i].n);
-            mt_filter_prefetch(f, hk[i]);
-        }
-        key[hn] = '/';
-        hh = mt_filter_hash(key, hn + 1);
-        for (int i = 0; i < nc; i++) {
-            if (!checks[i].n)
-                continue;
-            if (mt_filter_maybe(f, hp[i]) && mt_table_find(t, checks[i].s, checks[i].n) >= 0)
-                return 1;
-            if (mt_filter_maybe(f, hk[i])) {
-                memcpy(key + hn, checks[i].s, checks[i].n);
-                if (mt_table_find(t, key, hn + checks[i].n) >= 0)
-                    return 1;
-            }
-        }
-        if (!mt_filter_maybe(f, hh))
-            return 0;
-        key[hn] = '/';
-        return mt_table_find(t, key, hn + 1) >= 0;
-    }
+    /* scan_http calls this only for a table with keys, and Tables_init gives every such table a
+     * key filter (the artifact's, or one built at load). All candidates' filter words are
+     * requested first (their misses overlap), then only the candidates the filter passes are
+     * probed in the table, rebuilding their keys. */
+    uint64_t hp[8], hk[8], hh;
+    memcpy(key, host, hn);
     for (int i = 0; i < nc; i++) {
         if (!checks[i].n)
             continue;
-        if (table_has(t, f, checks[i].s, checks[i].n))
-            return 1;
-        memcpy(key, host, hn);
+        hp[i] = mt_filter_hash(checks[i].s, checks[i].n);
+        mt_filter_prefetch(f, hp[i]);
         memcpy(key + hn, checks[i].s, checks[i].n);
-        if (table_has(t, f, key, hn + checks[i].n))
-            return 1;
+        hk[i] = mt_filter_hash(key, hn + checks[i].n);
+        mt_filter_prefetch(f, hk[i]);
     }
-    memcpy(key, host, hn);
     key[hn] = '/';
-    return table_has(t, f, key, hn + 1);
+    hh = mt_filter_hash(key, hn + 1);
+    for (int i = 0; i < nc; i++) {
+        if (!checks[i].n)
+            continue;
+        if (mt_filter_maybe(f, hp[i]) && mt_table_find(t, checks[i].s, checks[i].n) >= 0)
+            return 1;
+        if (mt_filter_maybe(f, hk[i])) {
+            memcpy(key + hn, checks[i].s, checks[i].n);
+            if (mt_table_find(t, key, hn + checks[i].n) >= 0)
+                return 1;
+        }
+    }
+    if (!mt_filter_maybe(f, hh))
+        return 0;
+    key[hn] = '/';
+    return mt_table_find(t, key, hn + 1) >= 0;
 }
 
 static int hexval(uint8_t c)
