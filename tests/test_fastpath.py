@@ -246,3 +246,48 @@ def test_flagged_dns_answer_and_ipv6_lookup(tmp_path):
     events = Worker(matchers, "t").process(builder.take())
     assert [e.trail for e in events] == ["(x.example-s).com", str(ipaddress.IPv6Address("2001:db8::bad")),
                                          "[2001:db8::bad]:8443"]
+
+
+def test_fast_equals_reference_on_case_and_high_bytes_at_every_offset(tmp_path):
+    """The C scan lowers a request's host, target and user agent, and checks them for high bytes
+    (handed to Python), eight bytes at a time, and finds CRLFs and " HTTP/" with memchr: capitals
+    (A and Z, the ends of the range), the bytes beside the range ('@', '[', '`', '{'), and a Latin-1
+    capital at every offset of a word and of the tail, and heads cut around their line ends, must
+    be judged exactly as Python judges them. No request names a listed host unless the host is
+    what is tested (a listed host hands the whole request to Python)."""
+    (tmp_path / "t.csv").write_text("ua:qaz@[,ua (suspicious),(t)\nua:qz\u00e9,ua (suspicious),(t)\n"
+                                    "zaq.example,d (malware),(t)\nok.example/qaz@[x,u (malware),(t)\n",
+                                    encoding="utf-8")
+    build([str(tmp_path / "t.csv")], str(tmp_path / "t.mtdb"))
+    matchers = TrailMatchers.load(Artifact.open(str(tmp_path / "t.mtdb")))
+    heads = []
+    for k in range(20):
+        pad = b"b" * k
+        heads += [b"GET /x HTTP/1.1\r\nHost: ok.example\r\nUser-Agent: " + pad + b"QAZ@[\r\n\r\n",
+                  b"GET /x HTTP/1.1\r\nHost: ok.example\r\nUser-Agent: " + pad + b"QAZ`{\r\n\r\n",
+                  b"GET /x HTTP/1.1\r\nHost: ok.example\r\nUser-Agent: " + pad + b"QZ\xc9\r\n\r\n",
+                  b"GET /x HTTP/1.1\r\nHost: " + pad + b".ZAQ.EXAMPLE\r\n\r\n",
+                  b"GET /QAZ@[X HTTP/1.1\r\nHost: " + pad + b"OK.EXAMPLE\r\n\r\n",
+                  b"GET /QAZ@[X" + pad + b" HTTP/1.1\r\nHost: ok.example\r\n\r\n",
+                  b"GET /QAZ@[X?" + pad + b"\xc9 HTTP/1.1\r\nHost: ok.example\r\n\r\n"]
+    whole = b"GET /QAZ@[X HTTP/1.1\r\nHost: ok.example\r\nUser-Agent: qaz@[\r\n\r\n"
+    heads += [whole[:cut] for cut in range(8, len(whole) + 1)]
+    heads += [b"GET / HTTP/1.1\r\r\nHost: ok.example\r\nUser-Agent: qaz@[\r\n\r\n",
+              b"GET / HTTP/1.1\r\nHost: ok.example\r\r\nUser-Agent: qaz@[\r\n\r\n",
+              b"GET / HTTP/1.1\n\r\nHost: ok.example\r\nUser-Agent: qaz@[\r\n\r\n",
+              b"GET / HTTP/1.\r\nHost: ok.example\r\nUser-Agent: qaz@[\r\n\r\n",
+              b"GET / HTTP/1.1\r\nUser-Agent: qaz@[\n\r\n\r\n",
+              b"GET / HTTP HTTP/1.1\r\nUser-Agent: qaz@[\r\n\r\n"]
+    builder = FrameBatchBuilder()
+    for i, head in enumerate(heads):
+        builder.add(g.tcp_frame("10.0.0.1", "203.0.113.7", 20000 + i, 80, g.TCP_PSH | g.TCP_ACK, head), 10**9 * (1 + i), 1)
+    batch = builder.take()
+    fast, ref = Worker(matchers, "t", 60, fast=True), Worker(matchers, "t", 60, fast=False)
+    fast_events = fast.process(batch) + fast.flush()
+    assert fast_events == ref.process(batch) + ref.flush()
+    assert fast.counters.as_dict() == ref.counters.as_dict()
+    # the comparison saw every trail hit, at every offset
+    trails = {e.trail for e in fast_events}
+    assert len({t for t in trails if t.endswith("QAZ@[")}) == 20 and len({t for t in trails if t.endswith("QZ\u00c9")}) == 20
+    assert len({t for t in trails if t.endswith(".zaq.example")}) == 20    # "().zaq.example" to 19 b's
+    assert sum(e.count for e in fast_events if "ok.example/qaz@[x" in e.trail) >= 40
