@@ -51,6 +51,12 @@ MIX_STEP_NS = 1_000_000  # 1 s per 1000 packets
 BROWSER_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
               "Chrome/124.0.0.0 Safari/537.36")
 TLS_PAYLOAD = b"\x17" * 1400
+# The pcaps are written in 4 MiB pieces. The replays read them from the page cache, and what a
+# read() of it costs depends on how the cache holds the file: written in 8 KiB pieces on a
+# machine whose memory has been in use, it sits in scattered 4 KiB pages, and the capture process
+# spent up to 2.7x the CPU on the same bytes (bench/README.md); in 4 MiB pieces it sits in large
+# folios, as a capture file read from disk does.
+WRITE_PIECE_BYTES = 4 << 20
 
 # Planted indicators: category -> (share of 500, slot class it replaces, event type).
 CATEGORIES = {
@@ -164,7 +170,7 @@ def mix_round(parity: int) -> list[bytes]:
 def generate_mix(path: str, packets: int, seed: int) -> dict:
     """Templates repeated in order; `seed` only goes into the truth file (nothing is random)."""
     rounds = (mix_round(0), mix_round(1))
-    with g.PcapWriter(path) as w:
+    with g.PcapWriter(path, piece_bytes=WRITE_PIECE_BYTES) as w:
         write = w.write
         for p in range(packets):
             write(T0_NS + p * MIX_STEP_NS, rounds[(p // ROUND_LEN) & 1][p % ROUND_LEN])
@@ -532,7 +538,7 @@ def generate_hard(path: str, packets: int, seed: int, sources=(), planted: int =
     build = {"tls": traffic.tls, "syn": traffic.syn, "dns": traffic.dns, "http": traffic.http}
     icmp_mdns = (traffic.icmp, traffic.mdns)
     getrandbits = traffic_rng.getrandbits
-    with g.PcapWriter(path) as w:
+    with g.PcapWriter(path, piece_bytes=WRITE_PIECE_BYTES) as w:
         write = w.write
         k = 0
         for p in range(packets):

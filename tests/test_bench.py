@@ -19,6 +19,7 @@ from collections import Counter
 from bench import generate as gen
 from engine.sources import synthetic as g
 from engine.sources.pcapfile import open_capture
+from engine.sources.pcapfile import open_capture
 from tests.conftest import REPO
 from workers.decode import decode_frame
 
@@ -359,3 +360,24 @@ def test_default_paths_are_relative_to_the_checkout(tmp_path):
                               timeout=60)
         assert done.returncode == 0, done.stderr
         assert "skipped: no trail set at %s" % expected in done.stdout and "pass --trails PATH" in done.stdout
+
+
+def test_pcap_writer_writes_in_pieces(tmp_path):
+    """bench/generate.py writes its pcaps in WRITE_PIECE_BYTES pieces (the page cache then holds
+    them in large folios): nothing reaches the file until a piece is full, all of it at close."""
+    from bench.generate import WRITE_PIECE_BYTES
+    path = tmp_path / "p.pcap"
+    frame = g.tcp_frame("10.0.0.1", "10.0.0.2", 1000, 80)
+    with g.PcapWriter(str(path), piece_bytes=WRITE_PIECE_BYTES) as w:
+        per_record = 16 + len(frame)
+        for i in range(WRITE_PIECE_BYTES // per_record - 1):
+            w.write(i * 1000, frame)
+        assert path.stat().st_size == 0
+        for i in range(2):
+            w.write(i * 1000, frame)
+        assert 0 < path.stat().st_size < 24 + w.frames * per_record
+    assert path.stat().st_size == 24 + w.frames * per_record
+    with open_capture(str(path)) as reader:
+        for _ in reader:
+            pass
+        assert reader.frames == w.frames

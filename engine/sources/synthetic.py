@@ -26,8 +26,9 @@ class PcapWriter:
     """Classic pcap, little-endian, microsecond or nanosecond timestamps."""
 
     def __init__(self, path: str, linktype: int = LINKTYPE_ETHERNET, nanosecond: bool = False,
-                 snaplen: int = 262144):
-        self._f = open(path, "wb")
+                 snaplen: int = 262144, piece_bytes: int = -1):
+        # piece_bytes: what is gathered before each write(2) (-1: Python's default buffer)
+        self._f = open(path, "wb", buffering=piece_bytes)
         self._ns = nanosecond
         self._snaplen = snaplen
         self.frames = 0
