@@ -9,6 +9,10 @@ checked against the RFC packets byte for byte before anything relies on it.
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +21,8 @@ from hypothesis import strategies as st
 from engine.sources import synthetic as g
 from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, need_shared
 from tests.pcaps import udp_datagrams
+from tests.test_corpus import console_script
+from tests.test_engine import process_table
 from workers.quic import (
     MAX_CRYPTO_BYTES,
     QUIC_V1,
@@ -555,3 +561,33 @@ def test_fuzz_assembler_with_arbitrary_crypto_pieces(pieces):
         assert assembler.feed(("f", flow), datagram, i * 0.3) in (None, "example.com")
         assert len(assembler) <= 3
         assert assembler.held_bytes <= 3 * 200
+
+
+def test_only_a_worker_that_decrypts_an_initial_loads_the_aes_library(tmp_path):
+    """The engine's supervisor never maps cryptography's 15 MB library (it held 4.7-6.8 MB PSS of
+    it); a worker imports it at its first Initial, after it has dropped its privileges when the
+    engine runs as root, and still reports the name."""
+    trails = tmp_path / "t.csv"
+    trails.write_text("quic-evil.org,malware (test),(t)\n")
+    fifo = tmp_path / "in.pcap"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([console_script(), "replay", "--trails", str(trails), "--log-dir", str(tmp_path / "log"),
+                             "--workers", "1", str(fifo)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # The capture process starts last, and waits on the FIFO: the supervisor is past its start.
+        deadline = time.monotonic() + 60
+        while not any(parent == proc.pid and name == "mte-capture" for parent, name in process_table().values()):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        maps = Path("/proc/%d/maps" % proc.pid).read_text()
+        assert "/cryptography/" not in maps and "site-packages" in maps
+        with g.PcapWriter(str(fifo)) as w:
+            w.write(1_700_000_000_000_000_000, g.udp_frame("10.0.0.1", "198.51.100.7", 50000, 443,
+                                                            g.quic_initial("quic-evil.org")))
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "quic server names 1" in out and "events: 1 (SNI 1)" in out, out
