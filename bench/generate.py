@@ -53,9 +53,9 @@ BROWSER_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHT
 TLS_PAYLOAD = b"\x17" * 1400
 # The pcaps are written in 4 MiB pieces. The replays read them from the page cache, and what a
 # read() of it costs depends on how the cache holds the file: written in 8 KiB pieces on a
-# machine whose memory has been in use, it sits in scattered 4 KiB pages, and the capture process
-# spent up to 2.7x the CPU on the same bytes (bench/README.md); in 4 MiB pieces it sits in large
-# folios, as a capture file read from disk does.
+# machine whose memory has been in use, it sat in scattered 4 KiB pages, and the capture process
+# alone spent 1.8x the CPU on the same bytes (82 against 45 ms for 300,000 `mix` packets;
+# bench/README.md); in 4 MiB pieces it sits in large folios, as a capture file read from disk does.
 WRITE_PIECE_BYTES = 4 << 20
 
 # Planted indicators: category -> (share of 500, slot class it replaces, event type).
@@ -167,10 +167,10 @@ def mix_round(parity: int) -> list[bytes]:
     return frames
 
 
-def generate_mix(path: str, packets: int, seed: int) -> dict:
+def generate_mix(path: str, packets: int, seed: int, piece_bytes: int = WRITE_PIECE_BYTES) -> dict:
     """Templates repeated in order; `seed` only goes into the truth file (nothing is random)."""
     rounds = (mix_round(0), mix_round(1))
-    with g.PcapWriter(path, piece_bytes=WRITE_PIECE_BYTES) as w:
+    with g.PcapWriter(path, piece_bytes=piece_bytes) as w:
         write = w.write
         for p in range(packets):
             write(T0_NS + p * MIX_STEP_NS, rounds[(p // ROUND_LEN) & 1][p % ROUND_LEN])
@@ -498,7 +498,7 @@ class Planter:
 
 
 def generate_hard(path: str, packets: int, seed: int, sources=(), planted: int = DEFAULT_PLANTED,
-                  log=lambda message: None) -> dict:
+                  log=lambda message: None, piece_bytes: int = WRITE_PIECE_BYTES) -> dict:
     traffic_rng = random.Random("hard-traffic-%d" % seed)
     pick_rng = random.Random("hard-pick-%d" % seed)
     traffic = HardTraffic(traffic_rng)
@@ -538,7 +538,7 @@ def generate_hard(path: str, packets: int, seed: int, sources=(), planted: int =
     build = {"tls": traffic.tls, "syn": traffic.syn, "dns": traffic.dns, "http": traffic.http}
     icmp_mdns = (traffic.icmp, traffic.mdns)
     getrandbits = traffic_rng.getrandbits
-    with g.PcapWriter(path, piece_bytes=WRITE_PIECE_BYTES) as w:
+    with g.PcapWriter(path, piece_bytes=piece_bytes) as w:
         write = w.write
         k = 0
         for p in range(packets):
@@ -576,13 +576,19 @@ def main(argv=None) -> int:
                         "(repeatable; default %s; bench/extra_trails.csv is always added to CSV sources, as "
                         "the replay benchmark compiles it in)" % DEFAULT_TRAILS)
     p.add_argument("--planted", type=int, default=DEFAULT_PLANTED, help="hard: planted indicators (default 500)")
+    p.add_argument("--piece-bytes", type=int, default=WRITE_PIECE_BYTES, metavar="N",
+                   help="bytes gathered before each write (default %d; 8192 writes as Python's default buffer "
+                        "does, which can leave the file in scattered 4 KiB pages of the page cache: see "
+                        "bench/README.md)" % WRITE_PIECE_BYTES)
     args = p.parse_args(argv)
     if args.packets < 1:
         p.error("--packets must be at least 1")
+    if args.piece_bytes < 1:
+        p.error("--piece-bytes must be at least 1")
     log = lambda message: print("bench.generate: " + message, file=sys.stderr, flush=True)  # noqa: E731
     start = time.perf_counter()
     if args.kind == "mix":
-        truth = generate_mix(args.output, args.packets, args.seed)
+        truth = generate_mix(args.output, args.packets, args.seed, args.piece_bytes)
     else:
         sources = list(args.trails or [DEFAULT_TRAILS])
         if args.planted:
@@ -593,7 +599,7 @@ def main(argv=None) -> int:
                 from matchers.artifact import MAGIC
                 if f.read(len(MAGIC)) != MAGIC and EXTRA_TRAILS not in sources:
                     sources.append(EXTRA_TRAILS)
-        truth = generate_hard(args.output, args.packets, args.seed, sources, args.planted, log)
+        truth = generate_hard(args.output, args.packets, args.seed, sources, args.planted, log, args.piece_bytes)
     log("%s: %d packets, %d planted, %.1f MB in %.1f s" % (args.output, args.packets, truth["planted"],
                                                            os.path.getsize(args.output) / 1e6,
                                                            time.perf_counter() - start))

@@ -148,6 +148,16 @@ def test_generate_cli(tmp_path):
                            "-o", str(out)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert len(_frames(out)) == 10
+    # written in 8 KiB pieces (the layout bench/README.md compares), the same bytes
+    small = tmp_path / "small.pcap"
+    done = subprocess.run([sys.executable, "-m", "bench.generate", "mix", "--packets", "10", "--seed", "3",
+                           "--piece-bytes", "8192", "-o", str(small)], cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert small.read_bytes() == out.read_bytes()
+    done = subprocess.run([sys.executable, "-m", "bench.generate", "mix", "--piece-bytes", "0", "-o", str(small)],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--piece-bytes must be at least 1" in done.stderr
 
 
 def _env():
