@@ -19,7 +19,6 @@ from collections import Counter
 from bench import generate as gen
 from engine.sources import synthetic as g
 from engine.sources.pcapfile import open_capture
-from engine.sources.pcapfile import open_capture
 from tests.conftest import REPO
 from workers.decode import decode_frame
 
