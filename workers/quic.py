@@ -15,7 +15,10 @@ state is capped in flows, bytes and age.
 from __future__ import annotations
 
 import hmac
+import importlib.util
+import os
 import re
+import stat
 
 from workers.tls import HANDSHAKE_CLIENT_HELLO, HANDSHAKE_HEADER_BYTES, parse_client_hello_sni
 
@@ -79,13 +82,17 @@ def _hkdf_expand_label(secret: bytes, label: bytes, length: int) -> bytes:
 
 
 _AES = None
+# What importing the AES pieces loads from outside the interpreter's own library (measured with
+# sys.modules around the import): the package and the C backend its bindings use.
+_AES_DISTRIBUTIONS = ("cryptography", "_cffi_backend")
 
 
 def _aes():
     """cryptography's AES pieces, imported at the first Initial there is to decrypt. The processes
     that never decrypt one (the supervisor, the capture process, the log writer, a worker on a
     network without QUIC) then do not map its 15 MB library: the supervisor held 4.7-6.8 MB PSS
-    of it (ARCHITECTURE.md)."""
+    of it (ARCHITECTURE.md). A worker imports it as its unprivileged account; load_aes_if_unreadable
+    runs before the worker changes account, for an account that could not."""
     global _AES
     if _AES is None:
         from cryptography.exceptions import InvalidTag
@@ -93,6 +100,58 @@ def _aes():
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         _AES = (InvalidTag, Cipher, algorithms, modes, AESGCM)
     return _AES
+
+
+def _readable_by(path: str, uid: int, gid: int, directory: bool) -> bool:
+    """By its mode bits: whether uid (with gid its only group) may read `path` (and search it, a
+    directory)."""
+    st = os.stat(path)
+    if st.st_uid == uid:
+        shift = 6
+    elif st.st_gid == gid:
+        shift = 3
+    else:
+        shift = 0
+    need = (stat.S_IROTH | (stat.S_IXOTH if directory else 0)) << shift
+    return st.st_mode & need == need
+
+
+def tree_readable_by(top: str, uid: int, gid: int) -> bool:
+    """Whether uid/gid may reach and read `top` (a file, or a directory and everything in it):
+    every directory from the root down searchable, every file readable, by their mode bits."""
+    parts = os.path.abspath(top).split(os.sep)
+    for i in range(1, len(parts)):
+        if not _readable_by(os.sep.join(parts[:i]) or os.sep, uid, gid, True):
+            return False
+    if not os.path.isdir(top):
+        return _readable_by(top, uid, gid, False)
+    for folder, _dirs, files in os.walk(top):
+        if not _readable_by(folder, uid, gid, True) or not all(
+                _readable_by(os.path.join(folder, f), uid, gid, False) for f in files):
+            return False
+    return True
+
+
+def aes_readable_by(uid: int, gid: int) -> bool:
+    """Whether an account could import the AES pieces later (each of _AES_DISTRIBUTIONS, found
+    without importing it: a top-level name)."""
+    for name in _AES_DISTRIBUTIONS:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin:
+            return False
+        top = os.path.dirname(spec.origin) if spec.submodule_search_locations else spec.origin
+        if not tree_readable_by(top, uid, gid):
+            return False
+    return True
+
+
+def load_aes_if_unreadable(uid: int, gid: int) -> bool:
+    """For a process about to become uid/gid: imports the AES pieces now when that account could
+    not import them at the first Initial. True when it did."""
+    if aes_readable_by(uid, gid):
+        return False
+    _aes()
+    return True
 
 
 def _client_keys(spec: _VersionSpec, dcid: bytes) -> tuple[bytes, bytes, bytes]:

@@ -32,6 +32,7 @@ from engine.processes.privileges import PrivilegeError
 from engine.transport.ring import Ring, decode_batch
 from engine.trail_artifact import load_copy
 from matchers import ArtifactError
+from workers import quic
 from workers.controls import Controls
 from workers.pipeline import Worker
 
@@ -81,6 +82,11 @@ class _WorkerProcess:
         self.worker = Worker(matchers, spec.sensor, spec.condense_window_s, fast=not spec.reference,
                              heuristics=spec.heuristics, controls=Controls.from_plain(spec.controls),
                              severity=spec.severity)
+        # QUIC Initials are decrypted with cryptography, imported at the first one so that no
+        # process maps its library for nothing; an account that could not import it then gets it
+        # imported now.
+        if spec.account is not None:
+            quic.load_aes_if_unreadable(spec.account.uid, spec.account.gid)
         # The trails are mapped; from here on this process reads attacker-controlled bytes, and
         # holds nothing worth taking: the unprivileged account, no capabilities.
         self.child.drop_privileges(spec.account)
