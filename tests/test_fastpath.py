@@ -291,3 +291,41 @@ def test_fast_equals_reference_on_case_and_high_bytes_at_every_offset(tmp_path):
     assert len({t for t in trails if t.endswith("QAZ@[")}) == 20 and len({t for t in trails if t.endswith("QZ\u00c9")}) == 20
     assert len({t for t in trails if t.endswith(".zaq.example")}) == 20    # "().zaq.example" to 19 b's
     assert sum(e.count for e in fast_events if "ok.example/qaz@[x" in e.trail) >= 40
+
+
+def test_fast_equals_reference_on_onion_gateways_and_ignored_names(tmp_path):
+    """The C scan finds ".onion." (a Tor gateway: the name up to it is looked up) and ".intranet."
+    (never looked up) with memchr, and the ignored last labels by their lengths: the names around
+    those rules, queried in DNS and named as HTTP hosts, must be judged as Python judges them."""
+    ignored = ("arpa", "local", "guest", "intranet", "int", "corp", "home", "lan", "intra", "intran", "workgroup",
+               "localdomain", "url", "alienvault", "example", "test", "invalid", "localhost")
+    (tmp_path / "t.csv").write_text("badsite.onion,tor (malware),(t)\nb.onion,tor (malware),(t)\n"
+                                    "evil.com,e (malware),(t)\nonion.evil.com,e2 (malware),(t)\n"
+                                    + "".join("zone.%s,l (malware),(t)\nzone.%s,l (malware),(t)\n"
+                                              % (label, label[:-1]) for label in ignored))
+    build([str(tmp_path / "t.csv")], str(tmp_path / "t.mtdb"))
+    matchers = TrailMatchers.load(Artifact.open(str(tmp_path / "t.mtdb")))
+    names = ["badsite.onion.to", "badsite.onion.ly", "x.badsite.onion.to", "goodsite.onion.to", "b.onion.",
+             "badsite.onion", "onion.evil.com", ".onion.evil.com", "a.onion.evil.com", "badsite.onion.onion.to",
+             "zz.intranet.evil.com", "intranet.evil.com", "a.intranet.", "x.intranetx.evil.com", "evil.com.intranet",
+             "printer.local", "a.b.localdomain", "evil.com.localhost", "evil.com.lan", "evil.com.lanx",
+             "evil.com.example", "evil.com.examples", "evil.com.arpa", "evil.com.test", "evil.com.alienvault",
+             "evil.com.int", "evil.com.in", "b.onion.to", "b.onion.", "bb.onion.to"]
+    # the ignored labels, and labels one letter shorter or longer (ignored only if listed themselves)
+    names += ["a.zone." + label[:cut] for label in ignored for cut in (None, -1)]
+    names += ["a.zone.%sx" % label for label in ignored]
+    builder = FrameBatchBuilder()
+    for i, name in enumerate(names):
+        builder.add(g.udp_frame("10.0.0.1", "10.0.0.53", 30000 + i, 53, g.dns_query(name)), 10**9 * (1 + 2 * i), 1)
+        builder.add(g.tcp_frame("10.0.0.1", "203.0.113.%d" % (i + 1), 31000 + i, 80, g.TCP_PSH | g.TCP_ACK,
+                                g.http_request("GET", "/", name)), 10**9 * (2 + 2 * i), 1)
+    batch = builder.take()
+    fast, ref = Worker(matchers, "t", 60, fast=True), Worker(matchers, "t", 60, fast=False)
+    fast_events = fast.process(batch) + fast.flush()
+    assert fast_events == ref.process(batch) + ref.flush()
+    assert fast.counters.as_dict() == ref.counters.as_dict()
+    trails = {e.trail for e in fast_events}
+    assert any("badsite.onion" in t for t in trails) and any(t.endswith("evil.com") for t in trails)
+    # the DNS path ignores names under ".intranet." and those ending in an ignored label
+    dns = {e.trail for e in fast_events if e.proto == "UDP"}
+    assert dns and not any(".intranet." in t or t.endswith((".localhost", ".lan", ".example")) for t in dns)

@@ -497,6 +497,27 @@ static int name_checkable(const uint8_t *s, size_t n)
 #define IPADRESS ".ip-adress.com"
 
 /* Could workers.matchers DomainMatcher.match() find a trail for this (valid, lower-case) name? */
+/* memmem for short fixed needles (an HTTP head's line ends, ".onion.", ".intranet."): memchr (vectorised in libc)
+ * finds each place the first byte occurs and memcmp confirms the rest. glibc's memmem sets up a
+ * shift table on every call, which cost more than the search itself on a 200-byte request head
+ * (measured in ARCHITECTURE.md). At most nn - 1 bytes compared per byte of the haystack. */
+static const uint8_t *find_bytes(const uint8_t *h, size_t hn, const char *needle, size_t nn)
+{
+    if (!nn || nn > hn)
+        return nn ? NULL : h;
+    const uint8_t first = (uint8_t)needle[0];
+    const uint8_t *p = h, *end = h + (hn - nn) + 1;    /* one past the last possible start */
+    while (p < end) {
+        p = memchr(p, first, (size_t)(end - p));
+        if (!p)
+            return NULL;
+        if (memcmp(p + 1, needle + 1, nn - 1) == 0)
+            return p;
+        p++;
+    }
+    return NULL;
+}
+
 static int domain_candidate(const Tables *t, const uint8_t *s, size_t n)
 {
     if (!name_checkable(s, n))
@@ -508,13 +529,9 @@ static int domain_candidate(const Tables *t, const uint8_t *s, size_t n)
         if (n > sl && memcmp(s + n - sl, IPADRESS, sl) == 0 &&
             mt_table_find_filtered(&t->domains, &t->domains_filter, s, n - sl) >= 0)
             return 1;
-        for (size_t i = 1; i + 7 <= n; i++) {  /* ".onion." gateways */
-            if (memcmp(s + i, ".onion.", 7) == 0) {
-                if (mt_table_find_filtered(&t->domains, &t->domains_filter, s, i + 6) >= 0)
-                    return 1;
-                break;
-            }
-        }
+        const uint8_t *onion = n > 1 ? find_bytes(s + 1, n - 1, ".onion.", 7) : NULL;  /* a gateway */
+        if (onion && mt_table_find_filtered(&t->domains, &t->domains_filter, s, (size_t)(onion - s) + 6) >= 0)
+            return 1;
     }
     if (t->regex_always)
         return 1;
@@ -523,20 +540,21 @@ static int domain_candidate(const Tables *t, const uint8_t *s, size_t n)
 
 /* ---- DNS --------------------------------------------------------------------------------- */
 
-static const char *IGNORED_SUFFIXES[] = {"arpa", "local", "guest", "intranet", "int", "corp", "home", "lan",
-                                         "intra", "intran", "workgroup", "localdomain", "url", "alienvault",
-                                         "example", "test", "invalid", "localhost", NULL};
+#define WORD(w) {w, sizeof(w) - 1}
+static const struct { const char *s; size_t n; } IGNORED_SUFFIXES[] = {
+    WORD("arpa"), WORD("local"), WORD("guest"), WORD("intranet"), WORD("int"), WORD("corp"), WORD("home"),
+    WORD("lan"), WORD("intra"), WORD("intran"), WORD("workgroup"), WORD("localdomain"), WORD("url"),
+    WORD("alienvault"), WORD("example"), WORD("test"), WORD("invalid"), WORD("localhost")};
 
 static int ignored_query(const uint8_t *s, size_t n)
 {
-    for (size_t i = 0; i + 10 <= n; i++)
-        if (memcmp(s + i, ".intranet.", 10) == 0)
-            return 1;
+    if (find_bytes(s, n, ".intranet.", 10))
+        return 1;
     size_t last = n;
     while (last > 0 && s[last - 1] != '.')
         last--;
-    for (const char **x = IGNORED_SUFFIXES; *x; x++)
-        if (strlen(*x) == n - last && memcmp(s + last, *x, n - last) == 0)
+    for (size_t x = 0; x < sizeof(IGNORED_SUFFIXES) / sizeof(IGNORED_SUFFIXES[0]); x++)
+        if (IGNORED_SUFFIXES[x].n == n - last && memcmp(s + last, IGNORED_SUFFIXES[x].s, n - last) == 0)
             return 1;
     return 0;
 }
@@ -806,26 +824,6 @@ static int is_token_char(uint8_t c)
            (c && strchr("!#$%&'*+.^_`|~-", c) != NULL);
 }
 
-/* memmem for the short fixed needles of HTTP parsing (2-6 bytes): memchr (vectorised in libc)
- * finds each place the first byte occurs and memcmp confirms the rest. glibc's memmem sets up a
- * shift table on every call, which cost more than the search itself on a 200-byte request head
- * (measured in ARCHITECTURE.md). At most nn - 1 bytes compared per byte of the haystack. */
-static const uint8_t *find_bytes(const uint8_t *h, size_t hn, const char *needle, size_t nn)
-{
-    if (!nn || nn > hn)
-        return nn ? NULL : h;
-    const uint8_t first = (uint8_t)needle[0];
-    const uint8_t *p = h, *end = h + (hn - nn) + 1;    /* one past the last possible start */
-    while (p < end) {
-        p = memchr(p, first, (size_t)(end - p));
-        if (!p)
-            return NULL;
-        if (memcmp(p + 1, needle + 1, nn - 1) == 0)
-            return p;
-        p++;
-    }
-    return NULL;
-}
 
 /* workers.http.looks_like_http_request */
 static int looks_like_http(const uint8_t *p, uint32_t n)
@@ -893,9 +891,10 @@ static int is_scheme(const uint8_t *p, uint32_t n)
     return 1;
 }
 
-static int lower_equals(const uint8_t *s, uint32_t n, const char *word)
+/* lower_equals(s, n, "word"): s is the lower-case literal word, ASCII letters in any case */
+#define lower_equals(s, n, word) lower_equals_n(s, n, word, sizeof(word) - 1)
+static int lower_equals_n(const uint8_t *s, uint32_t n, const char *word, size_t wl)
 {
-    size_t wl = strlen(word);
     if (n != wl)
         return 0;
     for (uint32_t i = 0; i < n; i++) {
