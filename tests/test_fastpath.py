@@ -221,10 +221,17 @@ def test_fast_equals_reference_on_generated_traffic(tmp_path_factory, data):
             frame = g.tcp_frame("10.0.0.1", "203.0.113.9", 40000 + i, 443, g.TCP_PSH | g.TCP_ACK,
                                 g.tls_client_hello(name.upper() + data.draw(st.sampled_from(("", ".")))))
         builder.add(frame, 1_000_000_000 * (1 + i), 1)
-    batch = builder.take()
+    _judged_alike(matchers, builder.take())
+
+
+def _judged_alike(matchers, batch) -> list:
+    """`batch` judged by a Worker with the C scan and by one judging in Python: the same events and
+    counters (asserted); returns the events."""
     fast, ref = Worker(matchers, "t", 60, fast=True), Worker(matchers, "t", 60, fast=False)
-    assert fast.process(batch) + fast.flush() == ref.process(batch) + ref.flush()
+    events = fast.process(batch) + fast.flush()
+    assert events == ref.process(batch) + ref.flush()
     assert fast.counters.as_dict() == ref.counters.as_dict()
+    return events
 
 
 def test_offsets_helper():
@@ -281,11 +288,7 @@ def test_fast_equals_reference_on_case_and_high_bytes_at_every_offset(tmp_path):
     builder = FrameBatchBuilder()
     for i, head in enumerate(heads):
         builder.add(g.tcp_frame("10.0.0.1", "203.0.113.7", 20000 + i, 80, g.TCP_PSH | g.TCP_ACK, head), 10**9 * (1 + i), 1)
-    batch = builder.take()
-    fast, ref = Worker(matchers, "t", 60, fast=True), Worker(matchers, "t", 60, fast=False)
-    fast_events = fast.process(batch) + fast.flush()
-    assert fast_events == ref.process(batch) + ref.flush()
-    assert fast.counters.as_dict() == ref.counters.as_dict()
+    fast_events = _judged_alike(matchers, builder.take())
     # the comparison saw every trail hit, at every offset
     trails = {e.trail for e in fast_events}
     assert len({t for t in trails if t.endswith("QAZ@[")}) == 20 and len({t for t in trails if t.endswith("QZ\u00c9")}) == 20
@@ -319,11 +322,7 @@ def test_fast_equals_reference_on_onion_gateways_and_ignored_names(tmp_path):
         builder.add(g.udp_frame("10.0.0.1", "10.0.0.53", 30000 + i, 53, g.dns_query(name)), 10**9 * (1 + 2 * i), 1)
         builder.add(g.tcp_frame("10.0.0.1", "203.0.113.%d" % (i + 1), 31000 + i, 80, g.TCP_PSH | g.TCP_ACK,
                                 g.http_request("GET", "/", name)), 10**9 * (2 + 2 * i), 1)
-    batch = builder.take()
-    fast, ref = Worker(matchers, "t", 60, fast=True), Worker(matchers, "t", 60, fast=False)
-    fast_events = fast.process(batch) + fast.flush()
-    assert fast_events == ref.process(batch) + ref.flush()
-    assert fast.counters.as_dict() == ref.counters.as_dict()
+    fast_events = _judged_alike(matchers, builder.take())
     trails = {e.trail for e in fast_events}
     assert any("badsite.onion" in t for t in trails) and any(t.endswith("evil.com") for t in trails)
     # the DNS path ignores names under ".intranet." and those ending in an ignored label
