@@ -626,6 +626,7 @@ def _check_tree_readable_by(tmp_path: Path) -> None:
     os.chmod(package / "sub", 0o755)
     os.chmod(tmp_path, 0o700)
     assert not tree_readable_by(str(package), other, other)
+    assert not tree_readable_by(str(tmp_path / "missing"), 0, 0)     # cannot be looked at: unreadable
     # This interpreter's own: the installed library is readable by root, whatever its path.
     assert aes_readable_by(0, 0)
     # load_aes_if_unreadable imports only for an account that could not read it (run in a fresh

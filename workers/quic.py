@@ -104,8 +104,11 @@ def _aes():
 
 def _readable_by(path: str, uid: int, gid: int, directory: bool) -> bool:
     """By its mode bits: whether uid (with gid its only group) may read `path` (and search it, a
-    directory)."""
-    st = os.stat(path)
+    directory). A path that cannot be looked at counts as unreadable."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
     if st.st_uid == uid:
         shift = 6
     elif st.st_gid == gid:

@@ -496,11 +496,11 @@ static int name_checkable(const uint8_t *s, size_t n)
 
 #define IPADRESS ".ip-adress.com"
 
-/* Could workers.matchers DomainMatcher.match() find a trail for this (valid, lower-case) name? */
-/* memmem for short fixed needles (an HTTP head's line ends, ".onion.", ".intranet."): memchr (vectorised in libc)
- * finds each place the first byte occurs and memcmp confirms the rest. glibc's memmem sets up a
- * shift table on every call, which cost more than the search itself on a 200-byte request head
- * (measured in ARCHITECTURE.md). At most nn - 1 bytes compared per byte of the haystack. */
+/* memmem for short fixed needles (an HTTP head's line ends, ".onion.", ".intranet."): memchr
+ * (vectorised in libc) finds each place the first byte occurs and memcmp confirms the rest.
+ * glibc's memmem sets up a shift table on every call, which cost more than the search itself on a
+ * 200-byte request head (measured in ARCHITECTURE.md). At most nn - 1 bytes compared per byte of
+ * the haystack. */
 static const uint8_t *find_bytes(const uint8_t *h, size_t hn, const char *needle, size_t nn)
 {
     if (!nn || nn > hn)
@@ -518,6 +518,7 @@ static const uint8_t *find_bytes(const uint8_t *h, size_t hn, const char *needle
     return NULL;
 }
 
+/* Could workers.matchers DomainMatcher.match() find a trail for this (valid, lower-case) name? */
 static int domain_candidate(const Tables *t, const uint8_t *s, size_t n)
 {
     if (!name_checkable(s, n))
@@ -823,7 +824,6 @@ static int is_token_char(uint8_t c)
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
            (c && strchr("!#$%&'*+.^_`|~-", c) != NULL);
 }
-
 
 /* workers.http.looks_like_http_request */
 static int looks_like_http(const uint8_t *p, uint32_t n)
