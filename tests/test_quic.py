@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.sources import synthetic as g
-from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, need_shared
+from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, need_root, need_shared
 from tests.pcaps import udp_datagrams
 from tests.test_corpus import console_script
 from tests.test_engine import process_table
@@ -598,6 +598,7 @@ def test_only_a_worker_that_decrypts_an_initial_loads_the_aes_library(tmp_path):
 
 
 def test_what_an_account_may_read_decides_whether_a_worker_imports_the_aes_library_before_it_changes():
+    need_root()  # files of other owners (a worker changes account only when the engine runs as root)
     # pytest's own temporary directories sit under a 0700 one: this tree hangs off /tmp itself
     with tempfile.TemporaryDirectory(dir="/tmp") as top:
         _check_tree_readable_by(Path(top))
