@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,11 @@ if str(REPO) not in sys.path:
 # Child interpreters the tests start (`python -c ...`) must not put their working directory (the
 # checkout) in front of the installed package either.
 os.environ["PYTHONSAFEPATH"] = "1"
+# Tests press Ctrl-C (SIGINT) on the commands they start, as a terminal does. A suite started as a
+# background job of a non-interactive shell inherits SIGINT ignored, and so would every command it
+# starts (an ignored signal stays ignored across exec): give them the default a terminal gives.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # ../shared beside the checkout, or $MALTRAIL_SHARED; MALTRAIL_SHARED=none runs the suite as a
 # user's clone runs it, without the shared corpus (.ci/run does both). "none" points every shared
 # path below /dev/null, where nothing can exist, so a test that looks for the corpus (need_shared
