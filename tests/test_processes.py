@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from engine.sources import synthetic as g
-from engine.processes.privileges import CAP_DAC_READ_SEARCH, SUPERVISOR_CAPS, status_fields
+from engine.processes.privileges import CAP_DAC_READ_SEARCH, SUPERVISOR_CAPS, Account, readable_by, status_fields
 from tests import traffic
+from tests.conftest import need_root
 from tests.netns import DST_MAC, send_frames, veth  # noqa: F401 (veth is a fixture)
 from tests.test_engine import (  # noqa: F401 (artifact is a fixture)
     _fifo_engine, _wait_line, artifact, console_script, mte, process_table, records)
@@ -365,3 +366,39 @@ def test_a_child_ready_and_finished_between_two_looks_has_started(monkeypatch):
     for pair in [sup.writer_channel] + sup.status_channels:
         for end in pair:
             end.close()
+
+
+def test_what_an_account_may_read_is_read_from_mode_bits_from_the_root_down():
+    """privileges.readable_by, which a worker asks before it changes account (whether that account
+    could import the QUIC AES library later: workers/quic.py load_aes_unless_readable)."""
+    need_root()  # files of other owners (a worker changes account only when the engine runs as root)
+    # pytest's own temporary directories sit under a 0700 one: this tree hangs off /tmp itself
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:
+        _check_readable_by(Path(top))
+
+
+def _check_readable_by(tmp_path: Path) -> None:
+    nobody, other = Account("nobody", 65534, 65534), Account("other", 65533, 65533)
+    other_in_nobody_group = Account("other", 65533, 65534)
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "sub" / "m.py").write_text("")
+    os.chmod(tmp_path, 0o755)
+    for path in (package, package / "sub"):
+        os.chmod(path, 0o755)
+    os.chmod(package / "sub" / "m.py", 0o644)
+    assert readable_by(str(package), nobody)
+    os.chmod(package / "sub" / "m.py", 0o600)           # a file only its owner (root) reads
+    assert not readable_by(str(package), nobody)
+    os.chown(package / "sub" / "m.py", nobody.uid, nobody.gid)
+    assert readable_by(str(package), nobody)
+    os.chmod(package / "sub" / "m.py", 0o640)
+    os.chown(package / "sub" / "m.py", 0, nobody.gid)   # the group may read
+    assert readable_by(str(package), other_in_nobody_group) and not readable_by(str(package), other)
+    os.chmod(package / "sub", 0o750)                    # a directory above, as /root is: 0700 or 0750
+    assert not readable_by(str(package), other)
+    assert not readable_by(str(package / "sub" / "m.py"), other)
+    os.chmod(package / "sub", 0o755)
+    os.chmod(tmp_path, 0o700)
+    assert not readable_by(str(package), other)
+    assert not readable_by(str(tmp_path / "missing"), Account("root", 0, 0))   # cannot be looked at

@@ -12,7 +12,6 @@ import functools
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.sources import synthetic as g
-from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, need_root, need_shared
+from tests.conftest import MALTRAIL_CORPUS, REAL_CORPUS, need_shared
 from tests.pcaps import udp_datagrams
 from tests.test_corpus import console_script
 from tests.test_engine import process_table
@@ -30,11 +29,9 @@ from workers.quic import (
     QUIC_V1,
     QUIC_V2,
     QuicSniAssembler,
-    aes_readable_by,
     extract_quic_sni,
     initial_client_keys,
     parse_quic_initial_crypto,
-    tree_readable_by,
 )
 from workers.tls import parse_client_hello_sni
 
@@ -597,42 +594,17 @@ def test_only_a_worker_that_decrypts_an_initial_loads_the_aes_library(tmp_path):
     assert "quic server names 1" in out and "events: 1 (SNI 1)" in out, out
 
 
-def test_what_an_account_may_read_decides_whether_a_worker_imports_the_aes_library_before_it_changes():
-    need_root()  # files of other owners (a worker changes account only when the engine runs as root)
-    # pytest's own temporary directories sit under a 0700 one: this tree hangs off /tmp itself
-    with tempfile.TemporaryDirectory(dir="/tmp") as top:
-        _check_tree_readable_by(Path(top))
+def test_the_aes_library_is_imported_before_an_account_change_only_for_an_account_that_could_not_read_it():
+    # each in a fresh interpreter: this one has imported the library already
+    def run(readable: str) -> list[str]:
+        code = ("import sys; from workers.quic import load_aes_unless_readable as load; "
+                "from engine.processes.privileges import Account, readable_by; "
+                "seen = []; print(load(lambda path: seen.append(path) or (%s)), 'cryptography' in sys.modules, "
+                "any(p.endswith('/cryptography') for p in seen))" % readable)
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
 
-
-def _check_tree_readable_by(tmp_path: Path) -> None:
-    nobody, other = 65534, 65533
-    package = tmp_path / "pkg"
-    (package / "sub").mkdir(parents=True)
-    (package / "sub" / "m.py").write_text("")
-    os.chmod(tmp_path, 0o755)
-    for path in (package, package / "sub"):
-        os.chmod(path, 0o755)
-    os.chmod(package / "sub" / "m.py", 0o644)
-    assert tree_readable_by(str(package), nobody, nobody)
-    os.chmod(package / "sub" / "m.py", 0o600)           # a file only its owner (root) reads
-    assert not tree_readable_by(str(package), nobody, nobody)
-    os.chown(package / "sub" / "m.py", nobody, nobody)
-    assert tree_readable_by(str(package), nobody, nobody)
-    os.chmod(package / "sub" / "m.py", 0o640)
-    os.chown(package / "sub" / "m.py", 0, nobody)        # the group may read
-    assert tree_readable_by(str(package), other, nobody) and not tree_readable_by(str(package), other, other)
-    os.chmod(package / "sub", 0o750)                    # a directory above, as /root is: 0700 or 0750
-    assert not tree_readable_by(str(package), other, other)
-    assert not tree_readable_by(str(package / "sub" / "m.py"), other, other)
-    os.chmod(package / "sub", 0o755)
-    os.chmod(tmp_path, 0o700)
-    assert not tree_readable_by(str(package), other, other)
-    assert not tree_readable_by(str(tmp_path / "missing"), 0, 0)     # cannot be looked at: unreadable
-    # This interpreter's own: the installed library is readable by root, whatever its path.
-    assert aes_readable_by(0, 0)
-    # load_aes_if_unreadable imports only for an account that could not read it (run in a fresh
-    # interpreter: this one has imported the library already).
-    code = ("import sys; from workers.quic import load_aes_if_unreadable as l; "
-            "print(l(0, 0), 'cryptography' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "False"]
+    # root reads the installed library, whatever its path: nothing imported early
+    assert run("readable_by(path, Account('root', 0, 0))") == ["False", "False", "True"]
+    assert run("True") == ["False", "False", "True"]
+    # an account that could not: imported now, at the first place it could not read
+    assert run("False") == ["True", "True", "True"]

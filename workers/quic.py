@@ -18,7 +18,6 @@ import hmac
 import importlib.util
 import os
 import re
-import stat
 
 from workers.tls import HANDSHAKE_CLIENT_HELLO, HANDSHAKE_HEADER_BYTES, parse_client_hello_sni
 
@@ -91,8 +90,8 @@ def _aes():
     """cryptography's AES pieces, imported at the first Initial there is to decrypt. The processes
     that never decrypt one (the supervisor, the capture process, the log writer, a worker on a
     network without QUIC) then do not map its 15 MB library: the supervisor held 4.7-6.8 MB PSS
-    of it (ARCHITECTURE.md). A worker imports it as its unprivileged account; load_aes_if_unreadable
-    runs before the worker changes account, for an account that could not."""
+    of it (ARCHITECTURE.md). A worker imports it as its unprivileged account;
+    load_aes_unless_readable runs before the worker changes account, for an account that could not."""
     global _AES
     if _AES is None:
         from cryptography.exceptions import InvalidTag
@@ -102,59 +101,20 @@ def _aes():
     return _AES
 
 
-def _readable_by(path: str, uid: int, gid: int, directory: bool) -> bool:
-    """By its mode bits: whether uid (with gid its only group) may read `path` (and search it, a
-    directory). A path that cannot be looked at counts as unreadable."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    if st.st_uid == uid:
-        shift = 6
-    elif st.st_gid == gid:
-        shift = 3
-    else:
-        shift = 0
-    need = (stat.S_IROTH | (stat.S_IXOTH if directory else 0)) << shift
-    return st.st_mode & need == need
-
-
-def tree_readable_by(top: str, uid: int, gid: int) -> bool:
-    """Whether uid/gid may reach and read `top` (a file, or a directory and everything in it):
-    every directory from the root down searchable, every file readable, by their mode bits."""
-    parts = os.path.abspath(top).split(os.sep)
-    for i in range(1, len(parts)):
-        if not _readable_by(os.sep.join(parts[:i]) or os.sep, uid, gid, True):
-            return False
-    if not os.path.isdir(top):
-        return _readable_by(top, uid, gid, False)
-    for folder, _dirs, files in os.walk(top):
-        if not _readable_by(folder, uid, gid, True) or not all(
-                _readable_by(os.path.join(folder, f), uid, gid, False) for f in files):
-            return False
-    return True
-
-
-def aes_readable_by(uid: int, gid: int) -> bool:
-    """Whether an account could import the AES pieces later (each of _AES_DISTRIBUTIONS, found
-    without importing it: a top-level name)."""
+def load_aes_unless_readable(readable) -> bool:
+    """Imports the AES pieces now unless `readable(path)` holds for each of _AES_DISTRIBUTIONS'
+    places (its package directory, or its file; found without importing anything: top-level
+    names). A worker about to change account passes what that account may read (engine/processes/
+    privileges.py readable_by). True when it imported them."""
     for name in _AES_DISTRIBUTIONS:
         spec = importlib.util.find_spec(name)
-        if spec is None or not spec.origin:
-            return False
-        top = os.path.dirname(spec.origin) if spec.submodule_search_locations else spec.origin
-        if not tree_readable_by(top, uid, gid):
-            return False
-    return True
-
-
-def load_aes_if_unreadable(uid: int, gid: int) -> bool:
-    """For a process about to become uid/gid: imports the AES pieces now when that account could
-    not import them at the first Initial. True when it did."""
-    if aes_readable_by(uid, gid):
-        return False
-    _aes()
-    return True
+        top = None
+        if spec is not None and spec.origin:
+            top = os.path.dirname(spec.origin) if spec.submodule_search_locations else spec.origin
+        if top is None or not readable(top):
+            _aes()
+            return True
+    return False
 
 
 def _client_keys(spec: _VersionSpec, dcid: bytes) -> tuple[bytes, bytes, bytes]:

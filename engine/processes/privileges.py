@@ -25,6 +25,7 @@ import ctypes
 import grp
 import os
 import pwd
+import stat
 from dataclasses import dataclass
 
 # linux/capability.h
@@ -129,6 +130,41 @@ class Account:
     name: str
     uid: int
     gid: int
+
+
+def readable_by(top: str, account: Account) -> bool:
+    """Whether `account`, as drop() leaves it (its own group its only one), may reach and read `top`,
+    a file or a directory and everything in it: every directory from the root down searchable,
+    every file readable, by their mode bits. A path that cannot be looked at counts as unreadable.
+    (server/privileges.py reachable_problem checks the search bits alone, for a directory the
+    server will make.)"""
+    parts = os.path.abspath(top).split(os.sep)
+    for i in range(1, len(parts)):
+        if not _mode_allows(os.sep.join(parts[:i]) or os.sep, account, True):
+            return False
+    if not os.path.isdir(top):
+        return _mode_allows(top, account, False)
+    for folder, _dirs, files in os.walk(top):
+        if not _mode_allows(folder, account, True) or not all(
+                _mode_allows(os.path.join(folder, f), account, False) for f in files):
+            return False
+    return True
+
+
+def _mode_allows(path: str, account: Account, directory: bool) -> bool:
+    """By its mode bits: whether `account` may read `path` (and search it, a directory)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if st.st_uid == account.uid:
+        shift = 6
+    elif st.st_gid == account.gid:
+        shift = 3
+    else:
+        shift = 0
+    need = (stat.S_IROTH | (stat.S_IXOTH if directory else 0)) << shift
+    return st.st_mode & need == need
 
 
 def resolve_account(name: str, notice=None) -> Account | None:

@@ -28,6 +28,7 @@ import traceback
 
 from engine.transport import ipc
 from engine.processes.child import ChildProcess, own_cpu_s
+from engine.processes import privileges
 from engine.processes.privileges import PrivilegeError
 from engine.transport.ring import Ring, decode_batch
 from engine.trail_artifact import load_copy
@@ -86,7 +87,7 @@ class _WorkerProcess:
         # process maps its library for nothing; an account that could not import it then gets it
         # imported now.
         if spec.account is not None:
-            quic.load_aes_if_unreadable(spec.account.uid, spec.account.gid)
+            quic.load_aes_unless_readable(lambda path: privileges.readable_by(path, spec.account))
         # The trails are mapped; from here on this process reads attacker-controlled bytes, and
         # holds nothing worth taking: the unprivileged account, no capabilities.
         self.child.drop_privileges(spec.account)
